@@ -1,0 +1,48 @@
+//! Domain types shared by every skiff crate: content digests, image references, resource
+//! quantities and instance identifiers, with their parsing and validation.
+//!
+//! This crate must not do I/O: it is pure data and rules, so that the store, the image
+//! store, the sandbox and the CLI agree on one meaning of each word.
+#![forbid(unsafe_code)]
+
+mod digest;
+mod quantity;
+mod reference;
+
+pub use digest::{Digest, DigestError};
+pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
+pub use reference::{ImageRef, ReferenceError};
+
+/// Validates an instance identifier: 1–32 characters of `[a-z0-9-]`, starting with a
+/// letter or digit. Identifiers become hostnames, cgroup names and file names, so the
+/// alphabet is kept to what is safe in all three.
+pub fn validate_instance_id(id: &str) -> Result<(), InstanceIdError> {
+    let ok_len = (1..=32).contains(&id.len());
+    let ok_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_start = id.bytes().next().is_some_and(|b| b != b'-');
+    if ok_len && ok_chars && ok_start {
+        Ok(())
+    } else {
+        Err(InstanceIdError(id.to_owned()))
+    }
+}
+
+/// An instance identifier that is not 1–32 characters of `[a-z0-9-]`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid instance id {0:?}: want 1-32 characters of [a-z0-9-], not starting with '-'")]
+pub struct InstanceIdError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_are_hostname_and_path_safe() {
+        assert!(validate_instance_id("a1b2-c3").is_ok());
+        for bad in ["", "-a", "A", "a/b", "a.b", "..", &"a".repeat(33)] {
+            assert!(validate_instance_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Instance rows: which sandboxes exist, who supervises them, which network slot each
+//! holds, and how each ended. Slots are unique among running instances across every
+//! process that opens the database, so two `skiff run`s never share an address.
+
+use crate::{now_unix, Store, StoreError};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use skiff_core::Digest;
+
+/// Lifecycle of an instance row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    /// Started and not yet reported as ended.
+    Running,
+    /// Ended with an exit report.
+    Exited,
+    /// Its supervisor died without reporting; resources were reclaimed.
+    Lost,
+}
+
+impl InstanceState {
+    fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Running => "running",
+            InstanceState::Exited => "exited",
+            InstanceState::Lost => "lost",
+        }
+    }
+
+    fn parse(s: String) -> Result<Self, StoreError> {
+        match s.as_str() {
+            "running" => Ok(InstanceState::Running),
+            "exited" => Ok(InstanceState::Exited),
+            "lost" => Ok(InstanceState::Lost),
+            _ => Err(StoreError::Corrupt {
+                what: "instance state",
+                value: s,
+            }),
+        }
+    }
+}
+
+/// An instance about to start.
+#[derive(Clone, Debug)]
+pub struct NewInstance {
+    /// Instance id (validated by `skiff_core::validate_instance_id`).
+    pub id: String,
+    /// The image it runs.
+    pub image_digest: Digest,
+    /// PID of the process that supervises it (reaps it and records its exit).
+    pub supervisor_pid: u32,
+    /// Where its stdout/stderr go.
+    pub log_path: String,
+}
+
+/// How an instance ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitRecord {
+    /// Exit status, if it exited.
+    pub code: Option<i32>,
+    /// Terminating signal, if it was killed.
+    pub signal: Option<i32>,
+    /// Whether the kernel's OOM killer ended it.
+    pub oom_killed: bool,
+}
+
+/// A stored instance.
+#[derive(Clone, Debug)]
+pub struct InstanceRecord {
+    /// Instance id.
+    pub id: String,
+    /// Image manifest digest.
+    pub image_digest: String,
+    /// Lifecycle state.
+    pub state: InstanceState,
+    /// Supervising process.
+    pub supervisor_pid: u32,
+    /// PID of the instance's first process (host PID namespace), once started.
+    pub pid: Option<u32>,
+    /// Network slot held while running.
+    pub net_slot: Option<u32>,
+    /// Log file.
+    pub log_path: String,
+    /// Unix time created.
+    pub created_at: i64,
+    /// Exit report, once exited.
+    pub exit: Option<ExitRecord>,
+}
+
+impl Store {
+    /// Records a new running instance and gives it the lowest free network slot below
+    /// `slots`.
+    pub fn create_instance(&mut self, new: &NewInstance, slots: u32) -> Result<u32, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut stmt = tx.prepare(
+            "SELECT net_slot FROM instances WHERE state = 'running' AND net_slot IS NOT NULL
+             ORDER BY net_slot",
+        )?;
+        let taken = stmt
+            .query_map([], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(stmt);
+        let mut slot: i64 = 0;
+        for t in taken {
+            if t == slot {
+                slot += 1;
+            } else if t > slot {
+                break;
+            }
+        }
+        if slot >= i64::from(slots) {
+            return Err(StoreError::NoNetworkSlot(slots));
+        }
+        tx.execute(
+            "INSERT INTO instances (id, image_digest, state, supervisor_pid, net_slot, log_path, created_at)
+             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6)",
+            params![
+                new.id,
+                new.image_digest.to_string(),
+                new.supervisor_pid,
+                slot,
+                new.log_path,
+                now_unix()
+            ],
+        )?;
+        tx.commit()?;
+        Ok(slot as u32)
+    }
+
+    /// Records the PID of the instance's first process once it is started.
+    pub fn set_instance_pid(&mut self, id: &str, pid: u32) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE instances SET pid = ?2 WHERE id = ?1",
+            params![id, pid],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an instance ended, with its exit report (`None` when it was lost), freeing
+    /// its network slot.
+    pub fn finish_instance(
+        &mut self,
+        id: &str,
+        exit: Option<ExitRecord>,
+    ) -> Result<(), StoreError> {
+        let state = if exit.is_some() {
+            InstanceState::Exited
+        } else {
+            InstanceState::Lost
+        };
+        let e = exit.unwrap_or_default();
+        self.conn.execute(
+            "UPDATE instances SET state = ?2, finished_at = ?3, exit_code = ?4, exit_signal = ?5,
+                 oom_killed = ?6
+             WHERE id = ?1",
+            params![
+                id,
+                state.as_str(),
+                now_unix(),
+                e.code,
+                e.signal,
+                e.oom_killed
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Instances still marked running.
+    pub fn running_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.query_instances("WHERE state = 'running' ORDER BY created_at, id", [])
+    }
+
+    /// One instance by id.
+    pub fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        let exists: Option<i64> = self
+            .conn
+            .query_row("SELECT 1 FROM instances WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        Ok(self.query_instances("WHERE id = ?1", [id])?.pop())
+    }
+
+    fn query_instances<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        let sql = format!(
+            "SELECT id, image_digest, state, supervisor_pid, pid, net_slot, log_path, created_at,
+                    exit_code, exit_signal, oom_killed FROM instances {filter}"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt
+            .query_map(params, |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, Option<u32>>(4)?,
+                    r.get::<_, Option<u32>>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, i64>(7)?,
+                    r.get::<_, Option<i32>>(8)?,
+                    r.get::<_, Option<i32>>(9)?,
+                    r.get::<_, bool>(10)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(
+                |(id, image, state, sup, pid, slot, log, created, code, signal, oom)| {
+                    let state = InstanceState::parse(state)?;
+                    Ok(InstanceRecord {
+                        id,
+                        image_digest: image,
+                        state,
+                        supervisor_pid: sup,
+                        pid,
+                        net_slot: slot,
+                        log_path: log,
+                        created_at: created,
+                        exit: (state == InstanceState::Exited).then_some(ExitRecord {
+                            code,
+                            signal,
+                            oom_killed: oom,
+                        }),
+                    })
+                },
+            )
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(id: &str) -> NewInstance {
+        NewInstance {
+            id: id.into(),
+            image_digest: Digest::from_sha256_bytes(&[1; 32]),
+            supervisor_pid: 1,
+            log_path: format!("/logs/{id}"),
+        }
+    }
+
+    #[test]
+    fn slots_are_unique_and_reused_after_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("db")).unwrap();
+        assert_eq!(s.create_instance(&new("a"), 4).unwrap(), 0);
+        assert_eq!(s.create_instance(&new("b"), 4).unwrap(), 1);
+        assert_eq!(s.create_instance(&new("c"), 4).unwrap(), 2);
+        s.finish_instance(
+            "b",
+            Some(ExitRecord {
+                code: Some(0),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(s.create_instance(&new("d"), 4).unwrap(), 1);
+        assert_eq!(s.create_instance(&new("e"), 4).unwrap(), 3);
+        assert!(matches!(
+            s.create_instance(&new("f"), 4),
+            Err(StoreError::NoNetworkSlot(4))
+        ));
+        s.finish_instance("a", None).unwrap();
+        assert_eq!(s.instance("a").unwrap().unwrap().state, InstanceState::Lost);
+        let b = s.instance("b").unwrap().unwrap();
+        assert_eq!(b.exit.unwrap().code, Some(0));
+        assert_eq!(s.running_instances().unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,103 @@
+//! skiff's durable state in one SQLite database: images with their tags and layers, and
+//! sandbox instances with their network slots and exit reports.
+//!
+//! This crate is the only place SQL lives. It must not know about HTTP, the filesystem
+//! layout of the image store, or how sandboxes are started: callers hand it records and
+//! get records back.
+#![forbid(unsafe_code)]
+
+mod images;
+mod instances;
+mod migrations;
+
+pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
+pub use instances::{ExitRecord, InstanceRecord, InstanceState, NewInstance};
+
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors from the store, each naming the database or object involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or migrated.
+    #[error("opening database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// A query failed.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// The database was written by a newer skiff.
+    #[error("database {path} has schema version {found}, newer than this skiff knows ({known}); upgrade skiff")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Version found on disk.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
+    /// No image matches a reference.
+    #[error("no such image: {0}")]
+    NoSuchImage(String),
+    /// A digest prefix matches more than one image.
+    #[error("image reference {0} is ambiguous: it matches more than one image")]
+    AmbiguousImage(String),
+    /// The image is used by running instances and may not be removed.
+    #[error("image {image} is in use by running instance(s) {instances}")]
+    ImageInUse {
+        /// The image's manifest digest.
+        image: String,
+        /// Comma-separated instance ids.
+        instances: String,
+    },
+    /// Every network slot is taken.
+    #[error("no free network slot: all {0} instance addresses are in use")]
+    NoNetworkSlot(u32),
+    /// A stored value does not parse (a corrupted or hand-edited database).
+    #[error("database holds an invalid {what}: {value:?}")]
+    Corrupt {
+        /// What kind of value.
+        what: &'static str,
+        /// The value found.
+        value: String,
+    },
+}
+
+/// An open connection to the skiff database.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// Several processes may open the same database: writes wait for each other.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        migrations::migrate(&mut conn, path)?;
+        Ok(Store { conn })
+    }
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,101 @@
+//! Schema migrations, applied in order and recorded in `PRAGMA user_version`.
+//! A migration, once released, is never edited: add a new one.
+
+use crate::StoreError;
+use rusqlite::Connection;
+use std::path::Path;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: images, tags, layers, instances.
+    r#"
+    CREATE TABLE images (
+        digest        TEXT PRIMARY KEY,
+        config_digest TEXT NOT NULL,
+        config_json   TEXT NOT NULL,
+        source        TEXT NOT NULL,
+        size          INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL
+    );
+    CREATE TABLE image_tags (
+        name   TEXT PRIMARY KEY,
+        digest TEXT NOT NULL REFERENCES images(digest) ON DELETE CASCADE
+    );
+    CREATE INDEX image_tags_digest ON image_tags(digest);
+    CREATE TABLE image_layers (
+        digest      TEXT NOT NULL REFERENCES images(digest) ON DELETE CASCADE,
+        position    INTEGER NOT NULL,
+        blob_digest TEXT NOT NULL,
+        media_type  TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        diff_id     TEXT NOT NULL,
+        chain_id    TEXT NOT NULL,
+        PRIMARY KEY (digest, position)
+    );
+    CREATE INDEX image_layers_chain ON image_layers(chain_id);
+    CREATE INDEX image_layers_blob ON image_layers(blob_digest);
+    CREATE TABLE instances (
+        id             TEXT PRIMARY KEY,
+        image_digest   TEXT NOT NULL,
+        state          TEXT NOT NULL,
+        supervisor_pid INTEGER NOT NULL,
+        pid            INTEGER,
+        net_slot       INTEGER,
+        log_path       TEXT NOT NULL,
+        created_at     INTEGER NOT NULL,
+        finished_at    INTEGER,
+        exit_code      INTEGER,
+        exit_signal    INTEGER,
+        oom_killed     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX instances_live_slot ON instances(net_slot) WHERE state = 'running';
+    "#,
+];
+
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > known {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
+    for sql in &MIGRATIONS[found as usize..] {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", known)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Store;
+
+    #[test]
+    fn migrates_fresh_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(Store::open(&path).unwrap());
+        let s = Store::open(&path).unwrap();
+        let v: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, super::MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", 999).unwrap();
+        }
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(err.contains("999") && err.contains("newer"), "{err}");
+    }
+}

@@ -1,0 +1,26 @@
+//! The `skiff` binary: the command-line interface (and, later, `skiff server`). Each verb
+//! lives in its own small file under `cli/` and only wires arguments to the crates; the
+//! logic it calls belongs to those crates.
+
+mod cli;
+mod home;
+
+use clap::Parser;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("skiff: {e:#}");
+            std::process::exit(cli::EXIT_FAILURE);
+        }
+    }
+}
