@@ -1,1 +1,158 @@
+//! skiff's sandbox runtime: starts an instance of an unpacked image as an isolated process
+//! tree and supervises it to the end.
+//!
+//! An instance gets new PID, mount, UTS, IPC, network and cgroup namespaces; an overlay
+//! root (the image's snapshots, read-only, under a throw-away tmpfs upper layer); a minimal
+//! `/dev`, a fresh `/proc`, a `/tmp` tmpfs; cgroup limits (memory, CPU, pids, on v1 or v2);
+//! a small capability set, `no_new_privs` and a seccomp filter; its image's user; its own
+//! veth address; and its stdout/stderr captured to a log file that outlives it.
+//!
+//! This crate must not know about services, revisions or HTTP: it runs one process tree
+//! from a [`SandboxSpec`] and reports how it ended.
 
+mod cgroup;
+mod child;
+mod instance;
+mod logs;
+mod net;
+mod seccomp;
+mod spawn;
+
+pub use cgroup::{Cgroup, Hierarchy, Limits};
+pub use instance::{Exit, Instance};
+pub use logs::rfc3339_now;
+pub use net::{host_link_exists, NetworkSlot, SLOTS};
+pub use seccomp::DENIED as SECCOMP_DENIED;
+
+use std::path::PathBuf;
+
+/// Capabilities an instance keeps (when it runs as root): enough to own files, switch
+/// users and bind low ports; none of the administrative ones.
+pub const DEFAULT_CAPABILITIES: &[(u32, &str)] = &[
+    (0, "CAP_CHOWN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (3, "CAP_FOWNER"),
+    (4, "CAP_FSETID"),
+    (5, "CAP_KILL"),
+    (6, "CAP_SETGID"),
+    (7, "CAP_SETUID"),
+    (8, "CAP_SETPCAP"),
+    (10, "CAP_NET_BIND_SERVICE"),
+];
+
+/// The default capability set as a bit mask.
+pub fn default_capability_mask() -> u64 {
+    DEFAULT_CAPABILITIES
+        .iter()
+        .fold(0, |m, (n, _)| m | (1u64 << n))
+}
+
+/// Everything needed to start one instance.
+#[derive(Clone, Debug)]
+pub struct SandboxSpec {
+    /// Instance id: hostname, cgroup name and scratch directory name.
+    pub id: String,
+    /// The image's snapshot directories, top layer first.
+    pub layers: Vec<PathBuf>,
+    /// Mount the whole root read-only (only `/tmp`, `/dev/shm` stay writable).
+    pub read_only: bool,
+    /// argv; `args[0]` is looked up in the image's `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` environment.
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    pub cwd: String,
+    /// User id to run as.
+    pub uid: u32,
+    /// Group id to run as.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// cgroup limits.
+    pub limits: Limits,
+    /// Network slot, or `None` for loopback only.
+    pub network: Option<NetworkSlot>,
+    /// Where stdout/stderr are recorded.
+    pub log_path: PathBuf,
+    /// Directory for per-instance scratch mount points (e.g. `/run/skiff/instances`).
+    pub run_dir: PathBuf,
+    /// Size of the writable layer and of `/tmp` (tmpfs, charged to the memory limit).
+    pub scratch_bytes: u64,
+    /// Also copy the instance's output to this process's stdout/stderr.
+    pub tee_output: bool,
+}
+
+/// Errors of the sandbox runtime, naming the instance.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The host lacks something the sandbox needs.
+    #[error("sandbox host setup: {0}")]
+    Host(String),
+    /// The spec cannot be run.
+    #[error("instance {id}: invalid spec: {why}")]
+    Spec {
+        /// Instance id.
+        id: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Preparing the instance failed before its process existed.
+    #[error("instance {id}: {what}: {source}")]
+    Prepare {
+        /// Instance id.
+        id: String,
+        /// The step.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The instance's process failed during setup, before running the command.
+    #[error("instance {id}: {step}: {source}")]
+    Setup {
+        /// Instance id.
+        id: String,
+        /// The failed step.
+        step: &'static str,
+        /// The kernel's error.
+        source: std::io::Error,
+    },
+}
+
+/// The runtime: host facts discovered once (cgroup layout, the compiled seccomp filter).
+pub struct Sandbox {
+    hierarchy: Hierarchy,
+    seccomp: Vec<libc::sock_filter>,
+    last_cap: u32,
+}
+
+impl Sandbox {
+    /// Discovers the host's cgroup layout and compiles the seccomp filter.
+    pub fn new() -> Result<Sandbox, SandboxError> {
+        let hierarchy = Hierarchy::detect().map_err(|e| SandboxError::Host(e.to_string()))?;
+        let bytes = seccomp::default_filter_bpf().map_err(SandboxError::Host)?;
+        let size = std::mem::size_of::<libc::sock_filter>();
+        let seccomp = bytes
+            .chunks_exact(size)
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        Ok(Sandbox {
+            hierarchy,
+            seccomp,
+            last_cap,
+        })
+    }
+
+    /// The cgroup layout in use.
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
+    }
+}

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use skiff_image::ImageStore;
 use skiff_store::Store;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Paths under the data directory, and handles opened from them.
 pub struct Home {
@@ -36,18 +36,7 @@ impl Home {
             .with_context(|| format!("opening image store in {}", self.root.display()))
     }
 
-    #[allow(dead_code)] // used by `skiff run`, being built
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
-    }
-
-    #[allow(dead_code)]
-    pub fn instances_dir(&self) -> PathBuf {
-        self.root.join("instances")
-    }
-
-    #[allow(dead_code)]
-    pub fn path(&self) -> &Path {
-        &self.root
     }
 }

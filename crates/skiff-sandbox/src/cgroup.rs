@@ -1,0 +1,367 @@
+//! Per-instance cgroups with memory, CPU and pids limits, on cgroup v2 (unified) hosts and
+//! on v1 hosts, behind one type. On a hybrid host (v1 controllers plus an empty v2 mount)
+//! v1 is used, because that is where the controllers are.
+//!
+//! Instances go under `<parent>/skiff/<id>`. On v1 the parent is, per controller, the
+//! cgroup skiff itself runs in, so instances stay inside whatever limits skiff was given;
+//! on v2 it is the root (`/skiff`), because a v2 cgroup holding processes may not have
+//! children with controllers. `SKIFF_CGROUP_PARENT` overrides both.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Limits applied to an instance's cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory limit in bytes (swap is not allowed on top).
+    pub memory_bytes: Option<u64>,
+    /// CPU quota in millicores (1000 = one full CPU).
+    pub cpu_millis: Option<u64>,
+    /// Maximum number of tasks (processes and threads).
+    pub pids: Option<u64>,
+}
+
+const CPU_PERIOD_US: u64 = 100_000;
+const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "freezer"];
+
+/// Which cgroup layout the host has.
+#[derive(Clone, Debug)]
+pub enum Hierarchy {
+    /// Unified hierarchy mounted at the path.
+    V2(PathBuf),
+    /// Per-controller mounts under the path (`<root>/memory`, `<root>/cpu`, …).
+    V1(PathBuf),
+}
+
+impl Hierarchy {
+    /// Detects the host's layout from `/sys/fs/cgroup`.
+    pub fn detect() -> io::Result<Hierarchy> {
+        let root = Path::new("/sys/fs/cgroup");
+        let st = rustix::fs::statfs(root)?;
+        const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+        if st.f_type as i64 == CGROUP2_SUPER_MAGIC {
+            Ok(Hierarchy::V2(root.to_owned()))
+        } else if root.join("memory").is_dir() {
+            Ok(Hierarchy::V1(root.to_owned()))
+        } else {
+            Err(io::Error::other(
+                "no usable cgroup hierarchy at /sys/fs/cgroup",
+            ))
+        }
+    }
+}
+
+/// An instance's cgroup (one directory on v2, one per controller on v1).
+#[derive(Debug)]
+pub struct Cgroup {
+    v2: bool,
+    dirs: Vec<PathBuf>,
+}
+
+fn write(path: &Path, value: &str) -> io::Result<()> {
+    fs::write(path, value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("writing {value:?} to {}: {e}", path.display()),
+        )
+    })
+}
+
+/// The cgroup path (relative to the hierarchy root) this process is in for `controller`
+/// (`""` for v2), from `/proc/self/cgroup`.
+fn own_path(controller: &str) -> String {
+    let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (
+            parts.next(),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("/"),
+        );
+        let matches = if controller.is_empty() {
+            ctrls.is_empty()
+        } else {
+            ctrls.split(',').any(|c| c == controller)
+        };
+        if matches {
+            return path.to_owned();
+        }
+    }
+    "/".to_owned()
+}
+
+fn parent_for(controller: &str, override_parent: Option<&str>) -> String {
+    match override_parent {
+        Some(p) => p.to_owned(),
+        None if controller.is_empty() => "/".to_owned(),
+        None => own_path(controller),
+    }
+}
+
+impl Cgroup {
+    /// Creates the cgroup for instance `id` with `limits`.
+    pub fn create(h: &Hierarchy, id: &str, limits: &Limits) -> io::Result<Cgroup> {
+        let parent_override = std::env::var("SKIFF_CGROUP_PARENT").ok();
+        let parent_override = parent_override.as_deref();
+        let cg = match h {
+            Hierarchy::V2(root) => {
+                let parent = root.join(parent_for("", parent_override).trim_start_matches('/'));
+                let skiff = parent.join("skiff");
+                fs::create_dir_all(&skiff)?;
+                enable_v2_controllers(root, &skiff)?;
+                let dir = skiff.join(id);
+                fs::create_dir(&dir)?;
+                Cgroup {
+                    v2: true,
+                    dirs: vec![dir],
+                }
+            }
+            Hierarchy::V1(root) => {
+                let mut dirs = Vec::new();
+                for c in V1_CONTROLLERS {
+                    let base = root.join(c);
+                    if !base.is_dir() {
+                        continue;
+                    }
+                    let parent = base.join(parent_for(c, parent_override).trim_start_matches('/'));
+                    let dir = parent.join("skiff").join(id);
+                    fs::create_dir_all(&dir)?;
+                    dirs.push(dir);
+                }
+                Cgroup { v2: false, dirs }
+            }
+        };
+        if let Err(e) = cg.apply(limits) {
+            cg.remove(Duration::from_millis(100));
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn dir_of(&self, controller: &str) -> Option<&Path> {
+        if self.v2 {
+            return self.dirs.first().map(PathBuf::as_path);
+        }
+        self.dirs
+            .iter()
+            .find(|d| d.components().any(|c| c.as_os_str() == controller))
+            .map(PathBuf::as_path)
+    }
+
+    fn apply(&self, l: &Limits) -> io::Result<()> {
+        if self.v2 {
+            let d = &self.dirs[0];
+            if let Some(m) = l.memory_bytes {
+                write(&d.join("memory.max"), &m.to_string())?;
+                if d.join("memory.swap.max").exists() {
+                    write(&d.join("memory.swap.max"), "0")?;
+                }
+            }
+            if let Some(c) = l.cpu_millis {
+                write(
+                    &d.join("cpu.max"),
+                    &format!("{} {CPU_PERIOD_US}", c * CPU_PERIOD_US / 1000),
+                )?;
+            }
+            if let Some(p) = l.pids {
+                write(&d.join("pids.max"), &p.to_string())?;
+            }
+            return Ok(());
+        }
+        if let (Some(m), Some(d)) = (l.memory_bytes, self.dir_of("memory")) {
+            write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
+            let memsw = d.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                write(&memsw, &m.to_string())?;
+            }
+        }
+        if let (Some(c), Some(d)) = (l.cpu_millis, self.dir_of("cpu")) {
+            write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            write(
+                &d.join("cpu.cfs_quota_us"),
+                &(c * CPU_PERIOD_US / 1000).to_string(),
+            )?;
+        }
+        if let (Some(p), Some(d)) = (l.pids, self.dir_of("pids")) {
+            write(&d.join("pids.max"), &p.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into the cgroup (every controller's directory).
+    pub fn add(&self, pid: i32) -> io::Result<()> {
+        for d in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// PIDs in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut out: Vec<i32> = Vec::new();
+        for d in &self.dirs {
+            if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
+                out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Whether the kernel OOM-killed a process of this cgroup.
+    pub fn oom_killed(&self) -> bool {
+        let (file, key) = if self.v2 {
+            ("memory.events", "oom_kill")
+        } else {
+            ("memory.oom_control", "oom_kill")
+        };
+        let Some(d) = self.dir_of("memory") else {
+            return false;
+        };
+        let text = fs::read_to_string(d.join(file)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once(' '))
+            .any(|(k, v)| k == key && v.trim().parse::<u64>().unwrap_or(0) > 0)
+    }
+
+    /// Reads the memory in use (bytes), if the controller reports it.
+    pub fn memory_current(&self) -> Option<u64> {
+        let d = self.dir_of("memory")?;
+        let file = if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        fs::read_to_string(d.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// SIGKILLs every process in the cgroup. On v2 through `cgroup.kill`; on v1 by freezing
+    /// the cgroup first so nothing can fork between listing and killing.
+    pub fn kill_all(&self) {
+        if self.v2 {
+            let kill = self.dirs[0].join("cgroup.kill");
+            if kill.exists() && write(&kill, "1").is_ok() {
+                return;
+            }
+        }
+        let freezer = self.dir_of("freezer").map(|d| d.join("freezer.state"));
+        if let Some(f) = &freezer {
+            let _ = write(f, "FROZEN");
+        }
+        for pid in self.pids() {
+            // SAFETY: kill(2) with a pid read from this instance's own cgroup.procs.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some(f) = &freezer {
+            let _ = write(f, "THAWED");
+        }
+    }
+
+    /// Removes the cgroup once it is empty, killing stragglers, waiting up to `timeout`.
+    /// Returns whether every directory is gone.
+    pub fn remove(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.pids().is_empty() {
+                self.kill_all();
+            }
+            let mut all_gone = true;
+            for d in &self.dirs {
+                if d.exists() && fs::remove_dir(d).is_err() {
+                    all_gone = false;
+                }
+            }
+            if all_gone || Instant::now() >= deadline {
+                return all_gone;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The cgroup directories (one on v2; one per controller on v1).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+}
+
+/// Enables memory, cpu and pids for children of every cgroup from the root down to `dir`.
+fn enable_v2_controllers(root: &Path, dir: &Path) -> io::Result<()> {
+    let available = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let wanted: Vec<&str> = ["memory", "cpu", "pids"]
+        .into_iter()
+        .filter(|c| available.split_whitespace().any(|a| a == *c))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let line = wanted
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let rel = dir.strip_prefix(root).unwrap_or(Path::new(""));
+    let mut cur = root.to_owned();
+    write(&cur.join("cgroup.subtree_control"), &line)?;
+    for c in rel.components() {
+        cur.push(c);
+        write(&cur.join("cgroup.subtree_control"), &line)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake v2 tree in a temporary directory: the files the kernel would create.
+    #[test]
+    fn v2_writes_limits_and_enables_controllers() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
+        let dir = root.path().join("skiff/abc");
+        let cg = Cgroup {
+            v2: true,
+            dirs: vec![dir.clone()],
+        };
+        fs::create_dir_all(&dir).unwrap();
+        cg.apply(&Limits {
+            memory_bytes: Some(64 << 20),
+            cpu_millis: Some(500),
+            pids: Some(32),
+        })
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "67108864"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
+        assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "32");
+        enable_v2_controllers(root.path(), &root.path().join("skiff")).unwrap();
+        assert_eq!(
+            fs::read_to_string(root.path().join("skiff/cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids"
+        );
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert!(cg.oom_killed());
+    }
+
+    #[test]
+    fn own_path_reads_proc_self_cgroup() {
+        // Every process is somewhere; the v2 line (or "/") always answers.
+        assert!(own_path("").starts_with('/'));
+    }
+}

@@ -1,0 +1,601 @@
+//! What runs in the new process between `clone` and `execve`. The parent may be
+//! multi-threaded, so this code must not allocate, lock, or touch anything but the
+//! prepared [`ChildPlan`] and raw system calls: every string here was built before the
+//! clone. On failure it writes `(step, errno)` to the error pipe and exits; on success
+//! `execve` closes that pipe (it is close-on-exec) and the parent reads EOF.
+//!
+//! Order matters: the image root is pivoted to *before* `/proc`, `/dev`, `/sys` and `/tmp`
+//! are mounted, so a symlink planted by the image can only redirect those mounts inside
+//! the sandbox, never onto the host.
+
+#![allow(unsafe_code)]
+
+use libc::{c_char, c_int, c_ulong, c_void};
+use std::ffi::{CStr, CString};
+
+/// Steps of the child setup, reported to the parent by number on failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    PrivateMounts = 1,
+    Scratch,
+    Overlay,
+    PivotRoot,
+    Proc,
+    Dev,
+    Tmp,
+    MaskPaths,
+    ReadOnlyRoot,
+    WaitParent,
+    CgroupNamespace,
+    Network,
+    Hostname,
+    Stdio,
+    Workdir,
+    NoNewPrivs,
+    DropBounding,
+    SetIds,
+    Capabilities,
+    Seccomp,
+    Exec,
+}
+
+impl Step {
+    /// Human wording of the step, for error messages.
+    pub fn describe(n: u32) -> &'static str {
+        const NAMES: [&str; 22] = [
+            "unknown step",
+            "making mounts private",
+            "mounting the scratch tmpfs",
+            "mounting the overlay root filesystem",
+            "pivoting into the root filesystem",
+            "mounting /proc",
+            "setting up /dev",
+            "mounting /tmp",
+            "masking /proc and /sys paths",
+            "making the root filesystem read-only",
+            "waiting for the parent",
+            "entering a new cgroup namespace",
+            "configuring the network",
+            "setting the hostname",
+            "setting up stdin/stdout/stderr",
+            "changing to the working directory",
+            "setting no_new_privs",
+            "dropping capabilities from the bounding set",
+            "switching user and groups",
+            "setting capabilities",
+            "loading the seccomp filter",
+            "executing the command",
+        ];
+        NAMES.get(n as usize).copied().unwrap_or("unknown step")
+    }
+}
+
+/// Network settings for the child's side of its veth pair.
+pub struct NetPlan {
+    pub addr: [u8; 4],
+    pub mask: [u8; 4],
+}
+
+/// Everything the child needs, prepared by the parent.
+pub struct ChildPlan {
+    pub sync_fd: c_int,
+    pub err_fd: c_int,
+    pub stdout_fd: c_int,
+    pub stderr_fd: c_int,
+    pub scratch: CString,
+    pub scratch_opts: CString,
+    pub upper: CString,
+    pub work: CString,
+    pub merged: CString,
+    pub layers_dir: CString,
+    pub overlay_opts: CString,
+    pub tmp_opts: CString,
+    pub read_only: bool,
+    pub hostname: CString,
+    pub net: Option<NetPlan>,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<libc::gid_t>,
+    pub keep_caps: u64,
+    pub last_cap: u32,
+    pub seccomp: Vec<libc::sock_filter>,
+    pub cwd: CString,
+    pub argv: Vec<*const c_char>,
+    pub envp: Vec<*const c_char>,
+    pub exec_paths: Vec<CString>,
+    /// Keeps the strings `argv` and `envp` point into alive.
+    pub _strings: Vec<CString>,
+}
+
+const NULL: *const c_char = std::ptr::null();
+
+fn fail(plan: &ChildPlan, step: Step, errno: c_int) -> ! {
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: writing a stack buffer to our own pipe, then exiting without running any
+    // destructors or atexit handlers (which could allocate or take locks).
+    unsafe {
+        libc::write(plan.err_fd, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+fn errno() -> c_int {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn check(plan: &ChildPlan, step: Step, rc: c_int) {
+    if rc < 0 {
+        fail(plan, step, errno());
+    }
+}
+
+fn mount(src: &CStr, target: &CStr, fstype: &CStr, flags: c_ulong, data: &CStr) -> c_int {
+    let data_ptr: *const c_void = if data.is_empty() {
+        std::ptr::null()
+    } else {
+        data.as_ptr().cast()
+    };
+    let fstype_ptr = if fstype.is_empty() {
+        NULL
+    } else {
+        fstype.as_ptr()
+    };
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call (or null).
+    unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype_ptr, flags, data_ptr) }
+}
+
+/// Makes sure `path` is a real directory (creating it), refusing a symlink or file there.
+fn ensure_dir(path: &CStr) -> c_int {
+    // SAFETY: NUL-terminated path; `st` is a plain struct the kernel fills.
+    unsafe {
+        if libc::mkdir(path.as_ptr(), 0o755) == 0 {
+            return 0;
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::lstat(path.as_ptr(), &mut st) < 0 {
+            return -1;
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            *libc::__errno_location() = libc::ENOTDIR;
+            return -1;
+        }
+        0
+    }
+}
+
+const MS_PRIVATE_REC: c_ulong = libc::MS_REC | libc::MS_PRIVATE;
+
+/// Runs in the cloned child; never returns.
+pub fn run(plan: &ChildPlan) -> ! {
+    // SAFETY: every call below is a raw system call on data prepared before the clone;
+    // nothing allocates, and failures end the process through `fail`.
+    unsafe {
+        libc::umask(0);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+
+        check(
+            plan,
+            Step::PrivateMounts,
+            mount(c"", c"/", c"", MS_PRIVATE_REC, c""),
+        );
+        check(
+            plan,
+            Step::Scratch,
+            mount(
+                c"tmpfs",
+                &plan.scratch,
+                c"tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV,
+                &plan.scratch_opts,
+            ),
+        );
+        for dir in [&plan.upper, &plan.work, &plan.merged] {
+            check(plan, Step::Scratch, libc::mkdir(dir.as_ptr(), 0o755));
+        }
+        // lowerdir entries are relative to the snapshots directory, to fit more layers in
+        // the one page the mount options may take.
+        check(plan, Step::Overlay, libc::chdir(plan.layers_dir.as_ptr()));
+        check(
+            plan,
+            Step::Overlay,
+            mount(c"overlay", &plan.merged, c"overlay", 0, &plan.overlay_opts),
+        );
+
+        check(plan, Step::PivotRoot, libc::chdir(plan.merged.as_ptr()));
+        check(
+            plan,
+            Step::PivotRoot,
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as c_int,
+        );
+        check(
+            plan,
+            Step::PivotRoot,
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
+        );
+        check(plan, Step::PivotRoot, libc::chdir(c"/".as_ptr()));
+
+        let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        check(plan, Step::Proc, ensure_dir(c"/proc"));
+        check(
+            plan,
+            Step::Proc,
+            mount(c"proc", c"/proc", c"proc", nosuid_nodev_noexec, c""),
+        );
+        setup_dev(plan);
+        check(plan, Step::Tmp, ensure_dir(c"/tmp"));
+        check(
+            plan,
+            Step::Tmp,
+            mount(
+                c"tmpfs",
+                c"/tmp",
+                c"tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV,
+                &plan.tmp_opts,
+            ),
+        );
+        if ensure_dir(c"/sys") == 0 {
+            // Not every host lets a network namespace mount its own sysfs; apps rarely need it.
+            mount(
+                c"sysfs",
+                c"/sys",
+                c"sysfs",
+                nosuid_nodev_noexec | libc::MS_RDONLY,
+                c"",
+            );
+        }
+        mask_paths(plan);
+        if plan.read_only {
+            check(
+                plan,
+                Step::ReadOnlyRoot,
+                mount(
+                    c"",
+                    c"/",
+                    c"",
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    c"",
+                ),
+            );
+        }
+
+        let mut go = [0u8; 1];
+        if libc::read(plan.sync_fd, go.as_mut_ptr().cast(), 1) != 1 {
+            fail(plan, Step::WaitParent, libc::EPIPE);
+        }
+        libc::close(plan.sync_fd);
+        check(
+            plan,
+            Step::CgroupNamespace,
+            libc::unshare(libc::CLONE_NEWCGROUP),
+        );
+        configure_network(plan);
+        check(
+            plan,
+            Step::Hostname,
+            libc::sethostname(plan.hostname.as_ptr(), plan.hostname.as_bytes().len()),
+        );
+        libc::setsid();
+        libc::umask(0o022);
+
+        let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        check(plan, Step::Stdio, devnull);
+        check(plan, Step::Stdio, libc::dup2(devnull, 0));
+        check(plan, Step::Stdio, libc::dup2(plan.stdout_fd, 1));
+        check(plan, Step::Stdio, libc::dup2(plan.stderr_fd, 2));
+        // Whatever else the parent had open must not reach the application.
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+
+        drop_privileges(plan);
+        check(plan, Step::Workdir, libc::chdir(plan.cwd.as_ptr()));
+        let prog = libc::sock_fprog {
+            len: plan.seccomp.len() as u16,
+            filter: plan.seccomp.as_ptr() as *mut libc::sock_filter,
+        };
+        check(
+            plan,
+            Step::Seccomp,
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const _ as c_ulong,
+            ),
+        );
+
+        let mut last = libc::ENOENT;
+        for path in &plan.exec_paths {
+            libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+            let e = errno();
+            if e != libc::ENOENT && e != libc::ENOTDIR {
+                last = e;
+            }
+        }
+        fail(plan, Step::Exec, last)
+    }
+}
+
+/// A minimal `/dev`: the harmless character devices, the usual symlinks, a private
+/// devpts and a `/dev/shm`.
+unsafe fn setup_dev(plan: &ChildPlan) {
+    // SAFETY: raw calls on static NUL-terminated paths.
+    unsafe {
+        check(plan, Step::Dev, ensure_dir(c"/dev"));
+        check(
+            plan,
+            Step::Dev,
+            mount(
+                c"tmpfs",
+                c"/dev",
+                c"tmpfs",
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                c"mode=755,size=64k",
+            ),
+        );
+        let devices: [(&CStr, u32, u32); 6] = [
+            (c"/dev/null", 1, 3),
+            (c"/dev/zero", 1, 5),
+            (c"/dev/full", 1, 7),
+            (c"/dev/random", 1, 8),
+            (c"/dev/urandom", 1, 9),
+            (c"/dev/tty", 5, 0),
+        ];
+        for (path, major, minor) in devices {
+            check(
+                plan,
+                Step::Dev,
+                libc::mknod(
+                    path.as_ptr(),
+                    libc::S_IFCHR | 0o666,
+                    libc::makedev(major, minor),
+                ),
+            );
+        }
+        let links: [(&CStr, &CStr); 5] = [
+            (c"/proc/self/fd", c"/dev/fd"),
+            (c"/proc/self/fd/0", c"/dev/stdin"),
+            (c"/proc/self/fd/1", c"/dev/stdout"),
+            (c"/proc/self/fd/2", c"/dev/stderr"),
+            (c"pts/ptmx", c"/dev/ptmx"),
+        ];
+        for (target, link) in links {
+            check(
+                plan,
+                Step::Dev,
+                libc::symlink(target.as_ptr(), link.as_ptr()),
+            );
+        }
+        check(plan, Step::Dev, libc::mkdir(c"/dev/pts".as_ptr(), 0o755));
+        check(
+            plan,
+            Step::Dev,
+            mount(
+                c"devpts",
+                c"/dev/pts",
+                c"devpts",
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                c"newinstance,ptmxmode=0666,mode=0620",
+            ),
+        );
+        check(plan, Step::Dev, libc::mkdir(c"/dev/shm".as_ptr(), 0o1777));
+        check(
+            plan,
+            Step::Dev,
+            mount(
+                c"shm",
+                c"/dev/shm",
+                c"tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"mode=1777,size=65536k",
+            ),
+        );
+    }
+}
+
+/// Hides kernel interfaces that root in the sandbox could otherwise read or write
+/// (`/proc/sysrq-trigger`, `/proc/sys`, `/proc/kcore` …), as Docker and crun do.
+unsafe fn mask_paths(plan: &ChildPlan) {
+    const MASK_FILES: [&CStr; 5] = [
+        c"/proc/kcore",
+        c"/proc/keys",
+        c"/proc/timer_list",
+        c"/proc/sched_debug",
+        c"/proc/latency_stats",
+    ];
+    const MASK_DIRS: [&CStr; 4] = [
+        c"/proc/acpi",
+        c"/proc/scsi",
+        c"/sys/firmware",
+        c"/sys/kernel/debug",
+    ];
+    const READ_ONLY: [&CStr; 5] = [
+        c"/proc/bus",
+        c"/proc/fs",
+        c"/proc/irq",
+        c"/proc/sys",
+        c"/proc/sysrq-trigger",
+    ];
+    let absent = || matches!(errno(), libc::ENOENT);
+    for p in MASK_FILES {
+        if mount(c"/dev/null", p, c"", libc::MS_BIND, c"") < 0 && !absent() {
+            fail(plan, Step::MaskPaths, errno());
+        }
+    }
+    for p in MASK_DIRS {
+        if mount(c"tmpfs", p, c"tmpfs", libc::MS_RDONLY, c"size=0") < 0 && !absent() {
+            fail(plan, Step::MaskPaths, errno());
+        }
+    }
+    for p in READ_ONLY {
+        if mount(p, p, c"", libc::MS_BIND | libc::MS_REC, c"") < 0 {
+            if absent() {
+                continue;
+            }
+            fail(plan, Step::MaskPaths, errno());
+        }
+        let flags = libc::MS_REMOUNT
+            | libc::MS_BIND
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV
+            | libc::MS_NOEXEC;
+        check(plan, Step::MaskPaths, mount(c"", p, c"", flags, c""));
+    }
+}
+
+unsafe fn configure_network(plan: &ChildPlan) {
+    // SAFETY: ioctls on a fresh socket with zeroed, correctly sized ifreq structs.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        check(plan, Step::Network, sock);
+        set_up(plan, sock, b"lo\0");
+        if let Some(net) = &plan.net {
+            set_addr(plan, sock, b"eth0\0", libc::SIOCSIFADDR, net.addr);
+            set_addr(plan, sock, b"eth0\0", libc::SIOCSIFNETMASK, net.mask);
+            set_up(plan, sock, b"eth0\0");
+        }
+        libc::close(sock);
+    }
+}
+
+fn ifreq(name: &[u8]) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in r.ifr_name.iter_mut().zip(name) {
+        *d = *s as c_char;
+    }
+    r
+}
+
+unsafe fn set_up(plan: &ChildPlan, sock: c_int, name: &[u8]) {
+    let mut r = ifreq(name);
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `ifru_flags` of our own ifreq.
+    unsafe {
+        check(
+            plan,
+            Step::Network,
+            libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut r),
+        );
+        r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        check(
+            plan,
+            Step::Network,
+            libc::ioctl(sock, libc::SIOCSIFFLAGS, &r),
+        );
+    }
+}
+
+unsafe fn set_addr(plan: &ChildPlan, sock: c_int, name: &[u8], request: c_ulong, addr: [u8; 4]) {
+    let mut r = ifreq(name);
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in fits in the sockaddr slot of the union (both 16 bytes).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&sin as *const libc::sockaddr_in).cast::<u8>(),
+            (&mut r.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast::<u8>(),
+            std::mem::size_of::<libc::sockaddr_in>(),
+        );
+        check(plan, Step::Network, libc::ioctl(sock, request, &r));
+    }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+unsafe fn drop_privileges(plan: &ChildPlan) {
+    // SAFETY: prctl/setres*id/capset with values prepared by the parent.
+    unsafe {
+        check(
+            plan,
+            Step::NoNewPrivs,
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+        );
+        for cap in 0..=plan.last_cap {
+            if plan.keep_caps & (1u64 << cap) == 0 {
+                check(
+                    plan,
+                    Step::DropBounding,
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap as c_ulong, 0, 0, 0),
+                );
+            }
+        }
+        check(
+            plan,
+            Step::SetIds,
+            libc::setgroups(plan.groups.len(), plan.groups.as_ptr()),
+        );
+        check(
+            plan,
+            Step::SetIds,
+            libc::setresgid(plan.gid, plan.gid, plan.gid),
+        );
+        check(
+            plan,
+            Step::SetIds,
+            libc::setresuid(plan.uid, plan.uid, plan.uid),
+        );
+        // A uid change clears the parent-death signal; ask for it again.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        let keep = if plan.uid == 0 { plan.keep_caps } else { 0 };
+        let lo = CapData {
+            effective: keep as u32,
+            permitted: keep as u32,
+            inheritable: 0,
+        };
+        let hi = CapData {
+            effective: (keep >> 32) as u32,
+            permitted: (keep >> 32) as u32,
+            inheritable: 0,
+        };
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [lo, hi];
+        check(
+            plan,
+            Step::Capabilities,
+            libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as c_int,
+        );
+        check(
+            plan,
+            Step::Capabilities,
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ),
+        );
+    }
+}

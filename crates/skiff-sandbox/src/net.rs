@@ -1,0 +1,126 @@
+//! Per-instance networking: a veth pair whose host end (`skiff<slot>`) gets the first
+//! address of a /30 and whose sandbox end (`eth0`) the second. Instances have no route
+//! beyond their /30, and their loopback is their own, so the host's 127.0.0.1 services
+//! are out of reach. When the sandbox's network namespace dies, the kernel deletes the
+//! pair: nothing to clean up by hand.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The default instance subnet (a /16 cut into /30s).
+pub const DEFAULT_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 0);
+/// How many /30 slots a /16 holds.
+pub const SLOTS: u32 = 1 << 14;
+
+/// One instance's addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkSlot {
+    /// Slot number, unique among running instances.
+    pub slot: u32,
+    /// Base of the /16 the slots are cut from.
+    pub subnet: Ipv4Addr,
+}
+
+impl NetworkSlot {
+    /// Slot `slot` of the default subnet.
+    pub fn new(slot: u32) -> Self {
+        NetworkSlot {
+            slot,
+            subnet: DEFAULT_SUBNET,
+        }
+    }
+
+    fn base(&self) -> u32 {
+        u32::from(self.subnet) + self.slot * 4
+    }
+
+    /// The host end's address.
+    pub fn host_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base() + 1)
+    }
+
+    /// The instance's address (where its server listens).
+    pub fn instance_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base() + 2)
+    }
+
+    /// The host end's interface name.
+    pub fn host_ifname(&self) -> String {
+        format!("skiff{}", self.slot)
+    }
+}
+
+/// Creates the veth pair with its peer inside the network namespace of `pid`.
+pub fn create_veth(slot: &NetworkSlot, pid: i32) -> std::io::Result<()> {
+    let ifname = slot.host_ifname();
+    // A pair left by an instance whose namespace is somehow still alive would collide;
+    // that is an error to report, not to paper over.
+    let script = format!(
+        "link add {ifname} type veth peer name eth0 netns {pid}\n\
+         addr add {}/30 dev {ifname}\n\
+         link set {ifname} up\n",
+        slot.host_addr()
+    );
+    let mut child = Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("running ip (iproute2): {e}")))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "ip -batch: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Waits for the kernel to tear down the pair after the namespace died (it does so
+/// asynchronously), deleting it by hand past `timeout`, so the slot is free to reuse.
+pub fn await_link_gone(slot: &NetworkSlot, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while host_link_exists(slot) {
+        if Instant::now() >= deadline {
+            let _ = Command::new("ip")
+                .args(["link", "del", &slot.host_ifname()])
+                .stderr(Stdio::null())
+                .status();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether the host end of `slot` exists (for leak checks).
+pub fn host_link_exists(slot: &NetworkSlot) -> bool {
+    std::path::Path::new("/sys/class/net")
+        .join(slot.host_ifname())
+        .exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_disjoint_slash_30s() {
+        let a = NetworkSlot::new(0);
+        let b = NetworkSlot::new(1);
+        assert_eq!(a.host_addr(), Ipv4Addr::new(10, 88, 0, 1));
+        assert_eq!(a.instance_addr(), Ipv4Addr::new(10, 88, 0, 2));
+        assert_eq!(b.host_addr(), Ipv4Addr::new(10, 88, 0, 5));
+        let last = NetworkSlot::new(SLOTS - 1);
+        assert_eq!(last.instance_addr(), Ipv4Addr::new(10, 88, 255, 254));
+        assert_eq!(last.host_ifname().len(), 10);
+    }
+}

@@ -1,0 +1,352 @@
+//! Starting an instance: prepares the child's plan (every string and table it will need),
+//! creates the cgroup, clones into new namespaces, attaches the cgroup and network from
+//! the parent while the child mounts its root, then releases the child to exec and waits
+//! for the exec to succeed or the child to report the step that failed.
+
+#![allow(unsafe_code)]
+
+use crate::cgroup::Cgroup;
+use crate::child::{self, ChildPlan, NetPlan, Step};
+use crate::instance::Instance;
+use crate::{net, Sandbox, SandboxError, SandboxSpec};
+use rustix::fd::{AsRawFd, OwnedFd};
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+/// Longest mount option string the kernel takes (one page).
+const MAX_MOUNT_DATA: usize = 4095;
+
+fn cstring(id: &str, what: &str, s: impl Into<Vec<u8>>) -> Result<CString, SandboxError> {
+    CString::new(s).map_err(|_| SandboxError::Spec {
+        id: id.to_owned(),
+        why: format!("{what} contains a NUL byte"),
+    })
+}
+
+fn path_cstring(id: &str, what: &str, p: &Path) -> Result<CString, SandboxError> {
+    use std::os::unix::ffi::OsStrExt;
+    cstring(id, what, p.as_os_str().as_bytes())
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Deletes the scratch directory and cgroup if starting fails midway.
+struct Cleanup<'a> {
+    scratch: &'a Path,
+    cgroup: Option<Cgroup>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove(Duration::from_secs(5));
+        }
+        let _ = fs::remove_dir(self.scratch);
+    }
+}
+
+impl Sandbox {
+    /// Starts an instance. Returns once its command is executing (or with the step that
+    /// failed, after cleaning up everything it created).
+    pub fn start(&self, spec: &SandboxSpec) -> Result<Instance, SandboxError> {
+        let id = spec.id.as_str();
+        let spec_err = |why: String| SandboxError::Spec {
+            id: id.to_owned(),
+            why,
+        };
+        skiff_core::validate_instance_id(id).map_err(|e| spec_err(e.to_string()))?;
+        if spec.args.is_empty() {
+            return Err(spec_err(
+                "no command: the image has no Entrypoint or Cmd and none was given".into(),
+            ));
+        }
+        if spec.layers.is_empty() {
+            return Err(spec_err("the image has no layers".into()));
+        }
+        let prep = |what: &'static str| {
+            move |source| SandboxError::Prepare {
+                id: id.to_owned(),
+                what,
+                source,
+            }
+        };
+
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&spec.run_dir)
+            .map_err(prep("creating the run directory"))?;
+        let scratch = spec.run_dir.join(id);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&scratch)
+            .map_err(prep("creating the scratch directory"))?;
+        let mut cleanup = Cleanup {
+            scratch: &scratch,
+            cgroup: None,
+        };
+
+        let plan_parts = self.plan_strings(spec, &scratch)?;
+        let cgroup = Cgroup::create(&self.hierarchy, id, &spec.limits)
+            .map_err(prep("creating the cgroup"))?;
+        cleanup.cgroup = Some(cgroup);
+
+        if let Some(dir) = spec.log_path.parent() {
+            fs::create_dir_all(dir).map_err(prep("creating the log directory"))?;
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&spec.log_path)
+            .map_err(prep("opening the log file"))?;
+
+        let (sync_r, sync_w) = pipe().map_err(prep("creating pipes"))?;
+        let (err_r, err_w) = pipe().map_err(prep("creating pipes"))?;
+        let (out_r, out_w) = pipe().map_err(prep("creating pipes"))?;
+        let (errout_r, errout_w) = pipe().map_err(prep("creating pipes"))?;
+
+        let plan = ChildPlan {
+            sync_fd: sync_r.as_raw_fd(),
+            err_fd: err_w.as_raw_fd(),
+            stdout_fd: out_w.as_raw_fd(),
+            stderr_fd: errout_w.as_raw_fd(),
+            net: spec.network.map(|slot| NetPlan {
+                addr: slot.instance_addr().octets(),
+                mask: [255, 255, 255, 252],
+            }),
+            uid: spec.uid,
+            gid: spec.gid,
+            groups: spec.groups.clone(),
+            keep_caps: crate::default_capability_mask(),
+            last_cap: self.last_cap,
+            seccomp: self.seccomp.clone(),
+            read_only: spec.read_only,
+            ..plan_parts
+        };
+
+        let flags = libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET;
+        // SAFETY: a fork-style clone (no new stack: the child continues on a copy of this
+        // one). The child only runs `child::run`, which makes raw system calls on `plan`
+        // and never returns.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (flags | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if pid == 0 {
+            child::run(&plan);
+        }
+        if pid < 0 {
+            return Err(SandboxError::Prepare {
+                id: id.to_owned(),
+                what: "cloning the sandbox process",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let pid = pid as i32;
+        drop((sync_r, err_w, out_w, errout_w));
+
+        let reap = || {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                let mut status = 0;
+                while libc::waitpid(pid, &mut status, 0) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+            }
+            // Its namespace is dying: the slot is free only once the veth is gone too.
+            if let Some(slot) = &spec.network {
+                net::await_link_gone(slot, Duration::from_secs(2));
+            }
+        };
+        let attach = cleanup
+            .cgroup
+            .as_ref()
+            .expect("set above")
+            .add(pid)
+            .map_err(prep("joining the cgroup"))
+            .and_then(|()| match &spec.network {
+                Some(slot) => net::create_veth(slot, pid).map_err(prep("creating the veth pair")),
+                None => Ok(()),
+            });
+        if let Err(e) = attach {
+            reap();
+            return Err(e);
+        }
+        // The child may already have failed and exited; its report is read below.
+        let _ = rustix::io::write(&sync_w, &[1]);
+        drop(sync_w);
+
+        let mut report = [0u8; 8];
+        let mut got = 0;
+        while got < report.len() {
+            match rustix::io::read(&err_r, &mut report[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => break,
+            }
+        }
+        if got > 0 {
+            reap();
+            let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes"));
+            let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+            let mut source = std::io::Error::from_raw_os_error(errno);
+            if step == Step::Exec as u32 && errno == libc::ENOENT {
+                source = std::io::Error::new(
+                    source.kind(),
+                    format!("{:?} not found in the image (PATH searched)", spec.args[0]),
+                );
+            }
+            return Err(SandboxError::Setup {
+                id: id.to_owned(),
+                step: Step::describe(step),
+                source,
+            });
+        }
+        let pump = crate::logs::spawn(out_r, errout_r, log, spec.tee_output)
+            .map_err(prep("starting the log pump"));
+        let pump = match pump {
+            Ok(p) => p,
+            Err(e) => {
+                reap();
+                return Err(e);
+            }
+        };
+        let cgroup = cleanup.cgroup.take().expect("set above");
+        std::mem::forget(cleanup);
+        Instance::new(
+            id.to_owned(),
+            pid,
+            cgroup,
+            spec.network,
+            scratch.clone(),
+            spec.log_path.clone(),
+            pump,
+        )
+        .map_err(prep("opening a pidfd"))
+    }
+
+    /// Builds the strings of the child's plan (paths, mount options, argv, env).
+    fn plan_strings(&self, spec: &SandboxSpec, scratch: &Path) -> Result<ChildPlan, SandboxError> {
+        let id = spec.id.as_str();
+        let spec_err = |why: String| SandboxError::Spec {
+            id: id.to_owned(),
+            why,
+        };
+        let layers_dir = spec.layers[0].parent().unwrap_or(Path::new("/")).to_owned();
+        let mut names = Vec::new();
+        for l in &spec.layers {
+            if l.parent() != Some(layers_dir.as_path()) {
+                return Err(spec_err(format!(
+                    "layer {} is not in {}",
+                    l.display(),
+                    layers_dir.display()
+                )));
+            }
+            let name = l.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.is_empty() || name.contains([':', ',', '\\']) {
+                return Err(spec_err(format!(
+                    "layer directory {} has an unusable name",
+                    l.display()
+                )));
+            }
+            names.push(name.to_owned());
+        }
+        let upper = scratch.join("upper");
+        let work = scratch.join("work");
+        let overlay_opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            names.join(":"),
+            upper.display(),
+            work.display()
+        );
+        if overlay_opts.len() > MAX_MOUNT_DATA {
+            return Err(spec_err(format!(
+                "too many layers ({}) for one overlay mount",
+                names.len()
+            )));
+        }
+        let mut strings = Vec::new();
+        let mut argv = Vec::new();
+        for a in &spec.args {
+            let c = cstring(id, "an argument", a.as_str())?;
+            argv.push(c.as_ptr());
+            strings.push(c);
+        }
+        argv.push(std::ptr::null());
+        let mut envp = Vec::new();
+        for e in &spec.env {
+            let c = cstring(id, "an environment entry", e.as_str())?;
+            envp.push(c.as_ptr());
+            strings.push(c);
+        }
+        envp.push(std::ptr::null());
+        let exe = &spec.args[0];
+        let exec_paths = if exe.contains('/') {
+            vec![cstring(id, "the command", exe.as_str())?]
+        } else {
+            let path = spec
+                .env
+                .iter()
+                .find_map(|e| e.strip_prefix("PATH="))
+                .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+            path.split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| cstring(id, "PATH", format!("{}/{exe}", d.trim_end_matches('/'))))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        Ok(ChildPlan {
+            sync_fd: -1,
+            err_fd: -1,
+            stdout_fd: -1,
+            stderr_fd: -1,
+            scratch: path_cstring(id, "the run directory", scratch)?,
+            scratch_opts: cstring(
+                id,
+                "scratch size",
+                format!("size={},mode=0700", spec.scratch_bytes),
+            )?,
+            upper: path_cstring(id, "the run directory", &upper)?,
+            work: path_cstring(id, "the run directory", &work)?,
+            merged: path_cstring(id, "the run directory", &scratch.join("merged"))?,
+            layers_dir: path_cstring(id, "the layer directory", &layers_dir)?,
+            overlay_opts: cstring(id, "layer paths", overlay_opts)?,
+            tmp_opts: cstring(
+                id,
+                "scratch size",
+                format!("size={},mode=1777", spec.scratch_bytes),
+            )?,
+            read_only: false,
+            hostname: cstring(id, "the id", id)?,
+            net: None,
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+            keep_caps: 0,
+            last_cap: 0,
+            seccomp: Vec::new(),
+            cwd: cstring(id, "the working directory", spec.cwd.as_str())?,
+            argv,
+            envp,
+            exec_paths,
+            _strings: strings,
+        })
+    }
+}

@@ -1,0 +1,491 @@
+//! End-to-end sandbox tests: real namespaces, cgroups, mounts, veths and processes, from
+//! a busybox image packed by the image store. The isolation probe runs *inside* the
+//! sandbox and reports what it can see and do.
+
+use skiff_image::{ImageStore, PackOptions};
+use skiff_sandbox::{Instance, Limits, NetworkSlot, Sandbox, SandboxSpec};
+use skiff_store::{NewInstance, Store};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "ls", "grep", "id", "hostname", "mount", "touch", "nc", "unshare",
+    "sleep", "awk", "head", "true", "wc", "tr",
+];
+
+/// One data directory for every test in this binary: network slots are allocated from its
+/// database, so parallel tests never share an address.
+struct World {
+    home: PathBuf,
+    images: ImageStore,
+    image: skiff_store::ImageRecord,
+    sandbox: Sandbox,
+    db: Mutex<Store>,
+}
+
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        let home = std::env::temp_dir().join(format!("skiff-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home).unwrap();
+        let root = home.join("rootfs-src");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+            .expect("busybox-static is installed by scripts/deps");
+        for a in APPLETS {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+        }
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/tmp:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+        let images = ImageStore::open(&home).unwrap();
+        let mut db = Store::open(&home.join("skiff.db")).unwrap();
+        let opts = PackOptions {
+            tag: Some("busybox:e2e".parse().unwrap()),
+            entrypoint: vec!["/bin/sh".into()],
+            ..Default::default()
+        };
+        let image = images.pack(&mut db, &root, &opts).unwrap();
+        World {
+            home,
+            images,
+            image,
+            sandbox: Sandbox::new().unwrap(),
+            db: Mutex::new(db),
+        }
+    })
+}
+
+fn unique_id(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("t{}-{tag}-{n}", std::process::id())
+}
+
+fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
+    let w = world();
+    let slot =
+        w.db.lock()
+            .unwrap()
+            .create_instance(
+                &NewInstance {
+                    id: id.into(),
+                    image_digest: w.image.digest.clone(),
+                    supervisor_pid: std::process::id(),
+                    log_path: String::new(),
+                },
+                skiff_sandbox::SLOTS,
+            )
+            .unwrap();
+    SandboxSpec {
+        id: id.into(),
+        layers: w.images.rootfs_layers(&w.image),
+        read_only: false,
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        uid: user.0,
+        gid: user.1,
+        groups: vec![],
+        limits: Limits {
+            memory_bytes: Some(256 << 20),
+            cpu_millis: Some(1000),
+            pids: Some(256),
+        },
+        network: Some(NetworkSlot::new(slot)),
+        log_path: w.home.join("logs").join(format!("{id}.log")),
+        run_dir: w.home.join("run"),
+        scratch_bytes: 64 << 20,
+        tee_output: false,
+    }
+}
+
+fn release(id: &str) {
+    world()
+        .db
+        .lock()
+        .unwrap()
+        .finish_instance(id, None)
+        .unwrap();
+}
+
+/// The instance's stdout lines from its log (the text after `<time> stdout F `).
+fn stdout_of(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t.to_owned()))
+        .collect()
+}
+
+fn run_to_end(spec: &SandboxSpec) -> (skiff_sandbox::Exit, Vec<String>) {
+    let mut inst = world().sandbox.start(spec).unwrap();
+    let exit = inst
+        .wait_timeout(Some(Duration::from_secs(60)))
+        .unwrap()
+        .expect("instance finished in time");
+    release(&spec.id);
+    (exit, stdout_of(&spec.log_path))
+}
+
+fn value<'a>(lines: &'a [String], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("probe printed no {key}= line; output: {lines:?}"))
+}
+
+const PROBE: &str = r#"
+echo pids=$(ls /proc | grep -c '^[0-9]')
+echo pid1=$(cat /proc/1/comm)
+if touch /probe-write 2>/dev/null; then echo rootfs=writable; else echo rootfs=readonly; fi
+if touch /tmp/probe-write 2>/dev/null; then echo tmp=writable; else echo tmp=readonly; fi
+mkdir -p /tmp/m
+if mount -t tmpfs none /tmp/m 2>/dev/null; then echo mount=allowed; else echo mount=denied; fi
+if echo hi | nc -w 1 127.0.0.1 $HOST_PORT 2>/dev/null; then echo loopback=reached; else echo loopback=unreachable; fi
+if echo hi | nc -w 1 $HOST_ADDR $HOST_PORT 2>/dev/null; then echo hostaddr=reached; else echo hostaddr=unreachable; fi
+if unshare -n true 2>/dev/null; then echo unshare=allowed; else echo unshare=denied; fi
+if echo 1 > /proc/sys/kernel/sysrq 2>/dev/null; then echo procsys=writable; else echo procsys=readonly; fi
+echo hostname=$(hostname)
+echo uid=$(id -u)
+grep -E '^(CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\t' | tr ':' '='
+"#;
+
+fn probe(read_only: bool, user: (u32, u32)) -> (Vec<String>, String, usize) {
+    // A server on the host's loopback that the sandbox must not reach.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let id = unique_id("probe");
+    let mut s = spec(&id, PROBE, user);
+    s.read_only = read_only;
+    let host_addr = s.network.unwrap().host_addr();
+    s.env.push(format!("HOST_PORT={port}"));
+    s.env.push(format!("HOST_ADDR={host_addr}"));
+    let (exit, lines) = run_to_end(&s);
+    assert_eq!(exit.code, Some(0), "probe failed: {lines:?}");
+    let mut accepted = 0;
+    while let Ok((mut c, _)) = listener.accept() {
+        let mut b = [0u8; 8];
+        let _ = c.read(&mut b);
+        accepted += 1;
+    }
+    (lines, id, accepted)
+}
+
+#[test]
+fn isolation_probe_as_root_read_only() {
+    let (lines, id, accepted) = probe(true, (0, 0));
+    let pids: u32 = value(&lines, "pids").parse().unwrap();
+    assert!(pids <= 4, "sees {pids} pids: {lines:?}");
+    assert_eq!(
+        value(&lines, "pid1"),
+        "sh",
+        "pid 1 is the instance's own command"
+    );
+    assert_eq!(value(&lines, "rootfs"), "readonly");
+    assert_eq!(value(&lines, "tmp"), "writable");
+    assert_eq!(value(&lines, "mount"), "denied");
+    assert_eq!(value(&lines, "loopback"), "unreachable");
+    assert_eq!(value(&lines, "hostaddr"), "unreachable");
+    assert_eq!(accepted, 0, "the host's loopback server was reached");
+    assert_eq!(value(&lines, "unshare"), "denied");
+    assert_eq!(value(&lines, "procsys"), "readonly");
+    assert_eq!(value(&lines, "hostname"), id);
+    assert_eq!(value(&lines, "uid"), "0");
+    let mask = format!("{:016x}", skiff_sandbox::default_capability_mask());
+    assert_eq!(value(&lines, "CapEff"), mask);
+    assert_eq!(value(&lines, "CapBnd"), mask);
+    assert_eq!(value(&lines, "Seccomp"), "2", "seccomp filter mode");
+    assert_eq!(value(&lines, "NoNewPrivs"), "1");
+}
+
+#[test]
+fn isolation_probe_as_image_user_with_writable_layer() {
+    let (lines, _, _) = probe(false, (1000, 1000));
+    assert_eq!(value(&lines, "uid"), "1000");
+    assert_eq!(
+        value(&lines, "CapEff"),
+        "0000000000000000",
+        "a non-root user has no capabilities"
+    );
+    assert_eq!(
+        value(&lines, "rootfs"),
+        "readonly",
+        "uid 1000 cannot write root-owned /"
+    );
+    assert_eq!(value(&lines, "mount"), "denied");
+}
+
+#[test]
+fn writes_land_in_a_throwaway_layer_not_the_image() {
+    let id = unique_id("write");
+    let s = spec(
+        &id,
+        "echo scribble > /bin/new-file && echo changed > /etc/passwd && cat /etc/passwd",
+        (0, 0),
+    );
+    let (exit, lines) = run_to_end(&s);
+    assert_eq!(exit.code, Some(0), "{lines:?}");
+    assert_eq!(lines, vec!["changed"]);
+    for layer in &s.layers {
+        assert!(
+            !layer.join("bin/new-file").exists(),
+            "write reached the image layer"
+        );
+        let passwd = std::fs::read_to_string(layer.join("etc/passwd")).unwrap();
+        assert!(passwd.starts_with("root:"), "image file modified");
+    }
+    // A second instance sees the pristine image.
+    let id2 = unique_id("write2");
+    let (_, lines) = run_to_end(&spec(&id2, "ls /bin/new-file 2>&1 || echo absent", (0, 0)));
+    assert_eq!(lines.last().map(String::as_str), Some("absent"));
+}
+
+#[test]
+fn memory_limit_oom_kills_and_is_reported() {
+    let id = unique_id("oom");
+    let mut s = spec(&id, "", (0, 0));
+    s.limits.memory_bytes = Some(32 << 20);
+    s.args = vec![
+        "/bin/awk".into(),
+        "BEGIN { s = \"xxxxxxxxxxxxxxxx\"; while (1) s = s s }".into(),
+    ];
+    let (exit, _) = run_to_end(&s);
+    assert_eq!(exit.signal, Some(libc::SIGKILL), "{exit:?}");
+    assert!(exit.oom_killed, "OOM kill not reported: {exit:?}");
+}
+
+#[test]
+fn fork_bomb_stops_at_pids_limit_and_host_stays_responsive() {
+    let id = unique_id("bomb");
+    let mut s = spec(&id, "bomb() { bomb | bomb & }; bomb; sleep 30", (0, 0));
+    s.limits.pids = Some(32);
+    let w = world();
+    let mut inst = w.sandbox.start(&s).unwrap();
+    let cg = inst
+        .cgroup()
+        .unwrap()
+        .dirs()
+        .iter()
+        .find(|d| d.to_string_lossy().contains("pids"))
+        .cloned();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut peak = 0u64;
+    while Instant::now() < deadline {
+        if let Some(d) = &cg {
+            let current: u64 = std::fs::read_to_string(d.join("pids.current"))
+                .unwrap_or_default()
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            peak = peak.max(current);
+        }
+        // The host still forks and runs programs promptly.
+        let t = Instant::now();
+        assert!(Command::new("/bin/true").status().unwrap().success());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "host unresponsive: {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(d) = &cg {
+        let events = std::fs::read_to_string(d.join("pids.events")).unwrap_or_default();
+        assert!(
+            events.contains("max") && !events.contains("max 0"),
+            "pids limit never hit: {events}"
+        );
+    }
+    assert!(peak <= 32, "{peak} tasks, above the limit");
+    let exit = inst.stop(Duration::from_millis(200)).unwrap();
+    release(&id);
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert_nothing_left(&inst, &s);
+}
+
+fn assert_nothing_left(inst: &Instance, s: &SandboxSpec) {
+    assert!(
+        !Path::new(&format!("/proc/{}", inst.pid())).exists(),
+        "first process still exists"
+    );
+    assert!(inst.cgroup().is_none(), "cgroup handle kept");
+    let cgroup_dirs = Command::new("find")
+        .args(["/sys/fs/cgroup", "-name", &s.id])
+        .output()
+        .unwrap();
+    assert!(
+        cgroup_dirs.stdout.is_empty(),
+        "cgroup left: {}",
+        String::from_utf8_lossy(&cgroup_dirs.stdout)
+    );
+    assert!(
+        !skiff_sandbox::host_link_exists(&s.network.unwrap()),
+        "veth left"
+    );
+    assert!(!s.run_dir.join(&s.id).exists(), "scratch dir left");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&s.id), "mount left in the host namespace");
+    assert!(s.log_path.exists(), "the log must outlive the instance");
+}
+
+#[test]
+fn stop_escalates_to_sigkill_and_leaves_nothing() {
+    let id = unique_id("stop");
+    let s = spec(
+        &id,
+        "trap '' TERM; sleep 1000 & sleep 1000 & echo ready; wait",
+        (0, 0),
+    );
+    let w = world();
+    let mut inst = w.sandbox.start(&s).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stdout_of(&s.log_path).contains(&"ready".to_string()) {
+        assert!(Instant::now() < deadline, "instance never became ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    let exit = inst.stop(Duration::from_millis(300)).unwrap();
+    release(&id);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "did not wait the grace period"
+    );
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert!(!exit.oom_killed);
+    assert_nothing_left(&inst, &s);
+}
+
+#[test]
+fn sigterm_lets_the_app_exit_gracefully() {
+    let id = unique_id("term");
+    let s = spec(
+        &id,
+        "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.05; done",
+        (0, 0),
+    );
+    let mut inst = world().sandbox.start(&s).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stdout_of(&s.log_path).contains(&"ready".to_string()) {
+        assert!(Instant::now() < deadline, "instance never became ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let exit = inst.stop(Duration::from_secs(10)).unwrap();
+    release(&id);
+    assert_eq!(exit.code, Some(3));
+    assert!(stdout_of(&s.log_path).contains(&"got TERM".to_string()));
+    assert_nothing_left(&inst, &s);
+}
+
+#[test]
+fn host_reaches_the_instance_on_its_address() {
+    let id = unique_id("serve");
+    let s = spec(&id, "echo ready; echo pong | nc -l -p 8080", (0, 0));
+    let addr = s.network.unwrap().instance_addr();
+    let mut inst = world().sandbox.start(&s).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        if let Ok(mut c) =
+            std::net::TcpStream::connect_timeout(&(addr, 8080).into(), Duration::from_millis(200))
+        {
+            let mut out = String::new();
+            c.write_all(b"ping\n").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = c.read_to_string(&mut out);
+            if !out.is_empty() {
+                break out;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance never answered on {addr}:8080"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    inst.stop(Duration::from_secs(1)).unwrap();
+    release(&id);
+    assert_eq!(reply.trim(), "pong");
+}
+
+#[test]
+fn missing_command_is_reported_with_the_failing_step() {
+    let id = unique_id("noexec");
+    let mut s = spec(&id, "", (0, 0));
+    s.args = vec!["no-such-binary".into()];
+    let err = match world().sandbox.start(&s) {
+        Ok(_) => panic!("started a missing binary"),
+        Err(e) => e.to_string(),
+    };
+    release(&id);
+    assert!(
+        err.contains(&id)
+            && err.contains("executing the command")
+            && err.contains("no-such-binary"),
+        "{err}"
+    );
+    assert!(
+        !s.run_dir.join(&id).exists(),
+        "scratch dir left after a failed start"
+    );
+}
+
+#[test]
+fn cli_run_forwards_exit_code_and_output() {
+    let w = world();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_HOME", &w.home)
+        .args([
+            "run",
+            "busybox:e2e",
+            "--memory",
+            "64Mi",
+            "-e",
+            "GREETING=hello",
+            "--",
+            "-c",
+            "echo $GREETING $PORT; exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 8080\n");
+}
+
+#[test]
+fn cli_run_reports_oom_with_exit_137() {
+    let w = world();
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_HOME", &w.home)
+        .args([
+            "run",
+            "busybox:e2e",
+            "--memory",
+            "32Mi",
+            "--",
+            "-c",
+            "exec awk 'BEGIN { s = \"xxxxxxxx\"; while (1) s = s s }'",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(137));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("out of memory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
