@@ -101,38 +101,50 @@ fn parent_for(controller: &str, override_parent: Option<&str>) -> String {
 }
 
 impl Cgroup {
-    /// Creates the cgroup for instance `id` with `limits`.
-    pub fn create(h: &Hierarchy, id: &str, limits: &Limits) -> io::Result<Cgroup> {
+    /// Where instance `id`'s cgroup lives: (v2?, directories).
+    fn locate(h: &Hierarchy, id: &str) -> (bool, Vec<PathBuf>) {
         let parent_override = std::env::var("SKIFF_CGROUP_PARENT").ok();
         let parent_override = parent_override.as_deref();
-        let cg = match h {
+        match h {
             Hierarchy::V2(root) => {
                 let parent = root.join(parent_for("", parent_override).trim_start_matches('/'));
-                let skiff = parent.join("skiff");
-                fs::create_dir_all(&skiff)?;
-                enable_v2_controllers(root, &skiff)?;
-                let dir = skiff.join(id);
-                fs::create_dir(&dir)?;
-                Cgroup {
-                    v2: true,
-                    dirs: vec![dir],
-                }
+                (true, vec![parent.join("skiff").join(id)])
             }
             Hierarchy::V1(root) => {
-                let mut dirs = Vec::new();
-                for c in V1_CONTROLLERS {
-                    let base = root.join(c);
-                    if !base.is_dir() {
-                        continue;
-                    }
-                    let parent = base.join(parent_for(c, parent_override).trim_start_matches('/'));
-                    let dir = parent.join("skiff").join(id);
-                    fs::create_dir_all(&dir)?;
-                    dirs.push(dir);
-                }
-                Cgroup { v2: false, dirs }
+                let dirs = V1_CONTROLLERS
+                    .iter()
+                    .map(|c| root.join(c))
+                    .filter(|base| base.is_dir())
+                    .map(|base| {
+                        let c = base
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .unwrap_or_default()
+                            .to_owned();
+                        base.join(parent_for(&c, parent_override).trim_start_matches('/'))
+                            .join("skiff")
+                            .join(id)
+                    })
+                    .collect();
+                (false, dirs)
             }
-        };
+        }
+    }
+
+    /// Creates the cgroup for instance `id` with `limits`.
+    pub fn create(h: &Hierarchy, id: &str, limits: &Limits) -> io::Result<Cgroup> {
+        let (v2, dirs) = Self::locate(h, id);
+        if let (true, Hierarchy::V2(root)) = (v2, h) {
+            let skiff = dirs[0].parent().expect("has a parent");
+            fs::create_dir_all(skiff)?;
+            enable_v2_controllers(root, skiff)?;
+            fs::create_dir(&dirs[0])?;
+        } else {
+            for d in &dirs {
+                fs::create_dir_all(d)?;
+            }
+        }
+        let cg = Cgroup { v2, dirs };
         if let Err(e) = cg.apply(limits) {
             cg.remove(Duration::from_millis(100));
             return Err(e);
@@ -188,6 +200,14 @@ impl Cgroup {
             write(&d.join("pids.max"), &p.to_string())?;
         }
         Ok(())
+    }
+
+    /// The cgroup instance `id` left behind, if any of its directories still exist (its
+    /// supervisor died before cleaning up).
+    pub fn open_existing(h: &Hierarchy, id: &str) -> Option<Cgroup> {
+        let (v2, dirs) = Self::locate(h, id);
+        let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+        (!dirs.is_empty()).then_some(Cgroup { v2, dirs })
     }
 
     /// Moves process `pid` into the cgroup (every controller's directory).

@@ -121,6 +121,7 @@ pub enum SandboxError {
 /// The runtime: host facts discovered once (cgroup layout, the compiled seccomp filter).
 pub struct Sandbox {
     hierarchy: Hierarchy,
+    firewall: std::sync::OnceLock<Result<(), String>>,
     seccomp: Vec<libc::sock_filter>,
     last_cap: u32,
 }
@@ -146,9 +147,49 @@ impl Sandbox {
             .unwrap_or(40);
         Ok(Sandbox {
             hierarchy,
+            firewall: std::sync::OnceLock::new(),
             seccomp,
             last_cap,
         })
+    }
+
+    /// Installs the host firewall once per runtime; instances with a network refuse to
+    /// start without it rather than run with the host's services exposed to them.
+    pub(crate) fn ensure_firewall(&self) -> Result<(), SandboxError> {
+        self.firewall
+            .get_or_init(|| net::install_host_firewall().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|e| SandboxError::Host(format!("installing the host firewall: {e}")))
+    }
+
+    /// Cleans up after an instance whose supervisor died without doing so: kills whatever
+    /// is left in its cgroup, removes the cgroup and its scratch directory, and waits for
+    /// its veth to go. Returns whether anything was found.
+    pub fn reclaim(
+        &self,
+        id: &str,
+        run_dir: &std::path::Path,
+        network: Option<NetworkSlot>,
+    ) -> bool {
+        if skiff_core::validate_instance_id(id).is_err() {
+            return false;
+        }
+        let mut found = false;
+        if let Some(cg) = Cgroup::open_existing(&self.hierarchy, id) {
+            found = true;
+            cg.remove(std::time::Duration::from_secs(10));
+        }
+        let scratch = run_dir.join(id);
+        if scratch.exists() {
+            found = true;
+            // The tmpfs on it belonged to the instance's mount namespace, which died with
+            // its processes: what is left is an empty directory tree.
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+        if let Some(slot) = network {
+            net::await_link_gone(&slot, std::time::Duration::from_secs(2));
+        }
+        found
     }
 
     /// The cgroup layout in use.

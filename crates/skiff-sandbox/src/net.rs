@@ -1,8 +1,11 @@
 //! Per-instance networking: a veth pair whose host end (`skiff<slot>`) gets the first
 //! address of a /30 and whose sandbox end (`eth0`) the second. Instances have no route
 //! beyond their /30, and their loopback is their own, so the host's 127.0.0.1 services
-//! are out of reach. When the sandbox's network namespace dies, the kernel deletes the
-//! pair: nothing to clean up by hand.
+//! are out of reach. An nftables table (`inet skiff`) drops everything instances send to
+//! the host itself, or try to route through it, except replies on connections the host
+//! opened: a host service listening on 0.0.0.0 is as unreachable as one on 127.0.0.1.
+//! When the sandbox's network namespace dies, the kernel deletes the pair: nothing to
+//! clean up by hand.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -50,6 +53,48 @@ impl NetworkSlot {
     pub fn host_ifname(&self) -> String {
         format!("skiff{}", self.slot)
     }
+}
+
+/// The host firewall, replaced atomically and idempotently (declare, delete, re-create in
+/// one nft transaction).
+const FIREWALL: &str = r#"table inet skiff
+delete table inet skiff
+table inet skiff {
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "skiff*" ct state established,related accept
+    iifname "skiff*" drop
+  }
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "skiff*" drop
+    oifname "skiff*" drop
+  }
+}
+"#;
+
+/// Installs the host firewall that keeps instances from reaching host services.
+pub fn install_host_firewall() -> std::io::Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("running nft (nftables): {e}")))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(FIREWALL.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// Creates the veth pair with its peer inside the network namespace of `pid`.

@@ -75,6 +75,9 @@ impl Sandbox {
                 source,
             }
         };
+        if spec.network.is_some() {
+            self.ensure_firewall()?;
+        }
 
         fs::DirBuilder::new()
             .recursive(true)

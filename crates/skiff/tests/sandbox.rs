@@ -153,7 +153,9 @@ mkdir -p /tmp/m
 if mount -t tmpfs none /tmp/m 2>/dev/null; then echo mount=allowed; else echo mount=denied; fi
 if echo hi | nc -w 1 127.0.0.1 $HOST_PORT 2>/dev/null; then echo loopback=reached; else echo loopback=unreachable; fi
 if echo hi | nc -w 1 $HOST_ADDR $HOST_PORT 2>/dev/null; then echo hostaddr=reached; else echo hostaddr=unreachable; fi
+if echo hi | nc -w 1 $HOST_ADDR $WILD_PORT 2>/dev/null; then echo hostwild=reached; else echo hostwild=unreachable; fi
 if unshare -n true 2>/dev/null; then echo unshare=allowed; else echo unshare=denied; fi
+if unshare -U true 2>/dev/null; then echo userns=allowed; else echo userns=denied; fi
 if echo 1 > /proc/sys/kernel/sysrq 2>/dev/null; then echo procsys=writable; else echo procsys=readonly; fi
 echo hostname=$(hostname)
 echo uid=$(id -u)
@@ -165,19 +167,26 @@ fn probe(read_only: bool, user: (u32, u32)) -> (Vec<String>, String, usize) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
+    // And one on every host address: only the host firewall keeps instances from it.
+    let wild = TcpListener::bind("0.0.0.0:0").unwrap();
+    let wild_port = wild.local_addr().unwrap().port();
+    wild.set_nonblocking(true).unwrap();
     let id = unique_id("probe");
     let mut s = spec(&id, PROBE, user);
     s.read_only = read_only;
     let host_addr = s.network.unwrap().host_addr();
     s.env.push(format!("HOST_PORT={port}"));
     s.env.push(format!("HOST_ADDR={host_addr}"));
+    s.env.push(format!("WILD_PORT={wild_port}"));
     let (exit, lines) = run_to_end(&s);
     assert_eq!(exit.code, Some(0), "probe failed: {lines:?}");
     let mut accepted = 0;
-    while let Ok((mut c, _)) = listener.accept() {
-        let mut b = [0u8; 8];
-        let _ = c.read(&mut b);
-        accepted += 1;
+    for l in [&listener, &wild] {
+        while let Ok((mut c, _)) = l.accept() {
+            let mut b = [0u8; 8];
+            let _ = c.read(&mut b);
+            accepted += 1;
+        }
     }
     (lines, id, accepted)
 }
@@ -197,8 +206,28 @@ fn isolation_probe_as_root_read_only() {
     assert_eq!(value(&lines, "mount"), "denied");
     assert_eq!(value(&lines, "loopback"), "unreachable");
     assert_eq!(value(&lines, "hostaddr"), "unreachable");
-    assert_eq!(accepted, 0, "the host's loopback server was reached");
+    assert_eq!(
+        value(&lines, "hostwild"),
+        "unreachable",
+        "a host service on 0.0.0.0 was reached"
+    );
+    assert_eq!(accepted, 0, "a host server was reached");
     assert_eq!(value(&lines, "unshare"), "denied");
+    // Creating a user namespace needs no capability, so only the seccomp filter stops it;
+    // the control shows it works outside the sandbox on this host.
+    let control = Command::new("/bin/busybox")
+        .args(["unshare", "-U", "true"])
+        .status()
+        .unwrap();
+    assert!(
+        control.success(),
+        "host cannot create user namespaces: the check below proves nothing"
+    );
+    assert_eq!(
+        value(&lines, "userns"),
+        "denied",
+        "seccomp did not stop unshare(CLONE_NEWUSER)"
+    );
     assert_eq!(value(&lines, "procsys"), "readonly");
     assert_eq!(value(&lines, "hostname"), id);
     assert_eq!(value(&lines, "uid"), "0");
@@ -487,5 +516,149 @@ fn cli_run_reports_oom_with_exit_137() {
         String::from_utf8_lossy(&out.stderr).contains("out of memory"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts `skiff run` with piped stdout and waits for the instance to print `ready`.
+fn spawn_cli_until_ready(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_HOME", &world().home)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "instance did not start");
+    (child, out)
+}
+
+#[test]
+fn cli_run_forwards_sigterm_to_the_instance() {
+    let (mut child, mut out) = spawn_cli_until_ready(&[
+        "run",
+        "busybox:e2e",
+        "--",
+        "-c",
+        "trap 'echo stopping; exit 42' TERM; echo ready; while :; do sleep 0.05; done",
+    ]);
+    // SAFETY: signalling the skiff process this test started, by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(42));
+    assert_eq!(rest.trim(), "stopping");
+}
+
+#[test]
+fn image_in_use_cannot_be_removed() {
+    let w = world();
+    let (mut child, _out) = spawn_cli_until_ready(&[
+        "run",
+        "--stop-timeout",
+        "200ms",
+        "busybox:e2e",
+        "--",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    let rm = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_HOME", &w.home)
+        .args(["image", "rm", &w.image.digest.to_string()])
+        .output()
+        .unwrap();
+    // SAFETY: stopping the skiff process this test started, by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    assert_eq!(rm.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&rm.stderr);
+    assert!(err.contains("in use by running instance"), "{err}");
+    assert!(
+        w.images.rootfs_layers(&w.image).iter().all(|l| l.is_dir()),
+        "layers removed while in use"
+    );
+}
+
+#[test]
+fn killed_supervisor_takes_its_instance_along_and_is_reclaimed() {
+    let w = world();
+    let id = unique_id("lost");
+    let (mut child, _out) = spawn_cli_until_ready(&[
+        "run",
+        "--id",
+        &id,
+        "busybox:e2e",
+        "--",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    let pid = {
+        let db = w.db.lock().unwrap();
+        db.instance(&id)
+            .unwrap()
+            .unwrap()
+            .pid
+            .expect("pid recorded")
+    };
+    child.kill().unwrap(); // SIGKILL: skiff gets no chance to clean up
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "instance outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left = Command::new("find")
+        .args(["/sys/fs/cgroup", "-name", &id])
+        .output()
+        .unwrap();
+    assert!(
+        !left.stdout.is_empty(),
+        "expected a leftover cgroup to reclaim"
+    );
+    // The next skiff run finds the lost instance and cleans up after it.
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_HOME", &w.home)
+        .args([
+            "run",
+            "--network",
+            "none",
+            "busybox:e2e",
+            "--",
+            "-c",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = w.db.lock().unwrap().instance(&id).unwrap().unwrap();
+    assert_eq!(record.state, skiff_store::InstanceState::Lost);
+    let left = Command::new("find")
+        .args(["/sys/fs/cgroup", "-name", &id])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "cgroup not reclaimed: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    assert!(
+        !Path::new("/run/skiff/instances").join(&id).exists(),
+        "scratch dir not reclaimed"
     );
 }

@@ -9,6 +9,7 @@ use clap::Args;
 use skiff_image::{ProcessConfig, ResolvedUser};
 use skiff_sandbox::{Limits, NetworkSlot, Sandbox, SandboxSpec};
 use skiff_store::{ExitRecord, NewInstance, Store};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -104,18 +105,25 @@ fn random_id() -> String {
     format!("r{hex}")
 }
 
-/// Marks instances whose supervisor died as lost, freeing their network slots.
-fn reclaim_lost(db: &mut Store) -> anyhow::Result<()> {
+/// Cleans up after instances whose supervisor died (their processes died with it, by the
+/// parent-death signal) and marks them lost, freeing their network slots.
+fn reclaim_lost(db: &mut Store, sandbox: &Sandbox, run_dir: &Path) -> anyhow::Result<()> {
     for inst in db.running_instances()? {
         // SAFETY: kill with signal 0 only checks whether the process exists.
         let alive = unsafe { libc::kill(inst.supervisor_pid as i32, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !alive {
+            if sandbox.reclaim(&inst.id, run_dir, inst.net_slot.map(NetworkSlot::new)) {
+                tracing::warn!(instance = %inst.id, "reclaimed the leftovers of a lost instance");
+            }
             db.finish_instance(&inst.id, None)?;
         }
     }
     Ok(())
 }
+
+/// Where instances' scratch mount points live.
+const RUN_DIR: &str = "/run/skiff/instances";
 
 fn merged_env(
     image_env: &[String],
@@ -168,7 +176,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         None => random_id(),
     };
     let sandbox = Sandbox::new().context("preparing the sandbox runtime")?;
-    reclaim_lost(&mut db)?;
+    reclaim_lost(&mut db, &sandbox, Path::new(RUN_DIR))?;
     let log_path = home.logs_dir().join(format!("{id}.log"));
     let slot = db
         .create_instance(
@@ -198,7 +206,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         },
         network: (a.network == "veth").then(|| NetworkSlot::new(slot)),
         log_path,
-        run_dir: std::path::PathBuf::from("/run/skiff/instances"),
+        run_dir: PathBuf::from(RUN_DIR),
         scratch_bytes: a.memory,
         tee_output: true,
     };
