@@ -153,13 +153,32 @@ impl Sandbox {
         })
     }
 
-    /// Installs the host firewall once per runtime; instances with a network refuse to
-    /// start without it rather than run with the host's services exposed to them.
-    pub(crate) fn ensure_firewall(&self) -> Result<(), SandboxError> {
-        self.firewall
-            .get_or_init(|| net::install_host_firewall().map_err(|e| e.to_string()))
-            .clone()
-            .map_err(|e| SandboxError::Host(format!("installing the host firewall: {e}")))
+    /// Starts installing the host firewall unless this runtime already did.
+    pub(crate) fn begin_firewall(&self) -> Result<Option<std::process::Child>, SandboxError> {
+        match self.firewall.get() {
+            Some(Ok(())) => Ok(None),
+            Some(Err(e)) => Err(SandboxError::Host(format!(
+                "installing the host firewall: {e}"
+            ))),
+            None => net::spawn_host_firewall()
+                .map(Some)
+                .map_err(|e| SandboxError::Host(format!("installing the host firewall: {e}"))),
+        }
+    }
+
+    /// Waits for the firewall started by [`Self::begin_firewall`]. Instances with a network
+    /// refuse to start without it rather than run with the host's services exposed.
+    pub(crate) fn end_firewall(
+        &self,
+        pending: Option<std::process::Child>,
+    ) -> Result<(), SandboxError> {
+        if let Some(child) = pending {
+            let verdict = net::finish_host_firewall(child).map_err(|e| e.to_string());
+            let _ = self.firewall.set(verdict.clone());
+            verdict
+                .map_err(|e| SandboxError::Host(format!("installing the host firewall: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Cleans up after an instance whose supervisor died without doing so: kills whatever

@@ -73,8 +73,9 @@ table inet skiff {
 }
 "#;
 
-/// Installs the host firewall that keeps instances from reaching host services.
-pub fn install_host_firewall() -> std::io::Result<()> {
+/// Starts installing the host firewall that keeps instances from reaching host services;
+/// [`finish_host_firewall`] waits for it. Split so it runs while the sandbox is set up.
+pub fn spawn_host_firewall() -> std::io::Result<std::process::Child> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -87,6 +88,11 @@ pub fn install_host_firewall() -> std::io::Result<()> {
         .take()
         .expect("stdin is piped")
         .write_all(FIREWALL.as_bytes())?;
+    Ok(child)
+}
+
+/// Waits for [`spawn_host_firewall`]'s nft to finish and reports its verdict.
+pub fn finish_host_firewall(child: std::process::Child) -> std::io::Result<()> {
     let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(

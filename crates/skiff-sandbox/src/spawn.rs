@@ -75,9 +75,10 @@ impl Sandbox {
                 source,
             }
         };
-        if spec.network.is_some() {
-            self.ensure_firewall()?;
-        }
+        let firewall = match spec.network {
+            Some(_) => self.begin_firewall()?,
+            None => None,
+        };
 
         fs::DirBuilder::new()
             .recursive(true)
@@ -187,7 +188,9 @@ impl Sandbox {
             .and_then(|()| match &spec.network {
                 Some(slot) => net::create_veth(slot, pid).map_err(prep("creating the veth pair")),
                 None => Ok(()),
-            });
+            })
+            // The instance may not send a packet before the firewall stands.
+            .and_then(|()| self.end_firewall(firewall));
         if let Err(e) = attach {
             reap();
             return Err(e);
