@@ -69,7 +69,9 @@ pub fn stage(archive: &Path, tmp_root: &Path, limit: u64) -> Result<Staged, Imag
     let mut reader = reader.take(limit.saturating_add(1));
     let dir = tmp.path().to_owned();
     let mut links = HashMap::new();
-    let corrupt = |e: io::Error| ImageError::Format(format!("reading archive: {e}"));
+    let corrupt = |e: io::Error| {
+        ImageError::Format(format!("reading archive: {}", crate::error::printable(&e)))
+    };
     for entry in tar::Archive::new(&mut reader).entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         let raw = entry.path().map_err(corrupt)?.into_owned();

@@ -140,7 +140,7 @@ pub enum LayerError {
         actual: Digest,
     },
     /// The tar stream is corrupt or truncated.
-    #[error("reading archive: {0}")]
+    #[error("reading archive: {}", printable(.0))]
     Tar(std::io::Error),
     /// Writing an entry failed.
     #[error("entry {entry:?}: {source}")]
@@ -159,5 +159,26 @@ impl ImageError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// An error's text made safe to print: anything but printable ASCII becomes `.`, and it
+/// is cut at 100 characters (a corrupt archive's error may quote garbage from it).
+pub(crate) fn printable(e: &dyn std::fmt::Display) -> String {
+    let text: String = e
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    if text.len() > 100 {
+        format!("{}...", &text[..100])
+    } else {
+        text
     }
 }

@@ -648,3 +648,71 @@ fn imports_buildah_oci_archive() {
     );
     assert_marker(&e, &img);
 }
+
+#[test]
+fn corrupt_archive_is_refused() {
+    let mut e = env();
+    let archive = e.path("garbage.tar");
+    let noise: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&archive, noise).unwrap();
+    let err = err_of(e.import(&archive));
+    assert!(
+        err.starts_with(&format!("import {}: ", archive.display())),
+        "{err}"
+    );
+    assert!(
+        err.chars().all(|c| c == ' ' || c.is_ascii_graphic()),
+        "garbage in the message: {err:?}"
+    );
+    e.assert_empty();
+}
+
+#[test]
+fn hostile_oci_archive_error_names_archive_layer_and_entry() {
+    let mut e = env();
+    let layer = Layer::gz(&[E::File("../etc/passwd", b"x")]);
+    let blob = sha(&layer.blob);
+    let src = layout(&e.path("src"), &[layer], "x");
+    let archive = e.path("x.tar");
+    sh(
+        "tar",
+        &[
+            "-cf",
+            archive.to_str().unwrap(),
+            "-C",
+            src.to_str().unwrap(),
+            ".",
+        ],
+    );
+    let err = err_of(e.import(&archive));
+    assert_eq!(
+        err,
+        format!(
+            "import oci-archive:{}: layer {blob}: entry \"../etc/passwd\" escapes the rootfs",
+            archive.display()
+        )
+    );
+    e.assert_empty();
+}
+
+#[test]
+fn imports_gzip_compressed_docker_archive() {
+    let mut e = env();
+    let lay = umoci_layout(&e);
+    let docker = e.path("d.tar");
+    sh(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci:{}:base", lay.display()),
+            &format!("docker-archive:{}:zipped:1", docker.display()),
+        ],
+    );
+    let gz = e.path("d.tar.gz");
+    std::fs::write(&gz, gzip(&std::fs::read(&docker).unwrap())).unwrap();
+    let img = e.import(&gz).unwrap().remove(0);
+    assert_eq!(img.tags, vec!["zipped:1"]);
+    assert_marker(&e, &img);
+}

@@ -19,8 +19,25 @@ fn main() {
     match cli::run(args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("skiff: {e:#}");
+            eprintln!("skiff: {}", error_chain(&e));
             std::process::exit(cli::EXIT_FAILURE);
         }
     }
+}
+
+/// The error and its causes joined by ": ", skipping a cause whose text its parent's
+/// message already includes (the crates' errors name their cause in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
