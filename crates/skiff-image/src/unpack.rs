@@ -157,15 +157,7 @@ impl MakeDir for CopyLowerMeta<'_> {
             .map(|st| (st.st_mode & 0o7777, st.st_uid, st.st_gid))
             .unwrap_or((0o755, 0, 0));
         fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))?;
-        let uid = rustix::process::Uid::from_raw(uid);
-        let gid = rustix::process::Gid::from_raw(gid);
-        fs::chownat(
-            parent,
-            name,
-            Some(uid),
-            Some(gid),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+        chown_nofollow(parent, name, uid, gid)?;
         fs::chmodat(parent, name, Mode::from_raw_mode(mode), AtFlags::empty())
     }
 }
@@ -265,7 +257,7 @@ impl Unpacker {
                 self.replace(&parent, name, &display)?;
                 fs::symlinkat(OsStr::from_bytes(&target), &parent, name)
                     .map_err(write_err(&display))?;
-                chown_nofollow(&parent, name, &meta).map_err(write_err(&display))
+                chown_nofollow(&parent, name, meta.uid, meta.gid).map_err(write_err(&display))
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -278,7 +270,7 @@ impl Unpacker {
                 self.replace(&parent, name, &display)?;
                 fs::mknodat(&parent, name, FileType::Fifo, Mode::from_raw_mode(mode), 0)
                     .map_err(write_err(&display))?;
-                chown_nofollow(&parent, name, &meta).map_err(write_err(&display))?;
+                chown_nofollow(&parent, name, meta.uid, meta.gid).map_err(write_err(&display))?;
                 fs::chmodat(&parent, name, Mode::from_raw_mode(mode), AtFlags::empty())
                     .map_err(write_err(&display))
             }
@@ -511,9 +503,9 @@ fn apply_meta(fd: &OwnedFd, meta: &Meta, set_mtime: bool, entry: &str) -> Result
     Ok(())
 }
 
-fn chown_nofollow(parent: &impl AsFd, name: &OsStr, meta: &Meta) -> Result<(), Errno> {
-    let uid = rustix::process::Uid::from_raw(meta.uid);
-    let gid = rustix::process::Gid::from_raw(meta.gid);
+fn chown_nofollow(parent: &impl AsFd, name: &OsStr, uid: u32, gid: u32) -> Result<(), Errno> {
+    let uid = rustix::process::Uid::from_raw(uid);
+    let gid = rustix::process::Gid::from_raw(gid);
     fs::chownat(
         parent,
         name,

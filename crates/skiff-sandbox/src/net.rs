@@ -73,34 +73,48 @@ table inet skiff {
 }
 "#;
 
-/// Starts installing the host firewall that keeps instances from reaching host services;
-/// [`finish_host_firewall`] waits for it. Split so it runs while the sandbox is set up.
-pub fn spawn_host_firewall() -> std::io::Result<std::process::Child> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+/// Starts `program args…` with `script` on its stdin (`ip -batch -`, `nft -f -`).
+fn spawn_script(
+    program: &str,
+    args: &[&str],
+    script: &str,
+) -> std::io::Result<std::process::Child> {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("running nft (nftables): {e}")))?;
+        .map_err(|e| std::io::Error::new(e.kind(), format!("running {program}: {e}")))?;
     child
         .stdin
         .take()
         .expect("stdin is piped")
-        .write_all(FIREWALL.as_bytes())?;
+        .write_all(script.as_bytes())?;
     Ok(child)
 }
 
-/// Waits for [`spawn_host_firewall`]'s nft to finish and reports its verdict.
-pub fn finish_host_firewall(child: std::process::Child) -> std::io::Result<()> {
+/// Waits for a [`spawn_script`] child; its stderr becomes the error.
+fn wait_script(program: &str, child: std::process::Child) -> std::io::Result<()> {
     let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(
-            "nft: {}",
+            "{program}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(())
+}
+
+/// Starts installing the host firewall that keeps instances from reaching host services;
+/// [`finish_host_firewall`] waits for it. Split so it runs while the sandbox is set up.
+pub fn spawn_host_firewall() -> std::io::Result<std::process::Child> {
+    spawn_script("nft", &["-f", "-"], FIREWALL)
+}
+
+/// Waits for [`spawn_host_firewall`]'s nft to finish and reports its verdict.
+pub fn finish_host_firewall(child: std::process::Child) -> std::io::Result<()> {
+    wait_script("nft", child)
 }
 
 /// Creates the veth pair with its peer inside the network namespace of `pid`.
@@ -114,26 +128,7 @@ pub fn create_veth(slot: &NetworkSlot, pid: i32) -> std::io::Result<()> {
          link set {ifname} up\n",
         slot.host_addr()
     );
-    let mut child = Command::new("ip")
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("running ip (iproute2): {e}")))?;
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        return Err(std::io::Error::other(format!(
-            "ip -batch: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    wait_script("ip", spawn_script("ip", &["-batch", "-"], &script)?)
 }
 
 /// Waits for the kernel to tear down the pair after the namespace died (it does so

@@ -470,22 +470,17 @@ fn missing_command_is_reported_with_the_failing_step() {
 
 #[test]
 fn cli_run_forwards_exit_code_and_output() {
-    let w = world();
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .env("SKIFF_HOME", &w.home)
-        .args([
-            "run",
-            "busybox:e2e",
-            "--memory",
-            "64Mi",
-            "-e",
-            "GREETING=hello",
-            "--",
-            "-c",
-            "echo $GREETING $PORT; exit 7",
-        ])
-        .output()
-        .unwrap();
+    let out = skiff(&[
+        "run",
+        "busybox:e2e",
+        "--memory",
+        "64Mi",
+        "-e",
+        "GREETING=hello",
+        "--",
+        "-c",
+        "echo $GREETING $PORT; exit 7",
+    ]);
     assert_eq!(
         out.status.code(),
         Some(7),
@@ -497,26 +492,30 @@ fn cli_run_forwards_exit_code_and_output() {
 
 #[test]
 fn cli_run_reports_oom_with_exit_137() {
-    let w = world();
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .env("SKIFF_HOME", &w.home)
-        .args([
-            "run",
-            "busybox:e2e",
-            "--memory",
-            "32Mi",
-            "--",
-            "-c",
-            "exec awk 'BEGIN { s = \"xxxxxxxx\"; while (1) s = s s }'",
-        ])
-        .output()
-        .unwrap();
+    let out = skiff(&[
+        "run",
+        "busybox:e2e",
+        "--memory",
+        "32Mi",
+        "--",
+        "-c",
+        "exec awk 'BEGIN { s = \"xxxxxxxx\"; while (1) s = s s }'",
+    ]);
     assert_eq!(out.status.code(), Some(137));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("out of memory"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs the skiff CLI against the shared data directory.
+fn skiff(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_HOME", &world().home)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// Starts `skiff run` with piped stdout and waits for the instance to print `ready`.
@@ -571,11 +570,7 @@ fn image_in_use_cannot_be_removed() {
         "-c",
         "echo ready; exec sleep 1000",
     ]);
-    let rm = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .env("SKIFF_HOME", &w.home)
-        .args(["image", "rm", &w.image.digest.to_string()])
-        .output()
-        .unwrap();
+    let rm = skiff(&["image", "rm", &w.image.digest.to_string()]);
     // SAFETY: stopping the skiff process this test started, by its PID.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
@@ -628,19 +623,15 @@ fn killed_supervisor_takes_its_instance_along_and_is_reclaimed() {
         "expected a leftover cgroup to reclaim"
     );
     // The next skiff run finds the lost instance and cleans up after it.
-    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
-        .env("SKIFF_HOME", &w.home)
-        .args([
-            "run",
-            "--network",
-            "none",
-            "busybox:e2e",
-            "--",
-            "-c",
-            "true",
-        ])
-        .output()
-        .unwrap();
+    let out = skiff(&[
+        "run",
+        "--network",
+        "none",
+        "busybox:e2e",
+        "--",
+        "-c",
+        "true",
+    ]);
     assert!(
         out.status.success(),
         "{}",
