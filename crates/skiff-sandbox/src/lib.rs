@@ -154,7 +154,7 @@ impl Sandbox {
     }
 
     /// Starts installing the host firewall unless this runtime already did.
-    pub(crate) fn begin_firewall(&self) -> Result<Option<std::process::Child>, SandboxError> {
+    pub(crate) fn begin_firewall(&self) -> Result<Option<net::PendingScript>, SandboxError> {
         match self.firewall.get() {
             Some(Ok(())) => Ok(None),
             Some(Err(e)) => Err(SandboxError::Host(format!(
@@ -170,10 +170,10 @@ impl Sandbox {
     /// refuse to start without it rather than run with the host's services exposed.
     pub(crate) fn end_firewall(
         &self,
-        pending: Option<std::process::Child>,
+        pending: Option<net::PendingScript>,
     ) -> Result<(), SandboxError> {
-        if let Some(child) = pending {
-            let verdict = net::finish_host_firewall(child).map_err(|e| e.to_string());
+        if let Some(script) = pending {
+            let verdict = script.wait().map_err(|e| e.to_string());
             let _ = self.firewall.set(verdict.clone());
             verdict
                 .map_err(|e| SandboxError::Host(format!("installing the host firewall: {e}")))?;

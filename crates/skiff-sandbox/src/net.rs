@@ -106,15 +106,34 @@ fn wait_script(program: &str, child: std::process::Child) -> std::io::Result<()>
     Ok(())
 }
 
-/// Starts installing the host firewall that keeps instances from reaching host services;
-/// [`finish_host_firewall`] waits for it. Split so it runs while the sandbox is set up.
-pub fn spawn_host_firewall() -> std::io::Result<std::process::Child> {
-    spawn_script("nft", &["-f", "-"], FIREWALL)
+/// A script still running; waited for on drop, so an early return never leaves a zombie.
+pub struct PendingScript {
+    program: &'static str,
+    child: Option<std::process::Child>,
 }
 
-/// Waits for [`spawn_host_firewall`]'s nft to finish and reports its verdict.
-pub fn finish_host_firewall(child: std::process::Child) -> std::io::Result<()> {
-    wait_script("nft", child)
+impl PendingScript {
+    /// Waits for it and reports its verdict.
+    pub fn wait(mut self) -> std::io::Result<()> {
+        wait_script(self.program, self.child.take().expect("waited once"))
+    }
+}
+
+impl Drop for PendingScript {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts installing the host firewall that keeps instances from reaching host services;
+/// the caller waits for it once the sandbox is set up, so the two overlap.
+pub fn spawn_host_firewall() -> std::io::Result<PendingScript> {
+    Ok(PendingScript {
+        program: "nft",
+        child: Some(spawn_script("nft", &["-f", "-"], FIREWALL)?),
+    })
 }
 
 /// Creates the veth pair with its peer inside the network namespace of `pid`.

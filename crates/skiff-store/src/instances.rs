@@ -48,6 +48,9 @@ pub struct NewInstance {
     pub image_digest: Digest,
     /// PID of the process that supervises it (reaps it and records its exit).
     pub supervisor_pid: u32,
+    /// The supervisor's start time (`/proc/PID/stat` field 22), telling it from a later
+    /// process that reuses its PID.
+    pub supervisor_start: u64,
     /// Where its stdout/stderr go.
     pub log_path: String,
 }
@@ -74,6 +77,8 @@ pub struct InstanceRecord {
     pub state: InstanceState,
     /// Supervising process.
     pub supervisor_pid: u32,
+    /// Its start time, when recorded.
+    pub supervisor_start: Option<u64>,
     /// PID of the instance's first process (host PID namespace), once started.
     pub pid: Option<u32>,
     /// Network slot held while running.
@@ -113,12 +118,14 @@ impl Store {
             return Err(StoreError::NoNetworkSlot(slots));
         }
         tx.execute(
-            "INSERT INTO instances (id, image_digest, state, supervisor_pid, net_slot, log_path, created_at)
-             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6)",
+            "INSERT INTO instances (id, image_digest, state, supervisor_pid, supervisor_start, net_slot,
+                                    log_path, created_at)
+             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
             params![
                 new.id,
                 new.image_digest.to_string(),
                 new.supervisor_pid,
+                new.supervisor_start as i64,
                 slot,
                 new.log_path,
                 now_unix()
@@ -190,7 +197,7 @@ impl Store {
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         let sql = format!(
             "SELECT id, image_digest, state, supervisor_pid, pid, net_slot, log_path, created_at,
-                    exit_code, exit_signal, oom_killed FROM instances {filter}"
+                    exit_code, exit_signal, oom_killed, supervisor_start FROM instances {filter}"
         );
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt
@@ -207,18 +214,20 @@ impl Store {
                     r.get::<_, Option<i32>>(8)?,
                     r.get::<_, Option<i32>>(9)?,
                     r.get::<_, bool>(10)?,
+                    r.get::<_, Option<i64>>(11)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(
-                |(id, image, state, sup, pid, slot, log, created, code, signal, oom)| {
+                |(id, image, state, sup, pid, slot, log, created, code, signal, oom, sup_start)| {
                     let state = InstanceState::parse(state)?;
                     Ok(InstanceRecord {
                         id,
                         image_digest: image,
                         state,
                         supervisor_pid: sup,
+                        supervisor_start: sup_start.map(|s| s as u64),
                         pid,
                         net_slot: slot,
                         log_path: log,
@@ -244,6 +253,7 @@ mod tests {
             id: id.into(),
             image_digest: Digest::from_sha256_bytes(&[1; 32]),
             supervisor_pid: 1,
+            supervisor_start: 42,
             log_path: format!("/logs/{id}"),
         }
     }
@@ -273,6 +283,7 @@ mod tests {
         assert_eq!(s.instance("a").unwrap().unwrap().state, InstanceState::Lost);
         let b = s.instance("b").unwrap().unwrap();
         assert_eq!(b.exit.unwrap().code, Some(0));
+        assert_eq!(b.supervisor_start, Some(42));
         assert_eq!(s.running_instances().unwrap().len(), 3);
     }
 }

@@ -49,6 +49,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX instances_live_slot ON instances(net_slot) WHERE state = 'running';
     "#,
+    // 2: the supervisor's start time, so a reused PID is not taken for a live supervisor.
+    r#"
+    ALTER TABLE instances ADD COLUMN supervisor_start INTEGER;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

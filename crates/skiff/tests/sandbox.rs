@@ -65,6 +65,14 @@ fn world() -> &'static World {
     })
 }
 
+/// This process's start time as `skiff run` records it, so a concurrent `skiff run`
+/// sees this test process as the live supervisor of the instances it starts.
+fn own_start_time() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
 fn unique_id(tag: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -81,6 +89,7 @@ fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
                     id: id.into(),
                     image_digest: w.image.digest.clone(),
                     supervisor_pid: std::process::id(),
+                    supervisor_start: own_start_time(),
                     log_path: String::new(),
                 },
                 skiff_sandbox::SLOTS,

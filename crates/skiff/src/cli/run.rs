@@ -109,9 +109,14 @@ fn random_id() -> String {
 /// parent-death signal) and marks them lost, freeing their network slots.
 fn reclaim_lost(db: &mut Store, sandbox: &Sandbox, run_dir: &Path) -> anyhow::Result<()> {
     for inst in db.running_instances()? {
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(inst.supervisor_pid as i32, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let alive = match (
+            process_start_time(inst.supervisor_pid),
+            inst.supervisor_start,
+        ) {
+            (Some(now), Some(then)) => now == then,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         if !alive {
             if sandbox.reclaim(&inst.id, run_dir, inst.net_slot.map(NetworkSlot::new)) {
                 tracing::warn!(instance = %inst.id, "reclaimed the leftovers of a lost instance");
@@ -120,6 +125,15 @@ fn reclaim_lost(db: &mut Store, sandbox: &Sandbox, run_dir: &Path) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+/// A process's start time in clock ticks since boot (`/proc/PID/stat` field 22), or
+/// `None` if there is no such process.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Where instances' scratch mount points live.
@@ -184,6 +198,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
                 id: id.clone(),
                 image_digest: image.digest.clone(),
                 supervisor_pid: std::process::id(),
+                supervisor_start: process_start_time(std::process::id()).unwrap_or(0),
                 log_path: log_path.display().to_string(),
             },
             skiff_sandbox::SLOTS,
@@ -279,6 +294,14 @@ fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_time_tells_processes_apart() {
+        let me = process_start_time(std::process::id()).expect("this process exists");
+        assert_eq!(process_start_time(std::process::id()), Some(me));
+        assert!(process_start_time(1).is_some_and(|init| init <= me));
+        assert_eq!(process_start_time(u32::MAX), None);
+    }
 
     #[test]
     fn durations() {
