@@ -91,6 +91,8 @@ pub struct ChildPlan {
     pub layers_dir: CString,
     pub overlay_opts: CString,
     pub tmp_opts: CString,
+    /// Contents of `/etc/hosts` (localhost and the instance's own name).
+    pub hosts: Vec<u8>,
     pub read_only: bool,
     pub hostname: CString,
     pub net: Option<NetPlan>,
@@ -250,6 +252,7 @@ pub fn run(plan: &ChildPlan) -> ! {
             );
         }
         mask_paths(plan);
+        write_etc(plan);
         if plan.read_only {
             check(
                 plan,
@@ -398,6 +401,39 @@ unsafe fn setup_dev(plan: &ChildPlan) {
                 c"mode=1777,size=65536k",
             ),
         );
+    }
+}
+
+/// Gives the instance an `/etc/hosts` (so `localhost` and its own name resolve without
+/// DNS) and `/etc/hostname`, as container runtimes do. Skipped where the image has no
+/// `/etc` directory or put a symlink there: the file is a convenience, never followed.
+unsafe fn write_etc(plan: &ChildPlan) {
+    // SAFETY: raw calls on static paths and buffers owned by the plan.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::lstat(c"/etc".as_ptr(), &mut st) < 0 || st.st_mode & libc::S_IFMT != libc::S_IFDIR
+        {
+            return;
+        }
+        let name = plan.hostname.as_bytes();
+        for (path, content) in [
+            (c"/etc/hosts", plan.hosts.as_slice()),
+            (c"/etc/hostname", name),
+        ] {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644,
+            );
+            if fd < 0 {
+                continue;
+            }
+            libc::write(fd, content.as_ptr().cast(), content.len());
+            if path == c"/etc/hostname" {
+                libc::write(fd, b"\n".as_ptr().cast(), 1);
+            }
+            libc::close(fd);
+        }
     }
 }
 

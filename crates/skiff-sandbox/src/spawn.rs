@@ -50,6 +50,13 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// The instance's `/etc/hosts`: loopback names, and its own name on its address.
+fn hosts_file(id: &str, addr: Option<std::net::Ipv4Addr>) -> Vec<u8> {
+    let own = addr.map_or_else(|| "127.0.1.1".to_owned(), |a| a.to_string());
+    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{id}\n")
+        .into_bytes()
+}
+
 impl Sandbox {
     /// Starts an instance. Returns once its command is executing (or with the step that
     /// failed, after cleaning up everything it created).
@@ -131,6 +138,7 @@ impl Sandbox {
             last_cap: self.last_cap,
             seccomp: self.seccomp.clone(),
             read_only: spec.read_only,
+            hosts: hosts_file(id, spec.network.map(|n| n.instance_addr())),
             ..plan_parts
         };
 
@@ -319,6 +327,7 @@ impl Sandbox {
                 .collect::<Result<Vec<_>, _>>()?
         };
         Ok(ChildPlan {
+            hosts: Vec::new(),
             sync_fd: -1,
             err_fd: -1,
             stdout_fd: -1,

@@ -167,11 +167,14 @@ if unshare -n true 2>/dev/null; then echo unshare=allowed; else echo unshare=den
 if unshare -U true 2>/dev/null; then echo userns=allowed; else echo userns=denied; fi
 if echo 1 > /proc/sys/kernel/sysrq 2>/dev/null; then echo procsys=writable; else echo procsys=readonly; fi
 echo hostname=$(hostname)
+echo etchostname=$(cat /etc/hostname)
+echo localhost=$(grep -w localhost /etc/hosts | head -n 1 | awk '{print $1}')
+echo selfaddr=$(grep -w "$(hostname)" /etc/hosts | awk '{print $1}')
 echo uid=$(id -u)
 grep -E '^(CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\t' | tr ':' '='
 "#;
 
-fn probe(read_only: bool, user: (u32, u32)) -> (Vec<String>, String, usize) {
+fn probe(read_only: bool, user: (u32, u32)) -> (Vec<String>, String, usize, std::net::Ipv4Addr) {
     // A server on the host's loopback that the sandbox must not reach.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -184,6 +187,7 @@ fn probe(read_only: bool, user: (u32, u32)) -> (Vec<String>, String, usize) {
     let mut s = spec(&id, PROBE, user);
     s.read_only = read_only;
     let host_addr = s.network.unwrap().host_addr();
+    let addr = s.network.unwrap().instance_addr();
     s.env.push(format!("HOST_PORT={port}"));
     s.env.push(format!("HOST_ADDR={host_addr}"));
     s.env.push(format!("WILD_PORT={wild_port}"));
@@ -197,12 +201,12 @@ fn probe(read_only: bool, user: (u32, u32)) -> (Vec<String>, String, usize) {
             accepted += 1;
         }
     }
-    (lines, id, accepted)
+    (lines, id, accepted, addr)
 }
 
 #[test]
 fn isolation_probe_as_root_read_only() {
-    let (lines, id, accepted) = probe(true, (0, 0));
+    let (lines, id, accepted, addr) = probe(true, (0, 0));
     let pids: u32 = value(&lines, "pids").parse().unwrap();
     assert!(pids <= 4, "sees {pids} pids: {lines:?}");
     assert_eq!(
@@ -239,6 +243,13 @@ fn isolation_probe_as_root_read_only() {
     );
     assert_eq!(value(&lines, "procsys"), "readonly");
     assert_eq!(value(&lines, "hostname"), id);
+    assert_eq!(value(&lines, "etchostname"), id);
+    assert_eq!(value(&lines, "localhost"), "127.0.0.1");
+    assert_eq!(
+        value(&lines, "selfaddr"),
+        addr.to_string(),
+        "own name resolves to own address"
+    );
     assert_eq!(value(&lines, "uid"), "0");
     let mask = format!("{:016x}", skiff_sandbox::default_capability_mask());
     assert_eq!(value(&lines, "CapEff"), mask);
@@ -249,7 +260,7 @@ fn isolation_probe_as_root_read_only() {
 
 #[test]
 fn isolation_probe_as_image_user_with_writable_layer() {
-    let (lines, _, _) = probe(false, (1000, 1000));
+    let (lines, _, _, _) = probe(false, (1000, 1000));
     assert_eq!(value(&lines, "uid"), "1000");
     assert_eq!(
         value(&lines, "CapEff"),
