@@ -202,6 +202,10 @@ impl ImageStore {
         };
         if added {
             created.blobs.push(expected.digest.clone());
+            self.report(crate::Progress::BlobStored {
+                digest: &expected.digest,
+                bytes: expected.size.unwrap_or(0),
+            });
         }
         Ok(())
     }

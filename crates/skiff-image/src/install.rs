@@ -110,6 +110,12 @@ impl ImageStore {
             let blob = parse_digest(desc.digest().as_ref(), "manifest layer")?;
             size += desc.size();
             let snapshot = self.snapshot_dir(&chains[i]);
+            self.report(crate::Progress::Layer {
+                index: i + 1,
+                total: parsed.layers().len(),
+                digest: &blob,
+                cached: snapshot.is_dir(),
+            });
             if !snapshot.is_dir() {
                 self.unpack_snapshot(&blob, &diff_ids[i], &snapshot, &below)?;
                 created.snapshots.push(chains[i].clone());

@@ -18,6 +18,7 @@ mod error;
 mod import;
 mod install;
 mod pack;
+mod progress;
 mod rootfs;
 mod safe_fs;
 mod unpack;
@@ -27,6 +28,7 @@ pub use config::{ProcessConfig, ResolvedUser};
 pub use error::{ImageError, LayerError};
 pub use import::ImportOptions;
 pub use pack::PackOptions;
+pub use progress::{Progress, ProgressFn};
 pub use unpack::{sniff, unpack_layer, Compression};
 
 use skiff_core::Digest;
@@ -37,11 +39,21 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_MAX_UNPACKED: u64 = 16 << 30;
 
 /// The on-disk image store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ImageStore {
     root: PathBuf,
     blobs: Blobs,
     max_unpacked: u64,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for ImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageStore")
+            .field("root", &self.root)
+            .field("max_unpacked", &self.max_unpacked)
+            .finish()
+    }
 }
 
 impl ImageStore {
@@ -57,6 +69,7 @@ impl ImageStore {
             root,
             blobs,
             max_unpacked: DEFAULT_MAX_UNPACKED,
+            progress: None,
         })
     }
 
@@ -64,6 +77,18 @@ impl ImageStore {
     pub fn with_max_unpacked(mut self, bytes: u64) -> Self {
         self.max_unpacked = bytes;
         self
+    }
+
+    /// Reports progress of imports and packs to `f`.
+    pub fn with_progress(mut self, f: ProgressFn) -> Self {
+        self.progress = Some(f);
+        self
+    }
+
+    pub(crate) fn report(&self, event: Progress<'_>) {
+        if let Some(f) = &self.progress {
+            f(event);
+        }
     }
 
     /// The blob store.

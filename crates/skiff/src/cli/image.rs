@@ -82,7 +82,23 @@ fn argv(s: &str) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(home: &Home, format: Format, cmd: ImageCommand) -> anyhow::Result<()> {
-    let store = home.images()?;
+    let store = match super::progress::terminal() {
+        Some(p) => home.images()?.with_progress(p),
+        None => home.images()?,
+    };
+    let result = run_with(home, format, cmd, store);
+    if result.is_err() {
+        super::progress::finish();
+    }
+    result
+}
+
+fn run_with(
+    home: &Home,
+    format: Format,
+    cmd: ImageCommand,
+    store: skiff_image::ImageStore,
+) -> anyhow::Result<()> {
     let mut db = home.db()?;
     match cmd {
         ImageCommand::Import(a) => {
@@ -171,6 +187,7 @@ fn inspect_json(i: &ImageRecord) -> serde_json::Value {
 }
 
 fn print_images(format: Format, images: &[ImageRecord]) {
+    super::progress::finish();
     match format {
         Format::Json => output::json(&serde_json::json!(images
             .iter()

@@ -3,6 +3,7 @@
 
 mod image;
 mod output;
+mod progress;
 mod run;
 
 use crate::home::Home;
