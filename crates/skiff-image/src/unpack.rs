@@ -118,6 +118,7 @@ pub fn unpack_layer(
     let mut unpacker = Unpacker {
         root,
         lowers: lower_roots,
+        dir_times: Vec::new(),
     };
     {
         let mut archive = tar::Archive::new(&mut metered);
@@ -132,6 +133,7 @@ pub fn unpack_layer(
             })?;
         }
     }
+    unpacker.restore_dir_times()?;
     // The diff id covers the whole stream, including the end-of-archive padding.
     io::copy(&mut metered, &mut io::sink()).map_err(too_large)?;
     let hash: [u8; 32] = metered.hash.finalize().into();
@@ -141,6 +143,8 @@ pub fn unpack_layer(
 struct Unpacker {
     root: OwnedFd,
     lowers: Vec<OwnedFd>,
+    /// Directories' mtimes from the archive, set once no later entry can change them.
+    dir_times: Vec<(Vec<OsString>, u64)>,
 }
 
 /// Creates missing directories in a layer with the owner and mode the same directory has
@@ -244,7 +248,11 @@ impl Unpacker {
             xattrs,
         };
         match kind {
-            tar::EntryType::Directory => self.dir(&parent, name, &meta, &display),
+            tar::EntryType::Directory => {
+                self.dir(&parent, name, &meta, &display)?;
+                self.dir_times.push((comps.clone(), meta.mtime));
+                Ok(())
+            }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 self.replace(&parent, name, &display)?;
                 self.file(&parent, name, &mut entry, &meta, &display)
@@ -287,6 +295,34 @@ impl Unpacker {
                 kind: other.as_byte() as char,
             }),
         }
+    }
+
+    fn restore_dir_times(&self) -> Result<(), LayerError> {
+        for (comps, mtime) in self.dir_times.iter().rev() {
+            // A later entry may have replaced the directory with something else: then
+            // there is no directory left to date.
+            let Ok(fd) = safe_fs::walk_dirs(&self.root, comps, &mut NoCreate) else {
+                continue;
+            };
+            let t = fs::Timespec {
+                tv_sec: *mtime as i64,
+                tv_nsec: 0,
+            };
+            let entry = comps
+                .iter()
+                .collect::<PathBuf>()
+                .to_string_lossy()
+                .into_owned();
+            fs::futimens(
+                &fd,
+                &Timestamps {
+                    last_access: t,
+                    last_modification: t,
+                },
+            )
+            .map_err(write_err(&entry))?;
+        }
+        Ok(())
     }
 
     fn parent_dir(&self, parents: &[OsString], entry: &str) -> Result<OwnedFd, LayerError> {

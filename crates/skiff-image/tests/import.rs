@@ -475,9 +475,31 @@ fn pack_keeps_modes_owners_links_and_xattrs() {
         workdir: Some("/bin".into()),
         ..Default::default()
     };
+    let dated = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 1_600_000_000,
+            tv_nsec: 0,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 1_600_000_000,
+            tv_nsec: 0,
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        root.join("bin"),
+        &dated,
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
     let img = e.store.pack(&mut e.db, &root, &opts).unwrap();
     assert_eq!(img.tags, vec!["packed:1"]);
     let top = &e.store.rootfs_layers(&img)[0];
+    assert_eq!(
+        std::fs::metadata(top.join("bin")).unwrap().mtime(),
+        1_600_000_000,
+        "directory mtime kept"
+    );
     let m = std::fs::metadata(top.join("bin/app")).unwrap();
     assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o4755, 1234, 5678));
     assert_eq!(

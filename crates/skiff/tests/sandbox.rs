@@ -30,6 +30,7 @@ struct World {
 fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
+        remove_homes_of_finished_runs();
         let home = std::env::temp_dir().join(format!("skiff-e2e-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         std::fs::create_dir_all(&home).unwrap();
@@ -63,6 +64,23 @@ fn world() -> &'static World {
             db: Mutex::new(db),
         }
     })
+}
+
+/// Earlier runs of this test binary cannot remove their data directory (the shared world
+/// lives until the process exits), so each run removes those of runs that are over.
+fn remove_homes_of_finished_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("skiff-e2e-")) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// This process's start time as `skiff run` records it, so a concurrent `skiff run`
