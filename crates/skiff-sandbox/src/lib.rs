@@ -74,6 +74,8 @@ pub struct SandboxSpec {
     pub network: Option<NetworkSlot>,
     /// Where stdout/stderr are recorded.
     pub log_path: PathBuf,
+    /// Cap on the log file; past it the log rotates to `<log_path>.1` (0 = no cap).
+    pub log_max_bytes: u64,
     /// Directory for per-instance scratch mount points (e.g. `/run/skiff/instances`).
     pub run_dir: PathBuf,
     /// Size of the writable layer and of `/tmp` (tmpfs, charged to the memory limit).

@@ -1,20 +1,91 @@
 //! Captures an instance's stdout and stderr into its log file, one line per record in the
 //! CRI format (`<RFC 3339 time> <stream> <F|P> <text>`), so logs survive the instance and
-//! can be read back by time. Optionally copies the raw bytes to this process's own
-//! stdout/stderr (`skiff run` in the foreground).
+//! can be read back by time. The file is capped: past the cap it is rotated to `<log>.1`
+//! (replacing an older one), so a chatty instance cannot fill the host's disk. Optionally
+//! copies the raw bytes to this process's own stdout/stderr (`skiff run` in the foreground).
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::OwnedFd;
 use std::fs::File;
 use std::io::{self, Write};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 /// Longest line kept whole; longer ones are split into partial (`P`) records.
 const MAX_LINE: usize = 16 * 1024;
 
+/// Where records go.
+trait Records {
+    fn append(&mut self, record: &[u8]);
+}
+
+impl Records for Vec<u8> {
+    fn append(&mut self, record: &[u8]) {
+        self.extend_from_slice(record);
+    }
+}
+
+/// The log file, rotated to `<path>.1` when a record would take it past `max` bytes.
+pub struct LogFile {
+    path: PathBuf,
+    out: io::BufWriter<File>,
+    written: u64,
+    max: u64,
+}
+
+impl LogFile {
+    /// Wraps the already-open `file` at `path` (opened by the caller, so that a bad path
+    /// fails the start instead of the pump thread), capped at `max` bytes (0 = no cap).
+    pub fn new(path: PathBuf, file: File, max: u64) -> Self {
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        LogFile {
+            path,
+            out: io::BufWriter::new(file),
+            written,
+            max,
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, &old)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.out = io::BufWriter::new(file);
+        self.written = 0;
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+impl Records for LogFile {
+    fn append(&mut self, record: &[u8]) {
+        if self.max > 0 && self.written > 0 && self.written + record.len() as u64 > self.max {
+            if let Err(e) = self.rotate() {
+                tracing::warn!(log = %self.path.display(), error = %e, "could not rotate log");
+            }
+        }
+        if self.out.write_all(record).is_ok() {
+            self.written += record.len() as u64;
+        }
+    }
+}
+
 /// Starts the pump thread; it ends when both pipes reach EOF.
-pub fn spawn(stdout: OwnedFd, stderr: OwnedFd, log: File, tee: bool) -> io::Result<JoinHandle<()>> {
+pub fn spawn(
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    log: LogFile,
+    tee: bool,
+) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("skiff-logs".into())
         .spawn(move || pump(stdout, stderr, log, tee))
@@ -26,8 +97,7 @@ struct Stream {
     pending: Vec<u8>,
 }
 
-fn pump(stdout: OwnedFd, stderr: OwnedFd, log: File, tee: bool) {
-    let mut log = io::BufWriter::new(log);
+fn pump(stdout: OwnedFd, stderr: OwnedFd, mut log: LogFile, tee: bool) {
     let mut streams = [
         Stream {
             fd: Some(stdout),
@@ -87,12 +157,12 @@ fn pump(stdout: OwnedFd, stderr: OwnedFd, log: File, tee: bool) {
                 }
             }
         }
-        let _ = log.flush();
+        log.flush();
     }
-    let _ = log.flush();
+    log.flush();
 }
 
-fn drain_lines(log: &mut impl Write, s: &mut Stream) {
+fn drain_lines(log: &mut impl Records, s: &mut Stream) {
     let mut start = 0;
     while let Some(pos) = s.pending[start..].iter().position(|&b| b == b'\n') {
         record(log, s.name, "F", &s.pending[start..start + pos]);
@@ -105,10 +175,11 @@ fn drain_lines(log: &mut impl Write, s: &mut Stream) {
     s.pending.drain(..start);
 }
 
-fn record(log: &mut impl Write, stream: &str, tag: &str, line: &[u8]) {
-    let _ = write!(log, "{} {stream} {tag} ", rfc3339_now());
-    let _ = log.write_all(line);
-    let _ = log.write_all(b"\n");
+fn record(log: &mut impl Records, stream: &str, tag: &str, line: &[u8]) {
+    let mut rec = format!("{} {stream} {tag} ", rfc3339_now()).into_bytes();
+    rec.extend_from_slice(line);
+    rec.push(b'\n');
+    log.append(&rec);
 }
 
 /// Current UTC time as RFC 3339 with nanoseconds.
@@ -144,6 +215,37 @@ pub fn rfc3339(secs: i64, nanos: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotates_past_the_cap_keeping_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut log = LogFile::new(path.clone(), file, 200);
+        for i in 0..20 {
+            record(&mut log, "stdout", "F", format!("line {i:02}").as_bytes());
+        }
+        log.flush();
+        let current = std::fs::read_to_string(&path).unwrap();
+        let older = std::fs::read_to_string(dir.path().join("i.log.1")).unwrap();
+        assert!(
+            current.len() <= 200 && older.len() <= 200,
+            "{} {}",
+            current.len(),
+            older.len()
+        );
+        assert!(current.ends_with("stdout F line 19\n"), "{current}");
+        for text in [&current, &older] {
+            assert!(
+                text.lines().all(|l| l.contains(" stdout F line ")),
+                "a record was split: {text}"
+            );
+        }
+    }
 
     #[test]
     fn formats_known_instants() {

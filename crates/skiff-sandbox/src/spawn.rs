@@ -234,8 +234,13 @@ impl Sandbox {
                 source,
             });
         }
-        let pump = crate::logs::spawn(out_r, errout_r, log, spec.tee_output)
-            .map_err(prep("starting the log pump"));
+        let pump = crate::logs::spawn(
+            out_r,
+            errout_r,
+            crate::logs::LogFile::new(spec.log_path.clone(), log, spec.log_max_bytes),
+            spec.tee_output,
+        )
+        .map_err(prep("starting the log pump"));
         let pump = match pump {
             Ok(p) => p,
             Err(e) => {

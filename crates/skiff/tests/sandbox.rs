@@ -130,6 +130,7 @@ fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
         },
         network: Some(NetworkSlot::new(slot)),
         log_path: w.home.join("logs").join(format!("{id}.log")),
+        log_max_bytes: 1 << 20,
         run_dir: w.home.join("run"),
         scratch_bytes: 64 << 20,
         tee_output: false,
@@ -689,5 +690,30 @@ fn killed_supervisor_takes_its_instance_along_and_is_reclaimed() {
     assert!(
         !Path::new("/run/skiff/instances").join(&id).exists(),
         "scratch dir not reclaimed"
+    );
+}
+
+#[test]
+fn chatty_instance_log_is_capped_and_rotated() {
+    let id = unique_id("chatty");
+    let s = spec(
+        &id,
+        "i=0; while [ $i -lt 40000 ]; do echo \"line $i padding-padding-padding\"; i=$((i+1)); done; echo last",
+        (0, 0),
+    );
+    let (exit, lines) = run_to_end(&s);
+    assert_eq!(exit.code, Some(0));
+    let current = std::fs::metadata(&s.log_path).unwrap().len();
+    let mut older = s.log_path.clone().into_os_string();
+    older.push(".1");
+    let older = std::fs::metadata(&older).expect("rotated log exists").len();
+    assert!(
+        current <= s.log_max_bytes && older <= s.log_max_bytes,
+        "{current} {older}"
+    );
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("last"),
+        "newest output kept"
     );
 }

@@ -47,6 +47,9 @@ pub struct RunArgs {
     /// Grace period between SIGTERM and SIGKILL when stopping.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     stop_timeout: Duration,
+    /// Cap on the instance's log file; past it the log rotates to <log>.1.
+    #[arg(long, default_value = "64Mi", value_parser = parse_memory)]
+    log_max: u64,
     /// Instance id (default: random).
     #[arg(long)]
     id: Option<String>,
@@ -221,6 +224,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         },
         network: (a.network == "veth").then(|| NetworkSlot::new(slot)),
         log_path,
+        log_max_bytes: a.log_max,
         run_dir: PathBuf::from(RUN_DIR),
         scratch_bytes: a.memory,
         tee_output: true,
