@@ -15,6 +15,7 @@ mod child;
 mod instance;
 mod logs;
 mod net;
+mod netlink;
 mod seccomp;
 mod spawn;
 

@@ -136,18 +136,15 @@ pub fn spawn_host_firewall() -> std::io::Result<PendingScript> {
     })
 }
 
-/// Creates the veth pair with its peer inside the network namespace of `pid`.
+/// Creates the veth pair with its peer (`eth0`) inside the network namespace of `pid`,
+/// and gives the host end its address. A pair left by an instance whose namespace is
+/// somehow still alive makes this fail ("File exists"): reported, not papered over.
 pub fn create_veth(slot: &NetworkSlot, pid: i32) -> std::io::Result<()> {
     let ifname = slot.host_ifname();
-    // A pair left by an instance whose namespace is somehow still alive would collide;
-    // that is an error to report, not to paper over.
-    let script = format!(
-        "link add {ifname} type veth peer name eth0 netns {pid}\n\
-         addr add {}/30 dev {ifname}\n\
-         link set {ifname} up\n",
-        slot.host_addr()
-    );
-    wait_script("ip", spawn_script("ip", &["-batch", "-"], &script)?)
+    crate::netlink::create_veth(&ifname, "eth0", pid)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("creating veth {ifname}: {e}")))?;
+    crate::netlink::configure(&ifname, slot.host_addr(), Ipv4Addr::new(255, 255, 255, 252))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("configuring {ifname}: {e}")))
 }
 
 /// Waits for the kernel to tear down the pair after the namespace died (it does so
@@ -156,10 +153,7 @@ pub fn await_link_gone(slot: &NetworkSlot, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while host_link_exists(slot) {
         if Instant::now() >= deadline {
-            let _ = Command::new("ip")
-                .args(["link", "del", &slot.host_ifname()])
-                .stderr(Stdio::null())
-                .status();
+            let _ = crate::netlink::delete_link(&slot.host_ifname());
             return;
         }
         std::thread::sleep(Duration::from_millis(2));
