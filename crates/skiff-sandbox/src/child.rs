@@ -488,66 +488,21 @@ unsafe fn mask_paths(plan: &ChildPlan) {
     }
 }
 
-unsafe fn configure_network(plan: &ChildPlan) {
-    // SAFETY: ioctls on a fresh socket with zeroed, correctly sized ifreq structs.
-    unsafe {
-        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        check(plan, Step::Network, sock);
-        set_up(plan, sock, b"lo\0");
-        if let Some(net) = &plan.net {
-            set_addr(plan, sock, b"eth0\0", libc::SIOCSIFADDR, net.addr);
-            set_addr(plan, sock, b"eth0\0", libc::SIOCSIFNETMASK, net.mask);
-            set_up(plan, sock, b"eth0\0");
+/// Brings up `lo`, and `eth0` with its address. `netlink::configure` allocates nothing
+/// on its way to success (static names, stack structs), so the child may call it.
+fn configure_network(plan: &ChildPlan) {
+    let errno_of = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    if let Err(e) = crate::netlink::configure("lo", None) {
+        fail(plan, Step::Network, errno_of(e));
+    }
+    if let Some(net) = &plan.net {
+        let addr = (
+            std::net::Ipv4Addr::from(net.addr),
+            std::net::Ipv4Addr::from(net.mask),
+        );
+        if let Err(e) = crate::netlink::configure("eth0", Some(addr)) {
+            fail(plan, Step::Network, errno_of(e));
         }
-        libc::close(sock);
-    }
-}
-
-fn ifreq(name: &[u8]) -> libc::ifreq {
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in r.ifr_name.iter_mut().zip(name) {
-        *d = *s as c_char;
-    }
-    r
-}
-
-unsafe fn set_up(plan: &ChildPlan, sock: c_int, name: &[u8]) {
-    let mut r = ifreq(name);
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `ifru_flags` of our own ifreq.
-    unsafe {
-        check(
-            plan,
-            Step::Network,
-            libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut r),
-        );
-        r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        check(
-            plan,
-            Step::Network,
-            libc::ioctl(sock, libc::SIOCSIFFLAGS, &r),
-        );
-    }
-}
-
-unsafe fn set_addr(plan: &ChildPlan, sock: c_int, name: &[u8], request: c_ulong, addr: [u8; 4]) {
-    let mut r = ifreq(name);
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(addr),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in fits in the sockaddr slot of the union (both 16 bytes).
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            (&sin as *const libc::sockaddr_in).cast::<u8>(),
-            (&mut r.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast::<u8>(),
-            std::mem::size_of::<libc::sockaddr_in>(),
-        );
-        check(plan, Step::Network, libc::ioctl(sock, request, &r));
     }
 }
 

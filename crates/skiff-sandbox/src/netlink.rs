@@ -176,8 +176,10 @@ fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     Ok(r)
 }
 
-/// Gives interface `name` address `addr/mask` and brings it up (ioctls on an inet socket).
-pub fn configure(name: &str, addr: Ipv4Addr, mask: Ipv4Addr) -> io::Result<()> {
+/// Gives interface `name` address `addr/mask` (when given) and brings it up, by ioctls on
+/// an inet socket. Allocates nothing, not even for its errors (raw errnos): the sandbox
+/// child calls it between clone and exec.
+pub fn configure(name: &str, address: Option<(Ipv4Addr, Ipv4Addr)>) -> io::Result<()> {
     // SAFETY: ioctls on a socket we own, with correctly sized ifreq structs.
     unsafe {
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -185,7 +187,9 @@ pub fn configure(name: &str, addr: Ipv4Addr, mask: Ipv4Addr) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         let result = (|| {
-            for (request, value) in [(libc::SIOCSIFADDR, addr), (libc::SIOCSIFNETMASK, mask)] {
+            let settings = address
+                .map(|(addr, mask)| [(libc::SIOCSIFADDR, addr), (libc::SIOCSIFNETMASK, mask)]);
+            for (request, value) in settings.into_iter().flatten() {
                 let mut r = ifreq(name)?;
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
