@@ -52,6 +52,22 @@ impl Env {
     }
 }
 
+/// Packs an OCI layout directory into an oci-archive, as `skopeo copy … oci-archive:` would.
+fn oci_archive(e: &Env, layout: &Path) -> PathBuf {
+    let archive = e.path("x.tar");
+    sh(
+        "tar",
+        &[
+            "-cf",
+            archive.to_str().unwrap(),
+            "-C",
+            layout.to_str().unwrap(),
+            ".",
+        ],
+    );
+    archive
+}
+
 fn err_of(r: Result<Vec<skiff_store::ImageRecord>, skiff_image::ImageError>) -> String {
     match r {
         Ok(_) => panic!("hostile import succeeded"),
@@ -236,17 +252,7 @@ fn truncated_archive_is_refused() {
         &[Layer::plain(&[E::File("a", b"hello")])],
         "x",
     );
-    let archive = e.path("x.tar");
-    sh(
-        "tar",
-        &[
-            "-cf",
-            archive.to_str().unwrap(),
-            "-C",
-            src.to_str().unwrap(),
-            ".",
-        ],
-    );
+    let archive = oci_archive(&e, &src);
     let len = std::fs::metadata(&archive).unwrap().len();
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -697,17 +703,7 @@ fn hostile_oci_archive_error_names_archive_layer_and_entry() {
     let layer = Layer::gz(&[E::File("../etc/passwd", b"x")]);
     let blob = sha(&layer.blob);
     let src = layout(&e.path("src"), &[layer], "x");
-    let archive = e.path("x.tar");
-    sh(
-        "tar",
-        &[
-            "-cf",
-            archive.to_str().unwrap(),
-            "-C",
-            src.to_str().unwrap(),
-            ".",
-        ],
-    );
+    let archive = oci_archive(&e, &src);
     let err = err_of(e.import(&archive));
     assert_eq!(
         err,
