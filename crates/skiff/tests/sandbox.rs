@@ -717,3 +717,46 @@ fn chatty_instance_log_is_capped_and_rotated() {
         "newest output kept"
     );
 }
+
+#[test]
+fn limits_are_applied_to_the_live_cgroup() {
+    let id = unique_id("limits");
+    let mut s = spec(&id, "echo ready; exec sleep 1000", (0, 0));
+    s.limits = Limits {
+        memory_bytes: Some(96 << 20),
+        cpu_millis: Some(250),
+        pids: Some(50),
+    };
+    let mut inst = world().sandbox.start(&s).unwrap();
+    let read = |file: &str| -> String {
+        let dirs = inst.cgroup().unwrap().dirs();
+        let dir = dirs
+            .iter()
+            .find(|d| d.join(file).exists())
+            .unwrap_or_else(|| panic!("no cgroup directory has {file}: {dirs:?}"));
+        std::fs::read_to_string(dir.join(file))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let v2 = inst.cgroup().unwrap().dirs().len() == 1;
+    let (memory, cpu) = if v2 {
+        (read("memory.max"), read("cpu.max"))
+    } else {
+        (
+            read("memory.limit_in_bytes"),
+            format!("{} {}", read("cpu.cfs_quota_us"), read("cpu.cfs_period_us")),
+        )
+    };
+    let pids = read("pids.max");
+    let procs = read("cgroup.procs");
+    inst.stop(Duration::from_millis(100)).unwrap();
+    release(&id);
+    assert_eq!(memory, (96u64 << 20).to_string());
+    assert_eq!(cpu, "25000 100000", "0.25 CPU = 25 ms per 100 ms period");
+    assert_eq!(pids, "50");
+    assert!(
+        procs.lines().any(|p| p.trim() == inst.pid().to_string()),
+        "instance not in its cgroup: {procs}"
+    );
+}
