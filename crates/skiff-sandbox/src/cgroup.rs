@@ -69,10 +69,9 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
     })
 }
 
-/// The cgroup path (relative to the hierarchy root) this process is in for `controller`
-/// (`""` for v2), from `/proc/self/cgroup`.
-fn own_path(controller: &str) -> String {
-    let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+/// The cgroup path (relative to the hierarchy root) that `/proc/self/cgroup` text `text`
+/// gives for `controller` (`""` for the v2 line); `/` when it names none.
+fn own_path(text: &str, controller: &str) -> String {
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, ctrls, path) = (
@@ -92,36 +91,29 @@ fn own_path(controller: &str) -> String {
     "/".to_owned()
 }
 
-fn parent_for(controller: &str, override_parent: Option<&str>) -> String {
-    match override_parent {
-        Some(p) => p.to_owned(),
-        None if controller.is_empty() => "/".to_owned(),
-        None => own_path(controller),
-    }
-}
-
 impl Cgroup {
     /// Where instance `id`'s cgroup lives: (v2?, directories).
     fn locate(h: &Hierarchy, id: &str) -> (bool, Vec<PathBuf>) {
         let parent_override = std::env::var("SKIFF_CGROUP_PARENT").ok();
-        let parent_override = parent_override.as_deref();
         match h {
             Hierarchy::V2(root) => {
-                let parent = root.join(parent_for("", parent_override).trim_start_matches('/'));
+                let parent = parent_override.unwrap_or_else(|| "/".to_owned());
+                let parent = root.join(parent.trim_start_matches('/'));
                 (true, vec![parent.join("skiff").join(id)])
             }
             Hierarchy::V1(root) => {
+                // Read once for every controller: this is on the cold-start path.
+                let own = match parent_override {
+                    Some(_) => String::new(),
+                    None => fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+                };
                 let dirs = V1_CONTROLLERS
                     .iter()
-                    .map(|c| root.join(c))
-                    .filter(|base| base.is_dir())
-                    .map(|base| {
-                        let c = base
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .unwrap_or_default()
-                            .to_owned();
-                        base.join(parent_for(&c, parent_override).trim_start_matches('/'))
+                    .filter(|c| root.join(c).is_dir())
+                    .map(|c| {
+                        let parent = parent_override.clone().unwrap_or_else(|| own_path(&own, c));
+                        root.join(c)
+                            .join(parent.trim_start_matches('/'))
                             .join("skiff")
                             .join(id)
                     })
@@ -380,8 +372,12 @@ mod tests {
     }
 
     #[test]
-    fn own_path_reads_proc_self_cgroup() {
-        // Every process is somewhere; the v2 line (or "/") always answers.
-        assert!(own_path("").starts_with('/'));
+    fn own_path_finds_each_controller_line() {
+        let text = "9:name=systemd:/\n4:memory:/jobs/a1\n2:cpu,cpuacct:/x\n0::/user.slice\n";
+        assert_eq!(own_path(text, "memory"), "/jobs/a1");
+        assert_eq!(own_path(text, "cpu"), "/x", "co-mounted controllers");
+        assert_eq!(own_path(text, "cpuacct"), "/x");
+        assert_eq!(own_path(text, ""), "/user.slice", "the v2 line");
+        assert_eq!(own_path(text, "pids"), "/", "absent: the root");
     }
 }
