@@ -539,21 +539,16 @@ unsafe fn drop_privileges(plan: &ChildPlan) {
                 );
             }
         }
-        check(
-            plan,
-            Step::SetIds,
-            libc::setgroups(plan.groups.len(), plan.groups.as_ptr()),
-        );
-        check(
-            plan,
-            Step::SetIds,
-            libc::setresgid(plan.gid, plan.gid, plan.gid),
-        );
-        check(
-            plan,
-            Step::SetIds,
-            libc::setresuid(plan.uid, plan.uid, plan.uid),
-        );
+        // Raw system calls, not glibc's wrappers: in a process glibc believes has other
+        // threads (this one was cloned from a multi-threaded parent), the wrappers
+        // broadcast the change to every thread under a lock another parent thread may
+        // have held at the clone, and the child would wait for it forever.
+        let rc = libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr());
+        check(plan, Step::SetIds, rc as c_int);
+        let rc = libc::syscall(libc::SYS_setresgid, plan.gid, plan.gid, plan.gid);
+        check(plan, Step::SetIds, rc as c_int);
+        let rc = libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid);
+        check(plan, Step::SetIds, rc as c_int);
         // A uid change clears the parent-death signal; ask for it again.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         let keep = if plan.uid == 0 { plan.keep_caps } else { 0 };

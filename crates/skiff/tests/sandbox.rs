@@ -757,3 +757,39 @@ fn limits_are_applied_to_the_live_cgroup() {
         "instance not in its cgroup: {procs}"
     );
 }
+
+/// The child between clone and exec must take no lock the parent's other threads might
+/// hold at the moment of the clone. glibc's setgroups/setresgid/setresuid take one (they
+/// broadcast to every thread they believe exists); here another thread keeps creating
+/// and joining threads, which takes that same lock, while instances start.
+#[test]
+fn starting_beside_busy_threads_never_deadlocks() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::spawn(|| {}).join().unwrap();
+            }
+        })
+    };
+    for i in 0..40 {
+        let id = unique_id("churn");
+        let mut s = spec(&id, "exit 0", (1000, 1000));
+        s.network = None;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut inst = world().sandbox.start(&s).unwrap();
+            let _ = tx.send(inst.wait().unwrap());
+        });
+        let exit = rx.recv_timeout(Duration::from_secs(20));
+        release(&id);
+        if exit.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            panic!("start {i} of instance {id} deadlocked between clone and exec");
+        }
+        assert_eq!(exit.unwrap().code, Some(0));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+}
