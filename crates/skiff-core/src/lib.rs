@@ -13,6 +13,9 @@ pub use digest::{Digest, DigestError};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};
 
+/// `PATH` for a process whose image sets none (what Docker and crun use).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Validates an instance identifier: 1–32 characters of `[a-z0-9-]`, starting with a
 /// letter or digit. Identifiers become hostnames, cgroup names and file names, so the
 /// alphabet is kept to what is safe in all three.

@@ -7,8 +7,7 @@ use crate::ImageStore;
 use oci_spec::image::ImageConfiguration;
 use skiff_store::ImageRecord;
 
-/// Default `PATH` when the image sets none (what Docker and crun use).
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+use skiff_core::DEFAULT_PATH;
 
 /// A user resolved to numeric ids.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,7 +2,6 @@
 //! config, manifest) and installs it, so examples and tests need no registry or network.
 
 use crate::blobs::{finish, HashingWriter};
-use crate::config::DEFAULT_PATH;
 use crate::error::ImageError;
 use crate::install::Created;
 use crate::ImageStore;
@@ -10,6 +9,7 @@ use oci_spec::image::MediaType;
 use sha2::Digest as _;
 use sha2::Sha256;
 use skiff_core::ImageRef;
+use skiff_core::DEFAULT_PATH;
 use skiff_store::{ImageRecord, Store};
 use std::collections::HashMap;
 use std::fs;

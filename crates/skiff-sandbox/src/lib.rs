@@ -121,6 +121,10 @@ pub enum SandboxError {
     },
 }
 
+fn firewall_error(e: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Host(format!("installing the host firewall: {e}"))
+}
+
 /// The runtime: host facts discovered once (cgroup layout, the compiled seccomp filter).
 pub struct Sandbox {
     hierarchy: Hierarchy,
@@ -160,12 +164,8 @@ impl Sandbox {
     pub(crate) fn begin_firewall(&self) -> Result<Option<net::PendingScript>, SandboxError> {
         match self.firewall.get() {
             Some(Ok(())) => Ok(None),
-            Some(Err(e)) => Err(SandboxError::Host(format!(
-                "installing the host firewall: {e}"
-            ))),
-            None => net::spawn_host_firewall()
-                .map(Some)
-                .map_err(|e| SandboxError::Host(format!("installing the host firewall: {e}"))),
+            Some(Err(e)) => Err(firewall_error(e)),
+            None => net::spawn_host_firewall().map(Some).map_err(firewall_error),
         }
     }
 
@@ -178,8 +178,7 @@ impl Sandbox {
         if let Some(script) = pending {
             let verdict = script.wait().map_err(|e| e.to_string());
             let _ = self.firewall.set(verdict.clone());
-            verdict
-                .map_err(|e| SandboxError::Host(format!("installing the host firewall: {e}")))?;
+            verdict.map_err(firewall_error)?;
         }
         Ok(())
     }

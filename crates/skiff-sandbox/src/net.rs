@@ -27,6 +27,9 @@ pub struct NetworkSlot {
 }
 
 impl NetworkSlot {
+    /// Each slot is a /30: network, host end, instance, broadcast.
+    pub const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 252);
+
     /// Slot `slot` of the default subnet.
     pub fn new(slot: u32) -> Self {
         NetworkSlot {
@@ -143,11 +146,8 @@ pub fn create_veth(slot: &NetworkSlot, pid: i32) -> std::io::Result<()> {
     let ifname = slot.host_ifname();
     crate::netlink::create_veth(&ifname, "eth0", pid)
         .map_err(|e| std::io::Error::new(e.kind(), format!("creating veth {ifname}: {e}")))?;
-    crate::netlink::configure(
-        &ifname,
-        Some((slot.host_addr(), Ipv4Addr::new(255, 255, 255, 252))),
-    )
-    .map_err(|e| std::io::Error::new(e.kind(), format!("configuring {ifname}: {e}")))
+    crate::netlink::configure(&ifname, Some((slot.host_addr(), NetworkSlot::NETMASK)))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("configuring {ifname}: {e}")))
 }
 
 /// Waits for the kernel to tear down the pair after the namespace died (it does so

@@ -31,6 +31,24 @@ fn path_cstring(id: &str, what: &str, p: &Path) -> Result<CString, SandboxError>
     cstring(id, what, p.as_os_str().as_bytes())
 }
 
+/// A NULL-terminated array of C strings (argv, envp) pointing into strings kept alive in
+/// `keep`.
+fn c_array(
+    id: &str,
+    what: &str,
+    items: &[String],
+    keep: &mut Vec<CString>,
+) -> Result<Vec<*const libc::c_char>, SandboxError> {
+    let mut ptrs = Vec::with_capacity(items.len() + 1);
+    for item in items {
+        let c = cstring(id, what, item.as_str())?;
+        ptrs.push(c.as_ptr());
+        keep.push(c);
+    }
+    ptrs.push(std::ptr::null());
+    Ok(ptrs)
+}
+
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
@@ -129,7 +147,7 @@ impl Sandbox {
             stderr_fd: errout_w.as_raw_fd(),
             net: spec.network.map(|slot| NetPlan {
                 addr: slot.instance_addr().octets(),
-                mask: [255, 255, 255, 252],
+                mask: net::NetworkSlot::NETMASK.octets(),
             }),
             uid: spec.uid,
             gid: spec.gid,
@@ -303,20 +321,8 @@ impl Sandbox {
             )));
         }
         let mut strings = Vec::new();
-        let mut argv = Vec::new();
-        for a in &spec.args {
-            let c = cstring(id, "an argument", a.as_str())?;
-            argv.push(c.as_ptr());
-            strings.push(c);
-        }
-        argv.push(std::ptr::null());
-        let mut envp = Vec::new();
-        for e in &spec.env {
-            let c = cstring(id, "an environment entry", e.as_str())?;
-            envp.push(c.as_ptr());
-            strings.push(c);
-        }
-        envp.push(std::ptr::null());
+        let argv = c_array(id, "an argument", &spec.args, &mut strings)?;
+        let envp = c_array(id, "an environment entry", &spec.env, &mut strings)?;
         let exe = &spec.args[0];
         let exec_paths = if exe.contains('/') {
             vec![cstring(id, "the command", exe.as_str())?]
@@ -325,7 +331,7 @@ impl Sandbox {
                 .env
                 .iter()
                 .find_map(|e| e.strip_prefix("PATH="))
-                .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+                .unwrap_or(skiff_core::DEFAULT_PATH);
             path.split(':')
                 .filter(|d| !d.is_empty())
                 .map(|d| cstring(id, "PATH", format!("{}/{exe}", d.trim_end_matches('/'))))
