@@ -1,5 +1,5 @@
 //! Domain types shared by every skiff crate: content digests, image references, resource
-//! quantities and instance identifiers, with their parsing and validation.
+//! quantities, instance identifiers, and service specs, with their parsing and validation.
 //!
 //! This crate must not do I/O: it is pure data and rules, so that the store, the image
 //! store, the sandbox and the CLI agree on one meaning of each word.
@@ -8,10 +8,15 @@
 mod digest;
 mod quantity;
 mod reference;
+mod service;
 
 pub use digest::{Digest, DigestError};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};
+pub use service::{
+    revision_name, validate_service_name, ServiceSpec, SpecError, DEFAULT_CONCURRENCY,
+    DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, RESERVED_ENV,
+};
 
 /// `PATH` for a process whose image sets none (what Docker and crun use).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -274,6 +274,13 @@ impl Store {
                 instances: users.join(", "),
             });
         }
+        let revisions = revision_users(&tx, &image.digest)?;
+        if !revisions.is_empty() {
+            return Err(StoreError::ImageInRevisions {
+                image: image.digest.to_string(),
+                revisions: revisions.join(", "),
+            });
+        }
         tx.execute(
             "DELETE FROM images WHERE digest = ?1",
             [image.digest.to_string()],
@@ -340,6 +347,15 @@ fn running_users(tx: &Transaction<'_>, digest: &Digest) -> Result<Vec<String>, S
         .query_map([digest.to_string()], |r| r.get::<_, String>(0))?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ids)
+}
+
+fn revision_users(tx: &Transaction<'_>, digest: &Digest) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        tx.prepare("SELECT name FROM revisions WHERE image_digest = ?1 ORDER BY name")?;
+    let names = stmt
+        .query_map([digest.to_string()], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(names)
 }
 
 #[cfg(test)]

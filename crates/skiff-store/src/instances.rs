@@ -53,6 +53,8 @@ pub struct NewInstance {
     pub supervisor_start: u64,
     /// Where its stdout/stderr go.
     pub log_path: String,
+    /// The service and revision it serves, if it is a service's instance.
+    pub service: Option<(String, String)>,
 }
 
 /// How an instance ended.
@@ -89,12 +91,22 @@ pub struct InstanceRecord {
     pub created_at: i64,
     /// Exit report, once exited.
     pub exit: Option<ExitRecord>,
+    /// The service it serves, if any.
+    pub service: Option<String>,
+    /// The revision it runs, if any.
+    pub revision: Option<String>,
+    /// Unix time it ended.
+    pub finished_at: Option<i64>,
 }
 
 impl Store {
-    /// Records a new running instance and gives it the lowest free network slot below
+    /// Records a new running instance and gives it the lowest free network slot in
     /// `slots`.
-    pub fn create_instance(&mut self, new: &NewInstance, slots: u32) -> Result<u32, StoreError> {
+    pub fn create_instance(
+        &mut self,
+        new: &NewInstance,
+        slots: std::ops::Range<u32>,
+    ) -> Result<u32, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -106,7 +118,7 @@ impl Store {
             .query_map([], |r| r.get::<_, i64>(0))?
             .collect::<Result<Vec<_>, _>>()?;
         drop(stmt);
-        let mut slot: i64 = 0;
+        let mut slot = i64::from(slots.start);
         for t in taken {
             if t == slot {
                 slot += 1;
@@ -114,13 +126,13 @@ impl Store {
                 break;
             }
         }
-        if slot >= i64::from(slots) {
-            return Err(StoreError::NoNetworkSlot(slots));
+        if slot >= i64::from(slots.end) {
+            return Err(StoreError::NoNetworkSlot(slots.len() as u32));
         }
         tx.execute(
             "INSERT INTO instances (id, image_digest, state, supervisor_pid, supervisor_start, net_slot,
-                                    log_path, created_at)
-             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
+                                    log_path, created_at, service, revision)
+             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 new.id,
                 new.image_digest.to_string(),
@@ -128,7 +140,9 @@ impl Store {
                 new.supervisor_start as i64,
                 slot,
                 new.log_path,
-                now_unix()
+                now_unix(),
+                new.service.as_ref().map(|s| &s.0),
+                new.service.as_ref().map(|s| &s.1),
             ],
         )?;
         tx.commit()?;
@@ -178,6 +192,11 @@ impl Store {
         self.query_instances("WHERE state = 'running' ORDER BY created_at, id", [])
     }
 
+    /// Every instance a service ever had, running or ended, oldest first.
+    pub fn service_instances(&self, service: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.query_instances("WHERE service = ?1 ORDER BY created_at, rowid", [service])
+    }
+
     /// One instance by id.
     pub fn instance(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
         let exists: Option<i64> = self
@@ -197,7 +216,8 @@ impl Store {
     ) -> Result<Vec<InstanceRecord>, StoreError> {
         let sql = format!(
             "SELECT id, image_digest, state, supervisor_pid, pid, net_slot, log_path, created_at,
-                    exit_code, exit_signal, oom_killed, supervisor_start FROM instances {filter}"
+                    exit_code, exit_signal, oom_killed, supervisor_start, service, revision,
+                    finished_at FROM instances {filter}"
         );
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt
@@ -215,12 +235,31 @@ impl Store {
                     r.get::<_, Option<i32>>(9)?,
                     r.get::<_, bool>(10)?,
                     r.get::<_, Option<i64>>(11)?,
+                    (
+                        r.get::<_, Option<String>>(12)?,
+                        r.get::<_, Option<String>>(13)?,
+                        r.get::<_, Option<i64>>(14)?,
+                    ),
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(
-                |(id, image, state, sup, pid, slot, log, created, code, signal, oom, sup_start)| {
+                |(
+                    id,
+                    image,
+                    state,
+                    sup,
+                    pid,
+                    slot,
+                    log,
+                    created,
+                    code,
+                    signal,
+                    oom,
+                    sup_start,
+                    (service, revision, finished_at),
+                )| {
                     let state = InstanceState::parse(state)?;
                     Ok(InstanceRecord {
                         id,
@@ -237,6 +276,9 @@ impl Store {
                             signal,
                             oom_killed: oom,
                         }),
+                        service,
+                        revision,
+                        finished_at,
                     })
                 },
             )
@@ -255,6 +297,7 @@ mod tests {
             supervisor_pid: 1,
             supervisor_start: 42,
             log_path: format!("/logs/{id}"),
+            service: None,
         }
     }
 
@@ -262,9 +305,9 @@ mod tests {
     fn slots_are_unique_and_reused_after_exit() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("db")).unwrap();
-        assert_eq!(s.create_instance(&new("a"), 4).unwrap(), 0);
-        assert_eq!(s.create_instance(&new("b"), 4).unwrap(), 1);
-        assert_eq!(s.create_instance(&new("c"), 4).unwrap(), 2);
+        assert_eq!(s.create_instance(&new("a"), 0..4).unwrap(), 0);
+        assert_eq!(s.create_instance(&new("b"), 0..4).unwrap(), 1);
+        assert_eq!(s.create_instance(&new("c"), 0..4).unwrap(), 2);
         s.finish_instance(
             "b",
             Some(ExitRecord {
@@ -273,10 +316,10 @@ mod tests {
             }),
         )
         .unwrap();
-        assert_eq!(s.create_instance(&new("d"), 4).unwrap(), 1);
-        assert_eq!(s.create_instance(&new("e"), 4).unwrap(), 3);
+        assert_eq!(s.create_instance(&new("d"), 0..4).unwrap(), 1);
+        assert_eq!(s.create_instance(&new("e"), 0..4).unwrap(), 3);
         assert!(matches!(
-            s.create_instance(&new("f"), 4),
+            s.create_instance(&new("f"), 0..4),
             Err(StoreError::NoNetworkSlot(4))
         ));
         s.finish_instance("a", None).unwrap();

@@ -1,5 +1,6 @@
 //! skiff's durable state in one SQLite database: images with their tags and layers, and
-//! sandbox instances with their network slots and exit reports.
+//! sandbox instances with their network slots and exit reports, and services with their
+//! immutable revisions.
 //!
 //! This crate is the only place SQL lives. It must not know about HTTP, the filesystem
 //! layout of the image store, or how sandboxes are started: callers hand it records and
@@ -9,9 +10,11 @@
 mod images;
 mod instances;
 mod migrations;
+mod services;
 
 pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
 pub use instances::{ExitRecord, InstanceRecord, InstanceState, NewInstance};
+pub use services::{FailureRecord, RevisionRecord, ServiceRecord};
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -55,6 +58,17 @@ pub enum StoreError {
         /// Comma-separated instance ids.
         instances: String,
     },
+    /// The image is what revisions of services run, and may not be removed.
+    #[error("image {image} is used by revision(s) {revisions}: remove their services first")]
+    ImageInRevisions {
+        /// The image's manifest digest.
+        image: String,
+        /// Comma-separated revision names.
+        revisions: String,
+    },
+    /// No service has this name.
+    #[error("no such service: {0}")]
+    NoSuchService(String),
     /// Every network slot is taken.
     #[error("no free network slot: all {0} instance addresses are in use")]
     NoNetworkSlot(u32),

@@ -53,6 +53,30 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE instances ADD COLUMN supervisor_start INTEGER;
     "#,
+    // 3: services and their immutable revisions; instances know what they serve.
+    r#"
+    CREATE TABLE services (
+        name             TEXT PRIMARY KEY,
+        serving_revision TEXT,
+        created_at       INTEGER NOT NULL
+    );
+    CREATE TABLE revisions (
+        name              TEXT PRIMARY KEY,
+        service           TEXT NOT NULL REFERENCES services(name) ON DELETE CASCADE,
+        generation        INTEGER NOT NULL,
+        image_digest      TEXT NOT NULL REFERENCES images(digest),
+        spec_json         TEXT NOT NULL,
+        created_at        INTEGER NOT NULL,
+        failure_at        INTEGER,
+        failure_reason    TEXT,
+        failure_log_tail  TEXT,
+        UNIQUE (service, generation)
+    );
+    CREATE INDEX revisions_image ON revisions(image_digest);
+    ALTER TABLE instances ADD COLUMN service TEXT;
+    ALTER TABLE instances ADD COLUMN revision TEXT;
+    CREATE INDEX instances_service ON instances(service);
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

@@ -109,8 +109,9 @@ fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
                     supervisor_pid: std::process::id(),
                     supervisor_start: own_start_time(),
                     log_path: String::new(),
+                    service: None,
                 },
-                skiff_sandbox::SLOTS,
+                0..skiff_sandbox::SLOTS,
             )
             .unwrap();
     SandboxSpec {

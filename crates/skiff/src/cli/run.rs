@@ -203,8 +203,9 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
                 supervisor_pid: std::process::id(),
                 supervisor_start: process_start_time(std::process::id()).unwrap_or(0),
                 log_path: log_path.display().to_string(),
+                service: None,
             },
-            skiff_sandbox::SLOTS,
+            0..skiff_sandbox::SLOTS,
         )
         .with_context(|| format!("registering instance {id}"))?;
     let spec = SandboxSpec {

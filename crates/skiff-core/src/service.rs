@@ -1,0 +1,276 @@
+//! Services and revisions: the spec a user deploys, its defaults (Cloud Run's where Cloud
+//! Run has one) and its validation. A revision is an immutable copy of a spec with the
+//! image resolved to a digest; the names here are the ones URLs, env and the store use.
+
+use serde::{Deserialize, Serialize};
+
+/// Cloud Run's default concurrency: requests one instance serves at once.
+pub const DEFAULT_CONCURRENCY: u32 = 80;
+/// Cloud Run's default request timeout, in milliseconds.
+pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
+/// How long an instance may sit without a request before it is stopped.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Cloud Run's default memory limit.
+pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+/// One CPU.
+pub const DEFAULT_CPU_MILLIS: u64 = 1000;
+/// Cloud Run's default cap on instances.
+pub const DEFAULT_MAX_INSTANCES: u32 = 100;
+/// Longest service name: a DNS label, less room for a tag prefix and revision suffix.
+pub const MAX_SERVICE_NAME: usize = 49;
+/// Longest request timeout Cloud Run allows (60 minutes).
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// What a user deploys. Every field has a default except the image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Image reference as given (name[:tag], digest or digest prefix).
+    pub image: String,
+    /// Port the app listens on; also its `$PORT`.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Extra environment, `KEY=VALUE`, applied over the image's.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Replaces the image's Cmd when not empty.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Memory limit in bytes.
+    #[serde(default = "default_memory")]
+    pub memory_bytes: u64,
+    /// CPU limit in thousandths of a core.
+    #[serde(default = "default_cpu")]
+    pub cpu_millis: u64,
+    /// Requests one instance serves at once; 0 means no limit.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Instances kept running even when idle.
+    #[serde(default)]
+    pub min_instances: u32,
+    /// Cap on instances.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// Time a request may take until its response starts, in milliseconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Time without requests after which an instance above `min_instances` stops.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// HTTP path probed (GET, 2xx/3xx = ready) before the first request; when absent, a
+    /// TCP connect to the port decides readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<String>,
+}
+
+fn default_port() -> u16 {
+    8080
+}
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY_BYTES
+}
+fn default_cpu() -> u64 {
+    DEFAULT_CPU_MILLIS
+}
+fn default_concurrency() -> u32 {
+    DEFAULT_CONCURRENCY
+}
+fn default_max_instances() -> u32 {
+    DEFAULT_MAX_INSTANCES
+}
+fn default_timeout() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_idle_timeout() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_MS
+}
+
+impl ServiceSpec {
+    /// A spec with every default, running `image`.
+    pub fn new(image: impl Into<String>) -> Self {
+        ServiceSpec {
+            image: image.into(),
+            port: default_port(),
+            env: Vec::new(),
+            command: Vec::new(),
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            cpu_millis: DEFAULT_CPU_MILLIS,
+            concurrency: DEFAULT_CONCURRENCY,
+            min_instances: 0,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            startup_probe: None,
+        }
+    }
+
+    /// Checks every field, naming the first one that is wrong.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |field: &'static str, why: String| Err(SpecError { field, why });
+        if self.image.trim().is_empty() {
+            return bad("image", "must not be empty".into());
+        }
+        if self.port == 0 {
+            return bad("port", "must be 1-65535".into());
+        }
+        for kv in &self.env {
+            let key = kv.split('=').next().unwrap_or_default();
+            if !kv.contains('=') || key.is_empty() {
+                return bad("env", format!("{kv:?} is not KEY=VALUE"));
+            }
+            if kv.contains('\0') {
+                return bad("env", format!("{key} contains a NUL byte"));
+            }
+            if RESERVED_ENV.contains(&key) {
+                return bad(
+                    "env",
+                    format!("{key} is set by skiff and may not be overridden"),
+                );
+            }
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return bad("command", "an argument contains a NUL byte".into());
+        }
+        if self.memory_bytes < 4 << 20 {
+            return bad("memory", "must be at least 4Mi".into());
+        }
+        if self.cpu_millis == 0 {
+            return bad("cpu", "must be more than 0".into());
+        }
+        if self.max_instances == 0 {
+            return bad("max-instances", "must be at least 1".into());
+        }
+        if self.min_instances > self.max_instances {
+            return bad(
+                "min-instances",
+                format!(
+                    "{} is above max-instances ({})",
+                    self.min_instances, self.max_instances
+                ),
+            );
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
+            return bad("timeout", "must be between 1ms and 3600s".into());
+        }
+        if self.idle_timeout_ms == 0 {
+            return bad("idle-timeout", "must be more than 0".into());
+        }
+        if let Some(p) = &self.startup_probe {
+            if !p.starts_with('/') || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                return bad(
+                    "startup-probe",
+                    format!("{p:?} is not an absolute URL path"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Environment variables skiff sets itself (as Cloud Run and Knative do).
+pub const RESERVED_ENV: &[&str] = &["PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"];
+
+/// A field of a spec that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {why}")]
+pub struct SpecError {
+    /// The field, as the CLI flag names it.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// Validates a service name: a DNS label of 1–49 characters of `[a-z0-9-]`, starting with
+/// a letter and not ending with `-`, so `NAME.<domain>` is a valid host name.
+pub fn validate_service_name(name: &str) -> Result<(), SpecError> {
+    let ok = (1..=MAX_SERVICE_NAME).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError {
+            field: "name",
+            why: format!(
+                "{name:?} is not a service name: want 1-{MAX_SERVICE_NAME} characters of \
+                 [a-z0-9-], starting with a letter, not ending with '-'"
+            ),
+        })
+    }
+}
+
+/// A revision's name: the service name and its generation, as Knative writes them
+/// (`hello-00001`).
+pub fn revision_name(service: &str, generation: u32) -> String {
+    format!("{service}-{generation:05}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_cloud_runs() {
+        let s: ServiceSpec = serde_json::from_str(r#"{"image":"hello"}"#).unwrap();
+        assert_eq!(s, ServiceSpec::new("hello"));
+        assert_eq!(s.concurrency, 80);
+        assert_eq!(s.timeout_ms, 300_000);
+        assert_eq!(s.port, 8080);
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = serde_json::from_str::<ServiceSpec>(r#"{"image":"x","replicas":3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("replicas"), "{e}");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(fn(&mut ServiceSpec), &str)> = vec![
+            (|s| s.image = " ".into(), "image"),
+            (|s| s.port = 0, "port"),
+            (|s| s.env = vec!["NOEQ".into()], "env"),
+            (|s| s.env = vec!["PORT=1".into()], "env"),
+            (|s| s.memory_bytes = 1024, "memory"),
+            (|s| s.cpu_millis = 0, "cpu"),
+            (|s| s.max_instances = 0, "max-instances"),
+            (
+                |s| {
+                    s.min_instances = 5;
+                    s.max_instances = 2
+                },
+                "min-instances",
+            ),
+            (|s| s.timeout_ms = 0, "timeout"),
+            (|s| s.timeout_ms = MAX_TIMEOUT_MS + 1, "timeout"),
+            (|s| s.idle_timeout_ms = 0, "idle-timeout"),
+            (
+                |s| s.startup_probe = Some("healthz".into()),
+                "startup-probe",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut s = ServiceSpec::new("hello");
+            mutate(&mut s);
+            assert_eq!(s.validate().unwrap_err().field, field, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn service_names_are_dns_labels() {
+        for ok in ["a", "hello", "hello-world-2"] {
+            assert!(validate_service_name(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(MAX_SERVICE_NAME + 1);
+        for bad in ["", "1abc", "-a", "a-", "Hello", "a.b", "a_b", long.as_str()] {
+            assert!(validate_service_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(revision_name("hello", 7), "hello-00007");
+    }
+}

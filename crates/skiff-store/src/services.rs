@@ -1,0 +1,315 @@
+//! Service and revision rows. A deploy adds a revision (generation n+1) holding the spec as
+//! JSON and the image digest it resolved to; revisions are never edited afterwards, except
+//! for the record of their last start failure. The serving revision is switched separately,
+//! once the new one is known to start.
+
+use crate::{now_unix, Store, StoreError};
+use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
+
+/// A stored service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRecord {
+    /// Service name.
+    pub name: String,
+    /// The revision receiving its traffic, once one has.
+    pub serving_revision: Option<String>,
+    /// Unix time created.
+    pub created_at: i64,
+}
+
+/// Why a revision's instance last failed to start or died.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureRecord {
+    /// Unix time of the failure.
+    pub at: i64,
+    /// Short reason.
+    pub reason: String,
+    /// The last lines of the instance's log.
+    pub log_tail: String,
+}
+
+/// A stored revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevisionRecord {
+    /// Revision name (`SERVICE-00001`).
+    pub name: String,
+    /// Its service.
+    pub service: String,
+    /// 1 for the first deploy, then one more for each.
+    pub generation: u32,
+    /// Image manifest digest it runs.
+    pub image_digest: String,
+    /// The service spec, as JSON.
+    pub spec_json: String,
+    /// Unix time created.
+    pub created_at: i64,
+    /// Its last start failure, if any.
+    pub last_failure: Option<FailureRecord>,
+}
+
+const REVISION_COLUMNS: &str = "name, service, generation, image_digest, spec_json, created_at,
+     failure_at, failure_reason, failure_log_tail";
+
+fn revision_row(r: &Row<'_>) -> rusqlite::Result<RevisionRecord> {
+    let failure_at: Option<i64> = r.get(6)?;
+    Ok(RevisionRecord {
+        name: r.get(0)?,
+        service: r.get(1)?,
+        generation: r.get(2)?,
+        image_digest: r.get(3)?,
+        spec_json: r.get(4)?,
+        created_at: r.get(5)?,
+        last_failure: match failure_at {
+            Some(at) => Some(FailureRecord {
+                at,
+                reason: r.get(7)?,
+                log_tail: r.get(8)?,
+            }),
+            None => None,
+        },
+    })
+}
+
+impl Store {
+    /// Adds the next revision of `service` (creating the service on its first deploy) and
+    /// returns it. `name_of` turns (service, generation) into the revision's name.
+    pub fn create_revision(
+        &mut self,
+        service: &str,
+        image_digest: &str,
+        spec_json: &str,
+        name_of: impl Fn(&str, u32) -> String,
+    ) -> Result<RevisionRecord, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_unix();
+        tx.execute(
+            "INSERT INTO services (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+            params![service, now],
+        )?;
+        let last: Option<u32> = tx.query_row(
+            "SELECT MAX(generation) FROM revisions WHERE service = ?1",
+            [service],
+            |r| r.get(0),
+        )?;
+        let generation = last.unwrap_or(0) + 1;
+        let name = name_of(service, generation);
+        tx.execute(
+            "INSERT INTO revisions (name, service, generation, image_digest, spec_json, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, service, generation, image_digest, spec_json, now],
+        )?;
+        tx.commit()?;
+        Ok(RevisionRecord {
+            name,
+            service: service.to_owned(),
+            generation,
+            image_digest: image_digest.to_owned(),
+            spec_json: spec_json.to_owned(),
+            created_at: now,
+            last_failure: None,
+        })
+    }
+
+    /// Points the service's traffic at `revision`.
+    pub fn set_serving_revision(
+        &mut self,
+        service: &str,
+        revision: &str,
+    ) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE services SET serving_revision = ?2 WHERE name = ?1
+               AND EXISTS (SELECT 1 FROM revisions WHERE name = ?2 AND service = ?1)",
+            params![service, revision],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchService(service.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, serving_revision, created_at FROM services ORDER BY name")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ServiceRecord {
+                    name: r.get(0)?,
+                    serving_revision: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// One service by name.
+    pub fn service(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT name, serving_revision, created_at FROM services WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(ServiceRecord {
+                        name: r.get(0)?,
+                        serving_revision: r.get(1)?,
+                        created_at: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// A service's revisions, newest first.
+    pub fn revisions(&self, service: &str) -> Result<Vec<RevisionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {REVISION_COLUMNS} FROM revisions WHERE service = ?1 ORDER BY generation DESC"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt
+            .query_map([service], revision_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// One revision by name.
+    pub fn revision(&self, name: &str) -> Result<Option<RevisionRecord>, StoreError> {
+        let sql = format!("SELECT {REVISION_COLUMNS} FROM revisions WHERE name = ?1");
+        Ok(self.conn.query_row(&sql, [name], revision_row).optional()?)
+    }
+
+    /// Records why an instance of `revision` failed to start or died.
+    pub fn record_revision_failure(
+        &mut self,
+        revision: &str,
+        reason: &str,
+        log_tail: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE revisions SET failure_at = ?2, failure_reason = ?3, failure_log_tail = ?4
+             WHERE name = ?1",
+            params![revision, now_unix(), reason, log_tail],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a service and its revisions. Its instance rows stay (their logs outlive
+    /// them); the caller stops any that still run.
+    pub fn delete_service(&mut self, name: &str) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM services WHERE name = ?1", [name])?;
+        if n == 0 {
+            return Err(StoreError::NoSuchService(name.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NewImage, NewInstance};
+    use skiff_core::Digest;
+
+    fn store_with_image() -> (tempfile::TempDir, Store, Digest) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let digest = Digest::from_sha256_bytes(&[7; 32]);
+        store
+            .insert_image(
+                &NewImage {
+                    digest: digest.clone(),
+                    config_digest: Digest::from_sha256_bytes(&[8; 32]),
+                    config_json: "{}".into(),
+                    source: "test".into(),
+                    size: 1,
+                    layers: vec![],
+                },
+                &[],
+            )
+            .unwrap();
+        (dir, store, digest)
+    }
+
+    fn name_of(s: &str, g: u32) -> String {
+        format!("{s}-{g:05}")
+    }
+
+    #[test]
+    fn revisions_count_up_and_serving_switches() {
+        let (_d, mut db, img) = store_with_image();
+        let r1 = db
+            .create_revision("hello", &img.to_string(), "{}", name_of)
+            .unwrap();
+        let r2 = db
+            .create_revision("hello", &img.to_string(), "{\"a\":1}", name_of)
+            .unwrap();
+        assert_eq!((r1.generation, r2.generation), (1, 2));
+        assert_eq!(r2.name, "hello-00002");
+        assert_eq!(db.service("hello").unwrap().unwrap().serving_revision, None);
+        db.set_serving_revision("hello", &r1.name).unwrap();
+        assert_eq!(
+            db.service("hello").unwrap().unwrap().serving_revision,
+            Some(r1.name.clone())
+        );
+        let revs = db.revisions("hello").unwrap();
+        assert_eq!(revs, vec![r2.clone(), r1.clone()]);
+        assert!(matches!(
+            db.set_serving_revision("other", &r1.name),
+            Err(StoreError::NoSuchService(_))
+        ));
+    }
+
+    #[test]
+    fn failures_are_recorded_and_services_deleted() {
+        let (_d, mut db, img) = store_with_image();
+        let r = db
+            .create_revision("hello", &img.to_string(), "{}", name_of)
+            .unwrap();
+        db.record_revision_failure(&r.name, "exited with code 3", "boom\n")
+            .unwrap();
+        let f = db.revision(&r.name).unwrap().unwrap().last_failure.unwrap();
+        assert_eq!(
+            (f.reason.as_str(), f.log_tail.as_str()),
+            ("exited with code 3", "boom\n")
+        );
+        // The image is what the revision runs: it may not go while the service exists.
+        assert!(matches!(
+            db.remove_image(&img.to_string()),
+            Err(StoreError::ImageInRevisions { .. })
+        ));
+        db.delete_service("hello").unwrap();
+        assert!(db.revision(&r.name).unwrap().is_none());
+        assert!(db.services().unwrap().is_empty());
+        assert!(matches!(
+            db.delete_service("hello"),
+            Err(StoreError::NoSuchService(_))
+        ));
+        db.remove_image(&img.to_string()).unwrap();
+    }
+
+    #[test]
+    fn instances_remember_their_service() {
+        let (_d, mut db, img) = store_with_image();
+        let mut new = NewInstance {
+            id: "i1".into(),
+            image_digest: img.clone(),
+            supervisor_pid: 1,
+            supervisor_start: 1,
+            log_path: "/l".into(),
+            service: Some(("hello".into(), "hello-00001".into())),
+        };
+        db.create_instance(&new, 0..10).unwrap();
+        new.id = "i2".into();
+        new.service = None;
+        db.create_instance(&new, 0..10).unwrap();
+        let of = db.service_instances("hello").unwrap();
+        assert_eq!(of.len(), 1);
+        assert_eq!(of[0].revision.as_deref(), Some("hello-00001"));
+    }
+}

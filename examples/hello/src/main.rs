@@ -1,0 +1,365 @@
+//! skiff's example app: a small HTTP/1.1 server on `$PORT` that answers with the id of the
+//! instance it runs in (its hostname), plus a few routes the end-to-end tests and
+//! benchmarks use. On SIGTERM it stops accepting, finishes the requests in flight, and
+//! exits 0, as Cloud Run asks of its apps.
+//!
+//! Routes:
+//! - `GET /` → `hello from INSTANCE`
+//! - `GET /sleep?ms=N` → answers after N ms
+//! - `GET /stream?n=N&ms=M` → N chunks, M ms apart (chunked encoding)
+//! - `POST /echo` → the request body, streamed back as it arrives
+//! - `GET /headers` → the request's headers, one per line
+//! - `GET /env` → the environment, one per line
+//! - `GET /ws` with `Upgrade: websocket` → echoes WebSocket text/binary messages
+//!
+//! `hello --crash MESSAGE` prints MESSAGE to stderr and exits 3 (a broken image);
+//! `hello --listen-after MS` waits before listening (a slow starter).
+
+mod ws;
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--crash") {
+        eprintln!(
+            "hello: {}",
+            args.get(1).map_or("crashing on purpose", |s| s)
+        );
+        std::process::exit(3);
+    }
+    if args.first().map(String::as_str) == Some("--listen-after") {
+        let ms = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    let id = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    block_termination_signals();
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hello: cannot listen on port {port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("hello: listening on :{port} as {id}");
+    let listen_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    std::thread::spawn(move || wait_for_termination(listen_fd));
+    let id = Arc::new(id);
+    for conn in listener.incoming() {
+        if STOPPING.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(conn) = conn else { continue };
+        let id = Arc::clone(&id);
+        std::thread::spawn(move || {
+            let _ = serve(conn, &id);
+        });
+    }
+    let draining = IN_FLIGHT.load(Ordering::SeqCst);
+    eprintln!("hello: SIGTERM: finishing {draining} request(s) in flight");
+    while IN_FLIGHT.load(Ordering::SeqCst) > 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("hello: bye");
+    std::process::exit(0);
+}
+
+/// Blocks SIGTERM and SIGINT in every thread, so that only `wait_for_termination` sees
+/// them.
+fn block_termination_signals() {
+    // SAFETY: plain signal-mask calls on a local, initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for SIGTERM/SIGINT, then wakes the accept loop by shutting the listener down.
+fn wait_for_termination(listen_fd: i32) {
+    // SAFETY: sigwait on a local set; shutdown on the listener's fd, which outlives this
+    // thread's use of it (the process exits after draining).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+        STOPPING.store(true, Ordering::SeqCst);
+        libc::shutdown(listen_fd, libc::SHUT_RDWR);
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn param(&self, name: &str) -> Option<u64> {
+        self.query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    }
+}
+
+/// Reads the next request head; `None` when the client closed the connection, or when the
+/// server is stopping and the connection is idle.
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    loop {
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if STOPPING.load(Ordering::SeqCst) && line.is_empty() {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = match (parts.next(), parts.next()) {
+        (Some(m), Some(t)) => (m.to_owned(), t.to_owned()),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad request line",
+            ))
+        }
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 {
+            return Ok(None);
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    Ok(Some(Request {
+        method,
+        path: path.to_owned(),
+        query: query.to_owned(),
+        headers,
+    }))
+}
+
+fn serve(conn: TcpStream, id: &str) -> io::Result<()> {
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let mut out = conn.try_clone()?;
+    let mut reader = BufReader::new(conn);
+    while let Some(req) = read_head(&mut reader)? {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        let keep = handle(&req, &mut reader, &mut out, id);
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        if !keep? || STOPPING.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Answers one request; returns whether the connection may be reused.
+fn handle(
+    req: &Request,
+    reader: &mut BufReader<TcpStream>,
+    out: &mut TcpStream,
+    id: &str,
+) -> io::Result<bool> {
+    let close = req
+        .header("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+    match (req.method.as_str(), req.path.as_str()) {
+        (_, "/ws") if req.header("upgrade").is_some() => {
+            ws::serve(req.header("sec-websocket-key").unwrap_or(""), reader, out)?;
+            return Ok(false);
+        }
+        ("POST", "/echo") => {
+            echo(req, reader, out)?;
+            return Ok(!close);
+        }
+        _ => {}
+    }
+    discard_body(req, reader)?;
+    match req.path.as_str() {
+        "/" => respond(out, 200, &format!("hello from {id}\n"), close)?,
+        "/sleep" => {
+            let ms = req.param("ms").unwrap_or(1000);
+            std::thread::sleep(Duration::from_millis(ms));
+            respond(out, 200, &format!("slept {ms} ms on {id}\n"), close)?;
+        }
+        "/stream" => {
+            let n = req.param("n").unwrap_or(3);
+            let ms = req.param("ms").unwrap_or(100);
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n",
+            )?;
+            for i in 0..n {
+                if i > 0 {
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                write_chunk(out, format!("chunk {i} from {id}\n").as_bytes())?;
+            }
+            out.write_all(b"0\r\n\r\n")?;
+        }
+        "/headers" => {
+            let body: String = req
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{}: {v}\n", k.to_ascii_lowercase()))
+                .collect();
+            respond(out, 200, &body, close)?;
+        }
+        "/env" => {
+            let body: String = std::env::vars()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect();
+            respond(out, 200, &body, close)?;
+        }
+        _ => respond(out, 404, "not found\n", close)?,
+    }
+    Ok(!close)
+}
+
+fn respond(out: &mut TcpStream, status: u16, body: &str, close: bool) -> io::Result<()> {
+    let reason = if status == 200 { "OK" } else { "Not Found" };
+    let conn = if close { "connection: close\r\n" } else { "" };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{conn}\r\n",
+        body.len()
+    );
+    let mut msg = head.into_bytes();
+    msg.extend_from_slice(body.as_bytes());
+    out.write_all(&msg)
+}
+
+fn write_chunk(out: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+    let mut msg = format!("{:x}\r\n", data.len()).into_bytes();
+    msg.extend_from_slice(data);
+    msg.extend_from_slice(b"\r\n");
+    out.write_all(&msg)
+}
+
+/// Streams the request body back as chunks as it arrives.
+fn echo(req: &Request, reader: &mut BufReader<TcpStream>, out: &mut TcpStream) -> io::Result<()> {
+    out.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    )?;
+    read_body(req, reader, |data| write_chunk(out, data))?;
+    out.write_all(b"0\r\n\r\n")
+}
+
+fn discard_body(req: &Request, reader: &mut BufReader<TcpStream>) -> io::Result<()> {
+    read_body(req, reader, |_| Ok(()))
+}
+
+/// Reads a request body (content-length or chunked), handing each piece to `each`.
+fn read_body(
+    req: &Request,
+    reader: &mut BufReader<TcpStream>,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let chunked = req
+        .header("transfer-encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+    if !chunked {
+        let len: u64 = req
+            .header("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        return copy_exact(reader, len, &mut each);
+    }
+    loop {
+        let mut size = String::new();
+        read_line_patiently(reader, &mut size)?;
+        let size = u64::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+        if size == 0 {
+            let mut trailer = String::new();
+            read_line_patiently(reader, &mut trailer)?;
+            return Ok(());
+        }
+        copy_exact(reader, size, &mut each)?;
+        let mut crlf = String::new();
+        read_line_patiently(reader, &mut crlf)?;
+    }
+}
+
+fn read_line_patiently(reader: &mut BufReader<TcpStream>, line: &mut String) -> io::Result<()> {
+    loop {
+        match reader.read_line(line) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn copy_exact(
+    reader: &mut BufReader<TcpStream>,
+    mut left: u64,
+    each: &mut impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = [0u8; 16384];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        match reader.read(&mut buf[..want]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                each(&buf[..n])?;
+                left -= n as u64;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
