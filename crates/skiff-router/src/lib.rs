@@ -1,0 +1,237 @@
+//! skiff's ingress: HTTP/1.1 requests for `NAME.<domain>` go to an instance of service
+//! NAME's serving revision with a free concurrency slot; with none free they wait in that
+//! revision's activator queue while the reconciler starts instances.
+//!
+//! The router owns the routing table, the per-revision pools and the proxying (headers,
+//! streaming, upgrades, timeouts, keep-alive to instances). It must not start or stop
+//! instances itself: it signals demand ([`RevisionPool::demand_changed`]) and serves what
+//! the reconciler adds to the pools.
+
+mod pool;
+mod proxy;
+pub mod upstream;
+
+pub use pool::{Lease, Load, PoolConfig, PoolError, RevisionPool};
+pub use proxy::ProxyBody;
+pub use upstream::{Target, Upstream};
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Longest a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The ingress router. Cheap to clone; clones share the routing table.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `.` + the domain, lowercase.
+    suffix: String,
+    routes: RwLock<HashMap<String, Arc<RevisionPool>>>,
+    id_prefix: String,
+    next_id: AtomicU64,
+}
+
+impl Router {
+    /// A router for hosts under `domain` (e.g. `localhost`), with no routes yet.
+    pub fn new(domain: &str) -> Router {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        Router {
+            inner: Arc::new(Inner {
+                suffix: format!(".{}", domain.trim_matches('.').to_ascii_lowercase()),
+                routes: RwLock::new(HashMap::new()),
+                id_prefix: b.iter().map(|x| format!("{x:02x}")).collect(),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Sends `service`'s traffic to `pool` from now on; returns the pool it replaces.
+    pub fn set_route(&self, service: &str, pool: Arc<RevisionPool>) -> Option<Arc<RevisionPool>> {
+        self.inner
+            .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.to_owned(), pool)
+    }
+
+    /// Stops routing `service`; returns its pool.
+    pub fn remove_route(&self, service: &str) -> Option<Arc<RevisionPool>> {
+        self.inner
+            .routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(service)
+    }
+
+    /// The pool serving `service`.
+    pub fn route(&self, service: &str) -> Option<Arc<RevisionPool>> {
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+            .cloned()
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves, then stops accepting,
+    /// lets requests in flight finish, and returns.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        // Each connection task holds a sender: when all are gone, every connection is done.
+        let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, do not spin.
+                        tracing::warn!("ingress accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let router = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(router.handle(req, remote).await) }
+            });
+            let mut conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let alive = alive_tx.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let _alive = alive;
+                tokio::select! {
+                    _ = &mut conn => return,
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+                // Finishes the request in flight, then closes; idle ones close at once.
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                let _ = conn.await;
+            });
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        drop(alive_tx);
+        let _ = alive_rx.recv().await;
+    }
+
+    fn request_id(&self, req: &Request<Incoming>) -> String {
+        if let Some(given) = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+        {
+            return given.to_owned();
+        }
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.inner.id_prefix)
+    }
+
+    /// The service a Host header names, if it is under the domain.
+    fn service_of<'h>(&self, host: &'h str) -> Option<&'h str> {
+        let name = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let suffix = &self.inner.suffix;
+        if name.len() <= suffix.len() || !name.is_char_boundary(name.len() - suffix.len()) {
+            return None;
+        }
+        let (service, tail) = name.split_at(name.len() - suffix.len());
+        (tail.eq_ignore_ascii_case(suffix) && !service.contains('.')).then_some(service)
+    }
+
+    async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+        let request_id = self.request_id(&req);
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_owned();
+        let pool = self.service_of(&host).and_then(|s| {
+            if s.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.route(&s.to_ascii_lowercase())
+            } else {
+                self.route(s)
+            }
+        });
+        let mut resp = match pool {
+            None => proxy::local(
+                StatusCode::NOT_FOUND,
+                format!("skiff: no service serves host {host:?}"),
+            ),
+            Some(pool) => {
+                let timeout = pool.config().timeout;
+                let forwarded = proxy::forward(&pool, req, remote, &host, &request_id);
+                match tokio::time::timeout(timeout, forwarded).await {
+                    Ok(Ok(resp)) => resp,
+                    Ok(Err(e)) => e.into_response(),
+                    Err(_) => proxy::local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "skiff: revision {} did not answer within {:?}",
+                            pool.config().revision,
+                            timeout
+                        ),
+                    ),
+                }
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_map_to_services() {
+        let r = Router::new("localhost");
+        assert_eq!(r.service_of("hello.localhost:8080"), Some("hello"));
+        assert_eq!(r.service_of("hello.localhost"), Some("hello"));
+        assert_eq!(r.service_of("Hello.LOCALHOST"), Some("Hello"));
+        assert_eq!(r.service_of("localhost:8080"), None);
+        assert_eq!(r.service_of(".localhost"), None);
+        assert_eq!(r.service_of("a.b.localhost"), None);
+        assert_eq!(r.service_of("hello.example.com"), None);
+        assert_eq!(r.service_of("hellolocalhost"), None);
+        let r = Router::new("run.example.com.");
+        assert_eq!(r.service_of("api.run.example.com"), Some("api"));
+    }
+}

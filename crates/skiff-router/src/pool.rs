@@ -1,0 +1,467 @@
+//! One revision's ready instances, their free concurrency slots, and the activator queue
+//! of requests waiting for a slot.
+//!
+//! A request takes a [`Lease`] on the least-loaded instance with a free slot; with none
+//! free it queues (bounded) and wakes whoever watches [`RevisionPool::demand_changed`] —
+//! the reconciler, which starts instances. Slots are handed to queued requests in arrival
+//! order as leases end or instances join. An instance leaves the pool only when it has no
+//! request in flight ([`RevisionPool::retire_if_idle`]), so scaling down never cuts one.
+//!
+//! This module never starts or stops anything: it counts, queues and hands out.
+
+use crate::upstream::{Connection, Upstream};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+
+/// How a revision's pool behaves.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// The revision's name (for errors and logs).
+    pub revision: String,
+    /// Requests one instance serves at once; 0 = no limit.
+    pub concurrency: u32,
+    /// Requests that may wait for a slot; past this they get 429.
+    pub queue_limit: usize,
+    /// Time a request may take until its response starts (queueing included).
+    pub timeout: Duration,
+}
+
+/// Why a request got no slot.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The queue is full.
+    #[error("too many requests are waiting for revision {0}")]
+    Overloaded(String),
+    /// Instances fail to start; retry after the given time.
+    #[error("revision {revision} is unavailable: {reason}")]
+    Unavailable {
+        /// The revision.
+        revision: String,
+        /// Why (the last start failure).
+        reason: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// The revision no longer serves (its service was removed).
+    #[error("revision {0} was removed")]
+    Closed(String),
+}
+
+/// What the pool holds now, for the reconciler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Ready instances.
+    pub ready: u32,
+    /// Requests being served.
+    pub in_flight: u32,
+    /// Requests waiting for a slot.
+    pub queued: u32,
+}
+
+struct Member {
+    upstream: Arc<Upstream>,
+    in_flight: u32,
+    idle_since: Instant,
+}
+
+type Waiter = oneshot::Sender<Result<Lease, PoolError>>;
+
+#[derive(Default)]
+struct State {
+    members: Vec<Member>,
+    queue: VecDeque<Waiter>,
+    unavailable: Option<(String, Instant)>,
+    closed: bool,
+}
+
+/// A revision's instances and waiting requests.
+pub struct RevisionPool {
+    config: PoolConfig,
+    state: Mutex<State>,
+    demand: Notify,
+}
+
+impl RevisionPool {
+    /// An empty pool.
+    pub fn new(config: PoolConfig) -> Arc<RevisionPool> {
+        Arc::new(RevisionPool {
+            config,
+            state: Mutex::new(State::default()),
+            demand: Notify::new(),
+        })
+    }
+
+    /// The pool's configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain counters behind: still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn has_room(&self, m: &Member) -> bool {
+        self.config.concurrency == 0 || m.in_flight < self.config.concurrency
+    }
+
+    /// Takes a slot on the least-loaded instance, or waits in the queue for one (up to
+    /// the request timeout, which the caller applies around this future).
+    pub async fn acquire(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        let rx = {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(PoolError::Closed(self.config.revision.clone()));
+            }
+            if let Some(lease) = self.grant_locked(&mut st) {
+                return Ok(lease);
+            }
+            if st.members.is_empty() {
+                if let Some((reason, until)) = &st.unavailable {
+                    let now = Instant::now();
+                    if *until > now {
+                        return Err(PoolError::Unavailable {
+                            revision: self.config.revision.clone(),
+                            reason: reason.clone(),
+                            retry_after: *until - now,
+                        });
+                    }
+                }
+            }
+            st.queue.retain(|w| !w.is_closed());
+            if st.queue.len() >= self.config.queue_limit {
+                return Err(PoolError::Overloaded(self.config.revision.clone()));
+            }
+            let (tx, rx) = oneshot::channel();
+            st.queue.push_back(tx);
+            rx
+        };
+        self.demand.notify_one();
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(PoolError::Closed(self.config.revision.clone())),
+        }
+    }
+
+    fn grant_locked(self: &Arc<Self>, st: &mut State) -> Option<Lease> {
+        let idx = st
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| self.has_room(m))
+            .min_by_key(|(_, m)| m.in_flight)
+            .map(|(i, _)| i)?;
+        let m = &mut st.members[idx];
+        m.in_flight += 1;
+        Some(Lease {
+            pool: Arc::clone(self),
+            upstream: Arc::clone(&m.upstream),
+            connection: None,
+            armed: true,
+        })
+    }
+
+    /// Hands free slots to waiting requests, first come first served.
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+        while let Some(waiter) = st.queue.pop_front() {
+            if waiter.is_closed() {
+                continue;
+            }
+            let Some(lease) = self.grant_locked(st) else {
+                st.queue.push_front(waiter);
+                return;
+            };
+            if let Err(Ok(mut lease)) = waiter.send(Ok(lease)) {
+                // The request gave up between the check and the send.
+                lease.armed = false;
+                self.release_locked(st, &lease.upstream);
+            }
+        }
+    }
+
+    fn release_locked(&self, st: &mut State, upstream: &Arc<Upstream>) {
+        if let Some(m) = st
+            .members
+            .iter_mut()
+            .find(|m| Arc::ptr_eq(&m.upstream, upstream))
+        {
+            m.in_flight = m.in_flight.saturating_sub(1);
+            if m.in_flight == 0 {
+                m.idle_since = Instant::now();
+            }
+        }
+    }
+
+    fn release(self: &Arc<Self>, upstream: &Arc<Upstream>) {
+        let mut st = self.lock();
+        self.release_locked(&mut st, upstream);
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Adds a ready instance and serves waiting requests from it.
+    pub fn add_instance(self: &Arc<Self>, upstream: Upstream) {
+        let mut st = self.lock();
+        st.unavailable = None;
+        st.members.push(Member {
+            upstream: Arc::new(upstream),
+            in_flight: 0,
+            idle_since: Instant::now(),
+        });
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Drops an instance that died. Requests it was serving fail on their own connection.
+    pub fn remove_instance(&self, id: &str) {
+        self.lock().members.retain(|m| m.upstream.id != id);
+    }
+
+    /// Takes an instance out of the pool if it has served nothing for `idle_for` (and has
+    /// nothing in flight), in one step with the lease accounting so no request can be
+    /// handed to it afterwards. Returns whether it was taken out.
+    pub fn retire_if_idle(&self, id: &str, idle_for: Duration, now: Instant) -> bool {
+        let mut st = self.lock();
+        let Some(i) = st.members.iter().position(|m| {
+            m.upstream.id == id
+                && m.in_flight == 0
+                && now.saturating_duration_since(m.idle_since) >= idle_for
+        }) else {
+            return false;
+        };
+        st.members.remove(i);
+        true
+    }
+
+    /// Ids of the ready instances, with how long each has been idle (zero when busy).
+    pub fn idle_times(&self, now: Instant) -> Vec<(String, Duration)> {
+        self.lock()
+            .members
+            .iter()
+            .map(|m| {
+                let idle = if m.in_flight == 0 {
+                    now.saturating_duration_since(m.idle_since)
+                } else {
+                    Duration::ZERO
+                };
+                (m.upstream.id.clone(), idle)
+            })
+            .collect()
+    }
+
+    /// Current load.
+    pub fn load(&self) -> Load {
+        let mut st = self.lock();
+        st.queue.retain(|w| !w.is_closed());
+        Load {
+            ready: st.members.len() as u32,
+            in_flight: st.members.iter().map(|m| m.in_flight).sum(),
+            queued: st.queue.len() as u32,
+        }
+    }
+
+    /// Resolves when a request starts waiting for a slot.
+    pub async fn demand_changed(&self) {
+        self.demand.notified().await;
+    }
+
+    /// An instance failed to start: waiting requests get 503 with `reason`, and so does
+    /// every request until `retry_after` has passed, unless an instance becomes ready.
+    pub fn fail_waiters(&self, reason: &str, retry_after: Duration) {
+        let mut st = self.lock();
+        st.unavailable = Some((reason.to_owned(), Instant::now() + retry_after));
+        if !st.members.is_empty() {
+            return;
+        }
+        for waiter in st.queue.drain(..) {
+            let _ = waiter.send(Err(PoolError::Unavailable {
+                revision: self.config.revision.clone(),
+                reason: reason.to_owned(),
+                retry_after,
+            }));
+        }
+    }
+
+    /// Whether instances are failing to start and the back-off has not passed.
+    pub fn in_backoff(&self, now: Instant) -> bool {
+        self.lock()
+            .unavailable
+            .as_ref()
+            .is_some_and(|(_, until)| *until > now)
+    }
+
+    /// The revision stops serving: waiting requests fail, new ones are refused.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        for waiter in st.queue.drain(..) {
+            let _ = waiter.send(Err(PoolError::Closed(self.config.revision.clone())));
+        }
+    }
+}
+
+/// A slot on one instance, held while a request is in flight there (until its response
+/// body has been sent). Dropping it frees the slot and keeps the connection for reuse.
+pub struct Lease {
+    pool: Arc<RevisionPool>,
+    upstream: Arc<Upstream>,
+    connection: Option<Connection>,
+    armed: bool,
+}
+
+impl Lease {
+    /// The instance.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// Closes the kept connection instead of reusing it (it is mid-response or broken).
+    pub fn discard_connection(&mut self) {
+        self.connection = None;
+    }
+
+    /// Keeps `conn` to be returned to the instance's idle connections when the lease ends.
+    pub fn keep_connection(&mut self, conn: Connection) {
+        self.connection = Some(conn);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(conn) = self.connection.take() {
+            self.upstream.put_idle(conn);
+        }
+        self.pool.release(&self.upstream);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Target;
+
+    fn pool(concurrency: u32, queue_limit: usize) -> Arc<RevisionPool> {
+        RevisionPool::new(PoolConfig {
+            revision: "r-00001".into(),
+            concurrency,
+            queue_limit,
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    fn upstream(id: &str) -> Upstream {
+        Upstream::new(id, Target::Address(([127, 0, 0, 1], 1).into()))
+    }
+
+    #[tokio::test]
+    async fn least_loaded_instance_with_a_free_slot() {
+        let p = pool(2, 10);
+        p.add_instance(upstream("a"));
+        p.add_instance(upstream("b"));
+        let l1 = p.acquire().await.unwrap();
+        let l2 = p.acquire().await.unwrap();
+        assert_ne!(l1.upstream().id, l2.upstream().id, "spread over both");
+        let l3 = p.acquire().await.unwrap();
+        let l4 = p.acquire().await.unwrap();
+        assert_eq!(p.load().in_flight, 4);
+        // Both full: the next waits; a release hands it that slot.
+        let waiting = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.acquire().await.map(|l| l.upstream().id.clone()) }
+        });
+        tokio::task::yield_now().await;
+        while p.load().queued == 0 {
+            tokio::task::yield_now().await;
+        }
+        let freed = l3.upstream().id.clone();
+        drop(l3);
+        assert_eq!(waiting.await.unwrap().unwrap(), freed);
+        drop((l1, l2, l4));
+        assert_eq!(p.load().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn waiters_are_served_in_order_when_an_instance_joins() {
+        let p = pool(1, 10);
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let p2 = Arc::clone(&p);
+            tasks.push(tokio::spawn(async move {
+                let lease = p2.acquire().await.unwrap();
+                (i, lease.upstream().id.clone())
+            }));
+            while p.load().queued < i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        p.add_instance(upstream("a"));
+        let (first, on) = tasks.remove(0).await.unwrap();
+        assert_eq!((first, on.as_str()), (0, "a"));
+        for (want, t) in (1..).zip(tasks) {
+            assert_eq!(t.await.unwrap().0, want);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses() {
+        let p = pool(1, 1);
+        let p2 = Arc::clone(&p);
+        let _waiting = tokio::spawn(async move { p2.acquire().await.is_ok() });
+        while p.load().queued == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(p.acquire().await, Err(PoolError::Overloaded(_))));
+    }
+
+    #[tokio::test]
+    async fn busy_instances_are_never_retired() {
+        let p = pool(1, 10);
+        p.add_instance(upstream("a"));
+        let lease = p.acquire().await.unwrap();
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert!(!p.retire_if_idle("a", Duration::ZERO, later));
+        drop(lease);
+        assert!(!p.retire_if_idle("a", Duration::from_secs(60), Instant::now()));
+        assert!(p.retire_if_idle("a", Duration::from_secs(60), later));
+        assert_eq!(p.load().ready, 0);
+    }
+
+    #[tokio::test]
+    async fn failures_answer_waiters_and_back_off() {
+        let p = pool(1, 10);
+        let p2 = Arc::clone(&p);
+        let waiting = tokio::spawn(async move { p2.acquire().await.err() });
+        while p.load().queued == 0 {
+            tokio::task::yield_now().await;
+        }
+        p.fail_waiters("exited with code 3", Duration::from_secs(30));
+        let err = waiting.await.unwrap().unwrap();
+        assert!(err.to_string().contains("exited with code 3"), "{err}");
+        assert!(matches!(
+            p.acquire().await,
+            Err(PoolError::Unavailable { .. })
+        ));
+        assert!(p.in_backoff(Instant::now()));
+        p.add_instance(upstream("a"));
+        assert!(!p.in_backoff(Instant::now()));
+        assert!(p.acquire().await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gave_up_does_not_keep_a_slot() {
+        let p = pool(1, 10);
+        let p2 = Arc::clone(&p);
+        let gave_up = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(1), p2.acquire())
+                .await
+                .is_err()
+        });
+        assert!(gave_up.await.unwrap());
+        p.add_instance(upstream("a"));
+        assert_eq!(p.load().in_flight, 0);
+        assert!(p.acquire().await.is_ok());
+    }
+}

@@ -1,0 +1,173 @@
+//! Reaching an instance: a TCP connection to its port, either at its own address (veth) or
+//! on its loopback, by creating the socket inside the instance's network namespace. The
+//! latter needs no veth, no address and no firewall rule: the instance has no network at
+//! all, yet the router can talk to it. Each instance keeps its idle HTTP/1.1 connections
+//! for reuse (keep-alive to instances).
+//!
+//! This module connects; it must not decide which instance serves a request.
+
+#![allow(unsafe_code)]
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustix::fd::{AsFd, OwnedFd};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A sender of requests on one open HTTP/1.1 connection to an instance.
+pub type Connection = SendRequest<Incoming>;
+
+/// Idle connections kept per instance; more are closed when returned.
+const MAX_IDLE: usize = 64;
+
+/// Where an instance listens.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// An address reachable from the host.
+    Address(SocketAddr),
+    /// A port on the loopback of a network namespace (an open `/proc/PID/ns/net`).
+    Netns {
+        /// The namespace.
+        netns: Arc<OwnedFd>,
+        /// The port.
+        port: u16,
+    },
+}
+
+/// One ready instance as the router sees it.
+pub struct Upstream {
+    /// Instance id.
+    pub id: String,
+    /// Where it listens.
+    pub target: Target,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Upstream {
+    /// An instance listening at `target`.
+    pub fn new(id: impl Into<String>, target: Target) -> Upstream {
+        Upstream {
+            id: id.into(),
+            target,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection that is still open, or a new one.
+    pub async fn connection(&self) -> io::Result<Connection> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some(mut conn) = idle else { break };
+            if conn.is_closed() {
+                continue;
+            }
+            if conn.ready().await.is_ok() {
+                return Ok(conn);
+            }
+        }
+        open(&self.target).await
+    }
+
+    /// Keeps a connection for the next request.
+    pub fn put_idle(&self, conn: Connection) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+}
+
+/// Opens an HTTP/1.1 connection (upgrades allowed) to `target`.
+pub async fn open(target: &Target) -> io::Result<Connection> {
+    let stream = connect(target).await?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+/// A TCP connection to `target`.
+pub async fn connect(target: &Target) -> io::Result<TcpStream> {
+    let stream = match target {
+        Target::Address(addr) => TcpStream::connect(addr).await?,
+        Target::Netns { netns, port } => {
+            let socket = TcpSocket::from_std_stream(socket_in(netns)?.into());
+            socket
+                .connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port).into())
+                .await?
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// `GET path` on a fresh connection; returns the status code.
+pub async fn http_probe(target: &Target, path: &str) -> io::Result<u16> {
+    let stream = connect(target).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+    let driver = tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, "localhost")
+        .header("user-agent", "skiff-probe")
+        .body(Empty::new())
+        .map_err(io::Error::other)?;
+    let status = sender
+        .send_request(req)
+        .await
+        .map_err(io::Error::other)?
+        .status()
+        .as_u16();
+    driver.abort();
+    Ok(status)
+}
+
+/// This process's own network namespace, to return to after making a socket elsewhere.
+fn host_netns() -> io::Result<&'static OwnedFd> {
+    static HOST: OnceLock<Result<OwnedFd, i32>> = OnceLock::new();
+    HOST.get_or_init(|| {
+        rustix::fs::open(
+            "/proc/self/ns/net",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| e.raw_os_error())
+    })
+    .as_ref()
+    .map_err(|&e| io::Error::from_raw_os_error(e))
+}
+
+/// A non-blocking TCP socket created inside `netns`. Sockets stay in the namespace they
+/// were made in, so the calling thread switches there for the `socket` call only.
+fn socket_in(netns: &OwnedFd) -> io::Result<std::net::TcpStream> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+    let home = host_netns()?;
+    move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network))?;
+    let socket = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    );
+    if let Err(e) = move_into_link_name_space(home.as_fd(), Some(LinkNameSpaceType::Network)) {
+        // This thread would go on serving inside an instance's namespace: never.
+        eprintln!("skiff: cannot return to the host network namespace: {e}");
+        std::process::abort();
+    }
+    Ok(std::net::TcpStream::from(socket?))
+}
