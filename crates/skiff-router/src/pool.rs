@@ -290,6 +290,16 @@ impl RevisionPool {
             .is_some_and(|(_, until)| *until > now)
     }
 
+    /// Forgets a back-off (a deploy wants to try the revision now).
+    pub fn clear_backoff(&self) {
+        self.lock().unavailable = None;
+    }
+
+    /// Why the revision is (or was last) backing off.
+    pub fn backoff_reason(&self) -> Option<String> {
+        self.lock().unavailable.as_ref().map(|(r, _)| r.clone())
+    }
+
     /// The revision stops serving: waiting requests fail, new ones are refused.
     pub fn close(&self) {
         let mut st = self.lock();

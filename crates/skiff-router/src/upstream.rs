@@ -88,6 +88,10 @@ impl Upstream {
 /// Opens an HTTP/1.1 connection (upgrades allowed) to `target`.
 pub async fn open(target: &Target) -> io::Result<Connection> {
     let stream = connect(target).await?;
+    handshake_tokio(stream).await
+}
+
+async fn handshake_tokio(stream: TcpStream) -> io::Result<Connection> {
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -111,6 +115,43 @@ pub async fn connect(target: &Target) -> io::Result<TcpStream> {
     };
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// A blocking TCP connection to `target` (for readiness checks off the async runtime,
+/// where sleeps shorter than the runtime's 1 ms timer are wanted).
+pub fn connect_blocking(target: &Target) -> io::Result<std::net::TcpStream> {
+    let stream = match target {
+        Target::Address(addr) => std::net::TcpStream::connect(addr)?,
+        Target::Netns { netns, port } => {
+            let stream = socket_in(netns)?;
+            let addr = rustix::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port);
+            match rustix::net::connect(&stream, &addr) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::INPROGRESS) => wait_connected(&stream)?,
+                Err(e) => return Err(e.into()),
+            }
+            stream
+        }
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Waits for a non-blocking connect to finish and reports its outcome.
+fn wait_connected(stream: &std::net::TcpStream) -> io::Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(stream, PollFlags::OUT)];
+    poll(&mut fds, None)?;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Wraps a connected stream from [`connect_blocking`] as an HTTP/1.1 connection.
+pub async fn handshake(stream: std::net::TcpStream) -> io::Result<Connection> {
+    stream.set_nonblocking(true)?;
+    handshake_tokio(TcpStream::from_std(stream)?).await
 }
 
 /// `GET path` on a fresh connection; returns the status code.

@@ -101,6 +101,11 @@ impl Instance {
         &self.log_path
     }
 
+    /// A pidfd of its first process: readable once it has exited (for event loops).
+    pub fn pidfd(&self) -> rustix::fd::BorrowedFd<'_> {
+        rustix::fd::AsFd::as_fd(&self.pidfd)
+    }
+
     /// Its cgroup (until it has ended).
     pub fn cgroup(&self) -> Option<&Cgroup> {
         self.cgroup.as_ref()

@@ -21,7 +21,7 @@ mod spawn;
 
 pub use cgroup::{Cgroup, Hierarchy, Limits};
 pub use instance::{Exit, Instance};
-pub use logs::rfc3339_now;
+pub use logs::{rfc3339, rfc3339_now};
 pub use net::{host_link_exists, NetworkSlot, SLOTS};
 pub use seccomp::DENIED as SECCOMP_DENIED;
 

@@ -2,8 +2,11 @@
 //! lives in its own small file under `cli/` and only wires arguments to the crates; the
 //! logic it calls belongs to those crates.
 
+mod apitypes;
 mod cli;
 mod home;
+mod launch;
+mod server;
 
 use clap::Parser;
 

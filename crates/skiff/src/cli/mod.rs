@@ -1,10 +1,12 @@
 //! Command-line parsing and dispatch. Exit codes: 0 success, 1 failure, 2 usage error
 //! (clap's), and for `skiff run` the instance's own exit code (128+N for signal N).
 
+mod client;
 mod image;
 mod output;
 mod progress;
 mod run;
+mod service;
 
 use crate::home::Home;
 use clap::{Parser, Subcommand};
@@ -27,6 +29,9 @@ pub struct Cli {
         default_value = "/var/lib/skiff"
     )]
     pub home: PathBuf,
+    /// The daemon's control-plane socket.
+    #[arg(long, global = true, env = "SKIFF_SOCKET", default_value = crate::server::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = output::Format::Table)]
     pub output: output::Format,
@@ -41,6 +46,24 @@ pub enum Command {
     Image(image::ImageCommand),
     /// Run one instance of an image in the foreground.
     Run(run::RunArgs),
+    /// Run the daemon: control-plane API, ingress router, instances.
+    Server(crate::server::ServerArgs),
+    /// Deploy a service (a new revision of it, when it exists).
+    Deploy(service::DeployArgs),
+    /// List services.
+    Ls,
+    /// Show a service: revisions, instances, the last start failure.
+    Describe {
+        /// Service name.
+        name: String,
+    },
+    /// Remove a service.
+    Rm {
+        /// Service name.
+        name: String,
+    },
+    /// Print a service's logs (of all its instances, also those that are gone).
+    Logs(service::LogsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -48,5 +71,19 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Image(cmd) => image::run(&home, cli.output, cmd).map(|()| 0),
         Command::Run(args) => run::run(&home, args),
+        Command::Server(args) => crate::server::run(home, cli.socket, args),
+        Command::Deploy(a) => service::deploy(&client(&cli.socket)?, cli.output, a).map(|()| 0),
+        Command::Ls => service::list(&client(&cli.socket)?, cli.output).map(|()| 0),
+        Command::Describe { name } => {
+            service::describe(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
+        }
+        Command::Rm { name } => {
+            service::remove(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
+        }
+        Command::Logs(a) => service::logs(&client(&cli.socket)?, cli.output, a).map(|()| 0),
     }
+}
+
+fn client(socket: &std::path::Path) -> anyhow::Result<client::Client> {
+    client::Client::new(socket)
 }

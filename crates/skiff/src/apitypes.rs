@@ -1,0 +1,105 @@
+//! The control-plane API's JSON documents, shared by the daemon (which writes them) and the
+//! CLI (which reads them), so the two cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+use skiff_core::ServiceSpec;
+
+/// `PUT /v1/services/{name}`: deploy a new revision.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    pub spec: ServiceSpec,
+}
+
+/// The answer to a deploy.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Deployed {
+    pub service: String,
+    pub revision: String,
+    pub image_digest: String,
+    pub url: String,
+}
+
+/// A line of `skiff ls`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub url: String,
+    pub serving_revision: Option<String>,
+    pub latest_revision: Option<String>,
+    pub ready_instances: u32,
+    pub in_flight: u32,
+    pub queued: u32,
+}
+
+/// An error from the API: what kind, and a message naming what was wrong.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// invalid_request, invalid_spec, not_found, conflict, start_failed, internal.
+    pub kind: String,
+    pub message: String,
+    /// The spec field at fault, for invalid_spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The failed instance's last log lines, for start_failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
+}
+
+/// `skiff describe`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServiceDetail {
+    pub name: String,
+    pub url: String,
+    pub created_at: i64,
+    pub serving_revision: Option<String>,
+    pub revisions: Vec<RevisionDetail>,
+    pub instances: Vec<InstanceDetail>,
+    pub last_failure: Option<FailureDetail>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RevisionDetail {
+    pub name: String,
+    pub generation: u32,
+    pub image_digest: String,
+    pub created_at: i64,
+    pub serving: bool,
+    pub spec: ServiceSpec,
+    pub last_failure: Option<FailureDetail>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailureDetail {
+    pub revision: String,
+    pub at: i64,
+    pub reason: String,
+    pub log_tail: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InstanceDetail {
+    pub id: String,
+    pub revision: String,
+    /// starting, ready, stopping, exited or lost.
+    pub state: String,
+    pub started_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<String>,
+}
+
+/// One log line of `skiff logs` (the API streams these as NDJSON).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogLine {
+    pub time: String,
+    pub instance: String,
+    pub stream: String,
+    pub message: String,
+}

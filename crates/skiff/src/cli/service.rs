@@ -1,0 +1,292 @@
+//! `skiff deploy | ls | describe | rm | logs`: services, through the daemon's API.
+//!
+//! A deploy of an existing service starts from its latest revision's settings and changes
+//! only what the flags say (as `gcloud run deploy` does); `--image` is needed only the
+//! first time.
+
+use super::client::{is_not_found, Client};
+use super::output::{self, Format};
+use crate::apitypes::{Deployed, LogLine, ServiceDetail, ServiceSummary};
+use crate::launch::{parse_cpu, parse_duration, parse_memory};
+use clap::Args;
+use hyper::Method;
+use skiff_core::ServiceSpec;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// Service name (the host is NAME.<domain>).
+    name: String,
+    /// Image reference: name[:tag], digest, or digest prefix.
+    #[arg(long)]
+    image: Option<String>,
+    /// Port the app listens on (its $PORT). Default 8080.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Environment KEY=VALUE (repeatable; replaces the previous revision's list).
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    /// Memory limit (e.g. 256Mi). Default 512Mi.
+    #[arg(long, value_parser = parse_memory)]
+    memory: Option<u64>,
+    /// CPU limit in cores (e.g. 1, 0.5, 250m). Default 1.
+    #[arg(long, value_parser = parse_cpu)]
+    cpu: Option<u64>,
+    /// Requests one instance serves at once (0 = no limit). Default 80.
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Instances kept running when idle. Default 0 (scale to zero).
+    #[arg(long)]
+    min_instances: Option<u32>,
+    /// Cap on instances. Default 100.
+    #[arg(long)]
+    max_instances: Option<u32>,
+    /// Time a request may take until its response starts. Default 300s.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Time without requests after which an instance stops. Default 60s.
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// HTTP path that must answer 2xx/3xx before an instance takes requests.
+    #[arg(long)]
+    startup_probe: Option<String>,
+    /// Command replacing the image's Cmd (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn base_spec(client: &Client, a: &DeployArgs) -> anyhow::Result<ServiceSpec> {
+    match client.call::<ServiceDetail>(Method::GET, &format!("/v1/services/{}", a.name), None) {
+        Ok(detail) => {
+            let latest = detail.revisions.into_iter().next();
+            let mut spec = latest
+                .map(|r| r.spec)
+                .ok_or_else(|| anyhow::anyhow!("service {} has no revision", a.name))?;
+            if let Some(image) = &a.image {
+                spec.image = image.clone();
+            }
+            Ok(spec)
+        }
+        Err(e) if is_not_found(&e) => match &a.image {
+            Some(image) => Ok(ServiceSpec::new(image.clone())),
+            None => anyhow::bail!(
+                "service {} does not exist yet: --image is required to create it",
+                a.name
+            ),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+pub fn deploy(client: &Client, format: Format, a: DeployArgs) -> anyhow::Result<()> {
+    let mut spec = base_spec(client, &a)?;
+    if let Some(v) = a.port {
+        spec.port = v;
+    }
+    if !a.env.is_empty() {
+        spec.env = a.env.clone();
+    }
+    if let Some(v) = a.memory {
+        spec.memory_bytes = v;
+    }
+    if let Some(v) = a.cpu {
+        spec.cpu_millis = v;
+    }
+    if let Some(v) = a.concurrency {
+        spec.concurrency = v;
+    }
+    if let Some(v) = a.min_instances {
+        spec.min_instances = v;
+    }
+    if let Some(v) = a.max_instances {
+        spec.max_instances = v;
+    }
+    if let Some(v) = a.timeout {
+        spec.timeout_ms = v.as_millis() as u64;
+    }
+    if let Some(v) = a.idle_timeout {
+        spec.idle_timeout_ms = v.as_millis() as u64;
+    }
+    if let Some(v) = &a.startup_probe {
+        spec.startup_probe = Some(v.clone());
+    }
+    if !a.command.is_empty() {
+        spec.command = a.command.clone();
+    }
+    let deployed: Deployed = client.call(
+        Method::PUT,
+        &format!("/v1/services/{}", a.name),
+        Some(serde_json::json!({ "spec": spec })),
+    )?;
+    match format {
+        Format::Json => output::json(&serde_json::to_value(&deployed)?),
+        Format::Table => println!(
+            "Service {} revision {} is serving at {}",
+            deployed.service, deployed.revision, deployed.url
+        ),
+    }
+    Ok(())
+}
+
+pub fn list(client: &Client, format: Format) -> anyhow::Result<()> {
+    let services: Vec<ServiceSummary> = client.call(Method::GET, "/v1/services", None)?;
+    match format {
+        Format::Json => output::json(&serde_json::to_value(&services)?),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = services
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.url.clone(),
+                        s.serving_revision.clone().unwrap_or_else(|| "-".into()),
+                        s.ready_instances.to_string(),
+                        s.in_flight.to_string(),
+                        s.queued.to_string(),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["NAME", "URL", "REVISION", "READY", "IN-FLIGHT", "QUEUED"],
+                &rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn ago(unix: i64) -> String {
+    let secs = crate::server::unix_now().saturating_sub(unix).max(0);
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<()> {
+    let d: ServiceDetail = client.call(Method::GET, &format!("/v1/services/{name}"), None)?;
+    if format == Format::Json {
+        output::json(&serde_json::to_value(&d)?);
+        return Ok(());
+    }
+    println!("Service:   {}", d.name);
+    println!("URL:       {}", d.url);
+    println!(
+        "Serving:   {}",
+        d.serving_revision.as_deref().unwrap_or("(nothing yet)")
+    );
+    println!();
+    let rows: Vec<Vec<String>> = d
+        .revisions
+        .iter()
+        .map(|r| {
+            let s = &r.spec;
+            vec![
+                format!("{}{}", r.name, if r.serving { " *" } else { "" }),
+                s.image.clone(),
+                format!("{}Mi/{}m", s.memory_bytes >> 20, s.cpu_millis),
+                s.concurrency.to_string(),
+                format!("{}-{}", s.min_instances, s.max_instances),
+                ago(r.created_at),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "REVISION",
+            "IMAGE",
+            "MEM/CPU",
+            "CONCURRENCY",
+            "SCALE",
+            "CREATED",
+        ],
+        &rows,
+    );
+    println!();
+    let rows: Vec<Vec<String>> = d
+        .instances
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.clone(),
+                i.revision.clone(),
+                i.state.clone(),
+                ago(i.started_at),
+                i.exit.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    output::table(&["INSTANCE", "REVISION", "STATE", "STARTED", "EXIT"], &rows);
+    if let Some(f) = &d.last_failure {
+        println!();
+        println!(
+            "Last start failure ({}, {}): {}",
+            f.revision,
+            ago(f.at),
+            f.reason
+        );
+        for line in f.log_tail.lines() {
+            println!("  | {line}");
+        }
+    }
+    Ok(())
+}
+
+pub fn remove(client: &Client, format: Format, name: &str) -> anyhow::Result<()> {
+    let v: serde_json::Value =
+        client.call(Method::DELETE, &format!("/v1/services/{name}"), None)?;
+    match format {
+        Format::Json => output::json(&v),
+        Format::Table => println!("Service {name} removed"),
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Service name.
+    name: String,
+    /// Keep printing new lines as they are written.
+    #[arg(long, short)]
+    follow: bool,
+    /// Only lines since this long ago (e.g. 10m, 30s) or this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+}
+
+/// `--since` as an RFC 3339 UTC time.
+fn since_time(s: &str) -> anyhow::Result<String> {
+    if s.contains('T') {
+        anyhow::ensure!(
+            s.ends_with('Z'),
+            "--since {s:?}: give a UTC time ending in Z, or a duration like 10m"
+        );
+        return Ok(s.to_owned());
+    }
+    let d = parse_duration(s).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let t = now.saturating_sub(d);
+    Ok(skiff_sandbox::rfc3339(t.as_secs() as i64, t.subsec_nanos()))
+}
+
+pub fn logs(client: &Client, format: Format, a: LogsArgs) -> anyhow::Result<()> {
+    let mut path = format!("/v1/services/{}/logs?follow={}", a.name, a.follow);
+    if let Some(s) = &a.since {
+        path.push_str(&format!("&since={}", since_time(s)?));
+    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    client.lines(&path, |line| {
+        if format == Format::Json {
+            writeln!(out, "{line}")?;
+        } else {
+            let l: LogLine = serde_json::from_str(line)?;
+            writeln!(out, "{} {} {}", l.time, l.instance, l.message)?;
+        }
+        out.flush()?;
+        Ok(())
+    })
+}

@@ -1,0 +1,215 @@
+//! `skiff server`: the daemon. It wires the store, the image store, the sandbox runtime
+//! (through the spawner threads), the router and the control-plane API together, reloads
+//! every service from the database at start, and shuts down cleanly on SIGTERM/SIGINT:
+//! no new requests, those in flight finish, then instances stop gracefully.
+//!
+//! Business rules live in the crates (spec validation in core, queueing in the router);
+//! this module only connects them.
+
+mod api;
+mod logs;
+mod runner;
+mod services;
+mod spawner;
+
+use crate::home::Home;
+use anyhow::Context;
+use clap::Args;
+use runner::RevisionRunner;
+use skiff_image::ImageStore;
+use skiff_sandbox::Sandbox;
+use skiff_store::Store;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Default control-plane socket.
+pub const DEFAULT_SOCKET: &str = "/run/skiff/skiff.sock";
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Address the ingress (HTTP router) listens on.
+    #[arg(long, env = "SKIFF_INGRESS", default_value = "127.0.0.1:8080")]
+    ingress: SocketAddr,
+    /// Domain under which services are reached: NAME.<domain>.
+    #[arg(long, env = "SKIFF_DOMAIN", default_value = "localhost")]
+    domain: String,
+    /// Requests that may wait for an instance, per revision; past it: 429.
+    #[arg(long, default_value_t = 1000)]
+    queue_depth: usize,
+    /// Grace period between SIGTERM and SIGKILL when stopping an instance.
+    #[arg(long, default_value = "10s", value_parser = crate::launch::parse_duration)]
+    stop_timeout: Duration,
+    /// Threads that start sandboxes.
+    #[arg(long, default_value_t = 2)]
+    spawn_threads: usize,
+}
+
+/// What the daemon's parts share.
+pub struct Ctx {
+    pub home: Home,
+    db: Mutex<Store>,
+    pub images: ImageStore,
+    pub spawner: spawner::Spawner,
+    pub router: skiff_router::Router,
+    pub domain: String,
+    pub ingress: SocketAddr,
+    pub queue_depth: usize,
+    pub stop_grace: Duration,
+    /// This process's start time, recorded with its instances.
+    pub start_time: u64,
+    shutting_down: AtomicBool,
+    runners: Mutex<HashMap<String, Arc<RevisionRunner>>>,
+    active: watch::Sender<usize>,
+    /// Serialises deploys and removals, which read then write the routing table.
+    pub deploy_lock: tokio::sync::Mutex<()>,
+}
+
+/// Counts a running instance task while alive.
+pub struct ActiveGuard(watch::Sender<usize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Ctx {
+    pub fn db(&self) -> MutexGuard<'_, Store> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn alive(&self) -> ActiveGuard {
+        self.active.send_modify(|n| *n += 1);
+        ActiveGuard(self.active.clone())
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    fn runners(&self) -> MutexGuard<'_, HashMap<String, Arc<RevisionRunner>>> {
+        self.runners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget_runner(&self, revision: &str) {
+        self.runners().remove(revision);
+    }
+
+    fn runner(&self, revision: &str) -> Option<Arc<RevisionRunner>> {
+        self.runners().get(revision).cloned()
+    }
+
+    fn add_runner(&self, runner: Arc<RevisionRunner>) {
+        self.runners().insert(runner.name.clone(), runner);
+    }
+
+    /// The URL of a service.
+    pub fn url(&self, service: &str) -> String {
+        let port = self.ingress.port();
+        if port == 80 {
+            format!("http://{service}.{}/", self.domain)
+        } else {
+            format!("http://{service}.{}:{port}/", self.domain)
+        }
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<i32> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("skiff-worker")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(home, socket, args))?;
+    Ok(0)
+}
+
+async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
+    let mut db = home.db()?;
+    let images = home.images()?;
+    let sandbox = Arc::new(Sandbox::new().context("preparing the sandbox runtime")?);
+    crate::launch::reclaim_lost(&mut db, &sandbox, Path::new(crate::launch::RUN_DIR))
+        .context("reclaiming instances of a previous daemon")?;
+    let spawner = spawner::Spawner::new(Arc::clone(&sandbox), args.spawn_threads)
+        .context("starting the spawner threads")?;
+    let api_listener = api::bind(&socket)?;
+    let ingress = tokio::net::TcpListener::bind(args.ingress)
+        .await
+        .with_context(|| format!("listening for ingress on {}", args.ingress))?;
+    let ingress_addr = ingress.local_addr()?;
+    let ctx = Arc::new(Ctx {
+        home,
+        db: Mutex::new(db),
+        images,
+        spawner,
+        router: skiff_router::Router::new(&args.domain),
+        domain: args.domain.trim_matches('.').to_owned(),
+        ingress: ingress_addr,
+        queue_depth: args.queue_depth,
+        stop_grace: args.stop_timeout,
+        start_time: crate::launch::process_start_time(std::process::id()).unwrap_or(0),
+        shutting_down: AtomicBool::new(false),
+        runners: Mutex::new(HashMap::new()),
+        active: watch::channel(0).0,
+        deploy_lock: tokio::sync::Mutex::new(()),
+    });
+    services::restore(&ctx).await;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api_task = tokio::spawn(api::serve(Arc::clone(&ctx), api_listener, stop_rx.clone()));
+    let mut ingress_stop = stop_rx.clone();
+    let ingress_task = tokio::spawn(ctx.router.clone().serve(ingress, async move {
+        let _ = ingress_stop.wait_for(|s| *s).await;
+    }));
+    println!(
+        "skiff server: ingress http://{ingress_addr} (services at http://NAME.{}:{}/), api unix:{}",
+        ctx.domain,
+        ingress_addr.port(),
+        socket.display()
+    );
+
+    wait_for_termination().await;
+    eprintln!("skiff server: shutting down: finishing requests in flight");
+    let _ = stop_tx.send(true);
+    let _ = ingress_task.await;
+    ctx.shutting_down.store(true, Ordering::SeqCst);
+    eprintln!("skiff server: stopping instances");
+    let runners: Vec<_> = ctx.runners().values().cloned().collect();
+    for r in runners {
+        r.stop_all();
+    }
+    let mut active = ctx.active.subscribe();
+    let _ = active.wait_for(|n| *n == 0).await;
+    let _ = api_task.await;
+    let _ = std::fs::remove_file(&socket);
+    eprintln!("skiff server: stopped");
+    Ok(())
+}
+
+async fn wait_for_termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without handlers the default action ends the process anyway.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

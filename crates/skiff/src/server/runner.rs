@@ -1,0 +1,549 @@
+//! One revision at work: the reconcile loop that keeps its instance count matched to
+//! demand (the router's activator queue and in-flight requests), and each instance's life:
+//! start, readiness, serving, then a graceful stop when idle or a failure report when it
+//! dies. Failures back off exponentially so a broken image never restarts in a hot loop.
+
+use super::Ctx;
+use skiff_core::ServiceSpec;
+use skiff_router::{upstream, RevisionPool, Target, Upstream};
+use skiff_sandbox::{Exit, Instance, SandboxSpec};
+use skiff_store::{ExitRecord, NewInstance};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch};
+
+/// How often the reconcile loop looks at idle instances without being woken.
+const TICK: Duration = Duration::from_millis(100);
+/// How long an instance may take to listen on its port (Cloud Run's startup limit).
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(240);
+/// First back-off after a failed start; doubles with each failure in a row.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Lines of an instance's log kept with a failure.
+const FAILURE_LOG_LINES: usize = 20;
+
+/// A live instance as `describe` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LiveInstance {
+    /// Instance id.
+    pub id: String,
+    /// starting, ready or stopping.
+    pub state: &'static str,
+    /// Unix time it was started.
+    pub started_at: i64,
+}
+
+struct Live {
+    info: LiveInstance,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// A revision's instances and the loop that scales them.
+pub struct RevisionRunner {
+    pub name: String,
+    pub service: String,
+    pub spec: ServiceSpec,
+    pub image_digest: skiff_core::Digest,
+    template: SandboxSpec,
+    pub pool: Arc<RevisionPool>,
+    ctx: Arc<Ctx>,
+    live: Mutex<HashMap<String, Live>>,
+    starting: AtomicU32,
+    failures_in_a_row: AtomicU32,
+    /// Instances kept regardless of demand (a deploy warming the new revision).
+    warm_floor: AtomicU32,
+    retired: watch::Sender<bool>,
+    /// Bumped whenever an instance becomes ready or fails.
+    events: watch::Sender<u64>,
+}
+
+/// What happened to a revision's first instance (for deploys that wait on it).
+pub enum Outcome {
+    Ready,
+    Failed(String),
+}
+
+impl RevisionRunner {
+    pub fn new(
+        ctx: Arc<Ctx>,
+        service: String,
+        name: String,
+        spec: ServiceSpec,
+        image_digest: skiff_core::Digest,
+        template: SandboxSpec,
+        pool: Arc<RevisionPool>,
+    ) -> Arc<RevisionRunner> {
+        Arc::new(RevisionRunner {
+            name,
+            service,
+            spec,
+            image_digest,
+            template,
+            pool,
+            ctx,
+            live: Mutex::new(HashMap::new()),
+            starting: AtomicU32::new(0),
+            failures_in_a_row: AtomicU32::new(0),
+            warm_floor: AtomicU32::new(0),
+            retired: watch::channel(false).0,
+            events: watch::channel(0).0,
+        })
+    }
+
+    /// Starts the reconcile loop.
+    pub fn spawn(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move { me.reconcile_loop().await });
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Its live instances.
+    pub fn instances(&self) -> Vec<LiveInstance> {
+        let mut v: Vec<_> = self.live().values().map(|l| l.info.clone()).collect();
+        v.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        v
+    }
+
+    /// The revision no longer receives new traffic: its instances stop as soon as they are
+    /// idle and its queue is empty; then the loop ends.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    /// Stops every instance (daemon shutdown), gracefully.
+    pub fn stop_all(&self) {
+        self.retire();
+        for live in self.live().values_mut() {
+            if let Some(stop) = live.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+
+    /// Keeps at least one instance up and waits until one is ready or one fails.
+    pub async fn warm_one(self: &Arc<Self>, timeout: Duration) -> Outcome {
+        let mut events = self.events.subscribe();
+        self.warm_floor.store(1, Ordering::SeqCst);
+        self.pool.clear_backoff();
+        let failures_before = self.failures_in_a_row.load(Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.pool.load().ready > 0 {
+                return Outcome::Ready;
+            }
+            if self.failures_in_a_row.load(Ordering::SeqCst) > failures_before {
+                return Outcome::Failed(
+                    self.pool
+                        .backoff_reason()
+                        .unwrap_or_else(|| "the instance failed to start".into()),
+                );
+            }
+            if tokio::time::timeout_at(deadline, events.changed())
+                .await
+                .is_err()
+            {
+                return Outcome::Failed(format!(
+                    "no instance became ready within {}s",
+                    timeout.as_secs()
+                ));
+            }
+        }
+    }
+
+    /// Lets the warm instance go idle like any other.
+    pub fn release_warm(&self) {
+        self.warm_floor.store(0, Ordering::SeqCst);
+    }
+
+    async fn reconcile_loop(self: Arc<Self>) {
+        let mut retired = self.retired.subscribe();
+        loop {
+            let is_retired = *retired.borrow_and_update();
+            self.reconcile(is_retired);
+            let load = self.pool.load();
+            if is_retired
+                && load.queued == 0
+                && load.in_flight == 0
+                && self.live().is_empty()
+                && self.starting.load(Ordering::SeqCst) == 0
+            {
+                self.ctx.forget_runner(&self.name);
+                return;
+            }
+            tokio::select! {
+                () = self.pool.demand_changed() => {}
+                () = tokio::time::sleep(TICK) => {}
+                _ = retired.changed() => {}
+            }
+        }
+    }
+
+    /// One step: start instances for unmet demand, stop those idle too long.
+    fn reconcile(self: &Arc<Self>, retired: bool) {
+        let now = Instant::now();
+        let load = self.pool.load();
+        let demand = load.in_flight + load.queued;
+        let for_load = match self.spec.concurrency {
+            0 => u32::from(demand > 0),
+            c => demand.div_ceil(c),
+        };
+        let floor = if retired {
+            0
+        } else {
+            self.spec
+                .min_instances
+                .max(self.warm_floor.load(Ordering::SeqCst))
+        };
+        let want = for_load.max(floor).min(self.spec.max_instances);
+        let starting = self.starting.load(Ordering::SeqCst);
+        if !self.ctx.is_shutting_down() && !self.pool.in_backoff(now) {
+            for _ in (load.ready + starting)..want {
+                self.starting.fetch_add(1, Ordering::SeqCst);
+                let me = Arc::clone(self);
+                tokio::spawn(async move { me.run_instance().await });
+            }
+        }
+        let idle_limit = if retired {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(self.spec.idle_timeout_ms)
+        };
+        let mut idle = self.pool.idle_times(now);
+        idle.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+        let mut ready = load.ready;
+        for (id, idle_for) in idle {
+            if ready <= floor || idle_for < idle_limit {
+                break;
+            }
+            if self.pool.retire_if_idle(&id, idle_limit, now) {
+                ready -= 1;
+                self.stop_instance(&id);
+            }
+        }
+    }
+
+    fn stop_instance(&self, id: &str) {
+        if let Some(live) = self.live().get_mut(id) {
+            live.info.state = "stopping";
+            if let Some(stop) = live.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+    }
+
+    fn bump(&self) {
+        self.events.send_modify(|n| *n += 1);
+    }
+
+    /// One instance from start to end.
+    async fn run_instance(self: Arc<Self>) {
+        let _alive = self.ctx.alive();
+        let id = instance_id(&self.service);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        self.live().insert(
+            id.clone(),
+            Live {
+                info: LiveInstance {
+                    id: id.clone(),
+                    state: "starting",
+                    started_at: super::unix_now(),
+                },
+                stop: Some(stop_tx),
+            },
+        );
+        let result = self.start_and_serve(&id, stop_rx).await;
+        self.live().remove(&id);
+        if let Err(reason) = result {
+            self.failed(&id, &reason);
+        }
+        self.bump();
+    }
+
+    /// Runs one instance; `Err` carries why it failed (to start, or later).
+    async fn start_and_serve(
+        self: &Arc<Self>,
+        id: &str,
+        mut stop_rx: oneshot::Receiver<()>,
+    ) -> Result<(), String> {
+        let log_path = self.ctx.home.logs_dir().join(format!("{id}.log"));
+        let mut spec = self.template.clone();
+        spec.id = id.to_owned();
+        spec.log_path = log_path.clone();
+        let registered = self.ctx.db().create_instance(
+            &NewInstance {
+                id: id.to_owned(),
+                image_digest: self.image_digest.clone(),
+                supervisor_pid: std::process::id(),
+                supervisor_start: self.ctx.start_time,
+                log_path: log_path.display().to_string(),
+                service: Some((self.service.clone(), self.name.clone())),
+            },
+            0..skiff_sandbox::SLOTS,
+        );
+        if let Err(e) = registered {
+            self.starting.fetch_sub(1, Ordering::SeqCst);
+            return Err(format!("registering instance {id}: {e}"));
+        }
+        let started = self.ctx.spawner.start(spec).await;
+        let mut instance = match started {
+            Ok(i) => i,
+            Err(e) => {
+                self.starting.fetch_sub(1, Ordering::SeqCst);
+                self.finish_record(id, None);
+                return Err(e.to_string());
+            }
+        };
+        let _ = self.ctx.db().set_instance_pid(id, instance.pid() as u32);
+        let ready = self.become_ready(&instance, &mut stop_rx).await;
+        self.starting.fetch_sub(1, Ordering::SeqCst);
+        let mut failure = None;
+        let stop_now = match ready {
+            Ok(upstream) => {
+                self.failures_in_a_row.store(0, Ordering::SeqCst);
+                if let Some(l) = self.live().get_mut(id) {
+                    l.info.state = "ready";
+                }
+                self.pool.add_instance(upstream);
+                self.bump();
+                tracing::info!(instance = %id, revision = %self.name, "ready");
+                let exited = wait_exit(&instance);
+                tokio::select! {
+                    _ = exited => {
+                        self.pool.remove_instance(id);
+                        false
+                    }
+                    _ = &mut stop_rx => true,
+                }
+            }
+            Err(Ready::Stopped) => true,
+            Err(Ready::Exited) => false,
+            Err(Ready::Failed(reason)) => {
+                failure = Some(reason);
+                true
+            }
+        };
+        let grace = self.ctx.stop_grace;
+        let (instance_back, exit) = tokio::task::spawn_blocking(move || {
+            let exit = if stop_now {
+                instance.stop(grace)
+            } else {
+                instance.wait()
+            };
+            (instance, exit)
+        })
+        .await
+        .map_err(|e| format!("supervising instance {id}: {e}"))?;
+        drop(instance_back);
+        let exit = exit.map_err(|e| format!("reaping instance {id}: {e}"))?;
+        self.finish_record(id, Some(exit));
+        if let Some(reason) = failure {
+            return Err(reason);
+        }
+        if stop_now {
+            return Ok(());
+        }
+        Err(describe_exit(&exit, self.spec.memory_bytes))
+    }
+
+    /// Waits for the instance to listen (and pass the startup probe, if any).
+    async fn become_ready(
+        &self,
+        instance: &Instance,
+        stop_rx: &mut oneshot::Receiver<()>,
+    ) -> Result<Upstream, Ready> {
+        let netns = open_netns(instance.pid())
+            .map_err(|e| Ready::Failed(format!("opening the instance's network namespace: {e}")))?;
+        let target = Target::Netns {
+            netns: Arc::new(netns),
+            port: self.spec.port,
+        };
+        let probe_target = target.clone();
+        let port = self.spec.port;
+        let pidfd = instance
+            .pidfd()
+            .try_clone_to_owned()
+            .map_err(|e| Ready::Failed(e.to_string()))?;
+        let connect = tokio::task::spawn_blocking(move || {
+            wait_listening(&probe_target, &pidfd, STARTUP_TIMEOUT)
+        });
+        let stream = tokio::select! {
+            r = connect => match r {
+                Ok(Ok(Some(stream))) => stream,
+                Ok(Ok(None)) => return Err(Ready::Exited),
+                Ok(Err(())) => return Err(Ready::Failed(format!(
+                    "the app did not listen on port {port} within {}s",
+                    STARTUP_TIMEOUT.as_secs()
+                ))),
+                Err(e) => return Err(Ready::Failed(e.to_string())),
+            },
+            _ = &mut *stop_rx => return Err(Ready::Stopped),
+        };
+        if let Some(path) = &self.spec.startup_probe {
+            self.probe_until_ok(&target, path, instance, stop_rx)
+                .await?;
+        }
+        let upstream = Upstream::new(instance.id(), target);
+        if let Ok(conn) = upstream::handshake(stream).await {
+            upstream.put_idle(conn);
+        }
+        Ok(upstream)
+    }
+
+    async fn probe_until_ok(
+        &self,
+        target: &Target,
+        path: &str,
+        instance: &Instance,
+        stop_rx: &mut oneshot::Receiver<()>,
+    ) -> Result<(), Ready> {
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let last;
+            match upstream::http_probe(target, path).await {
+                Ok(code) if (200..400).contains(&code) => return Ok(()),
+                Ok(code) => last = format!("status {code}"),
+                Err(e) => last = e.to_string(),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Ready::Failed(format!(
+                    "startup probe GET {path} failed for {}s (last: {last})",
+                    STARTUP_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = wait_exit(instance) => return Err(Ready::Exited),
+                _ = &mut *stop_rx => return Err(Ready::Stopped),
+            }
+        }
+    }
+
+    fn finish_record(&self, id: &str, exit: Option<Exit>) {
+        let record = exit.map_or(
+            ExitRecord {
+                code: Some(127),
+                signal: None,
+                oom_killed: false,
+            },
+            |e| ExitRecord {
+                code: e.code,
+                signal: e.signal,
+                oom_killed: e.oom_killed,
+            },
+        );
+        if let Err(e) = self.ctx.db().finish_instance(id, Some(record)) {
+            tracing::error!(instance = %id, "recording the exit: {e}");
+        }
+    }
+
+    /// Records a failure with the log's tail and backs off before the next start.
+    fn failed(&self, id: &str, reason: &str) {
+        let n = self.failures_in_a_row.fetch_add(1, Ordering::SeqCst);
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << n.min(10))
+            .min(MAX_BACKOFF);
+        let log_path = self.ctx.home.logs_dir().join(format!("{id}.log"));
+        let tail = super::logs::tail_messages(&log_path, FAILURE_LOG_LINES);
+        let reason = format!("instance {id} {reason}");
+        tracing::warn!(revision = %self.name, "{reason}; next try in {backoff:?}");
+        if let Err(e) = self
+            .ctx
+            .db()
+            .record_revision_failure(&self.name, &reason, &tail)
+        {
+            tracing::error!(revision = %self.name, "recording a failure: {e}");
+        }
+        self.pool.fail_waiters(&reason, backoff);
+    }
+}
+
+enum Ready {
+    /// Asked to stop while starting.
+    Stopped,
+    /// It exited before listening.
+    Exited,
+    /// It could not become ready.
+    Failed(String),
+}
+
+/// Resolves once the instance's first process has exited.
+async fn wait_exit(instance: &Instance) {
+    let Ok(fd) = instance.pidfd().try_clone_to_owned() else {
+        return;
+    };
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which keeps it open and unchanged
+    // for its whole life.
+    let registered = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+    let Ok(fd) = registered else {
+        return;
+    };
+    let _ = fd.readable().await;
+}
+
+/// Polls the port until it accepts a connection (`Some`), the process exits (`None`), or
+/// the time is up (`Err`). Runs on a blocking thread: the first tries are sub-millisecond
+/// apart, finer than the async timer allows, because cold start is measured in them.
+fn wait_listening(
+    target: &Target,
+    pidfd: &OwnedFd,
+    timeout: Duration,
+) -> Result<Option<std::net::TcpStream>, ()> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if let Ok(stream) = upstream::connect_blocking(target) {
+            return Ok(Some(stream));
+        }
+        if Instant::now() >= deadline {
+            return Err(());
+        }
+        let ts = Timespec {
+            tv_sec: pause.as_secs() as i64,
+            tv_nsec: pause.subsec_nanos() as i64,
+        };
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        if matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0) {
+            return Ok(None);
+        }
+        pause = (pause * 3 / 2).min(Duration::from_millis(20));
+    }
+}
+
+fn open_netns(pid: i32) -> std::io::Result<OwnedFd> {
+    let f = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    debug_assert!(f.as_raw_fd() >= 0);
+    Ok(OwnedFd::from(f))
+}
+
+/// `SERVICE-xxxxxx` when the name leaves room, else `i` and 12 hex digits.
+fn instance_id(service: &str) -> String {
+    if service.len() <= 24 {
+        let mut b = [0u8; 3];
+        getrandom::fill(&mut b).expect("the kernel's random source is available");
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        format!("{service}-{hex}")
+    } else {
+        crate::launch::random_id("i")
+    }
+}
+
+/// A short reason for an unexpected exit.
+pub fn describe_exit(exit: &Exit, memory: u64) -> String {
+    if exit.oom_killed {
+        return format!("ran out of memory (limit {} MiB)", memory >> 20);
+    }
+    match (exit.code, exit.signal) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "ended".into(),
+    }
+}
