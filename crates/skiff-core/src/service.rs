@@ -232,7 +232,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(fn(&mut ServiceSpec), &str)> = vec![
+        type Mutation = fn(&mut ServiceSpec);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|s| s.image = " ".into(), "image"),
             (|s| s.port = 0, "port"),
             (|s| s.env = vec!["NOEQ".into()], "env"),

@@ -107,7 +107,7 @@ pub async fn connect(target: &Target) -> io::Result<TcpStream> {
     let stream = match target {
         Target::Address(addr) => TcpStream::connect(addr).await?,
         Target::Netns { netns, port } => {
-            let socket = TcpSocket::from_std_stream(socket_in(netns)?.into());
+            let socket = TcpSocket::from_std_stream(socket_in(netns)?);
             socket
                 .connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port).into())
                 .await?

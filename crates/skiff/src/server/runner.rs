@@ -359,8 +359,16 @@ impl RevisionRunner {
         instance: &Instance,
         stop_rx: &mut oneshot::Receiver<()>,
     ) -> Result<Upstream, Ready> {
-        let netns = open_netns(instance.pid())
-            .map_err(|e| Ready::Failed(format!("opening the instance's network namespace: {e}")))?;
+        let netns = match open_netns(instance.pid()) {
+            Ok(ns) => ns,
+            // A process that already exited has no namespaces left to open.
+            Err(_) if has_exited(instance) => return Err(Ready::Exited),
+            Err(e) => {
+                return Err(Ready::Failed(format!(
+                    "opening the instance's network namespace: {e}"
+                )))
+            }
+        };
         let target = Target::Netns {
             netns: Arc::new(netns),
             port: self.spec.port,
@@ -406,12 +414,11 @@ impl RevisionRunner {
     ) -> Result<(), Ready> {
         let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
         loop {
-            let last;
-            match upstream::http_probe(target, path).await {
+            let last = match upstream::http_probe(target, path).await {
                 Ok(code) if (200..400).contains(&code) => return Ok(()),
-                Ok(code) => last = format!("status {code}"),
-                Err(e) => last = e.to_string(),
-            }
+                Ok(code) => format!("status {code}"),
+                Err(e) => e.to_string(),
+            };
             if tokio::time::Instant::now() >= deadline {
                 return Err(Ready::Failed(format!(
                     "startup probe GET {path} failed for {}s (last: {last})",
@@ -472,6 +479,18 @@ enum Ready {
     Exited,
     /// It could not become ready.
     Failed(String),
+}
+
+/// Whether the instance's first process has exited (without waiting).
+fn has_exited(instance: &Instance) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let pidfd = instance.pidfd();
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
 }
 
 /// Resolves once the instance's first process has exited.

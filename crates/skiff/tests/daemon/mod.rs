@@ -1,0 +1,301 @@
+//! A real `skiff server` for end-to-end tests: its own data directory, socket and ingress
+//! port, the hello example packed into it, and small clients for HTTP and the CLI.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn skiff_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_skiff")
+}
+
+/// The hello example, built once (statically) per test run.
+pub fn hello_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let out = Command::new("bash")
+            .arg(root.join("examples/hello/build.sh"))
+            .arg(root.join("target/hello"))
+            .output()
+            .expect("running examples/hello/build.sh");
+        assert!(
+            out.status.success(),
+            "building hello: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+pub struct Daemon {
+    pub home: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    /// A daemon with the hello image packed as `hello:latest`.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let home = tempfile::Builder::new()
+            .prefix("skiff-e2e-daemon-")
+            .tempdir()
+            .unwrap();
+        let socket = home.path().join("api.sock");
+        let mut d = Daemon {
+            home,
+            socket,
+            port: 0,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.pack_hello();
+        d.launch();
+        d
+    }
+
+    fn pack_hello(&self) {
+        let root = self.home.path().join("hello-root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::copy(hello_binary(), root.join("hello")).unwrap();
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/sbin/nologin\napp:x:1000:1000:app:/tmp:/sbin/nologin\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+        let out = self.cli(&[
+            "image",
+            "pack",
+            root.to_str().unwrap(),
+            "--tag",
+            "hello:latest",
+            "--user",
+            "app",
+            "--entrypoint",
+            "/hello",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    /// Starts the server process and waits for its ready line.
+    pub fn launch(&mut self) {
+        let mut cmd = Command::new(skiff_bin());
+        cmd.args(["--home", self.home.path().to_str().unwrap()])
+            .args(["--socket", self.socket.to_str().unwrap()])
+            .arg("server")
+            .args(["--ingress", "127.0.0.1:0", "--stop-timeout", "5s"])
+            .args(&self.extra)
+            .env("SKIFF_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("starting skiff server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("ingress http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no ready line from skiff server: {line:?}"));
+        self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGTERMs the server and waits for it; returns its exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("skiff server did not stop within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(skiff_bin())
+            .args(["--home", self.home.path().to_str().unwrap()])
+            .args(["--socket", self.socket.to_str().unwrap()])
+            .args(args)
+            .output()
+            .expect("running skiff")
+    }
+
+    /// Runs the CLI and insists it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "skiff {args:?} failed: {}",
+            stderr(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&full)).unwrap()
+    }
+
+    pub fn get(&self, service: &str, path: &str) -> Response {
+        http(
+            self.port,
+            &format!("{service}.localhost"),
+            "GET",
+            path,
+            &[],
+            b"",
+        )
+    }
+
+    /// Ready instances of a service, as `skiff ls` reports them.
+    pub fn ready(&self, service: &str) -> u64 {
+        let ls = self.json(&["ls"]);
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .map_or(0, |s| s["ready_instances"].as_u64().unwrap())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child by PID.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
+pub fn http(
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the ingress");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("reading the response");
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&data[..nl])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[nl + 2..nl + 2 + size]);
+        data = &data[nl + 2 + size + 2..];
+    }
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

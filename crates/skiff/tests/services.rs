@@ -1,0 +1,452 @@
+//! End-to-end: a real `skiff server`, real sandboxes running the hello example, real HTTP
+//! through the ingress. Each test has its own daemon, data directory and port.
+
+mod daemon;
+
+use daemon::{eventually, http, stderr, Daemon};
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn instance_of(answer: &str) -> String {
+    answer
+        .split_whitespace()
+        .find(|w| w.starts_with("hello-") || w.starts_with("crash-") || w.starts_with("slow-"))
+        .unwrap_or_else(|| panic!("no instance id in {answer:?}"))
+        .to_owned()
+}
+
+#[test]
+fn first_request_from_zero_gets_the_apps_answer_with_proxy_headers() {
+    let d = Daemon::start(&[]);
+    let out = d.ok(&["deploy", "hello", "--image", "hello"]);
+    assert!(out.contains("hello-00001"), "{out}");
+    assert_eq!(d.ready("hello"), 0, "nothing runs before the first request");
+
+    let r = d.get("hello", "/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("hello from hello-"), "{}", r.text());
+    assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
+    assert_eq!(d.ready("hello"), 1);
+
+    let h = d.get("hello", "/headers").text();
+    assert!(h.contains("x-forwarded-for: 127.0.0.1\n"), "{h}");
+    assert!(h.contains("x-forwarded-proto: http\n"), "{h}");
+    assert!(h.contains("x-forwarded-host: hello.localhost\n"), "{h}");
+    assert!(h.contains("x-request-id: "), "{h}");
+
+    let env = d.get("hello", "/env").text();
+    for want in [
+        "PORT=8080",
+        "K_SERVICE=hello",
+        "K_REVISION=hello-00001",
+        "K_CONFIGURATION=hello",
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} missing in {env}");
+    }
+
+    let r = http(d.port, "nope.localhost", "GET", "/", &[], b"");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("nope.localhost"), "{}", r.text());
+
+    // The answer is the app's logs too: they outlive nothing yet, but are readable.
+    let logs = d.ok(&["logs", "hello"]);
+    assert!(logs.contains("hello: listening on :8080"), "{logs}");
+}
+
+#[test]
+fn concurrent_requests_with_concurrency_one_start_one_instance_each_up_to_max() {
+    let d = Arc::new(Daemon::start(&[]));
+    d.ok(&[
+        "deploy",
+        "hello",
+        "--image",
+        "hello",
+        "--concurrency",
+        "1",
+        "--max-instances",
+        "3",
+    ]);
+    let threads: Vec<_> = (0..5)
+        .map(|_| {
+            let d = Arc::clone(&d);
+            std::thread::spawn(move || d.get("hello", "/sleep?ms=1500"))
+        })
+        .collect();
+    let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for a in &answers {
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    let ids: HashSet<String> = answers.iter().map(|a| instance_of(&a.text())).collect();
+    assert_eq!(ids.len(), 3, "5 requests, concurrency 1, max 3: {ids:?}");
+    let detail = d.json(&["describe", "hello"]);
+    let all: HashSet<&str> = detail["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(all.len(), 3, "never more than max-instances: {all:?}");
+}
+
+#[test]
+fn idle_instances_scale_to_zero_without_cutting_a_request_in_flight() {
+    let d = Arc::new(Daemon::start(&[]));
+    d.ok(&[
+        "deploy",
+        "hello",
+        "--image",
+        "hello",
+        "--concurrency",
+        "1",
+        "--idle-timeout",
+        "1s",
+    ]);
+    // Two instances: one long request keeps one busy while the other goes idle.
+    let long = {
+        let d = Arc::clone(&d);
+        std::thread::spawn(move || d.get("hello", "/sleep?ms=4000"))
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the long request's instance",
+        || d.json(&["ls"])[0]["in_flight"] == 1,
+    );
+    let short = d.get("hello", "/");
+    assert_eq!(short.status, 200);
+    assert_eq!(d.ready("hello"), 2);
+    // The short one's instance stops after 1s idle while the long request is in flight.
+    eventually(Duration::from_secs(3), "scale-down to one instance", || {
+        d.ready("hello") == 1
+    });
+    let long = long.join().unwrap();
+    assert_eq!(long.status, 200, "{}", long.text());
+    assert!(long.text().starts_with("slept 4000 ms"), "{}", long.text());
+    eventually(Duration::from_secs(5), "scale to zero", || {
+        d.ready("hello") == 0
+    });
+    let detail = d.json(&["describe", "hello"]);
+    let states: Vec<&str> = detail["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["exited", "exited"], "{detail}");
+    // The app saw SIGTERM and exited cleanly.
+    for i in detail["instances"].as_array().unwrap() {
+        assert_eq!(i["exit"], "exited with code 0", "{i}");
+    }
+    // And from zero again.
+    assert_eq!(d.get("hello", "/").status, 200);
+}
+
+#[test]
+fn a_crashing_image_answers_503_with_its_reason_and_backs_off() {
+    let d = Daemon::start(&[]);
+    d.ok(&[
+        "deploy",
+        "crash",
+        "--image",
+        "hello",
+        "--",
+        "--crash",
+        "cannot open the database",
+    ]);
+    let r = d.get("crash", "/");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("exited with code 3"), "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+
+    let detail = d.json(&["describe", "crash"]);
+    let failure = &detail["last_failure"];
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3"),
+        "{detail}"
+    );
+    assert!(
+        failure["log_tail"]
+            .as_str()
+            .unwrap()
+            .contains("hello: cannot open the database"),
+        "{detail}"
+    );
+    let human = d.ok(&["describe", "crash"]);
+    assert!(human.contains("cannot open the database"), "{human}");
+
+    // Hammer it for 2.5 s: every answer is a quick 503, and the backoff (1 s, then 2 s)
+    // allows at most two more starts.
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut answers = 0;
+    while Instant::now() < until {
+        let r = d.get("crash", "/");
+        assert_eq!(r.status, 503);
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(answers > 20, "503s are immediate during backoff: {answers}");
+    let starts = d.json(&["describe", "crash"])["instances"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        (2..=3).contains(&starts),
+        "{starts} starts in 2.5 s: not a hot loop, but retried"
+    );
+}
+
+#[test]
+fn a_request_past_the_timeout_gets_504() {
+    let d = Daemon::start(&[]);
+    d.ok(&["deploy", "hello", "--image", "hello", "--timeout", "1s"]);
+    let t = Instant::now();
+    let r = d.get("hello", "/sleep?ms=5000");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert_eq!(d.get("hello", "/sleep?ms=10").status, 200);
+}
+
+#[test]
+fn a_full_queue_answers_429() {
+    let d = Arc::new(Daemon::start(&["--queue-depth", "1"]));
+    d.ok(&[
+        "deploy",
+        "hello",
+        "--image",
+        "hello",
+        "--concurrency",
+        "1",
+        "--max-instances",
+        "1",
+    ]);
+    assert_eq!(d.get("hello", "/").status, 200);
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let d = Arc::clone(&d);
+            let t = std::thread::spawn(move || d.get("hello", "/sleep?ms=2000").status);
+            std::thread::sleep(Duration::from_millis(200));
+            t
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "one in flight, one queued", || {
+        let s = &d.json(&["ls"])[0];
+        s["in_flight"] == 1 && s["queued"] == 1
+    });
+    let r = d.get("hello", "/");
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    for t in busy {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+}
+
+#[test]
+fn daemon_restart_keeps_services_and_serves_again() {
+    let mut d = Daemon::start(&[]);
+    d.ok(&["deploy", "hello", "--image", "hello", "-e", "GREETING=kept"]);
+    assert_eq!(d.get("hello", "/").status, 200);
+    let before = d.json(&["describe", "hello"]);
+    let first = before["instances"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM");
+    d.launch();
+    let ls = d.json(&["ls"]);
+    assert_eq!(ls[0]["name"], "hello");
+    assert_eq!(ls[0]["serving_revision"], "hello-00001");
+    let r = d.get("hello", "/env");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("GREETING=kept"), "{}", r.text());
+    let after = d.json(&["describe", "hello"]);
+    let old = after["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == first.as_str())
+        .expect("the first instance is remembered");
+    assert_eq!(old["state"], "exited");
+    assert_eq!(
+        old["exit"], "exited with code 0",
+        "stopped gracefully: {old}"
+    );
+}
+
+#[test]
+fn a_new_revision_takes_traffic_without_a_failed_request() {
+    let d = Arc::new(Daemon::start(&[]));
+    d.ok(&["deploy", "hello", "--image", "hello", "-e", "VERSION=1"]);
+    assert_eq!(d.get("hello", "/").status, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let loops: Vec<_> = (0..3)
+        .map(|_| {
+            let (d, stop, failures) = (Arc::clone(&d), Arc::clone(&stop), Arc::clone(&failures));
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let r = d.get("hello", "/env");
+                    if r.status != 200 {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                        eprintln!("failed during the switch: {} {}", r.status, r.text());
+                        continue;
+                    }
+                    let v = r
+                        .text()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VERSION=").map(str::to_owned))
+                        .unwrap();
+                    if seen.last() != Some(&v) {
+                        seen.push(v);
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = d.ok(&["deploy", "hello", "-e", "VERSION=2"]);
+    assert!(out.contains("hello-00002"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    for l in loops {
+        assert_eq!(
+            l.join().unwrap(),
+            ["1", "2"],
+            "traffic moved once, for good"
+        );
+    }
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    // The old revision's instance stops once idle.
+    eventually(
+        Duration::from_secs(10),
+        "the old revision to scale to zero",
+        || {
+            let detail = d.json(&["describe", "hello"]);
+            detail["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["revision"] == "hello-00001")
+                .all(|i| i["state"] == "exited")
+        },
+    );
+}
+
+#[test]
+fn bodies_stream_both_ways_and_websockets_pass_through() {
+    let d = Daemon::start(&[]);
+    d.ok(&["deploy", "hello", "--image", "hello"]);
+    // A response streamed in three chunks 400 ms apart: the first arrives long before
+    // the last is written.
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    let t = Instant::now();
+    s.write_all(
+        b"GET /stream?n=3&ms=400 HTTP/1.1\r\nhost: hello.localhost\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("chunk 0") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let first = t.elapsed();
+    s.read_to_end(&mut got).unwrap();
+    let all = t.elapsed();
+    assert!(String::from_utf8_lossy(&got).contains("chunk 2"));
+    assert!(all >= Duration::from_millis(800), "{all:?}");
+    assert!(
+        all - first >= Duration::from_millis(700),
+        "first {first:?}, all {all:?}"
+    );
+
+    // A 4 MiB upload comes back byte for byte.
+    let body: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let r = http(d.port, "hello.localhost", "POST", "/echo", &[], &body);
+    assert_eq!(r.status, 200);
+    assert!(r.body == body, "echo differs ({} bytes back)", r.body.len());
+
+    // WebSocket: the upgrade and then frames both ways.
+    let mut ws = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: hello.localhost\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+          sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(ws.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    let msg = b"ping through skiff";
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(msg.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    ws.write_all(&frame).unwrap();
+    let mut reply = vec![0u8; 2 + msg.len()];
+    ws.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[0], 0x81);
+    assert_eq!(&reply[2..], msg);
+}
+
+#[test]
+fn bad_deploys_are_refused_with_what_was_wrong_and_change_nothing() {
+    let d = Daemon::start(&[]);
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["deploy", "hello", "--image", "hello", "--memory", "1Ki"],
+            "memory",
+        ),
+        (
+            &["deploy", "hello", "--image", "nosuchimage"],
+            "no such image",
+        ),
+        (
+            &["deploy", "Bad_Name", "--image", "hello"],
+            "not a service name",
+        ),
+        (&["deploy", "hello"], "--image is required"),
+        (
+            &["deploy", "hello", "--image", "hello", "-e", "PORT=1"],
+            "PORT is set by skiff",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = d.cli(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(
+        d.json(&["ls"]),
+        serde_json::json!([]),
+        "no service was created"
+    );
+
+    // The raw API names an unknown field.
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    let body = r#"{"spec":{"image":"hello","replicas":2}}"#;
+    write!(
+        s,
+        "PUT /v1/services/x HTTP/1.1\r\nhost: skiff\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("replicas"), "{answer}");
+    assert!(answer.contains("\"kind\":\"invalid_request\""), "{answer}");
+}
