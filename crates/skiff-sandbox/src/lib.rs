@@ -24,6 +24,7 @@ pub use instance::{Exit, Instance};
 pub use logs::{rfc3339, rfc3339_now};
 pub use net::{host_link_exists, NetworkSlot, SLOTS};
 pub use seccomp::DENIED as SECCOMP_DENIED;
+pub use spawn::Prepared;
 
 use std::path::PathBuf;
 

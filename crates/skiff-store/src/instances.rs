@@ -149,12 +149,20 @@ impl Store {
         Ok(slot as u32)
     }
 
-    /// Records the PID of the instance's first process once it is started.
+    /// Records the PID of the instance's first process once it runs its command; its
+    /// start time becomes now (it may have been prepared, unstarted, well before).
     pub fn set_instance_pid(&mut self, id: &str, pid: u32) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE instances SET pid = ?2 WHERE id = ?1",
-            params![id, pid],
+            "UPDATE instances SET pid = ?2, created_at = ?3 WHERE id = ?1",
+            params![id, pid, now_unix()],
         )?;
+        Ok(())
+    }
+
+    /// Forgets an instance that never ran its command (a prepared sandbox let go).
+    pub fn discard_instance(&mut self, id: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM instances WHERE id = ?1 AND pid IS NULL", [id])?;
         Ok(())
     }
 

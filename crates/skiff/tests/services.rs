@@ -254,6 +254,15 @@ fn daemon_restart_keeps_services_and_serves_again() {
     let before = d.json(&["describe", "hello"]);
     let first = before["instances"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(d.stop(), Some(0), "clean exit on SIGTERM");
+    // Nothing is left running or prepared: no live rows, no scratch directories.
+    let db = skiff_store::Store::open(&d.home.path().join("skiff.db")).unwrap();
+    let left = db.running_instances().unwrap();
+    assert!(left.is_empty(), "instances left behind: {left:?}");
+    for i in db.service_instances("hello").unwrap() {
+        let scratch = std::path::Path::new("/run/skiff/instances").join(&i.id);
+        assert!(!scratch.exists(), "{} left behind", scratch.display());
+    }
+    drop(db);
     d.launch();
     let ls = d.json(&["ls"]);
     assert_eq!(ls[0]["name"], "hello");

@@ -47,6 +47,10 @@ pub struct ServerArgs {
     /// Threads that start sandboxes.
     #[arg(long, default_value_t = 2)]
     spawn_threads: usize,
+    /// Do not keep a prepared (cloned, mounted, not yet started) sandbox per revision;
+    /// every cold start then pays for the whole sandbox setup.
+    #[arg(long)]
+    no_prepared_sandboxes: bool,
 }
 
 /// What the daemon's parts share.
@@ -60,6 +64,8 @@ pub struct Ctx {
     pub ingress: SocketAddr,
     pub queue_depth: usize,
     pub stop_grace: Duration,
+    /// Keep one prepared sandbox per revision for fast cold starts.
+    pub prepare_sandboxes: bool,
     /// This process's start time, recorded with its instances.
     pub start_time: u64,
     shutting_down: AtomicBool,
@@ -159,6 +165,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         ingress: ingress_addr,
         queue_depth: args.queue_depth,
         stop_grace: args.stop_timeout,
+        prepare_sandboxes: !args.no_prepared_sandboxes,
         start_time: crate::launch::process_start_time(std::process::id()).unwrap_or(0),
         shutting_down: AtomicBool::new(false),
         runners: Mutex::new(HashMap::new()),
@@ -187,8 +194,11 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     ctx.shutting_down.store(true, Ordering::SeqCst);
     eprintln!("skiff server: stopping instances");
     let runners: Vec<_> = ctx.runners().values().cloned().collect();
-    for r in runners {
+    for r in &runners {
         r.stop_all();
+    }
+    for r in &runners {
+        r.discard_prepared().await;
     }
     let mut active = ctx.active.subscribe();
     let _ = active.wait_for(|n| *n == 0).await;

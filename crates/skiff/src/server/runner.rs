@@ -6,7 +6,7 @@
 use super::Ctx;
 use skiff_core::ServiceSpec;
 use skiff_router::{upstream, RevisionPool, Target, Upstream};
-use skiff_sandbox::{Exit, Instance, SandboxSpec};
+use skiff_sandbox::{Exit, Instance, Prepared, SandboxSpec};
 use skiff_store::{ExitRecord, NewInstance};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -54,6 +54,9 @@ pub struct RevisionRunner {
     ctx: Arc<Ctx>,
     live: Mutex<HashMap<String, Live>>,
     starting: AtomicU32,
+    /// A sandbox prepared for the next instance, waiting to exec.
+    prepared: Mutex<Option<Prepared>>,
+    preparing: std::sync::atomic::AtomicBool,
     failures_in_a_row: AtomicU32,
     /// Instances kept regardless of demand (a deploy warming the new revision).
     warm_floor: AtomicU32,
@@ -88,6 +91,8 @@ impl RevisionRunner {
             ctx,
             live: Mutex::new(HashMap::new()),
             starting: AtomicU32::new(0),
+            prepared: Mutex::new(None),
+            preparing: std::sync::atomic::AtomicBool::new(false),
             failures_in_a_row: AtomicU32::new(0),
             warm_floor: AtomicU32::new(0),
             retired: watch::channel(false).0,
@@ -168,6 +173,11 @@ impl RevisionRunner {
         loop {
             let is_retired = *retired.borrow_and_update();
             self.reconcile(is_retired);
+            if is_retired || self.ctx.is_shutting_down() {
+                self.discard_prepared().await;
+            } else {
+                self.refill_prepared();
+            }
             let load = self.pool.load();
             if is_retired
                 && load.queued == 0
@@ -246,7 +256,22 @@ impl RevisionRunner {
     /// One instance from start to end.
     async fn run_instance(self: Arc<Self>) {
         let _alive = self.ctx.alive();
-        let id = instance_id(&self.service);
+        let t0 = Instant::now();
+        let prepared = match self.take_prepared() {
+            Some(p) => Ok(p),
+            None => self.prepare_one().await,
+        };
+        self.refill_prepared();
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err((id, reason)) => {
+                self.starting.fetch_sub(1, Ordering::SeqCst);
+                self.failed(&id, &reason);
+                self.bump();
+                return;
+            }
+        };
+        let id = prepared.id().to_owned();
         let (stop_tx, stop_rx) = oneshot::channel();
         self.live().insert(
             id.clone(),
@@ -259,7 +284,7 @@ impl RevisionRunner {
                 stop: Some(stop_tx),
             },
         );
-        let result = self.start_and_serve(&id, stop_rx).await;
+        let result = self.launch_and_serve(prepared, stop_rx, t0).await;
         self.live().remove(&id);
         if let Err(reason) = result {
             self.failed(&id, &reason);
@@ -267,19 +292,16 @@ impl RevisionRunner {
         self.bump();
     }
 
-    /// Runs one instance; `Err` carries why it failed (to start, or later).
-    async fn start_and_serve(
-        self: &Arc<Self>,
-        id: &str,
-        mut stop_rx: oneshot::Receiver<()>,
-    ) -> Result<(), String> {
+    /// Registers a new instance and prepares its sandbox; on failure, its id and why.
+    async fn prepare_one(&self) -> Result<Prepared, (String, String)> {
+        let id = instance_id(&self.service);
         let log_path = self.ctx.home.logs_dir().join(format!("{id}.log"));
         let mut spec = self.template.clone();
-        spec.id = id.to_owned();
+        spec.id = id.clone();
         spec.log_path = log_path.clone();
         let registered = self.ctx.db().create_instance(
             &NewInstance {
-                id: id.to_owned(),
+                id: id.clone(),
                 image_digest: self.image_digest.clone(),
                 supervisor_pid: std::process::id(),
                 supervisor_start: self.ctx.start_time,
@@ -289,21 +311,103 @@ impl RevisionRunner {
             0..skiff_sandbox::SLOTS,
         );
         if let Err(e) = registered {
-            self.starting.fetch_sub(1, Ordering::SeqCst);
-            return Err(format!("registering instance {id}: {e}"));
+            return Err((id.clone(), format!("registering instance {id}: {e}")));
         }
-        let started = self.ctx.spawner.start(spec).await;
-        let mut instance = match started {
-            Ok(i) => i,
+        match self.ctx.spawner.prepare(spec).await {
+            Ok(p) => Ok(p),
             Err(e) => {
+                self.finish_record(&id, None);
+                Err((id, e.to_string()))
+            }
+        }
+    }
+
+    fn take_prepared(&self) -> Option<Prepared> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Prepares the next instance's sandbox in the background, so the next cold start
+    /// only has to exec (see `Sandbox::prepare`).
+    fn refill_prepared(self: &Arc<Self>) {
+        if !self.ctx.prepare_sandboxes
+            || *self.retired.borrow()
+            || self.ctx.is_shutting_down()
+            || self
+                .prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+            || self.preparing.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let _alive = me.ctx.alive();
+            let result = me.prepare_one().await;
+            me.preparing.store(false, Ordering::SeqCst);
+            match result {
+                Ok(p) => {
+                    *me.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+                    if *me.retired.borrow() || me.ctx.is_shutting_down() {
+                        me.discard_prepared().await;
+                    }
+                }
+                Err((id, reason)) => {
+                    tracing::warn!(revision = %me.name, "preparing instance {id}: {reason}");
+                }
+            }
+        });
+    }
+
+    /// Lets go of the prepared sandbox, if any.
+    pub async fn discard_prepared(&self) {
+        let Some(p) = self.take_prepared() else {
+            return;
+        };
+        let id = p.id().to_owned();
+        let _ = tokio::task::spawn_blocking(move || drop(p)).await;
+        if let Err(e) = self.ctx.db().discard_instance(&id) {
+            tracing::warn!(instance = %id, "forgetting a prepared sandbox: {e}");
+        }
+    }
+
+    /// Runs one instance; `Err` carries why it failed (to start, or later).
+    async fn launch_and_serve(
+        self: &Arc<Self>,
+        prepared: Prepared,
+        mut stop_rx: oneshot::Receiver<()>,
+        t0: Instant,
+    ) -> Result<(), String> {
+        let id = prepared.id().to_owned();
+        let id = id.as_str();
+        let launched = tokio::task::spawn_blocking(move || prepared.launch()).await;
+        let launched_at = t0.elapsed();
+        let mut instance = match launched {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => {
                 self.starting.fetch_sub(1, Ordering::SeqCst);
                 self.finish_record(id, None);
                 return Err(e.to_string());
+            }
+            Err(e) => {
+                self.starting.fetch_sub(1, Ordering::SeqCst);
+                self.finish_record(id, None);
+                return Err(format!("launching: {e}"));
             }
         };
         let _ = self.ctx.db().set_instance_pid(id, instance.pid() as u32);
         let ready = self.become_ready(&instance, &mut stop_rx).await;
         self.starting.fetch_sub(1, Ordering::SeqCst);
+        tracing::debug!(
+            instance = %id,
+            launched = ?launched_at,
+            ready = ?t0.elapsed(),
+            "cold start"
+        );
         let mut failure = None;
         let stop_now = match ready {
             Ok(upstream) => {

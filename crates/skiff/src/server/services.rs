@@ -316,7 +316,8 @@ pub fn describe(ctx: &Ctx, name: &str) -> Result<ServiceDetail, ApiError> {
         .map_err(ApiError::internal)?;
     let ended: Vec<_> = ended
         .into_iter()
-        .filter(|i| i.state != InstanceState::Running)
+        // Sandboxes prepared but never started are not instances anyone saw.
+        .filter(|i| i.state != InstanceState::Running && i.pid.is_some())
         .collect();
     for i in ended.iter().rev().take(ENDED_SHOWN) {
         let memory = revisions

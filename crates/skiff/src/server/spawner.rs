@@ -4,12 +4,12 @@
 //! exec), and an instance's parent-death signal fires when the *thread* that cloned it
 //! exits, so that thread must never be a pool worker that may retire.
 
-use skiff_sandbox::{Instance, Sandbox, SandboxError, SandboxSpec};
+use skiff_sandbox::{Prepared, Sandbox, SandboxError, SandboxSpec};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-type Job = (SandboxSpec, oneshot::Sender<Result<Instance, SandboxError>>);
+type Job = (SandboxSpec, oneshot::Sender<Result<Prepared, SandboxError>>);
 
 /// A handle to the spawner threads.
 #[derive(Clone)]
@@ -30,15 +30,15 @@ impl Spawner {
                 .spawn(move || loop {
                     let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok((spec, reply)) = job else { return };
-                    // If the asker is gone, dropping the instance stops it again.
-                    let _ = reply.send(sandbox.start(&spec));
+                    // If the asker is gone, dropping the sandbox removes it again.
+                    let _ = reply.send(sandbox.prepare(&spec));
                 })?;
         }
         Ok(Spawner { jobs: tx })
     }
 
-    /// Starts an instance; resolves once its command runs (or with why it could not).
-    pub async fn start(&self, spec: SandboxSpec) -> Result<Instance, SandboxError> {
+    /// Prepares a sandbox (everything but the exec); see `Sandbox::prepare`.
+    pub async fn prepare(&self, spec: SandboxSpec) -> Result<Prepared, SandboxError> {
         let (tx, rx) = oneshot::channel();
         let id = spec.id.clone();
         let gone = || SandboxError::Host(format!("instance {id}: the spawner threads are gone"));
