@@ -52,8 +52,11 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Upstream { inner, lease } => {
-                let polled = Pin::new(inner).poll_frame(cx);
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match &polled {
+                    // The last frame: the slot and connection are free now, before the
+                    // client has even read it.
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => drop(lease.take()),
                     Poll::Ready(None) => drop(lease.take()),
                     Poll::Ready(Some(Err(_))) => {
                         if let Some(mut l) = lease.take() {
@@ -89,10 +92,14 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // A body dropped before its end left the connection mid-response: not reusable.
         if let ProxyBody::Upstream {
-            lease: Some(lease), ..
+            inner,
+            lease: Some(lease),
         } = self
         {
-            lease.discard_connection();
+            // hyper drops a body it knows has ended without polling it to the end.
+            if !inner.is_end_stream() {
+                lease.discard_connection();
+            }
         }
     }
 }
