@@ -325,6 +325,11 @@ impl Lease {
         &self.upstream
     }
 
+    /// The kept connection, if any.
+    pub fn connection_mut(&mut self) -> Option<&mut Connection> {
+        self.connection.as_mut()
+    }
+
     /// Closes the kept connection instead of reusing it (it is mid-response or broken).
     pub fn discard_connection(&mut self) {
         self.connection = None;

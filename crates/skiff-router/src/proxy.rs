@@ -52,6 +52,9 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ProxyBody::Upstream { inner, lease } => {
+                if let Some(conn) = lease.as_mut().and_then(|l| l.connection_mut()) {
+                    conn.poll_io(cx);
+                }
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match &polled {
                     // The last frame: the slot and connection are free now, before the
@@ -251,7 +254,7 @@ pub async fn forward(
         .connection()
         .await
         .map_err(|e| fail(format!("connecting: {e}")))?;
-    let mut resp = match conn.try_send_request(req).await {
+    let mut resp = match conn.send(req).await {
         Ok(resp) => resp,
         Err(mut e) => match e.take_message() {
             // A kept-alive connection the instance had closed: the request never left,
@@ -260,9 +263,9 @@ pub async fn forward(
                 conn = upstream::open(&upstream.target)
                     .await
                     .map_err(|e| fail(format!("connecting: {e}")))?;
-                conn.send_request(req)
+                conn.send(req)
                     .await
-                    .map_err(|e| fail(e.to_string()))?
+                    .map_err(|e| fail(e.into_error().to_string()))?
             }
             None => return Err(fail(e.into_error().to_string())),
         },
@@ -270,6 +273,7 @@ pub async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            conn.detach();
             tokio::spawn(async move {
                 let _lease = lease;
                 if let (Ok(client), Ok(instance)) = (client_upgrade.await, upstream_upgrade.await) {

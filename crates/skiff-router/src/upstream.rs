@@ -14,13 +14,102 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustix::fd::{AsFd, OwnedFd};
+use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// A sender of requests on one open HTTP/1.1 connection to an instance.
-pub type Connection = SendRequest<Incoming>;
+/// The connection's I/O future (hyper's upgradeable client connection, whose type is
+/// not nameable).
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// One open HTTP/1.1 connection to an instance: the request sender and the connection's
+/// I/O driver. The driver is polled by whichever task is using the connection (the one
+/// proxying a request, then its response body), not by a task of its own, so a proxied
+/// request crosses no task boundary and wakes no other thread.
+pub struct Connection {
+    sender: SendRequest<Incoming>,
+    driver: Option<Driver>,
+}
+
+impl Connection {
+    fn new(sender: SendRequest<Incoming>, driver: Driver) -> Connection {
+        Connection {
+            sender,
+            driver: Some(driver),
+        }
+    }
+
+    /// Drives the connection's I/O; false once it has closed.
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(driver) = self.driver.as_mut() else {
+            return false;
+        };
+        if driver.as_mut().poll(cx).is_ready() {
+            self.driver = None;
+            return false;
+        }
+        true
+    }
+
+    /// Whether the connection is known to be closed.
+    pub fn is_closed(&self) -> bool {
+        self.driver.is_none() || self.sender.is_closed()
+    }
+
+    /// Waits until the connection can take a request (an error if it closed).
+    pub async fn ready(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            let open = self.poll_io(cx);
+            match self.sender.poll_ready(cx) {
+                Poll::Ready(r) => Poll::Ready(r.map_err(io::Error::other)),
+                Poll::Pending if !open => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Sends a request and waits for the response head, driving the connection meanwhile.
+    /// When the request could not be sent at all, the error gives it back.
+    pub async fn send(
+        &mut self,
+        req: hyper::Request<Incoming>,
+    ) -> Result<
+        hyper::Response<Incoming>,
+        hyper::client::conn::TrySendError<hyper::Request<Incoming>>,
+    > {
+        let mut response = std::pin::pin!(self.sender.try_send_request(req));
+        let driver = &mut self.driver;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            if let Some(d) = driver.as_mut() {
+                if d.as_mut().poll(cx).is_ready() {
+                    *driver = None;
+                    // The dispatcher is gone: the response future fails on its next poll.
+                    cx.waker().wake_by_ref();
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Hands the I/O driver to a task of its own (an upgraded connection is about to
+    /// leave HTTP, and the upgrade completes only while the driver runs).
+    pub fn detach(mut self) {
+        if let Some(driver) = self.driver.take() {
+            tokio::spawn(async move {
+                let _ = driver.await;
+            });
+        }
+    }
+}
 
 /// Idle connections kept per instance; more are closed when returned.
 const MAX_IDLE: usize = 64;
@@ -63,10 +152,7 @@ impl Upstream {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let Some(mut conn) = idle else { break };
-            if conn.is_closed() {
-                continue;
-            }
-            if conn.ready().await.is_ok() {
+            if !conn.is_closed() && conn.ready().await.is_ok() {
                 return Ok(conn);
             }
         }
@@ -96,10 +182,7 @@ async fn handshake_tokio(stream: TcpStream) -> io::Result<Connection> {
         .handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    Ok(sender)
+    Ok(Connection::new(sender, Box::pin(conn.with_upgrades())))
 }
 
 /// A TCP connection to `target`.

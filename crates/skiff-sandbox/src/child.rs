@@ -172,6 +172,36 @@ fn ensure_dir(path: &CStr) -> c_int {
 
 const MS_PRIVATE_REC: c_ulong = libc::MS_REC | libc::MS_PRIVATE;
 
+/// Closes every descriptor the clone copied from the parent but the plan's own pipes.
+/// A prepared sandbox may wait a long time before exec; meanwhile it must not hold the
+/// parent's other pipes (another instance's exec-report or log pipe would never see
+/// EOF), client sockets (they would never close) or listeners.
+///
+/// # Safety
+/// Raw system calls only; called in the child before anything else uses descriptors.
+unsafe fn close_inherited(plan: &ChildPlan) {
+    let mut keep = [plan.sync_fd, plan.err_fd, plan.stdout_fd, plan.stderr_fd];
+    // Insertion sort: no allocation allowed here.
+    for i in 1..keep.len() {
+        let mut j = i;
+        while j > 0 && keep[j - 1] > keep[j] {
+            keep.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    let mut next: u32 = 0;
+    for fd in keep {
+        let fd = fd as u32;
+        if fd > next {
+            // SAFETY: close_range on descriptors this process owns.
+            unsafe { libc::syscall(libc::SYS_close_range, next, fd - 1, 0u32) };
+        }
+        next = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0u32) };
+}
+
 /// Runs in the cloned child; never returns.
 pub fn run(plan: &ChildPlan) -> ! {
     // SAFETY: every call below is a raw system call on data prepared before the clone;
@@ -179,6 +209,7 @@ pub fn run(plan: &ChildPlan) -> ! {
     unsafe {
         libc::umask(0);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        close_inherited(plan);
 
         check(
             plan,

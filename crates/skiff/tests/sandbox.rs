@@ -794,3 +794,41 @@ fn starting_beside_busy_threads_never_deadlocks() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     churn.join().unwrap();
 }
+
+#[test]
+fn a_prepared_sandbox_holds_none_of_the_parents_descriptors() {
+    let w = world();
+    // A connected socket pair in this process, as the daemon holds client connections.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server_side, _) = listener.accept().unwrap();
+    let id = unique_id("prep");
+    let mut s = spec(&id, "echo launched", (0, 0));
+    s.network = None;
+    let prepared = w.sandbox.prepare(&s).unwrap();
+    // The clone copied our descriptors; closing ours must still close the connection.
+    drop(server_side);
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let n = client.read(&mut buf).expect("EOF, not a timeout");
+    assert_eq!(
+        n, 0,
+        "the connection closed although a prepared sandbox exists"
+    );
+    // A second sandbox prepared meanwhile does not hold up the first one's launch or end.
+    let id2 = unique_id("prep");
+    let mut s2 = spec(&id2, "echo second", (0, 0));
+    s2.network = None;
+    let second = w.sandbox.prepare(&s2).unwrap();
+    let t = Instant::now();
+    let mut inst = prepared.launch().unwrap();
+    let exit = inst.wait_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(exit.map(|e| e.code), Some(Some(0)));
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(stdout_of(&s.log_path), ["launched"]);
+    drop(second);
+    release(&id);
+    release(&id2);
+}
