@@ -141,6 +141,61 @@ impl Router {
         let _ = alive_rx.recv().await;
     }
 
+    /// Serves on `threads` threads, each with its own event loop and its own listening
+    /// socket on `addr` (SO_REUSEPORT: the kernel spreads connections), like nginx's
+    /// workers: a request is handled start to end on one thread, with no cross-thread
+    /// wake-ups. Returns the bound address and a handle that resolves once every thread
+    /// has drained after `shutdown` turns true.
+    pub fn serve_threads(
+        self,
+        addr: SocketAddr,
+        threads: usize,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Receiver<()>)> {
+        let threads = threads.clamp(1, upstream::ROUTER_THREADS_MAX - 1);
+        let first = reuseport_listener(addr)?;
+        let bound = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..threads {
+            listeners.push(reuseport_listener(bound)?);
+        }
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let mut handles = Vec::new();
+        for (n, listener) in listeners.into_iter().enumerate() {
+            let router = self.clone();
+            let mut stop = shutdown.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("skiff-router-{n}"))
+                    .spawn(move || {
+                        upstream::set_router_thread(n);
+                        runtime.block_on(async move {
+                            match TcpListener::from_std(listener) {
+                                Ok(l) => {
+                                    router
+                                        .serve(l, async move {
+                                            let _ = stop.wait_for(|s| *s).await;
+                                        })
+                                        .await
+                                }
+                                Err(e) => tracing::error!("router thread {n}: {e}"),
+                            }
+                        });
+                    })?,
+            );
+        }
+        std::thread::spawn(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+            let _ = done_tx.send(());
+        });
+        Ok((bound, done_rx))
+    }
+
     fn request_id(&self, req: &Request<Incoming>) -> String {
         if let Some(given) = req
             .headers()
@@ -214,6 +269,27 @@ impl Router {
         }
         resp
     }
+}
+
+/// A non-blocking listening socket on `addr` with SO_REUSEADDR and SO_REUSEPORT.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 1024)?;
+    Ok(std::net::TcpListener::from(fd))
 }
 
 #[cfg(test)]

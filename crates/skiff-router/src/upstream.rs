@@ -111,8 +111,26 @@ impl Connection {
     }
 }
 
-/// Idle connections kept per instance; more are closed when returned.
+/// Idle connections kept per instance and router thread; more are closed when returned.
 const MAX_IDLE: usize = 64;
+
+/// Router threads that keep idle connections of their own (see [`set_router_thread`]).
+pub const ROUTER_THREADS_MAX: usize = 16;
+
+thread_local! {
+    /// Which router thread this is; `ROUTER_THREADS_MAX` on any other thread.
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(ROUTER_THREADS_MAX) };
+}
+
+/// Marks the calling thread as router thread `n`: connections it opens are registered
+/// with its own event loop, so it keeps its idle ones apart from other threads'.
+pub fn set_router_thread(n: usize) {
+    SHARD.with(|s| s.set(n.min(ROUTER_THREADS_MAX - 1)));
+}
+
+fn shard() -> usize {
+    SHARD.with(|s| s.get())
+}
 
 /// Where an instance listens.
 #[derive(Clone, Debug)]
@@ -134,7 +152,8 @@ pub struct Upstream {
     pub id: String,
     /// Where it listens.
     pub target: Target,
-    idle: Mutex<Vec<Connection>>,
+    /// Idle connections per router thread; the last slot holds those opened elsewhere.
+    idle: Vec<Mutex<Vec<Connection>>>,
 }
 
 impl Upstream {
@@ -143,28 +162,38 @@ impl Upstream {
         Upstream {
             id: id.into(),
             target,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..=ROUTER_THREADS_MAX)
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         }
     }
 
-    /// An idle connection that is still open, or a new one.
+    fn pop_idle(&self, shard: usize) -> Option<Connection> {
+        self.idle[shard]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+    }
+
+    /// An idle connection that is still open (this thread's own first), or a new one.
     pub async fn connection(&self) -> io::Result<Connection> {
-        loop {
-            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let Some(mut conn) = idle else { break };
-            if !conn.is_closed() && conn.ready().await.is_ok() {
-                return Ok(conn);
+        let own = shard();
+        for shard in [own, ROUTER_THREADS_MAX] {
+            while let Some(mut conn) = self.pop_idle(shard) {
+                if !conn.is_closed() && conn.ready().await.is_ok() {
+                    return Ok(conn);
+                }
             }
         }
         open(&self.target).await
     }
 
-    /// Keeps a connection for the next request.
+    /// Keeps a connection for the next request on this thread.
     pub fn put_idle(&self, conn: Connection) {
         if conn.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle[shard()].lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }

@@ -44,6 +44,9 @@ pub struct ServerArgs {
     /// Grace period between SIGTERM and SIGKILL when stopping an instance.
     #[arg(long, default_value = "10s", value_parser = crate::launch::parse_duration)]
     stop_timeout: Duration,
+    /// Threads serving the ingress, each with its own event loop (default: one per CPU).
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(2, |n| n.get()))]
+    router_threads: usize,
     /// Threads that start sandboxes.
     #[arg(long, default_value_t = 2)]
     spawn_threads: usize,
@@ -151,16 +154,18 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     let spawner = spawner::Spawner::new(Arc::clone(&sandbox), args.spawn_threads)
         .context("starting the spawner threads")?;
     let api_listener = api::bind(&socket)?;
-    let ingress = tokio::net::TcpListener::bind(args.ingress)
-        .await
+    let router = skiff_router::Router::new(&args.domain);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (ingress_addr, ingress_done) = router
+        .clone()
+        .serve_threads(args.ingress, args.router_threads, stop_rx.clone())
         .with_context(|| format!("listening for ingress on {}", args.ingress))?;
-    let ingress_addr = ingress.local_addr()?;
     let ctx = Arc::new(Ctx {
         home,
         db: Mutex::new(db),
         images,
         spawner,
-        router: skiff_router::Router::new(&args.domain),
+        router,
         domain: args.domain.trim_matches('.').to_owned(),
         ingress: ingress_addr,
         queue_depth: args.queue_depth,
@@ -174,12 +179,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     });
     services::restore(&ctx).await;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let api_task = tokio::spawn(api::serve(Arc::clone(&ctx), api_listener, stop_rx.clone()));
-    let mut ingress_stop = stop_rx.clone();
-    let ingress_task = tokio::spawn(ctx.router.clone().serve(ingress, async move {
-        let _ = ingress_stop.wait_for(|s| *s).await;
-    }));
+    let api_task = tokio::spawn(api::serve(Arc::clone(&ctx), api_listener, stop_rx));
     println!(
         "skiff server: ingress http://{ingress_addr} (services at http://NAME.{}:{}/), api unix:{}",
         ctx.domain,
@@ -190,7 +190,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     wait_for_termination().await;
     eprintln!("skiff server: shutting down: finishing requests in flight");
     let _ = stop_tx.send(true);
-    let _ = ingress_task.await;
+    let _ = ingress_done.await;
     ctx.shutting_down.store(true, Ordering::SeqCst);
     eprintln!("skiff server: stopping instances");
     let runners: Vec<_> = ctx.runners().values().cloned().collect();
