@@ -47,6 +47,14 @@ pub struct RevisionRecord {
     pub last_failure: Option<FailureRecord>,
 }
 
+fn service_row(r: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
+    Ok(ServiceRecord {
+        name: r.get(0)?,
+        serving_revision: r.get(1)?,
+        created_at: r.get(2)?,
+    })
+}
+
 const REVISION_COLUMNS: &str = "name, service, generation, image_digest, spec_json, created_at,
      failure_at, failure_reason, failure_log_tail";
 
@@ -135,13 +143,7 @@ impl Store {
             .conn
             .prepare("SELECT name, serving_revision, created_at FROM services ORDER BY name")?;
         let rows = stmt
-            .query_map([], |r| {
-                Ok(ServiceRecord {
-                    name: r.get(0)?,
-                    serving_revision: r.get(1)?,
-                    created_at: r.get(2)?,
-                })
-            })?
+            .query_map([], service_row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -153,13 +155,7 @@ impl Store {
             .query_row(
                 "SELECT name, serving_revision, created_at FROM services WHERE name = ?1",
                 [name],
-                |r| {
-                    Ok(ServiceRecord {
-                        name: r.get(0)?,
-                        serving_revision: r.get(1)?,
-                        created_at: r.get(2)?,
-                    })
-                },
+                service_row,
             )
             .optional()?)
     }

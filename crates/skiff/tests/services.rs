@@ -60,16 +60,7 @@ fn first_request_from_zero_gets_the_apps_answer_with_proxy_headers() {
 #[test]
 fn concurrent_requests_with_concurrency_one_start_one_instance_each_up_to_max() {
     let d = Arc::new(Daemon::start(&[]));
-    d.ok(&[
-        "deploy",
-        "hello",
-        "--image",
-        "hello",
-        "--concurrency",
-        "1",
-        "--max-instances",
-        "3",
-    ]);
+    d.deploy_hello("hello", &["--concurrency", "1", "--max-instances", "3"]);
     let threads: Vec<_> = (0..5)
         .map(|_| {
             let d = Arc::clone(&d);
@@ -95,16 +86,7 @@ fn concurrent_requests_with_concurrency_one_start_one_instance_each_up_to_max() 
 #[test]
 fn idle_instances_scale_to_zero_without_cutting_a_request_in_flight() {
     let d = Arc::new(Daemon::start(&[]));
-    d.ok(&[
-        "deploy",
-        "hello",
-        "--image",
-        "hello",
-        "--concurrency",
-        "1",
-        "--idle-timeout",
-        "1s",
-    ]);
+    d.deploy_hello("hello", &["--concurrency", "1", "--idle-timeout", "1s"]);
     // Two instances: one long request keeps one busy while the other goes idle.
     let long = {
         let d = Arc::clone(&d);
@@ -147,15 +129,7 @@ fn idle_instances_scale_to_zero_without_cutting_a_request_in_flight() {
 #[test]
 fn a_crashing_image_answers_503_with_its_reason_and_backs_off() {
     let d = Daemon::start(&[]);
-    d.ok(&[
-        "deploy",
-        "crash",
-        "--image",
-        "hello",
-        "--",
-        "--crash",
-        "cannot open the database",
-    ]);
+    d.deploy_hello("crash", &["--", "--crash", "cannot open the database"]);
     let r = d.get("crash", "/");
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("exited with code 3"), "{}", r.text());
@@ -204,7 +178,7 @@ fn a_crashing_image_answers_503_with_its_reason_and_backs_off() {
 #[test]
 fn a_request_past_the_timeout_gets_504() {
     let d = Daemon::start(&[]);
-    d.ok(&["deploy", "hello", "--image", "hello", "--timeout", "1s"]);
+    d.deploy_hello("hello", &["--timeout", "1s"]);
     let t = Instant::now();
     let r = d.get("hello", "/sleep?ms=5000");
     assert_eq!(r.status, 504, "{}", r.text());
@@ -215,16 +189,7 @@ fn a_request_past_the_timeout_gets_504() {
 #[test]
 fn a_full_queue_answers_429() {
     let d = Arc::new(Daemon::start(&["--queue-depth", "1"]));
-    d.ok(&[
-        "deploy",
-        "hello",
-        "--image",
-        "hello",
-        "--concurrency",
-        "1",
-        "--max-instances",
-        "1",
-    ]);
+    d.deploy_hello("hello", &["--concurrency", "1", "--max-instances", "1"]);
     assert_eq!(d.get("hello", "/").status, 200);
     let busy: Vec<_> = (0..2)
         .map(|_| {
@@ -249,7 +214,7 @@ fn a_full_queue_answers_429() {
 #[test]
 fn daemon_restart_keeps_services_and_serves_again() {
     let mut d = Daemon::start(&[]);
-    d.ok(&["deploy", "hello", "--image", "hello", "-e", "GREETING=kept"]);
+    d.deploy_hello("hello", &["-e", "GREETING=kept"]);
     assert_eq!(d.get("hello", "/").status, 200);
     let before = d.json(&["describe", "hello"]);
     let first = before["instances"][0]["id"].as_str().unwrap().to_owned();
@@ -287,7 +252,7 @@ fn daemon_restart_keeps_services_and_serves_again() {
 #[test]
 fn a_new_revision_takes_traffic_without_a_failed_request() {
     let d = Arc::new(Daemon::start(&[]));
-    d.ok(&["deploy", "hello", "--image", "hello", "-e", "VERSION=1"]);
+    d.deploy_hello("hello", &["-e", "VERSION=1"]);
     assert_eq!(d.get("hello", "/").status, 200);
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));

@@ -149,6 +149,13 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Deploys the hello image as `service` with extra deploy flags.
+    pub fn deploy_hello(&self, service: &str, flags: &[&str]) -> String {
+        let mut args = vec!["deploy", service, "--image", "hello"];
+        args.extend_from_slice(flags);
+        self.ok(&args)
+    }
+
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut full = vec!["-o", "json"];
         full.extend_from_slice(args);
