@@ -204,9 +204,7 @@ impl Sandbox {
             pid,
             sync_w: Some(sync_w),
             err_r,
-            out_r,
-            errout_r,
-            log: Some(log),
+            output: Some((out_r, errout_r, log)),
             cgroup: cleanup.cgroup.take(),
             scratch: scratch.clone(),
             network: spec.network,
@@ -336,9 +334,8 @@ pub struct Prepared {
     pid: i32,
     sync_w: Option<OwnedFd>,
     err_r: OwnedFd,
-    out_r: OwnedFd,
-    errout_r: OwnedFd,
-    log: Option<std::fs::File>,
+    /// The stdout and stderr pipes and the log file, handed to the log pump at launch.
+    output: Option<(OwnedFd, OwnedFd, std::fs::File)>,
     cgroup: Option<Cgroup>,
     scratch: std::path::PathBuf,
     network: Option<net::NetworkSlot>,
@@ -392,15 +389,10 @@ impl Prepared {
                 source,
             });
         }
-        let out_r = self
-            .out_r
-            .try_clone()
-            .map_err(prep("starting the log pump"))?;
-        let errout_r = self
-            .errout_r
-            .try_clone()
-            .map_err(prep("starting the log pump"))?;
-        let log = self.log.take().expect("a prepared sandbox has its log");
+        let (out_r, errout_r, log) = self
+            .output
+            .take()
+            .expect("a prepared sandbox has its output pipes");
         let pump = crate::logs::spawn(
             out_r,
             errout_r,

@@ -9,7 +9,7 @@ use skiff_router::{upstream, RevisionPool, Target, Upstream};
 use skiff_sandbox::{Exit, Instance, Prepared, SandboxSpec};
 use skiff_store::{ExitRecord, NewInstance};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -587,14 +587,18 @@ enum Ready {
 
 /// Whether the instance's first process has exited (without waiting).
 fn has_exited(instance: &Instance) -> bool {
+    exited_within(instance.pidfd(), Duration::ZERO)
+}
+
+/// Waits up to `wait` for the process behind `pidfd` to exit; whether it did.
+fn exited_within(pidfd: rustix::fd::BorrowedFd<'_>, wait: Duration) -> bool {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let pidfd = instance.pidfd();
-    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-    let now = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    let ts = Timespec {
+        tv_sec: wait.as_secs() as i64,
+        tv_nsec: wait.subsec_nanos() as i64,
     };
-    matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0)
 }
 
 /// Resolves once the instance's first process has exited.
@@ -619,7 +623,6 @@ fn wait_listening(
     pidfd: &OwnedFd,
     timeout: Duration,
 ) -> Result<Option<std::net::TcpStream>, ()> {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_micros(100);
     loop {
@@ -629,12 +632,7 @@ fn wait_listening(
         if Instant::now() >= deadline {
             return Err(());
         }
-        let ts = Timespec {
-            tv_sec: pause.as_secs() as i64,
-            tv_nsec: pause.subsec_nanos() as i64,
-        };
-        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-        if matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0) {
+        if exited_within(pidfd.as_fd(), pause) {
             return Ok(None);
         }
         pause = (pause * 3 / 2).min(Duration::from_millis(20));
@@ -642,9 +640,7 @@ fn wait_listening(
 }
 
 fn open_netns(pid: i32) -> std::io::Result<OwnedFd> {
-    let f = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    debug_assert!(f.as_raw_fd() >= 0);
-    Ok(OwnedFd::from(f))
+    Ok(std::fs::File::open(format!("/proc/{pid}/ns/net"))?.into())
 }
 
 /// `SERVICE-xxxxxx` when the name leaves room, else `i` and 12 hex digits.
