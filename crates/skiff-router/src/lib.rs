@@ -6,30 +6,30 @@
 //! streaming, upgrades, timeouts, keep-alive to instances). It must not start or stop
 //! instances itself: it signals demand ([`RevisionPool::demand_changed`]) and serves what
 //! the reconciler adds to the pools.
+//!
+//! The HTTP/1.1 forwarding path is written by hand ([`h1`], [`body`], [`conn`],
+//! [`proxy`]) rather than built on a general HTTP library: it is the hot path of every
+//! request, and bench/proxy-hop showed a general client plus server costing skiff its
+//! lead over nginx. Bodies pass through byte for byte; only heads are rewritten.
 
+mod body;
+mod conn;
+pub mod h1;
 mod pool;
 mod proxy;
 pub mod upstream;
 
 pub use pool::{Lease, Load, PoolConfig, PoolError, RevisionPool};
-pub use proxy::ProxyBody;
 pub use upstream::{Target, Upstream};
 
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
-use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
-
-/// Longest a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ingress router. Cheap to clone; clones share the routing table.
 #[derive(Clone)]
@@ -41,6 +41,8 @@ struct Inner {
     /// `.` + the domain, lowercase.
     suffix: String,
     routes: RwLock<HashMap<String, Arc<RevisionPool>>>,
+    /// Bumped on every routing change, so connections can cache a route.
+    generation: AtomicU64,
     id_prefix: String,
     next_id: AtomicU64,
 }
@@ -54,6 +56,7 @@ impl Router {
             inner: Arc::new(Inner {
                 suffix: format!(".{}", domain.trim_matches('.').to_ascii_lowercase()),
                 routes: RwLock::new(HashMap::new()),
+                generation: AtomicU64::new(1),
                 id_prefix: b.iter().map(|x| format!("{x:02x}")).collect(),
                 next_id: AtomicU64::new(1),
             }),
@@ -62,20 +65,21 @@ impl Router {
 
     /// Sends `service`'s traffic to `pool` from now on; returns the pool it replaces.
     pub fn set_route(&self, service: &str, pool: Arc<RevisionPool>) -> Option<Arc<RevisionPool>> {
-        self.inner
-            .routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(service.to_owned(), pool)
+        let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        routes.insert(service.to_owned(), pool)
     }
 
     /// Stops routing `service`; returns its pool.
     pub fn remove_route(&self, service: &str) -> Option<Arc<RevisionPool>> {
-        self.inner
-            .routes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(service)
+        let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        routes.remove(service)
+    }
+
+    /// Changes whenever a route is set or removed.
+    fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     /// The pool serving `service`.
@@ -94,11 +98,6 @@ impl Router {
         // Each connection task holds a sender: when all are gone, every connection is done.
         let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true);
         tokio::pin!(shutdown);
         loop {
             let (stream, remote) = tokio::select! {
@@ -113,26 +112,12 @@ impl Router {
                 },
                 () = &mut shutdown => break,
             };
-            let _ = stream.set_nodelay(true);
             let router = self.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let router = router.clone();
-                async move { Ok::<_, Infallible>(router.handle(req, remote).await) }
-            });
-            let mut conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
             let alive = alive_tx.clone();
-            let mut stop = stop_rx.clone();
+            let stop = stop_rx.clone();
             tokio::spawn(async move {
                 let _alive = alive;
-                tokio::select! {
-                    _ = &mut conn => return,
-                    _ = stop.wait_for(|s| *s) => {}
-                }
-                // Finishes the request in flight, then closes; idle ones close at once.
-                std::pin::Pin::new(&mut conn).graceful_shutdown();
-                let _ = conn.await;
+                conn::serve_connection(router, stream, remote, stop).await;
             });
         }
         drop(listener);
@@ -196,17 +181,13 @@ impl Router {
         Ok((bound, done_rx))
     }
 
-    fn request_id(&self, req: &Request<Incoming>) -> String {
-        if let Some(given) = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-        {
-            return given.to_owned();
-        }
+    /// Appends a new request id (unique per daemon run) to `out`.
+    fn new_request_id(&self, out: &mut Vec<u8>) {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.inner.id_prefix)
+        out.extend_from_slice(self.inner.id_prefix.as_bytes());
+        let mut text = IdText::default();
+        let _ = write!(text, "-{n:x}");
+        out.extend_from_slice(&text.bytes[..text.len]);
     }
 
     /// The service a Host header names, if it is under the domain.
@@ -225,49 +206,24 @@ impl Router {
         let (service, tail) = name.split_at(name.len() - suffix.len());
         (tail.eq_ignore_ascii_case(suffix) && !service.contains('.')).then_some(service)
     }
+}
 
-    async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
-        let request_id = self.request_id(&req);
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or("")
-            .to_owned();
-        let pool = self.service_of(&host).and_then(|s| {
-            if s.bytes().any(|b| b.is_ascii_uppercase()) {
-                self.route(&s.to_ascii_lowercase())
-            } else {
-                self.route(s)
-            }
-        });
-        let mut resp = match pool {
-            None => proxy::local(
-                StatusCode::NOT_FOUND,
-                format!("skiff: no service serves host {host:?}"),
-            ),
-            Some(pool) => {
-                let timeout = pool.config().timeout;
-                let forwarded = proxy::forward(&pool, req, remote, &host, &request_id);
-                match tokio::time::timeout(timeout, forwarded).await {
-                    Ok(Ok(resp)) => resp,
-                    Ok(Err(e)) => e.into_response(),
-                    Err(_) => proxy::local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "skiff: revision {} did not answer within {:?}",
-                            pool.config().revision,
-                            timeout
-                        ),
-                    ),
-                }
-            }
-        };
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            resp.headers_mut().insert("x-request-id", v);
-        }
-        resp
+/// A request id's counter as text, without a heap allocation.
+#[derive(Default)]
+struct IdText {
+    bytes: [u8; 24],
+    len: usize,
+}
+
+impl std::fmt::Write for IdText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.bytes
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@
 //!
 //! This module never starts or stops anything: it counts, queues and hands out.
 
-use crate::upstream::{Connection, Upstream};
+use crate::upstream::Upstream;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -158,7 +158,6 @@ impl RevisionPool {
         Some(Lease {
             pool: Arc::clone(self),
             upstream: Arc::clone(&m.upstream),
-            connection: None,
             armed: true,
         })
     }
@@ -311,11 +310,10 @@ impl RevisionPool {
 }
 
 /// A slot on one instance, held while a request is in flight there (until its response
-/// body has been sent). Dropping it frees the slot and keeps the connection for reuse.
+/// has been relayed). Dropping it frees the slot.
 pub struct Lease {
     pool: Arc<RevisionPool>,
     upstream: Arc<Upstream>,
-    connection: Option<Connection>,
     armed: bool,
 }
 
@@ -324,32 +322,13 @@ impl Lease {
     pub fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
     }
-
-    /// The kept connection, if any.
-    pub fn connection_mut(&mut self) -> Option<&mut Connection> {
-        self.connection.as_mut()
-    }
-
-    /// Closes the kept connection instead of reusing it (it is mid-response or broken).
-    pub fn discard_connection(&mut self) {
-        self.connection = None;
-    }
-
-    /// Keeps `conn` to be returned to the instance's idle connections when the lease ends.
-    pub fn keep_connection(&mut self, conn: Connection) {
-        self.connection = Some(conn);
-    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            self.pool.release(&self.upstream);
         }
-        if let Some(conn) = self.connection.take() {
-            self.upstream.put_idle(conn);
-        }
-        self.pool.release(&self.upstream);
     }
 }
 

@@ -1,347 +1,457 @@
-//! Forwarding one request to an instance: takes a slot from the revision's pool, rewrites
-//! the proxy headers, sends the request on a kept-alive connection, and streams the
-//! response back while holding the slot until its body ends. Upgrades (WebSocket) become
-//! a byte pipe between client and instance. Failures become the status a client expects:
-//! 429 (queue full), 502 (instance unreachable), 503 (revision failing), 504 (timeout).
+//! Forwarding one request to an instance: takes a slot from the revision's pool, writes
+//! the request head (proxy fields set, hop-by-hop fields gone) with whatever body bytes
+//! are already buffered in one write, streams the rest of the body while relaying the
+//! response, and returns the connection to the instance's idle set only when both
+//! messages ended exactly where their framing said. Upgrades (WebSocket) become a byte
+//! pipe. Failures before the response starts become the status a client expects:
+//! 429 (queue full), 502 (instance unreachable or broken), 503 (revision failing),
+//! 504 (timeout); after it starts, the client connection is closed.
+//!
+//! This module must not route or parse request heads (see [`crate::conn`]).
 
-use crate::pool::{Lease, PoolError, RevisionPool};
-use crate::upstream;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
+use crate::body::{BodyTracker, ChunkError};
+use crate::conn::{ClientConn, RequestInfo, READ_CHUNK};
+use crate::h1::{self, BodyLen, Forwarding, Head, ResponseOut};
+use crate::pool::{PoolError, RevisionPool};
+use crate::upstream::{self, Connection, Upstream};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
 
-/// A response body: the instance's, streamed (holding its slot), or one skiff wrote.
-pub enum ProxyBody {
-    /// Streaming from an instance.
-    Upstream {
-        /// The instance's body.
-        inner: Incoming,
-        /// The slot, freed when the body ends.
-        lease: Option<Lease>,
+/// What a client that sent `Expect: 100-continue` waits for before sending its body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// How relaying a response went.
+enum Relay {
+    /// The response was relayed completely.
+    Done {
+        /// The instance's connection ended the exchange cleanly and may serve another.
+        reusable: bool,
+        /// The client connection may carry another request.
+        keep_client: bool,
     },
-    /// Written by skiff.
-    Local(Full<Bytes>),
+    /// A 101 head went to the client: the connection is now a byte pipe.
+    Upgraded,
+    /// The instance closed a kept-alive connection before answering at all.
+    Stale,
+    /// Nothing reached the client yet; it gets 502 with this reason.
+    Failed(String),
+    /// Past the request timeout, before the response started.
+    TimedOut,
+    /// Broken after the response started: the client connection must close.
+    Broken,
 }
 
-impl ProxyBody {
-    /// A plain-text body.
-    pub fn text(s: impl Into<String>) -> ProxyBody {
-        ProxyBody::Local(Full::new(Bytes::from(s.into())))
-    }
-
-    /// No body.
-    pub fn empty() -> ProxyBody {
-        ProxyBody::Local(Full::new(Bytes::new()))
-    }
+/// Why sending the rest of a request body stopped.
+enum SendError {
+    /// The client closed or sent a malformed chunked body.
+    Client,
+    /// The instance stopped reading (it may still answer).
+    Upstream,
 }
 
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Upstream { inner, lease } => {
-                if let Some(conn) = lease.as_mut().and_then(|l| l.connection_mut()) {
-                    conn.poll_io(cx);
-                }
-                let polled = Pin::new(&mut *inner).poll_frame(cx);
-                match &polled {
-                    // The last frame: the slot and connection are free now, before the
-                    // client has even read it.
-                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => drop(lease.take()),
-                    Poll::Ready(None) => drop(lease.take()),
-                    Poll::Ready(Some(Err(_))) => {
-                        if let Some(mut l) = lease.take() {
-                            l.discard_connection();
-                        }
-                    }
-                    _ => {}
-                }
-                polled
-            }
-            ProxyBody::Local(full) => Pin::new(full)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
-            ProxyBody::Local(full) => full.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
-            ProxyBody::Local(full) => full.size_hint(),
-        }
-    }
-}
-
-impl Drop for ProxyBody {
-    fn drop(&mut self) {
-        // A body dropped before its end left the connection mid-response: not reusable.
-        if let ProxyBody::Upstream {
-            inner,
-            lease: Some(lease),
-        } = self
-        {
-            // hyper drops a body it knows has ended without polling it to the end.
-            if !inner.is_end_stream() {
-                lease.discard_connection();
-            }
-        }
-    }
-}
-
-/// Why a request was not forwarded.
-#[derive(Debug)]
-pub enum ForwardError {
-    /// From the pool.
-    Pool(PoolError),
-    /// The instance could not be reached or broke the connection.
-    Upstream {
-        /// Instance id.
-        instance: String,
-        /// What failed.
-        error: String,
-    },
-}
-
-/// A response skiff writes itself.
-pub fn local(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::text(text + "\n"));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
-impl ForwardError {
-    /// The response a client gets.
-    pub fn into_response(self) -> Response<ProxyBody> {
-        match self {
-            ForwardError::Pool(e @ PoolError::Overloaded(_)) => {
-                let mut r = local(StatusCode::TOO_MANY_REQUESTS, format!("skiff: {e}"));
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                r
-            }
-            ForwardError::Pool(ref e @ PoolError::Unavailable { retry_after, .. }) => {
-                let mut r = local(StatusCode::SERVICE_UNAVAILABLE, format!("skiff: {e}"));
-                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                r
-            }
-            ForwardError::Pool(e @ PoolError::Closed(_)) => {
-                local(StatusCode::SERVICE_UNAVAILABLE, format!("skiff: {e}"))
-            }
-            ForwardError::Upstream { instance, error } => local(
-                StatusCode::BAD_GATEWAY,
-                format!("skiff: instance {instance} failed the request: {error}"),
-            ),
-        }
-    }
-}
-
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, and those the Connection header names; keeps the upgrade
-/// pair when the request is an upgrade.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    if upgrade {
-        if let Some(v) = upgrade_value {
-            headers.insert(header::UPGRADE, v);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-    }
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-}
-
-/// Sets X-Forwarded-For/-Proto/-Host and X-Request-Id on a request about to go upstream.
-fn set_proxy_headers(headers: &mut HeaderMap, remote: SocketAddr, host: &str, request_id: &str) {
-    let ip = remote.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert("x-forwarded-host", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
-    }
-}
-
-/// Forwards `req` to an instance of `pool`'s revision.
-pub async fn forward(
+/// Forwards the request whose head is in `c.head` to an instance of `pool`; returns
+/// whether the client connection goes on.
+pub(crate) async fn forward(
+    c: &mut ClientConn,
     pool: &Arc<RevisionPool>,
-    mut req: Request<Incoming>,
-    remote: SocketAddr,
-    host: &str,
-    request_id: &str,
-) -> Result<Response<ProxyBody>, ForwardError> {
-    let mut lease = pool.acquire().await.map_err(ForwardError::Pool)?;
-    let upgrade = is_upgrade(req.headers());
-    strip_hop_by_hop(req.headers_mut(), upgrade);
-    set_proxy_headers(req.headers_mut(), remote, host, request_id);
-    if req.uri().authority().is_some() {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .unwrap_or_default();
-        *req.uri_mut() = path;
-    }
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let upstream = Arc::clone(lease.upstream());
-    let fail = |error: String| ForwardError::Upstream {
-        instance: upstream.id.clone(),
-        error,
-    };
-    let mut conn = upstream
-        .connection()
-        .await
-        .map_err(|e| fail(format!("connecting: {e}")))?;
-    let mut resp = match conn.send(req).await {
-        Ok(resp) => resp,
-        Err(mut e) => match e.take_message() {
-            // A kept-alive connection the instance had closed: the request never left,
-            // so it goes again on a new one.
-            Some(req) => {
-                conn = upstream::open(&upstream.target)
-                    .await
-                    .map_err(|e| fail(format!("connecting: {e}")))?;
-                conn.send(req)
-                    .await
-                    .map_err(|e| fail(e.into_error().to_string()))?
-            }
-            None => return Err(fail(e.into_error().to_string())),
-        },
-    };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            conn.detach();
-            tokio::spawn(async move {
-                let _lease = lease;
-                if let (Ok(client), Ok(instance)) = (client_upgrade.await, upstream_upgrade.await) {
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut TokioIo::new(client),
-                        &mut TokioIo::new(instance),
-                    )
-                    .await;
-                }
-            });
-            let (parts, _) = resp.into_parts();
-            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+    info: RequestInfo,
+    body: BodyLen,
+    mut deadline: Pin<&mut Sleep>,
+) -> bool {
+    let timeout = pool.config().timeout;
+    deadline.as_mut().reset(Instant::now() + timeout);
+    let has_body = !matches!(body, BodyLen::Empty | BodyLen::Length(0));
+    let keep_on_error = info.keep_alive && !has_body;
+    let acquired = tokio::select! {
+        biased;
+        lease = pool.acquire() => lease,
+        () = deadline.as_mut() => {
+            c.start += info.head_len;
+            return timed_out(c, pool, keep_on_error).await;
         }
+    };
+    let lease = match acquired {
+        Ok(lease) => lease,
+        Err(e) => {
+            c.start += info.head_len;
+            let retry = match &e {
+                PoolError::Overloaded(_) => Some(1),
+                PoolError::Unavailable { retry_after, .. } => {
+                    Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+                }
+                PoolError::Closed(_) => None,
+            };
+            let status = if matches!(e, PoolError::Overloaded(_)) {
+                429
+            } else {
+                503
+            };
+            return c
+                .respond_local(status, &format!("skiff: {e}"), retry, keep_on_error)
+                .await;
+        }
+    };
+    let upstream = lease.upstream();
+    let connected = tokio::select! {
+        biased;
+        conn = upstream.connection() => conn,
+        () = deadline.as_mut() => {
+            c.start += info.head_len;
+            return timed_out(c, pool, keep_on_error).await;
+        }
+    };
+    let mut conn = match connected {
+        Ok(conn) => conn,
+        Err(e) => {
+            c.start += info.head_len;
+            return bad_gateway(c, upstream, &format!("connecting: {e}"), keep_on_error).await;
+        }
+    };
+
+    c.req_out.clear();
+    let fwd = Forwarding {
+        client_ip: &c.client_ip,
+        request_id: &c.request_id,
+        body,
+    };
+    h1::write_request_head(&mut c.req_out, &c.buf[c.start..], &c.head, &fwd);
+    c.start += info.head_len;
+    let mut sending = BodyTracker::new(body);
+    let buffered = &c.buf[c.start..];
+    let Ok(used) = sending.take(buffered, |_| {}) else {
+        let text = "skiff: malformed chunked request body";
+        return c.respond_local(400, text, None, false).await;
+    };
+    c.req_out.extend_from_slice(&buffered[..used]);
+    c.start += used;
+    c.compact();
+    let wants_continue = info.expect_continue && !sending.is_done() && used == 0;
+    if wants_continue && c.stream.write_all(CONTINUE).await.is_err() {
+        return false;
     }
-    strip_hop_by_hop(resp.headers_mut(), false);
-    lease.keep_connection(conn);
-    let (parts, inner) = resp.into_parts();
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::Upstream {
-            inner,
-            lease: Some(lease),
-        },
-    ))
+    let replayable = sending.is_done();
+
+    let mut retried = false;
+    let relay = loop {
+        let relay = exchange(c, &mut conn, &mut sending, info, deadline.as_mut()).await;
+        match relay {
+            Relay::Stale if conn.reused && replayable && !retried => {
+                retried = true;
+                match upstream::open(&upstream.target).await {
+                    Ok(fresh) => conn = fresh,
+                    Err(e) => {
+                        let why = format!("connecting: {e}");
+                        return bad_gateway(c, upstream, &why, keep_on_error).await;
+                    }
+                }
+            }
+            relay => break relay,
+        }
+    };
+    match relay {
+        Relay::Done {
+            reusable,
+            keep_client,
+        } => {
+            if reusable {
+                upstream.put_idle(conn);
+            }
+            keep_client
+        }
+        Relay::Upgraded => {
+            tunnel(c, conn).await;
+            false
+        }
+        Relay::Stale => {
+            let why = "the instance closed the connection without answering";
+            bad_gateway(c, upstream, why, keep_on_error && sending.is_done()).await
+        }
+        Relay::Failed(why) => {
+            bad_gateway(c, upstream, &why, keep_on_error && sending.is_done()).await
+        }
+        Relay::TimedOut => timed_out(c, pool, false).await,
+        Relay::Broken => false,
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_go_and_upgrades_keep_theirs() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert("x-app", HeaderValue::from_static("kept"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-app"));
-
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
-        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+/// Sends the request (head and buffered body in `c.req_out`, then the rest of the body)
+/// and relays the response.
+async fn exchange(
+    c: &mut ClientConn,
+    conn: &mut Connection,
+    sending: &mut BodyTracker,
+    info: RequestInfo,
+    deadline: Pin<&mut Sleep>,
+) -> Relay {
+    if let Err(e) = conn.stream.write_all(&c.req_out).await {
+        return if conn.reused {
+            Relay::Stale
+        } else {
+            Relay::Failed(format!("sending the request: {e}"))
+        };
     }
-
-    #[test]
-    fn forwarded_for_appends_the_client() {
-        let mut h = HeaderMap::new();
-        let remote: SocketAddr = "10.1.2.3:5555".parse().unwrap();
-        set_proxy_headers(&mut h, remote, "hello.localhost:8080", "abc");
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.2.3");
-        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
-        set_proxy_headers(&mut h, remote, "hello.localhost:8080", "abc");
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "192.0.2.1, 10.1.2.3");
-        assert_eq!(h.get("x-forwarded-host").unwrap(), "hello.localhost:8080");
-        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
-        assert_eq!(h.get("x-request-id").unwrap(), "abc");
+    let fresh_read = conn.reused;
+    if sending.is_done() {
+        return relay_response(
+            &mut conn.stream,
+            &mut conn.buf,
+            &mut c.stream,
+            &mut c.resp_out,
+            &mut c.resp_head,
+            info,
+            &c.request_id,
+            fresh_read,
+            deadline,
+        )
+        .await;
     }
+    // The rest of the body streams while the response is awaited: an instance may
+    // answer (or start answering) before it has read the whole body.
+    let (mut client_rx, mut client_tx) = c.stream.split();
+    let (mut up_rx, mut up_tx) = conn.stream.split();
+    let send = send_body(
+        &mut client_rx,
+        &mut c.buf,
+        &mut c.start,
+        &mut up_tx,
+        sending,
+    );
+    let relay = relay_response(
+        &mut up_rx,
+        &mut conn.buf,
+        &mut client_tx,
+        &mut c.resp_out,
+        &mut c.resp_head,
+        info,
+        &c.request_id,
+        false,
+        deadline,
+    );
+    tokio::pin!(send, relay);
+    let mut sent = None;
+    let relay = loop {
+        tokio::select! {
+            biased;
+            result = &mut send, if sent.is_none() => match result {
+                Ok(()) => sent = Some(true),
+                Err(SendError::Upstream) => sent = Some(false),
+                Err(SendError::Client) => return Relay::Broken,
+            },
+            relay = &mut relay => break relay,
+        }
+    };
+    match relay {
+        // A response that ended before its request did: neither connection knows where
+        // the next message would start.
+        Relay::Done { .. } if sent != Some(true) => Relay::Done {
+            reusable: false,
+            keep_client: false,
+        },
+        Relay::Stale => Relay::Failed("the instance closed the connection".into()),
+        relay => relay,
+    }
+}
+
+/// Copies the rest of a request body from the client to the instance.
+async fn send_body<R, W>(
+    client: &mut R,
+    buf: &mut Vec<u8>,
+    start: &mut usize,
+    upstream: &mut W,
+    sending: &mut BodyTracker,
+) -> Result<(), SendError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    while !sending.is_done() {
+        buf.clear();
+        *start = 0;
+        buf.reserve(READ_CHUNK);
+        match client.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(SendError::Client),
+            Ok(_) => {}
+        }
+        let used = sending
+            .take(buf, |_| {})
+            .map_err(|_: ChunkError| SendError::Client)?;
+        upstream
+            .write_all(&buf[..used])
+            .await
+            .map_err(|_| SendError::Upstream)?;
+        *start = used;
+    }
+    Ok(())
+}
+
+/// Reads the response head (until the deadline), writes the client's version of it with
+/// the body bytes already read, then streams the rest of the body.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response<R, W>(
+    upstream: &mut R,
+    ubuf: &mut Vec<u8>,
+    client: &mut W,
+    out: &mut Vec<u8>,
+    head: &mut Head,
+    info: RequestInfo,
+    request_id: &[u8],
+    stale_possible: bool,
+    mut deadline: Pin<&mut Sleep>,
+) -> Relay
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    ubuf.clear();
+    let mut got_any = false;
+    loop {
+        if !ubuf.is_empty() {
+            match head.parse_response(ubuf) {
+                Ok(true) if head.status >= 200 || head.status == 101 => break,
+                // Informational answers (100 Continue, 103) are not passed on.
+                Ok(true) => {
+                    let informational = head.len;
+                    ubuf.drain(..informational);
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => return Relay::Failed(format!("invalid answer: {e}")),
+            }
+        }
+        ubuf.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            biased;
+            read = upstream.read_buf(ubuf) => read,
+            () = deadline.as_mut() => return Relay::TimedOut,
+        };
+        let stale = stale_possible && !got_any;
+        match read {
+            Ok(0) if stale => return Relay::Stale,
+            Err(e) if stale && is_reset(&e) => return Relay::Stale,
+            Ok(0) => return Relay::Failed("the instance closed the connection mid-answer".into()),
+            Err(e) => return Relay::Failed(format!("reading the answer: {e}")),
+            Ok(_) => got_any = true,
+        }
+    }
+    if head.status == 101 {
+        if !info.upgrade {
+            return Relay::Failed("the instance switched protocols unasked".into());
+        }
+        out.clear();
+        let resp = ResponseOut {
+            request_id,
+            body: BodyLen::Empty,
+            keep_alive: false,
+            http10_client: info.http10,
+        };
+        h1::write_response_head(out, ubuf, head, &resp);
+        out.extend_from_slice(&ubuf[head.len..]);
+        return match client.write_all(out).await {
+            Ok(()) => Relay::Upgraded,
+            Err(_) => Relay::Broken,
+        };
+    }
+    let framing = match head.response_body(info.is_head) {
+        Ok(framing) => framing,
+        Err(e) => return Relay::Failed(format!("invalid answer: {e}")),
+    };
+    // An HTTP/1.0 client cannot read chunks: it gets the data, delimited by the close.
+    let dechunk = info.http10 && framing == BodyLen::Chunked;
+    let client_framing = if dechunk {
+        BodyLen::UntilClose
+    } else {
+        framing
+    };
+    let keep_client = info.keep_alive && client_framing != BodyLen::UntilClose;
+    let mut reusable = head.keeps_alive() && framing != BodyLen::UntilClose;
+    out.clear();
+    let resp = ResponseOut {
+        request_id,
+        body: client_framing,
+        keep_alive: keep_client,
+        http10_client: info.http10,
+    };
+    h1::write_response_head(out, ubuf, head, &resp);
+    let mut receiving = BodyTracker::new(framing);
+    let mut pending = head.len..ubuf.len();
+    loop {
+        let input = &ubuf[pending.clone()];
+        let used = if dechunk {
+            let mut data = std::mem::take(out);
+            let used = receiving.take(input, |r| data.extend_from_slice(&input[r]));
+            *out = data;
+            used
+        } else {
+            receiving.take(input, |_| {}).inspect(|&n| {
+                out.extend_from_slice(&input[..n]);
+            })
+        };
+        let Ok(used) = used else {
+            return Relay::Broken;
+        };
+        if used < input.len() {
+            // Bytes past the end of the answer: the instance is out of step.
+            reusable = false;
+        }
+        if !out.is_empty() && client.write_all(out).await.is_err() {
+            return Relay::Broken;
+        }
+        out.clear();
+        if receiving.is_done() {
+            return Relay::Done {
+                reusable,
+                keep_client,
+            };
+        }
+        ubuf.clear();
+        ubuf.reserve(READ_CHUNK);
+        match upstream.read_buf(ubuf).await {
+            Ok(0) if receiving.end_of_stream() => {
+                return Relay::Done {
+                    reusable: false,
+                    keep_client,
+                }
+            }
+            Ok(0) | Err(_) => return Relay::Broken,
+            Ok(n) => pending = 0..n,
+        }
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// After a 101: bytes either side had already sent go across, then both directions are
+/// copied until either side closes.
+async fn tunnel(c: &mut ClientConn, mut conn: Connection) {
+    let early = &c.buf[c.start..];
+    if !early.is_empty() && conn.stream.write_all(early).await.is_err() {
+        return;
+    }
+    c.buf.clear();
+    c.start = 0;
+    let _ = tokio::io::copy_bidirectional(&mut c.stream, &mut conn.stream).await;
+}
+
+async fn bad_gateway(c: &mut ClientConn, upstream: &Upstream, why: &str, keep: bool) -> bool {
+    let text = format!("skiff: instance {} failed the request: {why}", upstream.id);
+    c.respond_local(502, &text, None, keep).await
+}
+
+async fn timed_out(c: &mut ClientConn, pool: &RevisionPool, keep: bool) -> bool {
+    let config = pool.config();
+    let text = format!(
+        "skiff: revision {} did not answer within {:?}",
+        config.revision, config.timeout
+    );
+    c.respond_local(504, &text, None, keep).await
 }

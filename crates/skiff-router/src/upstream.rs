@@ -2,112 +2,49 @@
 //! on its loopback, by creating the socket inside the instance's network namespace. The
 //! latter needs no veth, no address and no firewall rule: the instance has no network at
 //! all, yet the router can talk to it. Each instance keeps its idle HTTP/1.1 connections
-//! for reuse (keep-alive to instances).
+//! for reuse (keep-alive to instances), per router thread, so that a connection stays
+//! with the event loop it is registered with.
 //!
 //! This module connects; it must not decide which instance serves a request.
 
 #![allow(unsafe_code)]
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use crate::h1::Head;
 use rustix::fd::{AsFd, OwnedFd};
-use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// The connection's I/O future (hyper's upgradeable client connection, whose type is
-/// not nameable).
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-
-/// One open HTTP/1.1 connection to an instance: the request sender and the connection's
-/// I/O driver. The driver is polled by whichever task is using the connection (the one
-/// proxying a request, then its response body), not by a task of its own, so a proxied
-/// request crosses no task boundary and wakes no other thread.
+/// One open HTTP/1.1 connection to an instance, with its read buffer (kept with the
+/// connection, so a reused one allocates nothing).
 pub struct Connection {
-    sender: SendRequest<Incoming>,
-    driver: Option<Driver>,
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read from the instance and not yet relayed.
+    pub buf: Vec<u8>,
+    /// Whether it served a request before (so the instance may have closed it since).
+    pub reused: bool,
 }
 
 impl Connection {
-    fn new(sender: SendRequest<Incoming>, driver: Driver) -> Connection {
+    fn new(stream: TcpStream) -> Connection {
         Connection {
-            sender,
-            driver: Some(driver),
+            stream,
+            buf: Vec::new(),
+            reused: false,
         }
     }
 
-    /// Drives the connection's I/O; false once it has closed.
-    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(driver) = self.driver.as_mut() else {
-            return false;
-        };
-        if driver.as_mut().poll(cx).is_ready() {
-            self.driver = None;
-            return false;
-        }
-        true
-    }
-
-    /// Whether the connection is known to be closed.
-    pub fn is_closed(&self) -> bool {
-        self.driver.is_none() || self.sender.is_closed()
-    }
-
-    /// Waits until the connection can take a request (an error if it closed).
-    pub async fn ready(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| {
-            let open = self.poll_io(cx);
-            match self.sender.poll_ready(cx) {
-                Poll::Ready(r) => Poll::Ready(r.map_err(io::Error::other)),
-                Poll::Pending if !open => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
-    }
-
-    /// Sends a request and waits for the response head, driving the connection meanwhile.
-    /// When the request could not be sent at all, the error gives it back.
-    pub async fn send(
-        &mut self,
-        req: hyper::Request<Incoming>,
-    ) -> Result<
-        hyper::Response<Incoming>,
-        hyper::client::conn::TrySendError<hyper::Request<Incoming>>,
-    > {
-        let mut response = std::pin::pin!(self.sender.try_send_request(req));
-        let driver = &mut self.driver;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = response.as_mut().poll(cx) {
-                return Poll::Ready(r);
-            }
-            if let Some(d) = driver.as_mut() {
-                if d.as_mut().poll(cx).is_ready() {
-                    *driver = None;
-                    // The dispatcher is gone: the response future fails on its next poll.
-                    cx.waker().wake_by_ref();
-                }
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Hands the I/O driver to a task of its own (an upgraded connection is about to
-    /// leave HTTP, and the upgrade completes only while the driver runs).
-    pub fn detach(mut self) {
-        if let Some(driver) = self.driver.take() {
-            tokio::spawn(async move {
-                let _ = driver.await;
-            });
-        }
+    /// Whether an idle connection can take a request: the instance has neither closed
+    /// it nor sent anything unasked. Asks the event loop's readiness, not the socket, so
+    /// it costs no system call.
+    fn is_usable(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(self.stream.poll_read_ready(&mut cx), Poll::Pending)
     }
 }
 
@@ -152,8 +89,11 @@ pub struct Upstream {
     pub id: String,
     /// Where it listens.
     pub target: Target,
-    /// Idle connections per router thread; the last slot holds those opened elsewhere.
+    /// Idle connections per router thread; the last slot serves any other thread.
     idle: Vec<Mutex<Vec<Connection>>>,
+    /// Connections opened off the router (by the readiness check) and not yet registered
+    /// with any event loop: the first router thread that needs one takes it.
+    fresh: Mutex<Vec<std::net::TcpStream>>,
 }
 
 impl Upstream {
@@ -165,53 +105,55 @@ impl Upstream {
             idle: (0..=ROUTER_THREADS_MAX)
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            fresh: Mutex::new(Vec::new()),
         }
     }
 
-    fn pop_idle(&self, shard: usize) -> Option<Connection> {
-        self.idle[shard]
+    fn pop_idle(&self) -> Option<Connection> {
+        self.idle[shard()]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
     }
 
-    /// An idle connection that is still open (this thread's own first), or a new one.
+    /// An idle connection that is still usable (this thread's own), or a new one.
     pub async fn connection(&self) -> io::Result<Connection> {
-        let own = shard();
-        for shard in [own, ROUTER_THREADS_MAX] {
-            while let Some(mut conn) = self.pop_idle(shard) {
-                if !conn.is_closed() && conn.ready().await.is_ok() {
-                    return Ok(conn);
-                }
+        while let Some(conn) = self.pop_idle() {
+            if conn.is_usable() {
+                return Ok(conn);
             }
+        }
+        let fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(stream) = fresh {
+            stream.set_nonblocking(true)?;
+            return Ok(Connection::new(TcpStream::from_std(stream)?));
         }
         open(&self.target).await
     }
 
-    /// Keeps a connection for the next request on this thread.
-    pub fn put_idle(&self, conn: Connection) {
-        if conn.is_closed() {
-            return;
-        }
+    /// Keeps a connection that finished an exchange cleanly, for this thread's next one.
+    pub fn put_idle(&self, mut conn: Connection) {
+        conn.reused = true;
+        conn.buf.clear();
         let mut idle = self.idle[shard()].lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
     }
+
+    /// Keeps a connection made off the router (by the readiness check) for the first
+    /// request.
+    pub fn put_fresh(&self, stream: std::net::TcpStream) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        if fresh.len() < MAX_IDLE {
+            fresh.push(stream);
+        }
+    }
 }
 
-/// Opens an HTTP/1.1 connection (upgrades allowed) to `target`.
+/// Opens a connection to `target`.
 pub async fn open(target: &Target) -> io::Result<Connection> {
-    let stream = connect(target).await?;
-    handshake_tokio(stream).await
-}
-
-async fn handshake_tokio(stream: TcpStream) -> io::Result<Connection> {
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(io::Error::other)?;
-    Ok(Connection::new(sender, Box::pin(conn.with_upgrades())))
+    Ok(Connection::new(connect(target).await?))
 }
 
 /// A TCP connection to `target`.
@@ -260,33 +202,46 @@ fn wait_connected(stream: &std::net::TcpStream) -> io::Result<()> {
     }
 }
 
-/// Wraps a connected stream from [`connect_blocking`] as an HTTP/1.1 connection.
-pub async fn handshake(stream: std::net::TcpStream) -> io::Result<Connection> {
-    stream.set_nonblocking(true)?;
-    handshake_tokio(TcpStream::from_std(stream)?).await
-}
+/// How long a startup probe waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET path` on a fresh connection; returns the status code.
 pub async fn http_probe(target: &Target, path: &str) -> io::Result<u16> {
-    let stream = connect(target).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
-    let driver = tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, "localhost")
-        .header("user-agent", "skiff-probe")
-        .body(Empty::new())
-        .map_err(io::Error::other)?;
-    let status = sender
-        .send_request(req)
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("probe path {path:?} is not an absolute path of visible ASCII"),
+        ));
+    }
+    let mut stream = connect(target).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nuser-agent: skiff-probe\r\nconnection: close\r\n\r\n"
+    );
+    let exchange = async {
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut head = Head::default();
+        loop {
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the app closed the connection before answering",
+                ));
+            }
+            match head.parse_response(&buf) {
+                Ok(true) if head.status >= 200 => return Ok(head.status),
+                Ok(true) => {
+                    let informational = head.len;
+                    buf.drain(..informational);
+                }
+                Ok(false) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, exchange)
         .await
-        .map_err(io::Error::other)?
-        .status()
-        .as_u16();
-    driver.abort();
-    Ok(status)
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 5s"))?
 }
 
 /// This process's own network namespace, to return to after making a socket elsewhere.

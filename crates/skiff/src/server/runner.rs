@@ -503,9 +503,7 @@ impl RevisionRunner {
                 .await?;
         }
         let upstream = Upstream::new(instance.id(), target);
-        if let Ok(conn) = upstream::handshake(stream).await {
-            upstream.put_idle(conn);
-        }
+        upstream.put_fresh(stream);
         Ok(upstream)
     }
 

@@ -1,0 +1,248 @@
+//! One client connection: reads request heads (keep-alive, pipelined requests in order),
+//! routes each by Host, answers what the router answers itself (404, 400, 431), and hands
+//! the rest to [`crate::proxy`]. Buffers are per connection and reused for every request.
+//!
+//! This module must not talk to instances; that is the proxy's job.
+
+use crate::h1::{self, BodyLen, Head, HeadError};
+use crate::pool::RevisionPool;
+use crate::proxy;
+use crate::Router;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+/// Longest a client may take to send a request head, idle keep-alive time included.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Free space ensured in a read buffer before each read.
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
+
+/// A client connection and its buffers.
+pub(crate) struct ClientConn {
+    pub stream: TcpStream,
+    pub client_ip: String,
+    /// Bytes received; those before `start` are consumed.
+    pub buf: Vec<u8>,
+    pub start: usize,
+    /// The head of the request being handled (spans into `buf[start..]`).
+    pub head: Head,
+    /// The head of the response being relayed.
+    pub resp_head: Head,
+    pub req_out: Vec<u8>,
+    pub resp_out: Vec<u8>,
+    pub request_id: Vec<u8>,
+}
+
+/// Facts about the request being handled that outlive its head in the buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestInfo {
+    pub head_len: usize,
+    pub is_head: bool,
+    pub keep_alive: bool,
+    pub http10: bool,
+    pub upgrade: bool,
+    pub expect_continue: bool,
+}
+
+enum HeadRead {
+    Ready,
+    Closed,
+    Refused(u16, String),
+}
+
+/// The last route a connection used, valid while the routing table is unchanged.
+#[derive(Default)]
+struct RouteCache {
+    service: String,
+    generation: u64,
+    pool: Option<Arc<RevisionPool>>,
+}
+
+impl ClientConn {
+    fn new(stream: TcpStream, remote: SocketAddr) -> ClientConn {
+        ClientConn {
+            stream,
+            client_ip: remote.ip().to_string(),
+            buf: Vec::new(),
+            start: 0,
+            head: Head::default(),
+            resp_head: Head::default(),
+            req_out: Vec::new(),
+            resp_out: Vec::new(),
+            request_id: Vec::new(),
+        }
+    }
+
+    /// Drops consumed bytes, keeping any that follow (a pipelined request).
+    pub fn compact(&mut self) {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+        } else if self.start > 0 {
+            self.buf.drain(..self.start);
+        }
+        self.start = 0;
+    }
+
+    async fn read_head(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+        mut deadline: Pin<&mut Sleep>,
+    ) -> HeadRead {
+        loop {
+            if self.start < self.buf.len() {
+                match self.head.parse_request(&self.buf[self.start..]) {
+                    Ok(true) => return HeadRead::Ready,
+                    Ok(false) => {}
+                    Err(e @ HeadError::TooLarge) => return HeadRead::Refused(431, e.to_string()),
+                    Err(e) => return HeadRead::Refused(400, e.to_string()),
+                }
+            }
+            self.compact();
+            self.buf.reserve(READ_CHUNK);
+            let idle = self.buf.is_empty();
+            tokio::select! {
+                biased;
+                read = self.stream.read_buf(&mut self.buf) => match read {
+                    Ok(0) | Err(_) => return HeadRead::Closed,
+                    Ok(_) => {}
+                },
+                () = deadline.as_mut() => {
+                    return if idle {
+                        HeadRead::Closed
+                    } else {
+                        HeadRead::Refused(408, "the request head took too long".into())
+                    };
+                }
+                _ = stop.wait_for(|s| *s), if idle => return HeadRead::Closed,
+            }
+        }
+    }
+
+    /// Writes a response of the router's own; false when the client is gone.
+    pub async fn respond_local(
+        &mut self,
+        status: u16,
+        text: &str,
+        retry_after_secs: Option<u64>,
+        keep_alive: bool,
+    ) -> bool {
+        self.resp_out.clear();
+        h1::write_local_response(
+            &mut self.resp_out,
+            status,
+            text,
+            &self.request_id,
+            retry_after_secs,
+            keep_alive,
+        );
+        self.stream.write_all(&self.resp_out).await.is_ok() && keep_alive
+    }
+}
+
+/// Serves one client connection until it closes, fails, or `stop` turns true while it is
+/// idle (a request in flight is finished first).
+pub(crate) async fn serve_connection(
+    router: Router,
+    stream: TcpStream,
+    remote: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut c = ClientConn::new(stream, remote);
+    let mut header_deadline = Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT));
+    let mut request_deadline = Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT));
+    let mut cache = RouteCache::default();
+    loop {
+        let now = Instant::now();
+        header_deadline.as_mut().reset(now + HEADER_READ_TIMEOUT);
+        match c.read_head(&mut stop, header_deadline.as_mut()).await {
+            HeadRead::Ready => {}
+            HeadRead::Closed => return,
+            HeadRead::Refused(status, why) => {
+                c.respond_local(status, &format!("skiff: {why}"), None, false)
+                    .await;
+                return;
+            }
+        }
+        let keep = handle(&router, &mut c, &mut cache, request_deadline.as_mut()).await;
+        if !keep || *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// Handles the request whose head is parsed; returns whether the connection goes on.
+async fn handle(
+    router: &Router,
+    c: &mut ClientConn,
+    cache: &mut RouteCache,
+    deadline: Pin<&mut Sleep>,
+) -> bool {
+    let req = &c.buf[c.start..];
+    let head = &c.head;
+    let info = RequestInfo {
+        head_len: head.len,
+        is_head: head.is_head(req),
+        keep_alive: head.keeps_alive(),
+        http10: head.minor_version == 0,
+        upgrade: head.is_upgrade(),
+        expect_continue: head.expects_continue(),
+    };
+    c.request_id.clear();
+    match head.request_id(req) {
+        Some(given) => c.request_id.extend_from_slice(given),
+        None => router.new_request_id(&mut c.request_id),
+    }
+    let body = match head.request_body(req) {
+        Ok(body) => body,
+        Err(e) => {
+            let status = if e == HeadError::UnsupportedCoding {
+                501
+            } else {
+                400
+            };
+            c.respond_local(status, &format!("skiff: {e}"), None, false)
+                .await;
+            return false;
+        }
+    };
+    let host = head.host(req).unwrap_or_default();
+    let pool = std::str::from_utf8(host)
+        .ok()
+        .and_then(|h| lookup(router, cache, h));
+    let Some(pool) = pool else {
+        let text = format!(
+            "skiff: no service serves host {:?}",
+            String::from_utf8_lossy(host)
+        );
+        c.start += info.head_len;
+        // Past a body it did not read, the connection cannot go on.
+        let keep = info.keep_alive && body == BodyLen::Empty;
+        return c.respond_local(404, &text, None, keep).await;
+    };
+    proxy::forward(c, pool, info, body, deadline).await
+}
+
+/// The pool serving `host`, from the connection's cache while the table is unchanged.
+fn lookup<'c>(
+    router: &Router,
+    cache: &'c mut RouteCache,
+    host: &str,
+) -> Option<&'c Arc<RevisionPool>> {
+    let service = router.service_of(host)?;
+    let generation = router.generation();
+    if generation != cache.generation || !cache.service.eq_ignore_ascii_case(service) {
+        cache.service.clear();
+        cache.service.push_str(service);
+        cache.service.make_ascii_lowercase();
+        cache.pool = router.route(&cache.service);
+        cache.generation = generation;
+    }
+    cache.pool.as_ref()
+}

@@ -1,0 +1,781 @@
+//! HTTP/1.1 message heads as the proxy needs them: parsed in place (httparse) into spans
+//! of the read buffer, classified once (framing, connection options, proxy headers), and
+//! written back out for the next hop without the hop-by-hop fields.
+//!
+//! Framing follows RFC 9112 §6 strictly, because a proxy that frames a message differently
+//! from the server behind it lets one request hide inside another (request smuggling): a
+//! request with both Content-Length and Transfer-Encoding, conflicting lengths, or a
+//! transfer coding other than a final `chunked` is refused.
+//!
+//! This module does no I/O and keeps no state between messages beyond reused capacity.
+
+use std::fmt::Write as _;
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+/// Most header fields a message may have.
+pub const MAX_HEADERS: usize = 128;
+/// Largest message head (request line or status line plus fields).
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Where a message's body ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLen {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the sender closes (responses only).
+    UntilClose,
+}
+
+/// Why a head could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Not HTTP/1.x syntax.
+    #[error("malformed message head: {0}")]
+    Syntax(&'static str),
+    /// Past [`MAX_HEAD`] bytes or [`MAX_HEADERS`] fields.
+    #[error("message head too large")]
+    TooLarge,
+    /// Framing that cannot be trusted.
+    #[error("{0}")]
+    Framing(&'static str),
+    /// A transfer coding the proxy does not forward.
+    #[error("unsupported transfer coding")]
+    UnsupportedCoding,
+}
+
+/// The fields the proxy acts on; everything else is [`Field::Other`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Hop-by-hop fields always dropped: Keep-Alive, Proxy-Connection, TE.
+    HopByHop,
+    Upgrade,
+    Expect,
+    XForwardedFor,
+    /// X-Forwarded-Proto and X-Forwarded-Host, which the proxy sets itself.
+    XForwardedSet,
+    XRequestId,
+    Other,
+}
+
+fn classify(name: &[u8]) -> Field {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        4 if is("host") => Field::Host,
+        2 if is("te") => Field::HopByHop,
+        6 if is("expect") => Field::Expect,
+        7 if is("upgrade") => Field::Upgrade,
+        10 if is("connection") => Field::Connection,
+        10 if is("keep-alive") => Field::HopByHop,
+        12 if is("x-request-id") => Field::XRequestId,
+        14 if is("content-length") => Field::ContentLength,
+        15 if is("x-forwarded-for") => Field::XForwardedFor,
+        16 if is("proxy-connection") => Field::HopByHop,
+        16 if is("x-forwarded-host") => Field::XForwardedSet,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        17 if is("x-forwarded-proto") => Field::XForwardedSet,
+        _ => Field::Other,
+    }
+}
+
+#[derive(Clone, Debug)]
+struct HeaderSpan {
+    field: Field,
+    name: Range<usize>,
+    value: Range<usize>,
+}
+
+/// A parsed head: spans into the buffer it was parsed from, which must stay unchanged
+/// while the head is used.
+#[derive(Debug, Default)]
+pub struct Head {
+    headers: Vec<HeaderSpan>,
+    /// Field names the Connection header lists (other than close/keep-alive/upgrade).
+    connection_named: Vec<Range<usize>>,
+    /// Bytes of the head, including the empty line.
+    pub len: usize,
+    /// `1` for HTTP/1.1, `0` for HTTP/1.0.
+    pub minor_version: u8,
+    method: Range<usize>,
+    target: Range<usize>,
+    /// The response status.
+    pub status: u16,
+    reason: Range<usize>,
+    content_length: Option<u64>,
+    chunked: bool,
+    other_coding: bool,
+    conflicting_length: bool,
+    host: Option<Range<usize>>,
+    hosts: u8,
+    close: bool,
+    keep_alive: bool,
+    upgrade_token: bool,
+    has_upgrade: bool,
+    expect_continue: bool,
+    request_id: Option<Range<usize>>,
+}
+
+fn span(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+impl Head {
+    fn reset(&mut self) {
+        let mut headers = std::mem::take(&mut self.headers);
+        let mut named = std::mem::take(&mut self.connection_named);
+        headers.clear();
+        named.clear();
+        *self = Head {
+            headers,
+            connection_named: named,
+            ..Head::default()
+        };
+    }
+
+    /// Parses a request head at the start of `buf`: `Ok(false)` when more bytes are needed.
+    pub fn parse_request(&mut self, buf: &[u8]) -> Result<bool, HeadError> {
+        self.reset();
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut fields) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return Err(HeadError::TooLarge)
+            }
+            Ok(httparse::Status::Partial) => return Ok(false),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Syntax(syntax_reason(e))),
+        };
+        if len > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        self.len = len;
+        self.minor_version = req.version.unwrap_or(1);
+        self.method = span(buf, req.method.unwrap_or("").as_bytes());
+        self.target = span(buf, req.path.unwrap_or("").as_bytes());
+        for h in req.headers.iter() {
+            self.add_field(buf, h);
+        }
+        Ok(true)
+    }
+
+    /// Parses a response head at the start of `buf`: `Ok(false)` when more bytes are needed.
+    pub fn parse_response(&mut self, buf: &[u8]) -> Result<bool, HeadError> {
+        self.reset();
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return Err(HeadError::TooLarge)
+            }
+            Ok(httparse::Status::Partial) => return Ok(false),
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Syntax(syntax_reason(e))),
+        };
+        if len > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        self.len = len;
+        self.minor_version = resp.version.unwrap_or(1);
+        self.status = resp.code.unwrap_or(0);
+        self.reason = span(buf, resp.reason.unwrap_or("").as_bytes());
+        if resp.reason.is_none_or(str::is_empty) {
+            self.reason = 0..0;
+        }
+        for h in resp.headers.iter() {
+            self.add_field(buf, h);
+        }
+        Ok(true)
+    }
+
+    fn add_field(&mut self, buf: &[u8], h: &httparse::Header<'_>) {
+        let field = classify(h.name.as_bytes());
+        let value = trim(h.value);
+        match field {
+            Field::Host => {
+                self.hosts = self.hosts.saturating_add(1);
+                self.host = Some(span(buf, value));
+            }
+            Field::ContentLength => {
+                // A list ("5, 5") is allowed when every element agrees.
+                for v in value.split(|&b| b == b',').map(trim) {
+                    match (parse_length(v), self.content_length) {
+                        (None, _) => self.conflicting_length = true,
+                        (Some(n), Some(prior)) if n != prior => self.conflicting_length = true,
+                        (Some(n), _) => self.content_length = Some(n),
+                    }
+                }
+            }
+            Field::TransferEncoding => {
+                for coding in value.split(|&b| b == b',').map(trim) {
+                    if coding.is_empty() {
+                        continue;
+                    }
+                    // Chunked must be last, and only once.
+                    if self.chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                        self.other_coding = true;
+                    }
+                    self.chunked = coding.eq_ignore_ascii_case(b"chunked");
+                }
+            }
+            Field::Connection => {
+                for token in value.split(|&b| b == b',').map(trim) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        self.upgrade_token = true;
+                    } else if !token.is_empty() {
+                        self.connection_named.push(span(buf, token));
+                    }
+                }
+            }
+            Field::Upgrade => self.has_upgrade = true,
+            Field::Expect => {
+                self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
+            }
+            Field::XRequestId if !value.is_empty() && value.len() <= 128 => {
+                self.request_id = Some(span(buf, value));
+            }
+            _ => {}
+        }
+        self.headers.push(HeaderSpan {
+            field,
+            name: span(buf, h.name.as_bytes()),
+            value: span(buf, value),
+        });
+    }
+
+    /// The request method.
+    pub fn method<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        &buf[self.method.clone()]
+    }
+
+    /// Whether the request is HEAD (its response has no body).
+    pub fn is_head(&self, buf: &[u8]) -> bool {
+        self.method(buf) == b"HEAD"
+    }
+
+    /// The host the request is for: the absolute-form target's authority, else Host.
+    pub fn host<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        absolute_form(&buf[self.target.clone()])
+            .map(|(authority, _)| authority)
+            .or_else(|| self.host.clone().map(|r| &buf[r]))
+    }
+
+    /// The request id the client sent, if usable.
+    pub fn request_id<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        self.request_id.clone().map(|r| &buf[r])
+    }
+
+    /// Whether the client asks for a protocol upgrade (WebSocket).
+    pub fn is_upgrade(&self) -> bool {
+        self.has_upgrade && self.upgrade_token
+    }
+
+    /// Whether the client waits for `100 Continue` before sending its body.
+    pub fn expects_continue(&self) -> bool {
+        self.expect_continue
+    }
+
+    /// Whether the connection may carry another message after this one.
+    pub fn keeps_alive(&self) -> bool {
+        !self.close && (self.minor_version >= 1 || self.keep_alive)
+    }
+
+    /// The request's body framing, or why it cannot be trusted.
+    pub fn request_body(&self, buf: &[u8]) -> Result<BodyLen, HeadError> {
+        if self.hosts > 1 {
+            return Err(HeadError::Framing("more than one Host header"));
+        }
+        if self.minor_version == 1
+            && self.hosts == 0
+            && absolute_form(&buf[self.target.clone()]).is_none()
+        {
+            return Err(HeadError::Framing("HTTP/1.1 request without a Host header"));
+        }
+        if self.method(buf) == b"CONNECT" {
+            return Err(HeadError::Framing("CONNECT is not supported"));
+        }
+        if self.conflicting_length {
+            return Err(HeadError::Framing("invalid or conflicting Content-Length"));
+        }
+        if self.chunked || self.other_coding {
+            if self.content_length.is_some() {
+                return Err(HeadError::Framing(
+                    "both Content-Length and Transfer-Encoding",
+                ));
+            }
+            if self.minor_version == 0 {
+                return Err(HeadError::Framing(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
+            }
+            if self.other_coding {
+                return Err(HeadError::UnsupportedCoding);
+            }
+            return Ok(BodyLen::Chunked);
+        }
+        Ok(self.content_length.map_or(BodyLen::Empty, BodyLen::Length))
+    }
+
+    /// The response's body framing (RFC 9112 §6.3), given whether the request was HEAD.
+    pub fn response_body(&self, head_request: bool) -> Result<BodyLen, HeadError> {
+        if head_request || self.status < 200 || self.status == 204 || self.status == 304 {
+            return Ok(BodyLen::Empty);
+        }
+        if self.chunked && !self.other_coding {
+            return Ok(BodyLen::Chunked);
+        }
+        if self.chunked || self.other_coding {
+            return Ok(BodyLen::UntilClose);
+        }
+        if self.conflicting_length {
+            return Err(HeadError::Framing("invalid or conflicting Content-Length"));
+        }
+        Ok(self
+            .content_length
+            .map_or(BodyLen::UntilClose, BodyLen::Length))
+    }
+
+    fn named_by_connection(&self, buf: &[u8], name: &[u8]) -> bool {
+        self.connection_named
+            .iter()
+            .any(|r| buf[r.clone()].eq_ignore_ascii_case(name))
+    }
+
+    /// The end-to-end fields, in order, as `name: value` pairs. Content-Length is kept
+    /// only when `keep_length` (a response not re-framed; requests get theirs rewritten).
+    fn end_to_end<'a, 'b: 'a>(
+        &'a self,
+        buf: &'b [u8],
+        keep_length: bool,
+    ) -> impl Iterator<Item = (Field, &'b [u8], &'b [u8])> + 'a {
+        self.headers.iter().filter_map(move |h| {
+            let name = &buf[h.name.clone()];
+            let hop = match h.field {
+                Field::Connection | Field::HopByHop | Field::TransferEncoding | Field::Upgrade => {
+                    true
+                }
+                Field::ContentLength => !keep_length,
+                _ => false,
+            };
+            let named = h.field == Field::Other
+                && !self.connection_named.is_empty()
+                && self.named_by_connection(buf, name);
+            (!hop && !named).then(|| (h.field, name, &buf[h.value.clone()]))
+        })
+    }
+}
+
+/// For an absolute-form target (`http://host/path`): the authority and the origin-form path.
+fn absolute_form(target: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
+        &target[7..]
+    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case(b"https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    Some((authority, if path.is_empty() { b"/" } else { path }))
+}
+
+fn syntax_reason(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid method or token",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+/// What the proxy adds to a request it forwards.
+pub struct Forwarding<'a> {
+    /// The client's address, as text.
+    pub client_ip: &'a str,
+    /// The request id (the client's or a new one).
+    pub request_id: &'a [u8],
+    /// How the forwarded body is framed.
+    pub body: BodyLen,
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the head of the request to send to the instance: origin-form target, HTTP/1.1,
+/// end-to-end fields only, the X-Forwarded-* fields and the request id, and the framing.
+pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forwarding<'_>) {
+    let target = &buf[head.target.clone()];
+    let path = absolute_form(target).map_or(target, |(_, path)| path);
+    out.extend_from_slice(head.method(buf));
+    out.push(b' ');
+    out.extend_from_slice(path);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for: Option<&[u8]> = None;
+    let mut prior_for = Vec::new();
+    for (kind, name, value) in head.end_to_end(buf, false) {
+        match kind {
+            Field::XForwardedFor => {
+                if forwarded_for.is_some() {
+                    prior_for.extend_from_slice(b", ");
+                    prior_for.extend_from_slice(value);
+                } else {
+                    forwarded_for = Some(value);
+                }
+            }
+            Field::XForwardedSet | Field::XRequestId => {}
+            Field::Expect if head.expect_continue => {}
+            _ => field(out, name, value),
+        }
+    }
+    if head.hosts == 0 {
+        if let Some(host) = head.host(buf) {
+            field(out, b"host", host);
+        }
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(first) = forwarded_for.filter(|v| !v.is_empty()) {
+        out.extend_from_slice(first);
+        out.extend_from_slice(&prior_for);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(fwd.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    if let Some(host) = head.host(buf) {
+        field(out, b"x-forwarded-host", host);
+    }
+    field(out, b"x-request-id", fwd.request_id);
+    write_request_framing(out, fwd.body);
+    if head.is_upgrade() {
+        if let Some(h) = head.headers.iter().find(|h| h.field == Field::Upgrade) {
+            field(out, b"upgrade", &buf[h.value.clone()]);
+        }
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_request_framing(out: &mut Vec<u8>, body: BodyLen) {
+    match body {
+        BodyLen::Length(n) => {
+            let _ = write!(Vec8(out), "content-length: {n}\r\n");
+        }
+        BodyLen::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        BodyLen::Empty | BodyLen::UntilClose => {}
+    }
+}
+
+/// How the proxy sends a response on to the client.
+pub struct ResponseOut<'a> {
+    /// The request id.
+    pub request_id: &'a [u8],
+    /// The framing the client gets.
+    pub body: BodyLen,
+    /// Whether the client connection stays open after this response.
+    pub keep_alive: bool,
+    /// Whether the client speaks HTTP/1.0.
+    pub http10_client: bool,
+}
+
+/// Writes the head of the response to send to the client.
+pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, resp: &ResponseOut<'_>) {
+    let _ = write!(Vec8(out), "HTTP/1.1 {} ", head.status);
+    out.extend_from_slice(&buf[head.reason.clone()]);
+    out.extend_from_slice(b"\r\n");
+    let keep_length = !head.chunked && !head.other_coding;
+    for (kind, name, value) in head.end_to_end(buf, keep_length) {
+        if kind != Field::XRequestId {
+            field(out, name, value);
+        }
+    }
+    field(out, b"x-request-id", resp.request_id);
+    if resp.body == BodyLen::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if head.status == 101 {
+        if let Some(h) = head.headers.iter().find(|h| h.field == Field::Upgrade) {
+            field(out, b"upgrade", &buf[h.value.clone()]);
+        }
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if !resp.keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if resp.http10_client {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response the proxy writes itself (errors): text body, Content-Length framing.
+pub fn write_local_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    body: &str,
+    request_id: &[u8],
+    retry_after_secs: Option<u64>,
+    keep_alive: bool,
+) {
+    let _ = write!(
+        Vec8(out),
+        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+        reason_phrase(status),
+        body.len() + 1
+    );
+    if !request_id.is_empty() {
+        field(out, b"x-request-id", request_id);
+    }
+    if let Some(secs) = retry_after_secs {
+        let _ = write!(Vec8(out), "retry-after: {secs}\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out.push(b'\n');
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+/// `fmt::Write` into a byte vector (numbers into heads without a String in between).
+struct Vec8<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Vec8<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &str) -> (Vec<u8>, Head) {
+        let buf = raw.as_bytes().to_vec();
+        let mut head = Head::default();
+        assert!(head.parse_request(&buf).unwrap(), "complete: {raw:?}");
+        (buf, head)
+    }
+
+    fn forwarded(raw: &str) -> String {
+        let (buf, head) = request(raw);
+        let body = head.request_body(&buf).unwrap();
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            client_ip: "10.1.2.3",
+            request_id: b"rid",
+            body,
+        };
+        write_request_head(&mut out, &buf, &head, &fwd);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn partial_heads_ask_for_more() {
+        let mut head = Head::default();
+        assert!(!head
+            .parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            .unwrap());
+        assert_eq!(
+            head.parse_request(&vec![b'a'; MAX_HEAD + 1]),
+            Err(HeadError::TooLarge)
+        );
+        assert!(matches!(
+            head.parse_request(b"GET / HTTP/1.1\r\nbad header\r\n\r\n"),
+            Err(HeadError::Syntax(_))
+        ));
+        let mut huge = b"GET / HTTP/1.1\r\nx: ".to_vec();
+        huge.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(head.parse_request(&huge), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn hop_by_hop_fields_go_and_proxy_fields_are_set() {
+        let out = forwarded(
+            "GET http://hello.localhost:8080/p?q=1 HTTP/1.1\r\nConnection: keep-alive, x-secret\r\n\
+             X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-App: kept\r\n\
+             X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Host: evil\r\nX-Request-Id: client\r\n\r\n",
+        );
+        assert_eq!(
+            out,
+            "GET /p?q=1 HTTP/1.1\r\nX-App: kept\r\nhost: hello.localhost:8080\r\n\
+             x-forwarded-for: 192.0.2.1, 10.1.2.3\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: hello.localhost:8080\r\nx-request-id: rid\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn repeated_forwarded_for_fields_are_joined() {
+        let out = forwarded(
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: a\r\nX-Forwarded-For: b\r\n\r\n",
+        );
+        assert!(out.contains("x-forwarded-for: a, b, 10.1.2.3\r\n"), "{out}");
+    }
+
+    #[test]
+    fn upgrades_keep_their_pair() {
+        let (buf, head) = request(
+            "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert!(head.is_upgrade());
+        let out = forwarded(std::str::from_utf8(&buf).unwrap());
+        assert!(
+            out.ends_with("upgrade: websocket\r\nconnection: upgrade\r\n\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn request_framing_is_strict() {
+        let framing = |raw: &str| {
+            let (buf, head) = request(raw);
+            head.request_body(&buf)
+        };
+        assert_eq!(
+            framing("GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Ok(BodyLen::Empty)
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n"),
+            Ok(BodyLen::Length(5))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\n"),
+            Ok(BodyLen::Length(5))
+        );
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(BodyLen::Chunked)
+        );
+        for bad in [
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            assert!(framing(bad).is_err(), "accepted {bad:?}");
+        }
+        assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Err(HeadError::UnsupportedCoding)
+        );
+    }
+
+    #[test]
+    fn response_framing_follows_the_status_and_method() {
+        let framing = |raw: &str, head_request: bool| {
+            let mut head = Head::default();
+            assert!(head.parse_response(raw.as_bytes()).unwrap());
+            head.response_body(head_request)
+        };
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(framing(ok, false), Ok(BodyLen::Length(3)));
+        assert_eq!(framing(ok, true), Ok(BodyLen::Empty));
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+            Ok(BodyLen::Length(0))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\n\r\n", false),
+            Ok(BodyLen::Empty)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\n\r\n", false),
+            Ok(BodyLen::UntilClose)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            Ok(BodyLen::Chunked)
+        );
+        assert!(framing("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn response_heads_lose_hop_by_hop_fields_and_get_the_request_id() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                    Transfer-Encoding: chunked\r\nX-Request-Id: app\r\nX-App: 1\r\n\r\n";
+        let mut head = Head::default();
+        assert!(head.parse_response(raw).unwrap());
+        let mut out = Vec::new();
+        let resp = ResponseOut {
+            request_id: b"rid",
+            body: BodyLen::Chunked,
+            keep_alive: false,
+            http10_client: false,
+        };
+        write_response_head(&mut out, raw, &head, &resp);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nX-App: 1\r\nx-request-id: rid\r\ntransfer-encoding: chunked\r\n\
+             connection: close\r\n\r\n"
+        );
+    }
+}
