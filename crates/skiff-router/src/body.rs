@@ -293,7 +293,10 @@ mod tests {
         assert_eq!(t.take(b"hel", |_| {}).unwrap(), 3);
         assert!(!t.is_done());
         let mut data = Vec::new();
-        assert_eq!(t.take(b"loGET", |r| data.push((r.start, r.end))).unwrap(), 2);
+        assert_eq!(
+            t.take(b"loGET", |r| data.push((r.start, r.end))).unwrap(),
+            2
+        );
         assert_eq!(data, vec![(0, 2)]);
         assert!(t.is_done());
         assert!(BodyTracker::new(BodyLen::Length(0)).is_done());

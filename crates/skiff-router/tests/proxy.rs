@@ -1,0 +1,410 @@
+//! The forwarding path over real sockets: a router on a loopback port in front of a
+//! scripted instance that reads raw requests and writes raw answers, so framing edge
+//! cases and hostile input can be exercised byte for byte.
+
+use skiff_router::h1::{BodyLen, Head};
+use skiff_router::{PoolConfig, RevisionPool, Router, Target, Upstream};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// What the scripted instance does with each request it reads.
+#[derive(Clone, Copy)]
+enum Script {
+    /// Answers `200` with the request's raw bytes as the body, keeps the connection.
+    Echo,
+    /// Answers with these raw bytes, keeps the connection.
+    Raw(&'static str),
+    /// Answers with these raw bytes, then closes.
+    RawThenClose(&'static str),
+}
+
+struct Instance {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+/// Reads one request: the head, then a Content-Length body, or a chunked one up to its
+/// final empty line. `None` at end of stream.
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let total = if head.contains("transfer-encoding: chunked") {
+                chunked_end(buf, end + 2)
+            } else {
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                (buf.len() >= end + 4 + len).then_some(end + 4 + len)
+            };
+            if let Some(total) = total {
+                return Some(buf.drain(..total).collect());
+            }
+        }
+        if s.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+/// Where a chunked body whose line before starts at `from` ends (trailers included).
+fn chunked_end(buf: &[u8], from: usize) -> Option<usize> {
+    let last = from + find(&buf[from..], b"\r\n0\r\n")? + 5;
+    if buf[last..].starts_with(b"\r\n") {
+        return Some(last + 2);
+    }
+    Some(last + find(&buf[last..], b"\r\n\r\n")? + 4)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn instance(script: Script) -> Instance {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (reqs, conns) = (Arc::clone(&requests), Arc::clone(&connections));
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            conns.fetch_add(1, Ordering::SeqCst);
+            let reqs = Arc::clone(&reqs);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(req) = read_request(&mut s, &mut buf).await {
+                    reqs.lock().unwrap().push(req.clone());
+                    let answer = match script {
+                        Script::Echo => {
+                            let mut a =
+                                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", req.len())
+                                    .into_bytes();
+                            a.extend_from_slice(&req);
+                            a
+                        }
+                        Script::Raw(a) | Script::RawThenClose(a) => a.as_bytes().to_vec(),
+                    };
+                    if s.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                    if let Script::RawThenClose(_) = script {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Instance {
+        addr,
+        requests,
+        connections,
+    }
+}
+
+/// A router serving service `svc` from `instance`; returns its address.
+async fn router_for(instance: &Instance, timeout: Duration) -> SocketAddr {
+    let router = Router::new("localhost");
+    let pool = RevisionPool::new(PoolConfig {
+        revision: "svc-00001".into(),
+        concurrency: 0,
+        queue_limit: 10,
+        timeout,
+    });
+    pool.add_instance(Upstream::new("fake", Target::Address(instance.addr)));
+    router.set_route("svc", pool);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(router.serve(listener, std::future::pending()));
+    addr
+}
+
+/// Reads one response; returns its head and body (Content-Length, chunked raw, or until
+/// close).
+async fn read_response(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+) -> (String, Vec<u8>) {
+    let mut head = Head::default();
+    loop {
+        if !buf.is_empty() && head.parse_response(buf).unwrap() && head.status >= 200 {
+            break;
+        }
+        assert_ne!(
+            s.read_buf(buf).await.unwrap(),
+            0,
+            "closed before a response head"
+        );
+    }
+    let text = String::from_utf8_lossy(&buf[..head.len]).into_owned();
+    let framing = head.response_body(head_request).unwrap();
+    buf.drain(..head.len);
+    let body_len = loop {
+        let done = match framing {
+            BodyLen::Empty => Some(0),
+            BodyLen::Length(n) => (buf.len() as u64 >= n).then_some(n as usize),
+            BodyLen::Chunked => find(buf, b"0\r\n\r\n").map(|i| i + 5),
+            BodyLen::UntilClose => None,
+        };
+        if let Some(n) = done {
+            break n;
+        }
+        if s.read_buf(buf).await.unwrap() == 0 {
+            assert_eq!(framing, BodyLen::UntilClose, "body cut short");
+            break buf.len();
+        }
+    };
+    (text, buf.drain(..body_len).collect())
+}
+
+async fn exchange(addr: SocketAddr, raw: &str) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    read_response(&mut s, &mut Vec::new(), raw.starts_with("HEAD")).await
+}
+
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    matches!(
+        tokio::time::timeout(LIMIT, s.read_to_end(&mut rest)).await,
+        Ok(Ok(0))
+    )
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_kept_connection() {
+    let app = instance(Script::Echo).await;
+    let addr = router_for(&app, LIMIT).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nHost: svc.localhost\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 3\r\n\r\nabc\
+          GET /three HTTP/1.1\r\nHost: svc.localhost\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    for (path, body) in [("/one", ""), ("/two", "abc"), ("/three", "")] {
+        let (head, echoed) = read_response(&mut s, &mut buf, false).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let echoed = String::from_utf8(echoed).unwrap();
+        assert!(
+            echoed.starts_with(&format!("GET {path} "))
+                || echoed.starts_with(&format!("POST {path} ")),
+            "{echoed}"
+        );
+        assert!(echoed.ends_with(&format!("\r\n\r\n{body}")), "{echoed}");
+    }
+    assert_eq!(
+        app.connections.load(Ordering::SeqCst),
+        1,
+        "one kept connection to the instance"
+    );
+}
+
+#[tokio::test]
+async fn smuggling_shapes_are_refused_and_never_reach_the_instance() {
+    let app = instance(Script::Echo).await;
+    let addr = router_for(&app, LIMIT).await;
+    for (raw, status) in [
+        ("POST / HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde", "400"),
+        ("POST / HTTP/1.1\r\nHost: svc.localhost\r\nTransfer-Encoding: gzip, chunked, identity\r\n\r\n", "501"),
+        ("GET / HTTP/1.1\r\nHost: svc.localhost\r\nHost: other.localhost\r\n\r\n", "400"),
+        ("GET / HTTP/1.1\r\nHost: svc.localhost\r\nBad Header: x\r\n\r\n", "400"),
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut s, &mut Vec::new(), false).await;
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{raw:?} got {head}");
+        assert!(String::from_utf8_lossy(&body).starts_with("skiff: "), "a reason: {body:?}");
+        assert!(closed(&mut s).await, "the connection closes after {raw:?}");
+    }
+    assert_eq!(app.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_cut_off_at_the_bad_byte() {
+    let app = instance(Script::Echo).await;
+    let addr = router_for(&app, LIMIT).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // A bare LF after the chunk size: the instance's parser might read it differently.
+    s.write_all(b"POST / HTTP/1.1\r\nHost: svc.localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s, &mut Vec::new(), false).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(app.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_oversized_head_gets_431() {
+    let app = instance(Script::Echo).await;
+    let addr = router_for(&app, LIMIT).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: svc.localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let (head, _) = exchange(addr, &big).await;
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_passes_through_byte_for_byte() {
+    let app = instance(Script::Echo).await;
+    let addr = router_for(&app, LIMIT).await;
+    let body = "4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Trailer: t\r\n\r\n";
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // Head and body in separate writes, so the body streams after the head.
+    s.write_all(b"POST /c HTTP/1.1\r\nHost: svc.localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::task::yield_now().await;
+    s.write_all(body.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let (head, echoed) = read_response(&mut s, &mut buf, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let echoed = String::from_utf8(echoed).unwrap();
+    assert!(
+        echoed.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{echoed}"
+    );
+    assert!(echoed.ends_with(&format!("\r\n\r\n{body}")), "{echoed}");
+    // The connection is still in step for the next request.
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: svc.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, echoed) = read_response(&mut s, &mut buf, false).await;
+    assert!(echoed.starts_with(b"GET /next "));
+}
+
+#[tokio::test]
+async fn an_http10_client_gets_chunked_answers_as_plain_data_then_a_close() {
+    let app = instance(Script::Raw(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    ))
+    .await;
+    let addr = router_for(&app, LIMIT).await;
+    let (head, body) = exchange(addr, "GET / HTTP/1.0\r\nHost: svc.localhost\r\n\r\n").await;
+    assert!(
+        !head.to_ascii_lowercase().contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_eq!(body, b"hello world");
+    // A 1.1 client gets the chunks as the instance sent them.
+    let (head, body) = exchange(addr, "GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n").await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert_eq!(body, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+}
+
+#[tokio::test]
+async fn head_answers_carry_their_length_but_no_body() {
+    let app = instance(Script::Raw("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")).await;
+    let addr = router_for(&app, LIMIT).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"HEAD / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut s, &mut buf, true).await;
+        assert!(head.contains("Content-Length: 5"), "{head}");
+        assert!(body.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_instance_closed_is_retried_on_a_new_one() {
+    let app = instance(Script::RawThenClose(
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ))
+    .await;
+    let addr = router_for(&app, LIMIT).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut s, &mut buf, false).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, b"ok");
+    }
+    assert_eq!(app.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn an_answer_delimited_by_close_is_relayed_and_closes_the_client() {
+    let app = instance(Script::RawThenClose("HTTP/1.1 200 OK\r\n\r\nuntil the end")).await;
+    let addr = router_for(&app, LIMIT).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut s, &mut Vec::new(), false).await;
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, b"until the end");
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_by_the_router() {
+    let app = instance(Script::Echo).await;
+    let addr = router_for(&app, LIMIT).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PUT / HTTP/1.1\r\nHost: svc.localhost\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 25];
+    tokio::time::timeout(LIMIT, s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"body").await.unwrap();
+    let (head, echoed) = read_response(&mut s, &mut Vec::new(), false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let echoed = String::from_utf8(echoed).unwrap();
+    assert!(!echoed.to_ascii_lowercase().contains("expect:"), "{echoed}");
+    assert!(echoed.ends_with("\r\n\r\nbody"), "{echoed}");
+}
+
+#[tokio::test]
+async fn garbage_from_the_instance_is_a_502() {
+    let app = instance(Script::RawThenClose("SSH-2.0-OpenSSH\r\n\r\n")).await;
+    let addr = router_for(&app, LIMIT).await;
+    let (head, body) = exchange(addr, "GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(
+        String::from_utf8_lossy(&body).contains("instance fake"),
+        "{body:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_hosts_get_404_and_the_connection_goes_on() {
+    let app = instance(Script::Echo).await;
+    let addr = router_for(&app, LIMIT).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: nope.localhost\r\n\r\nGET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut s, &mut buf, false).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert!(head.contains("x-request-id: "), "{head}");
+    let (head, _) = read_response(&mut s, &mut buf, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
