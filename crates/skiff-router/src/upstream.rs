@@ -83,6 +83,12 @@ pub enum Target {
     },
 }
 
+/// One router thread's idle connections to an instance, on a cache line of its own so
+/// that threads taking and returning connections do not contend for it.
+#[derive(Default)]
+#[repr(align(128))]
+struct IdleShard(Mutex<Vec<Connection>>);
+
 /// One ready instance as the router sees it.
 pub struct Upstream {
     /// Instance id.
@@ -90,7 +96,7 @@ pub struct Upstream {
     /// Where it listens.
     pub target: Target,
     /// Idle connections per router thread; the last slot serves any other thread.
-    idle: Vec<Mutex<Vec<Connection>>>,
+    idle: Vec<IdleShard>,
     /// Connections opened off the router (by the readiness check) and not yet registered
     /// with any event loop: the first router thread that needs one takes it.
     fresh: Mutex<Vec<std::net::TcpStream>>,
@@ -103,7 +109,7 @@ impl Upstream {
             id: id.into(),
             target,
             idle: (0..=ROUTER_THREADS_MAX)
-                .map(|_| Mutex::new(Vec::new()))
+                .map(|_| IdleShard::default())
                 .collect(),
             fresh: Mutex::new(Vec::new()),
         }
@@ -111,6 +117,7 @@ impl Upstream {
 
     fn pop_idle(&self) -> Option<Connection> {
         self.idle[shard()]
+            .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
@@ -135,7 +142,7 @@ impl Upstream {
     pub fn put_idle(&self, mut conn: Connection) {
         conn.reused = true;
         conn.buf.clear();
-        let mut idle = self.idle[shard()].lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle[shard()].0.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
