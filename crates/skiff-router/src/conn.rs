@@ -4,6 +4,7 @@
 //!
 //! This module must not talk to instances; that is the proxy's job.
 
+use crate::buffers::{self, READ_CHUNK};
 use crate::h1::{self, BodyLen, Head, HeadError};
 use crate::pool::RevisionPool;
 use crate::proxy;
@@ -20,8 +21,8 @@ use tokio::time::{Instant, Sleep};
 /// Longest a client may take to send a request head, idle keep-alive time included.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Free space ensured in a read buffer before each read.
-pub(crate) const READ_CHUNK: usize = 16 * 1024;
+/// Output buffers up to this size stay with an idle connection.
+const SMALL_OUT: usize = 4096;
 
 /// A client connection and its buffers.
 pub(crate) struct ClientConn {
@@ -104,8 +105,20 @@ impl ClientConn {
                 }
             }
             self.compact();
+            if self.buf.is_empty() {
+                // Idle between requests: wait holding no buffer.
+                self.release_buffers();
+                tokio::select! {
+                    biased;
+                    ready = self.stream.readable() => if ready.is_err() {
+                        return HeadRead::Closed;
+                    },
+                    () = deadline.as_mut() => return HeadRead::Closed,
+                    _ = stop.wait_for(|s| *s) => return HeadRead::Closed,
+                }
+                self.buf = buffers::take();
+            }
             self.buf.reserve(READ_CHUNK);
-            let idle = self.buf.is_empty();
             tokio::select! {
                 biased;
                 read = self.stream.read_buf(&mut self.buf) => match read {
@@ -113,14 +126,18 @@ impl ClientConn {
                     Ok(_) => {}
                 },
                 () = deadline.as_mut() => {
-                    return if idle {
-                        HeadRead::Closed
-                    } else {
-                        HeadRead::Refused(408, "the request head took too long".into())
-                    };
+                    return HeadRead::Refused(408, "the request head took too long".into());
                 }
-                _ = stop.wait_for(|s| *s), if idle => return HeadRead::Closed,
             }
+        }
+    }
+
+    /// Gives the read buffer back to the thread's spares, and any response buffer that
+    /// grew past a typical head.
+    fn release_buffers(&mut self) {
+        buffers::give(std::mem::take(&mut self.buf));
+        if self.resp_out.capacity() > SMALL_OUT {
+            buffers::give(std::mem::take(&mut self.resp_out));
         }
     }
 

@@ -13,6 +13,7 @@
 //! lead over nginx. Bodies pass through byte for byte; only heads are rewritten.
 
 mod body;
+mod buffers;
 mod conn;
 pub mod h1;
 mod pool;

@@ -10,7 +10,8 @@
 //! This module must not route or parse request heads (see [`crate::conn`]).
 
 use crate::body::{BodyTracker, ChunkError};
-use crate::conn::{ClientConn, RequestInfo, READ_CHUNK};
+use crate::buffers::{self, READ_CHUNK};
+use crate::conn::{ClientConn, RequestInfo};
 use crate::h1::{self, BodyLen, Forwarding, Head, ResponseOut};
 use crate::pool::{PoolError, RevisionPool};
 use crate::upstream::{self, Connection, Upstream};
@@ -306,6 +307,9 @@ where
     W: AsyncWrite + Unpin,
 {
     ubuf.clear();
+    if ubuf.capacity() == 0 {
+        *ubuf = buffers::take();
+    }
     let mut got_any = false;
     loop {
         if !ubuf.is_empty() {

@@ -141,8 +141,11 @@ impl Upstream {
     /// Keeps a connection that finished an exchange cleanly, for this thread's next one.
     pub fn put_idle(&self, mut conn: Connection) {
         conn.reused = true;
-        conn.buf.clear();
-        let mut idle = self.idle[shard()].0.lock().unwrap_or_else(|p| p.into_inner());
+        crate::buffers::give(std::mem::take(&mut conn.buf));
+        let mut idle = self.idle[shard()]
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
