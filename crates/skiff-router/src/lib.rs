@@ -7,8 +7,8 @@
 //! instances itself: it signals demand ([`RevisionPool::demand_changed`]) and serves what
 //! the reconciler adds to the pools.
 //!
-//! The HTTP/1.1 forwarding path is written by hand ([`h1`], [`body`], [`conn`],
-//! [`proxy`]) rather than built on a general HTTP library: it is the hot path of every
+//! The HTTP/1.1 forwarding path is written by hand (`h1`, `body`, `conn`,
+//! `proxy`) rather than built on a general HTTP library: it is the hot path of every
 //! request, and bench/proxy-hop showed a general client plus server costing skiff its
 //! lead over nginx. Bodies pass through byte for byte; only heads are rewritten.
 
