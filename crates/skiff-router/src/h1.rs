@@ -165,18 +165,9 @@ impl Head {
         self.reset();
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
-        let len = match req.parse_with_uninit_headers(buf, &mut fields) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                return Err(HeadError::TooLarge)
-            }
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(e) => return Err(HeadError::Syntax(syntax_reason(e))),
+        let Some(len) = head_length(req.parse_with_uninit_headers(buf, &mut fields), buf)? else {
+            return Ok(false);
         };
-        if len > MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
         self.len = len;
         self.minor_version = req.version.unwrap_or(1);
         self.method = span(buf, req.method.unwrap_or("").as_bytes());
@@ -192,22 +183,14 @@ impl Head {
         self.reset();
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
             &mut resp,
             buf,
             &mut fields,
-        ) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                return Err(HeadError::TooLarge)
-            }
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(e) => return Err(HeadError::Syntax(syntax_reason(e))),
+        );
+        let Some(len) = head_length(parsed, buf)? else {
+            return Ok(false);
         };
-        if len > MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
         self.len = len;
         self.minor_version = resp.version.unwrap_or(1);
         self.status = resp.code.unwrap_or(0);
@@ -417,6 +400,19 @@ fn absolute_form(target: &[u8]) -> Option<(&[u8], &[u8])> {
         .unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     Some((authority, if path.is_empty() { b"/" } else { path }))
+}
+
+/// The length of a complete head from httparse's answer; `None` while more bytes may
+/// complete it.
+fn head_length(parsed: httparse::Result<usize>, buf: &[u8]) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => Ok(Some(n)),
+        Ok(httparse::Status::Complete(_)) => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Syntax(syntax_reason(e))),
+    }
 }
 
 fn syntax_reason(e: httparse::Error) -> &'static str {
