@@ -9,7 +9,7 @@
 //!
 //! This module does no I/O and keeps no state between messages beyond reused capacity.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -500,7 +500,7 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forw
 fn write_request_framing(out: &mut Vec<u8>, body: BodyLen) {
     match body {
         BodyLen::Length(n) => {
-            let _ = write!(Vec8(out), "content-length: {n}\r\n");
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         BodyLen::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         BodyLen::Empty | BodyLen::UntilClose => {}
@@ -521,7 +521,7 @@ pub struct ResponseOut<'a> {
 
 /// Writes the head of the response to send to the client.
 pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, resp: &ResponseOut<'_>) {
-    let _ = write!(Vec8(out), "HTTP/1.1 {} ", head.status);
+    let _ = write!(out, "HTTP/1.1 {} ", head.status);
     out.extend_from_slice(&buf[head.reason.clone()]);
     out.extend_from_slice(b"\r\n");
     let keep_length = !head.chunked && !head.other_coding;
@@ -557,7 +557,7 @@ pub fn write_local_response(
     keep_alive: bool,
 ) {
     let _ = write!(
-        Vec8(out),
+        out,
         "HTTP/1.1 {status} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
         reason_phrase(status),
         body.len() + 1
@@ -566,7 +566,7 @@ pub fn write_local_response(
         field(out, b"x-request-id", request_id);
     }
     if let Some(secs) = retry_after_secs {
-        let _ = write!(Vec8(out), "retry-after: {secs}\r\n");
+        let _ = write!(out, "retry-after: {secs}\r\n");
     }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
@@ -588,16 +588,6 @@ fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "",
-    }
-}
-
-/// `fmt::Write` into a byte vector (numbers into heads without a String in between).
-struct Vec8<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Vec8<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
     }
 }
 

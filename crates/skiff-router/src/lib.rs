@@ -24,8 +24,8 @@ pub use pool::{Lease, Load, PoolConfig, PoolError, RevisionPool};
 pub use upstream::{Target, Upstream};
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -185,10 +185,8 @@ impl Router {
     /// Appends a new request id (unique per daemon run) to `out`.
     fn new_request_id(&self, out: &mut Vec<u8>) {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        out.extend_from_slice(self.inner.id_prefix.as_bytes());
-        let mut text = IdText::default();
-        let _ = write!(text, "-{n:x}");
-        out.extend_from_slice(&text.bytes[..text.len]);
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{}-{n:x}", self.inner.id_prefix);
     }
 
     /// The service a Host header names, if it is under the domain.
@@ -206,25 +204,6 @@ impl Router {
         }
         let (service, tail) = name.split_at(name.len() - suffix.len());
         (tail.eq_ignore_ascii_case(suffix) && !service.contains('.')).then_some(service)
-    }
-}
-
-/// A request id's counter as text, without a heap allocation.
-#[derive(Default)]
-struct IdText {
-    bytes: [u8; 24],
-    len: usize,
-}
-
-impl std::fmt::Write for IdText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        self.bytes
-            .get_mut(self.len..end)
-            .ok_or(std::fmt::Error)?
-            .copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
     }
 }
 

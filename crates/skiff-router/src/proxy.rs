@@ -64,31 +64,32 @@ pub(crate) async fn forward(
 ) -> bool {
     let timeout = pool.config().timeout;
     deadline.as_mut().reset(Instant::now() + timeout);
+    // The forwarded head is written now, so the request head leaves the buffer in one
+    // place whatever happens next.
+    c.req_out.clear();
+    let fwd = Forwarding {
+        client_ip: &c.client_ip,
+        request_id: &c.request_id,
+        body,
+    };
+    h1::write_request_head(&mut c.req_out, &c.buf[c.start..], &c.head, &fwd);
+    c.start += info.head_len;
     let has_body = !matches!(body, BodyLen::Empty | BodyLen::Length(0));
     let keep_on_error = info.keep_alive && !has_body;
     let acquired = tokio::select! {
         biased;
         lease = pool.acquire() => lease,
-        () = deadline.as_mut() => {
-            c.start += info.head_len;
-            return timed_out(c, pool, keep_on_error).await;
-        }
+        () = deadline.as_mut() => return timed_out(c, pool, keep_on_error).await,
     };
     let lease = match acquired {
         Ok(lease) => lease,
         Err(e) => {
-            c.start += info.head_len;
-            let retry = match &e {
-                PoolError::Overloaded(_) => Some(1),
+            let (status, retry) = match &e {
+                PoolError::Overloaded(_) => (429, Some(1)),
                 PoolError::Unavailable { retry_after, .. } => {
-                    Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+                    (503, Some(retry_after.as_secs_f64().ceil().max(1.0) as u64))
                 }
-                PoolError::Closed(_) => None,
-            };
-            let status = if matches!(e, PoolError::Overloaded(_)) {
-                429
-            } else {
-                503
+                PoolError::Closed(_) => (503, None),
             };
             return c
                 .respond_local(status, &format!("skiff: {e}"), retry, keep_on_error)
@@ -99,27 +100,15 @@ pub(crate) async fn forward(
     let connected = tokio::select! {
         biased;
         conn = upstream.connection() => conn,
-        () = deadline.as_mut() => {
-            c.start += info.head_len;
-            return timed_out(c, pool, keep_on_error).await;
-        }
+        () = deadline.as_mut() => return timed_out(c, pool, keep_on_error).await,
     };
     let mut conn = match connected {
         Ok(conn) => conn,
         Err(e) => {
-            c.start += info.head_len;
             return bad_gateway(c, upstream, &format!("connecting: {e}"), keep_on_error).await;
         }
     };
 
-    c.req_out.clear();
-    let fwd = Forwarding {
-        client_ip: &c.client_ip,
-        request_id: &c.request_id,
-        body,
-    };
-    h1::write_request_head(&mut c.req_out, &c.buf[c.start..], &c.head, &fwd);
-    c.start += info.head_len;
     let mut sending = BodyTracker::new(body);
     let buffered = &c.buf[c.start..];
     let Ok(used) = sending.take(buffered, |_| {}) else {
@@ -168,11 +157,9 @@ pub(crate) async fn forward(
         }
         Relay::Stale => {
             let why = "the instance closed the connection without answering";
-            bad_gateway(c, upstream, why, keep_on_error && sending.is_done()).await
+            bad_gateway(c, upstream, why, keep_on_error).await
         }
-        Relay::Failed(why) => {
-            bad_gateway(c, upstream, &why, keep_on_error && sending.is_done()).await
-        }
+        Relay::Failed(why) => bad_gateway(c, upstream, &why, keep_on_error).await,
         Relay::TimedOut => timed_out(c, pool, false).await,
         Relay::Broken => false,
     }
@@ -194,7 +181,6 @@ async fn exchange(
             Relay::Failed(format!("sending the request: {e}"))
         };
     }
-    let fresh_read = conn.reused;
     if sending.is_done() {
         return relay_response(
             &mut conn.stream,
@@ -204,7 +190,7 @@ async fn exchange(
             &mut c.resp_head,
             info,
             &c.request_id,
-            fresh_read,
+            conn.reused,
             deadline,
         )
         .await;
@@ -251,7 +237,6 @@ async fn exchange(
             reusable: false,
             keep_client: false,
         },
-        Relay::Stale => Relay::Failed("the instance closed the connection".into()),
         relay => relay,
     }
 }
@@ -384,10 +369,7 @@ where
     loop {
         let input = &ubuf[pending.clone()];
         let used = if dechunk {
-            let mut data = std::mem::take(out);
-            let used = receiving.take(input, |r| data.extend_from_slice(&input[r]));
-            *out = data;
-            used
+            receiving.take(input, |r| out.extend_from_slice(&input[r]))
         } else {
             receiving.take(input, |_| {}).inspect(|&n| {
                 out.extend_from_slice(&input[..n]);
