@@ -363,8 +363,11 @@ impl RevisionRunner {
         });
     }
 
-    /// Lets go of the prepared sandbox, if any.
+    /// Lets go of the prepared sandbox, if any. Counts as work in flight, so shutdown
+    /// waits for its row to go (the reconcile loop may take the sandbox just as the task
+    /// that prepared it, and kept the daemon up, ends).
     pub async fn discard_prepared(&self) {
+        let _alive = self.ctx.alive();
         let Some(p) = self.take_prepared() else {
             return;
         };
