@@ -1,0 +1,251 @@
+//! skiff's autoscaler: Knative's KPA as pure logic. The revision's reconcile loop feeds it
+//! samples of demand (requests in flight and queued, and a running request count) and asks
+//! for a decision: how many instances the revision should have, and why.
+//!
+//! The model (Knative `pkg/autoscaler`):
+//! - demand is averaged over a stable window (default 60 s) and a panic window (10 % of it);
+//! - desired = ceil(demand / (target × utilization)), within the scale-up and scale-down
+//!   rates relative to the ready instances;
+//! - when the panic window's desired count reaches the panic threshold (200 %) of the ready
+//!   instances the scaler panics: it follows the panic window and never scales down,
+//!   until a whole stable window passes without crossing the threshold.
+//!
+//! skiff's additions: requests queued beyond what the ready instances accept are capacity
+//! needed now (the activator holds them), so they raise the count at once; and the last
+//! instance goes only after no demand at all for the idle time (plus an optional grace).
+//!
+//! Owns no clock and does no I/O: every instant is an argument, so tests run in simulated
+//! time. Must not know how instances are started or stopped.
+
+mod settings;
+mod window;
+
+pub use settings::{default_target, panic_window, Metric, Settings, SettingsError};
+use std::time::{Duration, Instant};
+use window::Window;
+
+/// One sample of a revision's demand.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// Requests being served.
+    pub in_flight: u32,
+    /// Requests held by the activator, waiting for a slot.
+    pub queued: u32,
+    /// Requests received since the revision started (a running count).
+    pub requests_total: u64,
+}
+
+/// What the scaler decided and the figures it decided on.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Decision {
+    /// Instances the revision should have.
+    pub desired: u32,
+    /// Ready instances when deciding.
+    pub ready: u32,
+    /// Mean demand over the stable window (the metric's unit).
+    pub stable_demand: f64,
+    /// Mean demand over the panic window.
+    pub panic_demand: f64,
+    pub panicking: bool,
+    pub metric: Metric,
+    /// Why this count, in words.
+    pub reason: String,
+}
+
+/// One revision's autoscaler.
+#[derive(Debug)]
+pub struct Scaler {
+    settings: Settings,
+    window: Window,
+    requests_seen: Option<u64>,
+    latest: Observation,
+    last_demand: Instant,
+    panic_since: Option<Instant>,
+    max_panic: u32,
+    zero_since: Option<Instant>,
+}
+
+impl Scaler {
+    /// A scaler for a revision that starts at `now`. The revision counts as having had
+    /// demand at `now`, so it is not judged idle before its idle time has passed.
+    pub fn new(settings: Settings, now: Instant) -> Scaler {
+        let window = Window::new(now, settings.granularity, settings.stable_window);
+        Scaler {
+            settings,
+            window,
+            requests_seen: None,
+            latest: Observation::default(),
+            last_demand: now,
+            panic_since: None,
+            max_panic: 0,
+            zero_since: None,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Records a sample taken at `now`.
+    pub fn observe(&mut self, now: Instant, o: Observation) {
+        let arrived = match self.requests_seen {
+            Some(seen) => o.requests_total.saturating_sub(seen),
+            None => 0,
+        };
+        self.requests_seen = Some(o.requests_total);
+        let concurrency = f64::from(o.in_flight) + f64::from(o.queued);
+        if concurrency > 0.0 || arrived > 0 {
+            self.last_demand = now;
+        }
+        self.window.record(now, concurrency, arrived);
+        self.latest = o;
+    }
+
+    /// How many instances the revision should have at `now`, given `ready` of them.
+    pub fn decide(&mut self, now: Instant, ready: u32) -> Decision {
+        let s = &self.settings;
+        let (stable, panic) = match s.metric {
+            Metric::Concurrency => (
+                self.window.mean_concurrency(now, s.stable_window),
+                self.window.mean_concurrency(now, s.panic_window),
+            ),
+            Metric::Rps => (
+                self.window.request_rate(now, s.stable_window),
+                self.window.request_rate(now, s.panic_window),
+            ),
+        };
+        let per_instance = s.target * s.target_utilization;
+        let ready_f = f64::from(ready.max(1));
+        let stable_count = (stable / per_instance).ceil();
+        let panic_count = (panic / per_instance).ceil();
+        let max_up = (s.max_scale_up_rate * ready_f).ceil();
+        let max_down = (ready_f / s.max_scale_down_rate).floor();
+        let within_rates = |c: f64| c.max(max_down).min(max_up) as u32;
+
+        self.update_panic(now, panic_count / ready_f >= s.panic_threshold, ready);
+        let s = &self.settings;
+        let unit = s.metric.as_str();
+        let (mut desired, mut reason) = if self.panic_since.is_some() {
+            self.max_panic = self.max_panic.max(within_rates(panic_count));
+            (
+                self.max_panic,
+                format!(
+                    "panic: {unit} {panic:.1} over {:?} is ≥ {:.0} % of {ready} ready; never scaling down while panicking",
+                    s.panic_window,
+                    s.panic_threshold * 100.0
+                ),
+            )
+        } else {
+            let c = within_rates(stable_count);
+            let mut why = format!(
+                "stable: {unit} {stable:.1} over {:?} ÷ ({} × {:.0} %) = {stable_count}",
+                s.stable_window,
+                s.target,
+                s.target_utilization * 100.0
+            );
+            if f64::from(c) != stable_count {
+                let rate = if f64::from(c) > stable_count {
+                    "scale-down"
+                } else {
+                    "scale-up"
+                };
+                why.push_str(&format!(", limited to {c} by the max {rate} rate"));
+            }
+            (c, why)
+        };
+
+        let need_now = self.needed_now();
+        if need_now > desired {
+            desired = need_now;
+            reason = format!(
+                "{} requests in flight or queued need {need_now} instances now",
+                self.latest.in_flight + self.latest.queued
+            );
+        }
+
+        let idle_for = now.saturating_duration_since(self.last_demand);
+        if s.min_scale == 0 && idle_for >= s.idle_before_zero && need_now == 0 {
+            let since = *self.zero_since.get_or_insert(now);
+            let waited = now.saturating_duration_since(since);
+            if waited >= s.scale_to_zero_grace {
+                desired = within_rates(0.0);
+                reason = if desired == 0 {
+                    format!("no requests for {}: scaled to zero", secs(idle_for))
+                } else {
+                    format!(
+                        "no requests for {}: going to zero, at most halving per step",
+                        secs(idle_for)
+                    )
+                };
+            } else {
+                desired = desired.max(1);
+                reason = format!(
+                    "no requests for {}: zero after the grace period ({} left)",
+                    secs(idle_for),
+                    secs(s.scale_to_zero_grace - waited)
+                );
+            }
+        } else {
+            self.zero_since = None;
+            if desired == 0 && ready > 0 {
+                desired = 1;
+                reason = format!(
+                    "keeping the last instance until {} without requests (now {})",
+                    secs(s.idle_before_zero),
+                    secs(idle_for)
+                );
+            }
+        }
+
+        if desired < s.min_scale {
+            desired = s.min_scale;
+            reason = format!("min-instances {} ({reason})", s.min_scale);
+        }
+        if desired > s.max_scale {
+            reason = format!("max-instances {} caps {desired} ({reason})", s.max_scale);
+            desired = s.max_scale;
+        }
+        Decision {
+            desired,
+            ready,
+            stable_demand: stable,
+            panic_demand: panic,
+            panicking: self.panic_since.is_some(),
+            metric: s.metric,
+            reason,
+        }
+    }
+
+    /// Instances the requests in flight and queued need right now, at the container's
+    /// hard concurrency.
+    fn needed_now(&self) -> u32 {
+        let demand = self.latest.in_flight + self.latest.queued;
+        match self.settings.container_concurrency {
+            0 => u32::from(demand > 0),
+            c => demand.div_ceil(c),
+        }
+    }
+
+    /// Knative's panic state: enter when over the threshold, stay while over it, leave a
+    /// stable window after it was last over.
+    fn update_panic(&mut self, now: Instant, over_threshold: bool, ready: u32) {
+        match (self.panic_since, over_threshold) {
+            (None, true) => {
+                self.panic_since = Some(now);
+                self.max_panic = ready;
+            }
+            (Some(_), true) => self.panic_since = Some(now),
+            (Some(since), false)
+                if now.saturating_duration_since(since) >= self.settings.stable_window =>
+            {
+                self.panic_since = None;
+                self.max_panic = 0;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
