@@ -189,7 +189,8 @@ mod tests {
     #[test]
     fn each_bad_knob_is_named() {
         let base = Settings::knative_defaults(10, 10);
-        let cases: [(fn(&mut Settings), &str); 8] = [
+        type Breaks = fn(&mut Settings);
+        let cases: [(Breaks, &str); 8] = [
             (|s| s.target = 0.0, "target"),
             (|s| s.target_utilization = 1.5, "target-utilization"),
             (|s| s.stable_window = Duration::from_secs(2), "window"),
