@@ -5,11 +5,13 @@
 //! store, the sandbox and the CLI agree on one meaning of each word.
 #![forbid(unsafe_code)]
 
+mod autoscaling;
 mod digest;
 mod quantity;
 mod reference;
 mod service;
 
+pub use autoscaling::Autoscaling;
 pub use digest::{Digest, DigestError};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};

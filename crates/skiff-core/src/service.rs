@@ -2,13 +2,14 @@
 //! Run has one) and its validation. A revision is an immutable copy of a spec with the
 //! image resolved to a digest; the names here are the ones URLs, env and the store use.
 
+use crate::autoscaling::Autoscaling;
 use serde::{Deserialize, Serialize};
 
 /// Cloud Run's default concurrency: requests one instance serves at once.
 pub const DEFAULT_CONCURRENCY: u32 = 80;
 /// Cloud Run's default request timeout, in milliseconds.
 pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
-/// How long an instance may sit without a request before it is stopped.
+/// How long a revision may go without a request before it scales to zero.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Cloud Run's default memory limit.
 pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
@@ -22,7 +23,7 @@ pub const MAX_SERVICE_NAME: usize = 49;
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 /// What a user deploys. Every field has a default except the image.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Image reference as given (name[:tag], digest or digest prefix).
@@ -54,13 +55,18 @@ pub struct ServiceSpec {
     /// Time a request may take until its response starts, in milliseconds.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
-    /// Time without requests after which an instance above `min_instances` stops.
+    /// Time without any request after which the revision's last instances stop (scale to
+    /// zero, when `min_instances` is 0). Between zero and the peak, the autoscaler's
+    /// stable window decides.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_ms: u64,
     /// HTTP path probed (GET, 2xx/3xx = ready) before the first request; when absent, a
     /// TCP connect to the port decides readiness.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_probe: Option<String>,
+    /// Autoscaler knobs; unset ones take the daemon's defaults.
+    #[serde(default, skip_serializing_if = "Autoscaling::is_default")]
+    pub autoscaling: Autoscaling,
 }
 
 fn default_port() -> u16 {
@@ -101,6 +107,7 @@ impl ServiceSpec {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             startup_probe: None,
+            autoscaling: Autoscaling::default(),
         }
     }
 
@@ -154,6 +161,17 @@ impl ServiceSpec {
         }
         if self.idle_timeout_ms == 0 {
             return bad("idle-timeout", "must be more than 0".into());
+        }
+        if let Err((knob, why)) = self.autoscaling.validate() {
+            return bad(knob, why);
+        }
+        if let Some(n) = self.autoscaling.initial_scale {
+            if n > self.max_instances {
+                return bad(
+                    "initial-instances",
+                    format!("{n} is above max-instances ({})", self.max_instances),
+                );
+            }
         }
         if let Some(p) = &self.startup_probe {
             if !p.starts_with('/') || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
@@ -251,6 +269,33 @@ mod tests {
             (|s| s.timeout_ms = 0, "timeout"),
             (|s| s.timeout_ms = MAX_TIMEOUT_MS + 1, "timeout"),
             (|s| s.idle_timeout_ms = 0, "idle-timeout"),
+            (|s| s.autoscaling.metric = Some("cpu".into()), "metric"),
+            (|s| s.autoscaling.target = Some(0.0), "target"),
+            (
+                |s| s.autoscaling.target_utilization_percentage = Some(150.0),
+                "target-utilization",
+            ),
+            (|s| s.autoscaling.window_ms = Some(1000), "window"),
+            (
+                |s| s.autoscaling.panic_window_percentage = Some(0.5),
+                "panic-window-percentage",
+            ),
+            (
+                |s| s.autoscaling.panic_threshold_percentage = Some(100.0),
+                "panic-threshold",
+            ),
+            (
+                |s| s.autoscaling.max_scale_down_rate = Some(1.0),
+                "max-scale-down-rate",
+            ),
+            (
+                |s| s.autoscaling.max_scale_up_rate = Some(f64::NAN),
+                "max-scale-up-rate",
+            ),
+            (
+                |s| s.autoscaling.initial_scale = Some(500),
+                "initial-instances",
+            ),
             (
                 |s| s.startup_probe = Some("healthz".into()),
                 "startup-probe",

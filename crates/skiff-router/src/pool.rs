@@ -58,6 +58,8 @@ pub struct Load {
     pub in_flight: u32,
     /// Requests waiting for a slot.
     pub queued: u32,
+    /// Requests received since the pool was made (a running count, for rates).
+    pub requests_total: u64,
 }
 
 struct Member {
@@ -74,6 +76,7 @@ struct State {
     queue: VecDeque<Waiter>,
     unavailable: Option<(String, Instant)>,
     closed: bool,
+    requests_total: u64,
 }
 
 /// A revision's instances and waiting requests.
@@ -115,6 +118,7 @@ impl RevisionPool {
             if st.closed {
                 return Err(PoolError::Closed(self.config.revision.clone()));
             }
+            st.requests_total += 1;
             if let Some(lease) = self.grant_locked(&mut st) {
                 return Ok(lease);
             }
@@ -256,7 +260,13 @@ impl RevisionPool {
             ready: st.members.len() as u32,
             in_flight: st.members.iter().map(|m| m.in_flight).sum(),
             queued: st.queue.len() as u32,
+            requests_total: st.requests_total,
         }
+    }
+
+    /// Wakes the reconciler as a waiting request would (a deploy raised its floor).
+    pub fn poke(&self) {
+        self.demand.notify_one();
     }
 
     /// Resolves when a request starts waiting for a slot.

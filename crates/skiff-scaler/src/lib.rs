@@ -20,7 +20,9 @@
 mod settings;
 mod window;
 
-pub use settings::{default_target, panic_window, Metric, Settings, SettingsError};
+pub use settings::{
+    default_target, panic_window, Metric, Settings, SettingsError, DEFAULT_SCALE_DOWN_STEP,
+};
 use std::time::{Duration, Instant};
 use window::Window;
 
@@ -63,6 +65,7 @@ pub struct Scaler {
     panic_since: Option<Instant>,
     max_panic: u32,
     zero_since: Option<Instant>,
+    last_step_down: Option<Instant>,
 }
 
 impl Scaler {
@@ -79,6 +82,7 @@ impl Scaler {
             panic_since: None,
             max_panic: 0,
             zero_since: None,
+            last_step_down: None,
         }
     }
 
@@ -197,6 +201,18 @@ impl Scaler {
             }
         }
 
+        if desired < ready {
+            match self.last_step_down {
+                Some(t) if now.saturating_duration_since(t) < s.scale_down_step => {
+                    reason = format!(
+                        "{reason}; holding {ready} until the next scale-down step ({} left)",
+                        secs(s.scale_down_step - now.saturating_duration_since(t))
+                    );
+                    desired = ready;
+                }
+                _ => self.last_step_down = Some(now),
+            }
+        }
         if desired < s.min_scale {
             desired = s.min_scale;
             reason = format!("min-instances {} ({reason})", s.min_scale);

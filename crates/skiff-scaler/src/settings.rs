@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_SCALE_DOWN_RATE: f64 = 2.0;
 /// skiff's router always holds requests for a revision without instances, so nothing
 /// needs that time; a user may still set one.
 pub const DEFAULT_SCALE_TO_ZERO_GRACE: Duration = Duration::ZERO;
+/// Knative's evaluation interval (`tick-interval`).
+pub const DEFAULT_SCALE_DOWN_STEP: Duration = Duration::from_secs(2);
 /// Knative's stable window bounds.
 pub const MIN_STABLE_WINDOW: Duration = Duration::from_secs(6);
 pub const MAX_STABLE_WINDOW: Duration = Duration::from_secs(3600);
@@ -75,6 +77,10 @@ pub struct Settings {
     pub idle_before_zero: Duration,
     /// Further wait after the decision to go to zero.
     pub scale_to_zero_grace: Duration,
+    /// Shortest time between two scale-down steps. Knative evaluates every 2 s and its
+    /// max scale-down rate applies per evaluation; skiff decides every tick (so it can
+    /// scale up at once) but steps down at Knative's pace.
+    pub scale_down_step: Duration,
     /// Width of a window bucket.
     pub granularity: Duration,
 }
@@ -105,6 +111,7 @@ impl Settings {
             max_scale,
             idle_before_zero: DEFAULT_STABLE_WINDOW,
             scale_to_zero_grace: DEFAULT_SCALE_TO_ZERO_GRACE,
+            scale_down_step: DEFAULT_SCALE_DOWN_STEP,
             granularity: Duration::from_secs(1),
         }
     }

@@ -167,10 +167,21 @@ fn scale_down_is_gradual_and_at_most_halves_per_decision() {
         .filter(|(at, _)| *at > drop_start)
         .map(|(_, d)| d.desired)
         .collect();
-    let mut previous = 30;
-    for &d in &after {
-        assert!(d >= previous / 2, "{previous} → {d} is more than halving");
-        previous = d;
+    let mut previous = (Duration::ZERO, 30);
+    for (at, d) in sim.decisions.iter().filter(|(at, _)| *at > drop_start) {
+        if d.desired < previous.1 {
+            assert!(
+                d.desired >= previous.1 / 2,
+                "{} → {} is more than halving",
+                previous.1,
+                d.desired
+            );
+            assert!(
+                *at - previous.0 >= Duration::from_secs(2) || previous.1 == 30,
+                "steps down at most every 2 s: {previous:?} then {at:?}"
+            );
+            previous = (*at, d.desired);
+        }
     }
     // The stable window remembers the load: the first half minute keeps more than half.
     let at_30s = after[299];

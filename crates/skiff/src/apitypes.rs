@@ -72,6 +72,26 @@ pub struct RevisionDetail {
     pub serving: bool,
     pub spec: ServiceSpec,
     pub last_failure: Option<FailureDetail>,
+    /// The autoscaler's latest decision, while the revision runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerDetail>,
+}
+
+/// What the autoscaler last decided for a revision, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AutoscalerDetail {
+    /// Unix time of the decision.
+    pub at: i64,
+    pub desired: u32,
+    pub ready: u32,
+    /// `concurrency` or `rps`.
+    pub metric: String,
+    /// Mean demand over the stable window, in the metric's unit.
+    pub stable_demand: f64,
+    /// Mean demand over the panic window.
+    pub panic_demand: f64,
+    pub panicking: bool,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -86,11 +86,15 @@ fn concurrent_requests_with_concurrency_one_start_one_instance_each_up_to_max() 
 #[test]
 fn idle_instances_scale_to_zero_without_cutting_a_request_in_flight() {
     let d = Arc::new(Daemon::start(&[]));
-    d.deploy_hello("hello", &["--concurrency", "1", "--idle-timeout", "1s"]);
+    // The autoscaler's shortest stable window, and instances filled to their target.
+    let scaling = ["--window", "6s", "--target-utilization", "100"];
+    let mut flags = vec!["--concurrency", "1", "--idle-timeout", "1s"];
+    flags.extend(scaling);
+    d.deploy_hello("hello", &flags);
     // Two instances: one long request keeps one busy while the other goes idle.
     let long = {
         let d = Arc::clone(&d);
-        std::thread::spawn(move || d.get("hello", "/sleep?ms=4000"))
+        std::thread::spawn(move || d.get("hello", "/sleep?ms=12000"))
     };
     eventually(
         Duration::from_secs(10),
@@ -100,17 +104,28 @@ fn idle_instances_scale_to_zero_without_cutting_a_request_in_flight() {
     let short = d.get("hello", "/");
     assert_eq!(short.status, 200);
     assert_eq!(d.ready("hello"), 2);
-    // The short one's instance stops after 1s idle while the long request is in flight.
-    eventually(Duration::from_secs(3), "scale-down to one instance", || {
-        d.ready("hello") == 1
-    });
+    // Demand is back to the one long request: once the short one's moment leaves the 6 s
+    // window (and the panic it caused ends), its instance stops; the long one is not cut.
+    eventually(
+        Duration::from_secs(10),
+        "scale-down to one instance",
+        || d.ready("hello") == 1,
+    );
     let long = long.join().unwrap();
     assert_eq!(long.status, 200, "{}", long.text());
-    assert!(long.text().starts_with("slept 4000 ms"), "{}", long.text());
+    assert!(long.text().starts_with("slept 12000 ms"), "{}", long.text());
     eventually(Duration::from_secs(5), "scale to zero", || {
         d.ready("hello") == 0
     });
     let detail = d.json(&["describe", "hello"]);
+    let decision = &detail["revisions"][0]["autoscaler"];
+    assert_eq!(decision["desired"], 0, "{detail}");
+    assert!(
+        decision["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("scaled to zero")),
+        "{decision}"
+    );
     let states: Vec<&str> = detail["instances"]
         .as_array()
         .unwrap()
@@ -379,7 +394,7 @@ fn bodies_stream_both_ways_and_websockets_pass_through() {
 #[test]
 fn bad_deploys_are_refused_with_what_was_wrong_and_change_nothing() {
     let d = Daemon::start(&[]);
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["deploy", "hello", "--image", "hello", "--memory", "1Ki"],
             "memory",
@@ -396,6 +411,21 @@ fn bad_deploys_are_refused_with_what_was_wrong_and_change_nothing() {
         (
             &["deploy", "hello", "--image", "hello", "-e", "PORT=1"],
             "PORT is set by skiff",
+        ),
+        (
+            &["deploy", "hello", "--image", "hello", "--window", "2s"],
+            "window: 2000ms is outside 6s–1h",
+        ),
+        (
+            &[
+                "deploy",
+                "hello",
+                "--image",
+                "hello",
+                "--target-utilization",
+                "0",
+            ],
+            "target-utilization",
         ),
     ];
     for (args, want) in cases {

@@ -44,15 +44,77 @@ pub struct DeployArgs {
     /// Time a request may take until its response starts. Default 300s.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// Time without requests after which an instance stops. Default 60s.
+    /// Time without any request after which the last instance stops (scale to zero).
+    /// Default 60s.
     #[arg(long, value_parser = parse_duration)]
     idle_timeout: Option<Duration>,
     /// HTTP path that must answer 2xx/3xx before an instance takes requests.
     #[arg(long)]
     startup_probe: Option<String>,
+    #[command(flatten)]
+    scaling: ScalingArgs,
     /// Command replacing the image's Cmd (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// Autoscaler knobs (Knative's `autoscaling.knative.dev/*`); unset ones keep the
+/// previous revision's value, or the daemon's default.
+#[derive(Args)]
+struct ScalingArgs {
+    /// What demand is measured in: concurrency (in flight + queued) or rps.
+    #[arg(long, value_parser = ["concurrency", "rps"])]
+    metric: Option<String>,
+    /// Soft target per instance in the metric's unit (default: --concurrency, or 100
+    /// when unlimited; 200 for rps).
+    #[arg(long)]
+    target: Option<f64>,
+    /// Percentage of the target to aim for (default 70).
+    #[arg(long)]
+    target_utilization: Option<f64>,
+    /// Stable window demand is averaged over (6s-1h, default 60s).
+    #[arg(long, value_parser = parse_duration)]
+    window: Option<Duration>,
+    /// Panic window as a percentage of the stable window (default 10).
+    #[arg(long)]
+    panic_window_percentage: Option<f64>,
+    /// Panic at this percentage of current capacity (default 200).
+    #[arg(long)]
+    panic_threshold: Option<f64>,
+    /// Most the instance count may grow by in one decision, a factor (default 1000).
+    #[arg(long)]
+    max_scale_up_rate: Option<f64>,
+    /// Most the instance count may shrink by in one step, a divisor (default 2).
+    #[arg(long)]
+    max_scale_down_rate: Option<f64>,
+    /// Extra wait before the last instance stops once idle (default 0s).
+    #[arg(long, value_parser = parse_duration)]
+    scale_to_zero_grace: Option<Duration>,
+    /// Instances a new revision starts with before the deploy returns (default 0).
+    #[arg(long)]
+    initial_instances: Option<u32>,
+}
+
+impl ScalingArgs {
+    fn apply(&self, a: &mut skiff_core::Autoscaling) {
+        let ms = |d: Duration| d.as_millis() as u64;
+        if self.metric.is_some() {
+            a.metric = self.metric.clone();
+        }
+        a.target = self.target.or(a.target);
+        a.target_utilization_percentage =
+            self.target_utilization.or(a.target_utilization_percentage);
+        a.window_ms = self.window.map(ms).or(a.window_ms);
+        a.panic_window_percentage = self.panic_window_percentage.or(a.panic_window_percentage);
+        a.panic_threshold_percentage = self.panic_threshold.or(a.panic_threshold_percentage);
+        a.max_scale_up_rate = self.max_scale_up_rate.or(a.max_scale_up_rate);
+        a.max_scale_down_rate = self.max_scale_down_rate.or(a.max_scale_down_rate);
+        a.scale_to_zero_grace_ms = self
+            .scale_to_zero_grace
+            .map(ms)
+            .or(a.scale_to_zero_grace_ms);
+        a.initial_scale = self.initial_instances.or(a.initial_scale);
+    }
 }
 
 fn base_spec(client: &Client, a: &DeployArgs) -> anyhow::Result<ServiceSpec> {
@@ -113,6 +175,7 @@ pub fn deploy(client: &Client, format: Format, a: DeployArgs) -> anyhow::Result<
     if !a.command.is_empty() {
         spec.command = a.command.clone();
     }
+    a.scaling.apply(&mut spec.autoscaling);
     let deployed: Deployed = client.call(
         Method::PUT,
         &format!("/v1/services/{}", a.name),
@@ -218,6 +281,20 @@ pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<(
         })
         .collect();
     output::table(&["INSTANCE", "REVISION", "STATE", "STARTED", "EXIT"], &rows);
+    for r in &d.revisions {
+        if let Some(a) = &r.autoscaler {
+            println!();
+            println!(
+                "Autoscaler ({}, {}): {} instances wanted, {} ready{}",
+                r.name,
+                ago(a.at),
+                a.desired,
+                a.ready,
+                if a.panicking { ", panicking" } else { "" }
+            );
+            println!("  {}", a.reason);
+        }
+    }
     if let Some(f) = &d.last_failure {
         println!();
         println!(

@@ -9,6 +9,7 @@
 mod api;
 mod logs;
 mod runner;
+mod scaling;
 mod services;
 mod spawner;
 
@@ -54,6 +55,8 @@ pub struct ServerArgs {
     /// every cold start then pays for the whole sandbox setup.
     #[arg(long)]
     no_prepared_sandboxes: bool,
+    #[command(flatten)]
+    scaling: scaling::ScalingDefaults,
 }
 
 /// What the daemon's parts share.
@@ -69,6 +72,8 @@ pub struct Ctx {
     pub stop_grace: Duration,
     /// Keep one prepared sandbox per revision for fast cold starts.
     pub prepare_sandboxes: bool,
+    /// Autoscaler defaults that services override.
+    pub scaling: scaling::ScalingDefaults,
     /// This process's start time, recorded with its instances.
     pub start_time: u64,
     shutting_down: AtomicBool,
@@ -171,6 +176,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         queue_depth: args.queue_depth,
         stop_grace: args.stop_timeout,
         prepare_sandboxes: !args.no_prepared_sandboxes,
+        scaling: args.scaling.clone(),
         start_time: crate::launch::process_start_time(std::process::id()).unwrap_or(0),
         shutting_down: AtomicBool::new(false),
         runners: Mutex::new(HashMap::new()),

@@ -1,12 +1,14 @@
-//! One revision at work: the reconcile loop that keeps its instance count matched to
-//! demand (the router's activator queue and in-flight requests), and each instance's life:
-//! start, readiness, serving, then a graceful stop when idle or a failure report when it
+//! One revision at work: the reconcile loop that samples its demand (the router's
+//! activator queue and in-flight requests) each tick, asks the autoscaler how many
+//! instances it should have and makes it so; and each instance's life: start, readiness,
+//! serving, then a graceful stop when the scaler lets it go or a failure report when it
 //! dies. Failures back off exponentially so a broken image never restarts in a hot loop.
 
 use super::Ctx;
 use skiff_core::ServiceSpec;
 use skiff_router::{upstream, RevisionPool, Target, Upstream};
 use skiff_sandbox::{Exit, Instance, Prepared, SandboxSpec};
+use skiff_scaler::{Decision, Observation, Scaler};
 use skiff_store::{ExitRecord, NewInstance};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch};
 
-/// How often the reconcile loop looks at idle instances without being woken.
+/// How often the reconcile loop samples demand and decides, without being woken.
 const TICK: Duration = Duration::from_millis(100);
 /// How long an instance may take to listen on its port (Cloud Run's startup limit).
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(240);
@@ -60,9 +62,20 @@ pub struct RevisionRunner {
     failures_in_a_row: AtomicU32,
     /// Instances kept regardless of demand (a deploy warming the new revision).
     warm_floor: AtomicU32,
+    scaler: Mutex<Scaler>,
+    /// The scaler's latest decision and its Unix time, for `describe`.
+    decision: Mutex<Option<ScaleDecision>>,
     retired: watch::Sender<bool>,
     /// Bumped whenever an instance becomes ready or fails.
     events: watch::Sender<u64>,
+}
+
+/// The autoscaler's latest decision for a revision, as `describe` shows it.
+#[derive(Clone, Debug)]
+pub struct ScaleDecision {
+    /// Unix time of the decision.
+    pub at: i64,
+    pub decision: Decision,
 }
 
 /// What happened to a revision's first instance (for deploys that wait on it).
@@ -71,23 +84,29 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// What a revision runs: everything resolved from its stored spec.
+pub struct RevisionParts {
+    pub service: String,
+    pub name: String,
+    pub spec: ServiceSpec,
+    pub image_digest: skiff_core::Digest,
+    /// The sandbox every instance starts from (its id and log path filled in per instance).
+    pub template: SandboxSpec,
+    pub pool: Arc<RevisionPool>,
+    pub scaling: skiff_scaler::Settings,
+}
+
 impl RevisionRunner {
-    pub fn new(
-        ctx: Arc<Ctx>,
-        service: String,
-        name: String,
-        spec: ServiceSpec,
-        image_digest: skiff_core::Digest,
-        template: SandboxSpec,
-        pool: Arc<RevisionPool>,
-    ) -> Arc<RevisionRunner> {
+    pub fn new(ctx: Arc<Ctx>, parts: RevisionParts) -> Arc<RevisionRunner> {
         Arc::new(RevisionRunner {
-            name,
-            service,
-            spec,
-            image_digest,
-            template,
-            pool,
+            scaler: Mutex::new(Scaler::new(parts.scaling, Instant::now())),
+            decision: Mutex::new(None),
+            name: parts.name,
+            service: parts.service,
+            spec: parts.spec,
+            image_digest: parts.image_digest,
+            template: parts.template,
+            pool: parts.pool,
             ctx,
             live: Mutex::new(HashMap::new()),
             starting: AtomicU32::new(0),
@@ -133,15 +152,25 @@ impl RevisionRunner {
         }
     }
 
-    /// Keeps at least one instance up and waits until one is ready or one fails.
-    pub async fn warm_one(self: &Arc<Self>, timeout: Duration) -> Outcome {
+    /// The autoscaler's latest decision.
+    pub fn last_decision(&self) -> Option<ScaleDecision> {
+        self.decision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps at least `count` instances up and waits until that many are ready or one
+    /// fails.
+    pub async fn warm(self: &Arc<Self>, count: u32, timeout: Duration) -> Outcome {
         let mut events = self.events.subscribe();
-        self.warm_floor.store(1, Ordering::SeqCst);
+        self.warm_floor.store(count, Ordering::SeqCst);
         self.pool.clear_backoff();
+        self.pool.poke();
         let failures_before = self.failures_in_a_row.load(Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.pool.load().ready > 0 {
+            if self.pool.load().ready >= count {
                 return Outcome::Ready;
             }
             if self.failures_in_a_row.load(Ordering::SeqCst) > failures_before {
@@ -163,7 +192,7 @@ impl RevisionRunner {
         }
     }
 
-    /// Lets the warm instance go idle like any other.
+    /// Lets the warm instances go idle like any others.
     pub fn release_warm(&self) {
         self.warm_floor.store(0, Ordering::SeqCst);
     }
@@ -196,23 +225,24 @@ impl RevisionRunner {
         }
     }
 
-    /// One step: start instances for unmet demand, stop those idle too long.
+    /// One step: sample demand, let the scaler decide, start instances up to its count
+    /// and stop idle ones above it (never one with a request in flight).
     fn reconcile(self: &Arc<Self>, retired: bool) {
         let now = Instant::now();
         let load = self.pool.load();
-        let demand = load.in_flight + load.queued;
-        let for_load = match self.spec.concurrency {
-            0 => u32::from(demand > 0),
-            c => demand.div_ceil(c),
-        };
-        let floor = if retired {
-            0
+        let want = if retired {
+            // No new traffic comes: serve what is still queued, then go.
+            let demand = load.in_flight + load.queued;
+            match self.spec.concurrency {
+                0 => u32::from(demand > 0),
+                c => demand.div_ceil(c),
+            }
         } else {
-            self.spec
-                .min_instances
+            let decision = self.decide(now, load);
+            decision
                 .max(self.warm_floor.load(Ordering::SeqCst))
+                .min(self.spec.max_instances)
         };
-        let want = for_load.max(floor).min(self.spec.max_instances);
         let starting = self.starting.load(Ordering::SeqCst);
         if !self.ctx.is_shutting_down() && !self.pool.in_backoff(now) {
             for _ in (load.ready + starting)..want {
@@ -221,23 +251,49 @@ impl RevisionRunner {
                 tokio::spawn(async move { me.run_instance().await });
             }
         }
-        let idle_limit = if retired {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(self.spec.idle_timeout_ms)
-        };
+        let mut surplus = load.ready.saturating_sub(want);
+        if surplus == 0 {
+            return;
+        }
         let mut idle = self.pool.idle_times(now);
         idle.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
-        let mut ready = load.ready;
-        for (id, idle_for) in idle {
-            if ready <= floor || idle_for < idle_limit {
+        for (id, _) in idle {
+            if surplus == 0 {
                 break;
             }
-            if self.pool.retire_if_idle(&id, idle_limit, now) {
-                ready -= 1;
+            if self.pool.retire_if_idle(&id, Duration::ZERO, now) {
+                surplus -= 1;
                 self.stop_instance(&id);
             }
         }
+    }
+
+    /// Feeds the scaler this tick's sample and keeps its decision for `describe`.
+    fn decide(&self, now: Instant, load: skiff_router::Load) -> u32 {
+        let decision = {
+            let mut scaler = self.scaler.lock().unwrap_or_else(|p| p.into_inner());
+            scaler.observe(
+                now,
+                Observation {
+                    in_flight: load.in_flight,
+                    queued: load.queued,
+                    requests_total: load.requests_total,
+                },
+            );
+            scaler.decide(now, load.ready)
+        };
+        let desired = decision.desired;
+        let mut last = self.decision.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref().is_none_or(|l| {
+            l.decision.desired != desired || l.decision.panicking != decision.panicking
+        }) {
+            tracing::debug!(revision = %self.name, desired, "{}", decision.reason);
+        }
+        *last = Some(ScaleDecision {
+            at: super::unix_now(),
+            decision,
+        });
+        desired
     }
 
     fn stop_instance(&self, id: &str) {

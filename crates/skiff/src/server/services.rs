@@ -7,7 +7,8 @@
 use super::runner::{self, describe_exit, Outcome, RevisionRunner};
 use super::Ctx;
 use crate::apitypes::{
-    Deployed, FailureDetail, InstanceDetail, RevisionDetail, ServiceDetail, ServiceSummary,
+    AutoscalerDetail, Deployed, FailureDetail, InstanceDetail, RevisionDetail, ServiceDetail,
+    ServiceSummary,
 };
 use axum::http::StatusCode;
 use skiff_core::{revision_name, validate_service_name, ServiceSpec};
@@ -129,6 +130,10 @@ fn start_runner(
     spec: ServiceSpec,
     template: SandboxSpec,
 ) -> Result<Arc<RevisionRunner>, ApiError> {
+    let scaling = ctx.scaling.settings_for(&spec).map_err(|e| ApiError {
+        field: Some(e.knob.to_owned()),
+        ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string())
+    })?;
     let digest = rev
         .image_digest
         .parse()
@@ -141,12 +146,15 @@ fn start_runner(
     });
     let runner = RevisionRunner::new(
         Arc::clone(ctx),
-        rev.service.clone(),
-        rev.name.clone(),
-        spec,
-        digest,
-        template,
-        pool,
+        runner::RevisionParts {
+            service: rev.service.clone(),
+            name: rev.name.clone(),
+            spec,
+            image_digest: digest,
+            template,
+            pool,
+            scaling,
+        },
     );
     ctx.add_runner(Arc::clone(&runner));
     runner.spawn();
@@ -168,17 +176,22 @@ pub async fn deploy(ctx: &Arc<Ctx>, name: &str, spec: ServiceSpec) -> Result<Dep
     })?;
     // Everything that can be wrong with the spec is found before a revision is written.
     template(ctx, &image, &spec, name, &revision_name(name, 0))?;
+    ctx.scaling.settings_for(&spec).map_err(|e| ApiError {
+        field: Some(e.knob.to_owned()),
+        ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string())
+    })?;
     let spec_json = serde_json::to_string(&spec).map_err(ApiError::internal)?;
     let rev = ctx
         .db()
         .create_revision(name, &image.digest.to_string(), &spec_json, revision_name)
         .map_err(ApiError::internal)?;
     let template = template(ctx, &image, &spec, name, &rev.name)?;
-    let warm = spec.min_instances > 0;
+    let initial = ctx.scaling.initial_scale(&spec);
     let runner = start_runner(ctx, &rev, spec, template)?;
     let old = ctx.router.route(name);
-    if warm || old.as_ref().is_some_and(|p| p.load().ready > 0) {
-        if let Outcome::Failed(reason) = runner.warm_one(runner::STARTUP_TIMEOUT).await {
+    let warm = initial.max(u32::from(old.as_ref().is_some_and(|p| p.load().ready > 0)));
+    if warm > 0 {
+        if let Outcome::Failed(reason) = runner.warm(warm, runner::STARTUP_TIMEOUT).await {
             runner.retire();
             let tail = ctx
                 .db()
@@ -285,7 +298,22 @@ pub fn describe(ctx: &Ctx, name: &str) -> Result<ServiceDetail, ApiError> {
     for r in &records {
         let spec: ServiceSpec = serde_json::from_str(&r.spec_json)
             .map_err(|e| ApiError::internal(format!("revision {}: stored spec: {e}", r.name)))?;
-        if let Some(runner) = ctx.runner(&r.name) {
+        let runner = ctx.runner(&r.name);
+        let autoscaler =
+            runner
+                .as_ref()
+                .and_then(|r| r.last_decision())
+                .map(|d| AutoscalerDetail {
+                    at: d.at,
+                    desired: d.decision.desired,
+                    ready: d.decision.ready,
+                    metric: d.decision.metric.as_str().to_owned(),
+                    stable_demand: d.decision.stable_demand,
+                    panic_demand: d.decision.panic_demand,
+                    panicking: d.decision.panicking,
+                    reason: d.decision.reason,
+                });
+        if let Some(runner) = runner {
             instances.extend(runner.instances().into_iter().map(|i| InstanceDetail {
                 id: i.id,
                 revision: r.name.clone(),
@@ -308,6 +336,7 @@ pub fn describe(ctx: &Ctx, name: &str) -> Result<ServiceDetail, ApiError> {
                 log_tail: f.log_tail,
             }),
             spec,
+            autoscaler,
         });
     }
     let ended = ctx

@@ -96,6 +96,18 @@ impl Daemon {
             .env("SKIFF_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // A test that fails while another thread still holds its daemon never drops it;
+        // the daemon then stops when the test's thread ends, instead of outliving the
+        // test run (and holding cargo's output pipe open).
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().expect("starting skiff server");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
