@@ -7,12 +7,14 @@
 
 mod autoscaling;
 mod digest;
+mod probe;
 mod quantity;
 mod reference;
 mod service;
 
 pub use autoscaling::Autoscaling;
 pub use digest::{Digest, DigestError};
+pub use probe::Probe;
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};
 pub use service::{

@@ -3,6 +3,7 @@
 //! image resolved to a digest; the names here are the ones URLs, env and the store use.
 
 use crate::autoscaling::Autoscaling;
+use crate::probe::Probe;
 use serde::{Deserialize, Serialize};
 
 /// Cloud Run's default concurrency: requests one instance serves at once.
@@ -64,6 +65,12 @@ pub struct ServiceSpec {
     /// TCP connect to the port decides readiness.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_probe: Option<String>,
+    /// Probed while the instance serves; failing takes it out of the rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Probed while the instance serves; failing restarts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
     /// Autoscaler knobs; unset ones take the daemon's defaults.
     #[serde(default, skip_serializing_if = "Autoscaling::is_default")]
     pub autoscaling: Autoscaling,
@@ -107,6 +114,8 @@ impl ServiceSpec {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             startup_probe: None,
+            readiness_probe: None,
+            liveness_probe: None,
             autoscaling: Autoscaling::default(),
         }
     }
@@ -161,6 +170,14 @@ impl ServiceSpec {
         }
         if self.idle_timeout_ms == 0 {
             return bad("idle-timeout", "must be more than 0".into());
+        }
+        for (field, probe) in [
+            ("readiness-probe", &self.readiness_probe),
+            ("liveness-probe", &self.liveness_probe),
+        ] {
+            if let Some(Err(why)) = probe.as_ref().map(Probe::validate) {
+                return bad(field, why);
+            }
         }
         if let Err((knob, why)) = self.autoscaling.validate() {
             return bad(knob, why);

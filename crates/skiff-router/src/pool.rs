@@ -52,7 +52,7 @@ pub enum PoolError {
 /// What the pool holds now, for the reconciler.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Load {
-    /// Ready instances.
+    /// Ready instances (in the rotation).
     pub ready: u32,
     /// Requests being served.
     pub in_flight: u32,
@@ -66,6 +66,8 @@ struct Member {
     upstream: Arc<Upstream>,
     in_flight: u32,
     idle_since: Instant,
+    /// False while its readiness probe fails: it gets no new requests.
+    serving: bool,
 }
 
 type Waiter = oneshot::Sender<Result<Lease, PoolError>>;
@@ -107,7 +109,7 @@ impl RevisionPool {
     }
 
     fn has_room(&self, m: &Member) -> bool {
-        self.config.concurrency == 0 || m.in_flight < self.config.concurrency
+        m.serving && (self.config.concurrency == 0 || m.in_flight < self.config.concurrency)
     }
 
     /// Takes a slot on the least-loaded instance, or waits in the queue for one (up to
@@ -211,8 +213,21 @@ impl RevisionPool {
             upstream: Arc::new(upstream),
             in_flight: 0,
             idle_since: Instant::now(),
+            serving: true,
         });
         self.dispatch_locked(&mut st);
+    }
+
+    /// Takes an instance out of the rotation (its readiness probe fails) or puts it back.
+    /// Requests it is serving finish; waiting requests go to it once it is back.
+    pub fn set_serving(self: &Arc<Self>, id: &str, serving: bool) {
+        let mut st = self.lock();
+        if let Some(m) = st.members.iter_mut().find(|m| m.upstream.id == id) {
+            m.serving = serving;
+        }
+        if serving {
+            self.dispatch_locked(&mut st);
+        }
     }
 
     /// Drops an instance that died. Requests it was serving fail on their own connection.
@@ -257,7 +272,7 @@ impl RevisionPool {
         let mut st = self.lock();
         st.queue.retain(|w| !w.is_closed());
         Load {
-            ready: st.members.len() as u32,
+            ready: st.members.iter().filter(|m| m.serving).count() as u32,
             in_flight: st.members.iter().map(|m| m.in_flight).sum(),
             queued: st.queue.len() as u32,
             requests_total: st.requests_total,

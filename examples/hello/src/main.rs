@@ -11,6 +11,8 @@
 //! - `GET /headers` → the request's headers, one per line
 //! - `GET /env` → the environment, one per line
 //! - `GET /ws` with `Upgrade: websocket` → echoes WebSocket text/binary messages
+//! - `GET /healthz` → 200 `ok`, or 503 after `GET /sick` (for `?ms=N` ms, or until
+//!   `GET /well`)
 //!
 //! `hello --crash MESSAGE` prints MESSAGE to stderr and exits 3 (a broken image);
 //! `hello --listen-after MS` waits before listening (a slow starter).
@@ -19,12 +21,20 @@ mod ws;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 static STOPPING: AtomicBool = AtomicBool::new(false);
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Unix time in ms until which `/healthz` fails (0: healthy).
+static SICK_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -249,6 +259,22 @@ fn handle(
                 .collect();
             respond(out, 200, &body, close)?;
         }
+        "/healthz" if SICK_UNTIL.load(Ordering::SeqCst) > unix_ms() => {
+            respond(out, 503, "sick\n", close)?
+        }
+        "/healthz" => respond(out, 200, "ok\n", close)?,
+        "/sick" => {
+            let until = match req.param("ms") {
+                Some(ms) => unix_ms() + ms,
+                None => u64::MAX,
+            };
+            SICK_UNTIL.store(until, Ordering::SeqCst);
+            respond(out, 200, &format!("sick on {id}\n"), close)?;
+        }
+        "/well" => {
+            SICK_UNTIL.store(0, Ordering::SeqCst);
+            respond(out, 200, &format!("well on {id}\n"), close)?;
+        }
         "/env" => {
             let body: String = std::env::vars()
                 .map(|(k, v)| format!("{k}={v}\n"))
@@ -261,7 +287,11 @@ fn handle(
 }
 
 fn respond(out: &mut TcpStream, status: u16, body: &str, close: bool) -> io::Result<()> {
-    let reason = if status == 200 { "OK" } else { "Not Found" };
+    let reason = match status {
+        200 => "OK",
+        503 => "Service Unavailable",
+        _ => "Not Found",
+    };
     let conn = if close { "connection: close\r\n" } else { "" };
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{conn}\r\n",

@@ -49,7 +49,7 @@ pub enum Command {
     /// Run the daemon: control-plane API, ingress router, instances.
     Server(crate::server::ServerArgs),
     /// Deploy a service (a new revision of it, when it exists).
-    Deploy(service::DeployArgs),
+    Deploy(Box<service::DeployArgs>),
     /// List services.
     Ls,
     /// Show a service: revisions, instances, the last start failure.
@@ -72,7 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(cmd) => image::run(&home, cli.output, cmd).map(|()| 0),
         Command::Run(args) => run::run(&home, args),
         Command::Server(args) => crate::server::run(home, cli.socket, args),
-        Command::Deploy(a) => service::deploy(&client(&cli.socket)?, cli.output, a).map(|()| 0),
+        Command::Deploy(a) => service::deploy(&client(&cli.socket)?, cli.output, *a).map(|()| 0),
         Command::Ls => service::list(&client(&cli.socket)?, cli.output).map(|()| 0),
         Command::Describe { name } => {
             service::describe(&client(&cli.socket)?, cli.output, &name).map(|()| 0)

@@ -10,7 +10,7 @@ use crate::apitypes::{Deployed, LogLine, ServiceDetail, ServiceSummary};
 use crate::launch::{parse_cpu, parse_duration, parse_memory};
 use clap::Args;
 use hyper::Method;
-use skiff_core::ServiceSpec;
+use skiff_core::{Probe, ServiceSpec};
 use std::time::Duration;
 
 #[derive(Args)]
@@ -52,10 +52,78 @@ pub struct DeployArgs {
     #[arg(long)]
     startup_probe: Option<String>,
     #[command(flatten)]
+    probes: ProbeArgs,
+    #[command(flatten)]
     scaling: ScalingArgs,
     /// Command replacing the image's Cmd (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// Readiness and liveness probes: `PATH` for an HTTP GET (2xx/3xx passes) or `tcp` for a
+/// connect to the port. Unset ones keep the previous revision's.
+#[derive(Args)]
+struct ProbeArgs {
+    /// Probe while serving; failing takes the instance out of the rotation.
+    #[arg(long, value_name = "PATH|tcp")]
+    readiness_probe: Option<String>,
+    /// Time between readiness probes (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    readiness_period: Option<Duration>,
+    /// Readiness failures in a row before the instance leaves the rotation (default 3).
+    #[arg(long)]
+    readiness_failures: Option<u32>,
+    /// Probe while serving; failing restarts the instance.
+    #[arg(long, value_name = "PATH|tcp")]
+    liveness_probe: Option<String>,
+    /// Time between liveness probes (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    liveness_period: Option<Duration>,
+    /// Liveness failures in a row before the instance is restarted (default 3).
+    #[arg(long)]
+    liveness_failures: Option<u32>,
+}
+
+impl ProbeArgs {
+    fn apply(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
+        let merge = |name: &str,
+                     probe: &mut Option<Probe>,
+                     kind: &Option<String>,
+                     period: Option<Duration>,
+                     failures: Option<u32>| {
+            if probe.is_none() && kind.is_none() && (period.is_some() || failures.is_some()) {
+                anyhow::bail!("--{name}-period and --{name}-failures need --{name}-probe");
+            }
+            if let Some(kind) = kind {
+                let path = (kind != "tcp").then(|| kind.clone());
+                *probe = Some(Probe::new(path));
+            }
+            if let Some(p) = probe.as_mut() {
+                if let Some(d) = period {
+                    p.period_ms = d.as_millis() as u64;
+                    p.timeout_ms = p.timeout_ms.min(p.period_ms);
+                }
+                if let Some(n) = failures {
+                    p.failure_threshold = n;
+                }
+            }
+            Ok(())
+        };
+        merge(
+            "readiness",
+            &mut spec.readiness_probe,
+            &self.readiness_probe,
+            self.readiness_period,
+            self.readiness_failures,
+        )?;
+        merge(
+            "liveness",
+            &mut spec.liveness_probe,
+            &self.liveness_probe,
+            self.liveness_period,
+            self.liveness_failures,
+        )
+    }
 }
 
 /// Autoscaler knobs (Knative's `autoscaling.knative.dev/*`); unset ones keep the
@@ -176,6 +244,7 @@ pub fn deploy(client: &Client, format: Format, a: DeployArgs) -> anyhow::Result<
         spec.command = a.command.clone();
     }
     a.scaling.apply(&mut spec.autoscaling);
+    a.probes.apply(&mut spec)?;
     let deployed: Deployed = client.call(
         Method::PUT,
         &format!("/v1/services/{}", a.name),

@@ -7,6 +7,7 @@
 //! this module only connects them.
 
 mod api;
+mod health;
 mod logs;
 mod runner;
 mod scaling;

@@ -4,7 +4,7 @@
 //! serving, then a graceful stop when the scaler lets it go or a failure report when it
 //! dies. Failures back off exponentially so a broken image never restarts in a hot loop.
 
-use super::Ctx;
+use super::{health, Ctx};
 use skiff_core::ServiceSpec;
 use skiff_router::{upstream, RevisionPool, Target, Upstream};
 use skiff_sandbox::{Exit, Instance, Prepared, SandboxSpec};
@@ -469,11 +469,9 @@ impl RevisionRunner {
         );
         let mut failure = None;
         let stop_now = match ready {
-            Ok(upstream) => {
+            Ok((upstream, target)) => {
                 self.failures_in_a_row.store(0, Ordering::SeqCst);
-                if let Some(l) = self.live().get_mut(id) {
-                    l.info.state = "ready";
-                }
+                self.set_state(id, "ready");
                 self.pool.add_instance(upstream);
                 self.bump();
                 tracing::info!(instance = %id, revision = %self.name, "ready");
@@ -484,6 +482,12 @@ impl RevisionRunner {
                         false
                     }
                     _ = &mut stop_rx => true,
+                    reason = self.watch_health(id, &target) => {
+                        self.pool.remove_instance(id);
+                        self.set_state(id, "stopping");
+                        failure = Some(reason);
+                        true
+                    }
                 }
             }
             Err(Ready::Stopped) => true,
@@ -521,7 +525,7 @@ impl RevisionRunner {
         &self,
         instance: &Instance,
         stop_rx: &mut oneshot::Receiver<()>,
-    ) -> Result<Upstream, Ready> {
+    ) -> Result<(Upstream, Target), Ready> {
         let netns = match open_netns(instance.pid()) {
             Ok(ns) => ns,
             // A process that already exited has no namespaces left to open.
@@ -561,9 +565,64 @@ impl RevisionRunner {
             self.probe_until_ok(&target, path, instance, stop_rx)
                 .await?;
         }
-        let upstream = Upstream::new(instance.id(), target);
+        let upstream = Upstream::new(instance.id(), target.clone());
         upstream.put_fresh(stream);
-        Ok(upstream)
+        Ok((upstream, target))
+    }
+
+    fn set_state(&self, id: &str, state: &'static str) {
+        if let Some(l) = self.live().get_mut(id) {
+            l.info.state = state;
+        }
+    }
+
+    /// Runs the readiness and liveness probes of a serving instance. A failing readiness
+    /// probe takes it out of the rotation until it passes again; a failing liveness probe
+    /// ends this future with the reason, and the instance is restarted (with backoff).
+    /// Pending forever when the spec has neither.
+    async fn watch_health(&self, id: &str, target: &Target) -> String {
+        let readiness = self.spec.readiness_probe.as_ref().map(|p| {
+            health::watch(p, target, |passing| {
+                self.pool.set_serving(id, passing);
+                self.set_state(id, if passing { "ready" } else { "unready" });
+                if !passing {
+                    tracing::warn!(instance = %id, "readiness probe {} failing: out of the rotation", p.describe());
+                }
+                std::ops::ControlFlow::Continue(())
+            })
+        });
+        let liveness = self.spec.liveness_probe.as_ref().map(|p| {
+            health::watch(p, target, |passing| {
+                if passing {
+                    std::ops::ControlFlow::Continue(())
+                } else {
+                    std::ops::ControlFlow::Break(())
+                }
+            })
+        });
+        let readiness = async {
+            match readiness {
+                Some(r) => r.await,
+                None => std::future::pending().await,
+            }
+        };
+        let liveness = async {
+            match liveness {
+                Some(l) => l.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            last = liveness => {
+                let p = self.spec.liveness_probe.as_ref().expect("a liveness probe ran");
+                format!(
+                    "failed its liveness probe ({} failed {} times in a row, last: {last}): restarted",
+                    p.describe(),
+                    p.failure_threshold
+                )
+            }
+            last = readiness => last,
+        }
     }
 
     async fn probe_until_ok(

@@ -1,0 +1,118 @@
+//! End-to-end: readiness and liveness probes of serving instances, against the hello
+//! example's `/healthz` (which `/sick` makes fail).
+
+mod daemon;
+
+use daemon::{eventually, Daemon};
+use std::time::Duration;
+
+/// The instance id in hello's `hello from ID` answer.
+fn instance_of(answer: &str) -> String {
+    answer
+        .split_whitespace()
+        .last()
+        .unwrap_or_else(|| panic!("no instance id in {answer:?}"))
+        .to_owned()
+}
+
+fn state_of(d: &Daemon, service: &str, id: &str) -> String {
+    let detail = d.json(&["describe", service]);
+    detail["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == id)
+        .map(|i| i["state"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failing_liveness_probe_restarts_the_instance_and_describe_says_why() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello(
+        "live",
+        &[
+            "--min-instances",
+            "1",
+            "--liveness-probe",
+            "/healthz",
+            "--liveness-period",
+            "300ms",
+            "--liveness-failures",
+            "2",
+        ],
+    );
+    let first = instance_of(&d.get("live", "/").text());
+    // Healthy: a few periods pass and the same instance keeps answering.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(instance_of(&d.get("live", "/").text()), first);
+    assert_eq!(d.get("live", "/sick").status, 200);
+    eventually(Duration::from_secs(15), "a new instance answering", || {
+        let r = d.get("live", "/");
+        r.status == 200 && instance_of(&r.text()) != first
+    });
+    let detail = d.json(&["describe", "live"]);
+    let reason = detail["last_failure"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains(&first)
+            && reason.contains(
+                "liveness probe (GET /healthz failed 2 times in a row, last: status 503)"
+            ),
+        "{detail}"
+    );
+    let old = detail["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == first.as_str())
+        .expect("the restarted instance is listed");
+    assert_eq!(old["state"], "exited", "{old}");
+    assert_eq!(
+        old["exit"], "exited with code 0",
+        "stopped gracefully: {old}"
+    );
+}
+
+#[test]
+fn a_failing_readiness_probe_takes_the_instance_out_of_rotation_until_it_passes() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello(
+        "ready",
+        &[
+            "--min-instances",
+            "1",
+            "--readiness-probe",
+            "/healthz",
+            "--readiness-period",
+            "200ms",
+            "--readiness-failures",
+            "1",
+        ],
+    );
+    let first = instance_of(&d.get("ready", "/").text());
+    // Sick for 4 s: out of the rotation, then back.
+    assert_eq!(d.get("ready", "/sick?ms=4000").status, 200);
+    eventually(
+        Duration::from_secs(3),
+        "the instance marked unready",
+        || state_of(&d, "ready", &first) == "unready",
+    );
+    // No ready instance: the request waits for a new one rather than going to the sick one.
+    let r = d.get("ready", "/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(
+        instance_of(&r.text()),
+        first,
+        "served by the unready instance"
+    );
+    eventually(
+        Duration::from_secs(8),
+        "the instance back in rotation",
+        || state_of(&d, "ready", &first) == "ready",
+    );
+    // It was kept, not restarted: a readiness failure is not a liveness failure.
+    let detail = d.json(&["describe", "ready"]);
+    assert!(detail["last_failure"].is_null(), "{detail}");
+}
