@@ -144,7 +144,13 @@ impl Cgroup {
         Ok(cg)
     }
 
-    fn dir_of(&self, controller: &str) -> Option<&Path> {
+    /// Whether this is a cgroup v2 (unified) cgroup.
+    pub fn is_v2(&self) -> bool {
+        self.v2
+    }
+
+    /// The directory of `controller` (on v2, the one directory).
+    pub fn dir_of(&self, controller: &str) -> Option<&Path> {
         if self.v2 {
             return self.dirs.first().map(PathBuf::as_path);
         }
@@ -248,6 +254,15 @@ impl Cgroup {
             "memory.usage_in_bytes"
         };
         fs::read_to_string(d.join(file)).ok()?.trim().parse().ok()
+    }
+
+    /// Lets a frozen cgroup run again (nothing when it is not frozen, or cannot be).
+    pub fn thaw(&self) {
+        if self.v2 {
+            let _ = write(&self.dirs[0].join("cgroup.freeze"), "0");
+        } else if let Some(d) = self.dir_of("freezer") {
+            let _ = write(&d.join("freezer.state"), "THAWED");
+        }
     }
 
     /// SIGKILLs every process in the cgroup. On v2 through `cgroup.kill`; on v1 by freezing

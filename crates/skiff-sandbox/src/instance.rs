@@ -172,7 +172,11 @@ impl Instance {
     }
 
     /// Stops it: SIGTERM, up to `grace` to exit, then SIGKILL to every process it has.
+    /// A frozen instance is thawed first, so it can act on the signal.
     pub fn stop(&mut self, grace: Duration) -> std::io::Result<Exit> {
+        if let Some(cg) = &self.cgroup {
+            cg.thaw();
+        }
         self.signal(libc::SIGTERM)?;
         if let Some(exit) = self.wait_timeout(Some(grace))? {
             return Ok(exit);

@@ -12,6 +12,7 @@
 
 mod cgroup;
 mod child;
+mod freezer;
 mod instance;
 mod logs;
 mod net;
@@ -20,6 +21,7 @@ mod seccomp;
 mod spawn;
 
 pub use cgroup::{Cgroup, Hierarchy, Limits};
+pub use freezer::Freezer;
 pub use instance::{Exit, Instance};
 pub use logs::{rfc3339, rfc3339_now};
 pub use net::{host_link_exists, NetworkSlot, SLOTS};

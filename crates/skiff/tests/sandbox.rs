@@ -832,3 +832,49 @@ fn a_prepared_sandbox_holds_none_of_the_parents_descriptors() {
     release(&id);
     release(&id2);
 }
+
+/// A frozen instance does not run (its ticks stop reaching the log), runs again when
+/// thawed, and still stops on request while frozen.
+#[test]
+fn a_frozen_instance_stops_running_until_thawed_and_still_stops() {
+    let id = unique_id("freeze");
+    let script = "trap 'exit 7' TERM; while :; do echo tick; sleep 0.05; done";
+    let mut s = spec(&id, script, (0, 0));
+    s.network = None;
+    let mut inst = world().sandbox.start(&s).unwrap();
+    let ticks = || stdout_of(&s.log_path).len();
+    let wait_for = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("the first ticks", &|| ticks() >= 3);
+    let freezer = skiff_sandbox::Freezer::open(inst.cgroup().unwrap()).unwrap();
+    freezer.freeze().unwrap();
+    wait_for("the cgroup frozen", &|| freezer.is_frozen().unwrap());
+    // The log pump (outside the cgroup) may still carry a tick written before the freeze.
+    std::thread::sleep(Duration::from_millis(100));
+    let frozen_at = ticks();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(ticks(), frozen_at, "ticks while frozen");
+    freezer.thaw().unwrap();
+    assert!(!freezer.is_frozen().unwrap());
+    wait_for("ticks after the thaw", &|| ticks() >= frozen_at + 3);
+    freezer.freeze().unwrap();
+    wait_for("the cgroup frozen again", &|| freezer.is_frozen().unwrap());
+    let t = Instant::now();
+    let exit = inst.stop(Duration::from_secs(5)).unwrap();
+    release(&id);
+    assert_eq!(
+        exit.code,
+        Some(7),
+        "acted on SIGTERM, so it was thawed: {exit:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "stopped at once: {:?}",
+        t.elapsed()
+    );
+}
