@@ -20,9 +20,7 @@
 mod settings;
 mod window;
 
-pub use settings::{
-    default_target, panic_window, Metric, Settings, SettingsError, DEFAULT_SCALE_DOWN_STEP,
-};
+pub use settings::*;
 use std::time::{Duration, Instant};
 use window::Window;
 
@@ -232,14 +230,12 @@ impl Scaler {
         }
     }
 
-    /// Instances the requests in flight and queued need right now, at the container's
-    /// hard concurrency.
+    /// Instances the requests in flight and queued need right now.
     fn needed_now(&self) -> u32 {
-        let demand = self.latest.in_flight + self.latest.queued;
-        match self.settings.container_concurrency {
-            0 => u32::from(demand > 0),
-            c => demand.div_ceil(c),
-        }
+        instances_for(
+            self.latest.in_flight + self.latest.queued,
+            self.settings.container_concurrency,
+        )
     }
 
     /// Knative's panic state: enter when over the threshold, stay while over it, leave a
@@ -259,6 +255,15 @@ impl Scaler {
             }
             _ => {}
         }
+    }
+}
+
+/// Instances that `requests` in flight or queued need at a container concurrency of
+/// `container_concurrency` (0: unlimited, so one serves them all).
+pub fn instances_for(requests: u32, container_concurrency: u32) -> u32 {
+    match container_concurrency {
+        0 => u32::from(requests > 0),
+        c => requests.div_ceil(c),
     }
 }
 

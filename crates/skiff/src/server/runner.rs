@@ -232,11 +232,7 @@ impl RevisionRunner {
         let load = self.pool.load();
         let want = if retired {
             // No new traffic comes: serve what is still queued, then go.
-            let demand = load.in_flight + load.queued;
-            match self.spec.concurrency {
-                0 => u32::from(demand > 0),
-                c => demand.div_ceil(c),
-            }
+            skiff_scaler::instances_for(load.in_flight + load.queued, self.spec.concurrency)
         } else {
             let decision = self.decide(now, load);
             decision
@@ -600,20 +596,8 @@ impl RevisionRunner {
                 }
             })
         });
-        let readiness = async {
-            match readiness {
-                Some(r) => r.await,
-                None => std::future::pending().await,
-            }
-        };
-        let liveness = async {
-            match liveness {
-                Some(l) => l.await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            last = liveness => {
+            last = or_pending(liveness) => {
                 let p = self.spec.liveness_probe.as_ref().expect("a liveness probe ran");
                 format!(
                     "failed its liveness probe ({} failed {} times in a row, last: {last}): restarted",
@@ -621,7 +605,7 @@ impl RevisionRunner {
                     p.failure_threshold
                 )
             }
-            last = readiness => last,
+            last = or_pending(readiness) => last,
         }
     }
 
@@ -699,6 +683,14 @@ enum Ready {
     Exited,
     /// It could not become ready.
     Failed(String),
+}
+
+/// The future's output, or never when there is no future.
+async fn or_pending<F: std::future::Future>(future: Option<F>) -> F::Output {
+    match future {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether the instance's first process has exited (without waiting).

@@ -13,19 +13,19 @@ pub struct ScalingDefaults {
     #[arg(long = "scaler-window", default_value = "60s", value_parser = crate::launch::parse_duration)]
     pub window: Duration,
     /// Panic window, as a percentage of the stable window.
-    #[arg(long = "scaler-panic-window-percentage", default_value_t = 10.0)]
+    #[arg(long = "scaler-panic-window-percentage", default_value_t = skiff_scaler::DEFAULT_PANIC_WINDOW_PERCENTAGE)]
     pub panic_window_percentage: f64,
     /// Panic when panic-window demand reaches this percentage of current capacity.
-    #[arg(long = "scaler-panic-threshold", default_value_t = 200.0)]
+    #[arg(long = "scaler-panic-threshold", default_value_t = skiff_scaler::DEFAULT_PANIC_THRESHOLD_PERCENTAGE)]
     pub panic_threshold_percentage: f64,
     /// Share of the per-instance target to aim for, in percent.
-    #[arg(long = "scaler-target-utilization", default_value_t = 70.0)]
+    #[arg(long = "scaler-target-utilization", default_value_t = skiff_scaler::DEFAULT_TARGET_UTILIZATION_PERCENTAGE)]
     pub target_utilization_percentage: f64,
     /// Most the instance count may grow by (a factor) in one decision.
-    #[arg(long = "scaler-max-scale-up-rate", default_value_t = 1000.0)]
+    #[arg(long = "scaler-max-scale-up-rate", default_value_t = skiff_scaler::DEFAULT_MAX_SCALE_UP_RATE)]
     pub max_scale_up_rate: f64,
     /// Most the instance count may shrink by (a divisor) in one step.
-    #[arg(long = "scaler-max-scale-down-rate", default_value_t = 2.0)]
+    #[arg(long = "scaler-max-scale-down-rate", default_value_t = skiff_scaler::DEFAULT_MAX_SCALE_DOWN_RATE)]
     pub max_scale_down_rate: f64,
     /// Wait after deciding on zero before the last instance stops.
     #[arg(long = "scaler-scale-to-zero-grace", default_value = "0s", value_parser = crate::launch::parse_duration)]
@@ -36,21 +36,6 @@ pub struct ScalingDefaults {
     /// warms one, so the switch never queues).
     #[arg(long = "scaler-initial-scale", default_value_t = 0)]
     pub initial_scale: u32,
-}
-
-impl Default for ScalingDefaults {
-    fn default() -> Self {
-        ScalingDefaults {
-            window: skiff_scaler::Settings::knative_defaults(0, 1).stable_window,
-            panic_window_percentage: 10.0,
-            panic_threshold_percentage: 200.0,
-            target_utilization_percentage: 70.0,
-            max_scale_up_rate: 1000.0,
-            max_scale_down_rate: 2.0,
-            scale_to_zero_grace: Duration::ZERO,
-            initial_scale: 0,
-        }
-    }
 }
 
 impl ScalingDefaults {
@@ -106,10 +91,22 @@ impl ScalingDefaults {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// The daemon's defaults exactly as `skiff server` parses them without flags.
+    #[derive(Parser)]
+    struct Server {
+        #[command(flatten)]
+        scaling: ScalingDefaults,
+    }
+
+    fn defaults() -> ScalingDefaults {
+        Server::parse_from(["skiff"]).scaling
+    }
 
     #[test]
     fn a_spec_overrides_the_defaults_knob_by_knob() {
-        let d = ScalingDefaults::default();
+        let d = defaults();
         let mut spec = ServiceSpec::new("hello");
         spec.concurrency = 10;
         let s = d.settings_for(&spec).unwrap();
@@ -129,7 +126,7 @@ mod tests {
 
     #[test]
     fn initial_scale_stays_within_min_and_max() {
-        let d = ScalingDefaults::default();
+        let d = defaults();
         let mut spec = ServiceSpec::new("hello");
         assert_eq!(d.initial_scale(&spec), 0);
         spec.min_instances = 3;

@@ -63,6 +63,15 @@ impl From<skiff_core::SpecError> for ApiError {
     }
 }
 
+impl From<skiff_scaler::SettingsError> for ApiError {
+    fn from(e: skiff_scaler::SettingsError) -> Self {
+        ApiError {
+            field: Some(e.knob.to_owned()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string())
+        }
+    }
+}
+
 /// Instance cap on processes and threads.
 const PIDS_LIMIT: u64 = 4096;
 /// Cap on each instance's log file.
@@ -130,10 +139,7 @@ fn start_runner(
     spec: ServiceSpec,
     template: SandboxSpec,
 ) -> Result<Arc<RevisionRunner>, ApiError> {
-    let scaling = ctx.scaling.settings_for(&spec).map_err(|e| ApiError {
-        field: Some(e.knob.to_owned()),
-        ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string())
-    })?;
+    let scaling = ctx.scaling.settings_for(&spec)?;
     let digest = rev
         .image_digest
         .parse()
@@ -176,10 +182,7 @@ pub async fn deploy(ctx: &Arc<Ctx>, name: &str, spec: ServiceSpec) -> Result<Dep
     })?;
     // Everything that can be wrong with the spec is found before a revision is written.
     template(ctx, &image, &spec, name, &revision_name(name, 0))?;
-    ctx.scaling.settings_for(&spec).map_err(|e| ApiError {
-        field: Some(e.knob.to_owned()),
-        ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", e.to_string())
-    })?;
+    ctx.scaling.settings_for(&spec)?;
     let spec_json = serde_json::to_string(&spec).map_err(ApiError::internal)?;
     let rev = ctx
         .db()
