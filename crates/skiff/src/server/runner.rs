@@ -524,8 +524,9 @@ impl RevisionRunner {
     ) -> Result<(Upstream, Target), Ready> {
         let netns = match open_netns(instance.pid()) {
             Ok(ns) => ns,
-            // A process that already exited has no namespaces left to open.
-            Err(_) if has_exited(instance) => return Err(Ready::Exited),
+            // A process that is exiting has no namespaces left to open. The kernel drops
+            // them before it makes the pidfd readable, so give the exit a moment to show.
+            Err(_) if exited_within(instance.pidfd(), EXIT_SETTLE) => return Err(Ready::Exited),
             Err(e) => {
                 return Err(Ready::Failed(format!(
                     "opening the instance's network namespace: {e}"
@@ -693,10 +694,9 @@ async fn or_pending<F: std::future::Future>(future: Option<F>) -> F::Output {
     }
 }
 
-/// Whether the instance's first process has exited (without waiting).
-fn has_exited(instance: &Instance) -> bool {
-    exited_within(instance.pidfd(), Duration::ZERO)
-}
+/// How long an exiting process may take between losing its namespaces and its pidfd
+/// turning readable (it is already past the point of no return: microseconds).
+const EXIT_SETTLE: Duration = Duration::from_millis(200);
 
 /// Waits up to `wait` for the process behind `pidfd` to exit; whether it did.
 fn exited_within(pidfd: rustix::fd::BorrowedFd<'_>, wait: Duration) -> bool {
