@@ -74,6 +74,10 @@ pub struct ServiceSpec {
     /// Autoscaler knobs; unset ones take the daemon's defaults.
     #[serde(default, skip_serializing_if = "Autoscaling::is_default")]
     pub autoscaling: Autoscaling,
+    /// CPU only while serving (Cloud Run's CPU throttling): an instance with no request
+    /// in flight is frozen, and thawed when one arrives.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cpu_throttling: bool,
 }
 
 fn default_port() -> u16 {
@@ -117,6 +121,7 @@ impl ServiceSpec {
             readiness_probe: None,
             liveness_probe: None,
             autoscaling: Autoscaling::default(),
+            cpu_throttling: false,
         }
     }
 

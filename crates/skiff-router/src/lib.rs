@@ -20,8 +20,8 @@ mod pool;
 mod proxy;
 pub mod upstream;
 
-pub use pool::{Lease, Load, PoolConfig, PoolError, RevisionPool};
-pub use upstream::{Target, Upstream};
+pub use pool::{Hold, Lease, Load, PoolConfig, PoolError, RevisionPool};
+pub use upstream::{Target, Throttle, Upstream};
 
 use std::collections::HashMap;
 use std::future::Future;

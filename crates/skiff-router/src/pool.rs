@@ -68,6 +68,47 @@ struct Member {
     idle_since: Instant,
     /// False while its readiness probe fails: it gets no new requests.
     serving: bool,
+    /// Probes and checks that need it running, besides requests.
+    holds: u32,
+    /// Whether its throttle has paused it (it has no work).
+    paused: bool,
+}
+
+impl Member {
+    fn new(upstream: Arc<Upstream>) -> Member {
+        Member {
+            upstream,
+            in_flight: 0,
+            idle_since: Instant::now(),
+            serving: true,
+            holds: 0,
+            paused: false,
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        self.in_flight + self.holds > 0
+    }
+
+    /// Lets a paused instance run again, before work reaches it.
+    fn wake(&mut self) {
+        if self.paused {
+            self.paused = false;
+            if let Some(t) = self.upstream.throttle() {
+                t.resume();
+            }
+        }
+    }
+
+    /// Pauses an instance that has no work left (when it has a throttle).
+    fn settle(&mut self) {
+        if !self.paused && !self.has_work() {
+            if let Some(t) = self.upstream.throttle() {
+                self.paused = true;
+                t.pause();
+            }
+        }
+    }
 }
 
 type Waiter = oneshot::Sender<Result<Lease, PoolError>>;
@@ -160,6 +201,7 @@ impl RevisionPool {
             .min_by_key(|(_, m)| m.in_flight)
             .map(|(i, _)| i)?;
         let m = &mut st.members[idx];
+        m.wake();
         m.in_flight += 1;
         Some(Lease {
             pool: Arc::clone(self),
@@ -203,19 +245,37 @@ impl RevisionPool {
         let mut st = self.lock();
         self.release_locked(&mut st, upstream);
         self.dispatch_locked(&mut st);
+        settle_all(&mut st);
     }
 
     /// Adds a ready instance and serves waiting requests from it.
     pub fn add_instance(self: &Arc<Self>, upstream: Upstream) {
         let mut st = self.lock();
         st.unavailable = None;
-        st.members.push(Member {
-            upstream: Arc::new(upstream),
-            in_flight: 0,
-            idle_since: Instant::now(),
-            serving: true,
-        });
+        st.members.push(Member::new(Arc::new(upstream)));
         self.dispatch_locked(&mut st);
+        settle_all(&mut st);
+    }
+
+    /// Keeps instance `id` running (not paused by its throttle) while the returned guard
+    /// lives, without counting as a request: for probes. `None` if it is not in the pool.
+    pub fn hold(self: &Arc<Self>, id: &str) -> Option<Hold> {
+        let mut st = self.lock();
+        let m = st.members.iter_mut().find(|m| m.upstream.id == id)?;
+        m.wake();
+        m.holds += 1;
+        Some(Hold {
+            pool: Arc::clone(self),
+            upstream: Arc::clone(&m.upstream),
+        })
+    }
+
+    /// Whether instance `id` is paused by its throttle now.
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.lock()
+            .members
+            .iter()
+            .any(|m| m.upstream.id == id && m.paused)
     }
 
     /// Takes an instance out of the rotation (its readiness probe fails) or puts it back.
@@ -330,6 +390,33 @@ impl RevisionPool {
         st.closed = true;
         for waiter in st.queue.drain(..) {
             let _ = waiter.send(Err(PoolError::Closed(self.config.revision.clone())));
+        }
+    }
+}
+
+/// Pauses every member left without work (after slots were freed and handed out).
+fn settle_all(st: &mut State) {
+    for m in &mut st.members {
+        m.settle();
+    }
+}
+
+/// Keeps one instance running while it lives (see [`RevisionPool::hold`]).
+pub struct Hold {
+    pool: Arc<RevisionPool>,
+    upstream: Arc<Upstream>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut st = self.pool.lock();
+        if let Some(m) = st
+            .members
+            .iter_mut()
+            .find(|m| Arc::ptr_eq(&m.upstream, &self.upstream))
+        {
+            m.holds = m.holds.saturating_sub(1);
+            m.settle();
         }
     }
 }
@@ -482,5 +569,81 @@ mod tests {
         p.add_instance(upstream("a"));
         assert_eq!(p.load().in_flight, 0);
         assert!(p.acquire().await.is_ok());
+    }
+
+    /// Records the throttle's calls, in order.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<&'static str>>>);
+
+    impl crate::Throttle for Recorder {
+        fn resume(&self) {
+            self.0.lock().unwrap().push("resume");
+        }
+        fn pause(&self) {
+            self.0.lock().unwrap().push("pause");
+        }
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<&'static str> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_throttled_instance_runs_only_while_it_has_work() {
+        let p = pool(2, 10);
+        let calls = Recorder::default();
+        p.add_instance(upstream("a").with_throttle(Box::new(calls.clone())));
+        assert_eq!(calls.take(), ["pause"], "idle on joining");
+        assert!(p.is_paused("a"));
+
+        let l1 = p.acquire().await.unwrap();
+        let l2 = p.acquire().await.unwrap();
+        assert_eq!(
+            calls.take(),
+            ["resume"],
+            "woken once, before the first request"
+        );
+        drop(l1);
+        assert_eq!(
+            calls.take(),
+            Vec::<&str>::new(),
+            "one request still in flight"
+        );
+        drop(l2);
+        assert_eq!(calls.take(), ["pause"]);
+
+        let hold = p.hold("a").unwrap();
+        assert!(!p.is_paused("a"));
+        let l3 = p.acquire().await.unwrap();
+        drop(hold);
+        assert_eq!(calls.take(), ["resume"], "the request keeps it running");
+        drop(l3);
+        assert_eq!(calls.take(), ["pause"]);
+        assert!(p.hold("gone").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_slot_handed_to_a_waiter_does_not_pause_in_between() {
+        let p = pool(1, 10);
+        let calls = Recorder::default();
+        p.add_instance(upstream("a").with_throttle(Box::new(calls.clone())));
+        let l1 = p.acquire().await.unwrap();
+        assert_eq!(calls.take(), ["pause", "resume"]);
+        let p2 = Arc::clone(&p);
+        let waiting = tokio::spawn(async move { p2.acquire().await.unwrap() });
+        while p.load().queued == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(l1);
+        let l2 = waiting.await.unwrap();
+        assert_eq!(
+            calls.take(),
+            Vec::<&str>::new(),
+            "handed over while running"
+        );
+        drop(l2);
+        assert_eq!(calls.take(), ["pause"]);
     }
 }

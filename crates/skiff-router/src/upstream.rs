@@ -89,6 +89,16 @@ pub enum Target {
 #[repr(align(128))]
 struct IdleShard(Mutex<Vec<Connection>>);
 
+/// Takes an instance's CPU away while it has no work and gives it back when work arrives
+/// (a cgroup freezer, for "CPU only while serving"). The pool calls it under its lock,
+/// on each change between no work and some, so calls alternate and never race.
+pub trait Throttle: Send + Sync {
+    /// The instance has work again: let it run. Called before the work reaches it.
+    fn resume(&self);
+    /// The instance has no work left: it may be paused.
+    fn pause(&self);
+}
+
 /// One ready instance as the router sees it.
 pub struct Upstream {
     /// Instance id.
@@ -100,6 +110,8 @@ pub struct Upstream {
     /// Connections opened off the router (by the readiness check) and not yet registered
     /// with any event loop: the first router thread that needs one takes it.
     fresh: Mutex<Vec<std::net::TcpStream>>,
+    /// Paused while the instance has no work, when its revision asks for that.
+    throttle: Option<Box<dyn Throttle>>,
 }
 
 impl Upstream {
@@ -112,7 +124,18 @@ impl Upstream {
                 .map(|_| IdleShard::default())
                 .collect(),
             fresh: Mutex::new(Vec::new()),
+            throttle: None,
         }
+    }
+
+    /// The same instance, paused by `throttle` while it has no work.
+    pub fn with_throttle(mut self, throttle: Box<dyn Throttle>) -> Upstream {
+        self.throttle = Some(throttle);
+        self
+    }
+
+    pub(crate) fn throttle(&self) -> Option<&dyn Throttle> {
+        self.throttle.as_deref()
     }
 
     fn pop_idle(&self) -> Option<Connection> {

@@ -13,6 +13,8 @@
 //! - `GET /ws` with `Upgrade: websocket` → echoes WebSocket text/binary messages
 //! - `GET /healthz` → 200 `ok`, or 503 after `GET /sick` (for `?ms=N` ms, or until
 //!   `GET /well`)
+//! - `GET /ticks` → how often a background thread, started by the first `/ticks`, has
+//!   woken up on its 10 ms timer (it stops counting while the instance is frozen)
 //!
 //! `hello --crash MESSAGE` prints MESSAGE to stderr and exits 3 (a broken image);
 //! `hello --listen-after MS` waits before listening (a slow starter).
@@ -29,6 +31,9 @@ static STOPPING: AtomicBool = AtomicBool::new(false);
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Unix time in ms until which `/healthz` fails (0: healthy).
 static SICK_UNTIL: AtomicU64 = AtomicU64::new(0);
+/// Wake-ups of the `/ticks` thread.
+static TICKS: AtomicU64 = AtomicU64::new(0);
+static TICKING: std::sync::Once = std::sync::Once::new();
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -274,6 +279,15 @@ fn handle(
         "/well" => {
             SICK_UNTIL.store(0, Ordering::SeqCst);
             respond(out, 200, &format!("well on {id}\n"), close)?;
+        }
+        "/ticks" => {
+            TICKING.call_once(|| {
+                std::thread::spawn(|| loop {
+                    std::thread::sleep(Duration::from_millis(10));
+                    TICKS.fetch_add(1, Ordering::SeqCst);
+                });
+            });
+            respond(out, 200, &format!("{}\n", TICKS.load(Ordering::SeqCst)), close)?;
         }
         "/env" => {
             let body: String = std::env::vars()

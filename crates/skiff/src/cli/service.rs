@@ -51,6 +51,13 @@ pub struct DeployArgs {
     /// HTTP path that must answer 2xx/3xx before an instance takes requests.
     #[arg(long)]
     startup_probe: Option<String>,
+    /// CPU only while serving: freeze an instance whenever it has no request in flight
+    /// (Cloud Run's CPU throttling).
+    #[arg(long, overrides_with = "no_cpu_throttling")]
+    cpu_throttling: bool,
+    /// Keep CPU for instances between requests (the default).
+    #[arg(long, overrides_with = "cpu_throttling")]
+    no_cpu_throttling: bool,
     #[command(flatten)]
     probes: ProbeArgs,
     #[command(flatten)]
@@ -242,6 +249,9 @@ pub fn deploy(client: &Client, format: Format, a: DeployArgs) -> anyhow::Result<
     }
     if !a.command.is_empty() {
         spec.command = a.command.clone();
+    }
+    if a.cpu_throttling || a.no_cpu_throttling {
+        spec.cpu_throttling = a.cpu_throttling;
     }
     a.scaling.apply(&mut spec.autoscaling);
     a.probes.apply(&mut spec)?;

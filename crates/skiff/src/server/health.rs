@@ -10,10 +10,12 @@ use std::time::Duration;
 /// Probes every period after the initial delay. The instance starts as passing; after
 /// `failure_threshold` failures in a row it is failing, after one success passing again
 /// (Kubernetes' success threshold). Each flip calls `on_flip(passing)`; when that answers
-/// `Break`, returns the last failure.
-pub async fn watch(
+/// `Break`, returns the last failure. The guard `awake()` returns is held through each
+/// probe, so that a throttled instance runs to answer it.
+pub async fn watch<G>(
     probe: &Probe,
     target: &Target,
+    awake: impl Fn() -> G,
     mut on_flip: impl FnMut(bool) -> ControlFlow<()>,
 ) -> String {
     tokio::time::sleep(Duration::from_millis(probe.initial_delay_ms)).await;
@@ -23,7 +25,11 @@ pub async fn watch(
     let mut failures = 0;
     loop {
         period.tick().await;
-        match once(probe, target).await {
+        let result = {
+            let _awake = awake();
+            once(probe, target).await
+        };
+        match result {
             Ok(()) => {
                 failures = 0;
                 if !passing {

@@ -13,6 +13,7 @@ mod runner;
 mod scaling;
 mod services;
 mod spawner;
+mod throttle;
 
 use crate::home::Home;
 use anyhow::Context;

@@ -4,6 +4,7 @@
 //! serving, then a graceful stop when the scaler lets it go or a failure report when it
 //! dies. Failures back off exponentially so a broken image never restarts in a hot loop.
 
+use super::throttle::FreezeThrottle;
 use super::{health, Ctx};
 use skiff_core::ServiceSpec;
 use skiff_router::{upstream, RevisionPool, Target, Upstream};
@@ -34,7 +35,8 @@ const FAILURE_LOG_LINES: usize = 20;
 pub struct LiveInstance {
     /// Instance id.
     pub id: String,
-    /// starting, ready or stopping.
+    /// starting, ready, frozen (CPU throttling, no request in flight), unready or
+    /// stopping.
     pub state: &'static str,
     /// Unix time it was started.
     pub started_at: i64,
@@ -132,6 +134,11 @@ impl RevisionRunner {
     /// Its live instances.
     pub fn instances(&self) -> Vec<LiveInstance> {
         let mut v: Vec<_> = self.live().values().map(|l| l.info.clone()).collect();
+        for i in &mut v {
+            if i.state == "ready" && self.pool.is_paused(&i.id) {
+                i.state = "frozen";
+            }
+        }
         v.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
         v
     }
@@ -477,7 +484,11 @@ impl RevisionRunner {
                         self.pool.remove_instance(id);
                         false
                     }
-                    _ = &mut stop_rx => true,
+                    _ = &mut stop_rx => {
+                        // Out of the pool, so that no request can freeze it while it stops.
+                        self.pool.remove_instance(id);
+                        true
+                    }
                     reason = self.watch_health(id, &target) => {
                         self.pool.remove_instance(id);
                         self.set_state(id, "stopping");
@@ -562,8 +573,12 @@ impl RevisionRunner {
             self.probe_until_ok(&target, path, instance, stop_rx)
                 .await?;
         }
-        let upstream = Upstream::new(instance.id(), target.clone());
+        let mut upstream = Upstream::new(instance.id(), target.clone());
         upstream.put_fresh(stream);
+        if self.spec.cpu_throttling {
+            let throttle = FreezeThrottle::new(instance).map_err(Ready::Failed)?;
+            upstream = upstream.with_throttle(Box::new(throttle));
+        }
         Ok((upstream, target))
     }
 
@@ -578,8 +593,9 @@ impl RevisionRunner {
     /// ends this future with the reason, and the instance is restarted (with backoff).
     /// Pending forever when the spec has neither.
     async fn watch_health(&self, id: &str, target: &Target) -> String {
+        let awake = || self.pool.hold(id);
         let readiness = self.spec.readiness_probe.as_ref().map(|p| {
-            health::watch(p, target, |passing| {
+            health::watch(p, target, awake, |passing| {
                 self.pool.set_serving(id, passing);
                 self.set_state(id, if passing { "ready" } else { "unready" });
                 if !passing {
@@ -589,7 +605,7 @@ impl RevisionRunner {
             })
         });
         let liveness = self.spec.liveness_probe.as_ref().map(|p| {
-            health::watch(p, target, |passing| {
+            health::watch(p, target, awake, |passing| {
                 if passing {
                     std::ops::ControlFlow::Continue(())
                 } else {
