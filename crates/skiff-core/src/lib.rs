@@ -11,6 +11,7 @@ mod probe;
 mod quantity;
 mod reference;
 mod service;
+mod traffic;
 
 pub use autoscaling::Autoscaling;
 pub use digest::{Digest, DigestError};
@@ -21,6 +22,7 @@ pub use service::{
     revision_name, validate_service_name, ServiceSpec, SpecError, DEFAULT_CONCURRENCY,
     DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, RESERVED_ENV,
 };
+pub use traffic::{default_traffic, tag_host, validate_tag, validate_traffic, TrafficTarget};
 
 /// `PATH` for a process whose image sets none (what Docker and crun use).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -6,8 +6,8 @@
 
 use crate::buffers::{self, READ_CHUNK};
 use crate::h1::{self, BodyLen, Head, HeadError};
-use crate::pool::RevisionPool;
 use crate::proxy;
+use crate::route::Route;
 use crate::Router;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -62,7 +62,7 @@ enum HeadRead {
 struct RouteCache {
     service: String,
     generation: u64,
-    pool: Option<Arc<RevisionPool>>,
+    route: Option<Arc<Route>>,
 }
 
 impl ClientConn {
@@ -232,7 +232,8 @@ async fn handle(
     let host = head.host(req).unwrap_or_default();
     let pool = std::str::from_utf8(host)
         .ok()
-        .and_then(|h| lookup(router, cache, h));
+        .and_then(|h| lookup(router, cache, h))
+        .map(|route| route.pick());
     let Some(pool) = pool else {
         let text = format!(
             "skiff: no service serves host {:?}",
@@ -246,20 +247,16 @@ async fn handle(
     proxy::forward(c, pool, info, body, deadline).await
 }
 
-/// The pool serving `host`, from the connection's cache while the table is unchanged.
-fn lookup<'c>(
-    router: &Router,
-    cache: &'c mut RouteCache,
-    host: &str,
-) -> Option<&'c Arc<RevisionPool>> {
+/// The route of `host`, from the connection's cache while the table is unchanged.
+fn lookup<'c>(router: &Router, cache: &'c mut RouteCache, host: &str) -> Option<&'c Arc<Route>> {
     let service = router.service_of(host)?;
     let generation = router.generation();
     if generation != cache.generation || !cache.service.eq_ignore_ascii_case(service) {
         cache.service.clear();
         cache.service.push_str(service);
         cache.service.make_ascii_lowercase();
-        cache.pool = router.route(&cache.service);
+        cache.route = router.route(&cache.service);
         cache.generation = generation;
     }
-    cache.pool.as_ref()
+    cache.route.as_ref()
 }

@@ -1,6 +1,7 @@
 //! skiff's ingress: HTTP/1.1 requests for `NAME.<domain>` go to an instance of service
-//! NAME's serving revision with a free concurrency slot; with none free they wait in that
-//! revision's activator queue while the reconciler starts instances.
+//! NAME's revisions (split by percent, see [`Route`]; `TAG-NAME.<domain>` for a tagged
+//! one) with a free concurrency slot; with none free they wait in that revision's
+//! activator queue while the reconciler starts instances.
 //!
 //! The router owns the routing table, the per-revision pools and the proxying (headers,
 //! streaming, upgrades, timeouts, keep-alive to instances). It must not start or stop
@@ -18,9 +19,11 @@ mod conn;
 pub mod h1;
 mod pool;
 mod proxy;
+mod route;
 pub mod upstream;
 
 pub use pool::{Hold, Lease, Load, PoolConfig, PoolError, RevisionPool};
+pub use route::Route;
 pub use upstream::{Target, Throttle, Upstream};
 
 use std::collections::HashMap;
@@ -38,10 +41,27 @@ pub struct Router {
     inner: Arc<Inner>,
 }
 
+/// Host labels to routes, and which labels each service owns (its name and its tags).
+#[derive(Default)]
+struct Routes {
+    by_label: HashMap<String, Arc<Route>>,
+    labels_of: HashMap<String, Vec<String>>,
+}
+
+impl Routes {
+    fn remove_service(&mut self, service: &str) -> Vec<Arc<Route>> {
+        let labels = self.labels_of.remove(service).unwrap_or_default();
+        labels
+            .iter()
+            .filter_map(|l| self.by_label.remove(l))
+            .collect()
+    }
+}
+
 struct Inner {
     /// `.` + the domain, lowercase.
     suffix: String,
-    routes: RwLock<HashMap<String, Arc<RevisionPool>>>,
+    routes: RwLock<Routes>,
     /// Bumped on every routing change, so connections can cache a route.
     generation: AtomicU64,
     id_prefix: String,
@@ -56,7 +76,7 @@ impl Router {
         Router {
             inner: Arc::new(Inner {
                 suffix: format!(".{}", domain.trim_matches('.').to_ascii_lowercase()),
-                routes: RwLock::new(HashMap::new()),
+                routes: RwLock::new(Routes::default()),
                 generation: AtomicU64::new(1),
                 id_prefix: b.iter().map(|x| format!("{x:02x}")).collect(),
                 next_id: AtomicU64::new(1),
@@ -64,18 +84,36 @@ impl Router {
         }
     }
 
-    /// Sends `service`'s traffic to `pool` from now on; returns the pool it replaces.
-    pub fn set_route(&self, service: &str, pool: Arc<RevisionPool>) -> Option<Arc<RevisionPool>> {
-        let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        routes.insert(service.to_owned(), pool)
+    fn routes_mut(&self) -> std::sync::RwLockWriteGuard<'_, Routes> {
+        self.inner.routes.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stops routing `service`; returns its pool.
-    pub fn remove_route(&self, service: &str) -> Option<Arc<RevisionPool>> {
-        let mut routes = self.inner.routes.write().unwrap_or_else(|p| p.into_inner());
+    /// Sends every request for `service` to `pool` from now on (no split, no tags).
+    pub fn set_route(&self, service: &str, pool: Arc<RevisionPool>) {
+        self.set_routes(service, vec![(service.to_owned(), Route::single(pool))]);
+    }
+
+    /// Replaces, in one step, every host label `service` answers at (its name, and
+    /// `TAG-NAME` for each tag) with `routes`; returns the routes replaced.
+    pub fn set_routes(&self, service: &str, routes: Vec<(String, Route)>) -> Vec<Arc<Route>> {
+        let mut table = self.routes_mut();
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        routes.remove(service)
+        let old = table.remove_service(service);
+        let mut labels = Vec::new();
+        for (label, route) in routes {
+            let label = label.to_ascii_lowercase();
+            table.by_label.insert(label.clone(), Arc::new(route));
+            labels.push(label);
+        }
+        table.labels_of.insert(service.to_owned(), labels);
+        old
+    }
+
+    /// Stops routing `service` (and its tags); returns its routes.
+    pub fn remove_routes(&self, service: &str) -> Vec<Arc<Route>> {
+        let mut table = self.routes_mut();
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        table.remove_service(service)
     }
 
     /// Changes whenever a route is set or removed.
@@ -83,14 +121,25 @@ impl Router {
         self.inner.generation.load(Ordering::Acquire)
     }
 
-    /// The pool serving `service`.
-    pub fn route(&self, service: &str) -> Option<Arc<RevisionPool>> {
+    /// The route of a host label (a service's name, or `TAG-NAME`).
+    pub fn route(&self, label: &str) -> Option<Arc<Route>> {
         self.inner
             .routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(service)
+            .by_label
+            .get(label)
             .cloned()
+    }
+
+    /// Whether `label` is taken by a service other than `service` (as its name or a tag).
+    pub fn label_owner(&self, label: &str) -> Option<String> {
+        let table = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
+        table
+            .labels_of
+            .iter()
+            .find(|(_, labels)| labels.iter().any(|l| l == label))
+            .map(|(service, _)| service.clone())
     }
 
     /// Serves connections from `listener` until `shutdown` resolves, then stops accepting,

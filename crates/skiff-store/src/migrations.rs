@@ -77,6 +77,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN revision TEXT;
     CREATE INDEX instances_service ON instances(service);
     "#,
+    // 4: a service's traffic split and tags (NULL: all to the latest ready revision).
+    r#"
+    ALTER TABLE services ADD COLUMN traffic_json TEXT;
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

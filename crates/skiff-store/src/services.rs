@@ -11,10 +11,13 @@ use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
 pub struct ServiceRecord {
     /// Service name.
     pub name: String,
-    /// The revision receiving its traffic, once one has.
+    /// Its latest revision known to start: where traffic that follows the latest
+    /// revision goes.
     pub serving_revision: Option<String>,
     /// Unix time created.
     pub created_at: i64,
+    /// Its traffic split and tags as JSON; `None`: everything to the serving revision.
+    pub traffic_json: Option<String>,
 }
 
 /// Why a revision's instance last failed to start or died.
@@ -52,6 +55,7 @@ fn service_row(r: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
         name: r.get(0)?,
         serving_revision: r.get(1)?,
         created_at: r.get(2)?,
+        traffic_json: r.get(3)?,
     })
 }
 
@@ -137,11 +141,53 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the service's traffic split (`None`: all to the serving revision).
+    pub fn set_traffic(
+        &mut self,
+        service: &str,
+        traffic_json: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let n = self.conn.execute(
+            "UPDATE services SET traffic_json = ?2 WHERE name = ?1",
+            params![service, traffic_json],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchService(service.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Deletes the revisions of `service` past its newest `keep`, except those named in
+    /// `protected` (serving or in its traffic). Returns the names deleted.
+    pub fn prune_revisions(
+        &mut self,
+        service: &str,
+        keep: usize,
+        protected: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let old: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT name FROM revisions WHERE service = ?1 ORDER BY generation DESC LIMIT -1 OFFSET ?2",
+            )?;
+            let rows = stmt.query_map(params![service, keep as i64], |r| r.get(0))?;
+            rows.collect::<Result<Vec<String>, _>>()?
+        };
+        let doomed: Vec<String> = old.into_iter().filter(|n| !protected.contains(n)).collect();
+        for name in &doomed {
+            tx.execute("DELETE FROM revisions WHERE name = ?1", [name])?;
+        }
+        tx.commit()?;
+        Ok(doomed)
+    }
+
     /// Every service, by name.
     pub fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, serving_revision, created_at FROM services ORDER BY name")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT name, serving_revision, created_at, traffic_json FROM services ORDER BY name",
+        )?;
         let rows = stmt
             .query_map([], service_row)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -153,7 +199,7 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT name, serving_revision, created_at FROM services WHERE name = ?1",
+                "SELECT name, serving_revision, created_at, traffic_json FROM services WHERE name = ?1",
                 [name],
                 service_row,
             )
@@ -307,5 +353,34 @@ mod tests {
         let of = db.service_instances("hello").unwrap();
         assert_eq!(of.len(), 1);
         assert_eq!(of[0].revision.as_deref(), Some("hello-00001"));
+    }
+
+    #[test]
+    fn traffic_is_kept_and_old_revisions_pruned_but_protected_ones() {
+        let (_d, mut db, img) = store_with_image();
+        for _ in 0..5 {
+            db.create_revision("p", &img.to_string(), "{}", name_of)
+                .unwrap();
+        }
+        db.set_traffic("p", Some("[1]")).unwrap();
+        assert_eq!(
+            db.service("p").unwrap().unwrap().traffic_json.as_deref(),
+            Some("[1]")
+        );
+        assert!(db.set_traffic("nope", None).is_err());
+        let gone = db.prune_revisions("p", 2, &[name_of("p", 1)]).unwrap();
+        assert_eq!(gone, [name_of("p", 3), name_of("p", 2)]);
+        let left: Vec<u32> = db
+            .revisions("p")
+            .unwrap()
+            .iter()
+            .map(|r| r.generation)
+            .collect();
+        assert_eq!(left, [5, 4, 1]);
+        // Generations keep counting past deleted ones.
+        let next = db
+            .create_revision("p", &img.to_string(), "{}", name_of)
+            .unwrap();
+        assert_eq!(next.generation, 6);
     }
 }

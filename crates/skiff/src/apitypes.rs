@@ -2,7 +2,7 @@
 //! CLI (which reads them), so the two cannot drift apart.
 
 use serde::{Deserialize, Serialize};
-use skiff_core::ServiceSpec;
+use skiff_core::{ServiceSpec, TrafficTarget};
 
 /// `PUT /v1/services/{name}`: deploy a new revision.
 #[derive(Debug, Serialize, Deserialize)]
@@ -18,6 +18,37 @@ pub struct Deployed {
     pub revision: String,
     pub image_digest: String,
     pub url: String,
+    /// Share of the service's traffic the new revision gets (0 when traffic is pinned).
+    pub percent: u32,
+}
+
+/// `PUT /v1/services/{name}/traffic`: the whole new traffic block.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficRequest {
+    pub traffic: Vec<TrafficTarget>,
+}
+
+/// `POST /v1/services/{name}/rollback`: back to `revision`, or the one before.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub revision: Option<String>,
+}
+
+/// One entry of a service's traffic, resolved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrafficDetail {
+    pub revision: String,
+    /// It follows the latest ready revision.
+    pub latest: bool,
+    pub percent: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The tag's own URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A line of `skiff ls`.
@@ -57,7 +88,9 @@ pub struct ServiceDetail {
     pub name: String,
     pub url: String,
     pub created_at: i64,
+    /// The latest ready revision.
     pub serving_revision: Option<String>,
+    pub traffic: Vec<TrafficDetail>,
     pub revisions: Vec<RevisionDetail>,
     pub instances: Vec<InstanceDetail>,
     pub last_failure: Option<FailureDetail>,
@@ -69,7 +102,10 @@ pub struct RevisionDetail {
     pub generation: u32,
     pub image_digest: String,
     pub created_at: i64,
-    pub serving: bool,
+    /// Its share of the service's traffic.
+    pub percent: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     pub spec: ServiceSpec,
     pub last_failure: Option<FailureDetail>,
     /// The autoscaler's latest decision, while the revision runs.

@@ -287,7 +287,12 @@ fn handle(
                     TICKS.fetch_add(1, Ordering::SeqCst);
                 });
             });
-            respond(out, 200, &format!("{}\n", TICKS.load(Ordering::SeqCst)), close)?;
+            respond(
+                out,
+                200,
+                &format!("{}\n", TICKS.load(Ordering::SeqCst)),
+                close,
+            )?;
         }
         "/env" => {
             let body: String = std::env::vars()

@@ -7,6 +7,7 @@ mod output;
 mod progress;
 mod run;
 mod service;
+mod traffic;
 
 use crate::home::Home;
 use clap::{Parser, Subcommand};
@@ -64,6 +65,10 @@ pub enum Command {
     },
     /// Print a service's logs (of all its instances, also those that are gone).
     Logs(service::LogsArgs),
+    /// Split a service's traffic across revisions and name revisions with tags.
+    Traffic(traffic::TrafficArgs),
+    /// Send all of a service's traffic back to an earlier revision.
+    Rollback(traffic::RollbackArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -81,6 +86,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             service::remove(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
         }
         Command::Logs(a) => service::logs(&client(&cli.socket)?, cli.output, a).map(|()| 0),
+        Command::Traffic(a) => traffic::set(&client(&cli.socket)?, cli.output, a).map(|()| 0),
+        Command::Rollback(a) => traffic::rollback(&client(&cli.socket)?, cli.output, a).map(|()| 0),
     }
 }
 

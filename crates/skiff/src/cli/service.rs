@@ -262,9 +262,14 @@ pub fn deploy(client: &Client, format: Format, a: DeployArgs) -> anyhow::Result<
     )?;
     match format {
         Format::Json => output::json(&serde_json::to_value(&deployed)?),
+        Format::Table if deployed.percent == 0 => println!(
+            "Service {} revision {} is deployed and gets no traffic (traffic is pinned: \
+             skiff traffic {} --to-latest moves it there)",
+            deployed.service, deployed.revision, deployed.service
+        ),
         Format::Table => println!(
-            "Service {} revision {} is serving at {}",
-            deployed.service, deployed.revision, deployed.url
+            "Service {} revision {} is serving {}% of the traffic at {}",
+            deployed.service, deployed.revision, deployed.percent, deployed.url
         ),
     }
     Ok(())
@@ -315,9 +320,15 @@ pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<(
     println!("Service:   {}", d.name);
     println!("URL:       {}", d.url);
     println!(
-        "Serving:   {}",
-        d.serving_revision.as_deref().unwrap_or("(nothing yet)")
+        "Latest:    {}",
+        d.serving_revision
+            .as_deref()
+            .unwrap_or("(nothing ready yet)")
     );
+    if !d.traffic.is_empty() {
+        println!();
+        super::traffic::table(&d.traffic);
+    }
     println!();
     let rows: Vec<Vec<String>> = d
         .revisions
@@ -325,7 +336,13 @@ pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<(
         .map(|r| {
             let s = &r.spec;
             vec![
-                format!("{}{}", r.name, if r.serving { " *" } else { "" }),
+                r.name.clone(),
+                if r.percent > 0 || !r.tags.is_empty() {
+                    let tags = r.tags.iter().map(|t| format!(" @{t}")).collect::<String>();
+                    format!("{}%{tags}", r.percent)
+                } else {
+                    "-".into()
+                },
                 s.image.clone(),
                 format!("{}Mi/{}m", s.memory_bytes >> 20, s.cpu_millis),
                 s.concurrency.to_string(),
@@ -337,6 +354,7 @@ pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<(
     output::table(
         &[
             "REVISION",
+            "TRAFFIC",
             "IMAGE",
             "MEM/CPU",
             "CONCURRENCY",

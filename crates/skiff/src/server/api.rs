@@ -10,13 +10,13 @@
 
 use super::services::{self, ApiError};
 use super::Ctx;
-use crate::apitypes::{DeployRequest, ErrorBody, ErrorDetail};
+use crate::apitypes::{DeployRequest, ErrorBody, ErrorDetail, RollbackRequest, TrafficRequest};
 use anyhow::Context;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::Json;
 use bytes::Bytes;
 use std::os::unix::fs::PermissionsExt;
@@ -80,6 +80,8 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::UnixListener, stop: watc
             get(describe).put(deploy).delete(remove),
         )
         .route("/v1/services/{name}/logs", get(logs))
+        .route("/v1/services/{name}/traffic", put(traffic))
+        .route("/v1/services/{name}/rollback", post(rollback))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })
@@ -115,6 +117,26 @@ async fn deploy(
         body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
     let deployed = services::deploy(&s.ctx, &name, req.spec).await?;
     Ok(Json(deployed).into_response())
+}
+
+async fn traffic(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<TrafficRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    Ok(Json(services::set_traffic(&s.ctx, &name, req.traffic).await?).into_response())
+}
+
+async fn rollback(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<RollbackRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    Ok(Json(services::rollback(&s.ctx, &name, req.revision).await?).into_response())
 }
 
 async fn remove(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {

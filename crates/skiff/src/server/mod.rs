@@ -14,6 +14,7 @@ mod scaling;
 mod services;
 mod spawner;
 mod throttle;
+mod traffic;
 
 use crate::home::Home;
 use anyhow::Context;
@@ -57,6 +58,10 @@ pub struct ServerArgs {
     /// every cold start then pays for the whole sandbox setup.
     #[arg(long)]
     no_prepared_sandboxes: bool,
+    /// Revisions kept per service (newest first); older ones that get no traffic and
+    /// have no tag are deleted.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    revisions_kept: u32,
     #[command(flatten)]
     scaling: scaling::ScalingDefaults,
 }
@@ -71,6 +76,7 @@ pub struct Ctx {
     pub domain: String,
     pub ingress: SocketAddr,
     pub queue_depth: usize,
+    pub revisions_kept: usize,
     pub stop_grace: Duration,
     /// Keep one prepared sandbox per revision for fast cold starts.
     pub prepare_sandboxes: bool,
@@ -112,12 +118,29 @@ impl Ctx {
         self.runners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn forget_runner(&self, revision: &str) {
-        self.runners().remove(revision);
+    /// Forgets `runner` once it has ended, unless a newer runner of its revision (the
+    /// revision got traffic again) took its place.
+    fn forget_runner(&self, runner: &RevisionRunner) {
+        let mut runners = self.runners();
+        if runners
+            .get(&runner.name)
+            .is_some_and(|r| std::ptr::eq(r.as_ref(), runner))
+        {
+            runners.remove(&runner.name);
+        }
     }
 
     fn runner(&self, revision: &str) -> Option<Arc<RevisionRunner>> {
         self.runners().get(revision).cloned()
+    }
+
+    /// The runners of a service's revisions.
+    fn runners_of(&self, service: &str) -> Vec<Arc<RevisionRunner>> {
+        self.runners()
+            .values()
+            .filter(|r| r.service == service)
+            .cloned()
+            .collect()
     }
 
     fn add_runner(&self, runner: Arc<RevisionRunner>) {
@@ -176,6 +199,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         domain: args.domain.trim_matches('.').to_owned(),
         ingress: ingress_addr,
         queue_depth: args.queue_depth,
+        revisions_kept: args.revisions_kept as usize,
         stop_grace: args.stop_timeout,
         prepare_sandboxes: !args.no_prepared_sandboxes,
         scaling: args.scaling.clone(),

@@ -149,6 +149,11 @@ impl RevisionRunner {
         self.retired.send_replace(true);
     }
 
+    /// Whether the revision was retired (its runner then ends once idle).
+    pub fn is_retired(&self) -> bool {
+        *self.retired.borrow()
+    }
+
     /// Stops every instance (daemon shutdown), gracefully.
     pub fn stop_all(&self) {
         self.retire();
@@ -221,7 +226,7 @@ impl RevisionRunner {
                 && self.live().is_empty()
                 && self.starting.load(Ordering::SeqCst) == 0
             {
-                self.ctx.forget_runner(&self.name);
+                self.ctx.forget_runner(&self);
                 return;
             }
             tokio::select! {

@@ -5,17 +5,17 @@
 //! traffic from a working one).
 
 use super::runner::{self, describe_exit, Outcome, RevisionRunner};
-use super::Ctx;
+use super::{traffic, Ctx};
 use crate::apitypes::{
     AutoscalerDetail, Deployed, FailureDetail, InstanceDetail, RevisionDetail, ServiceDetail,
-    ServiceSummary,
+    ServiceSummary, TrafficDetail,
 };
 use axum::http::StatusCode;
-use skiff_core::{revision_name, validate_service_name, ServiceSpec};
+use skiff_core::{revision_name, tag_host, validate_service_name, ServiceSpec, TrafficTarget};
 use skiff_image::ProcessConfig;
 use skiff_router::{PoolConfig, RevisionPool};
 use skiff_sandbox::{Limits, SandboxSpec};
-use skiff_store::{ImageRecord, InstanceState, RevisionRecord};
+use skiff_store::{ImageRecord, InstanceState, RevisionRecord, ServiceRecord};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,11 +41,11 @@ impl ApiError {
         }
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub fn internal(e: impl std::fmt::Display) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
     }
 
-    fn not_found(service: &str) -> Self {
+    pub fn not_found(service: &str) -> Self {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -78,7 +78,7 @@ const PIDS_LIMIT: u64 = 4096;
 const LOG_MAX_BYTES: u64 = 64 << 20;
 
 /// Everything needed to start an instance of the revision, but its id and log path.
-fn template(
+pub(super) fn template(
     ctx: &Ctx,
     image: &ImageRecord,
     spec: &ServiceSpec,
@@ -133,7 +133,7 @@ fn template(
     })
 }
 
-fn start_runner(
+pub(super) fn start_runner(
     ctx: &Arc<Ctx>,
     rev: &RevisionRecord,
     spec: ServiceSpec,
@@ -167,11 +167,14 @@ fn start_runner(
     Ok(runner)
 }
 
-/// Deploys a new revision of `name` and routes traffic to it.
+/// Deploys a new revision of `name`. Traffic that follows the latest revision moves to
+/// it once it is known to start (at once when nothing is up, after one ready instance
+/// when the service is busy); pinned traffic stays where it is.
 pub async fn deploy(ctx: &Arc<Ctx>, name: &str, spec: ServiceSpec) -> Result<Deployed, ApiError> {
     validate_service_name(name)?;
     spec.validate()?;
     let _serial = ctx.deploy_lock.lock().await;
+    traffic::check_label_free(ctx, name, name)?;
     let image = ctx.db().resolve_image(&spec.image).map_err(|e| ApiError {
         field: Some("image".into()),
         ..ApiError::new(
@@ -191,8 +194,13 @@ pub async fn deploy(ctx: &Arc<Ctx>, name: &str, spec: ServiceSpec) -> Result<Dep
     let template = template(ctx, &image, &spec, name, &rev.name)?;
     let initial = ctx.scaling.initial_scale(&spec);
     let runner = start_runner(ctx, &rev, spec, template)?;
-    let old = ctx.router.route(name);
-    let warm = initial.max(u32::from(old.as_ref().is_some_and(|p| p.load().ready > 0)));
+    let record = service_record(ctx, name)?;
+    let targets = traffic::stored(&record)?;
+    let follows_latest = targets
+        .iter()
+        .any(|t| t.revision.is_none() && t.percent > 0);
+    let busy = follows_latest && traffic::is_busy(ctx, name);
+    let warm = initial.max(u32::from(busy));
     if warm > 0 {
         if let Outcome::Failed(reason) = runner.warm(warm, runner::STARTUP_TIMEOUT).await {
             runner.retire();
@@ -203,10 +211,11 @@ pub async fn deploy(ctx: &Arc<Ctx>, name: &str, spec: ServiceSpec) -> Result<Dep
                 .flatten()
                 .and_then(|r| r.last_failure)
                 .map(|f| f.log_tail);
-            let keeps = old
-                .as_ref()
-                .map(|p| format!("; traffic stays on {}", p.config().revision))
-                .unwrap_or_default();
+            let keeps = if record.serving_revision.is_some() {
+                "; traffic stays as it was"
+            } else {
+                ""
+            };
             return Err(ApiError {
                 log_tail: tail,
                 ..ApiError::new(
@@ -220,37 +229,70 @@ pub async fn deploy(ctx: &Arc<Ctx>, name: &str, spec: ServiceSpec) -> Result<Dep
     ctx.db()
         .set_serving_revision(name, &rev.name)
         .map_err(ApiError::internal)?;
-    if let Some(old) = ctx.router.set_route(name, Arc::clone(&runner.pool)) {
-        if let Some(old_runner) = ctx.runner(&old.config().revision) {
-            old_runner.retire();
-        }
-    }
+    let record = service_record(ctx, name)?;
+    let resolved = traffic::resolve(&record, &targets)?;
+    let routed = traffic::route(ctx, name, &resolved);
     runner.release_warm();
-    tracing::info!(service = %name, revision = %rev.name, "serving");
+    routed?;
+    traffic::prune(ctx, name, &resolved, Some(&rev.name));
+    let percent = resolved
+        .iter()
+        .filter(|t| t.revision == rev.name)
+        .map(|t| t.percent)
+        .sum();
+    tracing::info!(service = %name, revision = %rev.name, percent, "deployed");
     Ok(Deployed {
         service: name.to_owned(),
         revision: rev.name,
         image_digest: rev.image_digest,
         url: ctx.url(name),
+        percent,
     })
+}
+
+fn service_record(ctx: &Ctx, name: &str) -> Result<ServiceRecord, ApiError> {
+    ctx.db()
+        .service(name)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(name))
+}
+
+/// Sets a service's traffic split and tags (`skiff traffic`).
+pub async fn set_traffic(
+    ctx: &Arc<Ctx>,
+    name: &str,
+    targets: Vec<TrafficTarget>,
+) -> Result<ServiceDetail, ApiError> {
+    let _serial = ctx.deploy_lock.lock().await;
+    traffic::apply(ctx, name, targets).await?;
+    describe(ctx, name)
+}
+
+/// Sends all of a service's traffic back to an earlier revision (`to`, or the one
+/// before the revision that gets the most now); tags stay.
+pub async fn rollback(
+    ctx: &Arc<Ctx>,
+    name: &str,
+    to: Option<String>,
+) -> Result<ServiceDetail, ApiError> {
+    let _serial = ctx.deploy_lock.lock().await;
+    let (targets, target) = traffic::rollback_target(ctx, name, to)?;
+    traffic::apply(ctx, name, targets).await?;
+    tracing::info!(service = %name, revision = %target, "rolled back");
+    describe(ctx, name)
 }
 
 /// Removes a service: no new requests; its instances stop once their requests finish.
 pub async fn remove(ctx: &Arc<Ctx>, name: &str) -> Result<(), ApiError> {
     let _serial = ctx.deploy_lock.lock().await;
-    let revisions = ctx.db().revisions(name).map_err(ApiError::internal)?;
     ctx.db().delete_service(name).map_err(|e| match e {
         skiff_store::StoreError::NoSuchService(_) => ApiError::not_found(name),
         e => ApiError::internal(e),
     })?;
-    if let Some(pool) = ctx.router.remove_route(name) {
-        pool.close();
-    }
-    for rev in revisions {
-        if let Some(r) = ctx.runner(&rev.name) {
-            r.pool.close();
-            r.retire();
-        }
+    ctx.router.remove_routes(name);
+    for r in ctx.runners_of(name) {
+        r.pool.close();
+        r.retire();
     }
     Ok(())
 }
@@ -267,11 +309,7 @@ pub fn list(ctx: &Ctx) -> Result<Vec<ServiceSummary>, ApiError> {
             .into_iter()
             .next()
             .map(|r| r.name);
-        let load = ctx
-            .router
-            .route(&s.name)
-            .map(|p| p.load())
-            .unwrap_or_default();
+        let load = traffic::load(ctx, &s.name);
         out.push(ServiceSummary {
             url: ctx.url(&s.name),
             name: s.name,
@@ -296,6 +334,20 @@ pub fn describe(ctx: &Ctx, name: &str) -> Result<ServiceDetail, ApiError> {
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(name))?;
     let records = ctx.db().revisions(name).map_err(ApiError::internal)?;
+    // A service whose first revision is not up yet has no traffic to show.
+    let resolved = traffic::stored(&service)
+        .and_then(|t| traffic::resolve(&service, &t))
+        .unwrap_or_default();
+    let traffic_detail = resolved
+        .iter()
+        .map(|t| TrafficDetail {
+            revision: t.revision.clone(),
+            latest: t.latest,
+            percent: t.percent,
+            url: t.tag.as_ref().map(|tag| ctx.url(&tag_host(name, tag))),
+            tag: t.tag.clone(),
+        })
+        .collect();
     let mut revisions = Vec::new();
     let mut instances = Vec::new();
     for r in &records {
@@ -331,7 +383,16 @@ pub fn describe(ctx: &Ctx, name: &str) -> Result<ServiceDetail, ApiError> {
             generation: r.generation,
             image_digest: r.image_digest.clone(),
             created_at: r.created_at,
-            serving: service.serving_revision.as_deref() == Some(r.name.as_str()),
+            percent: resolved
+                .iter()
+                .filter(|t| t.revision == r.name)
+                .map(|t| t.percent)
+                .sum(),
+            tags: resolved
+                .iter()
+                .filter(|t| t.revision == r.name)
+                .filter_map(|t| t.tag.clone())
+                .collect(),
             last_failure: r.last_failure.clone().map(|f| FailureDetail {
                 revision: r.name.clone(),
                 at: f.at,
@@ -386,13 +447,14 @@ pub fn describe(ctx: &Ctx, name: &str) -> Result<ServiceDetail, ApiError> {
         name: service.name,
         created_at: service.created_at,
         serving_revision: service.serving_revision,
+        traffic: traffic_detail,
         revisions,
         instances,
         last_failure,
     })
 }
 
-/// Routes every stored service to its serving revision again (daemon start).
+/// Routes every stored service as its traffic says again (daemon start).
 pub async fn restore(ctx: &Arc<Ctx>) {
     let services = match ctx.db().services() {
         Ok(s) => s,
@@ -402,29 +464,15 @@ pub async fn restore(ctx: &Arc<Ctx>) {
         }
     };
     for s in services {
-        let Some(rev_name) = s.serving_revision else {
+        if s.serving_revision.is_none() {
             continue;
-        };
-        if let Err(e) = restore_one(ctx, &s.name, &rev_name) {
-            tracing::error!(service = %s.name, revision = %rev_name, "not restored: {}", e.message);
+        }
+        let routed = traffic::stored(&s)
+            .and_then(|t| traffic::resolve(&s, &t))
+            .and_then(|resolved| traffic::route(ctx, &s.name, &resolved));
+        match routed {
+            Ok(()) => tracing::info!(service = %s.name, "restored"),
+            Err(e) => tracing::error!(service = %s.name, "not restored: {}", e.message),
         }
     }
-}
-
-fn restore_one(ctx: &Arc<Ctx>, service: &str, rev_name: &str) -> Result<(), ApiError> {
-    let rev = ctx
-        .db()
-        .revision(rev_name)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::internal(format!("revision {rev_name} is missing")))?;
-    let spec: ServiceSpec = serde_json::from_str(&rev.spec_json).map_err(ApiError::internal)?;
-    let image = ctx
-        .db()
-        .resolve_image(&rev.image_digest)
-        .map_err(ApiError::internal)?;
-    let template = template(ctx, &image, &spec, service, &rev.name)?;
-    let runner = start_runner(ctx, &rev, spec, template)?;
-    ctx.router.set_route(service, Arc::clone(&runner.pool));
-    tracing::info!(service, revision = %rev.name, "restored");
-    Ok(())
 }
