@@ -38,6 +38,10 @@ pub struct ServiceSpec {
     /// Replaces the image's Cmd when not empty.
     #[serde(default)]
     pub command: Vec<String>,
+    /// Replaces the image's Entrypoint when not empty; the image's Cmd is then dropped
+    /// too unless `command` gives one (Kubernetes' `command` and `args`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
     /// Memory limit in bytes.
     #[serde(default = "default_memory")]
     pub memory_bytes: u64,
@@ -110,6 +114,7 @@ impl ServiceSpec {
             port: default_port(),
             env: Vec::new(),
             command: Vec::new(),
+            entrypoint: Vec::new(),
             memory_bytes: DEFAULT_MEMORY_BYTES,
             cpu_millis: DEFAULT_CPU_MILLIS,
             concurrency: DEFAULT_CONCURRENCY,
@@ -151,6 +156,9 @@ impl ServiceSpec {
         }
         if self.command.iter().any(|a| a.contains('\0')) {
             return bad("command", "an argument contains a NUL byte".into());
+        }
+        if self.entrypoint.iter().any(|a| a.contains('\0')) {
+            return bad("entrypoint", "an argument contains a NUL byte".into());
         }
         if self.memory_bytes < 4 << 20 {
             return bad("memory", "must be at least 4Mi".into());

@@ -9,6 +9,9 @@ use skiff_core::{ServiceSpec, TrafficTarget};
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub spec: ServiceSpec,
+    /// The service's traffic from now on (`skiff apply`); absent: it stays as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Vec<TrafficTarget>>,
 }
 
 /// The answer to a deploy.

@@ -5,6 +5,7 @@
 mod apitypes;
 mod cli;
 mod home;
+mod knative;
 mod launch;
 mod server;
 

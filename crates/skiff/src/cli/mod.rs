@@ -3,6 +3,7 @@
 
 mod client;
 mod image;
+mod knative;
 mod output;
 mod progress;
 mod run;
@@ -69,6 +70,13 @@ pub enum Command {
     Traffic(traffic::TrafficArgs),
     /// Send all of a service's traffic back to an earlier revision.
     Rollback(traffic::RollbackArgs),
+    /// Create or update services from Knative Service YAML (serving.knative.dev/v1).
+    Apply(knative::ApplyArgs),
+    /// Print a service as Knative Service YAML that `apply` turns back into it.
+    Export {
+        /// Service name.
+        name: String,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -88,6 +96,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs(a) => service::logs(&client(&cli.socket)?, cli.output, a).map(|()| 0),
         Command::Traffic(a) => traffic::set(&client(&cli.socket)?, cli.output, a).map(|()| 0),
         Command::Rollback(a) => traffic::rollback(&client(&cli.socket)?, cli.output, a).map(|()| 0),
+        Command::Apply(a) => knative::apply(&client(&cli.socket)?, cli.output, a).map(|()| 0),
+        Command::Export { name } => {
+            knative::export(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
+        }
     }
 }
 

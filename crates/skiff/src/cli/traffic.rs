@@ -60,7 +60,7 @@ fn parse_split(word: &str) -> anyhow::Result<TrafficTarget> {
 }
 
 /// The traffic as stored (latest targets unresolved) from `describe`'s resolved view.
-fn current(detail: &ServiceDetail) -> Vec<TrafficTarget> {
+pub(super) fn current(detail: &ServiceDetail) -> Vec<TrafficTarget> {
     detail
         .traffic
         .iter()

@@ -574,7 +574,15 @@ impl RevisionRunner {
             },
             _ = &mut *stop_rx => return Err(Ready::Stopped),
         };
-        if let Some(path) = &self.spec.startup_probe {
+        // Without a startup probe, an HTTP readiness probe gates the first request, as
+        // Knative's readiness probe does.
+        let gate = self.spec.startup_probe.as_ref().or_else(|| {
+            self.spec
+                .readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_path.as_ref())
+        });
+        if let Some(path) = gate {
             self.probe_until_ok(&target, path, instance, stop_rx)
                 .await?;
         }

@@ -92,12 +92,16 @@ pub(super) fn template(
             format!("image {}: {e:#}", spec.image),
         )
     };
-    let process = if spec.command.is_empty() {
+    let mut process = if spec.command.is_empty() {
         ProcessConfig::from_image(image)
     } else {
         ProcessConfig::with_command(image, spec.command.clone())
     }
     .map_err(|e| bad(e.into()))?;
+    if !spec.entrypoint.is_empty() {
+        process.args = spec.entrypoint.clone();
+        process.args.extend(spec.command.iter().cloned());
+    }
     let user = ctx
         .images
         .resolve_user(image, &process.user)
@@ -169,12 +173,21 @@ pub(super) fn start_runner(
 
 /// Deploys a new revision of `name`. Traffic that follows the latest revision moves to
 /// it once it is known to start (at once when nothing is up, after one ready instance
-/// when the service is busy); pinned traffic stays where it is.
-pub async fn deploy(ctx: &Arc<Ctx>, name: &str, spec: ServiceSpec) -> Result<Deployed, ApiError> {
+/// when the service is busy); pinned traffic stays where it is. With `new_traffic`
+/// (`skiff apply`), the service's traffic becomes that once the revision is up.
+pub async fn deploy(
+    ctx: &Arc<Ctx>,
+    name: &str,
+    spec: ServiceSpec,
+    new_traffic: Option<Vec<TrafficTarget>>,
+) -> Result<Deployed, ApiError> {
     validate_service_name(name)?;
     spec.validate()?;
     let _serial = ctx.deploy_lock.lock().await;
     traffic::check_label_free(ctx, name, name)?;
+    if let Some(t) = &new_traffic {
+        traffic::check(ctx, name, t)?;
+    }
     let image = ctx.db().resolve_image(&spec.image).map_err(|e| ApiError {
         field: Some("image".into()),
         ..ApiError::new(
@@ -195,7 +208,10 @@ pub async fn deploy(ctx: &Arc<Ctx>, name: &str, spec: ServiceSpec) -> Result<Dep
     let initial = ctx.scaling.initial_scale(&spec);
     let runner = start_runner(ctx, &rev, spec, template)?;
     let record = service_record(ctx, name)?;
-    let targets = traffic::stored(&record)?;
+    let targets = match new_traffic {
+        Some(t) => t,
+        None => traffic::stored(&record)?,
+    };
     let follows_latest = targets
         .iter()
         .any(|t| t.revision.is_none() && t.percent > 0);
@@ -229,6 +245,7 @@ pub async fn deploy(ctx: &Arc<Ctx>, name: &str, spec: ServiceSpec) -> Result<Dep
     ctx.db()
         .set_serving_revision(name, &rev.name)
         .map_err(ApiError::internal)?;
+    traffic::store(ctx, name, &targets)?;
     let record = service_record(ctx, name)?;
     let resolved = traffic::resolve(&record, &targets)?;
     let routed = traffic::route(ctx, name, &resolved);

@@ -230,19 +230,10 @@ async fn warm_for(
     Ok(warmed)
 }
 
-/// Sets the service's traffic (checked, warmed, stored, routed) and prunes revisions.
-/// The caller holds the deploy lock.
-pub async fn apply(
-    ctx: &Arc<Ctx>,
-    service: &str,
-    traffic: Vec<TrafficTarget>,
-) -> Result<(), ApiError> {
-    validate_traffic(service, &traffic)?;
-    let record = ctx
-        .db()
-        .service(service)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(service))?;
+/// Checks a traffic block against the service: its rules, pinned revisions exist, tag
+/// hosts are free.
+pub fn check(ctx: &Ctx, service: &str, traffic: &[TrafficTarget]) -> Result<(), ApiError> {
+    validate_traffic(service, traffic)?;
     for rev in traffic.iter().filter_map(|t| t.revision.as_deref()) {
         let exists = ctx
             .db()
@@ -253,19 +244,40 @@ pub async fn apply(
             return Err(no_such_revision(service, rev));
         }
     }
-    let resolved = resolve(&record, &traffic)?;
-    for tag in resolved.iter().filter_map(|t| t.tag.as_deref()) {
+    for tag in traffic.iter().filter_map(|t| t.tag.as_deref()) {
         check_label_free(ctx, service, &tag_host(service, tag))?;
     }
-    let warmed = warm_for(ctx, service, &resolved).await?;
-    let json = if traffic == default_traffic() {
+    Ok(())
+}
+
+/// Records the service's traffic (nothing when it is the default).
+pub fn store(ctx: &Ctx, service: &str, traffic: &[TrafficTarget]) -> Result<(), ApiError> {
+    let json = if traffic == default_traffic().as_slice() {
         None
     } else {
-        Some(serde_json::to_string(&traffic).map_err(ApiError::internal)?)
+        Some(serde_json::to_string(traffic).map_err(ApiError::internal)?)
     };
     ctx.db()
         .set_traffic(service, json.as_deref())
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)
+}
+
+/// Sets the service's traffic (checked, warmed, stored, routed) and prunes revisions.
+/// The caller holds the deploy lock.
+pub async fn apply(
+    ctx: &Arc<Ctx>,
+    service: &str,
+    traffic: Vec<TrafficTarget>,
+) -> Result<(), ApiError> {
+    let record = ctx
+        .db()
+        .service(service)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(service))?;
+    check(ctx, service, &traffic)?;
+    let resolved = resolve(&record, &traffic)?;
+    let warmed = warm_for(ctx, service, &resolved).await?;
+    store(ctx, service, &traffic)?;
     let routed = route(ctx, service, &resolved);
     for r in warmed {
         r.release_warm();

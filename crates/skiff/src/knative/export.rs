@@ -1,0 +1,228 @@
+//! A skiff service (its latest revision's spec and its traffic) as a Knative Service
+//! document that `skiff apply` turns back into the same state. Settings at skiff's
+//! defaults are left out. Pure conversion.
+
+use super::annotation as a;
+use super::duration_text::format_ms;
+use super::model::{self, Service, API_VERSION, KIND};
+use skiff_core::{Probe, ServiceSpec, TrafficTarget};
+use std::collections::BTreeMap;
+
+/// The document for service `name`. Knative counts probe periods in whole seconds:
+/// shorter ones are rounded up, and each rounding is reported in the returned notes.
+pub fn document(
+    name: &str,
+    spec: &ServiceSpec,
+    traffic: &[TrafficTarget],
+) -> (Service, Vec<String>) {
+    let defaults = ServiceSpec::new(spec.image.clone());
+    let mut notes = Vec::new();
+    let mut container = model::Container {
+        image: spec.image.clone(),
+        command: (!spec.entrypoint.is_empty()).then(|| spec.entrypoint.clone()),
+        args: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        env: spec
+            .env
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                model::EnvVar {
+                    name: k.to_owned(),
+                    value: v.to_owned(),
+                }
+            })
+            .collect(),
+        ..Default::default()
+    };
+    if spec.port != defaults.port {
+        container.ports = vec![model::Port {
+            container_port: spec.port,
+            name: None,
+            protocol: None,
+        }];
+    }
+    let mut limits = BTreeMap::new();
+    if spec.memory_bytes != defaults.memory_bytes {
+        limits.insert(
+            "memory".into(),
+            model::Quantity::Text(memory_text(spec.memory_bytes)),
+        );
+    }
+    if spec.cpu_millis != defaults.cpu_millis {
+        limits.insert(
+            "cpu".into(),
+            model::Quantity::Text(cpu_text(spec.cpu_millis)),
+        );
+    }
+    if !limits.is_empty() {
+        container.resources = Some(model::Resources {
+            limits,
+            requests: BTreeMap::new(),
+        });
+    }
+    {
+        container.startup_probe = spec.startup_probe.as_ref().map(|path| model::Probe {
+            http_get: Some(http_get(path)),
+            ..Default::default()
+        });
+    }
+    container.readiness_probe = spec
+        .readiness_probe
+        .as_ref()
+        .map(|p| probe(p, "readiness", &mut notes));
+    container.liveness_probe = spec
+        .liveness_probe
+        .as_ref()
+        .map(|p| probe(p, "liveness", &mut notes));
+    let mut revision = model::RevisionSpec {
+        containers: vec![container],
+        ..Default::default()
+    };
+    if spec.concurrency != defaults.concurrency {
+        revision.container_concurrency = Some(spec.concurrency);
+    }
+    if spec.timeout_ms != defaults.timeout_ms {
+        revision.timeout_seconds = Some(spec.timeout_ms.div_ceil(1000));
+        if !spec.timeout_ms.is_multiple_of(1000) {
+            notes.push(format!(
+                "timeout {} written as {}s (Knative counts whole seconds)",
+                format_ms(spec.timeout_ms),
+                spec.timeout_ms.div_ceil(1000)
+            ));
+        }
+    }
+    let template = model::Template {
+        metadata: model::TemplateMeta {
+            annotations: annotations(spec, &defaults),
+            ..Default::default()
+        },
+        spec: revision,
+    };
+    let traffic = (traffic != skiff_core::default_traffic().as_slice()).then(|| {
+        traffic
+            .iter()
+            .map(|t| model::Traffic {
+                tag: t.tag.clone(),
+                revision_name: t.revision.clone(),
+                latest_revision: t.revision.is_none().then_some(true),
+                percent: Some(t.percent),
+            })
+            .collect()
+    });
+    let doc = Service {
+        api_version: API_VERSION.into(),
+        kind: KIND.into(),
+        metadata: model::ServiceMeta {
+            name: name.to_owned(),
+            ..Default::default()
+        },
+        spec: model::ServiceBody { template, traffic },
+        status: None,
+    };
+    (doc, notes)
+}
+
+fn http_get(path: &str) -> model::HttpGet {
+    model::HttpGet {
+        path: path.to_owned(),
+        port: None,
+        scheme: None,
+    }
+}
+
+fn seconds(ms: u64, what: &str, notes: &mut Vec<String>) -> u64 {
+    let s = ms.div_ceil(1000).max(1);
+    if s * 1000 != ms {
+        notes.push(format!(
+            "{what} {} written as {s}s (Knative counts whole seconds)",
+            format_ms(ms)
+        ));
+    }
+    s
+}
+
+fn probe(p: &Probe, kind: &str, notes: &mut Vec<String>) -> model::Probe {
+    let defaults = Probe::new(None);
+    let mut out = model::Probe {
+        http_get: p.http_path.as_deref().map(http_get),
+        tcp_socket: p.http_path.is_none().then(model::TcpSocket::default),
+        ..Default::default()
+    };
+    if p.period_ms != defaults.period_ms {
+        out.period_seconds = Some(seconds(p.period_ms, &format!("{kind} period"), notes));
+    }
+    if p.timeout_ms != defaults.timeout_ms {
+        out.timeout_seconds = Some(seconds(p.timeout_ms, &format!("{kind} timeout"), notes));
+    }
+    if p.failure_threshold != defaults.failure_threshold {
+        out.failure_threshold = Some(p.failure_threshold);
+    }
+    if p.initial_delay_ms != defaults.initial_delay_ms {
+        out.initial_delay_seconds = Some(p.initial_delay_ms.div_ceil(1000));
+    }
+    out
+}
+
+fn annotations(spec: &ServiceSpec, defaults: &ServiceSpec) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut put = |key: &str, value: String| {
+        out.insert(key.to_owned(), value);
+    };
+    if spec.min_instances != defaults.min_instances {
+        put(a::MIN_SCALE, spec.min_instances.to_string());
+    }
+    if spec.max_instances != defaults.max_instances {
+        put(a::MAX_SCALE, spec.max_instances.to_string());
+    }
+    if spec.idle_timeout_ms != defaults.idle_timeout_ms {
+        put(a::RETENTION, format_ms(spec.idle_timeout_ms));
+    }
+    if spec.cpu_throttling {
+        put(a::CPU_THROTTLING, "true".into());
+    }
+    let s = &spec.autoscaling;
+    let number = |n: f64| n.to_string();
+    if let Some(v) = &s.metric {
+        put(a::METRIC, v.clone());
+    }
+    let numbers = [
+        (a::TARGET, s.target),
+        (a::TARGET_UTILIZATION, s.target_utilization_percentage),
+        (a::PANIC_WINDOW, s.panic_window_percentage),
+        (a::PANIC_THRESHOLD, s.panic_threshold_percentage),
+        (a::SCALE_UP_RATE, s.max_scale_up_rate),
+        (a::SCALE_DOWN_RATE, s.max_scale_down_rate),
+    ];
+    for (key, value) in numbers {
+        if let Some(v) = value {
+            put(key, number(v));
+        }
+    }
+    if let Some(n) = s.initial_scale {
+        put(a::INITIAL_SCALE, n.to_string());
+    }
+    if let Some(ms) = s.window_ms {
+        put(a::WINDOW, format_ms(ms));
+    }
+    if let Some(ms) = s.scale_to_zero_grace_ms {
+        put(a::ZERO_GRACE, format_ms(ms));
+    }
+    out
+}
+
+fn memory_text(bytes: u64) -> String {
+    for (unit, shift) in [("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        if bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+fn cpu_text(millis: u64) -> String {
+    if millis.is_multiple_of(1000) {
+        (millis / 1000).to_string()
+    } else {
+        format!("{millis}m")
+    }
+}

@@ -1,0 +1,340 @@
+//! A Knative Service document to a skiff service: its spec and traffic. Everything skiff
+//! cannot honour is an error naming the field; everything it may safely ignore is a
+//! warning. Pure conversion: it must not talk to the daemon.
+
+use super::model::{self, PortRef, Service, API_VERSION, KIND};
+use super::{annotation as a, duration_text};
+use skiff_core::{parse_cpu_millis, parse_memory_bytes, Probe, ServiceSpec, TrafficTarget};
+use std::collections::BTreeMap;
+
+/// A service as a document describes it.
+#[derive(Debug)]
+pub struct Imported {
+    pub name: String,
+    pub spec: ServiceSpec,
+    pub traffic: Vec<TrafficTarget>,
+    pub warnings: Vec<String>,
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Converts one document.
+pub fn service(doc: Service) -> Result<Imported> {
+    if doc.api_version != API_VERSION || doc.kind != KIND {
+        return Err(format!(
+            "apiVersion/kind: {}/{} is not a Knative Service (want {API_VERSION}/{KIND})",
+            doc.api_version, doc.kind
+        ));
+    }
+    let name = doc.metadata.name.clone();
+    let mut warnings = Vec::new();
+    let mut ignore = |field: String| warnings.push(format!("{field}: ignored"));
+    if let Some(ns) = &doc.metadata.namespace {
+        if ns != "default" {
+            ignore(format!(
+                "metadata.namespace {ns:?} (skiff has no namespaces)"
+            ));
+        }
+    }
+    for (key, value) in &doc.metadata.other {
+        match value.as_object() {
+            // Name each annotation or label, so it is clear which ones do nothing here.
+            Some(map) if key == "annotations" || key == "labels" => {
+                for inner in map.keys() {
+                    ignore(format!("metadata.{key}[{inner:?}]"));
+                }
+            }
+            _ => ignore(format!("metadata.{key}")),
+        }
+    }
+    if doc.status.is_some() {
+        ignore("status".into());
+    }
+    let template = doc.spec.template;
+    if let Some(n) = &template.metadata.name {
+        return Err(format!(
+            "spec.template.metadata.name ({n:?}): skiff names revisions itself (NAME-00001, …)"
+        ));
+    }
+    for key in template.metadata.other.keys() {
+        ignore(format!("spec.template.metadata.{key}"));
+    }
+    let rs = template.spec;
+    if rs.service_account_name.is_some() {
+        ignore("spec.template.spec.serviceAccountName".into());
+    }
+    if rs.enable_service_links.is_some() {
+        ignore("spec.template.spec.enableServiceLinks".into());
+    }
+    let [container] = <[model::Container; 1]>::try_from(rs.containers).map_err(|c| {
+        format!(
+            "spec.template.spec.containers: skiff runs one container per revision, found {}",
+            c.len()
+        )
+    })?;
+    let at = "spec.template.spec.containers[0]";
+    for (field, value) in [
+        ("imagePullPolicy", &container.image_pull_policy),
+        (
+            "terminationMessagePath",
+            &container.termination_message_path,
+        ),
+        (
+            "terminationMessagePolicy",
+            &container.termination_message_policy,
+        ),
+    ] {
+        if value.is_some() {
+            ignore(format!("{at}.{field}"));
+        }
+    }
+    let mut spec = ServiceSpec::new(container.image.clone());
+    if let Some(n) = rs.container_concurrency {
+        spec.concurrency = n;
+    }
+    if let Some(s) = rs.timeout_seconds {
+        spec.timeout_ms = s.saturating_mul(1000);
+    }
+    spec.entrypoint = container.command.clone().unwrap_or_default();
+    spec.command = container.args.clone().unwrap_or_default();
+    spec.env = container
+        .env
+        .iter()
+        .map(|e| format!("{}={}", e.name, e.value))
+        .collect();
+    let port_names = ports(&container, &mut spec)?;
+    if let Some(r) = &container.resources {
+        resources(r, &mut spec, &mut ignore)?;
+    }
+    let probe_port = |p: &Option<PortRef>, field: &str| -> Result<()> {
+        match p {
+            None => Ok(()),
+            Some(PortRef::Number(n)) if *n == spec.port => Ok(()),
+            Some(PortRef::Name(n)) if port_names.contains(n) => Ok(()),
+            Some(other) => Err(format!(
+                "{at}.{field}.port {other:?}: skiff probes the container's port ({})",
+                spec.port
+            )),
+        }
+    };
+    if let Some(p) = &container.startup_probe {
+        probe_port(&probe_target_port(p), "startupProbe")?;
+        spec.startup_probe = probe(p, &format!("{at}.startupProbe"))?.http_path;
+        if p.period_seconds.is_some() || p.failure_threshold.is_some() {
+            ignore(format!(
+                "{at}.startupProbe periodSeconds/failureThreshold (skiff polls every 50 ms for up to 240 s)"
+            ));
+        }
+    }
+    if let Some(p) = &container.readiness_probe {
+        probe_port(&probe_target_port(p), "readinessProbe")?;
+        spec.readiness_probe = Some(probe(p, &format!("{at}.readinessProbe"))?);
+    }
+    if let Some(p) = &container.liveness_probe {
+        probe_port(&probe_target_port(p), "livenessProbe")?;
+        spec.liveness_probe = Some(probe(p, &format!("{at}.livenessProbe"))?);
+    }
+    annotations(&template.metadata.annotations, &mut spec, &mut ignore)?;
+    let traffic = match doc.spec.traffic {
+        None => skiff_core::default_traffic(),
+        Some(t) => traffic(&t)?,
+    };
+    spec.validate()
+        .map_err(|e| format!("the revision it describes: {e}"))?;
+    Ok(Imported {
+        name,
+        spec,
+        traffic,
+        warnings,
+    })
+}
+
+/// The container's port (one at most); returns the port names probes may use.
+fn ports(c: &model::Container, spec: &mut ServiceSpec) -> Result<Vec<String>> {
+    let at = "spec.template.spec.containers[0].ports";
+    match c.ports.as_slice() {
+        [] => Ok(Vec::new()),
+        [p] => {
+            if let Some(name) = p.name.as_deref().filter(|n| *n == "h2c") {
+                return Err(format!(
+                    "{at}[0].name {name:?}: skiff speaks HTTP/1.1 to instances"
+                ));
+            }
+            if let Some(proto) = p.protocol.as_deref().filter(|p| *p != "TCP") {
+                return Err(format!("{at}[0].protocol {proto:?}: only TCP"));
+            }
+            spec.port = p.container_port;
+            Ok(p.name.iter().cloned().collect())
+        }
+        more => Err(format!("{at}: one port only, found {}", more.len())),
+    }
+}
+
+fn resources(
+    r: &model::Resources,
+    spec: &mut ServiceSpec,
+    ignore: &mut impl FnMut(String),
+) -> Result<()> {
+    let at = "spec.template.spec.containers[0].resources";
+    for (key, q) in &r.limits {
+        let text = q.text();
+        match key.as_str() {
+            "memory" => {
+                spec.memory_bytes =
+                    parse_memory_bytes(&text).map_err(|e| format!("{at}.limits.memory: {e}"))?
+            }
+            "cpu" => {
+                spec.cpu_millis =
+                    parse_cpu_millis(&text).map_err(|e| format!("{at}.limits.cpu: {e}"))?
+            }
+            other => {
+                return Err(format!(
+                    "{at}.limits.{other}: skiff limits memory and cpu only"
+                ))
+            }
+        }
+    }
+    for key in r.requests.keys() {
+        ignore(format!(
+            "{at}.requests.{key} (skiff enforces limits; requests reserve nothing)"
+        ));
+    }
+    Ok(())
+}
+
+fn probe_target_port(p: &model::Probe) -> Option<PortRef> {
+    p.http_get
+        .as_ref()
+        .and_then(|h| h.port.clone())
+        .or_else(|| p.tcp_socket.as_ref().and_then(|t| t.port.clone()))
+}
+
+fn probe(p: &model::Probe, at: &str) -> Result<Probe> {
+    let http_path = match (&p.http_get, &p.tcp_socket) {
+        (Some(h), None) => {
+            if let Some(s) = h
+                .scheme
+                .as_deref()
+                .filter(|s| !s.eq_ignore_ascii_case("HTTP"))
+            {
+                return Err(format!("{at}.httpGet.scheme {s:?}: only HTTP"));
+            }
+            Some(h.path.clone())
+        }
+        (None, Some(_)) => None,
+        _ => return Err(format!("{at}: give exactly one of httpGet and tcpSocket")),
+    };
+    if let Some(n) = p.success_threshold.filter(|n| *n != 1) {
+        return Err(format!(
+            "{at}.successThreshold {n}: only 1 (as Kubernetes' liveness probes)"
+        ));
+    }
+    let mut probe = Probe::new(http_path);
+    if let Some(s) = p.period_seconds {
+        probe.period_ms = s.saturating_mul(1000);
+    }
+    if let Some(s) = p.timeout_seconds {
+        probe.timeout_ms = s.saturating_mul(1000);
+    }
+    if let Some(n) = p.failure_threshold {
+        probe.failure_threshold = n;
+    }
+    if let Some(s) = p.initial_delay_seconds {
+        probe.initial_delay_ms = s.saturating_mul(1000);
+    }
+    probe.validate().map_err(|e| format!("{at}: {e}"))?;
+    Ok(probe)
+}
+
+fn annotations(
+    notes: &BTreeMap<String, String>,
+    spec: &mut ServiceSpec,
+    ignore: &mut impl FnMut(String),
+) -> Result<()> {
+    let scaling = &mut spec.autoscaling;
+    for (key, value) in notes {
+        let at = || format!("spec.template.metadata.annotations[{key:?}]");
+        let number = || -> Result<f64> {
+            value
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| format!("{}: {value:?} is not a number", at()))
+        };
+        let whole = || -> Result<u32> {
+            value
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{}: {value:?} is not a whole number", at()))
+        };
+        let millis = || -> Result<u64> {
+            duration_text::parse_ms(value).map_err(|e| format!("{}: {e}", at()))
+        };
+        match a::canonical(key) {
+            a::CLASS if value == a::KPA => {}
+            a::CLASS => {
+                return Err(format!(
+                    "{}: {value:?}: skiff's autoscaler is the KPA",
+                    at()
+                ))
+            }
+            a::MIN_SCALE => spec.min_instances = whole()?,
+            a::MAX_SCALE => match whole()? {
+                0 => return Err(format!("{}: 0 (unlimited): give skiff a cap", at())),
+                n => spec.max_instances = n,
+            },
+            a::INITIAL_SCALE => scaling.initial_scale = Some(whole()?),
+            a::TARGET => scaling.target = Some(number()?),
+            a::TARGET_UTILIZATION => scaling.target_utilization_percentage = Some(number()?),
+            a::METRIC => scaling.metric = Some(value.clone()),
+            a::WINDOW => scaling.window_ms = Some(millis()?),
+            a::PANIC_WINDOW => scaling.panic_window_percentage = Some(number()?),
+            a::PANIC_THRESHOLD => scaling.panic_threshold_percentage = Some(number()?),
+            a::RETENTION => spec.idle_timeout_ms = millis()?,
+            a::SCALE_UP_RATE => scaling.max_scale_up_rate = Some(number()?),
+            a::SCALE_DOWN_RATE => scaling.max_scale_down_rate = Some(number()?),
+            a::ZERO_GRACE => scaling.scale_to_zero_grace_ms = Some(millis()?),
+            a::CPU_THROTTLING => {
+                spec.cpu_throttling = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("{}: {value:?} is not true or false", at())),
+                }
+            }
+            other if other.starts_with(a::AUTOSCALING_PREFIX) => {
+                return Err(format!(
+                    "{}: skiff does not support this autoscaling knob",
+                    at()
+                ))
+            }
+            _ => ignore(at()),
+        }
+    }
+    Ok(())
+}
+
+fn traffic(entries: &[model::Traffic]) -> Result<Vec<TrafficTarget>> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let at = format!("spec.traffic[{i}]");
+            let revision = match (t.latest_revision, &t.revision_name) {
+                (Some(true), None) => None,
+                (Some(false) | None, Some(rev)) => Some(rev.clone()),
+                (None | Some(false), None) => {
+                    return Err(format!("{at}: give revisionName or latestRevision: true"))
+                }
+                (Some(true), Some(_)) => {
+                    return Err(format!("{at}: revisionName with latestRevision: true"))
+                }
+            };
+            Ok(TrafficTarget {
+                revision,
+                percent: t.percent.unwrap_or(0),
+                tag: t.tag.clone(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,100 @@
+//! Knative compatibility: `skiff apply -f` reads `serving.knative.dev/v1` Service
+//! documents as Knative and Cloud Run users write them, and `skiff export` writes a
+//! service back as one. This module converts between those documents and skiff's
+//! [`skiff_core::ServiceSpec`] and traffic; it must not talk to the daemon (the CLI does).
+
+mod export;
+mod import;
+pub mod model;
+
+pub use export::document;
+pub use import::{service as import, Imported};
+
+/// Parses every document of a YAML stream (`---` separated).
+pub fn parse(text: &str) -> Result<Vec<model::Service>, String> {
+    serde_saphyr::from_multiple(text).map_err(|e| e.to_string())
+}
+
+/// The annotations skiff reads and writes on a revision template.
+pub mod annotation {
+    pub const AUTOSCALING_PREFIX: &str = "autoscaling.knative.dev/";
+    pub const CLASS: &str = "autoscaling.knative.dev/class";
+    pub const KPA: &str = "kpa.autoscaling.knative.dev";
+    pub const MIN_SCALE: &str = "autoscaling.knative.dev/min-scale";
+    pub const MAX_SCALE: &str = "autoscaling.knative.dev/max-scale";
+    pub const INITIAL_SCALE: &str = "autoscaling.knative.dev/initial-scale";
+    pub const TARGET: &str = "autoscaling.knative.dev/target";
+    pub const TARGET_UTILIZATION: &str = "autoscaling.knative.dev/target-utilization-percentage";
+    pub const METRIC: &str = "autoscaling.knative.dev/metric";
+    pub const WINDOW: &str = "autoscaling.knative.dev/window";
+    pub const PANIC_WINDOW: &str = "autoscaling.knative.dev/panic-window-percentage";
+    pub const PANIC_THRESHOLD: &str = "autoscaling.knative.dev/panic-threshold-percentage";
+    pub const RETENTION: &str = "autoscaling.knative.dev/scale-to-zero-pod-retention-period";
+    /// Knative sets these cluster-wide only; skiff takes them per revision.
+    pub const SCALE_UP_RATE: &str = "skiff.dev/max-scale-up-rate";
+    pub const SCALE_DOWN_RATE: &str = "skiff.dev/max-scale-down-rate";
+    pub const ZERO_GRACE: &str = "skiff.dev/scale-to-zero-grace-period";
+    /// Cloud Run's "CPU only during requests".
+    pub const CPU_THROTTLING: &str = "run.googleapis.com/cpu-throttling";
+
+    /// The current name of an annotation also known by its older camelCase name
+    /// (Cloud Run still writes `autoscaling.knative.dev/maxScale`).
+    pub fn canonical(key: &str) -> &str {
+        match key {
+            "autoscaling.knative.dev/minScale" => MIN_SCALE,
+            "autoscaling.knative.dev/maxScale" => MAX_SCALE,
+            "autoscaling.knative.dev/initialScale" => INITIAL_SCALE,
+            "autoscaling.knative.dev/targetUtilizationPercentage" => TARGET_UTILIZATION,
+            "autoscaling.knative.dev/panicWindowPercentage" => PANIC_WINDOW,
+            "autoscaling.knative.dev/panicThresholdPercentage" => PANIC_THRESHOLD,
+            other => other,
+        }
+    }
+}
+
+/// Durations as Kubernetes writes them (`60s`, `1m30s`, `500ms`, `1h`).
+pub mod duration_text {
+    /// Milliseconds in a duration like `1m30s`.
+    pub fn parse_ms(text: &str) -> Result<u64, String> {
+        let bad = || format!("{text:?} is not a duration (e.g. 60s, 1m30s, 500ms)");
+        let mut rest = text.trim();
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        let mut total: u64 = 0;
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let (unit, len) = if rest.starts_with("ms") {
+                (1, 2)
+            } else if rest.starts_with('s') {
+                (1000, 1)
+            } else if rest.starts_with('m') {
+                (60_000, 1)
+            } else if rest.starts_with('h') {
+                (3_600_000, 1)
+            } else {
+                return Err(bad());
+            };
+            rest = &rest[len..];
+            total = n
+                .checked_mul(unit)
+                .and_then(|ms| total.checked_add(ms))
+                .ok_or_else(bad)?;
+        }
+        Ok(total)
+    }
+
+    /// `60s` for whole seconds, else `1500ms`.
+    pub fn format_ms(ms: u64) -> String {
+        if ms.is_multiple_of(1000) {
+            format!("{}s", ms / 1000)
+        } else {
+            format!("{ms}ms")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+//! The samples under examples/knative convert; export then import gives back the same
+//! spec and traffic; what skiff cannot honour is named, what it ignores is warned about.
+
+use super::*;
+use skiff_core::{ServiceSpec, TrafficTarget};
+
+const SAMPLES: [(&str, &str); 4] = [
+    (
+        "hello",
+        include_str!("../../../../examples/knative/hello.yaml"),
+    ),
+    (
+        "api",
+        include_str!("../../../../examples/knative/autoscaled-api.yaml"),
+    ),
+    (
+        "frontend",
+        include_str!("../../../../examples/knative/cloud-run.yaml"),
+    ),
+    (
+        "canary",
+        include_str!("../../../../examples/knative/canary.yaml"),
+    ),
+];
+
+fn one(text: &str) -> Result<Imported, String> {
+    let mut docs = parse(text)?;
+    assert_eq!(docs.len(), 1);
+    import(docs.remove(0))
+}
+
+fn round_trip(name: &str, spec: &ServiceSpec, traffic: &[TrafficTarget]) -> Imported {
+    let (doc, _) = document(name, spec, traffic);
+    let yaml = serde_saphyr::to_string(&doc).unwrap();
+    one(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+#[test]
+fn every_sample_converts_and_round_trips() {
+    for (name, text) in SAMPLES {
+        let got = one(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got.name, name);
+        let back = round_trip(&got.name, &got.spec, &got.traffic);
+        assert_eq!(back.spec, got.spec, "{name}");
+        assert_eq!(back.traffic, got.traffic, "{name}");
+    }
+}
+
+#[test]
+fn the_autoscaled_sample_maps_every_knob() {
+    let api = one(SAMPLES[1].1).unwrap();
+    let s = &api.spec;
+    assert_eq!((s.port, s.concurrency, s.timeout_ms), (9090, 10, 60_000));
+    assert_eq!((s.memory_bytes, s.cpu_millis), (128 << 20, 500));
+    assert_eq!((s.min_instances, s.max_instances), (1, 20));
+    assert_eq!(s.idle_timeout_ms, 90_000);
+    assert_eq!(s.entrypoint, ["/hello"]);
+    assert_eq!(s.command, ["--listen-after", "20"]);
+    assert_eq!(s.env, ["MODE=production", "LOG_LEVEL=info"]);
+    let a = &s.autoscaling;
+    assert_eq!(a.metric.as_deref(), Some("concurrency"));
+    assert_eq!(
+        (a.target, a.target_utilization_percentage),
+        (Some(8.0), Some(80.0))
+    );
+    assert_eq!((a.window_ms, a.initial_scale), (Some(30_000), Some(1)));
+    assert_eq!(
+        (a.panic_window_percentage, a.panic_threshold_percentage),
+        (Some(20.0), Some(150.0))
+    );
+    let ready = s.readiness_probe.as_ref().unwrap();
+    assert_eq!(ready.http_path.as_deref(), Some("/healthz"));
+    assert_eq!((ready.period_ms, ready.failure_threshold), (2000, 2));
+    let live = s.liveness_probe.as_ref().unwrap();
+    assert_eq!((live.period_ms, live.timeout_ms), (5000, 2000));
+    assert!(
+        api.warnings.iter().any(|w| w.contains("metadata.labels")),
+        "{:?}",
+        api.warnings
+    );
+    assert!(
+        api.warnings.iter().any(|w| w.contains("requests.cpu")),
+        "{:?}",
+        api.warnings
+    );
+}
+
+#[test]
+fn cloud_run_spellings_and_throttling() {
+    let f = one(SAMPLES[2].1).unwrap();
+    assert!(f.spec.cpu_throttling);
+    assert_eq!(f.spec.max_instances, 5, "maxScale");
+    assert_eq!(f.spec.startup_probe.as_deref(), Some("/healthz"));
+    assert_eq!(f.spec.liveness_probe.as_ref().unwrap().http_path, None);
+    assert!(f.warnings.iter().any(|w| w.contains("serviceAccountName")));
+    assert!(f
+        .warnings
+        .iter()
+        .any(|w| w.contains("metadata.annotations")));
+    let c = one(SAMPLES[3].1).unwrap();
+    assert_eq!(
+        c.traffic,
+        [
+            TrafficTarget {
+                revision: Some("canary-00001".into()),
+                percent: 90,
+                tag: Some("stable".into())
+            },
+            TrafficTarget {
+                revision: None,
+                percent: 10,
+                tag: Some("candidate".into())
+            },
+        ]
+    );
+}
+
+fn with(extra_container_lines: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  template:\n    spec:\n      containers:\n        - image: hello\n{extra_container_lines}"
+    )
+}
+
+#[test]
+fn unsupported_fields_are_named() {
+    let cases = [
+        (with("          volumeMounts:\n            - name: data\n              mountPath: /data\n"), "volumeMounts"),
+        (with("          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: s, key: k}\n"), "valueFrom"),
+        (with("        - image: second\n"), "one container per revision, found 2"),
+        (with("          resources:\n            limits:\n              nvidia.com/gpu: 1\n"), "limits.nvidia.com/gpu"),
+        (with("          ports:\n            - containerPort: 8080\n              name: h2c\n"), "h2c"),
+        (with("          livenessProbe:\n            exec:\n              command: [true]\n"), "exec"),
+        (with("          readinessProbe:\n            httpGet: {path: /, port: 9999}\n"), "readinessProbe.port"),
+    ];
+    for (text, names) in cases {
+        let err = parse(&text)
+            .and_then(|mut d| import(d.remove(0)))
+            .unwrap_err();
+        assert!(err.contains(names), "{names}: {err}");
+    }
+    let scale = with("").replace(
+        "    spec:\n      containers",
+        "    metadata:\n      annotations:\n        autoscaling.knative.dev/activation-scale: \"2\"\n    spec:\n      containers",
+    );
+    let err = one(&scale).unwrap_err();
+    assert!(err.contains("activation-scale"), "{err}");
+    let err = one(&with("").replace("Service", "Route")).unwrap_err();
+    assert!(err.contains("not a Knative Service"), "{err}");
+}
+
+#[test]
+fn durations_read_as_kubernetes_writes_them() {
+    use duration_text::{format_ms, parse_ms};
+    assert_eq!(parse_ms("1m30s"), Ok(90_000));
+    assert_eq!(parse_ms("500ms"), Ok(500));
+    assert_eq!(parse_ms("1h"), Ok(3_600_000));
+    assert!(parse_ms("").is_err() && parse_ms("10").is_err() && parse_ms("5d").is_err());
+    assert_eq!(
+        (format_ms(60_000), format_ms(1500)),
+        ("60s".into(), "1500ms".into())
+    );
+}
