@@ -78,11 +78,12 @@ fn a_failing_liveness_probe_restarts_the_instance_and_describe_says_why() {
 #[test]
 fn a_failing_readiness_probe_takes_the_instance_out_of_rotation_until_it_passes() {
     let d = Daemon::start(&[]);
+    // Two instances kept, so the recovered one is not the scaler's surplus.
     d.deploy_hello(
         "ready",
         &[
             "--min-instances",
-            "1",
+            "2",
             "--readiness-probe",
             "/healthz",
             "--readiness-period",
@@ -91,26 +92,31 @@ fn a_failing_readiness_probe_takes_the_instance_out_of_rotation_until_it_passes(
             "1",
         ],
     );
-    let first = instance_of(&d.get("ready", "/").text());
+    eventually(Duration::from_secs(10), "two ready instances", || {
+        d.ready("ready") == 2
+    });
     // Sick for 4 s: out of the rotation, then back.
-    assert_eq!(d.get("ready", "/sick?ms=4000").status, 200);
+    let sick = d.get("ready", "/sick?ms=4000").text();
+    let sick = instance_of(&sick);
     eventually(
         Duration::from_secs(3),
         "the instance marked unready",
-        || state_of(&d, "ready", &first) == "unready",
+        || state_of(&d, "ready", &sick) == "unready",
     );
-    // No ready instance: the request waits for a new one rather than going to the sick one.
-    let r = d.get("ready", "/");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_ne!(
-        instance_of(&r.text()),
-        first,
-        "served by the unready instance"
-    );
+    // Only the healthy instance serves meanwhile.
+    for _ in 0..10 {
+        let r = d.get("ready", "/");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_ne!(
+            instance_of(&r.text()),
+            sick,
+            "served by the unready instance"
+        );
+    }
     eventually(
         Duration::from_secs(8),
         "the instance back in rotation",
-        || state_of(&d, "ready", &first) == "ready",
+        || state_of(&d, "ready", &sick) == "ready",
     );
     // It was kept, not restarted: a readiness failure is not a liveness failure.
     let detail = d.json(&["describe", "ready"]);

@@ -81,13 +81,20 @@ fn a_90_10_split_holds_over_1000_requests_and_tags_reach_their_revisions() {
 }
 
 #[test]
-fn rollback_pins_the_previous_revision_and_later_deploys_wait_for_to_latest() {
+fn rollback_pins_the_previous_revision_across_restarts_and_later_deploys_wait_for_to_latest() {
     let d = Daemon::start(&[]);
     deploy_revisions(&d, "roll", 2);
     assert_eq!(revision_at(&d, "roll.localhost"), "roll-00002");
 
     d.ok(&["rollback", "roll"]);
     assert_eq!(revision_at(&d, "roll.localhost"), "roll-00001");
+    // The pin and a tag outlive a daemon restart.
+    d.ok(&["traffic", "roll", "--tag", "newest=roll-00002"]);
+    let mut d = d;
+    assert_eq!(d.stop(), Some(0));
+    d.launch();
+    assert_eq!(revision_at(&d, "roll.localhost"), "roll-00001");
+    assert_eq!(revision_at(&d, "newest-roll.localhost"), "roll-00002");
 
     // Pinned: a new revision is deployed but takes no traffic.
     let out = d.ok(&["deploy", "roll", "-e", "GENERATION=3"]);
