@@ -231,13 +231,7 @@ pub struct SpecError {
 /// Validates a service name: a DNS label of 1–49 characters of `[a-z0-9-]`, starting with
 /// a letter and not ending with `-`, so `NAME.<domain>` is a valid host name.
 pub fn validate_service_name(name: &str) -> Result<(), SpecError> {
-    let ok = (1..=MAX_SERVICE_NAME).contains(&name.len())
-        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
+    if is_dns_label(name, MAX_SERVICE_NAME) {
         Ok(())
     } else {
         Err(SpecError {
@@ -248,6 +242,16 @@ pub fn validate_service_name(name: &str) -> Result<(), SpecError> {
             ),
         })
     }
+}
+
+/// Whether `s` is 1 to `max` characters of `[a-z0-9-]`, starting with a letter and not
+/// ending with `-`: a DNS label, and safe in file and cgroup names too.
+pub(crate) fn is_dns_label(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len())
+        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A revision's name: the service name and its generation, as Knative writes them

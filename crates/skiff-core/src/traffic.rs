@@ -3,7 +3,7 @@
 //! `spec.traffic` has them. Pure data and its rules; resolving "the latest revision" and
 //! checking that pinned revisions exist is the daemon's.
 
-use crate::service::SpecError;
+use crate::service::{is_dns_label, SpecError};
 use serde::{Deserialize, Serialize};
 
 /// Longest DNS label: a tag's host `TAG-NAME` must fit in one.
@@ -92,13 +92,7 @@ pub fn validate_traffic(service: &str, traffic: &[TrafficTarget]) -> Result<(), 
 /// fit in one label.
 pub fn validate_tag(service: &str, tag: &str) -> Result<(), SpecError> {
     let room = MAX_LABEL.saturating_sub(service.len() + 1);
-    let ok = (1..=room).contains(&tag.len())
-        && tag.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
-        && !tag.ends_with('-')
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
+    if is_dns_label(tag, room) {
         Ok(())
     } else {
         Err(SpecError {

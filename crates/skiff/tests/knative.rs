@@ -14,16 +14,6 @@ fn sample(name: &str) -> String {
     p.to_str().unwrap().to_owned()
 }
 
-fn revision_at(d: &Daemon, host: &str) -> String {
-    let r = http(d.port, host, "GET", "/env", &[], b"");
-    assert_eq!(r.status, 200, "{host}: {}", r.text());
-    r.text()
-        .lines()
-        .find_map(|l| l.strip_prefix("K_REVISION="))
-        .unwrap_or_else(|| panic!("no K_REVISION in {}", r.text()))
-        .to_owned()
-}
-
 fn env_at(d: &Daemon, host: &str, key: &str) -> Option<String> {
     let r = http(d.port, host, "GET", "/env", &[], b"");
     r.text()
@@ -74,13 +64,10 @@ fn the_samples_apply_serve_and_round_trip_through_export() {
     let frontend = d.json(&["describe", "frontend"]);
     assert_eq!(frontend["revisions"][0]["spec"]["cpu_throttling"], true);
     // The canary: tags reach their revisions, the split holds.
-    assert_eq!(revision_at(&d, "stable-canary.localhost"), "canary-00001");
-    assert_eq!(
-        revision_at(&d, "candidate-canary.localhost"),
-        "canary-00002"
-    );
+    assert_eq!(d.revision_at("stable-canary.localhost"), "canary-00001");
+    assert_eq!(d.revision_at("candidate-canary.localhost"), "canary-00002");
     let to_candidate = (0..100)
-        .filter(|_| revision_at(&d, "canary.localhost") == "canary-00002")
+        .filter(|_| d.revision_at("canary.localhost") == "canary-00002")
         .count();
     assert!(
         (5..=15).contains(&to_candidate),

@@ -6,17 +6,6 @@ mod daemon;
 
 use daemon::{http, stderr, Daemon};
 
-/// The revision that answered, from hello's `/env` (`K_REVISION=`).
-fn revision_at(d: &Daemon, host: &str) -> String {
-    let r = http(d.port, host, "GET", "/env", &[], b"");
-    assert_eq!(r.status, 200, "{host}: {}", r.text());
-    r.text()
-        .lines()
-        .find_map(|l| l.strip_prefix("K_REVISION="))
-        .unwrap_or_else(|| panic!("no K_REVISION in {}", r.text()))
-        .to_owned()
-}
-
 fn deploy_revisions(d: &Daemon, service: &str, n: usize) {
     for i in 1..=n {
         d.deploy_hello(service, &["-e", &format!("GENERATION={i}")]);
@@ -31,7 +20,7 @@ fn a_90_10_split_holds_over_1000_requests_and_tags_reach_their_revisions() {
     let host = "split.localhost";
     let mut to_old = 0;
     for _ in 0..1000 {
-        match revision_at(&d, host).as_str() {
+        match d.revision_at(host).as_str() {
             "split-00001" => to_old += 1,
             "split-00002" => {}
             other => panic!("answered by {other}"),
@@ -51,8 +40,8 @@ fn a_90_10_split_holds_over_1000_requests_and_tags_reach_their_revisions() {
         "new=LATEST",
     ]);
     for _ in 0..5 {
-        assert_eq!(revision_at(&d, "old-split.localhost"), "split-00001");
-        assert_eq!(revision_at(&d, "new-split.localhost"), "split-00002");
+        assert_eq!(d.revision_at("old-split.localhost"), "split-00001");
+        assert_eq!(d.revision_at("new-split.localhost"), "split-00002");
     }
     let detail = d.json(&["describe", "split"]);
     let traffic = detail["traffic"].as_array().unwrap();
@@ -84,29 +73,29 @@ fn a_90_10_split_holds_over_1000_requests_and_tags_reach_their_revisions() {
 fn rollback_pins_the_previous_revision_across_restarts_and_later_deploys_wait_for_to_latest() {
     let d = Daemon::start(&[]);
     deploy_revisions(&d, "roll", 2);
-    assert_eq!(revision_at(&d, "roll.localhost"), "roll-00002");
+    assert_eq!(d.revision_at("roll.localhost"), "roll-00002");
 
     d.ok(&["rollback", "roll"]);
-    assert_eq!(revision_at(&d, "roll.localhost"), "roll-00001");
+    assert_eq!(d.revision_at("roll.localhost"), "roll-00001");
     // The pin and a tag outlive a daemon restart.
     d.ok(&["traffic", "roll", "--tag", "newest=roll-00002"]);
     let mut d = d;
     assert_eq!(d.stop(), Some(0));
     d.launch();
-    assert_eq!(revision_at(&d, "roll.localhost"), "roll-00001");
-    assert_eq!(revision_at(&d, "newest-roll.localhost"), "roll-00002");
+    assert_eq!(d.revision_at("roll.localhost"), "roll-00001");
+    assert_eq!(d.revision_at("newest-roll.localhost"), "roll-00002");
 
     // Pinned: a new revision is deployed but takes no traffic.
     let out = d.ok(&["deploy", "roll", "-e", "GENERATION=3"]);
     assert!(out.contains("gets no traffic"), "{out}");
     for _ in 0..5 {
-        assert_eq!(revision_at(&d, "roll.localhost"), "roll-00001");
+        assert_eq!(d.revision_at("roll.localhost"), "roll-00001");
     }
     d.ok(&["traffic", "roll", "--to-latest"]);
-    assert_eq!(revision_at(&d, "roll.localhost"), "roll-00003");
+    assert_eq!(d.revision_at("roll.localhost"), "roll-00003");
 
     d.ok(&["rollback", "roll", "roll-00002"]);
-    assert_eq!(revision_at(&d, "roll.localhost"), "roll-00002");
+    assert_eq!(d.revision_at("roll.localhost"), "roll-00002");
     // Back from the oldest there is nowhere to go.
     d.ok(&["rollback", "roll", "roll-00001"]);
     let out = d.cli(&["rollback", "roll"]);
@@ -155,7 +144,7 @@ fn bad_traffic_is_refused_with_the_reason_and_changes_nothing() {
         "host blue-api.localhost is already service api's",
     );
     // Nothing moved.
-    assert_eq!(revision_at(&d, "api.localhost"), "api-00002");
+    assert_eq!(d.revision_at("api.localhost"), "api-00002");
 }
 
 #[test]
@@ -174,7 +163,7 @@ fn revisions_past_the_kept_count_are_deleted_unless_they_get_traffic() {
     };
     // 4 deploys: the newest two, and the tagged first one.
     assert_eq!(names(&d), ["old-00004", "old-00003", "old-00001"]);
-    assert_eq!(revision_at(&d, "first-old.localhost"), "old-00001");
+    assert_eq!(d.revision_at("first-old.localhost"), "old-00001");
     d.ok(&["traffic", "old", "--remove-tag", "first"]);
     d.deploy_hello("old", &[]);
     assert_eq!(names(&d), ["old-00005", "old-00004"]);

@@ -185,6 +185,18 @@ impl Daemon {
         )
     }
 
+    /// The revision that answered a request for `host`, from hello's `/env`
+    /// (`K_REVISION=`).
+    pub fn revision_at(&self, host: &str) -> String {
+        let r = http(self.port, host, "GET", "/env", &[], b"");
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+        r.text()
+            .lines()
+            .find_map(|l| l.strip_prefix("K_REVISION="))
+            .unwrap_or_else(|| panic!("no K_REVISION in {}", r.text()))
+            .to_owned()
+    }
+
     /// Ready instances of a service, as `skiff ls` reports them.
     pub fn ready(&self, service: &str) -> u64 {
         let ls = self.json(&["ls"]);
