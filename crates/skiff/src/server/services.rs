@@ -267,7 +267,8 @@ pub async fn deploy(
     })
 }
 
-fn service_record(ctx: &Ctx, name: &str) -> Result<ServiceRecord, ApiError> {
+/// The stored service, or 404.
+pub(super) fn service_record(ctx: &Ctx, name: &str) -> Result<ServiceRecord, ApiError> {
     ctx.db()
         .service(name)
         .map_err(ApiError::internal)?
@@ -345,16 +346,10 @@ const ENDED_SHOWN: usize = 10;
 
 /// A service in detail: revisions, instances, the last failure.
 pub fn describe(ctx: &Ctx, name: &str) -> Result<ServiceDetail, ApiError> {
-    let service = ctx
-        .db()
-        .service(name)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(name))?;
+    let service = service_record(ctx, name)?;
     let records = ctx.db().revisions(name).map_err(ApiError::internal)?;
     // A service whose first revision is not up yet has no traffic to show.
-    let resolved = traffic::stored(&service)
-        .and_then(|t| traffic::resolve(&service, &t))
-        .unwrap_or_default();
+    let resolved = traffic::resolve_stored(&service).unwrap_or_default();
     let traffic_detail = resolved
         .iter()
         .map(|t| TrafficDetail {
@@ -484,8 +479,7 @@ pub async fn restore(ctx: &Arc<Ctx>) {
         if s.serving_revision.is_none() {
             continue;
         }
-        let routed = traffic::stored(&s)
-            .and_then(|t| traffic::resolve(&s, &t))
+        let routed = traffic::resolve_stored(&s)
             .and_then(|resolved| traffic::route(ctx, &s.name, &resolved));
         match routed {
             Ok(()) => tracing::info!(service = %s.name, "restored"),

@@ -66,6 +66,11 @@ pub fn resolve(
         .collect()
 }
 
+/// The service's stored traffic, resolved.
+pub fn resolve_stored(service: &ServiceRecord) -> Result<Vec<Resolved>, ApiError> {
+    resolve(service, &stored(service)?)
+}
+
 /// The load of the service's main route, over every revision it splits to.
 pub fn load(ctx: &Ctx, service: &str) -> Load {
     let Some(route) = ctx.router.route(service) else {
@@ -137,11 +142,8 @@ pub fn check_label_free(ctx: &Ctx, service: &str, label: &str) -> Result<(), Api
 
 /// Routes `service` as `resolved` says: `NAME` split by percent, `TAG-NAME` for each
 /// tag. Runners of its revisions that get neither traffic nor a tag are retired: they
-/// finish what they have and stop.
+/// finish what they have and stop. The traffic was [`check`]ed before it was stored.
 pub fn route(ctx: &Arc<Ctx>, service: &str, resolved: &[Resolved]) -> Result<(), ApiError> {
-    for tag in resolved.iter().filter_map(|t| t.tag.as_deref()) {
-        check_label_free(ctx, service, &tag_host(service, tag))?;
-    }
     let mut runners: Vec<Arc<RevisionRunner>> = Vec::new();
     for t in resolved {
         if !runners.iter().any(|r| r.name == t.revision) {
@@ -269,11 +271,7 @@ pub async fn apply(
     service: &str,
     traffic: Vec<TrafficTarget>,
 ) -> Result<(), ApiError> {
-    let record = ctx
-        .db()
-        .service(service)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(service))?;
+    let record = services::service_record(ctx, service)?;
     check(ctx, service, &traffic)?;
     let resolved = resolve(&record, &traffic)?;
     let warmed = warm_for(ctx, service, &resolved).await?;
@@ -294,11 +292,7 @@ pub fn rollback_target(
     service: &str,
     to: Option<String>,
 ) -> Result<(Vec<TrafficTarget>, String), ApiError> {
-    let record = ctx
-        .db()
-        .service(service)
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(service))?;
+    let record = services::service_record(ctx, service)?;
     let traffic = stored(&record)?;
     let resolved = resolve(&record, &traffic)?;
     let current = resolved
