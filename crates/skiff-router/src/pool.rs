@@ -210,42 +210,52 @@ impl RevisionPool {
         })
     }
 
-    /// Hands free slots to waiting requests, first come first served.
+    /// Hands free slots to waiting requests, first come first served, then pauses the
+    /// members it took a slot back from that were left with no work.
     fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+        let mut given_back = Vec::new();
         while let Some(waiter) = st.queue.pop_front() {
             if waiter.is_closed() {
                 continue;
             }
             let Some(lease) = self.grant_locked(st) else {
                 st.queue.push_front(waiter);
-                return;
+                break;
             };
             if let Err(Ok(mut lease)) = waiter.send(Ok(lease)) {
                 // The request gave up between the check and the send.
                 lease.armed = false;
-                self.release_locked(st, &lease.upstream);
+                given_back.extend(self.release_locked(st, &lease.upstream));
             }
+        }
+        for i in given_back {
+            st.members[i].settle();
         }
     }
 
-    fn release_locked(&self, st: &mut State, upstream: &Arc<Upstream>) {
-        if let Some(m) = st
+    /// Frees a slot; returns the member's index (members do not move while the lock is
+    /// held).
+    fn release_locked(&self, st: &mut State, upstream: &Arc<Upstream>) -> Option<usize> {
+        let i = st
             .members
-            .iter_mut()
-            .find(|m| Arc::ptr_eq(&m.upstream, upstream))
-        {
-            m.in_flight = m.in_flight.saturating_sub(1);
-            if m.in_flight == 0 {
-                m.idle_since = Instant::now();
-            }
+            .iter()
+            .position(|m| Arc::ptr_eq(&m.upstream, upstream))?;
+        let m = &mut st.members[i];
+        m.in_flight = m.in_flight.saturating_sub(1);
+        if m.in_flight == 0 {
+            m.idle_since = Instant::now();
         }
+        Some(i)
     }
 
     fn release(self: &Arc<Self>, upstream: &Arc<Upstream>) {
         let mut st = self.lock();
-        self.release_locked(&mut st, upstream);
+        let released = self.release_locked(&mut st, upstream);
+        // Waiting requests first: a slot handed straight on is never paused in between.
         self.dispatch_locked(&mut st);
-        settle_all(&mut st);
+        if let Some(i) = released {
+            st.members[i].settle();
+        }
     }
 
     /// Adds a ready instance and serves waiting requests from it.
@@ -254,7 +264,9 @@ impl RevisionPool {
         st.unavailable = None;
         st.members.push(Member::new(Arc::new(upstream)));
         self.dispatch_locked(&mut st);
-        settle_all(&mut st);
+        if let Some(joined) = st.members.last_mut() {
+            joined.settle();
+        }
     }
 
     /// Keeps instance `id` running (not paused by its throttle) while the returned guard
@@ -391,13 +403,6 @@ impl RevisionPool {
         for waiter in st.queue.drain(..) {
             let _ = waiter.send(Err(PoolError::Closed(self.config.revision.clone())));
         }
-    }
-}
-
-/// Pauses every member left without work (after slots were freed and handed out).
-fn settle_all(st: &mut State) {
-    for m in &mut st.members {
-        m.settle();
     }
 }
 
