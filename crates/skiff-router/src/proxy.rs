@@ -5,7 +5,9 @@
 //! messages ended exactly where their framing said. Upgrades (WebSocket) become a byte
 //! pipe. Failures before the response starts become the status a client expects:
 //! 429 (queue full), 502 (instance unreachable or broken), 503 (revision failing),
-//! 504 (timeout); after it starts, the client connection is closed.
+//! 504 (timeout); after it starts, the client connection is closed. The request timeout
+//! bounds the whole exchange: a body still streaming, or an upgraded connection still
+//! open, at the deadline is cut.
 //!
 //! This module must not route or parse request heads (see [`crate::conn`]).
 
@@ -152,7 +154,7 @@ pub(crate) async fn forward(
             keep_client
         }
         Relay::Upgraded => {
-            tunnel(c, conn).await;
+            tunnel(c, conn, deadline).await;
             false
         }
         Relay::Stale => {
@@ -355,7 +357,7 @@ where
         framing
     };
     let keep_client = info.keep_alive && client_framing != BodyLen::UntilClose;
-    let mut reusable = head.keeps_alive() && framing != BodyLen::UntilClose;
+    let reusable = head.keeps_alive() && framing != BodyLen::UntilClose;
     out.clear();
     let resp = ResponseOut {
         request_id,
@@ -364,45 +366,96 @@ where
         http10_client: info.http10,
     };
     h1::write_response_head(out, ubuf, head, &resp);
-    let mut receiving = BodyTracker::new(framing);
-    let mut pending = head.len..ubuf.len();
-    loop {
-        let input = &ubuf[pending.clone()];
-        let used = if dechunk {
-            receiving.take(input, |r| out.extend_from_slice(&input[r]))
-        } else {
-            receiving.take(input, |_| {}).inspect(|&n| {
-                out.extend_from_slice(&input[..n]);
-            })
-        };
-        let Ok(used) = used else {
-            return Relay::Broken;
-        };
-        if used < input.len() {
-            // Bytes past the end of the answer: the instance is out of step.
-            reusable = false;
+    let body = BodyRelay {
+        receiving: BodyTracker::new(framing),
+        pending: head.len..ubuf.len(),
+        dechunk,
+        reusable,
+        keep_client,
+    };
+    // The request timeout bounds the whole answer, as on Cloud Run: a body still
+    // streaming at the deadline is cut. (Polled first, so an answer that is already
+    // complete never looks at the timer.)
+    tokio::select! {
+        biased;
+        relay = body.run(upstream, ubuf, client, out) => relay,
+        () = deadline.as_mut() => {
+            tracing::debug!("request timeout mid-answer: the client connection is cut");
+            Relay::Broken
         }
-        if !out.is_empty() && client.write_all(out).await.is_err() {
-            return Relay::Broken;
-        }
-        out.clear();
-        if receiving.is_done() {
-            return Relay::Done {
-                reusable,
-                keep_client,
+    }
+}
+
+/// The body of an answer being relayed: what is left of it and how it goes out.
+struct BodyRelay {
+    receiving: BodyTracker,
+    /// Bytes of `ubuf` read and not yet relayed.
+    pending: std::ops::Range<usize>,
+    /// Chunks are decoded for an HTTP/1.0 client.
+    dechunk: bool,
+    reusable: bool,
+    keep_client: bool,
+}
+
+impl BodyRelay {
+    /// Writes the head in `out` with the body bytes already read, then streams the rest
+    /// of the body.
+    async fn run<R, W>(
+        self,
+        upstream: &mut R,
+        ubuf: &mut Vec<u8>,
+        client: &mut W,
+        out: &mut Vec<u8>,
+    ) -> Relay
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let BodyRelay {
+            mut receiving,
+            mut pending,
+            dechunk,
+            mut reusable,
+            keep_client,
+        } = self;
+        loop {
+            let input = &ubuf[pending.clone()];
+            let used = if dechunk {
+                receiving.take(input, |r| out.extend_from_slice(&input[r]))
+            } else {
+                receiving.take(input, |_| {}).inspect(|&n| {
+                    out.extend_from_slice(&input[..n]);
+                })
             };
-        }
-        ubuf.clear();
-        ubuf.reserve(READ_CHUNK);
-        match upstream.read_buf(ubuf).await {
-            Ok(0) if receiving.end_of_stream() => {
-                return Relay::Done {
-                    reusable: false,
-                    keep_client,
-                }
+            let Ok(used) = used else {
+                return Relay::Broken;
+            };
+            if used < input.len() {
+                // Bytes past the end of the answer: the instance is out of step.
+                reusable = false;
             }
-            Ok(0) | Err(_) => return Relay::Broken,
-            Ok(n) => pending = 0..n,
+            if !out.is_empty() && client.write_all(out).await.is_err() {
+                return Relay::Broken;
+            }
+            out.clear();
+            if receiving.is_done() {
+                return Relay::Done {
+                    reusable,
+                    keep_client,
+                };
+            }
+            ubuf.clear();
+            ubuf.reserve(READ_CHUNK);
+            match upstream.read_buf(ubuf).await {
+                Ok(0) if receiving.end_of_stream() => {
+                    return Relay::Done {
+                        reusable: false,
+                        keep_client,
+                    }
+                }
+                Ok(0) | Err(_) => return Relay::Broken,
+                Ok(n) => pending = 0..n,
+            }
         }
     }
 }
@@ -417,15 +470,22 @@ fn is_reset(e: &io::Error) -> bool {
 }
 
 /// After a 101: bytes either side had already sent go across, then both directions are
-/// copied until either side closes.
-async fn tunnel(c: &mut ClientConn, mut conn: Connection) {
-    let early = &c.buf[c.start..];
-    if !early.is_empty() && conn.stream.write_all(early).await.is_err() {
-        return;
+/// copied until either side closes or the request timeout ends the connection (an
+/// upgraded connection is one long request, as on Cloud Run).
+async fn tunnel(c: &mut ClientConn, mut conn: Connection, deadline: Pin<&mut Sleep>) {
+    let pipe = async {
+        let early = &c.buf[c.start..];
+        if !early.is_empty() && conn.stream.write_all(early).await.is_err() {
+            return;
+        }
+        c.buf.clear();
+        c.start = 0;
+        let _ = tokio::io::copy_bidirectional(&mut c.stream, &mut conn.stream).await;
+    };
+    tokio::select! {
+        () = pipe => {}
+        () = deadline => tracing::debug!("request timeout: an upgraded connection is closed"),
     }
-    c.buf.clear();
-    c.start = 0;
-    let _ = tokio::io::copy_bidirectional(&mut c.stream, &mut conn.stream).await;
 }
 
 async fn bad_gateway(c: &mut ClientConn, upstream: &Upstream, why: &str, keep: bool) -> bool {

@@ -201,6 +201,52 @@ fn a_request_past_the_timeout_gets_504() {
     assert_eq!(d.get("hello", "/sleep?ms=10").status, 200);
 }
 
+/// The request timeout bounds the whole exchange, as on Cloud Run: an answer still
+/// streaming at the deadline is cut (its end never comes), and so is an upgraded
+/// connection still open.
+#[test]
+fn the_timeout_cuts_a_streaming_answer_and_an_upgraded_connection() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("hello", &["--timeout", "1s"]);
+    // 400 ms in all: well within the timeout, and whole.
+    let whole = d.get("hello", "/stream?n=5&ms=100");
+    assert_eq!(whole.status, 200);
+    assert!(whole.text().contains("chunk 4 from"), "{}", whole.text());
+
+    // 30 chunks 100 ms apart need 2.9 s: the timeout ends it after about 1 s.
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /stream?n=30&ms=100 HTTP/1.1\r\nhost: hello.localhost\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("the router closes the connection");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("chunk 0 from"), "{text}");
+    assert!(!text.contains("chunk 29 from"), "the whole answer came: {text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "the answer was not cut: {text}");
+    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
+
+    // A WebSocket left open is closed at the deadline too.
+    let mut ws = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    ws.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: hello.localhost\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+          sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut raw = Vec::new();
+    ws.read_to_end(&mut raw).expect("the router closes the upgraded connection");
+    assert!(
+        String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
+}
+
 #[test]
 fn a_full_queue_answers_429() {
     let d = Arc::new(Daemon::start(&["--queue-depth", "1"]));
