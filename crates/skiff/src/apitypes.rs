@@ -12,6 +12,14 @@ pub struct DeployRequest {
     /// The service's traffic from now on (`skiff apply`); absent: it stays as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<Vec<TrafficTarget>>,
+    /// The new revision gets no traffic: what follows the latest revision stays pinned
+    /// to the one serving before (gcloud's `--no-traffic`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_traffic: bool,
+    /// A tag for the new revision (moved from wherever it was), reachable at
+    /// `TAG-NAME.<domain>` (gcloud's `--tag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// The answer to a deploy.
@@ -23,6 +31,9 @@ pub struct Deployed {
     pub url: String,
     /// Share of the service's traffic the new revision gets (0 when traffic is pinned).
     pub percent: u32,
+    /// The URL of the new revision's tag, when the deploy gave it one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_url: Option<String>,
 }
 
 /// `PUT /v1/services/{name}/traffic`: the whole new traffic block.

@@ -168,3 +168,58 @@ fn revisions_past_the_kept_count_are_deleted_unless_they_get_traffic() {
     d.deploy_hello("old", &[]);
     assert_eq!(names(&d), ["old-00005", "old-00004"]);
 }
+
+/// gcloud's blue/green deploy: `deploy --no-traffic --tag green` puts a new revision up
+/// at its tag URL only, and `traffic --to-latest` sends everyone there.
+#[test]
+fn deploy_with_no_traffic_and_a_tag_leaves_traffic_where_it_was() {
+    let d = Daemon::start(&[]);
+    // A service's first revision must take the traffic: refused, nothing created.
+    let first = d.cli(&["deploy", "bg", "--image", "hello", "--no-traffic"]);
+    assert!(!first.status.success());
+    assert!(
+        stderr(&first).contains("no serving revision yet"),
+        "{}",
+        stderr(&first)
+    );
+    assert!(!d.cli(&["describe", "bg"]).status.success(), "bg exists");
+
+    d.deploy_hello("bg", &["-e", "GENERATION=1"]);
+    let out = d.deploy_hello(
+        "bg",
+        &["-e", "GENERATION=2", "--no-traffic", "--tag", "green"],
+    );
+    assert!(out.contains("gets no traffic"), "{out}");
+    assert!(out.contains("Tagged: http://green-bg.localhost:"), "{out}");
+    for _ in 0..5 {
+        assert_eq!(d.revision_at("bg.localhost"), "bg-00001");
+        assert_eq!(d.revision_at("green-bg.localhost"), "bg-00002");
+    }
+
+    // The tag moves with the next tagged deploy; the old target loses it.
+    d.deploy_hello("bg", &["-e", "GENERATION=3", "--no-traffic", "--tag", "green"]);
+    assert_eq!(d.revision_at("green-bg.localhost"), "bg-00003");
+    assert_eq!(d.revision_at("bg.localhost"), "bg-00001");
+    let tags: Vec<_> = d.json(&["describe", "bg"])["traffic"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["tag"].is_string())
+        .map(|t| (t["tag"].clone(), t["revision"].clone()))
+        .collect();
+    assert_eq!(tags, [("green".into(), "bg-00003".into())]);
+
+    // A bad tag is refused before any revision is written.
+    let bad = d.cli(&["deploy", "bg", "--tag", "Green!"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("Green!"), "{}", stderr(&bad));
+    let revisions = d.json(&["describe", "bg"])["revisions"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(revisions, 3);
+
+    d.ok(&["traffic", "bg", "--to-latest"]);
+    assert_eq!(d.revision_at("bg.localhost"), "bg-00003");
+    assert_eq!(d.revision_at("green-bg.localhost"), "bg-00003");
+}

@@ -6,7 +6,7 @@
 
 use super::client::{is_not_found, Client};
 use super::output::{self, Format};
-use crate::apitypes::{Deployed, LogLine, ServiceDetail, ServiceSummary};
+use crate::apitypes::{DeployRequest, Deployed, LogLine, ServiceDetail, ServiceSummary};
 use crate::launch::{parse_cpu, parse_duration, parse_memory};
 use clap::Args;
 use hyper::Method;
@@ -58,6 +58,14 @@ pub struct DeployArgs {
     /// Keep CPU for instances between requests (the default).
     #[arg(long, overrides_with = "cpu_throttling")]
     no_cpu_throttling: bool,
+    /// The new revision gets no traffic: the share that followed the latest revision
+    /// stays pinned to the one serving now (try it at a --tag URL first).
+    #[arg(long)]
+    no_traffic: bool,
+    /// Tag the new revision: it answers at TAG-NAME.<domain> (the tag moves from
+    /// wherever it was).
+    #[arg(long, value_name = "TAG")]
+    tag: Option<String>,
     #[command(flatten)]
     probes: ProbeArgs,
     #[command(flatten)]
@@ -255,10 +263,16 @@ pub fn deploy(client: &Client, format: Format, a: DeployArgs) -> anyhow::Result<
     }
     a.scaling.apply(&mut spec.autoscaling);
     a.probes.apply(&mut spec)?;
+    let request = DeployRequest {
+        spec,
+        traffic: None,
+        no_traffic: a.no_traffic,
+        tag: a.tag.clone(),
+    };
     let deployed: Deployed = client.call(
         Method::PUT,
         &format!("/v1/services/{}", a.name),
-        Some(serde_json::json!({ "spec": spec })),
+        Some(serde_json::to_value(&request)?),
     )?;
     match format {
         Format::Json => output::json(&serde_json::to_value(&deployed)?),
@@ -271,6 +285,9 @@ pub fn deploy(client: &Client, format: Format, a: DeployArgs) -> anyhow::Result<
             "Service {} revision {} is serving {}% of the traffic at {}",
             deployed.service, deployed.revision, deployed.percent, deployed.url
         ),
+    }
+    if let (Format::Table, Some(url)) = (format, &deployed.tag_url) {
+        println!("Tagged: {url}");
     }
     Ok(())
 }

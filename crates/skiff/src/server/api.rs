@@ -115,7 +115,7 @@ async fn deploy(
 ) -> Result<Response, ApiError> {
     let Json(req) =
         body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
-    let deployed = services::deploy(&s.ctx, &name, req.spec, req.traffic).await?;
+    let deployed = services::deploy(&s.ctx, &name, req).await?;
     Ok(Json(deployed).into_response())
 }
 

@@ -7,11 +7,13 @@
 use super::runner::{self, describe_exit, Outcome, RevisionRunner};
 use super::{traffic, Ctx};
 use crate::apitypes::{
-    AutoscalerDetail, Deployed, FailureDetail, InstanceDetail, RevisionDetail, ServiceDetail,
+    AutoscalerDetail, DeployRequest, Deployed, FailureDetail, InstanceDetail, RevisionDetail, ServiceDetail,
     ServiceSummary, TrafficDetail,
 };
 use axum::http::StatusCode;
-use skiff_core::{revision_name, tag_host, validate_service_name, ServiceSpec, TrafficTarget};
+use skiff_core::{
+    revision_name, tag_host, validate_service_name, validate_tag, ServiceSpec, TrafficTarget,
+};
 use skiff_image::ProcessConfig;
 use skiff_router::{PoolConfig, RevisionPool};
 use skiff_sandbox::{Limits, SandboxSpec};
@@ -51,6 +53,14 @@ impl ApiError {
             "not_found",
             format!("no such service: {service}"),
         )
+    }
+}
+
+/// A 400 about request field `field`.
+fn bad_request(field: &str, message: String) -> ApiError {
+    ApiError {
+        field: Some(field.to_owned()),
+        ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 }
 
@@ -174,13 +184,15 @@ pub(super) fn start_runner(
 /// Deploys a new revision of `name`. Traffic that follows the latest revision moves to
 /// it once it is known to start (at once when nothing is up, after one ready instance
 /// when the service is busy); pinned traffic stays where it is. With `new_traffic`
-/// (`skiff apply`), the service's traffic becomes that once the revision is up.
-pub async fn deploy(
-    ctx: &Arc<Ctx>,
-    name: &str,
-    spec: ServiceSpec,
-    new_traffic: Option<Vec<TrafficTarget>>,
-) -> Result<Deployed, ApiError> {
+/// (`skiff apply`), the service's traffic becomes that once the revision is up. With
+/// `no_traffic` the new revision gets none; with `tag` it gets that tag.
+pub async fn deploy(ctx: &Arc<Ctx>, name: &str, req: DeployRequest) -> Result<Deployed, ApiError> {
+    let DeployRequest {
+        spec,
+        traffic: new_traffic,
+        no_traffic,
+        tag,
+    } = req;
     validate_service_name(name)?;
     spec.validate()?;
     let _serial = ctx.deploy_lock.lock().await;
@@ -188,6 +200,38 @@ pub async fn deploy(
     if let Some(t) = &new_traffic {
         traffic::check(ctx, name, t)?;
     }
+    if let Some(tag) = &tag {
+        validate_tag(name, tag).map_err(|e| ApiError {
+            field: Some("tag".into()),
+            ..ApiError::from(e)
+        })?;
+        traffic::check_label_free(ctx, name, &tag_host(name, tag))?;
+    }
+    let serving_before = if no_traffic {
+        if new_traffic.is_some() {
+            return Err(bad_request(
+                "no_traffic",
+                "no_traffic and traffic do not go together: traffic already says where \
+                 requests go"
+                    .into(),
+            ));
+        }
+        let before = ctx.db().service(name).map_err(ApiError::internal)?;
+        match before.and_then(|s| s.serving_revision) {
+            Some(serving) => Some(serving),
+            None => {
+                return Err(bad_request(
+                    "no_traffic",
+                    format!(
+                        "--no-traffic: service {name} has no serving revision yet, so its \
+                         first revision must take the traffic"
+                    ),
+                ))
+            }
+        }
+    } else {
+        None
+    };
     let image = ctx.db().resolve_image(&spec.image).map_err(|e| ApiError {
         field: Some("image".into()),
         ..ApiError::new(
@@ -208,10 +252,16 @@ pub async fn deploy(
     let initial = ctx.scaling.initial_scale(&spec);
     let runner = start_runner(ctx, &rev, spec, template)?;
     let record = service_record(ctx, name)?;
-    let targets = match new_traffic {
+    let mut targets = match new_traffic {
         Some(t) => t,
         None => traffic::stored(&record)?,
     };
+    if let Some(serving) = &serving_before {
+        traffic::pin_latest(&mut targets, serving);
+    }
+    if let Some(tag) = &tag {
+        traffic::move_tag(&mut targets, tag, &rev.name);
+    }
     let follows_latest = targets
         .iter()
         .any(|t| t.revision.is_none() && t.percent > 0);
@@ -264,6 +314,7 @@ pub async fn deploy(
         image_digest: rev.image_digest,
         url: ctx.url(name),
         percent,
+        tag_url: tag.map(|tag| ctx.url(&tag_host(name, &tag))),
     })
 }
 

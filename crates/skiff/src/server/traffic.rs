@@ -252,6 +252,35 @@ pub fn check(ctx: &Ctx, service: &str, traffic: &[TrafficTarget]) -> Result<(), 
     Ok(())
 }
 
+/// Pins the traffic that follows the latest revision to `serving`, the one serving
+/// before a deploy with `--no-traffic` (as gcloud does). A tag on the latest revision
+/// with no traffic keeps following it.
+pub fn pin_latest(targets: &mut [TrafficTarget], serving: &str) {
+    for t in targets
+        .iter_mut()
+        .filter(|t| t.revision.is_none() && t.percent > 0)
+    {
+        t.revision = Some(serving.to_owned());
+    }
+}
+
+/// Points `tag` at `revision`: the tag leaves whichever target had it (a target left
+/// with neither traffic nor a tag goes) and a target for `revision` with no traffic
+/// carries it.
+pub fn move_tag(targets: &mut Vec<TrafficTarget>, tag: &str, revision: &str) {
+    for t in targets.iter_mut() {
+        if t.tag.as_deref() == Some(tag) {
+            t.tag = None;
+        }
+    }
+    targets.retain(|t| t.percent > 0 || t.tag.is_some());
+    targets.push(TrafficTarget {
+        revision: Some(revision.to_owned()),
+        percent: 0,
+        tag: Some(tag.to_owned()),
+    });
+}
+
 /// Records the service's traffic (nothing when it is the default).
 pub fn store(ctx: &Ctx, service: &str, traffic: &[TrafficTarget]) -> Result<(), ApiError> {
     let json = if traffic == default_traffic().as_slice() {
