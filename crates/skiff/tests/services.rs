@@ -220,13 +220,24 @@ fn the_timeout_cuts_a_streaming_answer_and_an_upgraded_connection() {
     s.write_all(b"GET /stream?n=30&ms=100 HTTP/1.1\r\nhost: hello.localhost\r\n\r\n")
         .unwrap();
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("the router closes the connection");
+    s.read_to_end(&mut raw)
+        .expect("the router closes the connection");
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("chunk 0 from"), "{text}");
-    assert!(!text.contains("chunk 29 from"), "the whole answer came: {text}");
-    assert!(!text.ends_with("0\r\n\r\n"), "the answer was not cut: {text}");
-    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
+    assert!(
+        !text.contains("chunk 29 from"),
+        "the whole answer came: {text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the answer was not cut: {text}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
 
     // A WebSocket left open is closed at the deadline too.
     let mut ws = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
@@ -238,13 +249,18 @@ fn the_timeout_cuts_a_streaming_answer_and_an_upgraded_connection() {
     .unwrap();
     let t = Instant::now();
     let mut raw = Vec::new();
-    ws.read_to_end(&mut raw).expect("the router closes the upgraded connection");
+    ws.read_to_end(&mut raw)
+        .expect("the router closes the upgraded connection");
     assert!(
         String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 101"),
         "{}",
         String::from_utf8_lossy(&raw)
     );
-    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 #[test]

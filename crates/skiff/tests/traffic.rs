@@ -197,7 +197,10 @@ fn deploy_with_no_traffic_and_a_tag_leaves_traffic_where_it_was() {
     }
 
     // The tag moves with the next tagged deploy; the old target loses it.
-    d.deploy_hello("bg", &["-e", "GENERATION=3", "--no-traffic", "--tag", "green"]);
+    d.deploy_hello(
+        "bg",
+        &["-e", "GENERATION=3", "--no-traffic", "--tag", "green"],
+    );
     assert_eq!(d.revision_at("green-bg.localhost"), "bg-00003");
     assert_eq!(d.revision_at("bg.localhost"), "bg-00001");
     let tags: Vec<_> = d.json(&["describe", "bg"])["traffic"]

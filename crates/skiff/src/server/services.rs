@@ -7,8 +7,8 @@
 use super::runner::{self, describe_exit, Outcome, RevisionRunner};
 use super::{traffic, Ctx};
 use crate::apitypes::{
-    AutoscalerDetail, DeployRequest, Deployed, FailureDetail, InstanceDetail, RevisionDetail, ServiceDetail,
-    ServiceSummary, TrafficDetail,
+    AutoscalerDetail, DeployRequest, Deployed, FailureDetail, InstanceDetail, RevisionDetail,
+    ServiceDetail, ServiceSummary, TrafficDetail,
 };
 use axum::http::StatusCode;
 use skiff_core::{
