@@ -201,34 +201,10 @@ pub async fn deploy(ctx: &Arc<Ctx>, name: &str, req: DeployRequest) -> Result<De
         traffic::check(ctx, name, t)?;
     }
     if let Some(tag) = &tag {
-        validate_tag(name, tag).map_err(|e| ApiError {
-            field: Some("tag".into()),
-            ..ApiError::from(e)
-        })?;
-        traffic::check_label_free(ctx, name, &tag_host(name, tag))?;
+        check_new_tag(ctx, name, tag)?;
     }
     let serving_before = if no_traffic {
-        if new_traffic.is_some() {
-            return Err(bad_request(
-                "no_traffic",
-                "no_traffic and traffic do not go together: traffic already says where \
-                 requests go"
-                    .into(),
-            ));
-        }
-        let before = ctx.db().service(name).map_err(ApiError::internal)?;
-        match before.and_then(|s| s.serving_revision) {
-            Some(serving) => Some(serving),
-            None => {
-                return Err(bad_request(
-                    "no_traffic",
-                    format!(
-                        "--no-traffic: service {name} has no serving revision yet, so its \
-                         first revision must take the traffic"
-                    ),
-                ))
-            }
-        }
+        Some(serving_to_pin(ctx, name, new_traffic.is_some())?)
     } else {
         None
     };
@@ -315,6 +291,38 @@ pub async fn deploy(ctx: &Arc<Ctx>, name: &str, req: DeployRequest) -> Result<De
         url: ctx.url(name),
         percent,
         tag_url: tag.map(|tag| ctx.url(&tag_host(name, &tag))),
+    })
+}
+
+/// A tag a deploy gives its new revision: a DNS label whose host no other service has.
+fn check_new_tag(ctx: &Ctx, name: &str, tag: &str) -> Result<(), ApiError> {
+    validate_tag(name, tag).map_err(|e| ApiError {
+        field: Some("tag".into()),
+        ..ApiError::from(e)
+    })?;
+    traffic::check_label_free(ctx, name, &tag_host(name, tag))
+}
+
+/// The revision serving before a `--no-traffic` deploy, which keeps the traffic that
+/// followed the latest one; refused when there is none yet, or with a traffic block.
+fn serving_to_pin(ctx: &Ctx, name: &str, with_traffic: bool) -> Result<String, ApiError> {
+    if with_traffic {
+        return Err(bad_request(
+            "no_traffic",
+            "no_traffic and traffic do not go together: traffic already says where \
+             requests go"
+                .into(),
+        ));
+    }
+    let before = ctx.db().service(name).map_err(ApiError::internal)?;
+    before.and_then(|s| s.serving_revision).ok_or_else(|| {
+        bad_request(
+            "no_traffic",
+            format!(
+                "--no-traffic: service {name} has no serving revision yet, so its first \
+                 revision must take the traffic"
+            ),
+        )
     })
 }
 
