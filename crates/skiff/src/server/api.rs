@@ -108,13 +108,19 @@ async fn describe(
     Ok(Json(services::describe(&s.ctx, &name)?).into_response())
 }
 
+/// A body that is not the document the endpoint takes is the client's mistake: 400.
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::invalid_request(e.body_text())
+    }
+}
+
 async fn deploy(
     State(s): State<AppState>,
     Path(name): Path<String>,
     body: Result<Json<DeployRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let Json(req) = body?;
     let deployed = services::deploy(&s.ctx, &name, req).await?;
     Ok(Json(deployed).into_response())
 }
@@ -124,8 +130,7 @@ async fn traffic(
     Path(name): Path<String>,
     body: Result<Json<TrafficRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let Json(req) = body?;
     Ok(Json(services::set_traffic(&s.ctx, &name, req.traffic).await?).into_response())
 }
 
@@ -134,8 +139,7 @@ async fn rollback(
     Path(name): Path<String>,
     body: Result<Json<RollbackRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let Json(req) = body?;
     Ok(Json(services::rollback(&s.ctx, &name, req.revision).await?).into_response())
 }
 
@@ -156,15 +160,12 @@ async fn logs(
     Path(name): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
     if let Some(since) = &q.since {
         if !looks_like_rfc3339(since) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("since={since:?} is not an RFC 3339 time (e.g. 2026-01-02T15:04:05Z)"),
-            ));
+            return Err(ApiError::invalid_request(format!(
+                "since={since:?} is not an RFC 3339 time (e.g. 2026-01-02T15:04:05Z)"
+            )));
         }
     }
     let (lines, offsets) = super::logs::collect(&s.ctx, &name, q.since.as_deref())

@@ -43,6 +43,11 @@ impl ApiError {
         }
     }
 
+    /// A 400 for a request the API could not take as it was sent.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
     pub fn internal(e: impl std::fmt::Display) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
     }
@@ -60,7 +65,7 @@ impl ApiError {
 fn bad_request(field: &str, message: String) -> ApiError {
     ApiError {
         field: Some(field.to_owned()),
-        ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        ..ApiError::invalid_request(message)
     }
 }
 
