@@ -14,16 +14,20 @@
 //! lead over nginx. Bodies pass through byte for byte; only heads are rewritten.
 
 mod body;
+mod bpf;
 mod buffers;
 mod conn;
 pub mod h1;
 mod pool;
 mod proxy;
 mod route;
+pub mod shortcut;
+mod stream;
 pub mod upstream;
 
 pub use pool::{Hold, Lease, Load, PoolConfig, PoolError, RevisionPool};
 pub use route::Route;
+pub use shortcut::{Shortcut, ShortcutError};
 pub use upstream::{Target, Throttle, Upstream};
 
 use std::collections::HashMap;

@@ -10,11 +10,12 @@
 #![allow(unsafe_code)]
 
 use crate::h1::Head;
+use crate::stream::UpstreamStream;
 use rustix::fd::{AsFd, OwnedFd};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -23,33 +24,64 @@ use tokio::net::{TcpSocket, TcpStream};
 /// connection, so a reused one allocates nothing).
 pub struct Connection {
     /// The socket.
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     /// Bytes read from the instance and not yet relayed.
     pub buf: Vec<u8>,
     /// Whether it served a request before (so the instance may have closed it since).
     pub reused: bool,
+    /// Exchanges it finished.
+    exchanges: u32,
 }
 
 impl Connection {
     fn new(stream: TcpStream) -> Connection {
         Connection {
-            stream,
+            stream: UpstreamStream::new(stream),
             buf: Vec::new(),
             reused: false,
+            exchanges: 0,
         }
     }
 
     /// Whether an idle connection can take a request: the instance has neither closed
-    /// it nor sent anything unasked. Asks the event loop's readiness, not the socket, so
-    /// it costs no system call.
+    /// it nor sent anything unasked. Asks the event loop's readiness first, which costs
+    /// no system call; readiness left from the last answer (reads stop at the answer's
+    /// end, not at `EAGAIN`, see `stream`) is checked with a peek.
     fn is_usable(&self) -> bool {
+        let stream = self.stream.get_ref();
         let mut cx = Context::from_waker(Waker::noop());
-        matches!(self.stream.poll_read_ready(&mut cx), Poll::Pending)
+        if stream.poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
+        let peek = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut byte = 0u8;
+            // SAFETY: a one-byte buffer that lives across the call.
+            let n = unsafe {
+                libc::recv(
+                    rustix::fd::AsRawFd::as_raw_fd(stream),
+                    (&mut byte as *mut u8).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n)
+            }
+        });
+        // Nothing to read (and the stale readiness is now cleared).
+        matches!(peek, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
 /// Idle connections kept per instance and router thread; more are closed when returned.
 const MAX_IDLE: usize = 64;
+
+/// Exchanges after which a connection is closed rather than kept, while the upstream
+/// shortcut is installed: each connection's shortcut budget is for its lifetime, and a
+/// new connection has a fresh one (nginx closes upstream connections after 1000 too).
+const MAX_EXCHANGES: u32 = 1000;
 
 /// Router threads that keep idle connections of their own (see [`set_router_thread`]).
 pub const ROUTER_THREADS_MAX: usize = 16;
@@ -164,6 +196,10 @@ impl Upstream {
     /// Keeps a connection that finished an exchange cleanly, for this thread's next one.
     pub fn put_idle(&self, mut conn: Connection) {
         conn.reused = true;
+        conn.exchanges += 1;
+        if conn.exchanges >= MAX_EXCHANGES && crate::shortcut::upstream_mark().is_some() {
+            return;
+        }
         crate::buffers::give(std::mem::take(&mut conn.buf));
         let mut idle = self.idle[shard()]
             .0
@@ -246,7 +282,7 @@ pub async fn http_probe(target: &Target, path: &str) -> io::Result<u16> {
             format!("probe path {path:?} is not an absolute path of visible ASCII"),
         ));
     }
-    let mut stream = connect(target).await?;
+    let mut stream = UpstreamStream::new(connect(target).await?);
     let request = format!(
         "GET {path} HTTP/1.1\r\nhost: localhost\r\nuser-agent: skiff-probe\r\nconnection: close\r\n\r\n"
     );
@@ -292,8 +328,9 @@ fn host_netns() -> io::Result<&'static OwnedFd> {
     .map_err(|&e| io::Error::from_raw_os_error(e))
 }
 
-/// A non-blocking TCP socket created inside `netns`. Sockets stay in the namespace they
-/// were made in, so the calling thread switches there for the `socket` call only.
+/// A non-blocking TCP socket created inside `netns`, marked for the upstream shortcut if
+/// one is installed. Sockets stay in the namespace they were made in, so the calling
+/// thread switches there for the `socket` call only.
 fn socket_in(netns: &OwnedFd) -> io::Result<std::net::TcpStream> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
     use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
@@ -310,5 +347,27 @@ fn socket_in(netns: &OwnedFd) -> io::Result<std::net::TcpStream> {
         eprintln!("skiff: cannot return to the host network namespace: {e}");
         std::process::abort();
     }
-    Ok(std::net::TcpStream::from(socket?))
+    let socket = socket?;
+    if let Some(mark) = crate::shortcut::upstream_mark() {
+        set_mark(&socket, mark)?;
+    }
+    Ok(std::net::TcpStream::from(socket))
+}
+
+fn set_mark(socket: &OwnedFd, mark: u32) -> io::Result<()> {
+    use rustix::fd::AsRawFd;
+    // SAFETY: a valid socket, and a `u32` value of the size passed, as SO_MARK takes.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

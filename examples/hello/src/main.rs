@@ -8,6 +8,7 @@
 //! - `GET /sleep?ms=N` → answers after N ms
 //! - `GET /stream?n=N&ms=M` → N chunks, M ms apart (chunked encoding)
 //! - `POST /echo` → the request body, streamed back as it arrives
+//! - `POST /hold?ms=N` → reads nothing of the body for N ms, then reads it and answers
 //! - `GET /headers` → the request's headers, one per line
 //! - `GET /env` → the environment, one per line
 //! - `GET /ws` with `Upgrade: websocket` → echoes WebSocket text/binary messages
@@ -232,11 +233,17 @@ fn handle(
             echo(req, reader, out)?;
             return Ok(!close);
         }
+        ("POST", "/hold") => {
+            // A reader that stops: the body waits in the sockets until the sleep ends.
+            let ms = req.param("ms").unwrap_or(1000);
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         _ => {}
     }
     discard_body(req, reader)?;
     match req.path.as_str() {
         "/" => respond(out, 200, &format!("hello from {id}\n"), close)?,
+        "/hold" => respond(out, 200, &format!("held on {id}\n"), close)?,
         "/sleep" => {
             let ms = req.param("ms").unwrap_or(1000);
             std::thread::sleep(Duration::from_millis(ms));

@@ -62,6 +62,10 @@ pub struct ServerArgs {
     /// have no tag are deleted.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     revisions_kept: u32,
+    /// Do not pass bytes between the router and instances straight from socket to socket
+    /// (an eBPF sockmap); they then cross the instance's loopback TCP/IP stack.
+    #[arg(long, env = "SKIFF_NO_UPSTREAM_SHORTCUT")]
+    no_upstream_shortcut: bool,
     #[command(flatten)]
     scaling: scaling::ScalingDefaults,
 }
@@ -184,6 +188,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     let spawner = spawner::Spawner::new(Arc::clone(&sandbox), args.spawn_threads)
         .context("starting the spawner threads")?;
     let api_listener = api::bind(&socket)?;
+    let _shortcut = upstream_shortcut(args.no_upstream_shortcut);
     let router = skiff_router::Router::new(&args.domain);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ingress_addr, ingress_done) = router
@@ -238,6 +243,28 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     let _ = std::fs::remove_file(&socket);
     eprintln!("skiff server: stopped");
     Ok(())
+}
+
+/// Installs the upstream shortcut unless told not to; without it (an old kernel, no
+/// cgroup2, no CAP_BPF) the router works the same, only slower.
+fn upstream_shortcut(disabled: bool) -> Option<skiff_router::Shortcut> {
+    if disabled {
+        eprintln!("skiff server: upstream shortcut off (--no-upstream-shortcut)");
+        return None;
+    }
+    match skiff_router::Shortcut::install() {
+        Ok(s) => {
+            eprintln!(
+                "skiff server: upstream shortcut on (sockmap, attached to cgroup {})",
+                s.cgroup().display()
+            );
+            Some(s)
+        }
+        Err(e) => {
+            eprintln!("skiff server: upstream shortcut off: {e}");
+            None
+        }
+    }
 }
 
 async fn wait_for_termination() {
