@@ -15,7 +15,6 @@ use rustix::fd::{AsFd, OwnedFd};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -44,34 +43,9 @@ impl Connection {
     }
 
     /// Whether an idle connection can take a request: the instance has neither closed
-    /// it nor sent anything unasked. Asks the event loop's readiness first, which costs
-    /// no system call; readiness left from the last answer (reads stop at the answer's
-    /// end, not at `EAGAIN`, see `stream`) is checked with a peek.
+    /// it nor sent anything unasked.
     fn is_usable(&self) -> bool {
-        let stream = self.stream.get_ref();
-        let mut cx = Context::from_waker(Waker::noop());
-        if stream.poll_read_ready(&mut cx).is_pending() {
-            return true;
-        }
-        let peek = stream.try_io(tokio::io::Interest::READABLE, || {
-            let mut byte = 0u8;
-            // SAFETY: a one-byte buffer that lives across the call.
-            let n = unsafe {
-                libc::recv(
-                    rustix::fd::AsRawFd::as_raw_fd(stream),
-                    (&mut byte as *mut u8).cast(),
-                    1,
-                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n)
-            }
-        });
-        // Nothing to read (and the stale readiness is now cleared).
-        matches!(peek, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.stream.has_nothing_to_read()
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod daemon;
 
-use daemon::{http, Daemon};
+use daemon::{http, parse_response, Daemon};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -102,7 +102,7 @@ fn bodies_larger_than_the_shortcut_budget_arrive_whole_and_in_order() {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     upload.join().unwrap();
-    let echoed = parse_body(&raw);
+    let echoed = body_of_200(&raw);
     assert_eq!(echoed.len(), body.len());
     if let Some(at) = echoed.iter().zip(&body).position(|(a, b)| a != b) {
         panic!("the echo differs from byte {at} on");
@@ -120,7 +120,7 @@ fn bodies_larger_than_the_shortcut_budget_arrive_whole_and_in_order() {
     std::thread::sleep(Duration::from_millis(500)); // a client that reads late, on purpose
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8(parse_body(&raw)).unwrap();
+    let text = String::from_utf8(body_of_200(&raw)).unwrap();
     let numbers: Vec<usize> = text
         .lines()
         .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
@@ -132,33 +132,11 @@ fn bodies_larger_than_the_shortcut_budget_arrive_whole_and_in_order() {
     );
 }
 
-/// The body of a raw `Connection: close` response, chunked or not.
-fn parse_body(raw: &[u8]) -> Vec<u8> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    let mut rest = &raw[end..];
-    if !head.contains("transfer-encoding: chunked") {
-        return rest.to_vec();
-    }
-    let mut out = Vec::new();
-    loop {
-        let nl = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("a chunk size");
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&rest[nl + 2..nl + 2 + size]);
-        rest = &rest[nl + 2 + size + 2..];
-    }
+/// The body of a raw `Connection: close` response, which must be a 200.
+fn body_of_200(raw: &[u8]) -> Vec<u8> {
+    let r = parse_response(raw);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.body
 }
 
 #[test]

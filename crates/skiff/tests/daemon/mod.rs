@@ -267,7 +267,8 @@ pub fn http(
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> Response {
+/// A raw HTTP/1.1 response (read to the end), its chunked body de-chunked.
+pub fn parse_response(raw: &[u8]) -> Response {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
