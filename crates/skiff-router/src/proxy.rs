@@ -16,7 +16,7 @@ use crate::buffers::{self, READ_CHUNK};
 use crate::conn::{ClientConn, RequestInfo};
 use crate::h1::{self, BodyLen, Forwarding, Head, ResponseOut};
 use crate::pool::{PoolError, RevisionPool};
-use crate::upstream::{self, Connection, Upstream};
+use crate::upstream::{Connection, RequestSize, Upstream};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -76,6 +76,7 @@ pub(crate) async fn forward(
     };
     h1::write_request_head(&mut c.req_out, &c.buf[c.start..], &c.head, &fwd);
     c.start += info.head_len;
+    let size = request_size(info, body, c.req_out.len());
     let has_body = !matches!(body, BodyLen::Empty | BodyLen::Length(0));
     let keep_on_error = info.keep_alive && !has_body;
     let acquired = tokio::select! {
@@ -101,7 +102,7 @@ pub(crate) async fn forward(
     let upstream = lease.upstream();
     let connected = tokio::select! {
         biased;
-        conn = upstream.connection() => conn,
+        conn = upstream.connection(size) => conn,
         () = deadline.as_mut() => return timed_out(c, pool, keep_on_error).await,
     };
     let mut conn = match connected {
@@ -132,7 +133,7 @@ pub(crate) async fn forward(
         match relay {
             Relay::Stale if conn.reused && replayable && !retried => {
                 retried = true;
-                match upstream::open(&upstream.target).await {
+                match upstream.open(size).await {
                     Ok(fresh) => conn = fresh,
                     Err(e) => {
                         let why = format!("connecting: {e}");
@@ -164,6 +165,18 @@ pub(crate) async fn forward(
         Relay::Failed(why) => bad_gateway(c, upstream, &why, keep_on_error).await,
         Relay::TimedOut => timed_out(c, pool, false).await,
         Relay::Broken => false,
+    }
+}
+
+/// What a request sends to the instance: its head as forwarded and its body, or no
+/// bound when its body is chunked or it asks for an upgrade (then a byte pipe).
+fn request_size(info: RequestInfo, body: BodyLen, head_len: usize) -> RequestSize {
+    let head_len = head_len as u64;
+    match body {
+        _ if info.upgrade => RequestSize::Unbounded,
+        BodyLen::Empty => RequestSize::Known(head_len),
+        BodyLen::Length(n) => RequestSize::Known(head_len.saturating_add(n)),
+        BodyLen::Chunked | BodyLen::UntilClose => RequestSize::Unbounded,
     }
 }
 

@@ -1,24 +1,29 @@
-//! The upstream shortcut: an instance's answers go from its socket's send call straight
-//! into the router socket's receive queue, skipping the TCP/IP stack on the instance's
-//! loopback (a sockhash and an `sk_msg` program redirecting to ingress; the connection
-//! stays an ordinary TCP connection to both ends, and its handshake, close and requests
-//! still go through TCP).
+//! The upstream shortcut: bytes between the router and an instance go from one socket's
+//! send call straight into the other's receive queue, skipping the TCP/IP stack on the
+//! instance's loopback (a sockhash per side and an `sk_msg` program redirecting to
+//! ingress; the connection stays an ordinary TCP connection to both ends, and its
+//! handshake and close still go through TCP).
 //!
-//! Only connections between the router and an instance take it: the router marks its
-//! upstream sockets (`SO_MARK`, a value of this daemon's own), a `sock_ops` program adds a
-//! marked socket when it connects and the instance's end when it accepts from a marked
-//! peer. Nothing else on the host is touched, not even connections inside an instance.
+//! Only connections between the router and an instance take it: the router marks the
+//! upstream sockets that may (`SO_MARK`, a value of this daemon's own), a `sock_ops`
+//! program adds a marked socket when it connects and the instance's end when it accepts
+//! from a marked peer. Nothing else on the host is touched, not even connections inside
+//! an instance.
 //!
-//! Why answers only: a redirected message is not held back by the receiver's buffer, as
-//! TCP is, and falling back to TCP mid-connection leaves bytes in two queues, which an
-//! event loop that takes a short read for "drained" (tokio, nginx) may never come back
-//! for. The router reads its sockets until `EAGAIN` (see `stream`); an app's event loop
-//! cannot be changed, so nothing is ever redirected into an app's socket. Each instance
-//! socket may send at most [`BUDGET`] bytes this way; past that (a large answer, or a
-//! router not reading because its client is not) the direction falls back to TCP for
-//! good: redirected bytes are read first, so the order holds, and TCP's window bounds the
-//! rest. The router retires connections that served many requests, so that busy
-//! connections get a fresh budget.
+//! A redirected message is not held back by the receiver's buffer, as TCP is, so each end
+//! may send at most [`BUDGET`] bytes this way in its lifetime; past that, or when the
+//! peer's end is not in the map, the direction falls back to TCP for good (redirected
+//! bytes are read first, so the order holds, and TCP's window bounds the rest). The two
+//! directions differ in who may see that fallback:
+//! - Answers: an app's sends cannot be bounded, so they may fall back. The router reads
+//!   its sockets until `EAGAIN` (see `stream`), because after a fallback one read returns
+//!   what was redirected and the next what came by TCP.
+//! - Requests: an app's event loop may take a short read for "drained" (tokio, nginx do)
+//!   and never come back for bytes that arrived by TCP behind redirected ones. So the
+//!   router never sends more than [`REQUEST_BUDGET`] on a marked connection (well under
+//!   [`BUDGET`]), and sends requests of unknown or larger size on unmarked ones: the
+//!   request direction of a marked connection goes all by redirect, or (when its first
+//!   send found no peer yet) all by TCP.
 //!
 //! This module installs and removes the programs; it must not decide what is proxied.
 
@@ -32,6 +37,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// TCP. Also what an unread direction can hold in the receiver's queue: plain TCP lets a
 /// connection hold more (its receive buffer grows to `tcp_rmem`'s 6 MiB).
 pub const BUDGET: u32 = 4 << 20;
+
+/// Request bytes the router sends on a marked connection in its lifetime. Half of
+/// [`BUDGET`]: the program counts a message before the kernel queues it, so a send that
+/// fails for want of memory (and is sent again) counts twice there and once here.
+pub const REQUEST_BUDGET: u64 = BUDGET as u64 / 2;
 
 /// Connections tracked at once (each has two ends).
 const MAX_ENDS: u32 = 65_536;
@@ -95,7 +105,8 @@ pub struct Shortcut {
     // Fields drop in order: the link first (no new sockets join), then the maps.
     _sock_ops_link: OwnedFd,
     _sock_ops: OwnedFd,
-    _sk_msg: OwnedFd,
+    _answers: OwnedFd,
+    _requests: OwnedFd,
     _instance_ends: OwnedFd,
     _router_ends: OwnedFd,
     _budgets: OwnedFd,
@@ -123,18 +134,8 @@ impl Shortcut {
         let instance_ends = bpf::create_map(MapType::SockHash, KEY_SIZE, 4, MAX_ENDS, 0)
             .map_err(kernel("creating the instance socket map"))?;
         let mark = own_mark();
-        let sk_msg = bpf::load_program(
-            ProgType::SkMsg,
-            "skiff_redirect",
-            &redirect_program(router_ends.as_fd(), budgets.as_fd()),
-        )
-        .map_err(kernel("loading the sk_msg program"))?;
-        bpf::attach(
-            sk_msg.as_fd(),
-            instance_ends.as_fd(),
-            AttachType::SkMsgVerdict,
-        )
-        .map_err(kernel("attaching the sk_msg program to the socket map"))?;
+        let answers = redirect(&instance_ends, &router_ends, &budgets, "skiff_answers")?;
+        let requests = redirect(&router_ends, &instance_ends, &budgets, "skiff_requests")?;
         let sock_ops = bpf::load_program(
             ProgType::SockOps,
             "skiff_admit",
@@ -164,7 +165,8 @@ impl Shortcut {
             cgroup,
             _sock_ops_link: link,
             _sock_ops: sock_ops,
-            _sk_msg: sk_msg,
+            _answers: answers,
+            _requests: requests,
             _instance_ends: instance_ends,
             _router_ends: router_ends,
             _budgets: budgets,
@@ -181,6 +183,25 @@ impl Drop for Shortcut {
     fn drop(&mut self) {
         MARK.store(0, Ordering::SeqCst);
     }
+}
+
+/// Loads a redirect program for the sends of the sockets in `from` and attaches it there.
+fn redirect(
+    from: &OwnedFd,
+    to: &OwnedFd,
+    budgets: &OwnedFd,
+    name: &str,
+) -> Result<OwnedFd, ShortcutError> {
+    let program = bpf::load_program(
+        ProgType::SkMsg,
+        name,
+        &redirect_program(to.as_fd(), budgets.as_fd()),
+    )
+    .map_err(kernel(format!("loading the sk_msg program {name}")))?;
+    bpf::attach(program.as_fd(), from.as_fd(), AttachType::SkMsgVerdict).map_err(kernel(
+        format!("attaching the sk_msg program {name} to its socket map"),
+    ))?;
+    Ok(program)
 }
 
 /// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup` on a unified host,
@@ -306,9 +327,8 @@ fn write_keys(a: &mut Asm, f: &KeyFields) {
 }
 
 /// `sock_ops`: on connect, a marked socket joins the router map; on accept, a socket whose
-/// peer is there (a router socket in the same namespace) joins the instance map with a
-/// fresh budget. Both get a budget entry (a router's is spent: it never redirects), which
-/// goes when the connection closes.
+/// peer is there (a router socket in the same namespace) joins the instance map. Both get
+/// a fresh budget entry, which goes when the connection closes.
 fn admit_program(
     router_ends: BorrowedFd<'_>,
     instance_ends: BorrowedFd<'_>,
@@ -332,8 +352,8 @@ fn admit_program(
     a.label("keys");
     write_keys(&mut a, &SOCK_OPS);
     a.jeq_imm(R7, OPS_STATE_CB, "state");
+    a.store64_imm(FP, ZERO, 0);
     a.jeq_imm(R7, OPS_PASSIVE_ESTABLISHED, "accepted");
-    a.store64_imm(FP, ZERO, SPENT);
     a.load_map(R8, router_ends);
     a.goto("join");
     a.label("accepted");
@@ -343,7 +363,6 @@ fn admit_program(
         .add_imm(R2, PEER.into())
         .call(FN_MAP_LOOKUP);
     a.jeq_imm(R0, 0, "out");
-    a.store64_imm(FP, ZERO, 0);
     a.load_map(R8, instance_ends);
     a.label("join");
     a.load_map(R1, budgets).mov(R2, FP).add_imm(R2, OWN.into());
@@ -374,10 +393,10 @@ fn admit_program(
     a.finish()
 }
 
-/// `sk_msg`, on every send of an instance's socket in the map: while its budget lasts, the
-/// message goes straight into the router socket's receive queue; once it is spent, or the
-/// router's end is gone, this direction goes by TCP for good.
-fn redirect_program(router_ends: BorrowedFd<'_>, budgets: BorrowedFd<'_>) -> Vec<bpf::Insn> {
+/// `sk_msg`, on every send of a socket in a map: while its budget lasts, the message goes
+/// straight into the receive queue of its peer in `peers`; once it is spent, or the peer's
+/// end is not there, this direction goes by TCP for good.
+fn redirect_program(peers: BorrowedFd<'_>, budgets: BorrowedFd<'_>) -> Vec<bpf::Insn> {
     let mut a = Asm::default();
     a.mov(R6, R1);
     a.load32(R2, R6, SK_MSG.family).jne_imm(R2, AF_INET, "out");
@@ -391,7 +410,7 @@ fn redirect_program(router_ends: BorrowedFd<'_>, budgets: BorrowedFd<'_>) -> Vec
     a.load64(R8, R7, 0).load32(R2, R6, SK_MSG_SIZE).add(R8, R2);
     a.jgt_imm(R8, BUDGET as i32, "spent");
     a.mov(R1, R6)
-        .load_map(R2, router_ends)
+        .load_map(R2, peers)
         .mov(R3, FP)
         .add_imm(R3, PEER.into());
     a.mov_imm(R4, BPF_F_INGRESS).call(FN_MSG_REDIRECT_HASH);

@@ -1,5 +1,6 @@
 //! A connection to an instance as the proxy reads and writes it: a tokio `TcpStream` whose
-//! reads wait for the next readiness event only after the socket said `EAGAIN`.
+//! reads wait for the next readiness event only after the socket said `EAGAIN`, and whose
+//! writes stay within what the upstream shortcut may carry on it.
 //!
 //! Tokio takes a read shorter than the buffer to mean the socket is drained and waits for
 //! the next event. A socket in the upstream shortcut's map breaks that rule: one read
@@ -18,21 +19,38 @@ use tokio::net::TcpStream;
 
 /// An instance connection's socket.
 #[derive(Debug)]
-pub struct UpstreamStream(TcpStream);
+pub struct UpstreamStream {
+    stream: TcpStream,
+    /// Bytes it may still send, when it is in the upstream shortcut (`None`: it is not,
+    /// and its sends go by TCP, unbounded).
+    sendable: Option<u64>,
+}
 
-/// One direction of an [`UpstreamStream`], for reading and writing at once.
+/// The reading side of an [`UpstreamStream`], for reading and writing at once.
 #[derive(Debug)]
-pub struct Half<'a>(&'a TcpStream);
+pub struct ReadHalf<'a>(&'a TcpStream);
+
+/// The writing side of an [`UpstreamStream`].
+#[derive(Debug)]
+pub struct WriteHalf<'a> {
+    stream: &'a TcpStream,
+    sendable: &'a mut Option<u64>,
+}
 
 impl UpstreamStream {
-    /// Wraps a connected socket.
-    pub fn new(stream: TcpStream) -> UpstreamStream {
-        UpstreamStream(stream)
+    /// Wraps a connected socket that may send `sendable` bytes more (`None`: unbounded).
+    pub fn new(stream: TcpStream, sendable: Option<u64>) -> UpstreamStream {
+        UpstreamStream { stream, sendable }
     }
 
     /// The socket.
     pub fn get_ref(&self) -> &TcpStream {
-        &self.0
+        &self.stream
+    }
+
+    /// Bytes it may still send (`None`: unbounded).
+    pub fn sendable(&self) -> Option<u64> {
+        self.sendable
     }
 
     /// Whether the instance has neither closed the connection nor sent anything: the
@@ -41,17 +59,25 @@ impl UpstreamStream {
     /// peek, which also clears it.
     pub fn has_nothing_to_read(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        if self.0.poll_read_ready(&mut cx).is_pending() {
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
             return true;
         }
         let mut byte = [std::mem::MaybeUninit::uninit()];
-        let peek = recv_now(&self.0, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT);
+        let peek = recv_now(
+            &self.stream,
+            &mut byte,
+            RecvFlags::PEEK | RecvFlags::DONTWAIT,
+        );
         matches!(peek, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// A reading and a writing half.
-    pub fn split(&mut self) -> (Half<'_>, Half<'_>) {
-        (Half(&self.0), Half(&self.0))
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        let writer = WriteHalf {
+            stream: &self.stream,
+            sendable: &mut self.sendable,
+        };
+        (ReadHalf(&self.stream), writer)
     }
 }
 
@@ -89,19 +115,29 @@ fn poll_read_until_eagain(
     }
 }
 
-fn poll_write_until_eagain(
+fn poll_write_within(
     stream: &TcpStream,
+    sendable: &mut Option<u64>,
     cx: &mut Context<'_>,
     buf: &[u8],
 ) -> Poll<io::Result<usize>> {
-    loop {
+    if sendable.is_some_and(|left| buf.len() as u64 > left) {
+        return Poll::Ready(Err(io::Error::other(
+            "the request is larger than the upstream shortcut may still carry on this connection",
+        )));
+    }
+    let n = loop {
         ready!(stream.poll_write_ready(cx))?;
         match stream.try_write(buf) {
-            Ok(n) => return Poll::Ready(Ok(n)),
+            Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Poll::Ready(Err(e)),
         }
+    };
+    if let Some(left) = sendable {
+        *left -= n as u64;
     }
+    Poll::Ready(Ok(n))
 }
 
 fn shutdown_write(stream: &TcpStream) -> Poll<io::Result<()>> {
@@ -114,7 +150,7 @@ impl AsyncRead for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        poll_read_until_eagain(&self.0, cx, buf)
+        poll_read_until_eagain(&self.stream, cx, buf)
     }
 }
 
@@ -124,7 +160,8 @@ impl AsyncWrite for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        poll_write_until_eagain(&self.0, cx, buf)
+        let this = self.get_mut();
+        poll_write_within(&this.stream, &mut this.sendable, cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -132,11 +169,11 @@ impl AsyncWrite for UpstreamStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        shutdown_write(&self.0)
+        shutdown_write(&self.stream)
     }
 }
 
-impl AsyncRead for Half<'_> {
+impl AsyncRead for ReadHalf<'_> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -146,13 +183,14 @@ impl AsyncRead for Half<'_> {
     }
 }
 
-impl AsyncWrite for Half<'_> {
+impl AsyncWrite for WriteHalf<'_> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        poll_write_until_eagain(self.0, cx, buf)
+        let this = self.get_mut();
+        poll_write_within(this.stream, this.sendable, cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -160,6 +198,6 @@ impl AsyncWrite for Half<'_> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        shutdown_write(self.0)
+        shutdown_write(self.stream)
     }
 }

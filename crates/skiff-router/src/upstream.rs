@@ -32,13 +32,60 @@ pub struct Connection {
     exchanges: u32,
 }
 
+/// How many bytes a request sends to the instance (head and body), so that it gets a
+/// connection that can carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestSize {
+    /// Exactly this many.
+    Known(u64),
+    /// Not known before it ends: a chunked body, or an upgrade (a byte pipe after it).
+    Unbounded,
+}
+
+impl RequestSize {
+    /// Whether a fresh connection in the upstream shortcut could carry it.
+    fn fits_shortcut(self) -> bool {
+        matches!(self, RequestSize::Known(n) if n <= crate::shortcut::REQUEST_BUDGET)
+    }
+}
+
+/// Which way a new connection's bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Through the upstream shortcut, if one is installed.
+    Shortcut,
+    /// By TCP only.
+    Tcp,
+}
+
+impl Lane {
+    fn for_request(size: RequestSize) -> Lane {
+        if size.fits_shortcut() {
+            Lane::Shortcut
+        } else {
+            Lane::Tcp
+        }
+    }
+}
+
 impl Connection {
-    fn new(stream: TcpStream) -> Connection {
+    /// A connection; `marked`: its socket carries the shortcut's mark.
+    fn new(stream: TcpStream, marked: bool) -> Connection {
+        let sendable = marked.then_some(crate::shortcut::REQUEST_BUDGET);
         Connection {
-            stream: UpstreamStream::new(stream),
+            stream: UpstreamStream::new(stream, sendable),
             buf: Vec::new(),
             reused: false,
             exchanges: 0,
+        }
+    }
+
+    /// Whether it can send a request of `size` without passing its shortcut budget.
+    fn carries(&self, size: RequestSize) -> bool {
+        match (self.stream.sendable(), size) {
+            (None, _) => true,
+            (Some(left), RequestSize::Known(n)) => n <= left,
+            (Some(_), RequestSize::Unbounded) => false,
         }
     }
 
@@ -52,9 +99,9 @@ impl Connection {
 /// Idle connections kept per instance and router thread; more are closed when returned.
 const MAX_IDLE: usize = 64;
 
-/// Exchanges after which a connection is closed rather than kept, while the upstream
-/// shortcut is installed: each connection's shortcut budget is for its lifetime, and a
-/// new connection has a fresh one (nginx closes upstream connections after 1000 too).
+/// Exchanges after which a connection in the upstream shortcut is closed rather than
+/// kept: each connection's shortcut budget is for its lifetime, and a new connection has
+/// a fresh one (nginx closes upstream connections after 1000 too).
 const MAX_EXCHANGES: u32 = 1000;
 
 /// Router threads that keep idle connections of their own (see [`set_router_thread`]).
@@ -144,34 +191,53 @@ impl Upstream {
         self.throttle.as_deref()
     }
 
-    fn pop_idle(&self) -> Option<Connection> {
-        self.idle[shard()]
+    /// The most recently idled of this thread's connections that `lane` allows (a
+    /// shortcut request may take either kind, other requests only TCP ones).
+    fn pop_idle(&self, lane: Lane) -> Option<Connection> {
+        let mut idle = self.idle[shard()]
             .0
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
+            .unwrap_or_else(|p| p.into_inner());
+        match lane {
+            Lane::Shortcut => idle.pop(),
+            Lane::Tcp => {
+                let at = idle.iter().rposition(|c| c.stream.sendable().is_none())?;
+                Some(idle.swap_remove(at))
+            }
+        }
     }
 
-    /// An idle connection that is still usable (this thread's own), or a new one.
-    pub async fn connection(&self) -> io::Result<Connection> {
-        while let Some(conn) = self.pop_idle() {
-            if conn.is_usable() {
+    /// An idle connection (this thread's own) that is still usable and can carry a
+    /// request of `size`, or a new one. Idle connections in the shortcut whose budget is
+    /// too small for it are closed: they are near the end of their use.
+    pub async fn connection(&self, size: RequestSize) -> io::Result<Connection> {
+        let lane = Lane::for_request(size);
+        while let Some(conn) = self.pop_idle(lane) {
+            if conn.is_usable() && conn.carries(size) {
                 return Ok(conn);
             }
         }
-        let fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        if let Some(stream) = fresh {
-            stream.set_nonblocking(true)?;
-            return Ok(Connection::new(TcpStream::from_std(stream)?));
+        if lane == Lane::Shortcut {
+            let fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            if let Some(stream) = fresh {
+                stream.set_nonblocking(true)?;
+                let marked = has_our_mark(&stream);
+                return Ok(Connection::new(TcpStream::from_std(stream)?, marked));
+            }
         }
-        open(&self.target).await
+        self.open(size).await
+    }
+
+    /// A new connection that can carry a request of `size`.
+    pub async fn open(&self, size: RequestSize) -> io::Result<Connection> {
+        open(&self.target, Lane::for_request(size)).await
     }
 
     /// Keeps a connection that finished an exchange cleanly, for this thread's next one.
     pub fn put_idle(&self, mut conn: Connection) {
         conn.reused = true;
         conn.exchanges += 1;
-        if conn.exchanges >= MAX_EXCHANGES && crate::shortcut::upstream_mark().is_some() {
+        if conn.exchanges >= MAX_EXCHANGES && conn.stream.sendable().is_some() {
             return;
         }
         crate::buffers::give(std::mem::take(&mut conn.buf));
@@ -194,33 +260,40 @@ impl Upstream {
     }
 }
 
-/// Opens a connection to `target`.
-pub async fn open(target: &Target) -> io::Result<Connection> {
-    Ok(Connection::new(connect(target).await?))
+/// Opens a connection to `target` whose bytes go by `lane`.
+async fn open(target: &Target, lane: Lane) -> io::Result<Connection> {
+    let (stream, marked) = connect_by(target, lane).await?;
+    Ok(Connection::new(stream, marked))
 }
 
-/// A TCP connection to `target`.
+/// A TCP connection to `target`, outside the upstream shortcut (for health checks).
 pub async fn connect(target: &Target) -> io::Result<TcpStream> {
-    let stream = match target {
-        Target::Address(addr) => TcpStream::connect(addr).await?,
+    Ok(connect_by(target, Lane::Tcp).await?.0)
+}
+
+/// A TCP connection to `target`, and whether it is marked for the shortcut.
+async fn connect_by(target: &Target, lane: Lane) -> io::Result<(TcpStream, bool)> {
+    let (stream, marked) = match target {
+        Target::Address(addr) => (TcpStream::connect(addr).await?, false),
         Target::Netns { netns, port } => {
-            let socket = TcpSocket::from_std_stream(socket_in(netns)?);
-            socket
-                .connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port).into())
-                .await?
+            let (socket, marked) = socket_in(netns, lane)?;
+            let socket = TcpSocket::from_std_stream(socket);
+            let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port);
+            (socket.connect(addr.into()).await?, marked)
         }
     };
     stream.set_nodelay(true)?;
-    Ok(stream)
+    Ok((stream, marked))
 }
 
-/// A blocking TCP connection to `target` (for readiness checks off the async runtime,
-/// where sleeps shorter than the runtime's 1 ms timer are wanted).
+/// A blocking TCP connection to `target`, marked for the shortcut if one is installed
+/// (for readiness checks off the async runtime, where sleeps shorter than the runtime's
+/// 1 ms timer are wanted; the connection then serves the first request).
 pub fn connect_blocking(target: &Target) -> io::Result<std::net::TcpStream> {
     let stream = match target {
         Target::Address(addr) => std::net::TcpStream::connect(addr)?,
         Target::Netns { netns, port } => {
-            let stream = socket_in(netns)?;
+            let (stream, _) = socket_in(netns, Lane::Shortcut)?;
             let addr = rustix::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port);
             match rustix::net::connect(&stream, &addr) {
                 Ok(()) => {}
@@ -256,7 +329,7 @@ pub async fn http_probe(target: &Target, path: &str) -> io::Result<u16> {
             format!("probe path {path:?} is not an absolute path of visible ASCII"),
         ));
     }
-    let mut stream = UpstreamStream::new(connect(target).await?);
+    let mut stream = UpstreamStream::new(connect(target).await?, None);
     let request = format!(
         "GET {path} HTTP/1.1\r\nhost: localhost\r\nuser-agent: skiff-probe\r\nconnection: close\r\n\r\n"
     );
@@ -302,10 +375,11 @@ fn host_netns() -> io::Result<&'static OwnedFd> {
     .map_err(|&e| io::Error::from_raw_os_error(e))
 }
 
-/// A non-blocking TCP socket created inside `netns`, marked for the upstream shortcut if
-/// one is installed. Sockets stay in the namespace they were made in, so the calling
-/// thread switches there for the `socket` call only.
-fn socket_in(netns: &OwnedFd) -> io::Result<std::net::TcpStream> {
+/// A non-blocking TCP socket created inside `netns`, and whether it is marked for the
+/// upstream shortcut (when `lane` asks for it and one is installed). Sockets stay in the
+/// namespace they were made in, so the calling thread switches there for the `socket`
+/// call only.
+fn socket_in(netns: &OwnedFd, lane: Lane) -> io::Result<(std::net::TcpStream, bool)> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
     use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
     let home = host_netns()?;
@@ -322,10 +396,32 @@ fn socket_in(netns: &OwnedFd) -> io::Result<std::net::TcpStream> {
         std::process::abort();
     }
     let socket = socket?;
-    if let Some(mark) = crate::shortcut::upstream_mark() {
+    let mark = crate::shortcut::upstream_mark().filter(|_| lane == Lane::Shortcut);
+    if let Some(mark) = mark {
         set_mark(&socket, mark)?;
     }
-    Ok(std::net::TcpStream::from(socket))
+    Ok((std::net::TcpStream::from(socket), mark.is_some()))
+}
+
+/// Whether a socket made elsewhere carries this daemon's shortcut mark.
+fn has_our_mark(stream: &std::net::TcpStream) -> bool {
+    use rustix::fd::AsRawFd;
+    let Some(ours) = crate::shortcut::upstream_mark() else {
+        return false;
+    };
+    let mut mark = 0u32;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a `u32` buffer of the size passed, as SO_MARK fills.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mut mark as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && mark == ours
 }
 
 fn set_mark(socket: &OwnedFd, mark: u32) -> io::Result<()> {
