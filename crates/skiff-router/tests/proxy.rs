@@ -112,6 +112,11 @@ async fn instance(script: Script) -> Instance {
 
 /// A router serving service `svc` from `instance`; returns its address.
 async fn router_for(instance: &Instance, timeout: Duration) -> SocketAddr {
+    router_to(Target::Address(instance.addr), timeout).await
+}
+
+/// A router serving service `svc` from an instance at `target`; returns its address.
+async fn router_to(target: Target, timeout: Duration) -> SocketAddr {
     let router = Router::new("localhost");
     let pool = RevisionPool::new(PoolConfig {
         revision: "svc-00001".into(),
@@ -119,7 +124,7 @@ async fn router_for(instance: &Instance, timeout: Duration) -> SocketAddr {
         queue_limit: 10,
         timeout,
     });
-    pool.add_instance(Upstream::new("fake", Target::Address(instance.addr)));
+    pool.add_instance(Upstream::new("fake", target));
     router.set_route("svc", pool);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -407,4 +412,48 @@ async fn unknown_hosts_get_404_and_the_connection_goes_on() {
     assert!(head.contains("x-request-id: "), "{head}");
     let (head, _) = read_response(&mut s, &mut buf, false).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+/// The only test here that installs the upstream shortcut (one per process): the others'
+/// connections, to an address, are not marked and stay out of it.
+#[tokio::test]
+async fn through_the_shortcut_an_event_loop_app_gets_every_request_byte() {
+    let _shortcut = skiff_router::Shortcut::install()
+        .expect("installing the upstream shortcut (needs root, cgroup2, Linux 5.15)");
+    // The scripted instance is a tokio app: it takes a short read for "drained", so a
+    // request falling back to TCP behind redirected bytes would hang it.
+    let app = instance(Script::Echo).await;
+    let netns = std::fs::File::open("/proc/self/ns/net").unwrap();
+    let target = Target::Netns {
+        netns: Arc::new(netns.into()),
+        port: app.addr.port(),
+    };
+    let addr = router_to(target, LIMIT).await;
+    let exchanges = async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut buf = Vec::new();
+        // 24 × 256 KiB on one client connection: three times a connection's 2 MiB
+        // request budget.
+        for i in 0..24u8 {
+            let body = vec![b'a' + i; 256 << 10];
+            let head = format!(
+                "POST /{i} HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(&body).await.unwrap();
+            let (head, echoed) = read_response(&mut s, &mut buf, false).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+            assert!(echoed.starts_with(format!("POST /{i} ").as_bytes()));
+            assert!(echoed.ends_with(&body), "request {i}: its body differs");
+        }
+    };
+    tokio::time::timeout(LIMIT, exchanges)
+        .await
+        .expect("every exchange done within 10 s");
+    let connections = app.connections.load(Ordering::SeqCst);
+    assert!(
+        connections >= 3,
+        "{connections} connections: a fresh one each time a budget ran out"
+    );
 }
