@@ -59,6 +59,7 @@ enum Lane {
 }
 
 impl Lane {
+    /// The shortcut for a request that fits a fresh connection's budget, TCP otherwise.
     fn for_request(size: RequestSize) -> Lane {
         if size.fits_shortcut() {
             Lane::Shortcut
