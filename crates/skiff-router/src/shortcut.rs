@@ -326,6 +326,15 @@ fn write_keys(a: &mut Asm, f: &KeyFields) {
     a.store32(FP, OWN + 20, R2).store32(FP, PEER + 16, R2);
 }
 
+/// Calls map `function` (lookup or delete) on the budget entry whose key is at stack
+/// offset `key`.
+fn on_budget(a: &mut Asm, budgets: BorrowedFd<'_>, key: i16, function: i32) {
+    a.load_map(R1, budgets)
+        .mov(R2, FP)
+        .add_imm(R2, key.into())
+        .call(function);
+}
+
 /// `sock_ops`: on connect, a marked socket joins the router map; on accept, a socket whose
 /// peer is there (a router socket in the same namespace) joins the instance map. Both get
 /// a fresh budget entry, which goes when the connection closes.
@@ -358,10 +367,7 @@ fn admit_program(
     a.goto("join");
     a.label("accepted");
     // From the router?
-    a.load_map(R1, budgets)
-        .mov(R2, FP)
-        .add_imm(R2, PEER.into())
-        .call(FN_MAP_LOOKUP);
+    on_budget(&mut a, budgets, PEER, FN_MAP_LOOKUP);
     a.jeq_imm(R0, 0, "out");
     a.load_map(R8, instance_ends);
     a.label("join");
@@ -384,10 +390,7 @@ fn admit_program(
     a.label("state");
     a.load32(R2, R6, SOCK_OPS_NEW_STATE)
         .jne_imm(R2, TCP_CLOSE, "out");
-    a.load_map(R1, budgets)
-        .mov(R2, FP)
-        .add_imm(R2, OWN.into())
-        .call(FN_MAP_DELETE);
+    on_budget(&mut a, budgets, OWN, FN_MAP_DELETE);
     a.label("out");
     a.mov_imm(R0, 1).exit();
     a.finish()
@@ -401,10 +404,7 @@ fn redirect_program(peers: BorrowedFd<'_>, budgets: BorrowedFd<'_>) -> Vec<bpf::
     a.mov(R6, R1);
     a.load32(R2, R6, SK_MSG.family).jne_imm(R2, AF_INET, "out");
     write_keys(&mut a, &SK_MSG);
-    a.load_map(R1, budgets)
-        .mov(R2, FP)
-        .add_imm(R2, OWN.into())
-        .call(FN_MAP_LOOKUP);
+    on_budget(&mut a, budgets, OWN, FN_MAP_LOOKUP);
     a.jeq_imm(R0, 0, "out");
     a.mov(R7, R0);
     a.load64(R8, R7, 0).load32(R2, R6, SK_MSG_SIZE).add(R8, R2);
