@@ -1,5 +1,6 @@
 //! Domain types shared by every skiff crate: content digests, image references, resource
-//! quantities, instance identifiers, and service specs, with their parsing and validation.
+//! quantities, instance identifiers, and service specs, with their parsing and validation;
+//! and the Knative `serving.knative.dev/v1` Service model with its import and export.
 //!
 //! This crate must not do I/O: it is pure data and rules, so that the store, the image
 //! store, the sandbox and the CLI agree on one meaning of each word.
@@ -7,6 +8,8 @@
 
 mod autoscaling;
 mod digest;
+pub mod knative;
+mod patch;
 mod probe;
 mod quantity;
 mod reference;
@@ -15,6 +18,7 @@ mod traffic;
 
 pub use autoscaling::Autoscaling;
 pub use digest::{Digest, DigestError};
+pub use patch::{PatchError, ProbePatch, SpecPatch};
 pub use probe::Probe;
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};

@@ -79,7 +79,7 @@ impl Member {
         Member {
             upstream,
             in_flight: 0,
-            idle_since: Instant::now(),
+            idle_since: now(),
             serving: true,
             holds: 0,
             paused: false,
@@ -109,6 +109,12 @@ impl Member {
             }
         }
     }
+}
+
+/// The pool's clock: tokio's, so that tests which pause tokio's time move the pool's idle
+/// and back-off times with the reconciler's. Outside such tests it is `Instant::now()`.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 type Waiter = oneshot::Sender<Result<Lease, PoolError>>;
@@ -167,7 +173,7 @@ impl RevisionPool {
             }
             if st.members.is_empty() {
                 if let Some((reason, until)) = &st.unavailable {
-                    let now = Instant::now();
+                    let now = now();
                     if *until > now {
                         return Err(PoolError::Unavailable {
                             revision: self.config.revision.clone(),
@@ -243,7 +249,7 @@ impl RevisionPool {
         let m = &mut st.members[i];
         m.in_flight = m.in_flight.saturating_sub(1);
         if m.in_flight == 0 {
-            m.idle_since = Instant::now();
+            m.idle_since = now();
         }
         Some(i)
     }
@@ -365,7 +371,7 @@ impl RevisionPool {
     /// every request until `retry_after` has passed, unless an instance becomes ready.
     pub fn fail_waiters(&self, reason: &str, retry_after: Duration) {
         let mut st = self.lock();
-        st.unavailable = Some((reason.to_owned(), Instant::now() + retry_after));
+        st.unavailable = Some((reason.to_owned(), now() + retry_after));
         if !st.members.is_empty() {
             return;
         }

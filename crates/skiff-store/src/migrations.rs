@@ -81,6 +81,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE services ADD COLUMN traffic_json TEXT;
     "#,
+    // 5: a version per service, bumped on each change from one shared counter, for
+    // conditional writes (a stale writer is refused rather than undoing a change).
+    r#"
+    ALTER TABLE services ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO counters (name, value) VALUES ('service_version', 0);
+    "#,
 ];
 
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

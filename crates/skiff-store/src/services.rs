@@ -1,10 +1,16 @@
-//! Service and revision rows. A deploy adds a revision (generation n+1) holding the spec as
-//! JSON and the image digest it resolved to; revisions are never edited afterwards, except
-//! for the record of their last start failure. The serving revision is switched separately,
-//! once the new one is known to start.
+//! Service and revision rows. A deploy adds a revision (generation n+1) holding the spec
+//! and the image digest it resolved to; revisions are never edited afterwards, except for
+//! the record of their last start failure. The serving revision is switched separately,
+//! once the new one is known to start. Every change to a service bumps its `version`, from
+//! one counter shared by all services, so a version names one state of one service ever:
+//! a writer holding an old one (or one of a removed service) can be refused.
+//!
+//! Specs and traffic are stored as JSON, but callers see them typed: they are parsed here,
+//! once, and a row that does not parse is reported as corrupt, naming the row.
 
 use crate::{now_unix, Store, StoreError};
-use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, Row, Transaction, TransactionBehavior};
+use skiff_core::{Digest, ServiceSpec, TrafficTarget};
 
 /// A stored service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,8 +22,10 @@ pub struct ServiceRecord {
     pub serving_revision: Option<String>,
     /// Unix time created.
     pub created_at: i64,
-    /// Its traffic split and tags as JSON; `None`: everything to the serving revision.
-    pub traffic_json: Option<String>,
+    /// Its traffic split and tags; `None`: everything to the serving revision.
+    pub traffic: Option<Vec<TrafficTarget>>,
+    /// Bumped by every change to the service; unique across services, never reused.
+    pub version: u64,
 }
 
 /// Why a revision's instance last failed to start or died.
@@ -32,7 +40,7 @@ pub struct FailureRecord {
 }
 
 /// A stored revision.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RevisionRecord {
     /// Revision name (`SERVICE-00001`).
     pub name: String,
@@ -41,21 +49,42 @@ pub struct RevisionRecord {
     /// 1 for the first deploy, then one more for each.
     pub generation: u32,
     /// Image manifest digest it runs.
-    pub image_digest: String,
-    /// The service spec, as JSON.
-    pub spec_json: String,
+    pub image_digest: Digest,
+    /// The service spec it was deployed with.
+    pub spec: ServiceSpec,
     /// Unix time created.
     pub created_at: i64,
     /// Its last start failure, if any.
     pub last_failure: Option<FailureRecord>,
 }
 
+/// A JSON or text column that does not parse, as the error rusqlite carries out of a row.
+fn corrupt(column: usize, row: &str, what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        format!("{row}: stored {what}: {e}").into(),
+    )
+}
+
+const SERVICE_COLUMNS: &str = "name, serving_revision, created_at, traffic_json, version";
+
 fn service_row(r: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
+    let name: String = r.get(0)?;
+    let traffic_json: Option<String> = r.get(3)?;
+    let traffic = match traffic_json {
+        Some(json) => Some(
+            serde_json::from_str(&json)
+                .map_err(|e| corrupt(3, &format!("service {name}"), "traffic", e))?,
+        ),
+        None => None,
+    };
     Ok(ServiceRecord {
-        name: r.get(0)?,
         serving_revision: r.get(1)?,
         created_at: r.get(2)?,
-        traffic_json: r.get(3)?,
+        traffic,
+        version: r.get::<_, i64>(4)? as u64,
+        name,
     })
 }
 
@@ -64,12 +93,18 @@ const REVISION_COLUMNS: &str = "name, service, generation, image_digest, spec_js
 
 fn revision_row(r: &Row<'_>) -> rusqlite::Result<RevisionRecord> {
     let failure_at: Option<i64> = r.get(6)?;
+    let name: String = r.get(0)?;
+    let row = format!("revision {name}");
+    let digest: String = r.get(3)?;
+    let spec: String = r.get(4)?;
     Ok(RevisionRecord {
-        name: r.get(0)?,
         service: r.get(1)?,
         generation: r.get(2)?,
-        image_digest: r.get(3)?,
-        spec_json: r.get(4)?,
+        image_digest: digest
+            .parse()
+            .map_err(|e| corrupt(3, &row, "image digest", e))?,
+        spec: serde_json::from_str(&spec).map_err(|e| corrupt(4, &row, "spec", e))?,
+        name,
         created_at: r.get(5)?,
         last_failure: match failure_at {
             Some(at) => Some(FailureRecord {
@@ -88,10 +123,14 @@ impl Store {
     pub fn create_revision(
         &mut self,
         service: &str,
-        image_digest: &str,
-        spec_json: &str,
+        image_digest: &Digest,
+        spec: &ServiceSpec,
         name_of: impl Fn(&str, u32) -> String,
     ) -> Result<RevisionRecord, StoreError> {
+        let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
+            what: "service spec",
+            value: e.to_string(),
+        })?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -100,6 +139,7 @@ impl Store {
             "INSERT INTO services (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
             params![service, now],
         )?;
+        bump_version(&tx, service)?;
         let last: Option<u32> = tx.query_row(
             "SELECT MAX(generation) FROM revisions WHERE service = ?1",
             [service],
@@ -110,15 +150,22 @@ impl Store {
         tx.execute(
             "INSERT INTO revisions (name, service, generation, image_digest, spec_json, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![name, service, generation, image_digest, spec_json, now],
+            params![
+                name,
+                service,
+                generation,
+                image_digest.to_string(),
+                spec_json,
+                now
+            ],
         )?;
         tx.commit()?;
         Ok(RevisionRecord {
             name,
             service: service.to_owned(),
             generation,
-            image_digest: image_digest.to_owned(),
-            spec_json: spec_json.to_owned(),
+            image_digest: image_digest.clone(),
+            spec: spec.clone(),
             created_at: now,
             last_failure: None,
         })
@@ -130,7 +177,10 @@ impl Store {
         service: &str,
         revision: &str,
     ) -> Result<(), StoreError> {
-        let n = self.conn.execute(
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
             "UPDATE services SET serving_revision = ?2 WHERE name = ?1
                AND EXISTS (SELECT 1 FROM revisions WHERE name = ?2 AND service = ?1)",
             params![service, revision],
@@ -138,6 +188,8 @@ impl Store {
         if n == 0 {
             return Err(StoreError::NoSuchService(service.to_owned()));
         }
+        bump_version(&tx, service)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -145,15 +197,27 @@ impl Store {
     pub fn set_traffic(
         &mut self,
         service: &str,
-        traffic_json: Option<&str>,
+        traffic: Option<&[TrafficTarget]>,
     ) -> Result<(), StoreError> {
-        let n = self.conn.execute(
+        let json = match traffic {
+            Some(t) => Some(serde_json::to_string(t).map_err(|e| StoreError::Corrupt {
+                what: "traffic",
+                value: e.to_string(),
+            })?),
+            None => None,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let n = tx.execute(
             "UPDATE services SET traffic_json = ?2 WHERE name = ?1",
-            params![service, traffic_json],
+            params![service, json],
         )?;
         if n == 0 {
             return Err(StoreError::NoSuchService(service.to_owned()));
         }
+        bump_version(&tx, service)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -185,9 +249,8 @@ impl Store {
 
     /// Every service, by name.
     pub fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name, serving_revision, created_at, traffic_json FROM services ORDER BY name",
-        )?;
+        let sql = format!("SELECT {SERVICE_COLUMNS} FROM services ORDER BY name");
+        let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt
             .query_map([], service_row)?
             .collect::<Result<Vec<_>, _>>()?;
@@ -196,14 +259,8 @@ impl Store {
 
     /// One service by name.
     pub fn service(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT name, serving_revision, created_at, traffic_json FROM services WHERE name = ?1",
-                [name],
-                service_row,
-            )
-            .optional()?)
+        let sql = format!("SELECT {SERVICE_COLUMNS} FROM services WHERE name = ?1");
+        Ok(self.conn.query_row(&sql, [name], service_row).optional()?)
     }
 
     /// A service's revisions, newest first.
@@ -252,6 +309,20 @@ impl Store {
     }
 }
 
+/// Gives `service` the next version from the counter all services share.
+fn bump_version(tx: &Transaction<'_>, service: &str) -> Result<(), StoreError> {
+    let version: i64 = tx.query_row(
+        "UPDATE counters SET value = value + 1 WHERE name = 'service_version' RETURNING value",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "UPDATE services SET version = ?2 WHERE name = ?1",
+        params![service, version],
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +349,12 @@ mod tests {
         (dir, store, digest)
     }
 
+    fn spec(port: u16) -> ServiceSpec {
+        let mut s = ServiceSpec::new("hello");
+        s.port = port;
+        s
+    }
+
     fn name_of(s: &str, g: u32) -> String {
         format!("{s}-{g:05}")
     }
@@ -286,10 +363,10 @@ mod tests {
     fn revisions_count_up_and_serving_switches() {
         let (_d, mut db, img) = store_with_image();
         let r1 = db
-            .create_revision("hello", &img.to_string(), "{}", name_of)
+            .create_revision("hello", &img, &spec(1), name_of)
             .unwrap();
         let r2 = db
-            .create_revision("hello", &img.to_string(), "{\"a\":1}", name_of)
+            .create_revision("hello", &img, &spec(2), name_of)
             .unwrap();
         assert_eq!((r1.generation, r2.generation), (1, 2));
         assert_eq!(r2.name, "hello-00002");
@@ -311,7 +388,7 @@ mod tests {
     fn failures_are_recorded_and_services_deleted() {
         let (_d, mut db, img) = store_with_image();
         let r = db
-            .create_revision("hello", &img.to_string(), "{}", name_of)
+            .create_revision("hello", &img, &spec(1), name_of)
             .unwrap();
         db.record_revision_failure(&r.name, "exited with code 3", "boom\n")
             .unwrap();
@@ -359,13 +436,13 @@ mod tests {
     fn traffic_is_kept_and_old_revisions_pruned_but_protected_ones() {
         let (_d, mut db, img) = store_with_image();
         for _ in 0..5 {
-            db.create_revision("p", &img.to_string(), "{}", name_of)
-                .unwrap();
+            db.create_revision("p", &img, &spec(1), name_of).unwrap();
         }
-        db.set_traffic("p", Some("[1]")).unwrap();
+        let split = [TrafficTarget::pinned(name_of("p", 1), 100)];
+        db.set_traffic("p", Some(&split)).unwrap();
         assert_eq!(
-            db.service("p").unwrap().unwrap().traffic_json.as_deref(),
-            Some("[1]")
+            db.service("p").unwrap().unwrap().traffic.as_deref(),
+            Some(&split[..])
         );
         assert!(db.set_traffic("nope", None).is_err());
         let gone = db.prune_revisions("p", 2, &[name_of("p", 1)]).unwrap();
@@ -378,9 +455,46 @@ mod tests {
             .collect();
         assert_eq!(left, [5, 4, 1]);
         // Generations keep counting past deleted ones.
-        let next = db
-            .create_revision("p", &img.to_string(), "{}", name_of)
-            .unwrap();
+        let next = db.create_revision("p", &img, &spec(1), name_of).unwrap();
         assert_eq!(next.generation, 6);
+    }
+
+    #[test]
+    fn versions_change_with_every_write_and_never_come_back() {
+        let (_d, mut db, img) = store_with_image();
+        let version = |db: &Store| db.service("v").unwrap().unwrap().version;
+        let r1 = db.create_revision("v", &img, &spec(1), name_of).unwrap();
+        let v1 = version(&db);
+        db.set_serving_revision("v", &r1.name).unwrap();
+        let v2 = version(&db);
+        db.set_traffic("v", None).unwrap();
+        let v3 = version(&db);
+        assert!(v1 < v2 && v2 < v3, "{v1} {v2} {v3}");
+        db.record_revision_failure(&r1.name, "x", "").unwrap();
+        assert_eq!(
+            version(&db),
+            v3,
+            "a failure report is not a change of the service"
+        );
+        db.delete_service("v").unwrap();
+        db.create_revision("v", &img, &spec(1), name_of).unwrap();
+        assert!(
+            version(&db) > v3,
+            "a service made anew never has an old version"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_spec_is_reported_with_its_revision() {
+        let (_d, mut db, img) = store_with_image();
+        let r = db.create_revision("c", &img, &spec(1), name_of).unwrap();
+        db.conn
+            .execute(
+                "UPDATE revisions SET spec_json = '{nope' WHERE name = ?1",
+                [&r.name],
+            )
+            .unwrap();
+        let err = db.revision(&r.name).unwrap_err().to_string();
+        assert!(err.contains("revision c-00001: stored spec"), "{err}");
     }
 }

@@ -1,8 +1,7 @@
 //! What `skiff run` and the daemon share about launching instances: parsing quantities
-//! and durations from flags, instance ids, the instance's environment, and reclaiming the
-//! leftovers of instances whose supervisor died.
+//! and durations from flags, instance ids, and reclaiming the leftovers of instances
+//! whose supervisor died.
 
-use skiff_image::ResolvedUser;
 use skiff_sandbox::{NetworkSlot, Sandbox};
 use skiff_store::Store;
 use std::path::Path;
@@ -75,32 +74,6 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 /// Where instances' scratch mount points live.
 pub const RUN_DIR: &str = "/run/skiff/instances";
 
-pub fn merged_env(
-    image_env: &[String],
-    extra: &[String],
-    port: u16,
-    user: &ResolvedUser,
-) -> anyhow::Result<Vec<String>> {
-    let mut env: Vec<String> = image_env.to_vec();
-    let mut set = |kv: String| {
-        let key = kv.split('=').next().unwrap_or_default().to_owned();
-        env.retain(|e| e.split('=').next() != Some(key.as_str()));
-        env.push(kv);
-    };
-    if !image_env.iter().any(|e| e.starts_with("HOME=")) {
-        set(format!("HOME={}", user.home));
-    }
-    set(format!("PORT={port}"));
-    for kv in extra {
-        anyhow::ensure!(
-            kv.contains('=') && !kv.starts_with('='),
-            "environment entry {kv:?} is not KEY=VALUE"
-        );
-        set(kv.clone());
-    }
-    Ok(env)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,24 +92,5 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5h").is_err() && parse_duration("x").is_err());
-    }
-
-    #[test]
-    fn env_overrides_and_port() {
-        let user = ResolvedUser {
-            uid: 0,
-            gid: 0,
-            groups: vec![],
-            home: "/root".into(),
-        };
-        let env = merged_env(
-            &["PATH=/bin".into(), "A=1".into()],
-            &["A=2".into()],
-            9000,
-            &user,
-        )
-        .unwrap();
-        assert_eq!(env, vec!["PATH=/bin", "HOME=/root", "PORT=9000", "A=2"]);
-        assert!(merged_env(&[], &["NOEQUALS".into()], 1, &user).is_err());
     }
 }

@@ -1,11 +1,11 @@
-//! The `skiff` binary: the command-line interface (and, later, `skiff server`). Each verb
-//! lives in its own small file under `cli/` and only wires arguments to the crates; the
-//! logic it calls belongs to those crates.
+//! The `skiff` binary: the command-line interface and `skiff server`, the daemon. Each
+//! verb lives in its own small file under `cli/` and only wires arguments to the crates;
+//! the daemon (`server/`) is the REST API over `skiff-control` and the wiring of the
+//! store, the image store, the Linux runtime and the router. The logic belongs to the
+//! crates.
 
-mod apitypes;
 mod cli;
 mod home;
-mod knative;
 mod launch;
 mod server;
 

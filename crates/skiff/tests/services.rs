@@ -516,3 +516,61 @@ fn bad_deploys_are_refused_with_what_was_wrong_and_change_nothing() {
     assert!(answer.contains("replicas"), "{answer}");
     assert!(answer.contains("\"kind\":\"invalid_request\""), "{answer}");
 }
+
+/// One raw HTTP/1.1 exchange with the API socket; the whole answer as text.
+fn api(d: &Daemon, method: &str, path: &str, headers: &str, body: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: skiff\r\nconnection: close\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn a_stale_update_after_rm_is_refused_and_the_service_stays_removed() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("stale", &[]);
+    let described = api(&d, "GET", "/v1/services/stale", "", "");
+    let etag = described
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .unwrap_or_else(|| panic!("describe carries an ETag: {described}"))
+        .trim()
+        .to_owned();
+    d.ok(&["rm", "stale"]);
+    // The writer read the service before the removal and writes back what it read.
+    let body = r#"{"spec":{"image":"hello","env":["LATE=1"]}}"#;
+    let put = api(
+        &d,
+        "PUT",
+        "/v1/services/stale",
+        &format!("if-match: {etag}\r\n"),
+        body,
+    );
+    assert!(put.starts_with("HTTP/1.1 409"), "{put}");
+    assert!(put.contains("no longer exists"), "{put}");
+    let patch = api(
+        &d,
+        "PATCH",
+        "/v1/services/stale",
+        &format!("if-match: {etag}\r\n"),
+        r#"{"patch":{"env":["LATE=1"]}}"#,
+    );
+    assert!(patch.starts_with("HTTP/1.1 409"), "{patch}");
+    // `skiff deploy` without --image after a removal no longer brings it back.
+    let out = d.cli(&["deploy", "stale", "-e", "LATE=1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does not exist yet"),
+        "{}",
+        stderr(&out)
+    );
+    let gone = api(&d, "GET", "/v1/services/stale", "", "");
+    assert!(gone.starts_with("HTTP/1.1 404"), "{gone}");
+    assert_eq!(d.json(&["ls"]), serde_json::json!([]));
+}

@@ -2,13 +2,13 @@
 //! errors come back as [`ApiFailure`], carrying the daemon's message (and the failing
 //! instance's log tail, when there is one).
 
-use crate::apitypes::{ErrorBody, ErrorDetail};
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
+use skiff_control::documents::{ErrorBody, ErrorDetail};
 use std::path::{Path, PathBuf};
 
 /// An error answer from the daemon.

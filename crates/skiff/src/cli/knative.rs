@@ -5,11 +5,11 @@
 
 use super::client::Client;
 use super::output::{self, Format};
-use crate::apitypes::{Deployed, ServiceDetail};
-use crate::knative;
 use anyhow::Context;
 use clap::Args;
 use hyper::Method;
+use skiff_control::documents::{Deployed, ServiceDetail};
+use skiff_core::knative;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -123,7 +123,9 @@ pub fn export(client: &Client, format: Format, name: &str) -> anyhow::Result<()>
         Format::Json => output::json(&serde_json::to_value(&doc)?),
         Format::Table => print!(
             "{}",
-            serde_saphyr::to_string(&doc).context("writing the service as YAML")?
+            knative::to_yaml(&doc)
+                .map_err(anyhow::Error::msg)
+                .context("writing the service as YAML")?
         ),
     }
     Ok(())

@@ -5,8 +5,7 @@
 
 use crate::home::Home;
 use crate::launch::{
-    merged_env, parse_cpu, parse_duration, parse_memory, process_start_time, random_id,
-    reclaim_lost, RUN_DIR,
+    parse_cpu, parse_duration, parse_memory, process_start_time, random_id, reclaim_lost, RUN_DIR,
 };
 use anyhow::Context;
 use clap::Args;
@@ -96,7 +95,8 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
     let user = images
         .resolve_user(&image, &user_spec)
         .with_context(|| format!("image {}", a.image))?;
-    let env = merged_env(&process.env, &a.env, a.port, &user)?;
+    let env = skiff_control::merged_env(&process.env, &a.env, a.port, &user)
+        .map_err(anyhow::Error::msg)?;
     let id = match a.id {
         Some(id) => {
             skiff_core::validate_instance_id(&id)?;

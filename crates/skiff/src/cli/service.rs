@@ -2,15 +2,16 @@
 //!
 //! A deploy of an existing service starts from its latest revision's settings and changes
 //! only what the flags say (as `gcloud run deploy` does); `--image` is needed only the
-//! first time.
+//! first time. The flags travel as a patch that the daemon applies, so a removal between
+//! reading and writing cannot be undone.
 
-use super::client::{is_not_found, Client};
+use super::client::Client;
 use super::output::{self, Format};
-use crate::apitypes::{DeployRequest, Deployed, LogLine, ServiceDetail, ServiceSummary};
 use crate::launch::{parse_cpu, parse_duration, parse_memory};
 use clap::Args;
 use hyper::Method;
-use skiff_core::{Probe, ServiceSpec};
+use skiff_control::documents::{Deployed, LogLine, ServiceDetail, ServiceSummary, UpdateRequest};
+use skiff_core::{ProbePatch, SpecPatch};
 use std::time::Duration;
 
 #[derive(Args)]
@@ -100,40 +101,29 @@ struct ProbeArgs {
 }
 
 impl ProbeArgs {
-    fn apply(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
-        let merge = |name: &str,
-                     probe: &mut Option<Probe>,
-                     kind: &Option<String>,
-                     period: Option<Duration>,
-                     failures: Option<u32>| {
-            if probe.is_none() && kind.is_none() && (period.is_some() || failures.is_some()) {
-                anyhow::bail!("--{name}-period and --{name}-failures need --{name}-probe");
-            }
-            if let Some(kind) = kind {
-                let path = (kind != "tcp").then(|| kind.clone());
-                *probe = Some(Probe::new(path));
-            }
-            if let Some(p) = probe.as_mut() {
-                if let Some(d) = period {
-                    p.period_ms = d.as_millis() as u64;
-                    p.timeout_ms = p.timeout_ms.min(p.period_ms);
-                }
-                if let Some(n) = failures {
-                    p.failure_threshold = n;
-                }
-            }
-            Ok(())
+    fn patch(
+        kind: &Option<String>,
+        period: Option<Duration>,
+        failures: Option<u32>,
+    ) -> Option<ProbePatch> {
+        let patch = ProbePatch {
+            kind: kind.clone(),
+            period_ms: period.map(|d| d.as_millis() as u64),
+            failure_threshold: failures,
         };
-        merge(
-            "readiness",
-            &mut spec.readiness_probe,
+        (patch != ProbePatch::default()).then_some(patch)
+    }
+
+    fn readiness(&self) -> Option<ProbePatch> {
+        Self::patch(
             &self.readiness_probe,
             self.readiness_period,
             self.readiness_failures,
-        )?;
-        merge(
-            "liveness",
-            &mut spec.liveness_probe,
+        )
+    }
+
+    fn liveness(&self) -> Option<ProbePatch> {
+        Self::patch(
             &self.liveness_probe,
             self.liveness_period,
             self.liveness_failures,
@@ -179,98 +169,54 @@ struct ScalingArgs {
 }
 
 impl ScalingArgs {
-    fn apply(&self, a: &mut skiff_core::Autoscaling) {
+    fn patch(&self) -> skiff_core::Autoscaling {
         let ms = |d: Duration| d.as_millis() as u64;
-        if self.metric.is_some() {
-            a.metric = self.metric.clone();
+        skiff_core::Autoscaling {
+            metric: self.metric.clone(),
+            target: self.target,
+            target_utilization_percentage: self.target_utilization,
+            window_ms: self.window.map(ms),
+            panic_window_percentage: self.panic_window_percentage,
+            panic_threshold_percentage: self.panic_threshold,
+            max_scale_up_rate: self.max_scale_up_rate,
+            max_scale_down_rate: self.max_scale_down_rate,
+            scale_to_zero_grace_ms: self.scale_to_zero_grace.map(ms),
+            initial_scale: self.initial_instances,
         }
-        a.target = self.target.or(a.target);
-        a.target_utilization_percentage =
-            self.target_utilization.or(a.target_utilization_percentage);
-        a.window_ms = self.window.map(ms).or(a.window_ms);
-        a.panic_window_percentage = self.panic_window_percentage.or(a.panic_window_percentage);
-        a.panic_threshold_percentage = self.panic_threshold.or(a.panic_threshold_percentage);
-        a.max_scale_up_rate = self.max_scale_up_rate.or(a.max_scale_up_rate);
-        a.max_scale_down_rate = self.max_scale_down_rate.or(a.max_scale_down_rate);
-        a.scale_to_zero_grace_ms = self
-            .scale_to_zero_grace
-            .map(ms)
-            .or(a.scale_to_zero_grace_ms);
-        a.initial_scale = self.initial_instances.or(a.initial_scale);
     }
 }
 
-fn base_spec(client: &Client, a: &DeployArgs) -> anyhow::Result<ServiceSpec> {
-    match client.call::<ServiceDetail>(Method::GET, &format!("/v1/services/{}", a.name), None) {
-        Ok(detail) => {
-            let latest = detail.revisions.into_iter().next();
-            let mut spec = latest
-                .map(|r| r.spec)
-                .ok_or_else(|| anyhow::anyhow!("service {} has no revision", a.name))?;
-            if let Some(image) = &a.image {
-                spec.image = image.clone();
-            }
-            Ok(spec)
-        }
-        Err(e) if is_not_found(&e) => match &a.image {
-            Some(image) => Ok(ServiceSpec::new(image.clone())),
-            None => anyhow::bail!(
-                "service {} does not exist yet: --image is required to create it",
-                a.name
-            ),
-        },
-        Err(e) => Err(e),
+/// The changes the flags make; the daemon applies them to the latest revision's spec.
+fn patch(a: &DeployArgs) -> SpecPatch {
+    let ms = |d: Duration| d.as_millis() as u64;
+    SpecPatch {
+        image: a.image.clone(),
+        port: a.port,
+        env: (!a.env.is_empty()).then(|| a.env.clone()),
+        memory_bytes: a.memory,
+        cpu_millis: a.cpu,
+        concurrency: a.concurrency,
+        min_instances: a.min_instances,
+        max_instances: a.max_instances,
+        timeout_ms: a.timeout.map(ms),
+        idle_timeout_ms: a.idle_timeout.map(ms),
+        startup_probe: a.startup_probe.clone(),
+        command: (!a.command.is_empty()).then(|| a.command.clone()),
+        cpu_throttling: (a.cpu_throttling || a.no_cpu_throttling).then_some(a.cpu_throttling),
+        readiness_probe: a.probes.readiness(),
+        liveness_probe: a.probes.liveness(),
+        autoscaling: a.scaling.patch(),
     }
 }
 
 pub fn deploy(client: &Client, format: Format, a: DeployArgs) -> anyhow::Result<()> {
-    let mut spec = base_spec(client, &a)?;
-    if let Some(v) = a.port {
-        spec.port = v;
-    }
-    if !a.env.is_empty() {
-        spec.env = a.env.clone();
-    }
-    if let Some(v) = a.memory {
-        spec.memory_bytes = v;
-    }
-    if let Some(v) = a.cpu {
-        spec.cpu_millis = v;
-    }
-    if let Some(v) = a.concurrency {
-        spec.concurrency = v;
-    }
-    if let Some(v) = a.min_instances {
-        spec.min_instances = v;
-    }
-    if let Some(v) = a.max_instances {
-        spec.max_instances = v;
-    }
-    if let Some(v) = a.timeout {
-        spec.timeout_ms = v.as_millis() as u64;
-    }
-    if let Some(v) = a.idle_timeout {
-        spec.idle_timeout_ms = v.as_millis() as u64;
-    }
-    if let Some(v) = &a.startup_probe {
-        spec.startup_probe = Some(v.clone());
-    }
-    if !a.command.is_empty() {
-        spec.command = a.command.clone();
-    }
-    if a.cpu_throttling || a.no_cpu_throttling {
-        spec.cpu_throttling = a.cpu_throttling;
-    }
-    a.scaling.apply(&mut spec.autoscaling);
-    a.probes.apply(&mut spec)?;
-    let request = DeployRequest {
-        spec,
-        traffic: None,
+    let request = UpdateRequest {
+        patch: patch(&a),
         no_traffic: a.no_traffic,
         tag: a.tag.clone(),
     };
     let deployed: Deployed = client.call(
-        Method::PUT,
+        Method::PATCH,
         &format!("/v1/services/{}", a.name),
         Some(serde_json::to_value(&request)?),
     )?;
@@ -320,7 +266,7 @@ pub fn list(client: &Client, format: Format) -> anyhow::Result<()> {
 }
 
 fn ago(unix: i64) -> String {
-    let secs = crate::server::unix_now().saturating_sub(unix).max(0);
+    let secs = skiff_control::unix_now().saturating_sub(unix).max(0);
     match secs {
         0..=119 => format!("{secs}s ago"),
         120..=7199 => format!("{}m ago", secs / 60),

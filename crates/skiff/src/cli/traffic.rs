@@ -4,9 +4,9 @@
 
 use super::client::Client;
 use super::output::{self, Format};
-use crate::apitypes::{ServiceDetail, TrafficDetail};
 use clap::Args;
 use hyper::Method;
+use skiff_control::documents::{ServiceDetail, TrafficDetail};
 use skiff_core::TrafficTarget;
 
 #[derive(Args)]

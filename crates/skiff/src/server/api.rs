@@ -1,45 +1,82 @@
-//! The control-plane REST API on a root-only unix socket. Requests are parsed into typed
-//! documents at the edge (`apitypes`); every error is JSON saying what was wrong:
-//! `{"error": {"kind": ..., "message": ..., "field": ...}}`.
+//! The control-plane REST API on a root-only unix socket: each request becomes one typed
+//! [`Command`] and each [`ControlError`] one status, here and nowhere else. Every error is
+//! JSON saying what was wrong: `{"error": {"kind": ..., "message": ..., "field": ...}}`.
+//! `docs/openapi.yaml` documents every route and document; a test keeps the two in step.
 //!
-//! - `GET    /v1/services`             list
-//! - `PUT    /v1/services/{name}`      deploy a revision (`{"spec": {...}}`)
-//! - `GET    /v1/services/{name}`      describe
-//! - `DELETE /v1/services/{name}`      remove
+//! - `GET    /v1/services`                     list
+//! - `GET    /v1/services/{name}`              describe (with `ETag: "VERSION"`)
+//! - `PUT    /v1/services/{name}`              deploy a revision from a whole spec
+//! - `PATCH  /v1/services/{name}`              deploy a revision from the latest spec, changed
+//! - `DELETE /v1/services/{name}`              remove
+//! - `PUT    /v1/services/{name}/traffic`      set the traffic split
+//! - `POST   /v1/services/{name}/rollback`     all traffic back to an earlier revision
 //! - `GET    /v1/services/{name}/logs?since=RFC3339&follow=true`  NDJSON lines
+//!
+//! Writes take `If-Match: "VERSION"` (the `version` describe shows): a service that is no
+//! longer at that version, or no longer exists, answers 409 and nothing changes.
 
-use super::services::{self, ApiError};
-use super::Ctx;
-use crate::apitypes::{DeployRequest, ErrorBody, ErrorDetail, RollbackRequest, TrafficRequest};
 use anyhow::Context;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Json;
 use bytes::Bytes;
+use skiff_control::documents::{
+    DeployRequest, ErrorBody, ErrorDetail, LogLine, RollbackRequest, TrafficRequest, UpdateRequest,
+};
+use skiff_control::{Answer, Command, Control, ControlError, Precondition};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 #[derive(Clone)]
 struct AppState {
-    ctx: Arc<Ctx>,
+    ctl: Arc<Control>,
     stop: watch::Receiver<bool>,
+}
+
+/// A control-plane error as the API answers it.
+struct ApiError(ControlError);
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        ApiError(e)
+    }
+}
+
+/// A body or query that is not the document the endpoint takes is the client's mistake.
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError(ControlError::invalid_request(e.body_text()))
+    }
+}
+
+fn status_of(e: &ControlError) -> StatusCode {
+    match e {
+        ControlError::InvalidRequest { .. } | ControlError::InvalidSpec { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+        ControlError::Conflict(_) => StatusCode::CONFLICT,
+        ControlError::StartFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let e = self.0;
         let body = ErrorBody {
             error: ErrorDetail {
-                kind: self.kind.to_owned(),
-                message: self.message,
-                field: self.field,
-                log_tail: self.log_tail,
+                kind: e.kind().to_owned(),
+                message: e.to_string(),
+                field: e.field().map(str::to_owned),
+                log_tail: e.log_tail().map(str::to_owned),
             },
         };
-        (self.status, Json(body)).into_response()
+        (status_of(&e), Json(body)).into_response()
     }
 }
 
@@ -67,25 +104,31 @@ pub fn bind(socket: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener
     Ok(listener)
 }
 
-/// Serves the API until `stop` turns true.
-pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::UnixListener, stop: watch::Receiver<bool>) {
-    let state = AppState {
-        ctx,
-        stop: stop.clone(),
-    };
-    let app = axum::Router::new()
+/// The API's routes, with their handlers.
+fn routes(state: AppState) -> axum::Router {
+    axum::Router::new()
         .route("/v1/services", get(list))
         .route(
             "/v1/services/{name}",
-            get(describe).put(deploy).delete(remove),
+            get(describe).put(deploy).patch(update).delete(remove),
         )
         .route("/v1/services/{name}/logs", get(logs))
         .route("/v1/services/{name}/traffic", put(traffic))
         .route("/v1/services/{name}/rollback", post(rollback))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
-        })
-        .with_state(state);
+        .fallback(|| async { ApiError(ControlError::NotFound("no such API endpoint".into())) })
+        .with_state(state)
+}
+
+/// Serves the API until `stop` turns true.
+pub async fn serve(
+    ctl: Arc<Control>,
+    listener: tokio::net::UnixListener,
+    stop: watch::Receiver<bool>,
+) {
+    let app = routes(AppState {
+        ctl,
+        stop: stop.clone(),
+    });
     let mut stop = stop;
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -97,55 +140,139 @@ pub async fn serve(ctx: Arc<Ctx>, listener: tokio::net::UnixListener, stop: watc
     }
 }
 
+/// The precondition an `If-Match` header sets: `"VERSION"` (or `*`, no condition).
+fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(Precondition::NONE);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(Precondition::NONE);
+    }
+    text.trim_matches('"')
+        .parse()
+        .map(|v| Precondition { version: Some(v) })
+        .map_err(|_| {
+            ApiError(ControlError::bad_field(
+                "If-Match",
+                format!("If-Match {text:?} is not a service version such as \"12\""),
+            ))
+        })
+}
+
+async fn run(s: &AppState, command: Command) -> Result<Response, ApiError> {
+    Ok(match s.ctl.execute(command).await? {
+        Answer::Services(list) => Json(list).into_response(),
+        Answer::Service(detail) => {
+            let etag = format!("\"{}\"", detail.version);
+            ([(header::ETAG, etag)], Json(detail)).into_response()
+        }
+        Answer::Deployed(d) => Json(d).into_response(),
+        Answer::Removed(name) => Json(serde_json::json!({ "removed": name })).into_response(),
+    })
+}
+
 async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(services::list(&s.ctx)?).into_response())
+    run(&s, Command::List).await
 }
 
 async fn describe(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    Path(service): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(services::describe(&s.ctx, &name)?).into_response())
-}
-
-/// A body that is not the document the endpoint takes is the client's mistake: 400.
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
-        ApiError::invalid_request(e.body_text())
-    }
+    run(&s, Command::Describe { service }).await
 }
 
 async fn deploy(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<DeployRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body?;
-    let deployed = services::deploy(&s.ctx, &name, req).await?;
-    Ok(Json(deployed).into_response())
+    let Json(request) = body?;
+    let precondition = precondition(&headers)?;
+    run(
+        &s,
+        Command::Deploy {
+            service,
+            request,
+            precondition,
+        },
+    )
+    .await
+}
+
+async fn update(
+    State(s): State<AppState>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<UpdateRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let precondition = precondition(&headers)?;
+    run(
+        &s,
+        Command::Update {
+            service,
+            request,
+            precondition,
+        },
+    )
+    .await
 }
 
 async fn traffic(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<TrafficRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
-    Ok(Json(services::set_traffic(&s.ctx, &name, req.traffic).await?).into_response())
+    let precondition = precondition(&headers)?;
+    run(
+        &s,
+        Command::SetTraffic {
+            service,
+            traffic: req.traffic,
+            precondition,
+        },
+    )
+    .await
 }
 
 async fn rollback(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<RollbackRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
-    Ok(Json(services::rollback(&s.ctx, &name, req.revision).await?).into_response())
+    let precondition = precondition(&headers)?;
+    run(
+        &s,
+        Command::Rollback {
+            service,
+            revision: req.revision,
+            precondition,
+        },
+    )
+    .await
 }
 
-async fn remove(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    services::remove(&s.ctx, &name).await?;
-    Ok(Json(serde_json::json!({ "removed": name })).into_response())
+async fn remove(
+    State(s): State<AppState>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let precondition = precondition(&headers)?;
+    run(
+        &s,
+        Command::Remove {
+            service,
+            precondition,
+        },
+    )
+    .await
 }
 
 #[derive(serde::Deserialize)]
@@ -160,19 +287,18 @@ async fn logs(
     Path(name): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError(ControlError::invalid_request(e.body_text())))?;
     if let Some(since) = &q.since {
         if !looks_like_rfc3339(since) {
-            return Err(ApiError::invalid_request(format!(
+            return Err(ApiError(ControlError::invalid_request(format!(
                 "since={since:?} is not an RFC 3339 time (e.g. 2026-01-02T15:04:05Z)"
-            )));
+            ))));
         }
     }
-    let (lines, offsets) = super::logs::collect(&s.ctx, &name, q.since.as_deref())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    let (lines, offsets) = skiff_control::logs::collect(&s.ctl, &name, q.since.as_deref())?;
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn({
-        let ctx = Arc::clone(&s.ctx);
+        let ctl = Arc::clone(&s.ctl);
         let stop = s.stop.clone();
         async move {
             for line in lines {
@@ -181,7 +307,7 @@ async fn logs(
                 }
             }
             if q.follow {
-                super::logs::follow(ctx, name, offsets, tx, stop).await;
+                skiff_control::logs::follow(ctl, name, offsets, tx, stop).await;
             }
         }
     });
@@ -200,7 +326,7 @@ fn looks_like_rfc3339(s: &str) -> bool {
 }
 
 /// A streaming body of one JSON document per line, fed from a channel.
-struct NdjsonBody(mpsc::Receiver<crate::apitypes::LogLine>);
+struct NdjsonBody(mpsc::Receiver<LogLine>);
 
 impl http_body::Body for NdjsonBody {
     type Data = Bytes;

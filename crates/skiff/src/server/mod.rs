@@ -1,33 +1,23 @@
-//! `skiff server`: the daemon. It wires the store, the image store, the sandbox runtime
-//! (through the spawner threads), the router and the control-plane API together, reloads
-//! every service from the database at start, and shuts down cleanly on SIGTERM/SIGINT:
-//! no new requests, those in flight finish, then instances stop gracefully.
+//! `skiff server`: the daemon. It wires the store, the image store, the Linux runtime,
+//! the router and the control plane together, serves the REST API, reloads every service
+//! at start, and shuts down cleanly on SIGTERM/SIGINT: no new requests, those in flight
+//! finish, then instances stop gracefully.
 //!
-//! Business rules live in the crates (spec validation in core, queueing in the router);
-//! this module only connects them.
+//! Business rules live in the crates (`skiff-control` above all); this module only
+//! connects them.
 
 mod api;
-mod health;
-mod logs;
-mod runner;
 mod scaling;
-mod services;
-mod spawner;
-mod throttle;
-mod traffic;
 
 use crate::home::Home;
 use anyhow::Context;
 use clap::Args;
-use runner::RevisionRunner;
-use skiff_image::ImageStore;
+use skiff_control::linux::LinuxRuntime;
+use skiff_control::{Control, ControlConfig};
 use skiff_sandbox::Sandbox;
-use skiff_store::Store;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -67,105 +57,7 @@ pub struct ServerArgs {
     #[arg(long, env = "SKIFF_NO_UPSTREAM_SHORTCUT")]
     no_upstream_shortcut: bool,
     #[command(flatten)]
-    scaling: scaling::ScalingDefaults,
-}
-
-/// What the daemon's parts share.
-pub struct Ctx {
-    pub home: Home,
-    db: Mutex<Store>,
-    pub images: ImageStore,
-    pub spawner: spawner::Spawner,
-    pub router: skiff_router::Router,
-    pub domain: String,
-    pub ingress: SocketAddr,
-    pub queue_depth: usize,
-    pub revisions_kept: usize,
-    pub stop_grace: Duration,
-    /// Keep one prepared sandbox per revision for fast cold starts.
-    pub prepare_sandboxes: bool,
-    /// Autoscaler defaults that services override.
-    pub scaling: scaling::ScalingDefaults,
-    /// This process's start time, recorded with its instances.
-    pub start_time: u64,
-    shutting_down: AtomicBool,
-    runners: Mutex<HashMap<String, Arc<RevisionRunner>>>,
-    active: watch::Sender<usize>,
-    /// Serialises deploys and removals, which read then write the routing table.
-    pub deploy_lock: tokio::sync::Mutex<()>,
-}
-
-/// Counts a running instance task while alive.
-pub struct ActiveGuard(watch::Sender<usize>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
-}
-
-impl Ctx {
-    pub fn db(&self) -> MutexGuard<'_, Store> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn alive(&self) -> ActiveGuard {
-        self.active.send_modify(|n| *n += 1);
-        ActiveGuard(self.active.clone())
-    }
-
-    fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-
-    fn runners(&self) -> MutexGuard<'_, HashMap<String, Arc<RevisionRunner>>> {
-        self.runners.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Forgets `runner` once it has ended, unless a newer runner of its revision (the
-    /// revision got traffic again) took its place.
-    fn forget_runner(&self, runner: &RevisionRunner) {
-        let mut runners = self.runners();
-        if runners
-            .get(&runner.name)
-            .is_some_and(|r| std::ptr::eq(r.as_ref(), runner))
-        {
-            runners.remove(&runner.name);
-        }
-    }
-
-    fn runner(&self, revision: &str) -> Option<Arc<RevisionRunner>> {
-        self.runners().get(revision).cloned()
-    }
-
-    /// The runners of a service's revisions.
-    fn runners_of(&self, service: &str) -> Vec<Arc<RevisionRunner>> {
-        self.runners()
-            .values()
-            .filter(|r| r.service == service)
-            .cloned()
-            .collect()
-    }
-
-    fn add_runner(&self, runner: Arc<RevisionRunner>) {
-        self.runners().insert(runner.name.clone(), runner);
-    }
-
-    /// The URL of a service.
-    pub fn url(&self, service: &str) -> String {
-        let port = self.ingress.port();
-        if port == 80 {
-            format!("http://{service}.{}/", self.domain)
-        } else {
-            format!("http://{service}.{}:{port}/", self.domain)
-        }
-    }
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    scaling: scaling::ScalingArgs,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -185,8 +77,12 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     let sandbox = Arc::new(Sandbox::new().context("preparing the sandbox runtime")?);
     crate::launch::reclaim_lost(&mut db, &sandbox, Path::new(crate::launch::RUN_DIR))
         .context("reclaiming instances of a previous daemon")?;
-    let spawner = spawner::Spawner::new(Arc::clone(&sandbox), args.spawn_threads)
-        .context("starting the spawner threads")?;
+    let linux = LinuxRuntime::new(
+        Arc::clone(&sandbox),
+        args.spawn_threads,
+        PathBuf::from(crate::launch::RUN_DIR),
+    )
+    .context("starting the spawner threads")?;
     let api_listener = api::bind(&socket)?;
     let _shortcut = upstream_shortcut(args.no_upstream_shortcut);
     let router = skiff_router::Router::new(&args.domain);
@@ -195,31 +91,24 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         .clone()
         .serve_threads(args.ingress, args.router_threads, stop_rx.clone())
         .with_context(|| format!("listening for ingress on {}", args.ingress))?;
-    let ctx = Arc::new(Ctx {
-        home,
-        db: Mutex::new(db),
-        images,
-        spawner,
-        router,
+    let config = ControlConfig {
         domain: args.domain.trim_matches('.').to_owned(),
-        ingress: ingress_addr,
+        ingress_port: ingress_addr.port(),
         queue_depth: args.queue_depth,
         revisions_kept: args.revisions_kept as usize,
         stop_grace: args.stop_timeout,
         prepare_sandboxes: !args.no_prepared_sandboxes,
-        scaling: args.scaling.clone(),
+        scaling: args.scaling.into(),
         start_time: crate::launch::process_start_time(std::process::id()).unwrap_or(0),
-        shutting_down: AtomicBool::new(false),
-        runners: Mutex::new(HashMap::new()),
-        active: watch::channel(0).0,
-        deploy_lock: tokio::sync::Mutex::new(()),
-    });
-    services::restore(&ctx).await;
+        logs_dir: home.logs_dir(),
+    };
+    let ctl = Control::new(config, db, images, Arc::new(linux), router);
+    ctl.restore().await;
 
-    let api_task = tokio::spawn(api::serve(Arc::clone(&ctx), api_listener, stop_rx));
+    let api_task = tokio::spawn(api::serve(Arc::clone(&ctl), api_listener, stop_rx));
     println!(
         "skiff server: ingress http://{ingress_addr} (services at http://NAME.{}:{}/), api unix:{}",
-        ctx.domain,
+        ctl.config().domain,
         ingress_addr.port(),
         socket.display()
     );
@@ -228,17 +117,8 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     eprintln!("skiff server: shutting down: finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = ingress_done.await;
-    ctx.shutting_down.store(true, Ordering::SeqCst);
     eprintln!("skiff server: stopping instances");
-    let runners: Vec<_> = ctx.runners().values().cloned().collect();
-    for r in &runners {
-        r.stop_all();
-    }
-    for r in &runners {
-        r.discard_prepared().await;
-    }
-    let mut active = ctx.active.subscribe();
-    let _ = active.wait_for(|n| *n == 0).await;
+    ctl.shutdown().await;
     let _ = api_task.await;
     let _ = std::fs::remove_file(&socket);
     eprintln!("skiff server: stopped");

@@ -1,7 +1,7 @@
 //! Knative compatibility: `skiff apply -f` reads `serving.knative.dev/v1` Service
 //! documents as Knative and Cloud Run users write them, and `skiff export` writes a
 //! service back as one. This module converts between those documents and skiff's
-//! [`skiff_core::ServiceSpec`] and traffic; it must not talk to the daemon (the CLI does).
+//! [`crate::ServiceSpec`] and traffic; it must not talk to the daemon (the CLI does).
 
 mod export;
 mod import;
@@ -13,6 +13,11 @@ pub use import::{service as import, Imported};
 /// Parses every document of a YAML stream (`---` separated).
 pub fn parse(text: &str) -> Result<Vec<model::Service>, String> {
     serde_saphyr::from_multiple(text).map_err(|e| e.to_string())
+}
+
+/// Writes a document as YAML.
+pub fn to_yaml(doc: &model::Service) -> Result<String, String> {
+    serde_saphyr::to_string(doc).map_err(|e| e.to_string())
 }
 
 /// The annotations skiff reads and writes on a revision template.

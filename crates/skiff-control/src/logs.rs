@@ -2,8 +2,8 @@
 //! files outlive the instances), merged by time, filtered by `since`, and followed as they
 //! grow. The files are CRI-format (`TIME STREAM TAG MESSAGE`) as the sandbox writes them.
 
-use super::Ctx;
-use crate::apitypes::LogLine;
+use crate::documents::LogLine;
+use crate::{Control, ControlError};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -62,14 +62,11 @@ fn lines_of(text: &str, instance: &str, since: Option<&str>, out: &mut Vec<LogLi
 /// Every line of the service's instances since `since` (an RFC 3339 time), oldest
 /// first, with the byte offset reached in each instance's current log file.
 pub fn collect(
-    ctx: &Ctx,
+    ctl: &Control,
     service: &str,
     since: Option<&str>,
-) -> Result<(Vec<LogLine>, HashMap<String, u64>), String> {
-    let instances = ctx
-        .db()
-        .service_instances(service)
-        .map_err(|e| e.to_string())?;
+) -> Result<(Vec<LogLine>, HashMap<String, u64>), ControlError> {
+    let instances = ctl.db().service_instances(service)?;
     let mut out = Vec::new();
     let mut offsets = HashMap::new();
     for i in instances {
@@ -87,7 +84,7 @@ pub fn collect(
 
 /// Sends new lines as they are written, until the receiver goes or the daemon stops.
 pub async fn follow(
-    ctx: Arc<Ctx>,
+    ctl: Arc<Control>,
     service: String,
     mut offsets: HashMap<String, u64>,
     tx: mpsc::Sender<LogLine>,
@@ -99,7 +96,7 @@ pub async fn follow(
             _ = stop.wait_for(|s| *s) => return,
             () = tx.closed() => return,
         }
-        let Ok(instances) = ctx.db().service_instances(&service) else {
+        let Ok(instances) = ctl.db().service_instances(&service) else {
             continue;
         };
         let mut fresh = Vec::new();

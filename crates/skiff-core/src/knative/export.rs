@@ -5,7 +5,7 @@
 use super::annotation as a;
 use super::duration_text::format_ms;
 use super::model::{self, Service, API_VERSION, KIND};
-use skiff_core::{Probe, ServiceSpec, TrafficTarget};
+use crate::{Probe, ServiceSpec, TrafficTarget};
 use std::collections::BTreeMap;
 
 /// The document for service `name`. Knative counts probe periods in whole seconds:
@@ -98,7 +98,7 @@ pub fn document(
         },
         spec: revision,
     };
-    let traffic = (traffic != skiff_core::default_traffic().as_slice()).then(|| {
+    let traffic = (traffic != crate::default_traffic().as_slice()).then(|| {
         traffic
             .iter()
             .map(|t| model::Traffic {

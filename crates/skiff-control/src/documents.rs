@@ -1,8 +1,9 @@
-//! The control-plane API's JSON documents, shared by the daemon (which writes them) and the
-//! CLI (which reads them), so the two cannot drift apart.
+//! The control plane's documents: what commands take and answer, as the REST API carries
+//! them in JSON. Shared by the daemon (which writes them) and the CLI (which reads them),
+//! so the two cannot drift apart; `docs/openapi.yaml` describes each one.
 
 use serde::{Deserialize, Serialize};
-use skiff_core::{ServiceSpec, TrafficTarget};
+use skiff_core::{ServiceSpec, SpecPatch, TrafficTarget};
 
 /// `PUT /v1/services/{name}`: deploy a new revision.
 #[derive(Debug, Serialize, Deserialize)]
@@ -18,6 +19,21 @@ pub struct DeployRequest {
     pub no_traffic: bool,
     /// A tag for the new revision (moved from wherever it was), reachable at
     /// `TAG-NAME.<domain>` (gcloud's `--tag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// `PATCH /v1/services/{name}`: a new revision from the latest one's spec with the fields
+/// of `patch` changed (a new service: `patch` must name the image).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    #[serde(default)]
+    pub patch: SpecPatch,
+    /// As in [`DeployRequest`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_traffic: bool,
+    /// As in [`DeployRequest`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
 }
@@ -102,6 +118,8 @@ pub struct ServiceDetail {
     pub name: String,
     pub url: String,
     pub created_at: i64,
+    /// Changes with every write to the service; a write may require it (`If-Match`).
+    pub version: u64,
     /// The latest ready revision.
     pub serving_revision: Option<String>,
     pub traffic: Vec<TrafficDetail>,

@@ -4,7 +4,7 @@
 
 use super::model::{self, PortRef, Service, API_VERSION, KIND};
 use super::{annotation as a, duration_text};
-use skiff_core::{parse_cpu_millis, parse_memory_bytes, Probe, ServiceSpec, TrafficTarget};
+use crate::{parse_cpu_millis, parse_memory_bytes, Probe, ServiceSpec, TrafficTarget};
 use std::collections::BTreeMap;
 
 /// A service as a document describes it.
@@ -136,7 +136,7 @@ pub fn service(doc: Service) -> Result<Imported> {
     }
     annotations(&template.metadata.annotations, &mut spec, &mut ignore)?;
     let traffic = match doc.spec.traffic {
-        None => skiff_core::default_traffic(),
+        None => crate::default_traffic(),
         Some(t) => traffic(&t)?,
     };
     spec.validate()

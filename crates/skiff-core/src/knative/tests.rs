@@ -2,7 +2,7 @@
 //! spec and traffic; what skiff cannot honour is named, what it ignores is warned about.
 
 use super::*;
-use skiff_core::{ServiceSpec, TrafficTarget};
+use crate::{ServiceSpec, TrafficTarget};
 
 const SAMPLES: [(&str, &str); 4] = [
     (

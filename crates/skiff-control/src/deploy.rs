@@ -1,0 +1,248 @@
+//! Deploying and removing services, and reloading them at start. A deploy makes an
+//! immutable revision; traffic moves to it at once when nothing is serving, or after one
+//! of its instances is ready when the old revision has instances up (so a switch under
+//! load never meets a cold start, and a broken revision never takes traffic from a
+//! working one).
+
+use crate::documents::{DeployRequest, Deployed, UpdateRequest};
+use crate::revision::Revision;
+use crate::runner::{Outcome, RevisionRunner, STARTUP_TIMEOUT};
+use crate::{Control, ControlError};
+use skiff_core::{revision_name, tag_host, validate_service_name, validate_tag};
+use skiff_router::{PoolConfig, RevisionPool};
+use skiff_store::{RevisionRecord, ServiceRecord};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Control {
+    /// Resolves a stored revision again (daemon start, traffic back to an old revision).
+    pub(crate) fn resolve_stored(&self, rev: &RevisionRecord) -> Result<Revision, ControlError> {
+        let image = self
+            .db()
+            .resolve_image(&rev.image_digest.to_string())
+            .map_err(|e| ControlError::internal(format!("revision {}: {e}", rev.name)))?;
+        Revision::resolve(&self.images, &image, &rev.spec, &rev.service, &rev.name)
+    }
+
+    /// Starts the runner of `revision`: its pool and its reconcile loop.
+    pub(crate) fn start_runner(
+        self: &Arc<Self>,
+        revision: Revision,
+    ) -> Result<Arc<RevisionRunner>, ControlError> {
+        let scaling = self.config.scaling.settings_for(&revision.spec)?;
+        let pool = RevisionPool::new(PoolConfig {
+            revision: revision.name.clone(),
+            concurrency: revision.spec.concurrency,
+            queue_limit: self.config.queue_depth,
+            timeout: Duration::from_millis(revision.spec.timeout_ms),
+        });
+        let runner = RevisionRunner::new(Arc::clone(self), Arc::new(revision), pool, scaling);
+        self.add_runner(Arc::clone(&runner));
+        runner.spawn();
+        Ok(runner)
+    }
+
+    /// An update's whole deploy request: the latest revision's spec with the patch on it.
+    pub(crate) fn merged(
+        &self,
+        name: &str,
+        req: UpdateRequest,
+    ) -> Result<DeployRequest, ControlError> {
+        let latest = self.db().revisions(name)?.into_iter().next();
+        let spec =
+            req.patch.apply(name, latest.map(|r| r.spec)).map_err(|e| {
+                match latest_missing(&e) {
+                    true => ControlError::NotFound(e.why),
+                    false => ControlError::bad_field(e.field, e.why),
+                }
+            })?;
+        Ok(DeployRequest {
+            spec,
+            traffic: None,
+            no_traffic: req.no_traffic,
+            tag: req.tag,
+        })
+    }
+
+    /// Deploys a new revision of `name`. Traffic that follows the latest revision moves
+    /// to it once it is known to start (at once when nothing is up, after one ready
+    /// instance when the service is busy); pinned traffic stays where it is. With a
+    /// traffic block (`skiff apply`), the service's traffic becomes that once the
+    /// revision is up. With `no_traffic` the new revision gets none; with `tag` it gets
+    /// that tag. The caller holds the write lock.
+    pub(crate) async fn deploy(
+        self: &Arc<Self>,
+        name: &str,
+        req: DeployRequest,
+    ) -> Result<Deployed, ControlError> {
+        let DeployRequest {
+            spec,
+            traffic: new_traffic,
+            no_traffic,
+            tag,
+        } = req;
+        validate_service_name(name)?;
+        spec.validate()?;
+        self.check_label_free(name, name)?;
+        if let Some(t) = &new_traffic {
+            self.check_traffic(name, t)?;
+        }
+        if let Some(tag) = &tag {
+            self.check_new_tag(name, tag)?;
+        }
+        let serving_before = if no_traffic {
+            Some(self.serving_to_pin(name, new_traffic.is_some())?)
+        } else {
+            None
+        };
+        let image = self
+            .db()
+            .resolve_image(&spec.image)
+            .map_err(|e| ControlError::invalid_spec("image", format!("image: {e}")))?;
+        // Everything that can be wrong with the spec is found before a revision is written.
+        Revision::resolve(&self.images, &image, &spec, name, &revision_name(name, 0))?;
+        self.config.scaling.settings_for(&spec)?;
+        let rev = self
+            .db()
+            .create_revision(name, &image.digest, &spec, revision_name)?;
+        let revision = Revision::resolve(&self.images, &image, &spec, name, &rev.name)?;
+        let initial = self.config.scaling.initial_scale(&spec);
+        let runner = self.start_runner(revision)?;
+        let record = self.service_record(name)?;
+        let mut targets = match new_traffic {
+            Some(t) => t,
+            None => crate::traffic::stored(&record),
+        };
+        if let Some(serving) = &serving_before {
+            crate::traffic::pin_latest(&mut targets, serving);
+        }
+        if let Some(tag) = &tag {
+            crate::traffic::move_tag(&mut targets, tag, &rev.name);
+        }
+        let follows_latest = targets
+            .iter()
+            .any(|t| t.revision.is_none() && t.percent > 0);
+        let busy = follows_latest && self.is_busy(name);
+        let warm = initial.max(u32::from(busy));
+        if warm > 0 {
+            if let Outcome::Failed(reason) = runner.warm(warm, STARTUP_TIMEOUT).await {
+                runner.retire();
+                let tail = self
+                    .db()
+                    .revision(&rev.name)
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.last_failure)
+                    .map(|f| f.log_tail);
+                let keeps = if record.serving_revision.is_some() {
+                    "; traffic stays as it was"
+                } else {
+                    ""
+                };
+                return Err(ControlError::StartFailed {
+                    reason: format!("revision {} failed to start: {reason}{keeps}", rev.name),
+                    log_tail: tail,
+                });
+            }
+        }
+        self.db().set_serving_revision(name, &rev.name)?;
+        self.store_traffic(name, &targets)?;
+        let record = self.service_record(name)?;
+        let resolved = crate::traffic::resolve(&record, &targets)?;
+        let routed = self.route(name, &resolved);
+        runner.release_warm();
+        routed?;
+        self.prune(name, &resolved, Some(&rev.name));
+        let percent = resolved
+            .iter()
+            .filter(|t| t.revision == rev.name)
+            .map(|t| t.percent)
+            .sum();
+        tracing::info!(service = %name, revision = %rev.name, percent, "deployed");
+        Ok(Deployed {
+            service: name.to_owned(),
+            revision: rev.name,
+            image_digest: rev.image_digest.to_string(),
+            url: self.url(name),
+            percent,
+            tag_url: tag.map(|tag| self.url(&tag_host(name, &tag))),
+        })
+    }
+
+    /// A tag a deploy gives its new revision: a DNS label whose host no other service has.
+    fn check_new_tag(&self, name: &str, tag: &str) -> Result<(), ControlError> {
+        validate_tag(name, tag).map_err(|e| ControlError::invalid_spec("tag", e.to_string()))?;
+        self.check_label_free(name, &tag_host(name, tag))
+    }
+
+    /// The revision serving before a `--no-traffic` deploy, which keeps the traffic that
+    /// followed the latest one; refused when there is none yet, or with a traffic block.
+    fn serving_to_pin(&self, name: &str, with_traffic: bool) -> Result<String, ControlError> {
+        if with_traffic {
+            return Err(ControlError::bad_field(
+                "no_traffic",
+                "no_traffic and traffic do not go together: traffic already says where \
+                 requests go",
+            ));
+        }
+        let before = self.db().service(name)?;
+        before.and_then(|s| s.serving_revision).ok_or_else(|| {
+            ControlError::bad_field(
+                "no_traffic",
+                format!(
+                    "--no-traffic: service {name} has no serving revision yet, so its first \
+                     revision must take the traffic"
+                ),
+            )
+        })
+    }
+
+    /// The stored service, or not found.
+    pub(crate) fn service_record(&self, name: &str) -> Result<ServiceRecord, ControlError> {
+        self.db()
+            .service(name)?
+            .ok_or_else(|| ControlError::no_service(name))
+    }
+
+    /// Removes a service: no new requests; its instances stop once their requests finish.
+    /// The caller holds the write lock.
+    pub(crate) fn remove(&self, name: &str) -> Result<(), ControlError> {
+        self.db().delete_service(name).map_err(|e| match e {
+            skiff_store::StoreError::NoSuchService(_) => ControlError::no_service(name),
+            e => ControlError::internal(e),
+        })?;
+        self.router.remove_routes(name);
+        for r in self.runners_of(name) {
+            r.pool.close();
+            r.retire();
+        }
+        Ok(())
+    }
+
+    /// Routes every stored service as its traffic says again (daemon start).
+    pub async fn restore(self: &Arc<Self>) {
+        let services = match self.db().services() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("reading services: {e}");
+                return;
+            }
+        };
+        for s in services {
+            if s.serving_revision.is_none() {
+                continue;
+            }
+            let routed = crate::traffic::resolve_stored(&s)
+                .and_then(|resolved| self.route(&s.name, &resolved));
+            match routed {
+                Ok(()) => tracing::info!(service = %s.name, "restored"),
+                Err(e) => tracing::error!(service = %s.name, "not restored: {e}"),
+            }
+        }
+    }
+}
+
+/// Whether a patch failed for want of a service to patch.
+fn latest_missing(e: &skiff_core::PatchError) -> bool {
+    e.field == "image" && e.why.contains("does not exist yet")
+}

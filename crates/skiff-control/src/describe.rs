@@ -1,0 +1,165 @@
+//! Answering questions: every service with its load (`skiff ls`), and one service in
+//! detail (`skiff describe`): traffic, revisions, live and ended instances, the
+//! autoscaler's last decision, the last failure.
+
+use crate::documents::{
+    AutoscalerDetail, FailureDetail, InstanceDetail, RevisionDetail, ServiceDetail, ServiceSummary,
+    TrafficDetail,
+};
+use crate::runtime::ExitStatus;
+use crate::{describe_exit, Control, ControlError};
+use skiff_core::tag_host;
+use skiff_store::InstanceState;
+
+/// Ended instances shown by `describe`.
+const ENDED_SHOWN: usize = 10;
+
+impl Control {
+    /// Every service with its current load.
+    pub(crate) fn list(&self) -> Result<Vec<ServiceSummary>, ControlError> {
+        let services = self.db().services()?;
+        let mut out = Vec::new();
+        for s in services {
+            let latest = self
+                .db()
+                .revisions(&s.name)?
+                .into_iter()
+                .next()
+                .map(|r| r.name);
+            let load = self.load(&s.name);
+            out.push(ServiceSummary {
+                url: self.url(&s.name),
+                name: s.name,
+                serving_revision: s.serving_revision,
+                latest_revision: latest,
+                ready_instances: load.ready,
+                in_flight: load.in_flight,
+                queued: load.queued,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A service in detail: revisions, instances, the last failure.
+    pub(crate) fn describe(&self, name: &str) -> Result<ServiceDetail, ControlError> {
+        let service = self.service_record(name)?;
+        let records = self.db().revisions(name)?;
+        // A service whose first revision is not up yet has no traffic to show.
+        let resolved = crate::traffic::resolve_stored(&service).unwrap_or_default();
+        let traffic_detail = resolved
+            .iter()
+            .map(|t| TrafficDetail {
+                revision: t.revision.clone(),
+                latest: t.latest,
+                percent: t.percent,
+                url: t.tag.as_ref().map(|tag| self.url(&tag_host(name, tag))),
+                tag: t.tag.clone(),
+            })
+            .collect();
+        let mut revisions = Vec::new();
+        let mut instances = Vec::new();
+        for r in records {
+            let runner = self.runner(&r.name);
+            let autoscaler =
+                runner
+                    .as_ref()
+                    .and_then(|r| r.last_decision())
+                    .map(|d| AutoscalerDetail {
+                        at: d.at,
+                        desired: d.decision.desired,
+                        ready: d.decision.ready,
+                        metric: d.decision.metric.as_str().to_owned(),
+                        stable_demand: d.decision.stable_demand,
+                        panic_demand: d.decision.panic_demand,
+                        panicking: d.decision.panicking,
+                        reason: d.decision.reason,
+                    });
+            if let Some(runner) = runner {
+                instances.extend(runner.instances().into_iter().map(|i| InstanceDetail {
+                    id: i.id,
+                    revision: r.name.clone(),
+                    state: i.phase.as_str().into(),
+                    started_at: i.started_at,
+                    finished_at: None,
+                    exit: None,
+                }));
+            }
+            let mine = || resolved.iter().filter(|t| t.revision == r.name);
+            revisions.push(RevisionDetail {
+                percent: mine().map(|t| t.percent).sum(),
+                tags: mine().filter_map(|t| t.tag.clone()).collect(),
+                last_failure: r.last_failure.clone().map(|f| FailureDetail {
+                    revision: r.name.clone(),
+                    at: f.at,
+                    reason: f.reason,
+                    log_tail: f.log_tail,
+                }),
+                name: r.name,
+                generation: r.generation,
+                image_digest: r.image_digest.to_string(),
+                created_at: r.created_at,
+                spec: r.spec,
+                autoscaler,
+            });
+        }
+        self.ended_instances(name, &revisions, &mut instances)?;
+        let last_failure = revisions
+            .iter()
+            .filter_map(|r| r.last_failure.clone())
+            .max_by_key(|f| f.at);
+        Ok(ServiceDetail {
+            url: self.url(name),
+            name: service.name,
+            created_at: service.created_at,
+            version: service.version,
+            serving_revision: service.serving_revision,
+            traffic: traffic_detail,
+            revisions,
+            instances,
+            last_failure,
+        })
+    }
+
+    /// Appends the service's most recent ended instances (exited or lost).
+    fn ended_instances(
+        &self,
+        name: &str,
+        revisions: &[RevisionDetail],
+        out: &mut Vec<InstanceDetail>,
+    ) -> Result<(), ControlError> {
+        let ended: Vec<_> = self
+            .db()
+            .service_instances(name)?
+            .into_iter()
+            // Sandboxes prepared but never started are not instances anyone saw.
+            .filter(|i| i.state != InstanceState::Running && i.pid.is_some())
+            .collect();
+        for i in ended.iter().rev().take(ENDED_SHOWN) {
+            let memory = revisions
+                .iter()
+                .find(|r| Some(&r.name) == i.revision.as_ref())
+                .map_or(0, |r| r.spec.memory_bytes);
+            out.push(InstanceDetail {
+                id: i.id.clone(),
+                revision: i.revision.clone().unwrap_or_default(),
+                state: match i.state {
+                    InstanceState::Lost => "lost".into(),
+                    _ => "exited".into(),
+                },
+                started_at: i.created_at,
+                finished_at: i.finished_at,
+                exit: i.exit.map(|e| {
+                    describe_exit(
+                        &ExitStatus {
+                            code: e.code,
+                            signal: e.signal,
+                            oom_killed: e.oom_killed,
+                        },
+                        memory,
+                    )
+                }),
+            });
+        }
+        Ok(())
+    }
+}

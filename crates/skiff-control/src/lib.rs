@@ -1,0 +1,210 @@
+//! skiff's control plane as a library: it takes typed [`Command`]s (deploy, set traffic,
+//! roll back, remove, list, describe), keeps the store and the router's routes in step
+//! with them, runs each revision's reconcile loop, and supervises every instance through
+//! one [`InstancePhase`] state machine, reaching the sandboxes only through the
+//! [`Runtime`] trait.
+//!
+//! It must not know HTTP: no status codes, no framework types. The daemon's API maps
+//! requests to commands and [`ControlError`]s to statuses in one place. It forbids unsafe
+//! code: what needs it lives in `skiff-sandbox` and `skiff-kernel`.
+#![forbid(unsafe_code)]
+
+mod clock;
+mod command;
+mod deploy;
+mod describe;
+pub mod documents;
+mod error;
+mod gc;
+mod health;
+pub mod linux;
+pub mod logs;
+mod phase;
+mod reconciler;
+pub mod revision;
+mod runner;
+pub mod runtime;
+mod scaling;
+mod supervisor;
+mod traffic;
+mod warm;
+
+pub use clock::unix_now;
+pub use command::{Answer, Command, Precondition};
+pub use error::ControlError;
+pub use phase::{InstancePhase, PhaseError};
+pub use revision::{merged_env, Revision};
+pub use runner::{Outcome, RevisionRunner, STARTUP_TIMEOUT};
+pub use runtime::{Runtime, RuntimeError};
+pub use scaling::ScalingDefaults;
+pub use supervisor::{backoff_after, describe_exit};
+
+use runner::RevisionRunner as Runner;
+use skiff_image::ImageStore;
+use skiff_router::Router;
+use skiff_store::Store;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How the control plane behaves: the daemon's settings.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Services answer at `NAME.<domain>`.
+    pub domain: String,
+    /// The ingress port, for the URLs shown.
+    pub ingress_port: u16,
+    /// Requests that may wait for an instance, per revision.
+    pub queue_depth: usize,
+    /// Revisions kept per service (those with traffic or a tag are always kept).
+    pub revisions_kept: usize,
+    /// Grace between the polite and the forced stop of an instance.
+    pub stop_grace: Duration,
+    /// Keep one prepared sandbox per running revision.
+    pub prepare_sandboxes: bool,
+    /// Autoscaler defaults that services override.
+    pub scaling: ScalingDefaults,
+    /// The supervising process's start time, recorded with its instances (so a later
+    /// daemon can tell its own instances from a dead one's).
+    pub start_time: u64,
+    /// Where instances' logs go (`ID.log`).
+    pub logs_dir: PathBuf,
+}
+
+/// The control plane: the store, the image store, the runtime and the router, and the
+/// runners of the revisions at work.
+pub struct Control {
+    config: ControlConfig,
+    db: Mutex<Store>,
+    images: ImageStore,
+    runtime: Arc<dyn Runtime>,
+    router: Router,
+    shutting_down: AtomicBool,
+    runners: Mutex<HashMap<String, Arc<Runner>>>,
+    active: watch::Sender<usize>,
+    /// Serialises the commands that write (deploy, traffic, rollback, remove): each
+    /// reads the store and the routing table, then writes both.
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+/// Counts a task that must finish before the control plane has shut down.
+pub(crate) struct ActiveGuard(watch::Sender<usize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Control {
+    /// A control plane over `db`, `images` and `runtime`, routing through `router`.
+    pub fn new(
+        config: ControlConfig,
+        db: Store,
+        images: ImageStore,
+        runtime: Arc<dyn Runtime>,
+        router: Router,
+    ) -> Arc<Control> {
+        Arc::new(Control {
+            config,
+            db: Mutex::new(db),
+            images,
+            runtime,
+            router,
+            shutting_down: AtomicBool::new(false),
+            runners: Mutex::new(HashMap::new()),
+            active: watch::channel(0).0,
+            write_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+
+    /// The router it keeps routes in.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub(crate) fn db(&self) -> MutexGuard<'_, Store> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn alive(&self) -> ActiveGuard {
+        self.active.send_modify(|n| *n += 1);
+        ActiveGuard(self.active.clone())
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    fn runners(&self) -> MutexGuard<'_, HashMap<String, Arc<Runner>>> {
+        self.runners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets `runner` once it has ended, unless a newer runner of its revision (the
+    /// revision got traffic again) took its place.
+    pub(crate) fn forget_runner(&self, runner: &Runner) {
+        let mut runners = self.runners();
+        if runners
+            .get(runner.name())
+            .is_some_and(|r| std::ptr::eq(r.as_ref(), runner))
+        {
+            runners.remove(runner.name());
+        }
+    }
+
+    /// The runner of `revision`, while it runs.
+    pub fn runner(&self, revision: &str) -> Option<Arc<Runner>> {
+        self.runners().get(revision).cloned()
+    }
+
+    /// The runners of a service's revisions.
+    pub(crate) fn runners_of(&self, service: &str) -> Vec<Arc<Runner>> {
+        self.runners()
+            .values()
+            .filter(|r| r.service() == service)
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn add_runner(&self, runner: Arc<Runner>) {
+        self.runners().insert(runner.name().to_owned(), runner);
+    }
+
+    /// Where instance `id`'s log goes.
+    pub(crate) fn log_path(&self, id: &str) -> PathBuf {
+        self.config.logs_dir.join(format!("{id}.log"))
+    }
+
+    /// The URL of a service (or of a tag's host label).
+    pub fn url(&self, label: &str) -> String {
+        let port = self.config.ingress_port;
+        if port == 80 {
+            format!("http://{label}.{}/", self.config.domain)
+        } else {
+            format!("http://{label}.{}:{port}/", self.config.domain)
+        }
+    }
+
+    /// Stops every instance gracefully and waits for them (daemon shutdown). Run after
+    /// the ingress stopped taking requests.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let runners: Vec<_> = self.runners().values().cloned().collect();
+        for r in &runners {
+            r.stop_all();
+        }
+        for r in &runners {
+            r.discard_prepared().await;
+        }
+        let mut active = self.active.subscribe();
+        let _ = active.wait_for(|n| *n == 0).await;
+    }
+}

@@ -1,0 +1,243 @@
+//! The Linux sandbox as a [`Runtime`]: namespaces, cgroups, mounts and seccomp from
+//! `skiff-sandbox`, reached through the instance's network namespace, paused through its
+//! cgroup's freezer, watched through its pidfd.
+//!
+//! Sandboxes are prepared on threads that live as long as the daemon, for two reasons:
+//! preparing blocks (clone, cgroup, mounts), and an instance's parent-death signal fires
+//! when the *thread* that cloned it exits, so that thread must never be a pool worker
+//! that may retire.
+
+use crate::revision::Revision;
+use crate::runtime::{
+    BoxFuture, ExitCheck, ExitStatus, InstancePlan, PreparedInstance, RunningInstance, Runtime,
+    RuntimeError,
+};
+use skiff_router::{Target, Throttle};
+use skiff_sandbox::{
+    Exit, Freezer, Instance, Limits, Prepared, Sandbox, SandboxError, SandboxSpec,
+};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Cap on each instance's log file.
+const LOG_MAX_BYTES: u64 = 64 << 20;
+/// How long an exiting process may take between losing its namespaces and its pidfd
+/// turning readable (it is already past the point of no return: microseconds).
+const EXIT_SETTLE: Duration = Duration::from_millis(200);
+
+type Job = (SandboxSpec, oneshot::Sender<Result<Prepared, SandboxError>>);
+
+/// Runs instances in Linux sandboxes.
+pub struct LinuxRuntime {
+    jobs: mpsc::Sender<Job>,
+    run_dir: PathBuf,
+}
+
+impl LinuxRuntime {
+    /// Starts `threads` spawner threads sharing `sandbox`; instances' scratch mount points
+    /// go under `run_dir`.
+    pub fn new(sandbox: Arc<Sandbox>, threads: usize, run_dir: PathBuf) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..threads.max(1) {
+            let rx = Arc::clone(&rx);
+            let sandbox = Arc::clone(&sandbox);
+            std::thread::Builder::new()
+                .name(format!("skiff-spawn-{n}"))
+                .spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((spec, reply)) = job else { return };
+                    // If the asker is gone, dropping the sandbox removes it again.
+                    let _ = reply.send(sandbox.prepare(&spec));
+                })?;
+        }
+        Ok(LinuxRuntime { jobs: tx, run_dir })
+    }
+
+    fn sandbox_spec(&self, plan: &InstancePlan) -> SandboxSpec {
+        let r: &Revision = &plan.revision;
+        SandboxSpec {
+            id: plan.id.clone(),
+            layers: r.rootfs.clone(),
+            read_only: false,
+            args: r.process.args.clone(),
+            env: r.process.env.clone(),
+            cwd: r.process.cwd.clone(),
+            uid: r.process.uid,
+            gid: r.process.gid,
+            groups: r.process.groups.clone(),
+            limits: Limits {
+                memory_bytes: Some(r.limits.memory_bytes),
+                cpu_millis: Some(r.limits.cpu_millis),
+                pids: Some(r.limits.pids),
+            },
+            network: None,
+            log_path: plan.log_path.clone(),
+            log_max_bytes: LOG_MAX_BYTES,
+            run_dir: self.run_dir.clone(),
+            scratch_bytes: r.limits.memory_bytes,
+            tee_output: false,
+        }
+    }
+}
+
+impl Runtime for LinuxRuntime {
+    fn prepare(
+        &self,
+        plan: InstancePlan,
+    ) -> BoxFuture<'_, Result<Box<dyn PreparedInstance>, RuntimeError>> {
+        let spec = self.sandbox_spec(&plan);
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            let gone = || {
+                RuntimeError::Failed(format!(
+                    "instance {}: the spawner threads are gone",
+                    plan.id
+                ))
+            };
+            self.jobs.send((spec, tx)).map_err(|_| gone())?;
+            let prepared = rx
+                .await
+                .map_err(|_| gone())?
+                .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+            Ok(Box::new(LinuxPrepared(prepared)) as Box<dyn PreparedInstance>)
+        })
+    }
+}
+
+struct LinuxPrepared(Prepared);
+
+impl PreparedInstance for LinuxPrepared {
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+
+    fn launch(self: Box<Self>) -> Result<Box<dyn RunningInstance>, RuntimeError> {
+        let instance = self
+            .0
+            .launch()
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        Ok(Box::new(LinuxRunning(instance)))
+    }
+}
+
+struct LinuxRunning(Instance);
+
+fn status(exit: Exit) -> ExitStatus {
+    ExitStatus {
+        code: exit.code,
+        signal: exit.signal,
+        oom_killed: exit.oom_killed,
+    }
+}
+
+impl RunningInstance for LinuxRunning {
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.0.pid() as u32)
+    }
+
+    fn target(&self, port: u16) -> Result<Target, RuntimeError> {
+        match std::fs::File::open(format!("/proc/{}/ns/net", self.0.pid())) {
+            Ok(ns) => Ok(Target::Netns {
+                netns: Arc::new(OwnedFd::from(ns)),
+                port,
+            }),
+            // A process that is exiting has no namespaces left to open. The kernel drops
+            // them before it makes the pidfd readable, so give the exit a moment to show.
+            Err(_) if exited_within(self.0.pidfd(), EXIT_SETTLE) => Err(RuntimeError::Exited),
+            Err(e) => Err(RuntimeError::Failed(format!(
+                "opening the instance's network namespace: {e}"
+            ))),
+        }
+    }
+
+    fn exit_check(&self) -> ExitCheck {
+        match self.0.pidfd().try_clone_to_owned() {
+            Ok(fd) => Box::new(move |wait| exited_within(fd.as_fd(), wait)),
+            // Without a pidfd of its own the check cannot tell; the caller's deadline
+            // still ends the wait.
+            Err(_) => Box::new(|wait| {
+                std::thread::sleep(wait);
+                false
+            }),
+        }
+    }
+
+    fn exited(&self) -> BoxFuture<'static, ()> {
+        let fd = self.0.pidfd().try_clone_to_owned();
+        Box::pin(async move {
+            if let Ok(fd) = fd {
+                let _ = skiff_kernel::pidfd::exited(fd).await;
+            }
+        })
+    }
+
+    fn throttle(&self) -> Result<Box<dyn Throttle>, RuntimeError> {
+        let cgroup = self.0.cgroup().ok_or_else(|| {
+            RuntimeError::Failed(
+                "CPU throttling needs the instance's cgroup, and it has none".into(),
+            )
+        })?;
+        let freezer = Freezer::open(cgroup).map_err(|e| {
+            RuntimeError::Failed(format!("CPU throttling needs the cgroup freezer: {e}"))
+        })?;
+        Ok(Box::new(FreezeThrottle {
+            id: self.0.id().to_owned(),
+            freezer,
+        }))
+    }
+
+    fn stop(&mut self, grace: Duration) -> Result<ExitStatus, RuntimeError> {
+        self.0
+            .stop(grace)
+            .map(status)
+            .map_err(|e| RuntimeError::Failed(format!("stopping instance {}: {e}", self.0.id())))
+    }
+
+    fn wait(&mut self) -> Result<ExitStatus, RuntimeError> {
+        self.0
+            .wait()
+            .map(status)
+            .map_err(|e| RuntimeError::Failed(format!("reaping instance {}: {e}", self.0.id())))
+    }
+}
+
+/// Waits up to `wait` for the process behind `pidfd` to exit; whether it did.
+fn exited_within(pidfd: BorrowedFd<'_>, wait: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let ts = Timespec {
+        tv_sec: wait.as_secs() as i64,
+        tv_nsec: wait.subsec_nanos() as i64,
+    };
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0)
+}
+
+/// CPU only while serving: the router's [`Throttle`] for one instance, backed by its
+/// cgroup's freezer. When to freeze is the pool's decision.
+struct FreezeThrottle {
+    id: String,
+    freezer: Freezer,
+}
+
+impl Throttle for FreezeThrottle {
+    fn resume(&self) {
+        if let Err(e) = self.freezer.thaw() {
+            // The request will wait for its timeout: say why.
+            tracing::error!(instance = %self.id, "thawing: {e}");
+        }
+    }
+
+    fn pause(&self) {
+        if let Err(e) = self.freezer.freeze() {
+            tracing::warn!(instance = %self.id, "freezing: {e}");
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The runtime seam: what the control plane needs from whatever runs instances. The
+//! reconciler and the supervisor speak only to these traits; the Linux sandbox
+//! ([`crate::linux`]) is one implementation, a fake in the tests is another, and a second
+//! isolation backend (gVisor's runsc, a microVM) is a third, added without touching them.
+//!
+//! An instance goes through three objects: [`Runtime::prepare`] does all the setup that
+//! can happen before it is needed (a warm pool keeps one ahead), [`PreparedInstance::launch`]
+//! starts the app, and [`RunningInstance`] is the live process: where it listens, when it
+//! exits, how to pause it and how to stop it.
+
+use crate::revision::Revision;
+use skiff_router::{Target, Throttle};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed future, for trait methods that must stay object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Blocks up to the given time for an instance to exit; whether it did. Owned, so a
+/// blocking thread can keep it.
+pub type ExitCheck = Box<dyn Fn(Duration) -> bool + Send>;
+
+/// A runtime's failure, in words for the service's owner.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The instance's process has already exited.
+    #[error("the instance exited")]
+    Exited,
+    /// Anything else, with the reason.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How an instance's process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Its exit code, when it exited by itself.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Whether the kernel's OOM killer ended it.
+    pub oom_killed: bool,
+}
+
+/// One instance to prepare: its id, where its output goes, and what it runs.
+#[derive(Clone, Debug)]
+pub struct InstancePlan {
+    pub id: String,
+    pub log_path: PathBuf,
+    pub revision: Arc<Revision>,
+}
+
+/// Something that runs instances of revisions.
+pub trait Runtime: Send + Sync + 'static {
+    /// Sets up an instance short of starting its app. Dropping the result undoes it.
+    fn prepare(
+        &self,
+        plan: InstancePlan,
+    ) -> BoxFuture<'_, Result<Box<dyn PreparedInstance>, RuntimeError>>;
+}
+
+/// An instance set up and waiting to start.
+pub trait PreparedInstance: Send {
+    /// Its id, as planned.
+    fn id(&self) -> &str;
+    /// Starts the app. May block: the supervisor calls it off the async threads.
+    fn launch(self: Box<Self>) -> Result<Box<dyn RunningInstance>, RuntimeError>;
+}
+
+/// A started instance.
+pub trait RunningInstance: Send + Sync {
+    /// Its id.
+    fn id(&self) -> &str;
+    /// The host's process id of its app, if it has one (for the record).
+    fn pid(&self) -> Option<u32>;
+    /// Where its app listens on `port`; [`RuntimeError::Exited`] once it is gone.
+    fn target(&self, port: u16) -> Result<Target, RuntimeError>;
+    /// A check of whether it exits within a given time, for a blocking thread.
+    fn exit_check(&self) -> ExitCheck;
+    /// Resolves once it has exited.
+    fn exited(&self) -> BoxFuture<'static, ()>;
+    /// A way to take its CPU away while it has no work (CPU throttling).
+    fn throttle(&self) -> Result<Box<dyn Throttle>, RuntimeError>;
+    /// Stops it: a polite signal, then after `grace` a forced one. Blocks until it ended.
+    fn stop(&mut self, grace: Duration) -> Result<ExitStatus, RuntimeError>;
+    /// Waits for it to end by itself. Blocks.
+    fn wait(&mut self) -> Result<ExitStatus, RuntimeError>;
+}

@@ -1,0 +1,463 @@
+//! One instance's life: prepare (unless the warm pool had one), launch, wait until it
+//! listens (and passes its startup probe), serve while its probes pass, then a graceful
+//! stop when the reconciler lets it go, or a failure report when it dies. Failures back
+//! off exponentially so a broken image never restarts in a hot loop. The phase of each
+//! step is recorded in the runner; the runtime is reached only through its traits.
+
+use crate::health;
+use crate::phase::InstancePhase;
+use crate::runner::{RevisionRunner, STARTUP_TIMEOUT};
+use crate::runtime::{ExitCheck, ExitStatus, PreparedInstance, RunningInstance, RuntimeError};
+use skiff_router::{upstream, Target, Throttle, Upstream};
+use skiff_store::ExitRecord;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// First back-off after a failed start; doubles with each failure in a row.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest back-off.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Lines of an instance's log kept with a failure.
+const FAILURE_LOG_LINES: usize = 20;
+
+/// Why an instance did not become ready.
+enum NotReady {
+    /// Asked to stop while starting.
+    Stopped,
+    /// It exited before listening.
+    Exited,
+    /// It could not become ready.
+    Failed(String),
+}
+
+impl RevisionRunner {
+    /// One instance from start to end. `id` is already registered as Starting.
+    pub(crate) async fn run_instance(
+        self: Arc<Self>,
+        id: String,
+        prepared: Option<Box<dyn PreparedInstance>>,
+        stop_rx: oneshot::Receiver<()>,
+    ) {
+        let _alive = self.ctl.alive();
+        let t0 = Instant::now();
+        let prepared = match prepared {
+            Some(p) => Ok(p),
+            None => self.prepare_one(&id).await,
+        };
+        self.refill_prepared();
+        let result = match prepared {
+            Ok(p) => self.launch_and_serve(p, stop_rx, t0).await,
+            Err(reason) => Err(reason),
+        };
+        self.end(&id);
+        if let Err(reason) = result {
+            self.failed(&id, &reason);
+        }
+        self.bump();
+    }
+
+    /// Runs one instance; `Err` carries why it failed (to start, or later).
+    async fn launch_and_serve(
+        self: &Arc<Self>,
+        prepared: Box<dyn PreparedInstance>,
+        mut stop_rx: oneshot::Receiver<()>,
+        t0: Instant,
+    ) -> Result<(), String> {
+        let id = prepared.id().to_owned();
+        let id = id.as_str();
+        let launched = tokio::task::spawn_blocking(move || prepared.launch()).await;
+        let launched_at = t0.elapsed();
+        let mut instance = match launched {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => {
+                self.finish_record(id, None);
+                return Err(e.to_string());
+            }
+            Err(e) => {
+                self.finish_record(id, None);
+                return Err(format!("launching: {e}"));
+            }
+        };
+        if let Some(pid) = instance.pid() {
+            let _ = self.ctl.db().set_instance_pid(id, pid);
+        }
+        let ready = self.become_ready(instance.as_ref(), &mut stop_rx).await;
+        tracing::debug!(
+            instance = %id,
+            launched = ?launched_at,
+            ready = ?t0.elapsed(),
+            "cold start"
+        );
+        let mut failure = None;
+        let stop_now = match ready {
+            Ok((upstream, target)) => {
+                self.failures_in_a_row.store(0, Ordering::SeqCst);
+                self.set_phase(id, InstancePhase::Ready);
+                self.pool.add_instance(upstream);
+                self.bump();
+                tracing::info!(instance = %id, revision = %self.name(), "ready");
+                tokio::select! {
+                    _ = instance.exited() => {
+                        self.pool.remove_instance(id);
+                        false
+                    }
+                    _ = &mut stop_rx => {
+                        // Out of the pool, so that no request can freeze it while it stops.
+                        self.pool.remove_instance(id);
+                        true
+                    }
+                    reason = self.watch_health(id, &target) => {
+                        self.pool.remove_instance(id);
+                        self.set_phase(id, InstancePhase::Stopping);
+                        failure = Some(reason);
+                        true
+                    }
+                }
+            }
+            Err(NotReady::Stopped) => true,
+            Err(NotReady::Exited) => false,
+            Err(NotReady::Failed(reason)) => {
+                failure = Some(reason);
+                true
+            }
+        };
+        if stop_now {
+            self.set_phase_if_live(id, InstancePhase::Stopping);
+        }
+        let grace = self.ctl.config.stop_grace;
+        let exit = tokio::task::spawn_blocking(move || {
+            if stop_now {
+                instance.stop(grace)
+            } else {
+                instance.wait()
+            }
+        })
+        .await
+        .map_err(|e| format!("supervising instance {id}: {e}"))?;
+        let exit = exit.map_err(|e| e.to_string())?;
+        self.finish_record(id, Some(exit));
+        if let Some(reason) = failure {
+            return Err(reason);
+        }
+        if stop_now {
+            return Ok(());
+        }
+        Err(describe_exit(&exit, self.revision.spec.memory_bytes))
+    }
+
+    /// Moves a live instance to `phase` unless it is there already.
+    fn set_phase_if_live(&self, id: &str, phase: InstancePhase) {
+        if let Some(l) = self.live().get_mut(id) {
+            if l.phase != phase {
+                let _ = l.phase.to(phase, id);
+            }
+        }
+    }
+
+    /// Waits for the instance to listen (and pass the startup probe, if any).
+    async fn become_ready(
+        self: &Arc<Self>,
+        instance: &dyn RunningInstance,
+        stop_rx: &mut oneshot::Receiver<()>,
+    ) -> Result<(Upstream, Target), NotReady> {
+        let spec = &self.revision.spec;
+        let port = spec.port;
+        let target = match instance.target(port) {
+            Ok(t) => t,
+            Err(RuntimeError::Exited) => return Err(NotReady::Exited),
+            Err(e) => return Err(NotReady::Failed(e.to_string())),
+        };
+        let stream = tokio::select! {
+            r = self.wait_listening(instance, &target) => r?,
+            _ = &mut *stop_rx => return Err(NotReady::Stopped),
+        };
+        // Without a startup probe, an HTTP readiness probe gates the first request, as
+        // Knative's readiness probe does.
+        let gate = spec.startup_probe.as_ref().or_else(|| {
+            spec.readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_path.as_ref())
+        });
+        if let Some(path) = gate {
+            self.probe_until_ok(&target, path, instance, stop_rx)
+                .await?;
+        }
+        let mut upstream = Upstream::new(instance.id(), target.clone());
+        upstream.put_fresh(stream);
+        if spec.cpu_throttling {
+            let throttle = instance
+                .throttle()
+                .map_err(|e| NotReady::Failed(e.to_string()))?;
+            upstream = upstream.with_throttle(Box::new(PhaseThrottle {
+                inner: throttle,
+                runner: Arc::downgrade(self),
+                id: instance.id().to_owned(),
+            }));
+        }
+        Ok((upstream, target))
+    }
+
+    /// Polls the port until it accepts a connection, on a blocking thread: the first
+    /// tries are sub-millisecond apart, finer than the async timer allows, because cold
+    /// start is measured in them.
+    async fn wait_listening(
+        &self,
+        instance: &dyn RunningInstance,
+        target: &Target,
+    ) -> Result<std::net::TcpStream, NotReady> {
+        let port = self.revision.spec.port;
+        let exit_check = instance.exit_check();
+        let probe_target = target.clone();
+        let connect = tokio::task::spawn_blocking(move || {
+            poll_listening(&probe_target, &exit_check, STARTUP_TIMEOUT)
+        });
+        match connect.await {
+            Ok(Ok(Some(stream))) => Ok(stream),
+            Ok(Ok(None)) => Err(NotReady::Exited),
+            Ok(Err(())) => Err(NotReady::Failed(format!(
+                "the app did not listen on port {port} within {}s",
+                STARTUP_TIMEOUT.as_secs()
+            ))),
+            Err(e) => Err(NotReady::Failed(e.to_string())),
+        }
+    }
+
+    /// Runs the readiness and liveness probes of a serving instance. A failing readiness
+    /// probe takes it out of the rotation until it passes again; a failing liveness probe
+    /// ends this future with the reason, and the instance is restarted (with backoff).
+    /// Pending forever when the spec has neither.
+    async fn watch_health(&self, id: &str, target: &Target) -> String {
+        let spec = &self.revision.spec;
+        let awake = || self.pool.hold(id);
+        let readiness = spec.readiness_probe.as_ref().map(|p| {
+            health::watch(p, target, awake, |passing| {
+                self.pool.set_serving(id, passing);
+                if passing {
+                    let paused = self.pool.is_paused(id);
+                    self.set_phase_if_live(id, InstancePhase::Ready);
+                    self.throttled(id, paused);
+                } else {
+                    self.set_phase_if_live(id, InstancePhase::Unready);
+                    tracing::warn!(instance = %id, "readiness probe {} failing: out of the rotation", p.describe());
+                }
+                std::ops::ControlFlow::Continue(())
+            })
+        });
+        let liveness = spec.liveness_probe.as_ref().map(|p| {
+            health::watch(p, target, awake, |passing| {
+                if passing {
+                    std::ops::ControlFlow::Continue(())
+                } else {
+                    std::ops::ControlFlow::Break(())
+                }
+            })
+        });
+        tokio::select! {
+            last = or_pending(liveness) => {
+                let p = spec.liveness_probe.as_ref().expect("a liveness probe ran");
+                format!(
+                    "failed its liveness probe ({} failed {} times in a row, last: {last}): restarted",
+                    p.describe(),
+                    p.failure_threshold
+                )
+            }
+            last = or_pending(readiness) => last,
+        }
+    }
+
+    async fn probe_until_ok(
+        &self,
+        target: &Target,
+        path: &str,
+        instance: &dyn RunningInstance,
+        stop_rx: &mut oneshot::Receiver<()>,
+    ) -> Result<(), NotReady> {
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        let mut exited = instance.exited();
+        loop {
+            let last = match upstream::http_probe(target, path).await {
+                Ok(code) if (200..400).contains(&code) => return Ok(()),
+                Ok(code) => format!("status {code}"),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NotReady::Failed(format!(
+                    "startup probe GET {path} failed for {}s (last: {last})",
+                    STARTUP_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = &mut exited => return Err(NotReady::Exited),
+                _ = &mut *stop_rx => return Err(NotReady::Stopped),
+            }
+        }
+    }
+
+    pub(crate) fn finish_record(&self, id: &str, exit: Option<ExitStatus>) {
+        let record = exit.map_or(
+            ExitRecord {
+                code: Some(127),
+                signal: None,
+                oom_killed: false,
+            },
+            |e| ExitRecord {
+                code: e.code,
+                signal: e.signal,
+                oom_killed: e.oom_killed,
+            },
+        );
+        if let Err(e) = self.ctl.db().finish_instance(id, Some(record)) {
+            tracing::error!(instance = %id, "recording the exit: {e}");
+        }
+    }
+
+    /// Records a failure with the log's tail and backs off before the next start.
+    fn failed(&self, id: &str, reason: &str) {
+        let n = self.failures_in_a_row.fetch_add(1, Ordering::SeqCst);
+        let backoff = backoff_after(n + 1);
+        let tail = crate::logs::tail_messages(&self.ctl.log_path(id), FAILURE_LOG_LINES);
+        let reason = format!("instance {id} {reason}");
+        tracing::warn!(revision = %self.name(), "{reason}; next try in {backoff:?}");
+        if let Err(e) = self
+            .ctl
+            .db()
+            .record_revision_failure(self.name(), &reason, &tail)
+        {
+            tracing::error!(revision = %self.name(), "recording a failure: {e}");
+        }
+        self.pool.fail_waiters(&reason, backoff);
+    }
+}
+
+/// The wait before the next start after `failures` failures in a row: 1s, 2s, 4s, ... 30s.
+pub fn backoff_after(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(10))
+        .min(MAX_BACKOFF)
+}
+
+/// The runtime's throttle, recording in the instance's phase when it is frozen.
+struct PhaseThrottle {
+    inner: Box<dyn Throttle>,
+    runner: Weak<RevisionRunner>,
+    id: String,
+}
+
+impl Throttle for PhaseThrottle {
+    fn resume(&self) {
+        self.inner.resume();
+        if let Some(r) = self.runner.upgrade() {
+            r.throttled(&self.id, false);
+        }
+    }
+
+    fn pause(&self) {
+        self.inner.pause();
+        if let Some(r) = self.runner.upgrade() {
+            r.throttled(&self.id, true);
+        }
+    }
+}
+
+/// The future's output, or never when there is no future.
+async fn or_pending<F: std::future::Future>(future: Option<F>) -> F::Output {
+    match future {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Polls `target` until it accepts a connection (`Some`), the instance exits (`None`),
+/// or the time is up (`Err`).
+fn poll_listening(
+    target: &Target,
+    exited_within: &ExitCheck,
+    timeout: Duration,
+) -> Result<Option<std::net::TcpStream>, ()> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if let Ok(stream) = upstream::connect_blocking(target) {
+            return Ok(Some(stream));
+        }
+        if Instant::now() >= deadline {
+            return Err(());
+        }
+        if exited_within(pause) {
+            return Ok(None);
+        }
+        pause = (pause * 3 / 2).min(Duration::from_millis(20));
+    }
+}
+
+/// `SERVICE-xxxxxx` when the name leaves room, else `i` and 12 hex digits.
+pub fn instance_id(service: &str) -> String {
+    if service.len() <= 24 {
+        format!("{service}-{}", random_hex(3))
+    } else {
+        format!("i{}", random_hex(6))
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = [0u8; 8];
+    let b = &mut b[..bytes.min(8)];
+    getrandom::fill(b).expect("the kernel's random source is available");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A short reason for an unexpected exit.
+pub fn describe_exit(exit: &ExitStatus, memory: u64) -> String {
+    if exit.oom_killed {
+        return format!("ran out of memory (limit {} MiB)", memory >> 20);
+    }
+    match (exit.code, exit.signal) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "ended".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_up_to_thirty() {
+        let secs: Vec<u64> = (1..=8).map(|n| backoff_after(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn exits_are_described_for_people() {
+        let e = |code, signal, oom_killed| ExitStatus {
+            code,
+            signal,
+            oom_killed,
+        };
+        assert_eq!(
+            describe_exit(&e(Some(3), None, false), 0),
+            "exited with code 3"
+        );
+        assert_eq!(
+            describe_exit(&e(None, Some(9), false), 0),
+            "was killed by signal 9"
+        );
+        assert_eq!(
+            describe_exit(&e(None, Some(9), true), 64 << 20),
+            "ran out of memory (limit 64 MiB)"
+        );
+    }
+
+    #[test]
+    fn instance_ids_carry_the_service_when_it_fits() {
+        let id = instance_id("hello");
+        assert!(id.starts_with("hello-") && id.len() == 12, "{id}");
+        let long = instance_id(&"x".repeat(30));
+        assert!(long.starts_with('i') && long.len() == 13, "{long}");
+        assert_ne!(instance_id("a"), instance_id("a"));
+    }
+}

@@ -1,0 +1,515 @@
+//! The control plane over a fake runtime, with tokio's clock paused where timing is the
+//! point: scaling with demand, to zero after the idle time, back-off after crashes,
+//! probes, deploys under load, conditional writes and the instance phases. No root, no
+//! sandbox: the store is real SQLite, readiness and probes are real loopback TCP.
+
+mod fake;
+
+use fake::{spec, until, Behaviour, Call, Harness};
+use skiff_control::documents::{DeployRequest, UpdateRequest};
+use skiff_control::{backoff_after, Answer, Command, ControlError, Precondition};
+use skiff_core::{Probe, SpecPatch};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const LONG: Duration = Duration::from_secs(600);
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_request_starts_an_instance_and_gets_its_slot() {
+    let h = Harness::new();
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    assert_eq!(
+        h.rt.launches(),
+        0,
+        "a new revision waits for its first request"
+    );
+    let pool = h.pool("web");
+    let lease = tokio::time::timeout(LONG, pool.acquire())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.rt.launches(), 1);
+    assert_eq!(h.states("web").await, ["ready"]);
+    drop(lease);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_demand_scales_up_to_one_instance_per_slot_within_the_cap() {
+    let h = Harness::new();
+    h.deploy(
+        "web",
+        spec(|s| {
+            s.concurrency = 1;
+            s.max_instances = 3;
+        }),
+    )
+    .await
+    .unwrap();
+    let pool = h.pool("web");
+    let waiting: Vec<_> = (0..5)
+        .map(|_| {
+            let p = pool.clone();
+            tokio::spawn(async move { p.acquire().await })
+        })
+        .collect();
+    until(LONG, "three instances ready", || pool.load().ready == 3).await;
+    assert_eq!(pool.load().in_flight, 3);
+    assert_eq!(pool.load().queued, 2, "the cap holds the rest in the queue");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.rt.launches(), 3, "never more than max-instances");
+    for w in waiting {
+        w.abort();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_revision_scales_to_zero_after_its_idle_timeout_and_not_before() {
+    let h = Harness::new();
+    h.deploy("web", spec(|s| s.idle_timeout_ms = 30_000))
+        .await
+        .unwrap();
+    let pool = h.pool("web");
+    drop(pool.acquire().await.unwrap());
+    let idle_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(pool.load().ready, 1, "20 s idle: still up");
+    assert_eq!(h.rt.stops(), 0);
+    until(LONG, "scaled to zero", || {
+        pool.load().ready == 0 && h.rt.running() == 0
+    })
+    .await;
+    let stopped = h.rt.times(|c| matches!(c, Call::Stop(_)))[0];
+    let idle_for = stopped - idle_from;
+    assert!(
+        idle_for >= Duration::from_secs(30) && idle_for < Duration::from_secs(40),
+        "stopped after {idle_for:?} idle"
+    );
+    assert!(h.states("web").await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_instances_stay_up_without_traffic() {
+    let h = Harness::new();
+    h.deploy(
+        "web",
+        spec(|s| {
+            s.min_instances = 2;
+            s.idle_timeout_ms = 1_000;
+        }),
+    )
+    .await
+    .unwrap();
+    let pool = h.pool("web");
+    until(LONG, "two instances", || pool.load().ready == 2).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(pool.load().ready, 2);
+    assert_eq!(h.rt.stops(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashing_instance_is_retried_with_exponential_backoff() {
+    let h = Harness::new();
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    h.rt.set(Behaviour::Crashes);
+    let pool = h.pool("web");
+    // A client that keeps asking, as traffic would.
+    let client = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = pool.acquire().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    until(LONG, "five tries", || h.rt.launches() >= 5).await;
+    client.abort();
+    let tries = h.rt.times(|c| matches!(c, Call::Launch(_)));
+    for (n, pair) in tries.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let backoff = backoff_after(n as u32 + 1);
+        assert!(
+            gap >= backoff && gap < backoff + Duration::from_millis(500),
+            "try {} came {gap:?} after the one before; the back-off was {backoff:?}",
+            n + 2
+        );
+    }
+    let failure = h.describe("web").await.unwrap().last_failure.unwrap();
+    assert!(
+        failure.reason.contains("exited with code 1"),
+        "{}",
+        failure.reason
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_to_a_revision_in_backoff_is_refused_at_once_with_the_reason() {
+    let h = Harness::new();
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    h.rt.set(Behaviour::LaunchFails);
+    let pool = h.pool("web");
+    let refused = |r: Result<skiff_router::Lease, skiff_router::PoolError>| match r {
+        Ok(_) => panic!("a revision that cannot start gave a slot"),
+        Err(e) => e.to_string(),
+    };
+    let first = refused(pool.acquire().await);
+    assert!(first.contains("the fake runtime refuses"), "{first}");
+    let second = refused(pool.acquire().await);
+    assert!(second.contains("unavailable"), "{second}");
+    assert_eq!(h.rt.launches(), 0);
+}
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_the_instance() {
+    let h = Harness::new();
+    h.deploy(
+        "web",
+        spec(|s| {
+            s.min_instances = 1;
+            let mut p = Probe::new(Some("/healthz".into()));
+            p.period_ms = 100;
+            p.timeout_ms = 100;
+            p.failure_threshold = 2;
+            s.liveness_probe = Some(p);
+        }),
+    )
+    .await
+    .unwrap();
+    let pool = h.pool("web");
+    until(LONG, "one ready", || pool.load().ready == 1).await;
+    h.rt.set_sick(true);
+    until(Duration::from_secs(20), "a restart", || h.rt.stops() >= 1).await;
+    h.rt.set_sick(false);
+    until(Duration::from_secs(20), "ready again", || {
+        h.rt.launches() >= 2 && pool.load().ready == 1
+    })
+    .await;
+    let failure = h.describe("web").await.unwrap().last_failure.unwrap();
+    assert!(
+        failure
+            .reason
+            .contains("failed its liveness probe (GET /healthz failed 2 times"),
+        "{}",
+        failure.reason
+    );
+}
+
+#[tokio::test]
+async fn a_failing_readiness_probe_takes_the_instance_out_of_the_rotation_and_back() {
+    let h = Harness::new();
+    h.deploy(
+        "web",
+        spec(|s| {
+            s.min_instances = 1;
+            let mut p = Probe::new(Some("/ready".into()));
+            p.period_ms = 100;
+            p.timeout_ms = 100;
+            p.failure_threshold = 1;
+            s.readiness_probe = Some(p);
+        }),
+    )
+    .await
+    .unwrap();
+    let pool = h.pool("web");
+    until(LONG, "one ready", || pool.load().ready == 1).await;
+    let first = h.describe("web").await.unwrap().instances[0].id.clone();
+    let phase_of = |d: skiff_control::documents::ServiceDetail| {
+        d.instances
+            .into_iter()
+            .find(|i| i.id == first)
+            .map(|i| i.state)
+    };
+    h.rt.set_sick(true);
+    until(Duration::from_secs(20), "out of the rotation", || {
+        pool.load().ready == 0
+    })
+    .await;
+    assert_eq!(
+        phase_of(h.describe("web").await.unwrap()).as_deref(),
+        Some("unready")
+    );
+    h.rt.set_sick(false);
+    until(Duration::from_secs(20), "back", || pool.load().ready >= 1).await;
+    let back = h.describe("web").await.unwrap();
+    assert_eq!(
+        phase_of(back).as_deref(),
+        Some("ready"),
+        "the same instance is back"
+    );
+    assert!(
+        !h.rt
+            .calls()
+            .iter()
+            .any(|(_, c)| *c == Call::Stop(first.clone())),
+        "readiness never restarts an instance"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deploy_under_load_warms_the_new_revision_before_traffic_moves() {
+    let h = Harness::new();
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    let old = h.pool("web");
+    let lease = old.acquire().await.unwrap();
+    let deployed = h
+        .deploy("web", spec(|s| s.env = vec!["V=2".into()]))
+        .await
+        .unwrap();
+    assert_eq!(deployed.revision, "web-00002");
+    let new = h.pool("web");
+    assert_eq!(new.config().revision, "web-00002");
+    assert_eq!(
+        new.load().ready,
+        1,
+        "the new revision had an instance before it took traffic"
+    );
+    let next = tokio::time::timeout(Duration::from_millis(5), new.acquire()).await;
+    assert!(
+        next.unwrap().is_ok(),
+        "the next request needs no cold start"
+    );
+    assert_eq!(
+        old.load().in_flight,
+        1,
+        "the old revision finishes what it has"
+    );
+    drop(lease);
+    until(LONG, "the old revision drains and stops", || {
+        old.load().ready == 0
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revision_that_fails_to_start_under_load_leaves_traffic_where_it_was() {
+    let h = Harness::new();
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    let old = h.pool("web");
+    let _lease = old.acquire().await.unwrap();
+    h.rt.set(Behaviour::Crashes);
+    let err = h.deploy("web", spec(|s| s.port = 9000)).await.unwrap_err();
+    assert!(matches!(err, ControlError::StartFailed { .. }), "{err:?}");
+    assert!(err.to_string().contains("traffic stays as it was"), "{err}");
+    assert_eq!(h.pool("web").config().revision, "web-00001");
+    assert_eq!(
+        h.describe("web").await.unwrap().serving_revision.as_deref(),
+        Some("web-00001")
+    );
+}
+
+async fn version(h: &Harness, service: &str) -> u64 {
+    h.describe(service).await.unwrap().version
+}
+
+fn update(service: &str, patch: SpecPatch, version: Option<u64>) -> Command {
+    Command::Update {
+        service: service.into(),
+        request: UpdateRequest {
+            patch,
+            ..Default::default()
+        },
+        precondition: Precondition { version },
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_write_after_a_removal_is_refused_and_the_service_stays_removed() {
+    let h = Harness::new();
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    let seen = version(&h, "web").await;
+    h.ctl
+        .execute(Command::Remove {
+            service: "web".into(),
+            precondition: Precondition::NONE,
+        })
+        .await
+        .unwrap();
+    let stale = Command::Deploy {
+        service: "web".into(),
+        request: DeployRequest {
+            spec: spec(|_| {}),
+            traffic: None,
+            no_traffic: false,
+            tag: None,
+        },
+        precondition: Precondition {
+            version: Some(seen),
+        },
+    };
+    let err = h.ctl.execute(stale).await.unwrap_err();
+    assert!(matches!(err, ControlError::Conflict(_)), "{err:?}");
+    assert!(err.to_string().contains("no longer exists"), "{err}");
+    let patched = h
+        .ctl
+        .execute(update("web", SpecPatch::default(), None))
+        .await
+        .unwrap_err();
+    assert!(matches!(patched, ControlError::NotFound(_)), "{patched:?}");
+    assert!(matches!(
+        h.describe("web").await,
+        Err(ControlError::NotFound(_))
+    ));
+    assert!(h.ctl.router().route("web").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_against_an_older_version_is_refused_and_the_current_one_goes_ahead() {
+    let h = Harness::new();
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    let first = version(&h, "web").await;
+    let port = |p| SpecPatch {
+        port: Some(p),
+        ..Default::default()
+    };
+    h.ctl
+        .execute(update("web", port(9000), Some(first)))
+        .await
+        .unwrap();
+    let second = version(&h, "web").await;
+    assert!(second > first);
+    let err = h
+        .ctl
+        .execute(update("web", port(9100), Some(first)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("changed since version"), "{err}");
+    let d = h.describe("web").await.unwrap();
+    assert_eq!(d.revisions.len(), 2, "the refused write made no revision");
+    assert_eq!(d.revisions[0].spec.port, 9000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_changes_only_what_it_names() {
+    let h = Harness::new();
+    h.deploy(
+        "web",
+        spec(|s| {
+            s.concurrency = 7;
+            s.env = vec!["A=1".into()];
+        }),
+    )
+    .await
+    .unwrap();
+    let answer = h
+        .ctl
+        .execute(update(
+            "web",
+            SpecPatch {
+                memory_bytes: Some(256 << 20),
+                ..Default::default()
+            },
+            None,
+        ))
+        .await
+        .unwrap();
+    let Answer::Deployed(d) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(d.revision, "web-00002");
+    let latest = &h.describe("web").await.unwrap().revisions[0].spec;
+    assert_eq!(latest.memory_bytes, 256 << 20);
+    assert_eq!(
+        (latest.concurrency, latest.env.clone()),
+        (7, vec!["A=1".to_string()])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_prepared_sandbox_waits_unseen_and_the_next_start_takes_it() {
+    let h = Harness::with(|c| c.prepare_sandboxes = true);
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    let prepared = |h: &Harness| {
+        h.rt.calls()
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Call::Prepare(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    until(LONG, "one sandbox prepared ahead", || {
+        prepared(&h).len() == 1
+    })
+    .await;
+    assert!(
+        h.states("web").await.is_empty(),
+        "a prepared sandbox is no instance yet"
+    );
+    let pool = h.pool("web");
+    let _lease = pool.acquire().await.unwrap();
+    let launched: Vec<_> =
+        h.rt.calls()
+            .into_iter()
+            .filter_map(|(_, c)| match c {
+                Call::Launch(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(
+        launched,
+        [prepared(&h)[0].clone()],
+        "the start took the prepared one"
+    );
+    until(LONG, "the next one prepared", || prepared(&h).len() == 2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_instance_is_frozen_while_idle_and_thawed_for_a_request() {
+    let h = Harness::new();
+    h.deploy("web", spec(|s| s.cpu_throttling = true))
+        .await
+        .unwrap();
+    let pool = h.pool("web");
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(h.states("web").await, ["ready"]);
+    drop(lease);
+    assert_eq!(h.states("web").await, ["frozen"]);
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(h.states("web").await, ["ready"]);
+    drop(lease);
+    let calls: Vec<_> =
+        h.rt.calls()
+            .into_iter()
+            .filter_map(|(_, c)| match c {
+                Call::Pause(_) => Some("pause"),
+                Call::Resume(_) => Some("resume"),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(calls, ["pause", "resume", "pause"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_every_instance_and_waits_for_them() {
+    let h = Harness::new();
+    h.deploy("web", spec(|s| s.min_instances = 3))
+        .await
+        .unwrap();
+    let pool = h.pool("web");
+    until(LONG, "three up", || pool.load().ready == 3).await;
+    tokio::time::timeout(LONG, h.ctl.shutdown()).await.unwrap();
+    assert_eq!(h.rt.running(), 0);
+    assert_eq!(h.rt.stops(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_a_service_stops_its_instances_once_idle() {
+    let h = Harness::new();
+    h.deploy("web", spec(|s| s.min_instances = 1))
+        .await
+        .unwrap();
+    let pool = h.pool("web");
+    until(LONG, "one up", || pool.load().ready == 1).await;
+    h.ctl
+        .execute(Command::Remove {
+            service: "web".into(),
+            precondition: Precondition::NONE,
+        })
+        .await
+        .unwrap();
+    until(LONG, "stopped", || h.rt.running() == 0).await;
+    assert!(
+        pool.acquire().await.is_err(),
+        "a removed revision takes no request"
+    );
+}

@@ -1,0 +1,260 @@
+//! An update of a service as `skiff deploy` sends it: only the fields it changes. The
+//! daemon applies it to the latest revision's spec (as `gcloud run deploy` does), so the
+//! read and the write happen in one place, under one lock, and a removal in between
+//! cannot be undone by a client writing back what it read before.
+
+use crate::{Autoscaling, Probe, ServiceSpec};
+use serde::{Deserialize, Serialize};
+
+/// The fields of a spec to change; unset ones keep the latest revision's value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Replaces the whole list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<String>,
+    /// Replaces the image's Cmd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttling: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<ProbePatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<ProbePatch>,
+    /// Knobs set here override the latest revision's; unset ones stay.
+    #[serde(default, skip_serializing_if = "Autoscaling::is_default")]
+    pub autoscaling: Autoscaling,
+}
+
+/// A change to a readiness or liveness probe.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbePatch {
+    /// A new probe: an HTTP path, or `tcp` for a connect to the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+}
+
+/// Why a patch does not apply; `field` as the CLI flag names it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{why}")]
+pub struct PatchError {
+    pub field: &'static str,
+    pub why: String,
+}
+
+impl SpecPatch {
+    /// The spec `base` (the latest revision's; `None` for a new service) with this
+    /// patch applied. A new service needs an image.
+    pub fn apply(
+        &self,
+        service: &str,
+        base: Option<ServiceSpec>,
+    ) -> Result<ServiceSpec, PatchError> {
+        let mut spec = match (base, &self.image) {
+            (Some(spec), _) => spec,
+            (None, Some(image)) => ServiceSpec::new(image.clone()),
+            (None, None) => {
+                return Err(PatchError {
+                    field: "image",
+                    why: format!(
+                        "service {service} does not exist yet: --image is required to create it"
+                    ),
+                })
+            }
+        };
+        set(&mut spec.image, &self.image);
+        set(&mut spec.port, &self.port);
+        set(&mut spec.env, &self.env);
+        set(&mut spec.memory_bytes, &self.memory_bytes);
+        set(&mut spec.cpu_millis, &self.cpu_millis);
+        set(&mut spec.concurrency, &self.concurrency);
+        set(&mut spec.min_instances, &self.min_instances);
+        set(&mut spec.max_instances, &self.max_instances);
+        set(&mut spec.timeout_ms, &self.timeout_ms);
+        set(&mut spec.idle_timeout_ms, &self.idle_timeout_ms);
+        set(&mut spec.command, &self.command);
+        set(&mut spec.cpu_throttling, &self.cpu_throttling);
+        if self.startup_probe.is_some() {
+            spec.startup_probe = self.startup_probe.clone();
+        }
+        apply_probe(
+            "readiness",
+            &mut spec.readiness_probe,
+            &self.readiness_probe,
+        )?;
+        apply_probe("liveness", &mut spec.liveness_probe, &self.liveness_probe)?;
+        overlay(&mut spec.autoscaling, &self.autoscaling);
+        Ok(spec)
+    }
+}
+
+fn set<T: Clone>(field: &mut T, value: &Option<T>) {
+    if let Some(v) = value {
+        *field = v.clone();
+    }
+}
+
+fn apply_probe(
+    name: &'static str,
+    probe: &mut Option<Probe>,
+    patch: &Option<ProbePatch>,
+) -> Result<(), PatchError> {
+    let Some(patch) = patch else {
+        return Ok(());
+    };
+    if probe.is_none()
+        && patch.kind.is_none()
+        && (patch.period_ms.is_some() || patch.failure_threshold.is_some())
+    {
+        return Err(PatchError {
+            field: if name == "readiness" {
+                "readiness-probe"
+            } else {
+                "liveness-probe"
+            },
+            why: format!("--{name}-period and --{name}-failures need --{name}-probe"),
+        });
+    }
+    if let Some(kind) = &patch.kind {
+        *probe = Some(Probe::new((kind != "tcp").then(|| kind.clone())));
+    }
+    if let Some(p) = probe.as_mut() {
+        if let Some(period) = patch.period_ms {
+            p.period_ms = period;
+            p.timeout_ms = p.timeout_ms.min(period);
+        }
+        set(&mut p.failure_threshold, &patch.failure_threshold);
+    }
+    Ok(())
+}
+
+fn overlay(a: &mut Autoscaling, p: &Autoscaling) {
+    if p.metric.is_some() {
+        a.metric = p.metric.clone();
+    }
+    a.target = p.target.or(a.target);
+    a.target_utilization_percentage = p
+        .target_utilization_percentage
+        .or(a.target_utilization_percentage);
+    a.window_ms = p.window_ms.or(a.window_ms);
+    a.panic_window_percentage = p.panic_window_percentage.or(a.panic_window_percentage);
+    a.panic_threshold_percentage = p
+        .panic_threshold_percentage
+        .or(a.panic_threshold_percentage);
+    a.max_scale_up_rate = p.max_scale_up_rate.or(a.max_scale_up_rate);
+    a.max_scale_down_rate = p.max_scale_down_rate.or(a.max_scale_down_rate);
+    a.scale_to_zero_grace_ms = p.scale_to_zero_grace_ms.or(a.scale_to_zero_grace_ms);
+    a.initial_scale = p.initial_scale.or(a.initial_scale);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_service_needs_an_image() {
+        let err = SpecPatch::default().apply("web", None).unwrap_err();
+        assert_eq!(err.field, "image");
+        assert!(err.why.contains("service web does not exist yet"), "{err}");
+        let spec = SpecPatch {
+            image: Some("hello".into()),
+            port: Some(9000),
+            ..Default::default()
+        }
+        .apply("web", None)
+        .unwrap();
+        assert_eq!((spec.image.as_str(), spec.port), ("hello", 9000));
+    }
+
+    #[test]
+    fn unset_fields_keep_the_base_and_set_ones_replace_it() {
+        let mut base = ServiceSpec::new("app:1");
+        base.env = vec!["A=1".into()];
+        base.concurrency = 7;
+        base.autoscaling.window_ms = Some(20_000);
+        let patch = SpecPatch {
+            env: Some(vec!["B=2".into()]),
+            autoscaling: Autoscaling {
+                target: Some(5.0),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let spec = patch.apply("web", Some(base.clone())).unwrap();
+        assert_eq!(spec.env, ["B=2"], "env replaces the list");
+        assert_eq!(spec.concurrency, 7);
+        assert_eq!(spec.image, "app:1");
+        assert_eq!(spec.autoscaling.window_ms, Some(20_000));
+        assert_eq!(spec.autoscaling.target, Some(5.0));
+        assert_eq!(
+            SpecPatch::default()
+                .apply("web", Some(base.clone()))
+                .unwrap(),
+            base
+        );
+    }
+
+    #[test]
+    fn probes_are_made_tuned_and_refused_without_one() {
+        let base = ServiceSpec::new("app");
+        let tune_only = SpecPatch {
+            liveness_probe: Some(ProbePatch {
+                period_ms: Some(5_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = tune_only.apply("web", Some(base.clone())).unwrap_err();
+        assert_eq!(
+            err.why,
+            "--liveness-period and --liveness-failures need --liveness-probe"
+        );
+        let made = SpecPatch {
+            liveness_probe: Some(ProbePatch {
+                kind: Some("/healthz".into()),
+                period_ms: Some(2_000),
+                failure_threshold: Some(5),
+            }),
+            readiness_probe: Some(ProbePatch {
+                kind: Some("tcp".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .apply("web", Some(base))
+        .unwrap();
+        let live = made.liveness_probe.clone().unwrap();
+        assert_eq!(live.http_path.as_deref(), Some("/healthz"));
+        assert_eq!((live.period_ms, live.failure_threshold), (2_000, 5));
+        assert!(live.timeout_ms <= 2_000);
+        assert_eq!(made.readiness_probe.as_ref().unwrap().http_path, None);
+        let retuned = tune_only.apply("web", Some(made)).unwrap();
+        assert_eq!(retuned.liveness_probe.unwrap().period_ms, 5_000);
+    }
+}
