@@ -144,9 +144,8 @@ impl PreparedInstance for FakePrepared {
             listener: None,
             counted: AtomicBool::new(true),
         };
-        match behaviour {
-            Behaviour::Crashes => running.exit(),
-            _ => {}
+        if behaviour == Behaviour::Crashes {
+            running.exit();
         }
         let mut running = running;
         if behaviour == Behaviour::Healthy {
