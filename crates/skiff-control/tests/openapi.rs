@@ -1,0 +1,299 @@
+//! `docs/openapi.yaml` and the documents the API carries stay in step: each document,
+//! filled in completely, has exactly the fields its schema lists, nested ones too. A field
+//! added to a document (the example below then has to set it) fails here until the
+//! OpenAPI document describes it; a field removed fails until the schema drops it.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use skiff_control::documents::*;
+use skiff_core::{Autoscaling, Probe, ProbePatch, ServiceSpec, SpecPatch, TrafficTarget};
+
+fn openapi() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+/// Compares the keys of `value` with the properties of `schema`, following `$ref`s and
+/// array items; returns each difference as `where: what`.
+fn drift(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<String>) {
+    let schema = match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let name = r.trim_start_matches("#/components/schemas/");
+            &doc["components"]["schemas"][name]
+        }
+        None => schema,
+    };
+    match value {
+        Value::Object(fields) => {
+            let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+                out.push(format!("{at}: the schema has no properties"));
+                return;
+            };
+            for (k, v) in fields {
+                match props.get(k) {
+                    Some(s) => drift(doc, s, v, &format!("{at}.{k}"), out),
+                    None => out.push(format!("{at}.{k}: not in docs/openapi.yaml")),
+                }
+            }
+            for k in props.keys() {
+                if !fields.contains_key(k) {
+                    out.push(format!(
+                        "{at}.{k}: documented, but the document has no such field"
+                    ));
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                drift(doc, &schema["items"], v, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check<T: Serialize>(name: &str, example: &T) {
+    let doc = openapi();
+    let schema = json!({ "$ref": format!("#/components/schemas/{name}") });
+    let mut out = Vec::new();
+    drift(
+        &doc,
+        &schema,
+        &serde_json::to_value(example).unwrap(),
+        name,
+        &mut out,
+    );
+    assert!(
+        out.is_empty(),
+        "docs/openapi.yaml drifted from the code:\n{}",
+        out.join("\n")
+    );
+}
+
+fn probe() -> Probe {
+    Probe {
+        http_path: Some("/healthz".into()),
+        period_ms: 1,
+        timeout_ms: 1,
+        failure_threshold: 1,
+        initial_delay_ms: 1,
+    }
+}
+
+fn autoscaling() -> Autoscaling {
+    Autoscaling {
+        metric: Some("rps".into()),
+        target: Some(1.0),
+        target_utilization_percentage: Some(1.0),
+        window_ms: Some(1),
+        panic_window_percentage: Some(1.0),
+        panic_threshold_percentage: Some(1.0),
+        max_scale_up_rate: Some(1.0),
+        max_scale_down_rate: Some(1.0),
+        scale_to_zero_grace_ms: Some(1),
+        initial_scale: Some(1),
+    }
+}
+
+fn spec() -> ServiceSpec {
+    ServiceSpec {
+        image: "hello".into(),
+        port: 1,
+        env: vec!["A=1".into()],
+        command: vec!["serve".into()],
+        entrypoint: vec!["/app".into()],
+        memory_bytes: 1,
+        cpu_millis: 1,
+        concurrency: 1,
+        min_instances: 1,
+        max_instances: 1,
+        timeout_ms: 1,
+        idle_timeout_ms: 1,
+        startup_probe: Some("/".into()),
+        readiness_probe: Some(probe()),
+        liveness_probe: Some(probe()),
+        autoscaling: autoscaling(),
+        cpu_throttling: true,
+    }
+}
+
+fn target() -> TrafficTarget {
+    TrafficTarget {
+        revision: Some("hello-00001".into()),
+        percent: 100,
+        tag: Some("stable".into()),
+    }
+}
+
+fn failure() -> FailureDetail {
+    FailureDetail {
+        revision: "hello-00001".into(),
+        at: 1,
+        reason: "r".into(),
+        log_tail: "t".into(),
+    }
+}
+
+#[test]
+fn requests_match_the_openapi_document() {
+    check(
+        "DeployRequest",
+        &DeployRequest {
+            spec: spec(),
+            traffic: Some(vec![target()]),
+            no_traffic: true,
+            tag: Some("t".into()),
+        },
+    );
+    let probe_patch = ProbePatch {
+        kind: Some("tcp".into()),
+        period_ms: Some(1),
+        failure_threshold: Some(1),
+    };
+    check(
+        "UpdateRequest",
+        &UpdateRequest {
+            patch: SpecPatch {
+                image: Some("i".into()),
+                port: Some(1),
+                env: Some(vec![]),
+                memory_bytes: Some(1),
+                cpu_millis: Some(1),
+                concurrency: Some(1),
+                min_instances: Some(1),
+                max_instances: Some(1),
+                timeout_ms: Some(1),
+                idle_timeout_ms: Some(1),
+                startup_probe: Some("/".into()),
+                command: Some(vec![]),
+                cpu_throttling: Some(true),
+                readiness_probe: Some(probe_patch.clone()),
+                liveness_probe: Some(probe_patch),
+                autoscaling: autoscaling(),
+            },
+            no_traffic: true,
+            tag: Some("t".into()),
+        },
+    );
+    check(
+        "TrafficRequest",
+        &TrafficRequest {
+            traffic: vec![target()],
+        },
+    );
+    check(
+        "RollbackRequest",
+        &RollbackRequest {
+            revision: Some("hello-00001".into()),
+        },
+    );
+}
+
+#[test]
+fn answers_match_the_openapi_document() {
+    check(
+        "Deployed",
+        &Deployed {
+            service: "s".into(),
+            revision: "r".into(),
+            image_digest: "d".into(),
+            url: "u".into(),
+            percent: 1,
+            tag_url: Some("t".into()),
+        },
+    );
+    check(
+        "ServiceSummary",
+        &ServiceSummary {
+            name: "n".into(),
+            url: "u".into(),
+            serving_revision: Some("r".into()),
+            latest_revision: Some("r".into()),
+            ready_instances: 1,
+            in_flight: 1,
+            queued: 1,
+        },
+    );
+    check(
+        "ServiceDetail",
+        &ServiceDetail {
+            name: "n".into(),
+            url: "u".into(),
+            created_at: 1,
+            version: 1,
+            serving_revision: Some("r".into()),
+            traffic: vec![TrafficDetail {
+                revision: "r".into(),
+                latest: true,
+                percent: 1,
+                tag: Some("t".into()),
+                url: Some("u".into()),
+            }],
+            revisions: vec![RevisionDetail {
+                name: "r".into(),
+                generation: 1,
+                image_digest: "d".into(),
+                created_at: 1,
+                percent: 1,
+                tags: vec!["t".into()],
+                spec: spec(),
+                last_failure: Some(failure()),
+                autoscaler: Some(AutoscalerDetail {
+                    at: 1,
+                    desired: 1,
+                    ready: 1,
+                    metric: "rps".into(),
+                    stable_demand: 1.0,
+                    panic_demand: 1.0,
+                    panicking: true,
+                    reason: "r".into(),
+                }),
+            }],
+            instances: vec![InstanceDetail {
+                id: "i".into(),
+                revision: "r".into(),
+                state: "ready".into(),
+                started_at: 1,
+                finished_at: Some(1),
+                exit: Some("e".into()),
+            }],
+            last_failure: Some(failure()),
+        },
+    );
+    check(
+        "LogLine",
+        &LogLine {
+            time: "t".into(),
+            instance: "i".into(),
+            stream: "stdout".into(),
+            message: "m".into(),
+        },
+    );
+    check(
+        "ErrorBody",
+        &ErrorBody {
+            error: ErrorDetail {
+                kind: "conflict".into(),
+                message: "m".into(),
+                field: Some("f".into()),
+                log_tail: Some("t".into()),
+            },
+        },
+    );
+}
+
+#[test]
+fn a_field_the_document_lacks_is_named() {
+    let doc = openapi();
+    let mut out = Vec::new();
+    let schema = json!({ "$ref": "#/components/schemas/RollbackRequest" });
+    drift(
+        &doc,
+        &schema,
+        &json!({"revision": "r", "force": true}),
+        "RollbackRequest",
+        &mut out,
+    );
+    assert_eq!(out, ["RollbackRequest.force: not in docs/openapi.yaml"]);
+}
