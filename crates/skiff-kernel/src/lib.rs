@@ -1,7 +1,15 @@
-//! Linux kernel interfaces that need `unsafe` and an async runtime, kept apart so the
-//! crates that use them can forbid unsafe code: waiting on a process's pidfd.
+//! Linux kernel interfaces that need `unsafe`, kept apart so the crates that use them can
+//! forbid unsafe code: the eBPF upstream shortcut (`bpf(2)`, the hand-assembled `sock_ops`
+//! and `sk_msg` programs, the sockmaps), socket marks, reading a socket into uninitialised
+//! memory, and waiting on a process's pidfd.
 //!
 //! This crate knows nothing of services, routing or sandboxes; it wraps kernel objects.
 #![deny(unsafe_code)]
 
+mod bpf;
 pub mod pidfd;
+pub mod recv;
+pub mod shortcut;
+pub mod sockopt;
+
+pub use shortcut::{Shortcut, ShortcutError};

@@ -12,22 +12,24 @@
 //! `proxy`) rather than built on a general HTTP library: it is the hot path of every
 //! request, and bench/proxy-hop showed a general client plus server costing skiff its
 //! lead over nginx. Bodies pass through byte for byte; only heads are rewritten.
+//!
+//! It forbids unsafe code: the kernel interfaces it needs (the eBPF shortcut, socket
+//! marks, reads into uninitialised buffers) live in `skiff-kernel`.
+#![forbid(unsafe_code)]
 
 mod body;
-mod bpf;
 mod buffers;
 mod conn;
 pub mod h1;
 mod pool;
 mod proxy;
 mod route;
-pub mod shortcut;
 mod stream;
 pub mod upstream;
 
 pub use pool::{Hold, Lease, Load, PoolConfig, PoolError, RevisionPool};
 pub use route::Route;
-pub use shortcut::{Shortcut, ShortcutError};
+pub use skiff_kernel::shortcut::{self, Shortcut, ShortcutError};
 pub use upstream::{Target, Throttle, Upstream};
 
 use std::collections::HashMap;

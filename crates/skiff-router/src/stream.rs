@@ -8,8 +8,6 @@
 //! spent), and the event for the latter may have come before the first read. Waiting
 //! would then hang the exchange. This module must not do anything else differently.
 
-#![allow(unsafe_code)]
-
 use rustix::net::RecvFlags;
 use std::io;
 use std::pin::Pin;
@@ -100,15 +98,8 @@ fn poll_read_until_eagain(
 ) -> Poll<io::Result<()>> {
     loop {
         ready!(stream.poll_read_ready(cx))?;
-        // SAFETY: `recv` only writes initialised bytes into the unfilled part, and
-        // reports how many; only those are marked filled.
-        match recv_now(stream, unsafe { buf.unfilled_mut() }, RecvFlags::empty()) {
-            Ok(n) => {
-                // SAFETY: the kernel wrote `n` bytes.
-                unsafe { buf.assume_init(n) };
-                buf.advance(n);
-                return Poll::Ready(Ok(()));
-            }
+        match skiff_kernel::recv::recv_now_into(stream, buf) {
+            Ok(_) => return Poll::Ready(Ok(())),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Poll::Ready(Err(e)),
         }

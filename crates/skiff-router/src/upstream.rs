@@ -7,8 +7,6 @@
 //!
 //! This module connects; it must not decide which instance serves a request.
 
-#![allow(unsafe_code)]
-
 use crate::h1::Head;
 use crate::stream::UpstreamStream;
 use rustix::fd::{AsFd, OwnedFd};
@@ -45,7 +43,7 @@ pub enum RequestSize {
 impl RequestSize {
     /// Whether a fresh connection in the upstream shortcut could carry it.
     fn fits_shortcut(self) -> bool {
-        matches!(self, RequestSize::Known(n) if n <= crate::shortcut::REQUEST_BUDGET)
+        matches!(self, RequestSize::Known(n) if n <= skiff_kernel::shortcut::REQUEST_BUDGET)
     }
 }
 
@@ -72,7 +70,7 @@ impl Lane {
 impl Connection {
     /// A connection; `marked`: its socket carries the shortcut's mark.
     fn new(stream: TcpStream, marked: bool) -> Connection {
-        let sendable = marked.then_some(crate::shortcut::REQUEST_BUDGET);
+        let sendable = marked.then_some(skiff_kernel::shortcut::REQUEST_BUDGET);
         Connection {
             stream: UpstreamStream::new(stream, sendable),
             buf: Vec::new(),
@@ -397,48 +395,17 @@ fn socket_in(netns: &OwnedFd, lane: Lane) -> io::Result<(std::net::TcpStream, bo
         std::process::abort();
     }
     let socket = socket?;
-    let mark = crate::shortcut::upstream_mark().filter(|_| lane == Lane::Shortcut);
+    let mark = skiff_kernel::shortcut::upstream_mark().filter(|_| lane == Lane::Shortcut);
     if let Some(mark) = mark {
-        set_mark(&socket, mark)?;
+        skiff_kernel::sockopt::set_mark(&socket, mark)?;
     }
     Ok((std::net::TcpStream::from(socket), mark.is_some()))
 }
 
 /// Whether a socket made elsewhere carries this daemon's shortcut mark.
 fn has_our_mark(stream: &std::net::TcpStream) -> bool {
-    use rustix::fd::AsRawFd;
-    let Some(ours) = crate::shortcut::upstream_mark() else {
+    let Some(ours) = skiff_kernel::shortcut::upstream_mark() else {
         return false;
     };
-    let mut mark = 0u32;
-    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
-    // SAFETY: a valid socket, and a `u32` buffer of the size passed, as SO_MARK fills.
-    let r = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mut mark as *mut u32).cast(),
-            &mut len,
-        )
-    };
-    r == 0 && mark == ours
-}
-
-fn set_mark(socket: &OwnedFd, mark: u32) -> io::Result<()> {
-    use rustix::fd::AsRawFd;
-    // SAFETY: a valid socket, and a `u32` value of the size passed, as SO_MARK takes.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mark as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    skiff_kernel::sockopt::mark(stream).is_ok_and(|mark| mark == ours)
 }

@@ -279,8 +279,10 @@ impl Cgroup {
             let _ = write(f, "FROZEN");
         }
         for pid in self.pids() {
-            // SAFETY: kill(2) with a pid read from this instance's own cgroup.procs.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // A pid read from this instance's own cgroup.procs; one already gone is fine.
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
         }
         if let Some(f) = &freezer {
             let _ = write(f, "THAWED");

@@ -203,9 +203,18 @@ unsafe fn close_inherited(plan: &ChildPlan) {
 }
 
 /// Runs in the cloned child; never returns.
-pub fn run(plan: &ChildPlan) -> ! {
-    // SAFETY: every call below is a raw system call on data prepared before the clone;
-    // nothing allocates, and failures end the process through `fail`.
+///
+/// # Safety
+///
+/// Only in a freshly cloned child (a fork-style `clone` of a multi-threaded process),
+/// before anything else runs in it: it changes the process's mounts, credentials,
+/// capabilities and descriptors with raw system calls, allocates nothing (the parent's
+/// other threads may have held the allocator's lock at the clone), and ends in `execve`
+/// or `_exit`.
+pub unsafe fn run(plan: &ChildPlan) -> ! {
+    // SAFETY: the caller runs this only in a fresh clone (see above); every call below is
+    // a raw system call on data prepared before the clone; nothing allocates, and
+    // failures end the process through `fail`.
     unsafe {
         libc::umask(0);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

@@ -9,6 +9,11 @@
 //!
 //! This crate must not know about services, revisions or HTTP: it runs one process tree
 //! from a [`SandboxSpec`] and reports how it ended.
+//!
+//! Unsafe code is denied but in the modules that make raw system calls (`child`,
+//! `spawn`, `instance`, `netlink`), each of which allows it for itself and says why each
+//! block is sound.
+#![deny(unsafe_code)]
 
 mod cgroup;
 mod child;

@@ -188,7 +188,8 @@ impl Sandbox {
             )
         };
         if pid == 0 {
-            child::run(&plan);
+            // SAFETY: this is the freshly cloned child, and nothing else has run in it.
+            unsafe { child::run(&plan) };
         }
         if pid < 0 {
             return Err(SandboxError::Prepare {

@@ -16,7 +16,7 @@
 //! bytes are read first, so the order holds, and TCP's window bounds the rest). The two
 //! directions differ in who may see that fallback:
 //! - Answers: an app's sends cannot be bounded, so they may fall back. The router reads
-//!   its sockets until `EAGAIN` (see `stream`), because after a fallback one read returns
+//!   its sockets until `EAGAIN` (see skiff-router's `stream`), because after a fallback one read returns
 //!   what was redirected and the next what came by TCP.
 //! - Requests: an app's event loop may take a short read for "drained" (tokio, nginx do)
 //!   and never come back for bytes that arrived by TCP behind redirected ones. So the
@@ -25,7 +25,8 @@
 //!   request direction of a marked connection goes all by redirect, or (when its first
 //!   send found no peer yet) all by TCP.
 //!
-//! This module installs and removes the programs; it must not decide what is proxied.
+//! This module installs and removes the programs; it must not decide what is proxied
+//! (that is skiff-router's).
 
 use crate::bpf::{self, Asm, AttachType, MapType, ProgType, FP, R0, R1, R2, R3, R4, R6, R7, R8};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -66,7 +67,7 @@ fn own_mark() -> u32 {
 }
 
 /// The mark to set on a new upstream socket, if a shortcut is installed.
-pub(crate) fn upstream_mark() -> Option<u32> {
+pub fn upstream_mark() -> Option<u32> {
     match MARK.load(Ordering::Relaxed) {
         0 => None,
         mark => Some(mark),
