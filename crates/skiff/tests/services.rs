@@ -502,40 +502,18 @@ fn bad_deploys_are_refused_with_what_was_wrong_and_change_nothing() {
     );
 
     // The raw API names an unknown field.
-    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
     let body = r#"{"spec":{"image":"hello","replicas":2}}"#;
-    write!(
-        s,
-        "PUT /v1/services/x HTTP/1.1\r\nhost: skiff\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
+    let answer = d.api("PUT", "/v1/services/x", "", body);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("replicas"), "{answer}");
     assert!(answer.contains("\"kind\":\"invalid_request\""), "{answer}");
-}
-
-/// One raw HTTP/1.1 exchange with the API socket; the whole answer as text.
-fn api(d: &Daemon, method: &str, path: &str, headers: &str, body: &str) -> String {
-    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: skiff\r\nconnection: close\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer
 }
 
 #[test]
 fn a_stale_update_after_rm_is_refused_and_the_service_stays_removed() {
     let d = Daemon::start(&[]);
     d.deploy_hello("stale", &[]);
-    let described = api(&d, "GET", "/v1/services/stale", "", "");
+    let described = d.api("GET", "/v1/services/stale", "", "");
     let etag = described
         .lines()
         .find_map(|l| l.strip_prefix("etag: "))
@@ -545,8 +523,7 @@ fn a_stale_update_after_rm_is_refused_and_the_service_stays_removed() {
     d.ok(&["rm", "stale"]);
     // The writer read the service before the removal and writes back what it read.
     let body = r#"{"spec":{"image":"hello","env":["LATE=1"]}}"#;
-    let put = api(
-        &d,
+    let put = d.api(
         "PUT",
         "/v1/services/stale",
         &format!("if-match: {etag}\r\n"),
@@ -554,8 +531,7 @@ fn a_stale_update_after_rm_is_refused_and_the_service_stays_removed() {
     );
     assert!(put.starts_with("HTTP/1.1 409"), "{put}");
     assert!(put.contains("no longer exists"), "{put}");
-    let patch = api(
-        &d,
+    let patch = d.api(
         "PATCH",
         "/v1/services/stale",
         &format!("if-match: {etag}\r\n"),
@@ -570,7 +546,7 @@ fn a_stale_update_after_rm_is_refused_and_the_service_stays_removed() {
         "{}",
         stderr(&out)
     );
-    let gone = api(&d, "GET", "/v1/services/stale", "", "");
+    let gone = d.api("GET", "/v1/services/stale", "", "");
     assert!(gone.starts_with("HTTP/1.1 404"), "{gone}");
     assert_eq!(d.json(&["ls"]), serde_json::json!([]));
 }

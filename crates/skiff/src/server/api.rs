@@ -20,7 +20,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::Json;
 use bytes::Bytes;
 use skiff_control::documents::{
@@ -104,17 +104,28 @@ pub fn bind(socket: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener
     Ok(listener)
 }
 
-/// The API's routes, with their handlers.
-fn routes(state: AppState) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/services", get(list))
-        .route(
+/// Every path the API serves, with its methods' handlers; `docs/openapi.yaml` lists the
+/// same paths (a test below checks it, an end-to-end test checks the methods).
+fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/v1/services", get(list)),
+        (
             "/v1/services/{name}",
             get(describe).put(deploy).patch(update).delete(remove),
-        )
-        .route("/v1/services/{name}/logs", get(logs))
-        .route("/v1/services/{name}/traffic", put(traffic))
-        .route("/v1/services/{name}/rollback", post(rollback))
+        ),
+        ("/v1/services/{name}/logs", get(logs)),
+        ("/v1/services/{name}/traffic", put(traffic)),
+        ("/v1/services/{name}/rollback", post(rollback)),
+    ]
+}
+
+/// The API's routes, with their handlers.
+fn routes(state: AppState) -> axum::Router {
+    route_table()
+        .into_iter()
+        .fold(axum::Router::new(), |app, (path, methods)| {
+            app.route(path, methods)
+        })
         .fallback(|| async { ApiError(ControlError::NotFound("no such API endpoint".into())) })
         .with_state(state)
 }
@@ -343,5 +354,47 @@ impl http_body::Body for NdjsonBody {
                 Ok(http_body::Frame::data(Bytes::from(v)))
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_served_is_documented_and_every_documented_path_served() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml");
+        let doc: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut documented: Vec<&str> = doc["paths"]
+            .as_object()
+            .expect("openapi.yaml has paths")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut served: Vec<&str> = route_table().into_iter().map(|(p, _)| p).collect();
+        documented.sort_unstable();
+        served.sort_unstable();
+        assert_eq!(
+            served, documented,
+            "docs/openapi.yaml and server/api.rs disagree"
+        );
+    }
+
+    #[test]
+    fn if_match_takes_a_quoted_version_or_a_star() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::IF_MATCH, v.parse().unwrap());
+            precondition(&h)
+        };
+        assert_eq!(with("\"12\"").ok().unwrap().version, Some(12));
+        assert_eq!(with("*").ok().unwrap(), Precondition::NONE);
+        assert_eq!(
+            precondition(&HeaderMap::new()).ok().unwrap(),
+            Precondition::NONE
+        );
+        let bad = with("\"twelve\"").err().unwrap().0;
+        assert_eq!(bad.field(), Some("If-Match"));
     }
 }

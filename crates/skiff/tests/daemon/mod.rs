@@ -150,6 +150,21 @@ impl Daemon {
             .expect("running skiff")
     }
 
+    /// One raw HTTP/1.1 exchange with the API socket (`headers` as `name: value\r\n`
+    /// lines); the whole answer as text.
+    pub fn api(&self, method: &str, path: &str, headers: &str, body: &str) -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nhost: skiff\r\nconnection: close\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
     /// Runs the CLI and insists it succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

@@ -1,0 +1,44 @@
+//! End-to-end: the daemon's API answers exactly the routes `docs/openapi.yaml` documents,
+//! with exactly the documented methods (the paths themselves are also checked against
+//! the route table by a unit test in `server/api.rs`).
+
+mod daemon;
+
+use daemon::Daemon;
+
+const METHODS: [&str; 5] = ["GET", "PUT", "PATCH", "POST", "DELETE"];
+
+fn status(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+#[test]
+fn the_api_serves_the_documented_methods_and_refuses_the_others() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml");
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let d = Daemon::start(&[]);
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let path = template.replace("{name}", "nosuch");
+        for method in METHODS {
+            let documented = item.get(method.to_lowercase()).is_some();
+            let answer = d.api(method, &path, "", "{}");
+            let code = status(&answer);
+            if documented {
+                assert_ne!(code, 405, "{method} {template} is documented: {answer}");
+                assert!(
+                    !answer.contains("no such API endpoint"),
+                    "{method} {template} is documented: {answer}"
+                );
+            } else {
+                assert_eq!(code, 405, "{method} {template} is not documented: {answer}");
+            }
+        }
+    }
+    let unknown = d.api("GET", "/v1/nothing", "", "");
+    assert!(unknown.contains("no such API endpoint"), "{unknown}");
+}
