@@ -513,3 +513,207 @@ async fn removing_a_service_stops_its_instances_once_idle() {
         "a removed revision takes no request"
     );
 }
+
+fn set_traffic(service: &str, traffic: Vec<skiff_core::TrafficTarget>) -> Command {
+    Command::SetTraffic {
+        service: service.into(),
+        traffic,
+        precondition: Precondition::NONE,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_split_sends_exact_shares_and_a_tag_its_own_host() {
+    use skiff_core::TrafficTarget;
+    let h = Harness::new();
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    h.deploy("web", spec(|s| s.port = 9000)).await.unwrap();
+    h.ctl
+        .execute(set_traffic(
+            "web",
+            vec![
+                TrafficTarget::pinned("web-00001", 90),
+                TrafficTarget {
+                    revision: Some("web-00002".into()),
+                    percent: 10,
+                    tag: Some("canary".into()),
+                },
+            ],
+        ))
+        .await
+        .unwrap();
+    let route = h.ctl.router().route("web").unwrap();
+    let mut to_new = 0;
+    for _ in 0..100 {
+        if route.pick().config().revision == "web-00002" {
+            to_new += 1;
+        }
+    }
+    assert_eq!(to_new, 10, "exactly 10 of every 100 requests");
+    let tagged = h
+        .ctl
+        .router()
+        .route("canary-web")
+        .expect("the tag's host is routed");
+    assert_eq!(tagged.pick().config().revision, "web-00002");
+    let d = h.describe("web").await.unwrap();
+    let shares: Vec<_> = d
+        .revisions
+        .iter()
+        .map(|r| (r.name.as_str(), r.percent))
+        .collect();
+    assert_eq!(shares, [("web-00002", 10), ("web-00001", 90)]);
+    assert_eq!(d.revisions[0].tags, ["canary"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rollback_sends_everything_to_the_revision_before() {
+    let h = Harness::new();
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    h.deploy("web", spec(|s| s.port = 9000)).await.unwrap();
+    assert_eq!(h.pool("web").config().revision, "web-00002");
+    h.ctl
+        .execute(Command::Rollback {
+            service: "web".into(),
+            revision: None,
+            precondition: Precondition::NONE,
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.pool("web").config().revision, "web-00001");
+    let err = h
+        .ctl
+        .execute(Command::Rollback {
+            service: "web".into(),
+            revision: None,
+            precondition: Precondition::NONE,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no revision before web-00001"),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_no_traffic_deploy_keeps_requests_on_the_revision_serving_before() {
+    let h = Harness::new();
+    let first = h
+        .ctl
+        .execute(Command::Update {
+            service: "web".into(),
+            request: UpdateRequest {
+                patch: SpecPatch {
+                    image: Some("app:1".into()),
+                    ..Default::default()
+                },
+                no_traffic: true,
+                tag: None,
+            },
+            precondition: Precondition::NONE,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        first.field(),
+        Some("no_traffic"),
+        "a first revision must take traffic"
+    );
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    let answer = h
+        .ctl
+        .execute(Command::Update {
+            service: "web".into(),
+            request: UpdateRequest {
+                patch: SpecPatch {
+                    port: Some(9000),
+                    ..Default::default()
+                },
+                no_traffic: true,
+                tag: Some("next".into()),
+            },
+            precondition: Precondition::NONE,
+        })
+        .await
+        .unwrap();
+    let Answer::Deployed(d) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!((d.revision.as_str(), d.percent), ("web-00002", 0));
+    assert_eq!(h.pool("web").config().revision, "web-00001");
+    let tagged = h.ctl.router().route("next-web").unwrap();
+    assert_eq!(tagged.pick().config().revision, "web-00002");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_spec_names_its_field_and_writes_no_revision() {
+    let h = Harness::new();
+    let cases: [(fn(&mut skiff_core::ServiceSpec), &str); 3] = [
+        (|s| s.image = "nope:1".into(), "image"),
+        (|s| s.timeout_ms = 0, "timeout"),
+        (|s| s.env = vec!["NOEQUALS".into()], ""),
+    ];
+    for (tune, field) in cases {
+        let err = h.deploy("web", spec(tune)).await.unwrap_err();
+        assert!(
+            matches!(err, ControlError::InvalidSpec { .. }),
+            "{field}: {err:?}"
+        );
+        if !field.is_empty() {
+            assert_eq!(err.field(), Some(field), "{err}");
+        }
+        assert!(matches!(
+            h.describe("web").await,
+            Err(ControlError::NotFound(_))
+        ));
+    }
+    assert_eq!(h.rt.calls(), [], "nothing was started");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_another_service_answers_at_is_refused() {
+    let h = Harness::new();
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    h.ctl
+        .execute(Command::Update {
+            service: "web".into(),
+            request: UpdateRequest {
+                patch: SpecPatch::default(),
+                no_traffic: false,
+                tag: Some("api".into()),
+            },
+            precondition: Precondition::NONE,
+        })
+        .await
+        .unwrap();
+    let err = h.deploy("api-web", spec(|_| {})).await.unwrap_err();
+    assert!(matches!(err, ControlError::Conflict(_)), "{err:?}");
+    assert!(err.to_string().contains("already service web's"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revision_that_loses_its_traffic_retires_once_it_is_idle() {
+    let h = Harness::new();
+    h.deploy("web", spec(|s| s.min_instances = 1))
+        .await
+        .unwrap();
+    let old = h.pool("web");
+    until(LONG, "one up", || old.load().ready == 1).await;
+    let lease = old.acquire().await.unwrap();
+    h.deploy("web", spec(|s| s.port = 9000)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        old.load().ready,
+        1,
+        "a request in flight keeps its instance"
+    );
+    assert!(h.ctl.runner("web-00001").is_some());
+    drop(lease);
+    until(LONG, "the old runner ends", || {
+        h.ctl.runner("web-00001").is_none()
+    })
+    .await;
+    assert_eq!(old.load().ready, 0);
+    assert!(h.ctl.runner("web-00002").is_some());
+}

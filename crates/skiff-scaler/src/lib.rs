@@ -16,6 +16,7 @@
 //!
 //! Owns no clock and does no I/O: every instant is an argument, so tests run in simulated
 //! time. Must not know how instances are started or stopped.
+#![forbid(unsafe_code)]
 
 mod settings;
 mod window;
