@@ -88,64 +88,83 @@ impl Precondition {
     }
 }
 
-impl Control {
-    /// Carries out `command`.
-    pub async fn execute(self: &Arc<Self>, command: Command) -> Result<Answer, ControlError> {
-        match command {
-            Command::List => self.list().map(Answer::Services),
-            Command::Describe { service } => self
-                .describe(&service)
-                .map(|d| Answer::Service(Box::new(d))),
+impl Command {
+    /// The service a writing command changes and its precondition; `None` for questions.
+    fn write_target(&self) -> Option<(&str, Precondition)> {
+        match self {
+            Command::List | Command::Describe { .. } => None,
             Command::Deploy {
                 service,
-                request,
                 precondition,
-            } => {
-                let _serial = self.write_lock.lock().await;
-                precondition.check(self, &service)?;
-                self.deploy(&service, request).await.map(Answer::Deployed)
+                ..
             }
-            Command::Update {
+            | Command::Update {
                 service,
-                request,
                 precondition,
+                ..
+            }
+            | Command::SetTraffic {
+                service,
+                precondition,
+                ..
+            }
+            | Command::Rollback {
+                service,
+                precondition,
+                ..
+            }
+            | Command::Remove {
+                service,
+                precondition,
+            } => Some((service, *precondition)),
+        }
+    }
+}
+
+impl Control {
+    /// Carries out `command`. Commands that write run one at a time, each after its
+    /// precondition was checked under the same lock.
+    pub async fn execute(self: &Arc<Self>, command: Command) -> Result<Answer, ControlError> {
+        let _serial = match command.write_target() {
+            Some((service, precondition)) => {
+                let serial = self.write_lock.lock().await;
+                precondition.check(self, service)?;
+                Some(serial)
+            }
+            None => None,
+        };
+        match command {
+            Command::List => self.list().map(Answer::Services),
+            Command::Describe { service } => self.answer_service(&service),
+            Command::Deploy {
+                service, request, ..
+            } => self.deploy(&service, request).await.map(Answer::Deployed),
+            Command::Update {
+                service, request, ..
             } => {
-                let _serial = self.write_lock.lock().await;
-                precondition.check(self, &service)?;
                 let request = self.merged(&service, request)?;
                 self.deploy(&service, request).await.map(Answer::Deployed)
             }
             Command::SetTraffic {
-                service,
-                traffic,
-                precondition,
+                service, traffic, ..
             } => {
-                let _serial = self.write_lock.lock().await;
-                precondition.check(self, &service)?;
                 self.apply_traffic(&service, traffic).await?;
-                self.describe(&service)
-                    .map(|d| Answer::Service(Box::new(d)))
+                self.answer_service(&service)
             }
             Command::Rollback {
-                service,
-                revision,
-                precondition,
+                service, revision, ..
             } => {
-                let _serial = self.write_lock.lock().await;
-                precondition.check(self, &service)?;
                 self.rollback(&service, revision).await?;
-                self.describe(&service)
-                    .map(|d| Answer::Service(Box::new(d)))
+                self.answer_service(&service)
             }
-            Command::Remove {
-                service,
-                precondition,
-            } => {
-                let _serial = self.write_lock.lock().await;
-                precondition.check(self, &service)?;
+            Command::Remove { service, .. } => {
                 self.remove(&service)?;
                 Ok(Answer::Removed(service))
             }
         }
+    }
+
+    fn answer_service(&self, service: &str) -> Result<Answer, ControlError> {
+        self.describe(service).map(|d| Answer::Service(Box::new(d)))
     }
 }

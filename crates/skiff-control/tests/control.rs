@@ -159,24 +159,36 @@ async fn a_request_to_a_revision_in_backoff_is_refused_at_once_with_the_reason()
     assert_eq!(h.rt.launches(), 0);
 }
 
-#[tokio::test]
-async fn a_failing_liveness_probe_restarts_the_instance() {
+/// An HTTP probe of `path` every 100 ms, failing after `failures` in a row.
+fn fast_probe(path: &str, failures: u32) -> Probe {
+    let mut p = Probe::new(Some(path.into()));
+    p.period_ms = 100;
+    p.timeout_ms = 100;
+    p.failure_threshold = failures;
+    p
+}
+
+/// A harness with `web` deployed as `tune` says, one instance kept up and ready.
+async fn one_instance_up(tune: impl FnOnce(&mut skiff_core::ServiceSpec)) -> Harness {
     let h = Harness::new();
     h.deploy(
         "web",
         spec(|s| {
             s.min_instances = 1;
-            let mut p = Probe::new(Some("/healthz".into()));
-            p.period_ms = 100;
-            p.timeout_ms = 100;
-            p.failure_threshold = 2;
-            s.liveness_probe = Some(p);
+            tune(s);
         }),
     )
     .await
     .unwrap();
     let pool = h.pool("web");
     until(LONG, "one ready", || pool.load().ready == 1).await;
+    h
+}
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_the_instance() {
+    let h = one_instance_up(|s| s.liveness_probe = Some(fast_probe("/healthz", 2))).await;
+    let pool = h.pool("web");
     h.rt.set_sick(true);
     until(Duration::from_secs(20), "a restart", || h.rt.stops() >= 1).await;
     h.rt.set_sick(false);
@@ -196,22 +208,8 @@ async fn a_failing_liveness_probe_restarts_the_instance() {
 
 #[tokio::test]
 async fn a_failing_readiness_probe_takes_the_instance_out_of_the_rotation_and_back() {
-    let h = Harness::new();
-    h.deploy(
-        "web",
-        spec(|s| {
-            s.min_instances = 1;
-            let mut p = Probe::new(Some("/ready".into()));
-            p.period_ms = 100;
-            p.timeout_ms = 100;
-            p.failure_threshold = 1;
-            s.readiness_probe = Some(p);
-        }),
-    )
-    .await
-    .unwrap();
+    let h = one_instance_up(|s| s.readiness_probe = Some(fast_probe("/ready", 1))).await;
     let pool = h.pool("web");
-    until(LONG, "one ready", || pool.load().ready == 1).await;
     let first = h.describe("web").await.unwrap().instances[0].id.clone();
     let phase_of = |d: skiff_control::documents::ServiceDetail| {
         d.instances
@@ -494,12 +492,8 @@ async fn shutdown_stops_every_instance_and_waits_for_them() {
 
 #[tokio::test(start_paused = true)]
 async fn removing_a_service_stops_its_instances_once_idle() {
-    let h = Harness::new();
-    h.deploy("web", spec(|s| s.min_instances = 1))
-        .await
-        .unwrap();
+    let h = one_instance_up(|_| {}).await;
     let pool = h.pool("web");
-    until(LONG, "one up", || pool.load().ready == 1).await;
     h.ctl
         .execute(Command::Remove {
             service: "web".into(),
@@ -649,7 +643,8 @@ async fn a_no_traffic_deploy_keeps_requests_on_the_revision_serving_before() {
 #[tokio::test(start_paused = true)]
 async fn an_invalid_spec_names_its_field_and_writes_no_revision() {
     let h = Harness::new();
-    let cases: [(fn(&mut skiff_core::ServiceSpec), &str); 3] = [
+    type Tune = fn(&mut skiff_core::ServiceSpec);
+    let cases: [(Tune, &str); 3] = [
         (|s| s.image = "nope:1".into(), "image"),
         (|s| s.timeout_ms = 0, "timeout"),
         (|s| s.env = vec!["NOEQUALS".into()], ""),
@@ -694,12 +689,8 @@ async fn a_host_another_service_answers_at_is_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn a_revision_that_loses_its_traffic_retires_once_it_is_idle() {
-    let h = Harness::new();
-    h.deploy("web", spec(|s| s.min_instances = 1))
-        .await
-        .unwrap();
+    let h = one_instance_up(|_| {}).await;
     let old = h.pool("web");
-    until(LONG, "one up", || old.load().ready == 1).await;
     let lease = old.acquire().await.unwrap();
     h.deploy("web", spec(|s| s.port = 9000)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
