@@ -14,10 +14,37 @@ use tokio::time::Instant;
 
 const LONG: Duration = Duration::from_secs(600);
 
+/// A harness with `web` deployed from `app:1` as `tune` says.
+async fn web(tune: impl FnOnce(&mut skiff_core::ServiceSpec)) -> Harness {
+    let h = Harness::new();
+    h.deploy("web", spec(tune)).await.unwrap();
+    h
+}
+
+/// An HTTP probe of `path` every 100 ms, failing after `failures` in a row.
+fn fast_probe(path: &str, failures: u32) -> Probe {
+    let mut p = Probe::new(Some(path.into()));
+    p.period_ms = 100;
+    p.timeout_ms = 100;
+    p.failure_threshold = failures;
+    p
+}
+
+/// A harness with `web` deployed as `tune` says, one instance kept up and ready.
+async fn one_instance_up(tune: impl FnOnce(&mut skiff_core::ServiceSpec)) -> Harness {
+    let h = web(|s| {
+        s.min_instances = 1;
+        tune(s);
+    })
+    .await;
+    let pool = h.pool("web");
+    until(LONG, "one ready", || pool.load().ready == 1).await;
+    h
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_queued_request_starts_an_instance_and_gets_its_slot() {
-    let h = Harness::new();
-    h.deploy("web", spec(|_| {})).await.unwrap();
+    let h = web(|_| {}).await;
     assert_eq!(
         h.rt.launches(),
         0,
@@ -35,16 +62,11 @@ async fn a_queued_request_starts_an_instance_and_gets_its_slot() {
 
 #[tokio::test(start_paused = true)]
 async fn queued_demand_scales_up_to_one_instance_per_slot_within_the_cap() {
-    let h = Harness::new();
-    h.deploy(
-        "web",
-        spec(|s| {
-            s.concurrency = 1;
-            s.max_instances = 3;
-        }),
-    )
-    .await
-    .unwrap();
+    let h = web(|s| {
+        s.concurrency = 1;
+        s.max_instances = 3;
+    })
+    .await;
     let pool = h.pool("web");
     let waiting: Vec<_> = (0..5)
         .map(|_| {
@@ -64,10 +86,7 @@ async fn queued_demand_scales_up_to_one_instance_per_slot_within_the_cap() {
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_revision_scales_to_zero_after_its_idle_timeout_and_not_before() {
-    let h = Harness::new();
-    h.deploy("web", spec(|s| s.idle_timeout_ms = 30_000))
-        .await
-        .unwrap();
+    let h = web(|s| s.idle_timeout_ms = 30_000).await;
     let pool = h.pool("web");
     drop(pool.acquire().await.unwrap());
     let idle_from = Instant::now();
@@ -89,16 +108,11 @@ async fn an_idle_revision_scales_to_zero_after_its_idle_timeout_and_not_before()
 
 #[tokio::test(start_paused = true)]
 async fn min_instances_stay_up_without_traffic() {
-    let h = Harness::new();
-    h.deploy(
-        "web",
-        spec(|s| {
-            s.min_instances = 2;
-            s.idle_timeout_ms = 1_000;
-        }),
-    )
-    .await
-    .unwrap();
+    let h = web(|s| {
+        s.min_instances = 2;
+        s.idle_timeout_ms = 1_000;
+    })
+    .await;
     let pool = h.pool("web");
     until(LONG, "two instances", || pool.load().ready == 2).await;
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -108,8 +122,7 @@ async fn min_instances_stay_up_without_traffic() {
 
 #[tokio::test(start_paused = true)]
 async fn a_crashing_instance_is_retried_with_exponential_backoff() {
-    let h = Harness::new();
-    h.deploy("web", spec(|_| {})).await.unwrap();
+    let h = web(|_| {}).await;
     h.rt.set(Behaviour::Crashes);
     let pool = h.pool("web");
     // A client that keeps asking, as traffic would.
@@ -144,8 +157,7 @@ async fn a_crashing_instance_is_retried_with_exponential_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_to_a_revision_in_backoff_is_refused_at_once_with_the_reason() {
-    let h = Harness::new();
-    h.deploy("web", spec(|_| {})).await.unwrap();
+    let h = web(|_| {}).await;
     h.rt.set(Behaviour::LaunchFails);
     let pool = h.pool("web");
     let refused = |r: Result<skiff_router::Lease, skiff_router::PoolError>| match r {
@@ -157,32 +169,6 @@ async fn a_request_to_a_revision_in_backoff_is_refused_at_once_with_the_reason()
     let second = refused(pool.acquire().await);
     assert!(second.contains("unavailable"), "{second}");
     assert_eq!(h.rt.launches(), 0);
-}
-
-/// An HTTP probe of `path` every 100 ms, failing after `failures` in a row.
-fn fast_probe(path: &str, failures: u32) -> Probe {
-    let mut p = Probe::new(Some(path.into()));
-    p.period_ms = 100;
-    p.timeout_ms = 100;
-    p.failure_threshold = failures;
-    p
-}
-
-/// A harness with `web` deployed as `tune` says, one instance kept up and ready.
-async fn one_instance_up(tune: impl FnOnce(&mut skiff_core::ServiceSpec)) -> Harness {
-    let h = Harness::new();
-    h.deploy(
-        "web",
-        spec(|s| {
-            s.min_instances = 1;
-            tune(s);
-        }),
-    )
-    .await
-    .unwrap();
-    let pool = h.pool("web");
-    until(LONG, "one ready", || pool.load().ready == 1).await;
-    h
 }
 
 #[tokio::test]
@@ -245,8 +231,7 @@ async fn a_failing_readiness_probe_takes_the_instance_out_of_the_rotation_and_ba
 
 #[tokio::test(start_paused = true)]
 async fn a_deploy_under_load_warms_the_new_revision_before_traffic_moves() {
-    let h = Harness::new();
-    h.deploy("web", spec(|_| {})).await.unwrap();
+    let h = web(|_| {}).await;
     let old = h.pool("web");
     let lease = old.acquire().await.unwrap();
     let deployed = h
@@ -280,8 +265,7 @@ async fn a_deploy_under_load_warms_the_new_revision_before_traffic_moves() {
 
 #[tokio::test(start_paused = true)]
 async fn a_revision_that_fails_to_start_under_load_leaves_traffic_where_it_was() {
-    let h = Harness::new();
-    h.deploy("web", spec(|_| {})).await.unwrap();
+    let h = web(|_| {}).await;
     let old = h.pool("web");
     let _lease = old.acquire().await.unwrap();
     h.rt.set(Behaviour::Crashes);
@@ -312,8 +296,7 @@ fn update(service: &str, patch: SpecPatch, version: Option<u64>) -> Command {
 
 #[tokio::test(start_paused = true)]
 async fn a_stale_write_after_a_removal_is_refused_and_the_service_stays_removed() {
-    let h = Harness::new();
-    h.deploy("web", spec(|_| {})).await.unwrap();
+    let h = web(|_| {}).await;
     let seen = version(&h, "web").await;
     h.ctl
         .execute(Command::Remove {
@@ -352,8 +335,7 @@ async fn a_stale_write_after_a_removal_is_refused_and_the_service_stays_removed(
 
 #[tokio::test(start_paused = true)]
 async fn a_write_against_an_older_version_is_refused_and_the_current_one_goes_ahead() {
-    let h = Harness::new();
-    h.deploy("web", spec(|_| {})).await.unwrap();
+    let h = web(|_| {}).await;
     let first = version(&h, "web").await;
     let port = |p| SpecPatch {
         port: Some(p),
@@ -378,16 +360,11 @@ async fn a_write_against_an_older_version_is_refused_and_the_current_one_goes_ah
 
 #[tokio::test(start_paused = true)]
 async fn an_update_changes_only_what_it_names() {
-    let h = Harness::new();
-    h.deploy(
-        "web",
-        spec(|s| {
-            s.concurrency = 7;
-            s.env = vec!["A=1".into()];
-        }),
-    )
-    .await
-    .unwrap();
+    let h = web(|s| {
+        s.concurrency = 7;
+        s.env = vec!["A=1".into()];
+    })
+    .await;
     let answer = h
         .ctl
         .execute(update(
@@ -453,10 +430,7 @@ async fn a_prepared_sandbox_waits_unseen_and_the_next_start_takes_it() {
 
 #[tokio::test(start_paused = true)]
 async fn a_throttled_instance_is_frozen_while_idle_and_thawed_for_a_request() {
-    let h = Harness::new();
-    h.deploy("web", spec(|s| s.cpu_throttling = true))
-        .await
-        .unwrap();
+    let h = web(|s| s.cpu_throttling = true).await;
     let pool = h.pool("web");
     let lease = pool.acquire().await.unwrap();
     assert_eq!(h.states("web").await, ["ready"]);
@@ -479,10 +453,7 @@ async fn a_throttled_instance_is_frozen_while_idle_and_thawed_for_a_request() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_stops_every_instance_and_waits_for_them() {
-    let h = Harness::new();
-    h.deploy("web", spec(|s| s.min_instances = 3))
-        .await
-        .unwrap();
+    let h = web(|s| s.min_instances = 3).await;
     let pool = h.pool("web");
     until(LONG, "three up", || pool.load().ready == 3).await;
     tokio::time::timeout(LONG, h.ctl.shutdown()).await.unwrap();
@@ -519,8 +490,7 @@ fn set_traffic(service: &str, traffic: Vec<skiff_core::TrafficTarget>) -> Comman
 #[tokio::test(start_paused = true)]
 async fn a_split_sends_exact_shares_and_a_tag_its_own_host() {
     use skiff_core::TrafficTarget;
-    let h = Harness::new();
-    h.deploy("web", spec(|_| {})).await.unwrap();
+    let h = web(|_| {}).await;
     h.deploy("web", spec(|s| s.port = 9000)).await.unwrap();
     h.ctl
         .execute(set_traffic(
@@ -562,8 +532,7 @@ async fn a_split_sends_exact_shares_and_a_tag_its_own_host() {
 
 #[tokio::test(start_paused = true)]
 async fn rollback_sends_everything_to_the_revision_before() {
-    let h = Harness::new();
-    h.deploy("web", spec(|_| {})).await.unwrap();
+    let h = web(|_| {}).await;
     h.deploy("web", spec(|s| s.port = 9000)).await.unwrap();
     assert_eq!(h.pool("web").config().revision, "web-00002");
     h.ctl
@@ -668,8 +637,7 @@ async fn an_invalid_spec_names_its_field_and_writes_no_revision() {
 
 #[tokio::test(start_paused = true)]
 async fn a_host_another_service_answers_at_is_refused() {
-    let h = Harness::new();
-    h.deploy("web", spec(|_| {})).await.unwrap();
+    let h = web(|_| {}).await;
     h.ctl
         .execute(Command::Update {
             service: "web".into(),
