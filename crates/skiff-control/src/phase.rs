@@ -1,16 +1,14 @@
 //! One instance's life as one state machine. Every change goes through [`InstancePhase::to`],
 //! which refuses a change the life cycle does not have, so that counts derived from the
-//! phases (instances starting, ready, prepared) cannot drift apart.
+//! phases (instances starting, a sandbox prepared) cannot drift from them.
 //!
-//! ```text
-//! Preparing ─▶ Prepared ─▶ Starting ─▶ Ready ◀─▶ Frozen      (any live phase ─▶ Stopping ─▶ Exited)
-//!     │            │          │          ▲ ▼         │
-//!     └────────────┴──────────┴──▶ Exited  Unready ◀─┘
-//! ```
-//!
-//! A warm (prepared ahead) sandbox is Preparing then Prepared; a cold start without one
-//! begins at Starting. Ready and Unready follow the readiness probe; Frozen is a Ready
-//! instance whose CPU the throttle took away while it has no request.
+//! The changes there are:
+//! - Preparing → Prepared → Starting (a warm sandbox, prepared ahead; a cold start
+//!   without one begins at Starting);
+//! - Starting → Ready; Ready ⇄ Unready (the readiness probe); Ready ⇄ Frozen (the
+//!   throttle took its CPU while it has no request); Frozen → Unready;
+//! - Starting, Ready, Unready or Frozen → Stopping;
+//! - any phase but Exited → Exited.
 
 use std::fmt;
 
