@@ -137,4 +137,27 @@ mod tests {
         let err = Store::open(&path).err().unwrap().to_string();
         assert!(err.contains("999") && err.contains("newer"), "{err}");
     }
+
+    #[test]
+    fn a_database_of_the_last_schema_keeps_its_services_and_gains_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            for sql in &super::MIGRATIONS[..4] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.execute(
+                "INSERT INTO services (name, created_at, traffic_json) VALUES ('old', 1, NULL)",
+                [],
+            )
+            .unwrap();
+            c.pragma_update(None, "user_version", 4).unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let old = s.service("old").unwrap().unwrap();
+        assert_eq!((old.version, old.created_at), (0, 1));
+        s.set_traffic("old", None).unwrap();
+        assert_eq!(s.service("old").unwrap().unwrap().version, 1);
+    }
 }
