@@ -51,8 +51,7 @@ impl RevisionRunner {
         if !self.wants_prepared() {
             return;
         }
-        let id = crate::supervisor::instance_id(self.service());
-        {
+        let id = {
             let mut live = self.live();
             if live
                 .values()
@@ -60,6 +59,8 @@ impl RevisionRunner {
             {
                 return;
             }
+            // Made only once one is wanted: this runs on every tick of the loop.
+            let id = crate::supervisor::instance_id(self.service());
             live.insert(
                 id.clone(),
                 Live {
@@ -69,7 +70,8 @@ impl RevisionRunner {
                     prepared: None,
                 },
             );
-        }
+            id
+        };
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let _alive = me.ctl.alive();
