@@ -89,7 +89,7 @@ impl Revision {
             process: Process {
                 args: process.args,
                 env,
-                cwd: process.cwd,
+                cwd: spec.working_dir.clone().unwrap_or(process.cwd),
                 uid: user.uid,
                 gid: user.gid,
                 groups: user.groups,

@@ -115,6 +115,7 @@ fn spec() -> ServiceSpec {
         liveness_probe: Some(probe()),
         autoscaling: autoscaling(),
         cpu_throttling: true,
+        working_dir: Some("/srv".into()),
     }
 }
 
@@ -158,6 +159,8 @@ fn requests_match_the_openapi_document() {
                 image: Some("i".into()),
                 port: Some(1),
                 env: Some(vec![]),
+                update_env: vec!["A=1".into()],
+                remove_env: vec!["B".into()],
                 memory_bytes: Some(1),
                 cpu_millis: Some(1),
                 concurrency: Some(1),
@@ -168,6 +171,7 @@ fn requests_match_the_openapi_document() {
                 startup_probe: Some("/".into()),
                 command: Some(vec![]),
                 cpu_throttling: Some(true),
+                working_dir: Some("/srv".into()),
                 readiness_probe: Some(probe_patch.clone()),
                 liveness_probe: Some(probe_patch),
                 autoscaling: autoscaling(),

@@ -14,9 +14,16 @@ pub struct SpecPatch {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// Replaces the whole list.
+    /// Replaces the whole list (gcloud's `--set-env-vars`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<String>>,
+    /// `KEY=VALUE` entries set over the list: a key there already gets the new value in
+    /// its place, a new one goes at the end (`--update-env-vars`, `-e`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update_env: Vec<String>,
+    /// Keys taken out of the list (`--remove-env-vars`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_env: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,6 +45,9 @@ pub struct SpecPatch {
     pub command: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_throttling: Option<bool>,
+    /// An absolute path; empty: back to the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<ProbePatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,7 +100,7 @@ impl SpecPatch {
         };
         set(&mut spec.image, &self.image);
         set(&mut spec.port, &self.port);
-        set(&mut spec.env, &self.env);
+        self.apply_env(&mut spec.env)?;
         set(&mut spec.memory_bytes, &self.memory_bytes);
         set(&mut spec.cpu_millis, &self.cpu_millis);
         set(&mut spec.concurrency, &self.concurrency);
@@ -103,6 +113,9 @@ impl SpecPatch {
         if self.startup_probe.is_some() {
             spec.startup_probe = self.startup_probe.clone();
         }
+        if let Some(dir) = &self.working_dir {
+            spec.working_dir = (!dir.is_empty()).then(|| dir.clone());
+        }
         apply_probe(
             "readiness",
             &mut spec.readiness_probe,
@@ -111,6 +124,34 @@ impl SpecPatch {
         apply_probe("liveness", &mut spec.liveness_probe, &self.liveness_probe)?;
         overlay(&mut spec.autoscaling, &self.autoscaling);
         Ok(spec)
+    }
+}
+
+impl SpecPatch {
+    /// The environment: replaced (`env`), or edited key by key (`update_env`,
+    /// `remove_env`); the two ways do not go together, as in gcloud.
+    fn apply_env(&self, env: &mut Vec<String>) -> Result<(), PatchError> {
+        let editing = !self.update_env.is_empty() || !self.remove_env.is_empty();
+        if self.env.is_some() && editing {
+            return Err(PatchError {
+                field: "env",
+                why: "--set-env-vars replaces the whole environment: it does not go with \
+                      --update-env-vars or --remove-env-vars"
+                    .into(),
+            });
+        }
+        if let Some(all) = &self.env {
+            *env = all.clone();
+        }
+        let key = |kv: &str| kv.split('=').next().unwrap_or_default().to_owned();
+        env.retain(|kv| !self.remove_env.contains(&key(kv)));
+        for kv in &self.update_env {
+            match env.iter_mut().find(|e| key(e) == key(kv)) {
+                Some(old) => old.clone_from(kv),
+                None => env.push(kv.clone()),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -256,5 +297,47 @@ mod tests {
         assert_eq!(made.readiness_probe.as_ref().unwrap().http_path, None);
         let retuned = tune_only.apply("web", Some(made)).unwrap();
         assert_eq!(retuned.liveness_probe.unwrap().period_ms, 5_000);
+    }
+
+    #[test]
+    fn env_is_set_edited_or_refused_when_both() {
+        let mut base = ServiceSpec::new("app");
+        base.env = vec!["DATABASE_URL=pg://db".into(), "MODE=a".into()];
+        let update = SpecPatch {
+            update_env: vec!["MODE=b".into(), "NEW=1".into()],
+            remove_env: vec!["GONE".into()],
+            ..Default::default()
+        };
+        let spec = update.apply("web", Some(base.clone())).unwrap();
+        assert_eq!(spec.env, ["DATABASE_URL=pg://db", "MODE=b", "NEW=1"]);
+        let remove = SpecPatch {
+            remove_env: vec!["DATABASE_URL".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            remove.apply("web", Some(base.clone())).unwrap().env,
+            ["MODE=a"]
+        );
+        let both = SpecPatch {
+            env: Some(vec![]),
+            update_env: vec!["A=1".into()],
+            ..Default::default()
+        };
+        assert_eq!(both.apply("web", Some(base)).unwrap_err().field, "env");
+    }
+
+    #[test]
+    fn working_dir_is_set_and_cleared() {
+        let set = SpecPatch {
+            working_dir: Some("/srv".into()),
+            ..Default::default()
+        };
+        let spec = set.apply("web", Some(ServiceSpec::new("app"))).unwrap();
+        assert_eq!(spec.working_dir.as_deref(), Some("/srv"));
+        let clear = SpecPatch {
+            working_dir: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(clear.apply("web", Some(spec)).unwrap().working_dir, None);
     }
 }

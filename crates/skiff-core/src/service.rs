@@ -82,6 +82,9 @@ pub struct ServiceSpec {
     /// in flight is frozen, and thawed when one arrives.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cpu_throttling: bool,
+    /// The app's working directory (an absolute path), instead of the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -127,6 +130,7 @@ impl ServiceSpec {
             liveness_probe: None,
             autoscaling: Autoscaling::default(),
             cpu_throttling: false,
+            working_dir: None,
         }
     }
 
@@ -159,6 +163,11 @@ impl ServiceSpec {
         }
         if self.entrypoint.iter().any(|a| a.contains('\0')) {
             return bad("entrypoint", "an argument contains a NUL byte".into());
+        }
+        if let Some(dir) = &self.working_dir {
+            if !dir.starts_with('/') || dir.contains('\0') {
+                return bad("working-dir", format!("{dir:?} is not an absolute path"));
+            }
         }
         if self.memory_bytes < 4 << 20 {
             return bad("memory", "must be at least 4Mi".into());
@@ -303,6 +312,7 @@ mod tests {
             (|s| s.timeout_ms = 0, "timeout"),
             (|s| s.timeout_ms = MAX_TIMEOUT_MS + 1, "timeout"),
             (|s| s.idle_timeout_ms = 0, "idle-timeout"),
+            (|s| s.working_dir = Some("srv".into()), "working-dir"),
             (|s| s.autoscaling.metric = Some("cpu".into()), "metric"),
             (|s| s.autoscaling.target = Some(0.0), "target"),
             (

@@ -550,3 +550,57 @@ fn a_stale_update_after_rm_is_refused_and_the_service_stays_removed() {
     assert!(gone.starts_with("HTTP/1.1 404"), "{gone}");
     assert_eq!(d.json(&["ls"]), serde_json::json!([]));
 }
+
+#[test]
+fn deploy_edits_the_environment_key_by_key_and_sets_the_working_dir() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("envs", &["-e", "DATABASE_URL=pg://db", "-e", "MODE=a"]);
+    d.ok(&["deploy", "envs", "-e", "MODE=b"]);
+    let env = d.get("envs", "/env").text();
+    assert!(
+        env.contains("\nDATABASE_URL=pg://db\n"),
+        "-e keeps other keys: {env}"
+    );
+    assert!(env.contains("\nMODE=b\n"), "{env}");
+    d.ok(&[
+        "deploy",
+        "envs",
+        "--remove-env-vars",
+        "DATABASE_URL",
+        "--update-env-vars",
+        "A=1,B=2",
+        "--working-dir",
+        "/tmp",
+    ]);
+    let env = d.get("envs", "/env").text();
+    assert!(!env.contains("DATABASE_URL="), "{env}");
+    assert!(
+        env.contains("\nA=1\n") && env.contains("\nB=2\n") && env.contains("\nMODE=b\n"),
+        "{env}"
+    );
+    assert_eq!(d.get("envs", "/cwd").text(), "/tmp\n");
+    d.ok(&["deploy", "envs", "--set-env-vars", "ONLY=1"]);
+    let env = d.get("envs", "/env").text();
+    assert!(
+        env.contains("\nONLY=1\n") && !env.contains("MODE="),
+        "{env}"
+    );
+    let both = d.cli(&["deploy", "envs", "--set-env-vars", "X=1", "-e", "Y=2"]);
+    assert!(!both.status.success());
+    assert!(
+        stderr(&both).contains("--set-env-vars replaces the whole environment"),
+        "{}",
+        stderr(&both)
+    );
+    let relative = d.cli(&["deploy", "envs", "--working-dir", "srv"]);
+    assert!(
+        stderr(&relative).contains("\"srv\" is not an absolute path"),
+        "{}",
+        stderr(&relative)
+    );
+    assert_eq!(
+        d.get("envs", "/cwd").text(),
+        "/tmp\n",
+        "a refused deploy changes nothing"
+    );
+}

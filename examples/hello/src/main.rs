@@ -301,6 +301,12 @@ fn handle(
                 close,
             )?;
         }
+        "/cwd" => {
+            let cwd = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|e| format!("no working directory: {e}"));
+            respond(out, 200, &format!("{cwd}\n"), close)?;
+        }
         "/env" => {
             let body: String = std::env::vars()
                 .map(|(k, v)| format!("{k}={v}\n"))

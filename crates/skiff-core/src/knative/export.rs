@@ -21,6 +21,7 @@ pub fn document(
         image: spec.image.clone(),
         command: (!spec.entrypoint.is_empty()).then(|| spec.entrypoint.clone()),
         args: (!spec.command.is_empty()).then(|| spec.command.clone()),
+        working_dir: spec.working_dir.clone(),
         env: spec
             .env
             .iter()

@@ -97,6 +97,7 @@ pub fn service(doc: Service) -> Result<Imported> {
     }
     spec.entrypoint = container.command.clone().unwrap_or_default();
     spec.command = container.args.clone().unwrap_or_default();
+    spec.working_dir = container.working_dir.clone();
     spec.env = container
         .env
         .iter()

@@ -160,3 +160,11 @@ fn durations_read_as_kubernetes_writes_them() {
         ("60s".into(), "1500ms".into())
     );
 }
+
+#[test]
+fn working_dir_is_read_and_written_back() {
+    let imported = one(&with("          workingDir: /srv/app\n")).unwrap();
+    assert_eq!(imported.spec.working_dir.as_deref(), Some("/srv/app"));
+    let back = round_trip("hello", &imported.spec, &imported.traffic);
+    assert_eq!(back.spec.working_dir.as_deref(), Some("/srv/app"));
+}

@@ -24,9 +24,23 @@ pub struct DeployArgs {
     /// Port the app listens on (its $PORT). Default 8080.
     #[arg(long)]
     port: Option<u16>,
-    /// Environment KEY=VALUE (repeatable; replaces the previous revision's list).
-    #[arg(long = "env", short = 'e')]
+    /// Environment KEY=VALUE set over the previous revision's (repeatable; other keys
+    /// stay). Same as --update-env-vars.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Environment entries to set or change, comma-separated: K=V,K2=V2 (others stay).
+    #[arg(long, value_name = "K=V,...", value_delimiter = ',')]
+    update_env_vars: Vec<String>,
+    /// Environment keys to remove, comma-separated.
+    #[arg(long, value_name = "KEY,...", value_delimiter = ',')]
+    remove_env_vars: Vec<String>,
+    /// The whole environment, comma-separated: K=V,K2=V2 (replaces every entry; with no
+    /// value, clears it). Does not go with the two above.
+    #[arg(long, value_name = "K=V,...", value_delimiter = ',', num_args = 0..=1)]
+    set_env_vars: Option<Vec<String>>,
+    /// The app's working directory (an absolute path); "" goes back to the image's.
+    #[arg(long, value_name = "DIR")]
+    working_dir: Option<String>,
     /// Memory limit (e.g. 256Mi). Default 512Mi.
     #[arg(long, value_parser = parse_memory)]
     memory: Option<u64>,
@@ -192,7 +206,13 @@ fn patch(a: &DeployArgs) -> SpecPatch {
     SpecPatch {
         image: a.image.clone(),
         port: a.port,
-        env: (!a.env.is_empty()).then(|| a.env.clone()),
+        env: a
+            .set_env_vars
+            .as_ref()
+            .map(|all| all.iter().filter(|kv| !kv.is_empty()).cloned().collect()),
+        update_env: a.env.iter().chain(&a.update_env_vars).cloned().collect(),
+        remove_env: a.remove_env_vars.clone(),
+        working_dir: a.working_dir.clone(),
         memory_bytes: a.memory,
         cpu_millis: a.cpu,
         concurrency: a.concurrency,
