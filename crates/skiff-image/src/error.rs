@@ -101,14 +101,6 @@ pub enum LayerError {
         /// The link's target.
         target: String,
     },
-    /// A character or block device.
-    #[error("entry {entry:?} is a {kind} device node, which images may not contain")]
-    DeviceNode {
-        /// The entry's path.
-        entry: String,
-        /// `character` or `block`.
-        kind: &'static str,
-    },
     /// A parent of the entry is a non-directory.
     #[error("entry {entry:?}: {parent:?} is not a directory")]
     NotADirectory {

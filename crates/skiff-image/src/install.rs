@@ -6,6 +6,7 @@
 use crate::error::{ImageError, LayerError};
 use crate::unpack::unpack_layer;
 use crate::ImageStore;
+use crate::Progress;
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use sha2::{Digest as _, Sha256};
 use skiff_core::{Digest, ImageRef};
@@ -159,12 +160,20 @@ impl ImageStore {
         let fs_dir = staging.path().join("fs");
         std::fs::create_dir(&fs_dir).map_err(|e| ImageError::io(&fs_dir, e))?;
         let file = self.blobs.open(blob)?;
-        let actual = unpack_layer(file, &fs_dir, below, self.max_unpacked).map_err(layer_err)?;
-        if &actual != diff_id {
+        let unpacked = unpack_layer(file, &fs_dir, below, self.max_unpacked).map_err(layer_err)?;
+        if &unpacked.diff_id != diff_id {
             return Err(layer_err(LayerError::DiffIdMismatch {
                 expected: diff_id.clone(),
-                actual,
+                actual: unpacked.diff_id,
             }));
+        }
+        for (entry, kind) in &unpacked.skipped {
+            tracing::warn!(layer = %blob, "skipped {entry}: a {kind} device node");
+            self.report(Progress::Skipped {
+                digest: blob,
+                entry,
+                kind,
+            });
         }
         match std::fs::rename(&fs_dir, snapshot) {
             Ok(()) => Ok(()),

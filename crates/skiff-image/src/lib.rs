@@ -29,7 +29,7 @@ pub use error::{ImageError, LayerError};
 pub use import::ImportOptions;
 pub use pack::PackOptions;
 pub use progress::{Progress, ProgressFn};
-pub use unpack::{sniff, unpack_layer, Compression};
+pub use unpack::{sniff, unpack_layer, Compression, Unpacked};
 
 use skiff_core::Digest;
 use skiff_store::{ImageRecord, Store};

@@ -26,6 +26,16 @@ pub enum Progress<'a> {
         /// Whether its snapshot already existed (shared with another image).
         cached: bool,
     },
+    /// An entry of a layer was left out: a device node (`kind` is `character` or
+    /// `block`). The sandbox gives every instance its own `/dev`.
+    Skipped {
+        /// The layer blob.
+        digest: &'a Digest,
+        /// The entry's path in the layer.
+        entry: &'a str,
+        /// What kind of device node it is.
+        kind: &'static str,
+    },
 }
 
 /// A progress callback.

@@ -4,9 +4,11 @@
 //! mounted as overlay lowerdirs is the image's root filesystem.
 //!
 //! Every entry is hostile until proven otherwise: paths are walked with [`crate::safe_fs`]
-//! (no `..`, no absolute paths, no writing through symlinks), device nodes are refused,
-//! and the uncompressed stream is capped to stop decompression bombs. This module must not
-//! follow a symlink from the archive, ever.
+//! (no `..`, no absolute paths, no writing through symlinks), device nodes are skipped
+//! (every debootstrap or mmdebstrap rootfs carries `/dev/console`, `/dev/null`…; an
+//! instance gets its `/dev` from the sandbox, and nothing here creates a device node on
+//! disk) and named in the result, and the uncompressed stream is capped to stop
+//! decompression bombs. This module must not follow a symlink from the archive, ever.
 
 use crate::error::LayerError;
 use crate::safe_fs::{self, MakeDir, NoCreate, WalkError};
@@ -70,15 +72,23 @@ impl<R: Read> Read for Metered<R> {
     }
 }
 
+/// What unpacking a layer gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unpacked {
+    /// The digest of the uncompressed tar (the layer's diff id).
+    pub diff_id: Digest,
+    /// Entries left out: device nodes, with their kind (`character` or `block`).
+    pub skipped: Vec<(String, &'static str)>,
+}
+
 /// Unpacks the layer blob read from `blob` into the empty directory `dest`. `lowers` are
 /// the snapshot directories below this layer, top first (hardlinks may point into them).
-/// Returns the digest of the uncompressed tar (the layer's diff id).
 pub fn unpack_layer(
     blob: impl Read,
     dest: &Path,
     lowers: &[PathBuf],
     limit: u64,
-) -> Result<Digest, LayerError> {
+) -> Result<Unpacked, LayerError> {
     let mut buffered = BufReader::with_capacity(256 * 1024, blob);
     let head = buffered.fill_buf().map_err(LayerError::Tar)?;
     let decoded: Box<dyn Read> = match sniff(head) {
@@ -119,6 +129,7 @@ pub fn unpack_layer(
         root,
         lowers: lower_roots,
         dir_times: Vec::new(),
+        skipped: Vec::new(),
     };
     {
         let mut archive = tar::Archive::new(&mut metered);
@@ -137,7 +148,10 @@ pub fn unpack_layer(
     // The diff id covers the whole stream, including the end-of-archive padding.
     io::copy(&mut metered, &mut io::sink()).map_err(too_large)?;
     let hash: [u8; 32] = metered.hash.finalize().into();
-    Ok(Digest::from_sha256_bytes(&hash))
+    Ok(Unpacked {
+        diff_id: Digest::from_sha256_bytes(&hash),
+        skipped: unpacker.skipped,
+    })
 }
 
 struct Unpacker {
@@ -145,6 +159,8 @@ struct Unpacker {
     lowers: Vec<OwnedFd>,
     /// Directories' mtimes from the archive, set once no later entry can change them.
     dir_times: Vec<(Vec<OsString>, u64)>,
+    /// Device nodes left out, with their kind.
+    skipped: Vec<(String, &'static str)>,
 }
 
 /// Creates missing directories in a layer with the owner and mode the same directory has
@@ -282,14 +298,14 @@ impl Unpacker {
                 fs::chmodat(&parent, name, Mode::from_raw_mode(mode), AtFlags::empty())
                     .map_err(write_err(&display))
             }
-            tar::EntryType::Char => Err(LayerError::DeviceNode {
-                entry: display,
-                kind: "character",
-            }),
-            tar::EntryType::Block => Err(LayerError::DeviceNode {
-                entry: display,
-                kind: "block",
-            }),
+            tar::EntryType::Char => {
+                self.skipped.push((display, "character"));
+                Ok(())
+            }
+            tar::EntryType::Block => {
+                self.skipped.push((display, "block"));
+                Ok(())
+            }
             other => Err(LayerError::Unsupported {
                 entry: display,
                 kind: other.as_byte() as char,

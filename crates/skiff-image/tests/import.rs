@@ -194,19 +194,36 @@ fn hardlink_through_escaping_symlink_is_refused() {
 }
 
 #[test]
-fn device_node_is_refused() {
+fn device_nodes_are_skipped_named_and_never_created() {
     let mut e = env();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    e.store = e.store.clone().with_progress(std::sync::Arc::new(move |p| {
+        if let skiff_image::Progress::Skipped { entry, kind, .. } = p {
+            record.lock().unwrap().push(format!("{entry} ({kind})"));
+        }
+    }));
     let src = layout(
         &e.path("src"),
-        &[Layer::plain(&[E::Dir("dev"), E::CharDev("dev/mem")])],
+        &[Layer::plain(&[
+            E::Dir("dev"),
+            E::CharDev("dev/console"),
+            E::File("etc-marker", b"kept"),
+        ])],
         "x",
     );
-    let err = err_of(e.import(&src));
+    let img = e.import(&src).unwrap().remove(0);
+    assert_eq!(*seen.lock().unwrap(), ["dev/console (character)"]);
+    let layers = e.store.rootfs_layers(&img);
+    assert!(layers[0].join("dev").is_dir(), "the directory stays");
     assert!(
-        err.contains("entry \"dev/mem\" is a character device node"),
-        "{err}"
+        std::fs::symlink_metadata(layers[0].join("dev/console")).is_err(),
+        "no device node on disk"
     );
-    e.assert_empty();
+    assert_eq!(
+        std::fs::read(layers[0].join("etc-marker")).unwrap(),
+        b"kept"
+    );
 }
 
 #[test]

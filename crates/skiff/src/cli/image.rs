@@ -82,10 +82,7 @@ fn argv(s: &str) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn run(home: &Home, format: Format, cmd: ImageCommand) -> anyhow::Result<()> {
-    let store = match super::progress::terminal() {
-        Some(p) => home.images()?.with_progress(p),
-        None => home.images()?,
-    };
+    let store = home.images()?.with_progress(super::progress::callback());
     let result = run_with(home, format, cmd, store);
     if result.is_err() {
         super::progress::finish();

@@ -1,5 +1,6 @@
 //! Draws image progress on a terminal: one line, redrawn in place, on stderr. Nothing is
-//! drawn when stderr is not a terminal (scripts and logs get only the final result).
+//! drawn when stderr is not a terminal (scripts and logs get only the final result), but
+//! warnings (entries left out of a layer) are printed either way, each on its own line.
 
 use skiff_image::{Progress, ProgressFn};
 use std::io::{IsTerminal, Write};
@@ -26,13 +27,26 @@ pub fn bar(done: usize, total: usize) -> String {
     s
 }
 
-/// A callback drawing progress on stderr, or `None` when stderr is not a terminal.
-pub fn terminal() -> Option<ProgressFn> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    Some(Arc::new(|event: Progress<'_>| {
+/// A callback drawing progress on stderr when it is a terminal, and printing warnings
+/// always.
+pub fn callback() -> ProgressFn {
+    let tty = std::io::stderr().is_terminal();
+    Arc::new(move |event: Progress<'_>| {
         let line = match event {
+            Progress::Skipped {
+                digest,
+                entry,
+                kind,
+            } => {
+                let clear = if tty { "\r\x1b[2K" } else { "" };
+                eprintln!(
+                    "{clear}warning: layer {}: skipped {entry}, a {kind} device node \
+                     (instances get their /dev from the sandbox)",
+                    digest.short()
+                );
+                return;
+            }
+            _ if !tty => return,
             Progress::BlobStored { digest, bytes } => {
                 format!(
                     "stored {} ({})",
@@ -59,7 +73,7 @@ pub fn terminal() -> Option<ProgressFn> {
         let mut err = std::io::stderr().lock();
         let _ = write!(err, "\r\x1b[2K{line}");
         let _ = err.flush();
-    }))
+    })
 }
 
 /// Clears the progress line, if stderr is a terminal (call before printing results).
