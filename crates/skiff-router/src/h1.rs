@@ -60,6 +60,8 @@ enum Field {
     Upgrade,
     Expect,
     XForwardedFor,
+    /// RFC 7239's Forwarded, which the proxy appends to.
+    Forwarded,
     /// X-Forwarded-Proto and X-Forwarded-Host, which the proxy sets itself.
     XForwardedSet,
     XRequestId,
@@ -73,6 +75,7 @@ fn classify(name: &[u8]) -> Field {
         2 if is("te") => Field::HopByHop,
         6 if is("expect") => Field::Expect,
         7 if is("upgrade") => Field::Upgrade,
+        9 if is("forwarded") => Field::Forwarded,
         10 if is("connection") => Field::Connection,
         10 if is("keep-alive") => Field::HopByHop,
         12 if is("x-request-id") => Field::XRequestId,
@@ -444,8 +447,40 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A field the client may have sent on several lines, joined into one list (a line
+/// allocates only from the second on).
+#[derive(Default)]
+struct Joined<'a> {
+    first: Option<&'a [u8]>,
+    rest: Vec<u8>,
+}
+
+impl<'a> Joined<'a> {
+    fn push(&mut self, value: &'a [u8]) {
+        if self.first.is_some() {
+            self.rest.extend_from_slice(b", ");
+            self.rest.extend_from_slice(value);
+        } else {
+            self.first = Some(value);
+        }
+    }
+
+    /// Writes `name: ` and the client's list followed by `, `, if it sent one; the
+    /// caller writes the proxy's own element after it.
+    fn write_start(&self, out: &mut Vec<u8>, name: &[u8]) {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        if let Some(first) = self.first.filter(|v| !v.is_empty()) {
+            out.extend_from_slice(first);
+            out.extend_from_slice(&self.rest);
+            out.extend_from_slice(b", ");
+        }
+    }
+}
+
 /// Writes the head of the request to send to the instance: origin-form target, HTTP/1.1,
-/// end-to-end fields only, the X-Forwarded-* fields and the request id, and the framing.
+/// end-to-end fields only, `Forwarded` (RFC 7239) and the X-Forwarded-* fields, the
+/// request id, and the framing.
 pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forwarding<'_>) {
     let target = &buf[head.target.clone()];
     let path = absolute_form(target).map_or(target, |(_, path)| path);
@@ -453,37 +488,30 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forw
     out.push(b' ');
     out.extend_from_slice(path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut forwarded_for: Option<&[u8]> = None;
-    let mut prior_for = Vec::new();
+    let mut forwarded_for = Joined::default();
+    let mut forwarded = Joined::default();
     for (kind, name, value) in head.end_to_end(buf, false) {
         match kind {
-            Field::XForwardedFor => {
-                if forwarded_for.is_some() {
-                    prior_for.extend_from_slice(b", ");
-                    prior_for.extend_from_slice(value);
-                } else {
-                    forwarded_for = Some(value);
-                }
-            }
+            Field::XForwardedFor => forwarded_for.push(value),
+            Field::Forwarded => forwarded.push(value),
             Field::XForwardedSet | Field::XRequestId => {}
             Field::Expect if head.expect_continue => {}
             _ => field(out, name, value),
         }
     }
+    let host = head.host(buf);
     if head.hosts == 0 {
-        if let Some(host) = head.host(buf) {
+        if let Some(host) = host {
             field(out, b"host", host);
         }
     }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(first) = forwarded_for.filter(|v| !v.is_empty()) {
-        out.extend_from_slice(first);
-        out.extend_from_slice(&prior_for);
-        out.extend_from_slice(b", ");
-    }
+    forwarded.write_start(out, b"forwarded");
+    write_forwarded_element(out, fwd.client_ip, host);
+    out.extend_from_slice(b"\r\n");
+    forwarded_for.write_start(out, b"x-forwarded-for");
     out.extend_from_slice(fwd.client_ip.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-    if let Some(host) = head.host(buf) {
+    if let Some(host) = host {
         field(out, b"x-forwarded-host", host);
     }
     field(out, b"x-request-id", fwd.request_id);
@@ -495,6 +523,41 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forw
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// This hop's element of a `Forwarded` list: `for=CLIENT;host=HOST;proto=http`, with an
+/// IPv6 client as `"[ADDR]"` and a host that is not a token quoted (RFC 7239, 4 and 6).
+fn write_forwarded_element(out: &mut Vec<u8>, client_ip: &str, host: Option<&[u8]>) {
+    out.extend_from_slice(b"for=");
+    if client_ip.contains(':') {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(client_ip.as_bytes());
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(client_ip.as_bytes());
+    }
+    if let Some(host) = host {
+        out.extend_from_slice(b";host=");
+        write_token_or_quoted(out, host);
+    }
+    out.extend_from_slice(b";proto=http");
+}
+
+/// `value` as an RFC 9110 token when it is one, else as a quoted-string.
+fn write_token_or_quoted(out: &mut Vec<u8>, value: &[u8]) {
+    let is_tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    if !value.is_empty() && value.iter().all(is_tchar) {
+        out.extend_from_slice(value);
+        return;
+    }
+    out.push(b'"');
+    for &b in value {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 fn write_request_framing(out: &mut Vec<u8>, body: BodyLen) {
@@ -644,6 +707,7 @@ mod tests {
         assert_eq!(
             out,
             "GET /p?q=1 HTTP/1.1\r\nX-App: kept\r\nhost: hello.localhost:8080\r\n\
+             forwarded: for=10.1.2.3;host=\"hello.localhost:8080\";proto=http\r\n\
              x-forwarded-for: 192.0.2.1, 10.1.2.3\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: hello.localhost:8080\r\nx-request-id: rid\r\n\r\n"
         );
@@ -655,6 +719,33 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: a\r\nX-Forwarded-For: b\r\n\r\n",
         );
         assert!(out.contains("x-forwarded-for: a, b, 10.1.2.3\r\n"), "{out}");
+    }
+
+    #[test]
+    fn forwarded_is_appended_to_the_clients_with_ipv6_and_hosts_quoted() {
+        let (buf, head) = request(
+            "GET / HTTP/1.1\r\nHost: h.localhost\r\nForwarded: for=192.0.2.60;proto=https\r\n\
+             Forwarded: for=unknown\r\n\r\n",
+        );
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            client_ip: "2001:db8::1",
+            request_id: b"rid",
+            body: head.request_body(&buf).unwrap(),
+        };
+        write_request_head(&mut out, &buf, &head, &fwd);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains(
+                "\r\nforwarded: for=192.0.2.60;proto=https, for=unknown, \
+                 for=\"[2001:db8::1]\";host=h.localhost;proto=http\r\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches("orwarded:").count(), 1, "one line: {out}");
+        let mut quoted = Vec::new();
+        write_token_or_quoted(&mut quoted, b"a\"b\\c:1");
+        assert_eq!(quoted, b"\"a\\\"b\\\\c:1\"");
     }
 
     #[test]

@@ -36,6 +36,10 @@ fn first_request_from_zero_gets_the_apps_answer_with_proxy_headers() {
     assert!(h.contains("x-forwarded-for: 127.0.0.1\n"), "{h}");
     assert!(h.contains("x-forwarded-proto: http\n"), "{h}");
     assert!(h.contains("x-forwarded-host: hello.localhost\n"), "{h}");
+    assert!(
+        h.contains("forwarded: for=127.0.0.1;host=hello.localhost;proto=http\n"),
+        "{h}"
+    );
     assert!(h.contains("x-request-id: "), "{h}");
 
     let env = d.get("hello", "/env").text();
