@@ -320,7 +320,13 @@ fn wait_connected(stream: &std::net::TcpStream) -> io::Result<()> {
 /// How long a startup probe waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `GET path` on a fresh connection; returns the status code.
+/// How probes introduce themselves: Knative-style images answer a request whose
+/// User-Agent starts with `kube-probe/`, or that carries `K-Kubelet-Probe`, as a probe
+/// (without logging it, or without waking what a request would).
+pub const PROBE_USER_AGENT: &str = "kube-probe/skiff";
+
+/// `GET path` on a fresh connection, as Kubernetes' and Knative's probes send it;
+/// returns the status code.
 pub async fn http_probe(target: &Target, path: &str) -> io::Result<u16> {
     if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(io::Error::new(
@@ -330,7 +336,8 @@ pub async fn http_probe(target: &Target, path: &str) -> io::Result<u16> {
     }
     let mut stream = UpstreamStream::new(connect(target).await?, None);
     let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: localhost\r\nuser-agent: skiff-probe\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nuser-agent: {PROBE_USER_AGENT}\r\n\
+         k-kubelet-probe: queue\r\nconnection: close\r\n\r\n"
     );
     let exchange = async {
         stream.write_all(request.as_bytes()).await?;
@@ -408,4 +415,38 @@ fn has_our_mark(stream: &std::net::TcpStream) -> bool {
         return false;
     };
     skiff_kernel::sockopt::mark(stream).is_ok_and(|mark| mark == ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn probes_say_they_are_probes_as_knative_images_expect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 512];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the probe closed early");
+                head.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let status = http_probe(&Target::Address(addr), "/healthz")
+            .await
+            .unwrap();
+        assert_eq!(status, 204);
+        let head = app.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /healthz http/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nuser-agent: kube-probe/"), "{head}");
+        assert!(head.contains("\r\nk-kubelet-probe: queue\r\n"), "{head}");
+    }
 }
