@@ -18,6 +18,7 @@ mod error;
 mod gc;
 mod health;
 pub mod linux;
+pub mod listening;
 pub mod logs;
 mod phase;
 mod reconciler;

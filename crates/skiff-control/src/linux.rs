@@ -9,8 +9,8 @@
 
 use crate::revision::Revision;
 use crate::runtime::{
-    BoxFuture, ExitCheck, ExitStatus, InstancePlan, PreparedInstance, RunningInstance, Runtime,
-    RuntimeError,
+    BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenCheck, Listening, PreparedInstance,
+    RunningInstance, Runtime, RuntimeError,
 };
 use skiff_router::{Target, Throttle};
 use skiff_sandbox::{
@@ -168,6 +168,24 @@ impl RunningInstance for LinuxRunning {
                 false
             }),
         }
+    }
+
+    fn listen_check(&self, port: u16) -> ListenCheck {
+        let dir = format!("/proc/{}/net", self.0.pid());
+        Box::new(move || {
+            // Gone, or no IPv6: an empty table.
+            let read = |name: &str| std::fs::read_to_string(format!("{dir}/{name}"));
+            let found = crate::listening::listeners(
+                &read("tcp").unwrap_or_default(),
+                &read("tcp6").unwrap_or_default(),
+            );
+            if found.iter().any(|s| crate::listening::reachable(s, port)) {
+                return Listening::OnPort;
+            }
+            Listening::NotYet {
+                elsewhere: found.iter().map(ToString::to_string).collect(),
+            }
+        })
     }
 
     fn exited(&self) -> BoxFuture<'static, ()> {

@@ -7,7 +7,9 @@
 use crate::health;
 use crate::phase::InstancePhase;
 use crate::runner::{RevisionRunner, STARTUP_TIMEOUT};
-use crate::runtime::{ExitCheck, ExitStatus, PreparedInstance, RunningInstance, RuntimeError};
+use crate::runtime::{
+    ExitCheck, ExitStatus, ListenCheck, Listening, PreparedInstance, RunningInstance, RuntimeError,
+};
 use skiff_router::{upstream, Target, Throttle, Upstream};
 use skiff_store::ExitRecord;
 use std::sync::atomic::Ordering;
@@ -21,6 +23,10 @@ pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Lines of an instance's log kept with a failure.
 const FAILURE_LOG_LINES: usize = 20;
+/// How long an app may listen only on other ports than `$PORT` before its start fails
+/// with what it opened (well before the startup deadline; an app that opens an admin
+/// port first has this long to open the main one).
+pub const WRONG_PORT_GRACE: Duration = Duration::from_secs(5);
 
 /// Why an instance did not become ready.
 enum NotReady {
@@ -169,8 +175,8 @@ impl RevisionRunner {
             Err(RuntimeError::Exited) => return Err(NotReady::Exited),
             Err(e) => return Err(NotReady::Failed(e.to_string())),
         };
-        let stream = tokio::select! {
-            r = self.wait_listening(instance, &target) => r?,
+        tokio::select! {
+            r = self.wait_listening(instance) => r?,
             _ = &mut *stop_rx => return Err(NotReady::Stopped),
         };
         // Without a startup probe, an HTTP readiness probe gates the first request, as
@@ -185,7 +191,6 @@ impl RevisionRunner {
                 .await?;
         }
         let mut upstream = Upstream::new(instance.id(), target.clone());
-        upstream.put_fresh(stream);
         if spec.cpu_throttling {
             let throttle = instance
                 .throttle()
@@ -199,27 +204,18 @@ impl RevisionRunner {
         Ok((upstream, target))
     }
 
-    /// Polls the port until it accepts a connection, on a blocking thread: the first
-    /// tries are sub-millisecond apart, finer than the async timer allows, because cold
-    /// start is measured in them.
-    async fn wait_listening(
-        &self,
-        instance: &dyn RunningInstance,
-        target: &Target,
-    ) -> Result<std::net::TcpStream, NotReady> {
+    /// Looks until the app listens on its port, on a blocking thread: the first looks are
+    /// sub-millisecond apart, finer than the async timer allows, because cold start is
+    /// measured in them.
+    async fn wait_listening(&self, instance: &dyn RunningInstance) -> Result<(), NotReady> {
         let port = self.revision.spec.port;
         let exit_check = instance.exit_check();
-        let probe_target = target.clone();
-        let connect = tokio::task::spawn_blocking(move || {
-            poll_listening(&probe_target, &exit_check, STARTUP_TIMEOUT)
+        let listen_check = instance.listen_check(port);
+        let looking = tokio::task::spawn_blocking(move || {
+            poll_listening(listen_check, &exit_check, port, STARTUP_TIMEOUT)
         });
-        match connect.await {
-            Ok(Ok(Some(stream))) => Ok(stream),
-            Ok(Ok(None)) => Err(NotReady::Exited),
-            Ok(Err(())) => Err(NotReady::Failed(format!(
-                "the app did not listen on port {port} within {}s",
-                STARTUP_TIMEOUT.as_secs()
-            ))),
+        match looking.await {
+            Ok(result) => result,
             Err(e) => Err(NotReady::Failed(e.to_string())),
         }
     }
@@ -370,27 +366,52 @@ async fn or_pending<F: std::future::Future>(future: Option<F>) -> F::Output {
     }
 }
 
-/// Polls `target` until it accepts a connection (`Some`), the instance exits (`None`),
-/// or the time is up (`Err`).
+/// Looks until the app listens on `port`, it exits, it has listened only elsewhere for
+/// [`WRONG_PORT_GRACE`], or the time is up.
 fn poll_listening(
-    target: &Target,
+    mut listening: ListenCheck,
     exited_within: &ExitCheck,
+    port: u16,
     timeout: Duration,
-) -> Result<Option<std::net::TcpStream>, ()> {
-    let deadline = Instant::now() + timeout;
+) -> Result<(), NotReady> {
+    let start = Instant::now();
+    let mut elsewhere_since: Option<Instant> = None;
     let mut pause = Duration::from_micros(100);
     loop {
-        if let Ok(stream) = upstream::connect_blocking(target) {
-            return Ok(Some(stream));
-        }
-        if Instant::now() >= deadline {
-            return Err(());
+        let elsewhere = match listening() {
+            Listening::OnPort => return Ok(()),
+            Listening::NotYet { elsewhere } => elsewhere,
+        };
+        let now = Instant::now();
+        let wrong_for = match elsewhere.is_empty() {
+            true => {
+                elsewhere_since = None;
+                Duration::ZERO
+            }
+            false => now - *elsewhere_since.get_or_insert(now),
+        };
+        if wrong_for >= WRONG_PORT_GRACE || now - start >= timeout {
+            return Err(NotReady::Failed(not_listening(port, &elsewhere, timeout)));
         }
         if exited_within(pause) {
-            return Ok(None);
+            return Err(NotReady::Exited);
         }
         pause = (pause * 3 / 2).min(Duration::from_millis(20));
     }
+}
+
+/// Why an app is not ready: it listens elsewhere, or not at all.
+fn not_listening(port: u16, elsewhere: &[String], timeout: Duration) -> String {
+    if elsewhere.is_empty() {
+        return format!(
+            "the app did not listen on port {port} within {}s",
+            timeout.as_secs()
+        );
+    }
+    format!(
+        "the app listens on {} but not on port {port} ($PORT) at 127.0.0.1 or 0.0.0.0",
+        elsewhere.join(", ")
+    )
 }
 
 /// `SERVICE-xxxxxx` when the name leaves room, else `i` and 12 hex digits.
@@ -429,6 +450,29 @@ mod tests {
     fn backoff_doubles_from_one_second_up_to_thirty() {
         let secs: Vec<u64> = (1..=8).map(|n| backoff_after(n).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn an_app_on_the_wrong_port_is_told_by_what_it_opened() {
+        let check: ListenCheck = Box::new(|| Listening::NotYet {
+            elsewhere: vec!["[::1]:8080".into(), "127.0.0.1:3000".into()],
+        });
+        let never: ExitCheck = Box::new(|wait| {
+            std::thread::sleep(wait.min(Duration::from_millis(5)));
+            false
+        });
+        let started = Instant::now();
+        let Err(NotReady::Failed(why)) =
+            poll_listening(check, &never, 8080, Duration::from_millis(300))
+        else {
+            panic!("listening elsewhere is no readiness");
+        };
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            why,
+            "the app listens on [::1]:8080, 127.0.0.1:3000 but not on port 8080 ($PORT) \
+             at 127.0.0.1 or 0.0.0.0"
+        );
     }
 
     #[test]

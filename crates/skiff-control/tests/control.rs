@@ -61,6 +61,18 @@ async fn a_queued_request_starts_an_instance_and_gets_its_slot() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_instance_is_found_ready_without_a_connection_to_it() {
+    let h = web(|_| {}).await;
+    let _lease = h.pool("web").acquire().await.unwrap();
+    assert_eq!(h.states("web").await, ["ready"]);
+    assert_eq!(
+        h.rt.accepted(),
+        0,
+        "readiness looked at the sockets, it did not connect"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn queued_demand_scales_up_to_one_instance_per_slot_within_the_cap() {
     let h = web(|s| {
         s.concurrency = 1;

@@ -159,9 +159,6 @@ pub struct Upstream {
     pub target: Target,
     /// Idle connections per router thread; the last slot serves any other thread.
     idle: Vec<IdleShard>,
-    /// Connections opened off the router (by the readiness check) and not yet registered
-    /// with any event loop: the first router thread that needs one takes it.
-    fresh: Mutex<Vec<std::net::TcpStream>>,
     /// Paused while the instance has no work, when its revision asks for that.
     throttle: Option<Box<dyn Throttle>>,
 }
@@ -175,7 +172,6 @@ impl Upstream {
             idle: (0..=ROUTER_THREADS_MAX)
                 .map(|_| IdleShard::default())
                 .collect(),
-            fresh: Mutex::new(Vec::new()),
             throttle: None,
         }
     }
@@ -216,14 +212,6 @@ impl Upstream {
                 return Ok(conn);
             }
         }
-        if lane == Lane::Shortcut {
-            let fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            if let Some(stream) = fresh {
-                stream.set_nonblocking(true)?;
-                let marked = has_our_mark(&stream);
-                return Ok(Connection::new(TcpStream::from_std(stream)?, marked));
-            }
-        }
         self.open(size).await
     }
 
@@ -246,15 +234,6 @@ impl Upstream {
             .unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
-        }
-    }
-
-    /// Keeps a connection made off the router (by the readiness check) for the first
-    /// request.
-    pub fn put_fresh(&self, stream: std::net::TcpStream) {
-        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
-        if fresh.len() < MAX_IDLE {
-            fresh.push(stream);
         }
     }
 }
@@ -283,38 +262,6 @@ async fn connect_by(target: &Target, lane: Lane) -> io::Result<(TcpStream, bool)
     };
     stream.set_nodelay(true)?;
     Ok((stream, marked))
-}
-
-/// A blocking TCP connection to `target`, marked for the shortcut if one is installed
-/// (for readiness checks off the async runtime, where sleeps shorter than the runtime's
-/// 1 ms timer are wanted; the connection then serves the first request).
-pub fn connect_blocking(target: &Target) -> io::Result<std::net::TcpStream> {
-    let stream = match target {
-        Target::Address(addr) => std::net::TcpStream::connect(addr)?,
-        Target::Netns { netns, port } => {
-            let (stream, _) = socket_in(netns, Lane::Shortcut)?;
-            let addr = rustix::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port);
-            match rustix::net::connect(&stream, &addr) {
-                Ok(()) => {}
-                Err(rustix::io::Errno::INPROGRESS) => wait_connected(&stream)?,
-                Err(e) => return Err(e.into()),
-            }
-            stream
-        }
-    };
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Waits for a non-blocking connect to finish and reports its outcome.
-fn wait_connected(stream: &std::net::TcpStream) -> io::Result<()> {
-    use rustix::event::{poll, PollFd, PollFlags};
-    let mut fds = [PollFd::new(stream, PollFlags::OUT)];
-    poll(&mut fds, None)?;
-    match stream.take_error()? {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
 }
 
 /// How long a startup probe waits for its answer.
@@ -407,14 +354,6 @@ fn socket_in(netns: &OwnedFd, lane: Lane) -> io::Result<(std::net::TcpStream, bo
         skiff_kernel::sockopt::set_mark(&socket, mark)?;
     }
     Ok((std::net::TcpStream::from(socket), mark.is_some()))
-}
-
-/// Whether a socket made elsewhere carries this daemon's shortcut mark.
-fn has_our_mark(stream: &std::net::TcpStream) -> bool {
-    let Some(ours) = skiff_kernel::shortcut::upstream_mark() else {
-        return false;
-    };
-    skiff_kernel::sockopt::mark(stream).is_ok_and(|mark| mark == ours)
 }
 
 #[cfg(test)]

@@ -122,3 +122,14 @@ fn a_failing_readiness_probe_takes_the_instance_out_of_rotation_until_it_passes(
     let detail = d.json(&["describe", "ready"]);
     assert!(detail["last_failure"].is_null(), "{detail}");
 }
+
+#[test]
+fn readiness_holds_no_connection_open_while_the_startup_probe_runs() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("quiet", &["--startup-probe", "/healthz"]);
+    let seen = d.get("quiet", "/connections").text();
+    // The probe's own connection is the only one: nothing made to prove the port
+    // listens is still open (a one-at-a-time server such as gunicorn's sync worker
+    // would block on it), and the first request came on a connection of its own.
+    assert_eq!(seen, "accepted 2, open during the first probe 1\n");
+}

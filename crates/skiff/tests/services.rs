@@ -608,3 +608,28 @@ fn deploy_edits_the_environment_key_by_key_and_sets_the_working_dir() {
         "a refused deploy changes nothing"
     );
 }
+
+#[test]
+fn an_app_listening_on_another_port_gets_a_503_naming_it_soon() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("astray", &["--", "--listen-port", "3000"]);
+    let t0 = Instant::now();
+    let r = d.get("astray", "/");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("the app listens on 0.0.0.0:3000 but not on port 8080 ($PORT)"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "told after {:?}, long before the 240 s startup deadline",
+        t0.elapsed()
+    );
+    let failure = &d.json(&["describe", "astray"])["last_failure"]["reason"];
+    assert!(
+        failure.as_str().unwrap().contains("0.0.0.0:3000"),
+        "{failure}"
+    );
+}

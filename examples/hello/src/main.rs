@@ -17,8 +17,12 @@
 //! - `GET /ticks` → how often a background thread, started by the first `/ticks`, has
 //!   woken up on its 10 ms timer (it stops counting while the instance is frozen)
 //!
+//! - `GET /connections` → connections accepted so far, and how many were open when the
+//!   first `/healthz` ran (a probe should find only its own)
+//!
 //! `hello --crash MESSAGE` prints MESSAGE to stderr and exits 3 (a broken image);
-//! `hello --listen-after MS` waits before listening (a slow starter).
+//! `hello --listen-after MS` waits before listening (a slow starter);
+//! `hello --listen-port N` listens on N whatever `$PORT` says (a misconfigured app).
 
 mod ws;
 
@@ -35,6 +39,11 @@ static SICK_UNTIL: AtomicU64 = AtomicU64::new(0);
 /// Wake-ups of the `/ticks` thread.
 static TICKS: AtomicU64 = AtomicU64::new(0);
 static TICKING: std::sync::Once = std::sync::Once::new();
+/// Connections accepted, and open now.
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// Connections open when the first `/healthz` ran (0: it has not run).
+static OPEN_AT_FIRST_PROBE: AtomicUsize = AtomicUsize::new(0);
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -55,10 +64,13 @@ fn main() {
         let ms = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
         std::thread::sleep(Duration::from_millis(ms));
     }
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(8080);
+    let port: u16 = match args.first().map(String::as_str) {
+        Some("--listen-port") => args.get(1).and_then(|p| p.parse().ok()).unwrap_or(3000),
+        _ => std::env::var("PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(8080),
+    };
     let id = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());
@@ -80,8 +92,11 @@ fn main() {
         }
         let Ok(conn) = conn else { continue };
         let id = Arc::clone(&id);
+        ACCEPTED.fetch_add(1, Ordering::SeqCst);
+        OPEN.fetch_add(1, Ordering::SeqCst);
         std::thread::spawn(move || {
             let _ = serve(conn, &id);
+            OPEN.fetch_sub(1, Ordering::SeqCst);
         });
     }
     let draining = IN_FLIGHT.load(Ordering::SeqCst);
@@ -270,6 +285,23 @@ fn handle(
                 .map(|(k, v)| format!("{}: {v}\n", k.to_ascii_lowercase()))
                 .collect();
             respond(out, 200, &body, close)?;
+        }
+        "/connections" => {
+            let body = format!(
+                "accepted {}, open during the first probe {}\n",
+                ACCEPTED.load(Ordering::SeqCst),
+                OPEN_AT_FIRST_PROBE.load(Ordering::SeqCst)
+            );
+            respond(out, 200, &body, close)?;
+        }
+        "/healthz" if OPEN_AT_FIRST_PROBE.load(Ordering::SeqCst) == 0 => {
+            let _ = OPEN_AT_FIRST_PROBE.compare_exchange(
+                0,
+                OPEN.load(Ordering::SeqCst),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+            respond(out, 200, "ok\n", close)?
         }
         "/healthz" if SICK_UNTIL.load(Ordering::SeqCst) > unix_ms() => {
             respond(out, 503, "sick\n", close)?

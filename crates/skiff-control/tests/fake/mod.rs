@@ -4,8 +4,8 @@
 
 use skiff_control::documents::DeployRequest;
 use skiff_control::runtime::{
-    BoxFuture, ExitCheck, ExitStatus, InstancePlan, PreparedInstance, RunningInstance, Runtime,
-    RuntimeError,
+    BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenCheck, Listening, PreparedInstance,
+    RunningInstance, Runtime, RuntimeError,
 };
 use skiff_control::{Command, Control, ControlConfig, Precondition, ScalingDefaults};
 use skiff_core::ServiceSpec;
@@ -45,6 +45,8 @@ struct Shared {
     behaviour: Mutex<Option<Behaviour>>,
     sick: AtomicBool,
     running: AtomicU32,
+    /// Connections the instances' listeners accepted.
+    accepted: AtomicU32,
 }
 
 impl Shared {
@@ -95,6 +97,11 @@ impl FakeRuntime {
 
     pub fn stops(&self) -> usize {
         self.times(|c| matches!(c, Call::Stop(_))).len()
+    }
+
+    /// Connections the instances accepted (probes', and nothing else's here).
+    pub fn accepted(&self) -> u32 {
+        self.0.accepted.load(Ordering::SeqCst)
     }
 
     /// Instances launched and not yet ended.
@@ -171,6 +178,7 @@ fn serve_probes(listener: &TcpListener, shared: Arc<Shared>, exited: Arc<watch::
                 return;
             }
             let Ok(mut conn) = conn else { return };
+            shared.accepted.fetch_add(1, Ordering::SeqCst);
             let shared = Arc::clone(&shared);
             std::thread::spawn(move || {
                 conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
@@ -238,6 +246,15 @@ impl RunningInstance for FakeRunning {
             }
             std::thread::sleep(wait.min(Duration::from_millis(1)));
             *exited.borrow()
+        })
+    }
+
+    fn listen_check(&self, _port: u16) -> ListenCheck {
+        let listens = self.listener.is_some();
+        let exited = self.exited.subscribe();
+        Box::new(move || match listens && !*exited.borrow() {
+            true => Listening::OnPort,
+            false => Listening::NotYet { elsewhere: vec![] },
         })
     }
 
