@@ -9,7 +9,7 @@
 
 use crate::revision::Revision;
 use crate::runtime::{
-    BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenCheck, Listening, PreparedInstance,
+    BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenersCheck, PreparedInstance,
     RunningInstance, Runtime, RuntimeError,
 };
 use skiff_router::{Target, Throttle};
@@ -170,21 +170,18 @@ impl RunningInstance for LinuxRunning {
         }
     }
 
-    fn listen_check(&self, port: u16) -> ListenCheck {
+    fn listeners_check(&self) -> ListenersCheck {
         let dir = format!("/proc/{}/net", self.0.pid());
         Box::new(move || {
             // Gone, or no IPv6: an empty table.
             let read = |name: &str| std::fs::read_to_string(format!("{dir}/{name}"));
-            let found = crate::listening::listeners(
+            crate::listening::listeners(
                 &read("tcp").unwrap_or_default(),
                 &read("tcp6").unwrap_or_default(),
-            );
-            if found.iter().any(|s| crate::listening::reachable(s, port)) {
-                return Listening::OnPort;
-            }
-            Listening::NotYet {
-                elsewhere: found.iter().map(ToString::to_string).collect(),
-            }
+            )
+            .iter()
+            .map(ToString::to_string)
+            .collect()
         })
     }
 

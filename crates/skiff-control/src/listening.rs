@@ -1,8 +1,8 @@
 //! Which TCP ports an instance listens on, read from its network namespace's socket
-//! tables (`/proc/PID/net/tcp` and `tcp6`) rather than by connecting: a look has no side
-//! effect on the app (a one-at-a-time server such as gunicorn's sync worker would block
-//! on a connection that proves the port and then idles), and it also tells which port an
-//! app opened when it is not the one asked for.
+//! tables (`/proc/PID/net/tcp` and `tcp6`), to tell a user which port an app opened when
+//! it is not the one asked for. Not for the readiness check itself: the kernel walks its
+//! whole connection hash table for every read (milliseconds on a large host), where a
+//! connect is microseconds.
 //!
 //! This module parses; reading the files is the runtime's.
 
@@ -17,19 +17,6 @@ pub fn listeners(tcp: &str, tcp6: &str) -> Vec<SocketAddr> {
     out.sort();
     out.dedup();
     out
-}
-
-/// Whether the router, connecting to `127.0.0.1:port` inside the instance's namespace,
-/// reaches `socket`: one bound to every address or to 127.0.0.1, over IPv4 or as an IPv6
-/// socket that also takes IPv4 (`::`, the dual-stack default, or `::ffff:127.0.0.1`).
-pub fn reachable(socket: &SocketAddr, port: u16) -> bool {
-    if socket.port() != port {
-        return false;
-    }
-    match socket.ip() {
-        IpAddr::V4(ip) => ip.is_unspecified() || ip == Ipv4Addr::LOCALHOST,
-        IpAddr::V6(ip) => ip.is_unspecified() || ip.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST),
-    }
 }
 
 fn table(text: &str) -> impl Iterator<Item = SocketAddr> + '_ {
@@ -106,18 +93,6 @@ mod tests {
             let tcp = format!("{HEAD}{}", line("0100007F:1F90", "0A"));
             assert_eq!(listeners(&tcp, "")[0].to_string(), "127.0.0.1:8080");
         }
-    }
-
-    #[test]
-    fn only_what_127_0_0_1_reaches_counts() {
-        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert!(reachable(&at("0.0.0.0:8080"), 8080));
-        assert!(reachable(&at("127.0.0.1:8080"), 8080));
-        assert!(reachable(&at("[::]:8080"), 8080));
-        assert!(reachable(&at("[::ffff:127.0.0.1]:8080"), 8080));
-        assert!(!reachable(&at("[::1]:8080"), 8080), "IPv6 loopback only");
-        assert!(!reachable(&at("127.0.0.2:8080"), 8080));
-        assert!(!reachable(&at("0.0.0.0:3000"), 8080), "another port");
     }
 
     #[test]

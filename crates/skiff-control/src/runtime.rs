@@ -23,18 +23,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// blocking thread can keep it.
 pub type ExitCheck = Box<dyn Fn(Duration) -> bool + Send>;
 
-/// What a look at an instance's sockets found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Listening {
-    /// It listens where the router connects (`127.0.0.1:PORT` in its namespace).
-    OnPort,
-    /// Not there (yet); `elsewhere` lists what it does listen on, as `ADDR:PORT`.
-    NotYet { elsewhere: Vec<String> },
-}
-
-/// Looks, once, whether an instance listens on its port, without connecting to it. Owned,
-/// so a blocking thread can keep it.
-pub type ListenCheck = Box<dyn FnMut() -> Listening + Send>;
+/// Lists what an instance listens on (`ADDR:PORT`), for telling a user whose app opened
+/// another port than `$PORT`. May be slow (it walks the kernel's socket tables): called
+/// only once a start is late. Owned, so a blocking thread can keep it.
+pub type ListenersCheck = Box<dyn FnMut() -> Vec<String> + Send>;
 
 /// A runtime's failure, in words for the service's owner.
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +85,8 @@ pub trait RunningInstance: Send + Sync {
     fn target(&self, port: u16) -> Result<Target, RuntimeError>;
     /// A check of whether it exits within a given time, for a blocking thread.
     fn exit_check(&self) -> ExitCheck;
-    /// A look at whether its app listens on `port`, for a blocking thread. It must not
-    /// connect to the app: a connection is a side effect some servers block on.
-    fn listen_check(&self, port: u16) -> ListenCheck;
+    /// A look at what its app listens on, for a blocking thread (see [`ListenersCheck`]).
+    fn listeners_check(&self) -> ListenersCheck;
     /// Resolves once it has exited.
     fn exited(&self) -> BoxFuture<'static, ()>;
     /// A way to take its CPU away while it has no work (CPU throttling).

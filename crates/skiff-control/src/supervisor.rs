@@ -8,7 +8,7 @@ use crate::health;
 use crate::phase::InstancePhase;
 use crate::runner::{RevisionRunner, STARTUP_TIMEOUT};
 use crate::runtime::{
-    ExitCheck, ExitStatus, ListenCheck, Listening, PreparedInstance, RunningInstance, RuntimeError,
+    ExitCheck, ExitStatus, ListenersCheck, PreparedInstance, RunningInstance, RuntimeError,
 };
 use skiff_router::{upstream, Target, Throttle, Upstream};
 use skiff_store::ExitRecord;
@@ -176,7 +176,7 @@ impl RevisionRunner {
             Err(e) => return Err(NotReady::Failed(e.to_string())),
         };
         tokio::select! {
-            r = self.wait_listening(instance) => r?,
+            r = self.wait_listening(instance, &target) => r?,
             _ = &mut *stop_rx => return Err(NotReady::Stopped),
         };
         // Without a startup probe, an HTTP readiness probe gates the first request, as
@@ -204,17 +204,21 @@ impl RevisionRunner {
         Ok((upstream, target))
     }
 
-    /// Looks until the app listens on its port, on a blocking thread: the first looks are
-    /// sub-millisecond apart, finer than the async timer allows, because cold start is
-    /// measured in them.
-    async fn wait_listening(&self, instance: &dyn RunningInstance) -> Result<(), NotReady> {
-        let port = self.revision.spec.port;
-        let exit_check = instance.exit_check();
-        let listen_check = instance.listen_check(port);
-        let looking = tokio::task::spawn_blocking(move || {
-            poll_listening(listen_check, &exit_check, port, STARTUP_TIMEOUT)
-        });
-        match looking.await {
+    /// Polls the port until it accepts a connection, on a blocking thread: the first
+    /// tries are sub-millisecond apart, finer than the async timer allows, because cold
+    /// start is measured in them. The connection is closed at once.
+    async fn wait_listening(
+        &self,
+        instance: &dyn RunningInstance,
+        target: &Target,
+    ) -> Result<(), NotReady> {
+        let checks = ReadyChecks {
+            target: target.clone(),
+            port: self.revision.spec.port,
+            exited_within: instance.exit_check(),
+            listeners: instance.listeners_check(),
+        };
+        match tokio::task::spawn_blocking(move || checks.poll(STARTUP_TIMEOUT)).await {
             Ok(result) => result,
             Err(e) => Err(NotReady::Failed(e.to_string())),
         }
@@ -366,37 +370,52 @@ async fn or_pending<F: std::future::Future>(future: Option<F>) -> F::Output {
     }
 }
 
-/// Looks until the app listens on `port`, it exits, it has listened only elsewhere for
-/// [`WRONG_PORT_GRACE`], or the time is up.
-fn poll_listening(
-    mut listening: ListenCheck,
-    exited_within: &ExitCheck,
+/// How long a start may be refused before the supervisor looks at what the app listens
+/// on instead, and how often it looks then.
+const LOOK_AFTER: Duration = Duration::from_secs(1);
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
+/// What the blocking thread that waits for an app to listen needs.
+struct ReadyChecks {
+    target: Target,
     port: u16,
-    timeout: Duration,
-) -> Result<(), NotReady> {
-    let start = Instant::now();
-    let mut elsewhere_since: Option<Instant> = None;
-    let mut pause = Duration::from_micros(100);
-    loop {
-        let elsewhere = match listening() {
-            Listening::OnPort => return Ok(()),
-            Listening::NotYet { elsewhere } => elsewhere,
-        };
-        let now = Instant::now();
-        let wrong_for = match elsewhere.is_empty() {
-            true => {
-                elsewhere_since = None;
-                Duration::ZERO
+    exited_within: ExitCheck,
+    listeners: ListenersCheck,
+}
+
+impl ReadyChecks {
+    /// Polls until the app accepts a connection on its port, it exits, it has listened
+    /// only elsewhere for [`WRONG_PORT_GRACE`], or the time is up.
+    fn poll(mut self, timeout: Duration) -> Result<(), NotReady> {
+        let start = Instant::now();
+        let mut elsewhere = Vec::new();
+        let mut elsewhere_since: Option<Instant> = None;
+        let mut last_look: Option<Instant> = None;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            if upstream::connect_blocking(&self.target).is_ok() {
+                return Ok(());
             }
-            false => now - *elsewhere_since.get_or_insert(now),
-        };
-        if wrong_for >= WRONG_PORT_GRACE || now - start >= timeout {
-            return Err(NotReady::Failed(not_listening(port, &elsewhere, timeout)));
+            let now = Instant::now();
+            if now - start >= LOOK_AFTER && last_look.is_none_or(|t| now - t >= LOOK_EVERY) {
+                last_look = Some(now);
+                elsewhere = (self.listeners)();
+                elsewhere_since = match elsewhere.is_empty() {
+                    true => None,
+                    false => elsewhere_since.or(Some(now)),
+                };
+            }
+            let wrong_for = elsewhere_since.map_or(Duration::ZERO, |t| now - t);
+            if wrong_for >= WRONG_PORT_GRACE || now - start >= timeout {
+                return Err(NotReady::Failed(not_listening(
+                    self.port, &elsewhere, timeout,
+                )));
+            }
+            if (self.exited_within)(pause) {
+                return Err(NotReady::Exited);
+            }
+            pause = (pause * 3 / 2).min(Duration::from_millis(20));
         }
-        if exited_within(pause) {
-            return Err(NotReady::Exited);
-        }
-        pause = (pause * 3 / 2).min(Duration::from_millis(20));
     }
 }
 
@@ -454,20 +473,25 @@ mod tests {
 
     #[test]
     fn an_app_on_the_wrong_port_is_told_by_what_it_opened() {
-        let check: ListenCheck = Box::new(|| Listening::NotYet {
-            elsewhere: vec!["[::1]:8080".into(), "127.0.0.1:3000".into()],
-        });
-        let never: ExitCheck = Box::new(|wait| {
-            std::thread::sleep(wait.min(Duration::from_millis(5)));
-            false
-        });
+        // A port nobody listens on: every connect is refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = Target::Address(closed.local_addr().unwrap());
+        drop(closed);
+        let checks = ReadyChecks {
+            target,
+            port: 8080,
+            exited_within: Box::new(|wait| {
+                std::thread::sleep(wait.min(Duration::from_millis(5)));
+                false
+            }),
+            listeners: Box::new(|| vec!["[::1]:8080".into(), "127.0.0.1:3000".into()]),
+        };
         let started = Instant::now();
-        let Err(NotReady::Failed(why)) =
-            poll_listening(check, &never, 8080, Duration::from_millis(300))
+        let Err(NotReady::Failed(why)) = checks.poll(LOOK_AFTER + Duration::from_millis(300))
         else {
             panic!("listening elsewhere is no readiness");
         };
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(3));
         assert_eq!(
             why,
             "the app listens on [::1]:8080, 127.0.0.1:3000 but not on port 8080 ($PORT) \

@@ -60,15 +60,21 @@ async fn a_queued_request_starts_an_instance_and_gets_its_slot() {
     drop(lease);
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_instance_is_found_ready_without_a_connection_to_it() {
+#[tokio::test]
+async fn the_connection_that_proves_the_port_is_closed_at_once() {
     let h = web(|_| {}).await;
     let _lease = h.pool("web").acquire().await.unwrap();
     assert_eq!(h.states("web").await, ["ready"]);
+    until(
+        Duration::from_secs(10),
+        "the readiness connection closed",
+        || h.rt.closed_silently() == 1,
+    )
+    .await;
     assert_eq!(
         h.rt.accepted(),
-        0,
-        "readiness looked at the sockets, it did not connect"
+        1,
+        "one connection proved the port, nothing else came"
     );
 }
 

@@ -264,6 +264,37 @@ async fn connect_by(target: &Target, lane: Lane) -> io::Result<(TcpStream, bool)
     Ok((stream, marked))
 }
 
+/// A blocking TCP connection to `target` outside the upstream shortcut, for readiness
+/// checks off the async runtime, where sleeps shorter than the runtime's 1 ms timer are
+/// wanted. The caller closes it at once: a connection that proves the port and then
+/// idles is a side effect some servers block on.
+pub fn connect_blocking(target: &Target) -> io::Result<std::net::TcpStream> {
+    match target {
+        Target::Address(addr) => std::net::TcpStream::connect(addr),
+        Target::Netns { netns, port } => {
+            let (stream, _) = socket_in(netns, Lane::Tcp)?;
+            let addr = rustix::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port);
+            match rustix::net::connect(&stream, &addr) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::INPROGRESS) => wait_connected(&stream)?,
+                Err(e) => return Err(e.into()),
+            }
+            Ok(stream)
+        }
+    }
+}
+
+/// Waits for a non-blocking connect to finish and reports its outcome.
+fn wait_connected(stream: &std::net::TcpStream) -> io::Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(stream, PollFlags::OUT)];
+    poll(&mut fds, None)?;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// How long a startup probe waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 

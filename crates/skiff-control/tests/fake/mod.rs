@@ -4,7 +4,7 @@
 
 use skiff_control::documents::DeployRequest;
 use skiff_control::runtime::{
-    BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenCheck, Listening, PreparedInstance,
+    BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenersCheck, PreparedInstance,
     RunningInstance, Runtime, RuntimeError,
 };
 use skiff_control::{Command, Control, ControlConfig, Precondition, ScalingDefaults};
@@ -45,8 +45,10 @@ struct Shared {
     behaviour: Mutex<Option<Behaviour>>,
     sick: AtomicBool,
     running: AtomicU32,
-    /// Connections the instances' listeners accepted.
+    /// Connections the instances' listeners accepted, and those of them closed by the
+    /// other end before it sent a byte.
     accepted: AtomicU32,
+    closed_silently: AtomicU32,
 }
 
 impl Shared {
@@ -99,9 +101,14 @@ impl FakeRuntime {
         self.times(|c| matches!(c, Call::Stop(_))).len()
     }
 
-    /// Connections the instances accepted (probes', and nothing else's here).
+    /// Connections the instances accepted.
     pub fn accepted(&self) -> u32 {
         self.0.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed by the control plane before it sent a byte.
+    pub fn closed_silently(&self) -> u32 {
+        self.0.closed_silently.load(Ordering::SeqCst)
     }
 
     /// Instances launched and not yet ended.
@@ -186,6 +193,10 @@ fn serve_probes(listener: &TcpListener, shared: Arc<Shared>, exited: Arc<watch::
                 let mut seen = Vec::new();
                 while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
                     match conn.read(&mut buf) {
+                        Ok(0) if seen.is_empty() => {
+                            shared.closed_silently.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
                         Ok(0) | Err(_) => return,
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
@@ -249,13 +260,8 @@ impl RunningInstance for FakeRunning {
         })
     }
 
-    fn listen_check(&self, _port: u16) -> ListenCheck {
-        let listens = self.listener.is_some();
-        let exited = self.exited.subscribe();
-        Box::new(move || match listens && !*exited.borrow() {
-            true => Listening::OnPort,
-            false => Listening::NotYet { elsewhere: vec![] },
-        })
+    fn listeners_check(&self) -> ListenersCheck {
+        Box::new(Vec::new)
     }
 
     fn exited(&self) -> BoxFuture<'static, ()> {
