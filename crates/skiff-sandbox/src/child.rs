@@ -291,6 +291,7 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
                 c"",
             );
         }
+        allow_low_ports();
         mask_paths(plan);
         write_etc(plan);
         if plan.read_only {
@@ -331,6 +332,13 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
         check(plan, Step::Stdio, libc::dup2(devnull, 0));
         check(plan, Step::Stdio, libc::dup2(plan.stdout_fd, 1));
         check(plan, Step::Stdio, libc::dup2(plan.stderr_fd, 2));
+        if plan.uid != 0 {
+            // A non-root app opens /dev/stdout and /dev/stderr (nginx as www-data does):
+            // they reopen the pipes through /proc/self/fd, which checks the pipes' owner.
+            // runc gives them to the container's user too.
+            check(plan, Step::Stdio, libc::fchown(1, plan.uid, plan.gid));
+            check(plan, Step::Stdio, libc::fchown(2, plan.uid, plan.gid));
+        }
         // Whatever else the parent had open must not reach the application.
         libc::syscall(
             libc::SYS_close_range,
@@ -472,6 +480,23 @@ unsafe fn write_etc(plan: &ChildPlan) {
             if path == c"/etc/hostname" {
                 libc::write(fd, b"\n".as_ptr().cast(), 1);
             }
+            libc::close(fd);
+        }
+    }
+}
+
+/// Lets a non-root app bind ports below 1024 (80, as it would in Docker): the setting
+/// belongs to the instance's own network namespace, so nothing outside it changes. A
+/// kernel without it (before 4.11) keeps the default; the app then needs its own port.
+unsafe fn allow_low_ports() {
+    // SAFETY: open, write and close on a path and a buffer that live for the call.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/sys/net/ipv4/ip_unprivileged_port_start".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd >= 0 {
+            libc::write(fd, b"0".as_ptr().cast(), 1);
             libc::close(fd);
         }
     }

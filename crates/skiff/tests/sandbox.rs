@@ -296,6 +296,32 @@ fn isolation_probe_as_image_user_with_writable_layer() {
 }
 
 #[test]
+fn a_non_root_app_opens_dev_stdout_and_dev_stderr_and_binds_port_80() {
+    let id = unique_id("nonroot");
+    let script = r#"
+if echo to-stdout > /dev/stdout; then echo stdout=ok; else echo stdout=denied; fi
+if echo to-stderr > /dev/stderr; then echo stderr=ok; else echo stderr=denied; fi
+nc -l -p 80 >/dev/null 2>&1 &
+listening=no
+for try in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+  # busybox nc listens on IPv6's any address when it can: look in both tables.
+  if grep -Eq ':0050 [0-9A-F]+:0000 0A' /proc/net/tcp /proc/net/tcp6; then listening=yes; break; fi
+  sleep 0.1
+done
+echo bind80=$listening
+kill %1 2>/dev/null
+echo uid=$(id -u)
+"#;
+    let (exit, lines) = run_to_end(&spec(&id, script, (1000, 1000)));
+    assert_eq!(exit.code, Some(0), "{lines:?}");
+    assert_eq!(value(&lines, "uid"), "1000");
+    assert_eq!(value(&lines, "stdout"), "ok", "{lines:?}");
+    assert_eq!(value(&lines, "stderr"), "ok", "{lines:?}");
+    assert_eq!(value(&lines, "bind80"), "yes", "{lines:?}");
+    assert!(lines.iter().any(|l| l == "to-stdout"), "{lines:?}");
+}
+
+#[test]
 fn writes_land_in_a_throwaway_layer_not_the_image() {
     let id = unique_id("write");
     let s = spec(
