@@ -102,6 +102,8 @@ pub struct ChildPlan {
     pub keep_caps: u64,
     pub last_cap: u32,
     pub seccomp: Vec<libc::sock_filter>,
+    /// The instance's view of its own cgroup at /sys/fs/cgroup.
+    pub cgroups: crate::cgroupfs::CgroupView,
     pub cwd: CString,
     pub argv: Vec<*const c_char>,
     pub envp: Vec<*const c_char>,
@@ -308,16 +310,22 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             );
         }
 
+        // The parent writes one byte once this process is in its cgroup (the end of
+        // the preparation), and one more to exec (the launch).
         let mut go = [0u8; 1];
         if libc::read(plan.sync_fd, go.as_mut_ptr().cast(), 1) != 1 {
             fail(plan, Step::WaitParent, libc::EPIPE);
         }
-        libc::close(plan.sync_fd);
         check(
             plan,
             Step::CgroupNamespace,
             libc::unshare(libc::CLONE_NEWCGROUP),
         );
+        mount_cgroup_view(plan);
+        if libc::read(plan.sync_fd, go.as_mut_ptr().cast(), 1) != 1 {
+            fail(plan, Step::WaitParent, libc::EPIPE);
+        }
+        libc::close(plan.sync_fd);
         configure_network(plan);
         check(
             plan,
@@ -481,6 +489,46 @@ unsafe fn write_etc(plan: &ChildPlan) {
                 libc::write(fd, b"\n".as_ptr().cast(), 1);
             }
             libc::close(fd);
+        }
+    }
+}
+
+/// Mounts the instance's own cgroup, read-only, at /sys/fs/cgroup (see `cgroupfs`). Best
+/// effort: without a sysfs to mount on, or where the kernel refuses a hierarchy, the app
+/// sees less; its limits hold either way.
+unsafe fn mount_cgroup_view(plan: &ChildPlan) {
+    let view = &plan.cgroups;
+    let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: mkdir, mount and symlink on strings prepared before the clone.
+    unsafe {
+        if libc::access(c"/sys/fs/cgroup".as_ptr(), libc::F_OK) != 0 {
+            return;
+        }
+        if view.base_tmpfs {
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            if mount(
+                c"tmpfs",
+                c"/sys/fs/cgroup",
+                c"tmpfs",
+                flags,
+                c"mode=755,size=64k",
+            ) < 0
+            {
+                return;
+            }
+        }
+        for (target, fstype, data) in &view.mounts {
+            if view.base_tmpfs {
+                libc::mkdir(target.as_ptr(), 0o555);
+            }
+            mount(fstype, target, fstype, ro, data);
+        }
+        for (link, to) in &view.links {
+            libc::symlink(to.as_ptr(), link.as_ptr());
+        }
+        if view.base_tmpfs {
+            let flags = libc::MS_REMOUNT | ro;
+            mount(c"", c"/sys/fs/cgroup", c"", flags, c"");
         }
     }
 }

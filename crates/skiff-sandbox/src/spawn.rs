@@ -164,6 +164,7 @@ impl Sandbox {
             keep_caps: crate::default_capability_mask(),
             last_cap: self.last_cap,
             seccomp: self.seccomp.clone(),
+            cgroups: self.cgroup_view.clone(),
             read_only: spec.read_only,
             hosts: hosts_file(id, spec.network.map(|n| n.instance_addr())),
             ..plan_parts
@@ -227,7 +228,15 @@ impl Sandbox {
                 None => Ok(()),
             })
             // The instance may not send a packet before the firewall stands.
-            .and_then(|()| self.end_firewall(firewall));
+            .and_then(|()| self.end_firewall(firewall))
+            // It is in its cgroup now: it may enter its cgroup namespace and mount its
+            // view of it, still before the exec (`launch` sends the second byte).
+            .and_then(|()| {
+                let sync = prepared.sync_w.as_ref().expect("set above");
+                rustix::io::write(sync, &[1])
+                    .map(drop)
+                    .map_err(|e| prep("telling the sandbox it joined its cgroup")(e.into()))
+            });
         // On failure, dropping `prepared` kills the child and removes what it had.
         attach.map(|()| prepared)
     }
@@ -320,6 +329,7 @@ impl Sandbox {
             keep_caps: 0,
             last_cap: 0,
             seccomp: Vec::new(),
+            cgroups: Default::default(),
             cwd: cstring(id, "the working directory", spec.cwd.as_str())?,
             argv,
             envp,

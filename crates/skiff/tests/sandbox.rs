@@ -322,6 +322,40 @@ echo uid=$(id -u)
 }
 
 #[test]
+fn the_instance_sees_its_own_cgroup_and_limits_read_only() {
+    let id = unique_id("cgview");
+    let script = r#"
+if [ -f /sys/fs/cgroup/memory.max ]; then
+  echo memory=$(cat /sys/fs/cgroup/memory.max)
+  echo pids=$(cat /sys/fs/cgroup/pids.max)
+  f=/sys/fs/cgroup/memory.max
+else
+  echo memory=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
+  echo pids=$(cat /sys/fs/cgroup/pids/pids.max)
+  f=/sys/fs/cgroup/memory/memory.limit_in_bytes
+fi
+if echo 1 > $f 2>/dev/null; then echo limits=writable; else echo limits=readonly; fi
+if mkdir /sys/fs/cgroup/escape 2>/dev/null; then echo tree=writable; else echo tree=readonly; fi
+echo own=$(grep -m1 -E 'memory|^0::' /proc/self/cgroup | cut -d: -f3)
+"#;
+    let (exit, lines) = run_to_end(&spec(&id, script, (0, 0)));
+    assert_eq!(exit.code, Some(0), "{lines:?}");
+    assert_eq!(
+        value(&lines, "memory"),
+        (256u64 << 20).to_string(),
+        "{lines:?}"
+    );
+    assert_eq!(value(&lines, "pids"), "256", "{lines:?}");
+    assert_eq!(value(&lines, "limits"), "readonly", "{lines:?}");
+    assert_eq!(value(&lines, "tree"), "readonly", "{lines:?}");
+    assert_eq!(
+        value(&lines, "own"),
+        "/",
+        "its cgroup is its root: {lines:?}"
+    );
+}
+
+#[test]
 fn writes_land_in_a_throwaway_layer_not_the_image() {
     let id = unique_id("write");
     let s = spec(
