@@ -74,9 +74,14 @@ const V1_CONTROLLERS: [&str; 14] = [
     "misc",
 ];
 
+/// The controllers that runtimes read their limits from (memory for Node's heap and the
+/// JVM, cpu/cpuacct/cpuset for GOMAXPROCS, the JVM and .NET, pids for thread pools).
+const SIZED_FROM: [&str; 5] = ["memory", "cpu", "cpuacct", "cpuset", "pids"];
+
 /// The v1 hierarchies mounted directly under `root`, as (directory name, the controllers
 /// to mount it with), from `/proc/self/mountinfo` text. Named hierarchies without a
-/// controller (`name=systemd`) are left out: nothing sizes itself from them.
+/// controller (`name=systemd`) and those without a controller in [`SIZED_FROM`]
+/// (devices, freezer, blkio…) are left out.
 pub(crate) fn v1_hierarchies(mountinfo: &str, root: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for line in mountinfo.lines() {
@@ -103,7 +108,9 @@ pub(crate) fn v1_hierarchies(mountinfo: &str, root: &Path) -> Vec<(String, Strin
             .split(',')
             .filter(|o| V1_CONTROLLERS.contains(o))
             .collect();
-        if !controllers.is_empty() {
+        // Each v1 mount costs a fraction of a millisecond: only the hierarchies that
+        // runtimes size themselves from.
+        if controllers.iter().any(|c| SIZED_FROM.contains(c)) {
             out.push((name.to_owned(), controllers.join(",")));
         }
     }
@@ -141,6 +148,7 @@ mod tests {
 33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:7 - cgroup cgroup rw,xattr,cpu,cpuacct
 34 30 0:30 / /sys/fs/cgroup/memory rw,nosuid shared:8 - cgroup cgroup rw,memory
 35 30 0:31 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+37 30 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
 36 25 0:32 / /elsewhere/memory rw - cgroup cgroup rw,memory
 ";
         let found = v1_hierarchies(text, Path::new("/sys/fs/cgroup"));
