@@ -250,6 +250,7 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             mount(c"overlay", &plan.merged, c"overlay", 0, &plan.overlay_opts),
         );
 
+        let cgroup_trees = clone_cgroup_dirs(plan);
         check(plan, Step::PivotRoot, libc::chdir(plan.merged.as_ptr()));
         check(
             plan,
@@ -321,7 +322,7 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             Step::CgroupNamespace,
             libc::unshare(libc::CLONE_NEWCGROUP),
         );
-        mount_cgroup_view(plan);
+        mount_cgroup_view(plan, &cgroup_trees);
         if libc::read(plan.sync_fd, go.as_mut_ptr().cast(), 1) != 1 {
             fail(plan, Step::WaitParent, libc::EPIPE);
         }
@@ -493,42 +494,79 @@ unsafe fn write_etc(plan: &ChildPlan) {
     }
 }
 
-/// Mounts the instance's own cgroup, read-only, at /sys/fs/cgroup (see `cgroupfs`). Best
-/// effort: without a sysfs to mount on, or where the kernel refuses a hierarchy, the app
+const OPEN_TREE_CLONE: c_int = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: c_int = 0x4;
+
+/// Detached copies of the instance's cgroup directories, taken while the host's tree is
+/// still in view (before `pivot_root`); -1 where one could not be taken.
+unsafe fn clone_cgroup_dirs(plan: &ChildPlan) -> [c_int; crate::cgroupfs::MAX_BINDS] {
+    let mut trees = [-1; crate::cgroupfs::MAX_BINDS];
+    for (tree, (source, _)) in trees.iter_mut().zip(&plan.cgroups.binds) {
+        // SAFETY: open_tree on a path prepared before the clone; it returns a new fd.
+        *tree = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                source.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC,
+            )
+        } as c_int;
+    }
+    trees
+}
+
+/// Shows the instance's own cgroup, read-only, at /sys/fs/cgroup (see `cgroupfs`). Best
+/// effort: without a sysfs to mount on, or where a directory could not be cloned, the app
 /// sees less; its limits hold either way.
-unsafe fn mount_cgroup_view(plan: &ChildPlan) {
+unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int]) {
     let view = &plan.cgroups;
-    let ro = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    // SAFETY: mkdir, mount and symlink on strings prepared before the clone.
+    let ro = libc::MS_REMOUNT
+        | libc::MS_BIND
+        | libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC;
+    // SAFETY: mount, mkdir, move_mount, symlink and close on strings prepared before the
+    // clone and on the descriptors `clone_cgroup_dirs` opened.
     unsafe {
-        if libc::access(c"/sys/fs/cgroup".as_ptr(), libc::F_OK) != 0 {
-            return;
-        }
-        if view.base_tmpfs {
-            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-            if mount(
-                c"tmpfs",
-                c"/sys/fs/cgroup",
-                c"tmpfs",
-                flags,
-                c"mode=755,size=64k",
-            ) < 0
-            {
-                return;
+        let usable = libc::access(c"/sys/fs/cgroup".as_ptr(), libc::F_OK) == 0
+            && (!view.base_tmpfs || {
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                mount(
+                    c"tmpfs",
+                    c"/sys/fs/cgroup",
+                    c"tmpfs",
+                    flags,
+                    c"mode=755,size=64k",
+                ) == 0
+            });
+        for (&tree, (_, target)) in trees.iter().zip(&view.binds) {
+            if tree < 0 {
+                continue;
             }
-        }
-        for (target, fstype, data) in &view.mounts {
-            if view.base_tmpfs {
-                libc::mkdir(target.as_ptr(), 0o555);
+            if usable {
+                if view.base_tmpfs {
+                    libc::mkdir(target.as_ptr(), 0o555);
+                }
+                let moved = libc::syscall(
+                    libc::SYS_move_mount,
+                    tree,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                );
+                if moved == 0 {
+                    mount(c"", target, c"", ro, c"");
+                }
             }
-            mount(fstype, target, fstype, ro, data);
+            libc::close(tree);
         }
-        for (link, to) in &view.links {
-            libc::symlink(to.as_ptr(), link.as_ptr());
-        }
-        if view.base_tmpfs {
-            let flags = libc::MS_REMOUNT | ro;
-            mount(c"", c"/sys/fs/cgroup", c"", flags, c"");
+        if usable && view.base_tmpfs {
+            for (link, to) in &view.links {
+                libc::symlink(to.as_ptr(), link.as_ptr());
+            }
+            mount(c"", c"/sys/fs/cgroup", c"", ro & !libc::MS_BIND, c"");
         }
     }
 }

@@ -137,8 +137,8 @@ fn firewall_error(e: impl std::fmt::Display) -> SandboxError {
 /// The runtime: host facts discovered once (cgroup layout, the compiled seccomp filter).
 pub struct Sandbox {
     hierarchy: Hierarchy,
-    /// What every instance sees at /sys/fs/cgroup, planned once.
-    cgroup_view: cgroupfs::CgroupView,
+    /// The host's side of what instances see at /sys/fs/cgroup, read once.
+    host_cgroups: cgroupfs::HostCgroups,
     firewall: std::sync::OnceLock<Result<(), String>>,
     seccomp: Vec<libc::sock_filter>,
     last_cap: u32,
@@ -164,7 +164,7 @@ impl Sandbox {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40);
         Ok(Sandbox {
-            cgroup_view: cgroupfs::CgroupView::for_host(&hierarchy),
+            host_cgroups: cgroupfs::HostCgroups::read(&hierarchy),
             hierarchy,
             firewall: std::sync::OnceLock::new(),
             seccomp,

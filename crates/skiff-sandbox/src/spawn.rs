@@ -164,7 +164,9 @@ impl Sandbox {
             keep_caps: crate::default_capability_mask(),
             last_cap: self.last_cap,
             seccomp: self.seccomp.clone(),
-            cgroups: self.cgroup_view.clone(),
+            cgroups: self
+                .host_cgroups
+                .view(cleanup.cgroup.as_ref().expect("set above")),
             read_only: spec.read_only,
             hosts: hosts_file(id, spec.network.map(|n| n.instance_addr())),
             ..plan_parts
