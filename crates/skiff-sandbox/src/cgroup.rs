@@ -69,6 +69,18 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
     })
 }
 
+/// v1 `cpu.shares` for a CPU allowance in millicores, as Kubernetes turns a CPU request
+/// into shares: 1024 a core, within the kernel's 2..=262144.
+fn cpu_shares(millis: u64) -> u64 {
+    (millis * 1024 / 1000).clamp(2, 262_144)
+}
+
+/// v2 `cpu.weight` for the same allowance: the shares mapped onto 1..=10000, as runc,
+/// crun and systemd convert them.
+fn cpu_weight(millis: u64) -> u64 {
+    1 + (cpu_shares(millis) - 2) * 9999 / 262_142
+}
+
 /// The cgroup path (relative to the hierarchy root) that `/proc/self/cgroup` text `text`
 /// gives for `controller` (`""` for the v2 line); `/` when it names none.
 fn own_path(text: &str, controller: &str) -> String {
@@ -174,6 +186,7 @@ impl Cgroup {
                     &d.join("cpu.max"),
                     &format!("{} {CPU_PERIOD_US}", c * CPU_PERIOD_US / 1000),
                 )?;
+                write(&d.join("cpu.weight"), &cpu_weight(c).to_string())?;
             }
             if let Some(p) = l.pids {
                 write(&d.join("pids.max"), &p.to_string())?;
@@ -188,6 +201,7 @@ impl Cgroup {
             }
         }
         if let (Some(c), Some(d)) = (l.cpu_millis, self.dir_of("cpu")) {
+            write(&d.join("cpu.shares"), &cpu_shares(c).to_string())?;
             write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
             write(
                 &d.join("cpu.cfs_quota_us"),
@@ -374,6 +388,7 @@ mod tests {
             fs::read_to_string(dir.join("cpu.max")).unwrap(),
             "50000 100000"
         );
+        assert_eq!(fs::read_to_string(dir.join("cpu.weight")).unwrap(), "20");
         assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "32");
         enable_v2_controllers(root.path(), &root.path().join("skiff")).unwrap();
         assert_eq!(
@@ -386,6 +401,17 @@ mod tests {
         )
         .unwrap();
         assert!(cg.oom_killed());
+    }
+
+    #[test]
+    fn cpu_allowances_weigh_as_kubernetes_requests_do() {
+        assert_eq!(cpu_shares(1000), 1024);
+        assert_eq!(cpu_shares(250), 256);
+        assert_eq!(cpu_shares(1), 2, "the kernel's floor");
+        assert_eq!(cpu_shares(1_000_000), 262_144, "the kernel's ceiling");
+        assert_eq!(cpu_weight(1000), 39);
+        assert_eq!(cpu_weight(1), 1);
+        assert_eq!(cpu_weight(1_000_000), 10_000);
     }
 
     #[test]

@@ -328,17 +328,21 @@ fn the_instance_sees_its_own_cgroup_and_limits_read_only() {
 if [ -f /sys/fs/cgroup/memory.max ]; then
   echo memory=$(cat /sys/fs/cgroup/memory.max)
   echo pids=$(cat /sys/fs/cgroup/pids.max)
+  echo cpu=weight:$(cat /sys/fs/cgroup/cpu.weight)
   f=/sys/fs/cgroup/memory.max
 else
   echo memory=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
   echo pids=$(cat /sys/fs/cgroup/pids/pids.max)
+  echo cpu=shares:$(cat /sys/fs/cgroup/cpu/cpu.shares)
   f=/sys/fs/cgroup/memory/memory.limit_in_bytes
 fi
 if echo 1 > $f 2>/dev/null; then echo limits=writable; else echo limits=readonly; fi
 if mkdir /sys/fs/cgroup/escape 2>/dev/null; then echo tree=writable; else echo tree=readonly; fi
 echo own=$(grep -m1 -E 'memory|^0::' /proc/self/cgroup | cut -d: -f3)
 "#;
-    let (exit, lines) = run_to_end(&spec(&id, script, (0, 0)));
+    let mut half_a_core = spec(&id, script, (0, 0));
+    half_a_core.limits.cpu_millis = Some(500);
+    let (exit, lines) = run_to_end(&half_a_core);
     assert_eq!(exit.code, Some(0), "{lines:?}");
     assert_eq!(
         value(&lines, "memory"),
@@ -346,6 +350,11 @@ echo own=$(grep -m1 -E 'memory|^0::' /proc/self/cgroup | cut -d: -f3)
         "{lines:?}"
     );
     assert_eq!(value(&lines, "pids"), "256", "{lines:?}");
+    // Half a CPU weighs as a 500m Kubernetes request: 512 shares, weight 20.
+    assert!(
+        ["weight:20", "shares:512"].contains(&value(&lines, "cpu")),
+        "{lines:?}"
+    );
     assert_eq!(value(&lines, "limits"), "readonly", "{lines:?}");
     assert_eq!(value(&lines, "tree"), "readonly", "{lines:?}");
     assert_eq!(
