@@ -156,10 +156,21 @@ fn ports(c: &model::Container, spec: &mut ServiceSpec) -> Result<Vec<String>> {
     match c.ports.as_slice() {
         [] => Ok(Vec::new()),
         [p] => {
-            if let Some(name) = p.name.as_deref().filter(|n| *n == "h2c") {
-                return Err(format!(
-                    "{at}[0].name {name:?}: skiff speaks HTTP/1.1 to instances"
-                ));
+            match p.name.as_deref() {
+                None | Some("http1") => {}
+                Some("h2c") => {
+                    return Err(format!(
+                        "{at}[0].name \"h2c\": skiff speaks HTTP/1.1 to instances (HTTP/2 \
+                         cleartext is not supported yet); name the port http1 or leave the \
+                         name out"
+                    ))
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "{at}[0].name {other:?}: Knative names the serving port http1 (or \
+                         h2c); leave the name out for http1"
+                    ))
+                }
             }
             if let Some(proto) = p.protocol.as_deref().filter(|p| *p != "TCP") {
                 return Err(format!("{at}[0].protocol {proto:?}: only TCP"));
@@ -231,7 +242,11 @@ fn probe(p: &model::Probe, at: &str) -> Result<Probe> {
         ));
     }
     let mut probe = Probe::new(http_path);
-    if let Some(s) = p.period_seconds {
+    // Knative's `periodSeconds: 0` on a readiness probe asks for its aggressive probing
+    // at startup, which skiff always does (every 50 ms until the first pass); the probe
+    // then runs at the default period.
+    let aggressive = p.period_seconds == Some(0) && at.ends_with("readinessProbe");
+    if let Some(s) = p.period_seconds.filter(|_| !aggressive) {
         probe.period_ms = s.saturating_mul(1000);
     }
     if let Some(s) = p.timeout_seconds {

@@ -128,7 +128,8 @@ fn unsupported_fields_are_named() {
         (with("          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: s, key: k}\n"), "valueFrom"),
         (with("        - image: second\n"), "one container per revision, found 2"),
         (with("          resources:\n            limits:\n              nvidia.com/gpu: 1\n"), "limits.nvidia.com/gpu"),
-        (with("          ports:\n            - containerPort: 8080\n              name: h2c\n"), "h2c"),
+        (with("          ports:\n            - containerPort: 8080\n              name: h2c\n"), "HTTP/2 cleartext is not supported yet"),
+        (with("          ports:\n            - containerPort: 8080\n              name: web\n"), "name \"web\": Knative names the serving port http1"),
         (with("          livenessProbe:\n            exec:\n              command: [true]\n"), "exec"),
         (with("          readinessProbe:\n            httpGet: {path: /, port: 9999}\n"), "readinessProbe.port"),
     ];
@@ -167,4 +168,23 @@ fn working_dir_is_read_and_written_back() {
     assert_eq!(imported.spec.working_dir.as_deref(), Some("/srv/app"));
     let back = round_trip("hello", &imported.spec, &imported.traffic);
     assert_eq!(back.spec.working_dir.as_deref(), Some("/srv/app"));
+}
+
+#[test]
+fn a_readiness_period_of_zero_is_knatives_fast_probing() {
+    let imported =
+        one(&with("          readinessProbe:\n            httpGet: {path: /ready}\n            periodSeconds: 0\n"))
+            .unwrap();
+    let p = imported.spec.readiness_probe.unwrap();
+    assert_eq!(p.http_path.as_deref(), Some("/ready"));
+    assert_eq!(
+        p.period_ms,
+        crate::Probe::new(None).period_ms,
+        "the default period"
+    );
+    let err = one(&with(
+        "          livenessProbe:\n            httpGet: {path: /live}\n            periodSeconds: 0\n",
+    ))
+    .unwrap_err();
+    assert!(err.contains("livenessProbe"), "{err}");
 }
