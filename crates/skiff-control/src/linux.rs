@@ -80,6 +80,7 @@ impl LinuxRuntime {
             run_dir: self.run_dir.clone(),
             scratch_bytes: r.limits.memory_bytes,
             tee_output: false,
+            init: r.spec.init,
         }
     }
 }

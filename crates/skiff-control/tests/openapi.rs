@@ -116,6 +116,7 @@ fn spec() -> ServiceSpec {
         autoscaling: autoscaling(),
         cpu_throttling: true,
         working_dir: Some("/srv".into()),
+        init: false,
     }
 }
 
@@ -172,6 +173,7 @@ fn requests_match_the_openapi_document() {
                 command: Some(vec![]),
                 cpu_throttling: Some(true),
                 working_dir: Some("/srv".into()),
+                init: Some(false),
                 readiness_probe: Some(probe_patch.clone()),
                 liveness_probe: Some(probe_patch),
                 autoscaling: autoscaling(),

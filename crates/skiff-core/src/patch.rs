@@ -48,6 +48,9 @@ pub struct SpecPatch {
     /// An absolute path; empty: back to the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// Run the app under skiff's init (`--init`) or as PID 1 itself (`--no-init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<ProbePatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +113,7 @@ impl SpecPatch {
         set(&mut spec.idle_timeout_ms, &self.idle_timeout_ms);
         set(&mut spec.command, &self.command);
         set(&mut spec.cpu_throttling, &self.cpu_throttling);
+        set(&mut spec.init, &self.init);
         if self.startup_probe.is_some() {
             spec.startup_probe = self.startup_probe.clone();
         }

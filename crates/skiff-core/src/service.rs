@@ -85,6 +85,10 @@ pub struct ServiceSpec {
     /// The app's working directory (an absolute path), instead of the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// Run the app under skiff's minimal init (PID 1 forwards signals to the app's
+    /// process group, reaps zombies). On unless turned off.
+    #[serde(default = "on", skip_serializing_if = "is_on")]
+    pub init: bool,
 }
 
 fn default_port() -> u16 {
@@ -105,6 +109,14 @@ fn default_max_instances() -> u32 {
 fn default_timeout() -> u64 {
     DEFAULT_TIMEOUT_MS
 }
+fn on() -> bool {
+    true
+}
+
+fn is_on(b: &bool) -> bool {
+    *b
+}
+
 fn default_idle_timeout() -> u64 {
     DEFAULT_IDLE_TIMEOUT_MS
 }
@@ -131,6 +143,7 @@ impl ServiceSpec {
             autoscaling: Autoscaling::default(),
             cpu_throttling: false,
             working_dir: None,
+            init: true,
         }
     }
 

@@ -102,6 +102,8 @@ pub struct ChildPlan {
     pub keep_caps: u64,
     pub last_cap: u32,
     pub seccomp: Vec<libc::sock_filter>,
+    /// Fork the app under a minimal init (see `init`).
+    pub init: bool,
     /// The instance's view of its own cgroup at /sys/fs/cgroup.
     pub cgroups: crate::cgroupfs::CgroupView,
     pub cwd: CString,
@@ -372,6 +374,9 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             ),
         );
 
+        if plan.init {
+            crate::init::fork_app(plan.err_fd);
+        }
         let mut last = libc::ENOENT;
         for path in &plan.exec_paths {
             libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());

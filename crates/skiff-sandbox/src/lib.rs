@@ -19,6 +19,7 @@ mod cgroup;
 mod cgroupfs;
 mod child;
 mod freezer;
+mod init;
 mod instance;
 mod logs;
 mod net;
@@ -90,6 +91,9 @@ pub struct SandboxSpec {
     pub run_dir: PathBuf,
     /// Size of the writable layer and of `/tmp` (tmpfs, charged to the memory limit).
     pub scratch_bytes: u64,
+    /// Run a minimal init as PID 1 that forwards signals to the app's process group,
+    /// reaps zombies and exits with the app's status (128+N for signal N).
+    pub init: bool,
     /// Also copy the instance's output to this process's stdout/stderr.
     pub tee_output: bool,
 }

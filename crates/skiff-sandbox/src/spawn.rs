@@ -164,6 +164,7 @@ impl Sandbox {
             keep_caps: crate::default_capability_mask(),
             last_cap: self.last_cap,
             seccomp: self.seccomp.clone(),
+            init: spec.init,
             cgroups: self
                 .host_cgroups
                 .view(cleanup.cgroup.as_ref().expect("set above")),
@@ -331,6 +332,7 @@ impl Sandbox {
             keep_caps: 0,
             last_cap: 0,
             seccomp: Vec::new(),
+            init: false,
             cgroups: Default::default(),
             cwd: cstring(id, "the working directory", spec.cwd.as_str())?,
             argv,

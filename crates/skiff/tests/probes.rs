@@ -126,11 +126,18 @@ fn a_failing_readiness_probe_takes_the_instance_out_of_rotation_until_it_passes(
 #[test]
 fn readiness_holds_no_connection_open_while_the_startup_probe_runs() {
     let d = Daemon::start(&[]);
-    d.deploy_hello("quiet", &["--startup-probe", "/healthz"]);
+    // The app fails its probe for 300 ms, as a slow warm-up does, so probing goes on
+    // for a while after the port first accepted.
+    d.deploy_hello(
+        "quiet",
+        &["--startup-probe", "/healthz", "--", "--sick-for", "300"],
+    );
     let seen = d.get("quiet", "/connections").text();
-    // The probe's own connection is the only one open while it runs: the one that
-    // proved the port listens was closed at once (a one-at-a-time server such as
-    // gunicorn's sync worker would block on it), and the first request came on a
-    // connection of its own: three in all.
-    assert_eq!(seen, "accepted 3, open during the first probe 1\n");
+    // When the probe passed, its own connection was the only one open: the one that
+    // proved the port listens was closed at once, not held until the first request (a
+    // one-at-a-time server such as gunicorn's sync worker would block on it).
+    assert!(
+        seen.ends_with(", open during the first passing probe 1\n"),
+        "{seen}"
+    );
 }

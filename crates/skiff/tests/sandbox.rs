@@ -135,6 +135,7 @@ fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
         run_dir: w.home.join("run"),
         scratch_bytes: 64 << 20,
         tee_output: false,
+        init: false,
     }
 }
 
@@ -520,6 +521,64 @@ fn sigterm_lets_the_app_exit_gracefully() {
     assert_eq!(exit.code, Some(3));
     assert!(stdout_of(&s.log_path).contains(&"got TERM".to_string()));
     assert_nothing_left(&inst, &s);
+}
+
+/// Starts `script` under the init and waits for it to print `ready`.
+fn start_under_init(tag: &str, script: &str) -> (Instance, SandboxSpec) {
+    let id = unique_id(tag);
+    let mut s = spec(&id, script, (0, 0));
+    s.init = true;
+    let inst = world().sandbox.start(&s).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stdout_of(&s.log_path).contains(&"ready".to_string()) {
+        assert!(Instant::now() < deadline, "instance never became ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (inst, s)
+}
+
+#[test]
+fn under_the_init_a_shell_that_did_not_exec_stops_on_sigterm_at_once() {
+    // `sh -c` with two commands cannot exec the first: sleep runs as its child, and
+    // neither has a SIGTERM handler. As PID 1 the shell would ignore SIGTERM and wait
+    // for the SIGKILL after the grace; the init sends it to the whole group.
+    let (mut inst, s) = start_under_init("initterm", "echo ready; sleep 1000; echo never");
+    let t0 = Instant::now();
+    let exit = inst.stop(Duration::from_secs(20)).unwrap();
+    let took = t0.elapsed();
+    release(&s.id);
+    assert!(took < Duration::from_secs(1), "stopped after {took:?}");
+    assert_eq!(exit.code, Some(128 + libc::SIGTERM), "{exit:?}");
+    assert!(!stdout_of(&s.log_path).contains(&"never".to_string()));
+    assert_nothing_left(&inst, &s);
+}
+
+#[test]
+fn under_the_init_orphans_are_reaped_and_the_apps_status_is_the_instances() {
+    let script = r#"
+echo pid1=$(cat /proc/1/comm)
+echo apppid=$$
+sh -c 'sleep 0.2 & exit 0'
+sleep 1
+echo zombies=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l)
+echo ready
+exit 7
+"#;
+    let (mut inst, s) = start_under_init("initreap", script);
+    let exit = inst
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .unwrap()
+        .expect("the app ended");
+    release(&s.id);
+    let lines = stdout_of(&s.log_path);
+    assert_eq!(value(&lines, "pid1"), "skiff-init", "{lines:?}");
+    assert_ne!(value(&lines, "apppid"), "1", "the app is not PID 1");
+    assert_eq!(
+        value(&lines, "zombies"),
+        "0",
+        "the orphaned sleep was reaped"
+    );
+    assert_eq!(exit.code, Some(7), "{exit:?}");
 }
 
 #[test]

@@ -18,11 +18,12 @@
 //!   woken up on its 10 ms timer (it stops counting while the instance is frozen)
 //!
 //! - `GET /connections` → connections accepted so far, and how many were open when the
-//!   first `/healthz` ran (a probe should find only its own)
+//!   first passing `/healthz` ran (a probe should find only its own)
 //!
 //! `hello --crash MESSAGE` prints MESSAGE to stderr and exits 3 (a broken image);
 //! `hello --listen-after MS` waits before listening (a slow starter);
-//! `hello --listen-port N` listens on N whatever `$PORT` says (a misconfigured app).
+//! `hello --listen-port N` listens on N whatever `$PORT` says (a misconfigured app);
+//! `hello --sick-for MS` fails `/healthz` for its first MS milliseconds (a slow warm-up).
 
 mod ws;
 
@@ -42,8 +43,8 @@ static TICKING: std::sync::Once = std::sync::Once::new();
 /// Connections accepted, and open now.
 static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 static OPEN: AtomicUsize = AtomicUsize::new(0);
-/// Connections open when the first `/healthz` ran (0: it has not run).
-static OPEN_AT_FIRST_PROBE: AtomicUsize = AtomicUsize::new(0);
+/// Connections open when the first passing `/healthz` ran (0: none has passed yet).
+static OPEN_AT_FIRST_PASS: AtomicUsize = AtomicUsize::new(0);
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -59,6 +60,10 @@ fn main() {
             args.get(1).map_or("crashing on purpose", |s| s)
         );
         std::process::exit(3);
+    }
+    if args.first().map(String::as_str) == Some("--sick-for") {
+        let ms: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+        SICK_UNTIL.store(unix_ms() + ms, Ordering::SeqCst);
     }
     if args.first().map(String::as_str) == Some("--listen-after") {
         let ms = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
@@ -288,14 +293,17 @@ fn handle(
         }
         "/connections" => {
             let body = format!(
-                "accepted {}, open during the first probe {}\n",
+                "accepted {}, open during the first passing probe {}\n",
                 ACCEPTED.load(Ordering::SeqCst),
-                OPEN_AT_FIRST_PROBE.load(Ordering::SeqCst)
+                OPEN_AT_FIRST_PASS.load(Ordering::SeqCst)
             );
             respond(out, 200, &body, close)?;
         }
-        "/healthz" if OPEN_AT_FIRST_PROBE.load(Ordering::SeqCst) == 0 => {
-            let _ = OPEN_AT_FIRST_PROBE.compare_exchange(
+        "/healthz" if SICK_UNTIL.load(Ordering::SeqCst) > unix_ms() => {
+            respond(out, 503, "sick\n", close)?
+        }
+        "/healthz" => {
+            let _ = OPEN_AT_FIRST_PASS.compare_exchange(
                 0,
                 OPEN.load(Ordering::SeqCst),
                 Ordering::SeqCst,
@@ -303,10 +311,6 @@ fn handle(
             );
             respond(out, 200, "ok\n", close)?
         }
-        "/healthz" if SICK_UNTIL.load(Ordering::SeqCst) > unix_ms() => {
-            respond(out, 503, "sick\n", close)?
-        }
-        "/healthz" => respond(out, 200, "ok\n", close)?,
         "/sick" => {
             let until = match req.param("ms") {
                 Some(ms) => unix_ms() + ms,

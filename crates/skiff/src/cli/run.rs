@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Instance id (default: random).
     #[arg(long)]
     id: Option<String>,
+    /// Run the command itself as PID 1, without skiff's minimal init (which forwards
+    /// signals to its process group and reaps zombies).
+    #[arg(long)]
+    no_init: bool,
     /// Command replacing the image's Cmd (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
@@ -141,6 +145,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         run_dir: PathBuf::from(RUN_DIR),
         scratch_bytes: a.memory,
         tee_output: true,
+        init: !a.no_init,
     };
     install_signal_handlers();
     let mut instance = match sandbox.start(&spec) {

@@ -73,6 +73,13 @@ pub struct DeployArgs {
     /// Keep CPU for instances between requests (the default).
     #[arg(long, overrides_with = "cpu_throttling")]
     no_cpu_throttling: bool,
+    /// Run the app under skiff's minimal init, which forwards signals to its process
+    /// group and reaps zombies (the default).
+    #[arg(long, overrides_with = "no_init")]
+    init: bool,
+    /// Run the app itself as PID 1.
+    #[arg(long, overrides_with = "init")]
+    no_init: bool,
     /// The new revision gets no traffic: the share that followed the latest revision
     /// stays pinned to the one serving now (try it at a --tag URL first).
     #[arg(long)]
@@ -223,6 +230,7 @@ fn patch(a: &DeployArgs) -> SpecPatch {
         startup_probe: a.startup_probe.clone(),
         command: (!a.command.is_empty()).then(|| a.command.clone()),
         cpu_throttling: (a.cpu_throttling || a.no_cpu_throttling).then_some(a.cpu_throttling),
+        init: (a.init || a.no_init).then_some(a.init),
         readiness_probe: a.probes.readiness(),
         liveness_probe: a.probes.liveness(),
         autoscaling: a.scaling.patch(),
