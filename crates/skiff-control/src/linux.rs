@@ -81,6 +81,7 @@ impl LinuxRuntime {
             scratch_bytes: r.limits.memory_bytes,
             tee_output: false,
             init: r.spec.init,
+            stop_signal: r.process.stop_signal,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct Process {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
+    /// The signal that asks it to stop (the image's `StopSignal`, else SIGTERM).
+    pub stop_signal: i32,
 }
 
 /// Resource limits of each instance.
@@ -93,6 +95,7 @@ impl Revision {
                 uid: user.uid,
                 gid: user.gid,
                 groups: user.groups,
+                stop_signal: process.stop_signal,
             },
             rootfs: images.rootfs_layers(image),
             limits: Limits {

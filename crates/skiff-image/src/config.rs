@@ -33,6 +33,38 @@ pub struct ProcessConfig {
     pub cwd: String,
     /// The config's `User` string (empty = root).
     pub user: String,
+    /// The signal that asks the app to stop (`StopSignal`; SIGTERM when unset).
+    pub stop_signal: i32,
+}
+
+/// Signals an image may name as its `StopSignal`, by number (the same on every Linux
+/// architecture skiff builds for).
+const SIGNALS: [(&str, i32); 12] = [
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("USR2", 12),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("WINCH", 28),
+    ("PWR", 30),
+];
+
+/// `SIGQUIT`, `QUIT` or `3` as a signal number.
+pub fn parse_signal(text: &str) -> Option<i32> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = t.strip_prefix("SIG").unwrap_or(t);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(_, number)| number)
 }
 
 impl ProcessConfig {
@@ -56,6 +88,15 @@ impl ProcessConfig {
                 .filter(|w| !w.is_empty())
                 .unwrap_or_else(|| "/".into()),
             user: c.user().clone().unwrap_or_default(),
+            stop_signal: match c.stop_signal().as_deref().filter(|s| !s.is_empty()) {
+                None => 15,
+                Some(text) => parse_signal(text).ok_or_else(|| {
+                    ImageError::Format(format!(
+                        "config {}: StopSignal {text:?} is not a signal",
+                        image.config_digest
+                    ))
+                })?,
+            },
         })
     }
 
@@ -156,6 +197,47 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
     const GROUP: &str = "root:x:0:\napp:x:1000:\nwheel:x:10:app\n";
+
+    fn image_with(config: &str) -> ImageRecord {
+        let d = skiff_core::Digest::from_sha256_bytes(&[1; 32]);
+        ImageRecord {
+            digest: d.clone(),
+            config_digest: d,
+            config_json: format!(
+                r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"config":{config}}}"#
+            ),
+            source: "test".into(),
+            size: 0,
+            created_at: 0,
+            tags: vec![],
+            layers: vec![],
+        }
+    }
+
+    #[test]
+    fn the_images_stop_signal_is_read_and_a_bad_one_named() {
+        let nginx = image_with(r#"{"Cmd":["nginx"],"StopSignal":"SIGQUIT"}"#);
+        assert_eq!(ProcessConfig::from_image(&nginx).unwrap().stop_signal, 3);
+        let plain = image_with(r#"{"Cmd":["app"]}"#);
+        assert_eq!(ProcessConfig::from_image(&plain).unwrap().stop_signal, 15);
+        let bad = image_with(r#"{"Cmd":["app"],"StopSignal":"SIGNOPE"}"#);
+        let err = ProcessConfig::from_image(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("StopSignal \"SIGNOPE\" is not a signal"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stop_signals_read_as_docker_writes_them() {
+        assert_eq!(parse_signal("SIGQUIT"), Some(3));
+        assert_eq!(parse_signal("quit"), Some(3));
+        assert_eq!(parse_signal("SIGWINCH"), Some(28));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+        assert_eq!(parse_signal("0"), None);
+        assert_eq!(parse_signal("99"), None);
+    }
 
     #[test]
     fn resolves_names_and_numbers() {

@@ -24,7 +24,7 @@ mod safe_fs;
 mod unpack;
 
 pub use blobs::{Blobs, Expected};
-pub use config::{ProcessConfig, ResolvedUser};
+pub use config::{parse_signal, ProcessConfig, ResolvedUser};
 pub use error::{ImageError, LayerError};
 pub use import::ImportOptions;
 pub use pack::PackOptions;

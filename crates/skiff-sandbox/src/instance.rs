@@ -48,9 +48,17 @@ pub struct Instance {
     log_path: PathBuf,
     pump: Option<JoinHandle<()>>,
     exit: Option<Exit>,
+    /// The signal `stop` sends first.
+    stop_signal: i32,
 }
 
 impl Instance {
+    /// The same instance, stopped with `signal` first instead of SIGTERM.
+    pub(crate) fn stopping_with(mut self, signal: i32) -> Instance {
+        self.stop_signal = signal;
+        self
+    }
+
     pub(crate) fn new(
         id: String,
         pid: i32,
@@ -72,6 +80,7 @@ impl Instance {
             scratch,
             log_path,
             pump: Some(pump),
+            stop_signal: libc::SIGTERM,
             exit: None,
         })
     }
@@ -171,13 +180,14 @@ impl Instance {
         Ok(self.wait_timeout(None)?.expect("no timeout"))
     }
 
-    /// Stops it: SIGTERM, up to `grace` to exit, then SIGKILL to every process it has.
+    /// Stops it: its stop signal (SIGTERM unless the image asks for another), up to
+    /// `grace` to exit, then SIGKILL to every process it has.
     /// A frozen instance is thawed first, so it can act on the signal.
     pub fn stop(&mut self, grace: Duration) -> std::io::Result<Exit> {
         if let Some(cg) = &self.cgroup {
             cg.thaw();
         }
-        self.signal(libc::SIGTERM)?;
+        self.signal(self.stop_signal)?;
         if let Some(exit) = self.wait_timeout(Some(grace))? {
             return Ok(exit);
         }

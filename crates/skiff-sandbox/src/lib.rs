@@ -91,6 +91,9 @@ pub struct SandboxSpec {
     pub run_dir: PathBuf,
     /// Size of the writable layer and of `/tmp` (tmpfs, charged to the memory limit).
     pub scratch_bytes: u64,
+    /// The signal that asks the app to stop (the image's `StopSignal`; SIGTERM is 15);
+    /// SIGKILL follows after the grace period.
+    pub stop_signal: i32,
     /// Run a minimal init as PID 1 that forwards signals to the app's process group,
     /// reaps zombies and exits with the app's status (128+N for signal N).
     pub init: bool,

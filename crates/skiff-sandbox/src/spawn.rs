@@ -216,6 +216,7 @@ impl Sandbox {
             log_path: spec.log_path.clone(),
             log_max_bytes: spec.log_max_bytes,
             tee_output: spec.tee_output,
+            stop_signal: spec.stop_signal,
             exe: spec.args[0].clone(),
             armed: true,
         };
@@ -359,6 +360,7 @@ pub struct Prepared {
     tee_output: bool,
     exe: String,
     armed: bool,
+    stop_signal: i32,
 }
 
 impl Prepared {
@@ -429,6 +431,7 @@ impl Prepared {
             self.log_path.clone(),
             pump,
         )
+        .map(|i| i.stopping_with(self.stop_signal))
         .map_err(prep("opening a pidfd"))
     }
 }

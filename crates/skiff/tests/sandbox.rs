@@ -136,6 +136,7 @@ fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
         scratch_bytes: 64 << 20,
         tee_output: false,
         init: false,
+        stop_signal: libc::SIGTERM,
     }
 }
 
@@ -551,6 +552,30 @@ fn under_the_init_a_shell_that_did_not_exec_stops_on_sigterm_at_once() {
     assert_eq!(exit.code, Some(128 + libc::SIGTERM), "{exit:?}");
     assert!(!stdout_of(&s.log_path).contains(&"never".to_string()));
     assert_nothing_left(&inst, &s);
+}
+
+#[test]
+fn the_images_stop_signal_reaches_the_app_through_the_init() {
+    // nginx asks for SIGQUIT (a graceful stop); SIGTERM would be its fast one.
+    let id = unique_id("quit");
+    let mut s = spec(
+        &id,
+        "trap 'echo got QUIT; exit 4' QUIT; trap 'echo got TERM; exit 5' TERM; echo ready; \
+         while :; do sleep 0.05; done",
+        (0, 0),
+    );
+    s.init = true;
+    s.stop_signal = libc::SIGQUIT;
+    let mut inst = world().sandbox.start(&s).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stdout_of(&s.log_path).contains(&"ready".to_string()) {
+        assert!(Instant::now() < deadline, "instance never became ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let exit = inst.stop(Duration::from_secs(10)).unwrap();
+    release(&id);
+    assert_eq!(exit.code, Some(4), "{exit:?}");
+    assert!(stdout_of(&s.log_path).contains(&"got QUIT".to_string()));
 }
 
 #[test]

@@ -146,6 +146,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         scratch_bytes: a.memory,
         tee_output: true,
         init: !a.no_init,
+        stop_signal: process.stop_signal,
     };
     install_signal_handlers();
     let mut instance = match sandbox.start(&spec) {
