@@ -61,6 +61,7 @@ impl Control {
             traffic: None,
             no_traffic: req.no_traffic,
             tag: req.tag,
+            revision_name: None,
         })
     }
 
@@ -80,9 +81,15 @@ impl Control {
             traffic: new_traffic,
             no_traffic,
             tag,
+            revision_name: chosen,
         } = req;
         validate_service_name(name)?;
         spec.validate()?;
+        if let Some(chosen) = &chosen {
+            if let Some(same) = self.named_revision(name, chosen, &spec)? {
+                return Ok(same);
+            }
+        }
         self.check_label_free(name, name)?;
         if let Some(t) = &new_traffic {
             self.check_traffic(name, t)?;
@@ -102,9 +109,13 @@ impl Control {
         // Everything that can be wrong with the spec is found before a revision is written.
         Revision::resolve(&self.images, &image, &spec, name, &revision_name(name, 0))?;
         self.config.scaling.settings_for(&spec)?;
+        let name_of = |service: &str, generation: u32| match &chosen {
+            Some(chosen) => chosen.clone(),
+            None => revision_name(service, generation),
+        };
         let rev = self
             .db()
-            .create_revision(name, &image.digest, &spec, revision_name)?;
+            .create_revision(name, &image.digest, &spec, name_of)?;
         let revision = Revision::resolve(&self.images, &image, &spec, name, &rev.name)?;
         let initial = self.config.scaling.initial_scale(&spec);
         let runner = self.start_runner(revision)?;
@@ -167,6 +178,44 @@ impl Control {
             percent,
             tag_url: tag.map(|tag| self.url(&tag_host(name, &tag))),
         })
+    }
+
+    /// A revision name a deploy chose: refused when another revision (of any service)
+    /// has it, unless it is this service's latest with the same spec; then the deploy is
+    /// that revision again, as re-applying a Knative document changes nothing.
+    fn named_revision(
+        &self,
+        name: &str,
+        chosen: &str,
+        spec: &skiff_core::ServiceSpec,
+    ) -> Result<Option<Deployed>, ControlError> {
+        skiff_core::validate_revision_name(name, chosen)?;
+        let Some(existing) = self.db().revision(chosen)? else {
+            return Ok(None);
+        };
+        let latest = self.db().revisions(name)?.into_iter().next();
+        let is_latest = latest.as_ref().is_some_and(|l| l.name == existing.name);
+        if existing.service != name || !is_latest || existing.spec != *spec {
+            return Err(ControlError::Conflict(format!(
+                "revision {chosen} exists already with another template: name the new \
+                 template otherwise, or leave the name out (revisions never change)"
+            )));
+        }
+        let record = self.service_record(name)?;
+        let percent = crate::traffic::resolve_stored(&record)
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| t.revision == existing.name)
+            .map(|t| t.percent)
+            .sum();
+        Ok(Some(Deployed {
+            service: name.to_owned(),
+            revision: existing.name,
+            image_digest: existing.image_digest.to_string(),
+            url: self.url(name),
+            percent,
+            tag_url: None,
+        }))
     }
 
     /// A tag a deploy gives its new revision: a DNS label whose host no other service has.

@@ -21,6 +21,11 @@ pub struct DeployRequest {
     /// `TAG-NAME.<domain>` (gcloud's `--tag`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// The new revision's name (`NAME-SUFFIX`, Knative's `spec.template.metadata.name`)
+    /// instead of the next `NAME-NNNNN`. A name in use is refused unless it names the
+    /// latest revision with this very spec, which then changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_name: Option<String>,
 }
 
 /// `PATCH /v1/services/{name}`: a new revision from the latest one's spec with the fields

@@ -333,6 +333,7 @@ async fn a_stale_write_after_a_removal_is_refused_and_the_service_stays_removed(
             traffic: None,
             no_traffic: false,
             tag: None,
+            revision_name: None,
         },
         precondition: Precondition {
             version: Some(seen),
@@ -696,4 +697,75 @@ async fn a_revision_that_loses_its_traffic_retires_once_it_is_idle() {
     .await;
     assert_eq!(old.load().ready, 0);
     assert!(h.ctl.runner("web-00002").is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revision_named_by_the_user_is_kept_and_never_changed() {
+    let h = Harness::new();
+    let blue = h
+        .deploy_named("web", spec(|_| {}), Some("web-blue"))
+        .await
+        .unwrap();
+    assert_eq!((blue.revision.as_str(), blue.percent), ("web-blue", 100));
+    let again = h
+        .deploy_named("web", spec(|_| {}), Some("web-blue"))
+        .await
+        .unwrap();
+    assert_eq!(again.revision, "web-blue");
+    assert_eq!(
+        h.describe("web").await.unwrap().revisions.len(),
+        1,
+        "re-applying changes nothing"
+    );
+    let changed = h
+        .deploy_named("web", spec(|s| s.port = 9000), Some("web-blue"))
+        .await
+        .unwrap_err();
+    assert!(matches!(changed, ControlError::Conflict(_)), "{changed:?}");
+    assert!(
+        changed
+            .to_string()
+            .contains("exists already with another template"),
+        "{changed}"
+    );
+    let foreign = h
+        .deploy_named("web", spec(|_| {}), Some("api-green"))
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.field(), Some("revision-name"), "{foreign}");
+    let green = h
+        .deploy_named("web", spec(|s| s.port = 9000), Some("web-green"))
+        .await
+        .unwrap();
+    assert_eq!(green.revision, "web-green");
+    let d = h.describe("web").await.unwrap();
+    let names: Vec<_> = d
+        .revisions
+        .iter()
+        .map(|r| (r.name.as_str(), r.generation))
+        .collect();
+    assert_eq!(names, [("web-green", 2), ("web-blue", 1)]);
+    h.ctl
+        .execute(set_traffic(
+            "web",
+            vec![skiff_core::TrafficTarget::pinned("web-blue", 100)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(h.pool("web").config().revision, "web-blue");
+    // A name that reads as web's but is another service's revision is no target.
+    h.deploy("web-x", spec(|_| {})).await.unwrap();
+    let err = h
+        .ctl
+        .execute(set_traffic(
+            "web",
+            vec![skiff_core::TrafficTarget::pinned("web-x-00001", 100)],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("service web has no revision web-x-00001"),
+        "{err}"
+    );
 }

@@ -146,6 +146,7 @@ fn requests_match_the_openapi_document() {
             traffic: Some(vec![target()]),
             no_traffic: true,
             tag: Some("t".into()),
+            revision_name: Some("hello-blue".into()),
         },
     );
     let probe_patch = ProbePatch {

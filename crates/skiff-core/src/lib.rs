@@ -23,8 +23,8 @@ pub use probe::Probe;
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};
 pub use service::{
-    revision_name, validate_service_name, ServiceSpec, SpecError, DEFAULT_CONCURRENCY,
-    DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, RESERVED_ENV,
+    revision_name, validate_revision_name, validate_service_name, ServiceSpec, SpecError,
+    DEFAULT_CONCURRENCY, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, RESERVED_ENV,
 };
 pub use traffic::{default_traffic, tag_host, validate_tag, validate_traffic, TrafficTarget};
 

@@ -276,6 +276,22 @@ pub(crate) fn is_dns_label(s: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// Checks a revision name a user chose (Knative's `spec.template.metadata.name`): a DNS
+/// label that starts with the service's name and a `-`, as Knative requires.
+pub fn validate_revision_name(service: &str, name: &str) -> Result<(), SpecError> {
+    let after = name.strip_prefix(service).and_then(|r| r.strip_prefix('-'));
+    if is_dns_label(name, 63) && after.is_some_and(|a| !a.is_empty()) {
+        return Ok(());
+    }
+    Err(SpecError {
+        field: "revision-name",
+        why: format!(
+            "{name:?} is not a revision name of service {service}: want {service}-SUFFIX, \
+             up to 63 characters of [a-z0-9-], not ending with '-'"
+        ),
+    })
+}
+
 /// A revision's name: the service name and its generation, as Knative writes them
 /// (`hello-00001`).
 pub fn revision_name(service: &str, generation: u32) -> String {
@@ -285,6 +301,17 @@ pub fn revision_name(service: &str, generation: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revision_names_start_with_the_service() {
+        assert!(validate_revision_name("web", "web-blue").is_ok());
+        assert!(validate_revision_name("web", "web-00007").is_ok());
+        for bad in ["web", "web-", "webx-1", "api-1", "web-Blue", "web_1"] {
+            let err = validate_revision_name("web", bad).unwrap_err();
+            assert_eq!(err.field, "revision-name", "{bad}");
+        }
+        assert!(validate_revision_name("web", &format!("web-{}", "a".repeat(60))).is_err());
+    }
 
     #[test]
     fn defaults_are_cloud_runs() {

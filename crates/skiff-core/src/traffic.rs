@@ -69,11 +69,8 @@ pub fn validate_traffic(service: &str, traffic: &[TrafficTarget]) -> Result<(), 
     let mut tags = Vec::new();
     for t in traffic {
         if let Some(rev) = &t.revision {
-            let ours = rev
-                .strip_prefix(service)
-                .and_then(|g| g.strip_prefix('-'))
-                .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()));
-            if !ours {
+            // Generated names (SERVICE-00001) and chosen ones (SERVICE-blue) alike.
+            if crate::validate_revision_name(service, rev).is_err() {
                 return bad(format!("{rev:?} is not a revision of service {service}"));
             }
         }
@@ -139,8 +136,11 @@ mod tests {
                 .contains("\"web-00001\" is not a revision of service api"),
             "{e}"
         );
-        assert!(validate_traffic("api", &[TrafficTarget::pinned("api-x", 100)]).is_err());
-        assert!(validate_traffic("api", &[TrafficTarget::pinned("api-v2-00001", 100)]).is_err());
+        // A chosen name (Knative's template name) is the service's too; whether such a
+        // revision exists, and is this service's, the control plane looks up.
+        assert!(validate_traffic("api", &[TrafficTarget::pinned("api-x", 100)]).is_ok());
+        assert!(validate_traffic("api", &[TrafficTarget::pinned("apix-1", 100)]).is_err());
+        assert!(validate_traffic("api", &[TrafficTarget::pinned("api", 100)]).is_err());
     }
 
     #[test]

@@ -137,3 +137,38 @@ fn an_unsupported_field_is_named_and_nothing_is_applied() {
         );
     }
 }
+
+#[test]
+fn a_named_revision_applies_once_exports_with_its_name_and_refuses_a_changed_template() {
+    let d = Daemon::start(&[]);
+    let doc = |greeting: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: named\n\
+             spec:\n  template:\n    metadata:\n      name: named-blue\n    spec:\n      \
+             containers:\n        - image: hello\n          env:\n            - name: GREETING\n              value: {greeting}\n"
+        )
+    };
+    let file = d.home.path().join("named.yaml");
+    std::fs::write(&file, doc("hi")).unwrap();
+    let path = file.to_str().unwrap();
+    assert!(d
+        .ok(&["apply", "-f", path])
+        .contains("revision named-blue created"));
+    assert_eq!(
+        d.ok(&["apply", "-f", path]).trim(),
+        "service named: unchanged"
+    );
+    assert_eq!(revision_count(&d, "named"), 1);
+    let exported = d.ok(&["export", "named"]);
+    assert!(exported.contains("name: named-blue"), "{exported}");
+    std::fs::write(&file, doc("changed")).unwrap();
+    let out = d.cli(&["apply", "-f", path]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("revision named-blue exists already with another template"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(revision_count(&d, "named"), 1, "nothing was applied");
+    assert_eq!(d.get("named", "/").status, 200);
+}

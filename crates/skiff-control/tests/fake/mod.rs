@@ -381,6 +381,16 @@ impl Harness {
         service: &str,
         spec: ServiceSpec,
     ) -> Result<skiff_control::documents::Deployed, skiff_control::ControlError> {
+        self.deploy_named(service, spec, None).await
+    }
+
+    /// Deploys `spec` as `service`, naming the revision `name` when given.
+    pub async fn deploy_named(
+        &self,
+        service: &str,
+        spec: ServiceSpec,
+        name: Option<&str>,
+    ) -> Result<skiff_control::documents::Deployed, skiff_control::ControlError> {
         let answer = self
             .ctl
             .execute(Command::Deploy {
@@ -390,6 +400,7 @@ impl Harness {
                     traffic: None,
                     no_traffic: false,
                     tag: None,
+                    revision_name: name.map(str::to_owned),
                 },
                 precondition: Precondition::NONE,
             })

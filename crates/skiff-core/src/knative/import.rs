@@ -13,6 +13,8 @@ pub struct Imported {
     pub name: String,
     pub spec: ServiceSpec,
     pub traffic: Vec<TrafficTarget>,
+    /// The revision's name, when the document chose one.
+    pub revision_name: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -51,10 +53,10 @@ pub fn service(doc: Service) -> Result<Imported> {
         ignore("status".into());
     }
     let template = doc.spec.template;
-    if let Some(n) = &template.metadata.name {
-        return Err(format!(
-            "spec.template.metadata.name ({n:?}): skiff names revisions itself (NAME-00001, …)"
-        ));
+    let revision_name = template.metadata.name.clone();
+    if let Some(n) = &revision_name {
+        crate::validate_revision_name(&name, n)
+            .map_err(|e| format!("spec.template.metadata.name: {e}"))?;
     }
     for key in template.metadata.other.keys() {
         ignore(format!("spec.template.metadata.{key}"));
@@ -146,6 +148,7 @@ pub fn service(doc: Service) -> Result<Imported> {
         name,
         spec,
         traffic,
+        revision_name,
         warnings,
     })
 }

@@ -55,8 +55,9 @@ pub struct Template {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateMeta {
-    /// A revision name chosen by the user; skiff names revisions itself.
-    #[serde(default, skip_serializing)]
+    /// A revision name chosen by the user (`SERVICE-SUFFIX`); without one skiff names
+    /// revisions itself (`SERVICE-00001`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -66,7 +67,7 @@ pub struct TemplateMeta {
 
 impl TemplateMeta {
     fn is_empty(&self) -> bool {
-        self.annotations.is_empty()
+        self.name.is_none() && self.annotations.is_empty()
     }
 }
 

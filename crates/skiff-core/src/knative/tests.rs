@@ -188,3 +188,21 @@ fn a_readiness_period_of_zero_is_knatives_fast_probing() {
     .unwrap_err();
     assert!(err.contains("livenessProbe"), "{err}");
 }
+
+#[test]
+fn a_template_name_is_the_revisions_and_must_start_with_the_service() {
+    let named = with("").replace(
+        "  template:\n    spec:",
+        "  template:\n    metadata:\n      name: x-blue\n    spec:",
+    );
+    assert_eq!(
+        one(&named).unwrap().revision_name.as_deref(),
+        Some("x-blue")
+    );
+    let foreign = named.replace("x-blue", "y-blue");
+    let err = one(&foreign).unwrap_err();
+    assert!(
+        err.contains("spec.template.metadata.name") && err.contains("y-blue"),
+        "{err}"
+    );
+}

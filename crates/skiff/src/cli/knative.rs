@@ -87,7 +87,13 @@ fn apply_one(client: &Client, one: &knative::Imported) -> anyhow::Result<Applied
         warnings: one.warnings.clone(),
     };
     if let Some(d) = existing.as_ref() {
-        if d.revisions.first().is_some_and(|r| r.spec == one.spec) {
+        let same_name = |r: &skiff_control::documents::RevisionDetail| {
+            one.revision_name.as_ref().is_none_or(|n| *n == r.name)
+        };
+        if d.revisions
+            .first()
+            .is_some_and(|r| r.spec == one.spec && same_name(r))
+        {
             if super::traffic::current(d) != one.traffic {
                 let _: ServiceDetail = client.call(
                     Method::PUT,
@@ -102,7 +108,11 @@ fn apply_one(client: &Client, one: &knative::Imported) -> anyhow::Result<Applied
     let deployed: Deployed = client.call(
         Method::PUT,
         &path,
-        Some(serde_json::json!({ "spec": one.spec, "traffic": one.traffic })),
+        Some(serde_json::json!({
+            "spec": one.spec,
+            "traffic": one.traffic,
+            "revision_name": one.revision_name,
+        })),
     )?;
     applied.revision = Some(deployed.revision);
     applied.traffic_changed = existing.is_none_or(|d| super::traffic::current(&d) != one.traffic);
@@ -115,7 +125,11 @@ pub fn export(client: &Client, format: Format, name: &str) -> anyhow::Result<()>
         .revisions
         .first()
         .ok_or_else(|| anyhow::anyhow!("service {name} has no revision"))?;
-    let (doc, notes) = knative::document(name, &latest.spec, &super::traffic::current(&d));
+    let (mut doc, notes) = knative::document(name, &latest.spec, &super::traffic::current(&d));
+    // A name the user chose goes back into the template; a generated one does not.
+    if latest.name != skiff_core::revision_name(name, latest.generation) {
+        doc.spec.template.metadata.name = Some(latest.name.clone());
+    }
     for n in notes {
         eprintln!("note: service {name}: {n}");
     }
