@@ -484,13 +484,7 @@ fn stop_escalates_to_sigkill_and_leaves_nothing() {
         "trap '' TERM; sleep 1000 & sleep 1000 & echo ready; wait",
         (0, 0),
     );
-    let w = world();
-    let mut inst = w.sandbox.start(&s).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !stdout_of(&s.log_path).contains(&"ready".to_string()) {
-        assert!(Instant::now() < deadline, "instance never became ready");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut inst = start_until_ready(&s);
     let t = Instant::now();
     let exit = inst.stop(Duration::from_millis(300)).unwrap();
     release(&id);
@@ -511,12 +505,7 @@ fn sigterm_lets_the_app_exit_gracefully() {
         "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.05; done",
         (0, 0),
     );
-    let mut inst = world().sandbox.start(&s).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !stdout_of(&s.log_path).contains(&"ready".to_string()) {
-        assert!(Instant::now() < deadline, "instance never became ready");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut inst = start_until_ready(&s);
     let exit = inst.stop(Duration::from_secs(10)).unwrap();
     release(&id);
     assert_eq!(exit.code, Some(3));
@@ -524,18 +513,22 @@ fn sigterm_lets_the_app_exit_gracefully() {
     assert_nothing_left(&inst, &s);
 }
 
-/// Starts `script` under the init and waits for it to print `ready`.
-fn start_under_init(tag: &str, script: &str) -> (Instance, SandboxSpec) {
-    let id = unique_id(tag);
-    let mut s = spec(&id, script, (0, 0));
-    s.init = true;
-    let inst = world().sandbox.start(&s).unwrap();
+/// Starts `s` and waits for it to print `ready`.
+fn start_until_ready(s: &SandboxSpec) -> Instance {
+    let inst = world().sandbox.start(s).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !stdout_of(&s.log_path).contains(&"ready".to_string()) {
         assert!(Instant::now() < deadline, "instance never became ready");
         std::thread::sleep(Duration::from_millis(10));
     }
-    (inst, s)
+    inst
+}
+
+/// Starts `script` under the init and waits for it to print `ready`.
+fn start_under_init(tag: &str, script: &str) -> (Instance, SandboxSpec) {
+    let mut s = spec(&unique_id(tag), script, (0, 0));
+    s.init = true;
+    (start_until_ready(&s), s)
 }
 
 #[test]
@@ -566,12 +559,7 @@ fn the_images_stop_signal_reaches_the_app_through_the_init() {
     );
     s.init = true;
     s.stop_signal = libc::SIGQUIT;
-    let mut inst = world().sandbox.start(&s).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !stdout_of(&s.log_path).contains(&"ready".to_string()) {
-        assert!(Instant::now() < deadline, "instance never became ready");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut inst = start_until_ready(&s);
     let exit = inst.stop(Duration::from_secs(10)).unwrap();
     release(&id);
     assert_eq!(exit.code, Some(4), "{exit:?}");
