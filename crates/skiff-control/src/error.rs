@@ -113,6 +113,11 @@ impl From<skiff_scaler::SettingsError> for ControlError {
 
 impl From<skiff_store::StoreError> for ControlError {
     fn from(e: skiff_store::StoreError) -> Self {
-        ControlError::internal(e)
+        match e {
+            skiff_store::StoreError::RevisionNameTaken { .. } => {
+                ControlError::Conflict(format!("{e}: choose another revision name"))
+            }
+            e => ControlError::internal(e),
+        }
     }
 }

@@ -69,6 +69,14 @@ pub enum StoreError {
     /// No service has this name.
     #[error("no such service: {0}")]
     NoSuchService(String),
+    /// A revision of some service already has this name.
+    #[error("revision name {name} is taken by a revision of service {service}")]
+    RevisionNameTaken {
+        /// The name.
+        name: String,
+        /// The service whose revision has it.
+        service: String,
+    },
     /// Every network slot is taken.
     #[error("no free network slot: all {0} instance addresses are in use")]
     NoNetworkSlot(u32),

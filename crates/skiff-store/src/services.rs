@@ -147,6 +147,19 @@ impl Store {
         )?;
         let generation = last.unwrap_or(0) + 1;
         let name = name_of(service, generation);
+        let owner: Option<String> = tx
+            .query_row(
+                "SELECT service FROM revisions WHERE name = ?1",
+                [&name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(owner) = owner {
+            return Err(StoreError::RevisionNameTaken {
+                name,
+                service: owner,
+            });
+        }
         tx.execute(
             "INSERT INTO revisions (name, service, generation, image_digest, spec_json, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -481,6 +494,24 @@ mod tests {
         assert!(
             version(&db) > v3,
             "a service made anew never has an old version"
+        );
+    }
+
+    #[test]
+    fn a_taken_revision_name_is_refused_and_nothing_is_written() {
+        let (_d, mut db, img) = store_with_image();
+        db.create_revision("web", &img, &spec(1), |_, _| "web-x-00001".into())
+            .unwrap();
+        let err = db
+            .create_revision("web-x", &img, &spec(1), name_of)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "revision name web-x-00001 is taken by a revision of service web"
+        );
+        assert!(
+            db.service("web-x").unwrap().is_none(),
+            "no half-made service"
         );
     }
 

@@ -52,6 +52,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
+        if_match: Option<u64>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
@@ -70,12 +71,15 @@ impl Client {
             Some(v) => Bytes::from(serde_json::to_vec(v)?),
             None => Bytes::new(),
         };
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, "skiff")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(bytes))?;
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(version) = if_match {
+            req = req.header(hyper::header::IF_MATCH, format!("\"{version}\""));
+        }
+        let req = req.body(Full::new(bytes))?;
         let resp = sender
             .send_request(req)
             .await
@@ -106,8 +110,20 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<T> {
+        self.call_at(method, path, body, None)
+    }
+
+    /// Sends a write that holds only while the service is at `version` (`If-Match`); the
+    /// daemon refuses it with 409 when the service changed or went since it was read.
+    pub fn call_at<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        version: Option<u64>,
+    ) -> anyhow::Result<T> {
         self.runtime.block_on(async {
-            let resp = self.send(method, path, body).await?;
+            let resp = self.send(method, path, body, version).await?;
             let bytes = resp.into_body().collect().await?.to_bytes();
             serde_json::from_slice(&bytes).context("reading the daemon's answer")
         })
@@ -120,7 +136,7 @@ impl Client {
         mut each: impl FnMut(&str) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         self.runtime.block_on(async {
-            let mut body = self.send(Method::GET, path, None).await?.into_body();
+            let mut body = self.send(Method::GET, path, None, None).await?.into_body();
             let mut pending = Vec::new();
             while let Some(frame) = body.frame().await {
                 let frame = frame.context("reading the daemon's answer")?;

@@ -95,17 +95,21 @@ fn apply_one(client: &Client, one: &knative::Imported) -> anyhow::Result<Applied
             .is_some_and(|r| r.spec == one.spec && same_name(r))
         {
             if super::traffic::current(d) != one.traffic {
-                let _: ServiceDetail = client.call(
+                let _: ServiceDetail = client.call_at(
                     Method::PUT,
                     &format!("{path}/traffic"),
                     Some(serde_json::json!({ "traffic": one.traffic })),
+                    Some(d.version),
                 )?;
                 applied.traffic_changed = true;
             }
             return Ok(applied);
         }
     }
-    let deployed: Deployed = client.call(
+    // The write holds only if the service is still as it was read: one changed or
+    // removed since is refused with 409 (apply again), never silently overwritten or
+    // brought back.
+    let deployed: Deployed = client.call_at(
         Method::PUT,
         &path,
         Some(serde_json::json!({
@@ -113,6 +117,7 @@ fn apply_one(client: &Client, one: &knative::Imported) -> anyhow::Result<Applied
             "traffic": one.traffic,
             "revision_name": one.revision_name,
         })),
+        existing.as_ref().map(|d| d.version),
     )?;
     applied.revision = Some(deployed.revision);
     applied.traffic_changed = existing.is_none_or(|d| super::traffic::current(&d) != one.traffic);
