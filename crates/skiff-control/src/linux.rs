@@ -62,7 +62,7 @@ impl LinuxRuntime {
         SandboxSpec {
             id: plan.id.clone(),
             layers: r.rootfs.clone(),
-            read_only: false,
+            read_only: r.read_only,
             args: r.process.args.clone(),
             env: r.process.env.clone(),
             cwd: r.process.cwd.clone(),

@@ -24,6 +24,8 @@ pub struct Revision {
     pub process: Process,
     /// The image's layer directories, lowest first.
     pub rootfs: Vec<PathBuf>,
+    /// The root filesystem is mounted read-only.
+    pub read_only: bool,
     pub limits: Limits,
 }
 
@@ -73,9 +75,20 @@ impl Revision {
             process.args = spec.entrypoint.clone();
             process.args.extend(spec.command.iter().cloned());
         }
+        let wanted = spec.user.as_deref().unwrap_or(&process.user);
         let user = images
-            .resolve_user(image, &process.user)
+            .resolve_user(image, wanted)
             .map_err(|e| bad(e.to_string()))?;
+        if spec.run_as_non_root && user.uid == 0 {
+            return Err(ControlError::invalid_spec(
+                "user",
+                format!(
+                    "runAsNonRoot: image {} runs as root (uid 0); give it a user \
+                     (--user, runAsUser)",
+                    spec.image
+                ),
+            ));
+        }
         let mut extra = vec![
             format!("K_SERVICE={service}"),
             format!("K_REVISION={name}"),
@@ -98,6 +111,7 @@ impl Revision {
                 stop_signal: process.stop_signal,
             },
             rootfs: images.rootfs_layers(image),
+            read_only: spec.read_only,
             limits: Limits {
                 memory_bytes: spec.memory_bytes,
                 cpu_millis: spec.cpu_millis,

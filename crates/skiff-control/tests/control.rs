@@ -769,3 +769,27 @@ async fn a_revision_named_by_the_user_is_kept_and_never_changed() {
         "{err}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn run_as_non_root_refuses_a_root_image_until_it_gets_a_user() {
+    let h = Harness::new();
+    let err = h
+        .deploy("web", spec(|s| s.run_as_non_root = true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.field(), Some("user"), "{err}");
+    assert!(err.to_string().contains("runs as root (uid 0)"), "{err}");
+    assert!(matches!(
+        h.describe("web").await,
+        Err(ControlError::NotFound(_))
+    ));
+    h.deploy(
+        "web",
+        spec(|s| {
+            s.run_as_non_root = true;
+            s.user = Some("1000:1000".into());
+        }),
+    )
+    .await
+    .unwrap();
+}

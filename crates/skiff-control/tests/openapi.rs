@@ -117,6 +117,9 @@ fn spec() -> ServiceSpec {
         cpu_throttling: true,
         working_dir: Some("/srv".into()),
         init: false,
+        user: Some("1000:1000".into()),
+        run_as_non_root: true,
+        read_only: true,
     }
 }
 
@@ -175,6 +178,8 @@ fn requests_match_the_openapi_document() {
                 cpu_throttling: Some(true),
                 working_dir: Some("/srv".into()),
                 init: Some(false),
+                user: Some("app".into()),
+                read_only: Some(true),
                 readiness_probe: Some(probe_patch.clone()),
                 liveness_probe: Some(probe_patch),
                 autoscaling: autoscaling(),

@@ -48,6 +48,12 @@ pub struct SpecPatch {
     /// An absolute path; empty: back to the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// The user to run as; empty: back to the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Mount the root filesystem read-only (`--read-only`) or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
     /// Run the app under skiff's init (`--init`) or as PID 1 itself (`--no-init`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
@@ -114,6 +120,10 @@ impl SpecPatch {
         set(&mut spec.command, &self.command);
         set(&mut spec.cpu_throttling, &self.cpu_throttling);
         set(&mut spec.init, &self.init);
+        set(&mut spec.read_only, &self.read_only);
+        if let Some(user) = &self.user {
+            spec.user = (!user.is_empty()).then(|| user.clone());
+        }
         if self.startup_probe.is_some() {
             spec.startup_probe = self.startup_probe.clone();
         }
@@ -343,5 +353,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(clear.apply("web", Some(spec)).unwrap().working_dir, None);
+    }
+
+    #[test]
+    fn a_user_is_set_and_cleared() {
+        let set = SpecPatch {
+            user: Some("1000:1000".into()),
+            read_only: Some(true),
+            ..Default::default()
+        };
+        let spec = set.apply("web", Some(ServiceSpec::new("app"))).unwrap();
+        assert_eq!(
+            (spec.user.as_deref(), spec.read_only),
+            (Some("1000:1000"), true)
+        );
+        let clear = SpecPatch {
+            user: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(clear.apply("web", Some(spec)).unwrap().user, None);
     }
 }

@@ -85,6 +85,16 @@ pub struct ServiceSpec {
     /// The app's working directory (an absolute path), instead of the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// The user to run as (`name`, `uid`, `uid:gid`, `name:group`), instead of the
+    /// image's `User`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Refuse to run as root (uid 0): Kubernetes' `runAsNonRoot`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_as_non_root: bool,
+    /// Mount the root filesystem read-only (`/tmp` and `/dev/shm` stay writable).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
     /// Run the app under skiff's minimal init (PID 1 forwards signals to the app's
     /// process group, reaps zombies). On unless turned off.
     #[serde(default = "on", skip_serializing_if = "is_on")]
@@ -143,6 +153,9 @@ impl ServiceSpec {
             autoscaling: Autoscaling::default(),
             cpu_throttling: false,
             working_dir: None,
+            user: None,
+            run_as_non_root: false,
+            read_only: false,
             init: true,
         }
     }
@@ -176,6 +189,14 @@ impl ServiceSpec {
         }
         if self.entrypoint.iter().any(|a| a.contains('\0')) {
             return bad("entrypoint", "an argument contains a NUL byte".into());
+        }
+        if let Some(user) = &self.user {
+            if user.is_empty() || user.contains(['\0', '\n']) || user.len() > 256 {
+                return bad(
+                    "user",
+                    format!("{user:?} is not a user (name, uid or uid:gid)"),
+                );
+            }
         }
         if let Some(dir) = &self.working_dir {
             if !dir.starts_with('/') || dir.contains('\0') {

@@ -633,3 +633,22 @@ fn an_app_listening_on_another_port_gets_a_503_naming_it_soon() {
         "{failure}"
     );
 }
+
+#[test]
+fn deploy_user_runs_the_app_as_another_user_of_the_image() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("who", &[]);
+    assert!(
+        d.get("who", "/env").text().contains("\nHOME=/tmp\n"),
+        "the image's user: app"
+    );
+    d.ok(&["deploy", "who", "--user", "root"]);
+    assert!(d.get("who", "/env").text().contains("\nHOME=/root\n"));
+    let out = d.cli(&["deploy", "who", "--user", "nobody-here"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no user \"nobody-here\""),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -22,6 +22,7 @@ pub fn document(
         command: (!spec.entrypoint.is_empty()).then(|| spec.entrypoint.clone()),
         args: (!spec.command.is_empty()).then(|| spec.command.clone()),
         working_dir: spec.working_dir.clone(),
+        security_context: security_context(spec),
         env: spec
             .env
             .iter()
@@ -164,6 +165,31 @@ fn probe(p: &Probe, kind: &str, notes: &mut Vec<String>) -> model::Probe {
     out
 }
 
+/// A user given as `uid` or `uid:gid`, as numbers.
+fn numeric_user(user: &str) -> Option<(u32, Option<u32>)> {
+    match user.split_once(':') {
+        Some((u, g)) => Some((u.parse().ok()?, Some(g.parse().ok()?))),
+        None => Some((user.parse().ok()?, None)),
+    }
+}
+
+/// The container's securityContext for what the spec sets (a user by name goes in the
+/// `skiff.dev/user` annotation instead).
+fn security_context(spec: &ServiceSpec) -> Option<model::SecurityContext> {
+    let (uid, gid) = spec.user.as_deref().and_then(numeric_user).unzip();
+    let sc = model::SecurityContext {
+        run_as_user: uid,
+        run_as_group: gid.flatten(),
+        run_as_non_root: spec.run_as_non_root.then_some(true),
+        read_only_root_filesystem: spec.read_only.then_some(true),
+        ..Default::default()
+    };
+    let empty = sc.run_as_user.is_none()
+        && sc.run_as_non_root.is_none()
+        && sc.read_only_root_filesystem.is_none();
+    (!empty).then_some(sc)
+}
+
 fn annotations(spec: &ServiceSpec, defaults: &ServiceSpec) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut put = |key: &str, value: String| {
@@ -180,6 +206,12 @@ fn annotations(spec: &ServiceSpec, defaults: &ServiceSpec) -> BTreeMap<String, S
     }
     if spec.cpu_throttling {
         put(a::CPU_THROTTLING, "true".into());
+    }
+    if !spec.init {
+        put(a::INIT, "false".into());
+    }
+    if let Some(user) = spec.user.as_ref().filter(|u| numeric_user(u).is_none()) {
+        put(a::USER, user.clone());
     }
     let s = &spec.autoscaling;
     let number = |n: f64| n.to_string();

@@ -100,6 +100,9 @@ pub fn service(doc: Service) -> Result<Imported> {
     spec.entrypoint = container.command.clone().unwrap_or_default();
     spec.command = container.args.clone().unwrap_or_default();
     spec.working_dir = container.working_dir.clone();
+    if let Some(sc) = &container.security_context {
+        security_context(sc, &mut spec)?;
+    }
     spec.env = container
         .env
         .iter()
@@ -273,6 +276,13 @@ fn annotations(
     let scaling = &mut spec.autoscaling;
     for (key, value) in notes {
         let at = || format!("spec.template.metadata.annotations[{key:?}]");
+        let boolean = || -> Result<bool> {
+            match value.as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(format!("{}: {value:?} is not true or false", at())),
+            }
+        };
         let number = || -> Result<f64> {
             value
                 .trim()
@@ -314,13 +324,9 @@ fn annotations(
             a::SCALE_UP_RATE => scaling.max_scale_up_rate = Some(number()?),
             a::SCALE_DOWN_RATE => scaling.max_scale_down_rate = Some(number()?),
             a::ZERO_GRACE => scaling.scale_to_zero_grace_ms = Some(millis()?),
-            a::CPU_THROTTLING => {
-                spec.cpu_throttling = match value.as_str() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(format!("{}: {value:?} is not true or false", at())),
-                }
-            }
+            a::CPU_THROTTLING => spec.cpu_throttling = boolean()?,
+            a::INIT => spec.init = boolean()?,
+            a::USER => spec.user = Some(value.clone()),
             other if other.starts_with(a::AUTOSCALING_PREFIX) => {
                 return Err(format!(
                     "{}: skiff does not support this autoscaling knob",
@@ -328,6 +334,44 @@ fn annotations(
                 ))
             }
             _ => ignore(at()),
+        }
+    }
+    Ok(())
+}
+
+/// The container's `securityContext`: the user and group, `runAsNonRoot` and a read-only
+/// root are honoured; no privilege escalation and the runtime's default seccomp profile
+/// are what skiff always does; capabilities cannot be changed.
+fn security_context(sc: &model::SecurityContext, spec: &mut ServiceSpec) -> Result<()> {
+    let at = "spec.template.spec.containers[0].securityContext";
+    spec.user = match (sc.run_as_user, sc.run_as_group) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        (None, Some(_)) => {
+            return Err(format!(
+                "{at}.runAsGroup without runAsUser: give runAsUser too (skiff sets both)"
+            ))
+        }
+        (None, None) => spec.user.take(),
+    };
+    spec.run_as_non_root = sc.run_as_non_root.unwrap_or(false);
+    spec.read_only = sc.read_only_root_filesystem.unwrap_or(false);
+    if sc.allow_privilege_escalation == Some(true) {
+        return Err(format!(
+            "{at}.allowPrivilegeEscalation true: skiff always sets no_new_privs"
+        ));
+    }
+    if sc.capabilities.is_some() {
+        return Err(format!(
+            "{at}.capabilities: instances keep skiff's own small set (none for a non-root \
+             user); it cannot be changed"
+        ));
+    }
+    if let Some(profile) = &sc.seccomp_profile {
+        if profile.get("type").and_then(|t| t.as_str()) != Some("RuntimeDefault") {
+            return Err(format!(
+                "{at}.seccompProfile: skiff applies its own filter (RuntimeDefault) only"
+            ));
         }
     }
     Ok(())

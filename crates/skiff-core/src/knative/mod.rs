@@ -41,6 +41,10 @@ pub mod annotation {
     pub const ZERO_GRACE: &str = "skiff.dev/scale-to-zero-grace-period";
     /// Cloud Run's "CPU only during requests".
     pub const CPU_THROTTLING: &str = "run.googleapis.com/cpu-throttling";
+    /// A user by name (Kubernetes' `runAsUser` takes numbers only).
+    pub const USER: &str = "skiff.dev/user";
+    /// `"false"`: the app runs as PID 1 itself, without skiff's init.
+    pub const INIT: &str = "skiff.dev/init";
 
     /// The current name of an annotation also known by its older camelCase name
     /// (Cloud Run still writes `autoscaling.knative.dev/maxScale`).

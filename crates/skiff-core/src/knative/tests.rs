@@ -206,3 +206,47 @@ fn a_template_name_is_the_revisions_and_must_start_with_the_service() {
         "{err}"
     );
 }
+
+#[test]
+fn a_security_context_is_honoured_or_refused_by_name() {
+    let sc = |lines: &str| with(&format!("          securityContext:\n{lines}"));
+    let imported = one(&sc(
+        "            runAsUser: 1000\n            runAsGroup: 2000\n            runAsNonRoot: true\n            readOnlyRootFilesystem: true\n            allowPrivilegeEscalation: false\n            seccompProfile: {type: RuntimeDefault}\n",
+    ))
+    .unwrap();
+    let s = &imported.spec;
+    assert_eq!(s.user.as_deref(), Some("1000:2000"));
+    assert!(s.run_as_non_root && s.read_only);
+    let back = round_trip("x", s, &imported.traffic);
+    assert_eq!(back.spec, *s, "export writes it back");
+    for (lines, named) in [
+        (
+            "            capabilities: {drop: [ALL]}\n",
+            "securityContext.capabilities",
+        ),
+        (
+            "            allowPrivilegeEscalation: true\n",
+            "allowPrivilegeEscalation true",
+        ),
+        (
+            "            runAsGroup: 5\n",
+            "runAsGroup without runAsUser",
+        ),
+        (
+            "            seccompProfile: {type: Unconfined}\n",
+            "seccompProfile",
+        ),
+    ] {
+        let err = one(&sc(lines)).unwrap_err();
+        assert!(err.contains(named), "{named}: {err}");
+    }
+}
+
+#[test]
+fn a_user_by_name_and_a_service_without_init_round_trip_as_annotations() {
+    let mut spec = ServiceSpec::new("hello");
+    spec.user = Some("www-data".into());
+    spec.init = false;
+    let back = round_trip("x", &spec, &crate::default_traffic());
+    assert_eq!(back.spec, spec);
+}

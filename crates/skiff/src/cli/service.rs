@@ -80,6 +80,16 @@ pub struct DeployArgs {
     /// Run the app itself as PID 1.
     #[arg(long, overrides_with = "init")]
     no_init: bool,
+    /// The user to run as (name, uid, uid:gid) instead of the image's; "" goes back to
+    /// the image's.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Mount the root filesystem read-only (/tmp and /dev/shm stay writable).
+    #[arg(long, overrides_with = "no_read_only")]
+    read_only: bool,
+    /// Mount the root filesystem writable (the default).
+    #[arg(long, overrides_with = "read_only")]
+    no_read_only: bool,
     /// The new revision gets no traffic: the share that followed the latest revision
     /// stays pinned to the one serving now (try it at a --tag URL first).
     #[arg(long)]
@@ -231,6 +241,8 @@ fn patch(a: &DeployArgs) -> SpecPatch {
         command: (!a.command.is_empty()).then(|| a.command.clone()),
         cpu_throttling: (a.cpu_throttling || a.no_cpu_throttling).then_some(a.cpu_throttling),
         init: (a.init || a.no_init).then_some(a.init),
+        user: a.user.clone(),
+        read_only: (a.read_only || a.no_read_only).then_some(a.read_only),
         readiness_probe: a.probes.readiness(),
         liveness_probe: a.probes.liveness(),
         autoscaling: a.scaling.patch(),
