@@ -82,6 +82,7 @@ impl Control {
                     started_at: i.started_at,
                     finished_at: None,
                     exit: None,
+                    oom_kills: i.oom_kills,
                 }));
             }
             let mine = || resolved.iter().filter(|t| t.revision == r.name);
@@ -148,6 +149,7 @@ impl Control {
                 },
                 started_at: i.created_at,
                 finished_at: i.finished_at,
+                oom_kills: None,
                 exit: i.exit.map(|e| {
                     describe_exit(
                         &ExitStatus {

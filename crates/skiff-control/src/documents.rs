@@ -186,6 +186,10 @@ pub struct InstanceDetail {
     pub finished_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<String>,
+    /// Processes of a running instance the OOM killer ended (a worker may die while the
+    /// app serves on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
 }
 
 /// One log line of `skiff logs` (the API streams these as NDJSON).

@@ -9,7 +9,7 @@
 
 use crate::revision::Revision;
 use crate::runtime::{
-    BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenersCheck, PreparedInstance,
+    BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenersCheck, OomCounter, PreparedInstance,
     RunningInstance, Runtime, RuntimeError,
 };
 use skiff_router::{Target, Throttle};
@@ -194,6 +194,11 @@ impl RunningInstance for LinuxRunning {
                 let _ = skiff_kernel::pidfd::exited(fd).await;
             }
         })
+    }
+
+    fn oom_counter(&self) -> Option<OomCounter> {
+        let file = self.0.cgroup()?.oom_events()?;
+        Some(Box::new(move || skiff_sandbox::oom_kills_in(&file)))
     }
 
     fn throttle(&self) -> Result<Box<dyn Throttle>, RuntimeError> {

@@ -112,6 +112,7 @@ impl RevisionRunner {
                 started_at: crate::clock::unix_now(),
                 stop: Some(stop_tx),
                 prepared: None,
+                oom: None,
             },
         );
         (id, None, stop_rx)

@@ -25,6 +25,8 @@ pub struct LiveInstance {
     pub phase: InstancePhase,
     /// Unix time it was started.
     pub started_at: i64,
+    /// Processes of it the OOM killer ended so far, when the runtime can tell.
+    pub oom_kills: Option<u64>,
 }
 
 /// One instance the runner knows, from its preparation to its end.
@@ -35,6 +37,8 @@ pub(crate) struct Live {
     pub stop: Option<oneshot::Sender<()>>,
     /// Its sandbox while Prepared, waiting to launch.
     pub prepared: Option<Box<dyn PreparedInstance>>,
+    /// Reads its OOM kill count, once it runs.
+    pub oom: Option<crate::runtime::OomCounter>,
 }
 
 /// A revision's instances and the loop that scales them.
@@ -110,6 +114,13 @@ impl RevisionRunner {
     }
 
     /// Moves instance `id` to `phase`; a refused change is a bug, logged, not acted on.
+    /// Keeps how to read instance `id`'s OOM kill count, for `describe`.
+    pub(crate) fn set_oom_counter(&self, id: &str, counter: Option<crate::runtime::OomCounter>) {
+        if let Some(l) = self.live().get_mut(id) {
+            l.oom = counter;
+        }
+    }
+
     pub(crate) fn set_phase(&self, id: &str, phase: InstancePhase) {
         if let Some(l) = self.live().get_mut(id) {
             if let Err(e) = l.phase.to(phase, id) {
@@ -150,6 +161,7 @@ impl RevisionRunner {
                 id: id.clone(),
                 phase: l.phase,
                 started_at: l.started_at,
+                oom_kills: l.oom.as_ref().map(|count| count()),
             })
             .collect();
         v.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));

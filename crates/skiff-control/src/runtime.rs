@@ -28,6 +28,9 @@ pub type ExitCheck = Box<dyn Fn(Duration) -> bool + Send>;
 /// only once a start is late. Owned, so a blocking thread can keep it.
 pub type ListenersCheck = Box<dyn FnMut() -> Vec<String> + Send>;
 
+/// Reads a running instance's OOM kill count. Owned, so `describe` can call it.
+pub type OomCounter = Box<dyn Fn() -> u64 + Send + Sync>;
+
 /// A runtime's failure, in words for the service's owner.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -89,6 +92,11 @@ pub trait RunningInstance: Send + Sync {
     fn listeners_check(&self) -> ListenersCheck;
     /// Resolves once it has exited.
     fn exited(&self) -> BoxFuture<'static, ()>;
+    /// A reading of how many of its processes the OOM killer has ended so far (a worker
+    /// of a serving app may die while the app goes on), if the runtime can tell.
+    fn oom_counter(&self) -> Option<OomCounter> {
+        None
+    }
     /// A way to take its CPU away while it has no work (CPU throttling).
     fn throttle(&self) -> Result<Box<dyn Throttle>, RuntimeError>;
     /// Stops it: a polite signal, then after `grace` a forced one. Blocks until it ended.

@@ -89,6 +89,7 @@ impl RevisionRunner {
         if let Some(pid) = instance.pid() {
             let _ = self.ctl.db().set_instance_pid(id, pid);
         }
+        self.set_oom_counter(id, instance.oom_counter());
         let ready = self.become_ready(instance.as_ref(), &mut stop_rx).await;
         tracing::debug!(
             instance = %id,

@@ -68,6 +68,7 @@ impl RevisionRunner {
                     started_at: crate::clock::unix_now(),
                     stop: None,
                     prepared: None,
+                    oom: None,
                 },
             );
             id

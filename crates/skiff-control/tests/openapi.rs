@@ -269,6 +269,7 @@ fn answers_match_the_openapi_document() {
                 started_at: 1,
                 finished_at: Some(1),
                 exit: Some("e".into()),
+                oom_kills: Some(1),
             }],
             last_failure: Some(failure()),
         },

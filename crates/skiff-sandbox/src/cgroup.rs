@@ -69,6 +69,17 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
     })
 }
 
+/// The `oom_kill` count in a cgroup's OOM events file (0 when it cannot be read).
+pub fn oom_kills_in(file: &Path) -> u64 {
+    fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == "oom_kill")
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// v1 `cpu.shares` for a CPU allowance in millicores, as Kubernetes turns a CPU request
 /// into shares: 1024 a core, within the kernel's 2..=262144.
 fn cpu_shares(millis: u64) -> u64 {
@@ -245,18 +256,18 @@ impl Cgroup {
 
     /// Whether the kernel OOM-killed a process of this cgroup.
     pub fn oom_killed(&self) -> bool {
-        let (file, key) = if self.v2 {
-            ("memory.events", "oom_kill")
+        self.oom_events().is_some_and(|f| oom_kills_in(&f) > 0)
+    }
+
+    /// The file whose `oom_kill` line counts the processes the OOM killer ended in this
+    /// cgroup (`memory.events` on v2, `memory.oom_control` on v1).
+    pub fn oom_events(&self) -> Option<PathBuf> {
+        let file = if self.v2 {
+            "memory.events"
         } else {
-            ("memory.oom_control", "oom_kill")
+            "memory.oom_control"
         };
-        let Some(d) = self.dir_of("memory") else {
-            return false;
-        };
-        let text = fs::read_to_string(d.join(file)).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| l.split_once(' '))
-            .any(|(k, v)| k == key && v.trim().parse::<u64>().unwrap_or(0) > 0)
+        Some(self.dir_of("memory")?.join(file))
     }
 
     /// Reads the memory in use (bytes), if the controller reports it.

@@ -27,7 +27,7 @@ mod netlink;
 mod seccomp;
 mod spawn;
 
-pub use cgroup::{Cgroup, Hierarchy, Limits};
+pub use cgroup::{oom_kills_in, Cgroup, Hierarchy, Limits};
 pub use freezer::Freezer;
 pub use instance::{Exit, Instance};
 pub use logs::{rfc3339, rfc3339_now};

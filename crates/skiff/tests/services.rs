@@ -652,3 +652,25 @@ fn deploy_user_runs_the_app_as_another_user_of_the_image() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_worker_killed_for_memory_shows_on_its_serving_instance() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("hungry", &["--memory", "64Mi", "--min-instances", "1"]);
+    let hog = d.get("hungry", "/hog");
+    assert_eq!(hog.status, 200);
+    assert!(hog.text().contains("signal: 9"), "{}", hog.text());
+    // The app serves on, and describe counts the kill on its live instance.
+    assert_eq!(d.get("hungry", "/").status, 200);
+    let detail = d.json(&["describe", "hungry"]);
+    let live = detail["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["state"] == "ready")
+        .cloned()
+        .unwrap_or_else(|| panic!("a ready instance: {detail}"));
+    assert_eq!(live["oom_kills"], 1, "{detail}");
+    let table = d.ok(&["describe", "hungry"]);
+    assert!(table.contains("1 process(es) killed for memory"), "{table}");
+}

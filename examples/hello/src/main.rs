@@ -17,6 +17,8 @@
 //! - `GET /ticks` → how often a background thread, started by the first `/ticks`, has
 //!   woken up on its 10 ms timer (it stops counting while the instance is frozen)
 //!
+//! - `GET /hog` → runs a child process that takes memory until the OOM killer ends it,
+//!   and answers with how it ended (the app itself serves on)
 //! - `GET /connections` → connections accepted so far, and how many were open when the
 //!   first passing `/healthz` ran (a probe should find only its own)
 //!
@@ -54,6 +56,12 @@ fn unix_ms() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--hog") {
+        let mut kept: Vec<Vec<u8>> = Vec::new();
+        loop {
+            kept.push(vec![1u8; 1 << 20]);
+        }
+    }
     if args.first().map(String::as_str) == Some("--crash") {
         eprintln!(
             "hello: {}",
@@ -289,6 +297,16 @@ fn handle(
                 .iter()
                 .map(|(k, v)| format!("{}: {v}\n", k.to_ascii_lowercase()))
                 .collect();
+            respond(out, 200, &body, close)?;
+        }
+        "/hog" => {
+            let status = std::process::Command::new("/proc/self/exe")
+                .arg("--hog")
+                .status();
+            let body = match status {
+                Ok(s) => format!("hog ended: {s}\n"),
+                Err(e) => format!("hog did not start: {e}\n"),
+            };
             respond(out, 200, &body, close)?;
         }
         "/connections" => {

@@ -376,7 +376,10 @@ pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<(
                 i.revision.clone(),
                 i.state.clone(),
                 ago(i.started_at),
-                i.exit.clone().unwrap_or_default(),
+                i.exit.clone().unwrap_or_else(|| match i.oom_kills {
+                    Some(n) if n > 0 => format!("{n} process(es) killed for memory"),
+                    _ => String::new(),
+                }),
             ]
         })
         .collect();
@@ -397,12 +400,7 @@ pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<(
     }
     if let Some(f) = &d.last_failure {
         println!();
-        println!(
-            "Last start failure ({}, {}): {}",
-            f.revision,
-            ago(f.at),
-            f.reason
-        );
+        println!("Last failure ({}, {}): {}", f.revision, ago(f.at), f.reason);
         for line in f.log_tail.lines() {
             println!("  | {line}");
         }
