@@ -49,13 +49,14 @@ impl Control {
         req: UpdateRequest,
     ) -> Result<DeployRequest, ControlError> {
         let latest = self.db().revisions(name)?.into_iter().next();
-        let spec =
-            req.patch.apply(name, latest.map(|r| r.spec)).map_err(|e| {
-                match latest_missing(&e) {
-                    true => ControlError::NotFound(e.why),
-                    false => ControlError::bad_field(e.field, e.why),
-                }
-            })?;
+        // With no revision to start from, a patch without an image names no service.
+        let absent = latest.is_none();
+        let spec = req.patch.apply(name, latest.map(|r| r.spec)).map_err(|e| {
+            match absent && e.field == "image" {
+                true => ControlError::NotFound(e.why),
+                false => ControlError::bad_field(e.field, e.why),
+            }
+        })?;
         Ok(DeployRequest {
             spec,
             traffic: None,
@@ -289,9 +290,4 @@ impl Control {
             }
         }
     }
-}
-
-/// Whether a patch failed for want of a service to patch.
-fn latest_missing(e: &skiff_core::PatchError) -> bool {
-    e.field == "image" && e.why.contains("does not exist yet")
 }

@@ -191,11 +191,8 @@ impl RevisionRunner {
     /// Asks instance `id`'s supervisor to stop it.
     pub(crate) fn stop_instance(&self, id: &str) {
         if let Some(live) = self.live().get_mut(id) {
-            if live.phase != InstancePhase::Stopping
-                && live.phase.can_become(InstancePhase::Stopping)
-            {
-                let _ = live.phase.to(InstancePhase::Stopping, id);
-            }
+            // Already stopping, or not started: the phase stays.
+            let _ = live.phase.to(InstancePhase::Stopping, id);
             if let Some(stop) = live.stop.take() {
                 let _ = stop.send(());
             }

@@ -154,12 +154,11 @@ impl RevisionRunner {
         Err(describe_exit(&exit, self.revision.spec.memory_bytes))
     }
 
-    /// Moves a live instance to `phase` unless it is there already.
+    /// Moves a live instance to `phase` where its life cycle allows (a probe's flip may
+    /// race its stop, which wins); unlike `set_phase`, a refusal is no bug.
     fn set_phase_if_live(&self, id: &str, phase: InstancePhase) {
         if let Some(l) = self.live().get_mut(id) {
-            if l.phase != phase {
-                let _ = l.phase.to(phase, id);
-            }
+            let _ = l.phase.to(phase, id);
         }
     }
 
