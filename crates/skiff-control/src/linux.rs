@@ -12,10 +12,9 @@ use crate::runtime::{
     BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenersCheck, OomCounter, PreparedInstance,
     RunningInstance, Runtime, RuntimeError,
 };
+use skiff_net::ServiceNetwork;
 use skiff_router::{Target, Throttle};
-use skiff_sandbox::{
-    Exit, Freezer, Instance, Limits, Prepared, Sandbox, SandboxError, SandboxSpec,
-};
+use skiff_sandbox::{Exit, Freezer, Instance, Limits, NetworkSlot, Prepared, Sandbox, SandboxSpec};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
@@ -28,18 +27,53 @@ const LOG_MAX_BYTES: u64 = 64 << 20;
 /// turning readable (it is already past the point of no return: microseconds).
 const EXIT_SETTLE: Duration = Duration::from_millis(200);
 
-type Job = (SandboxSpec, oneshot::Sender<Result<Prepared, SandboxError>>);
+/// One sandbox to prepare, with the egress policy to set first when it has a network.
+struct Job {
+    spec: SandboxSpec,
+    policy: Option<Policy>,
+    reply: oneshot::Sender<Result<Prepared, String>>,
+}
+
+struct Policy {
+    network: Arc<ServiceNetwork>,
+    instance: std::net::Ipv4Addr,
+    mode: skiff_core::EgressMode,
+    rules: Vec<skiff_core::EgressRule>,
+}
+
+impl Job {
+    fn run(self, sandbox: &Sandbox) {
+        if let Some(p) = &self.policy {
+            if let Err(e) = p.network.set_policy(p.instance, p.mode, &p.rules) {
+                let _ = self
+                    .reply
+                    .send(Err(format!("instance {}: {e}", self.spec.id)));
+                return;
+            }
+        }
+        // If the asker is gone, dropping the sandbox removes it again.
+        let _ = self
+            .reply
+            .send(sandbox.prepare(&self.spec).map_err(|e| e.to_string()));
+    }
+}
 
 /// Runs instances in Linux sandboxes.
 pub struct LinuxRuntime {
     jobs: mpsc::Sender<Job>,
     run_dir: PathBuf,
+    network: Option<Arc<ServiceNetwork>>,
 }
 
 impl LinuxRuntime {
     /// Starts `threads` spawner threads sharing `sandbox`; instances' scratch mount points
     /// go under `run_dir`.
-    pub fn new(sandbox: Arc<Sandbox>, threads: usize, run_dir: PathBuf) -> std::io::Result<Self> {
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        threads: usize,
+        run_dir: PathBuf,
+        network: Option<Arc<ServiceNetwork>>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..threads.max(1) {
@@ -49,12 +83,21 @@ impl LinuxRuntime {
                 .name(format!("skiff-spawn-{n}"))
                 .spawn(move || loop {
                     let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok((spec, reply)) = job else { return };
-                    // If the asker is gone, dropping the sandbox removes it again.
-                    let _ = reply.send(sandbox.prepare(&spec));
+                    let Ok(job) = job else { return };
+                    job.run(&sandbox);
                 })?;
         }
-        Ok(LinuxRuntime { jobs: tx, run_dir })
+        Ok(LinuxRuntime {
+            jobs: tx,
+            run_dir,
+            network,
+        })
+    }
+
+    /// The instance's slot of the service network, when there is one.
+    fn slot(&self, plan: &InstancePlan) -> Option<NetworkSlot> {
+        let net = self.network.as_ref()?;
+        Some(NetworkSlot::routed(net.subnet().base, plan.slot))
     }
 
     fn sandbox_spec(&self, plan: &InstancePlan) -> SandboxSpec {
@@ -74,7 +117,8 @@ impl LinuxRuntime {
                 cpu_millis: Some(r.limits.cpu_millis),
                 pids: Some(r.limits.pids),
             },
-            network: None,
+            network: self.slot(plan),
+            resolv_conf: self.network.as_ref().map(|n| n.resolv_conf()),
             log_path: plan.log_path.clone(),
             log_max_bytes: LOG_MAX_BYTES,
             run_dir: self.run_dir.clone(),
@@ -92,21 +136,40 @@ impl Runtime for LinuxRuntime {
         plan: InstancePlan,
     ) -> BoxFuture<'_, Result<Box<dyn PreparedInstance>, RuntimeError>> {
         let spec = self.sandbox_spec(&plan);
+        let policy = self.network.as_ref().map(|network| Policy {
+            network: Arc::clone(network),
+            instance: network.subnet().instance_addr(plan.slot),
+            mode: plan.revision.spec.egress,
+            rules: plan.revision.spec.egress_allow.clone(),
+        });
         Box::pin(async move {
-            let (tx, rx) = oneshot::channel();
+            let (reply, rx) = oneshot::channel();
             let gone = || {
                 RuntimeError::Failed(format!(
                     "instance {}: the spawner threads are gone",
                     plan.id
                 ))
             };
-            self.jobs.send((spec, tx)).map_err(|_| gone())?;
+            let job = Job {
+                spec,
+                policy,
+                reply,
+            };
+            self.jobs.send(job).map_err(|_| gone())?;
             let prepared = rx
                 .await
                 .map_err(|_| gone())?
-                .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+                .map_err(RuntimeError::Failed)?;
             Ok(Box::new(LinuxPrepared(prepared)) as Box<dyn PreparedInstance>)
         })
+    }
+
+    fn network_slots(&self) -> std::ops::Range<u32> {
+        match &self.network {
+            // Slot 0 holds skiff's own addresses.
+            Some(net) => 1..net.subnet().slot_count(),
+            None => 0..skiff_sandbox::SLOTS,
+        }
     }
 }
 

@@ -59,6 +59,8 @@ pub struct InstancePlan {
     pub id: String,
     pub log_path: PathBuf,
     pub revision: Arc<Revision>,
+    /// Its network slot, unique among live instances (from [`Runtime::network_slots`]).
+    pub slot: u32,
 }
 
 /// Something that runs instances of revisions.
@@ -68,6 +70,11 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         plan: InstancePlan,
     ) -> BoxFuture<'_, Result<Box<dyn PreparedInstance>, RuntimeError>>;
+
+    /// The network slots its instances may take (one each, while they live).
+    fn network_slots(&self) -> std::ops::Range<u32> {
+        0..skiff_sandbox::SLOTS
+    }
 }
 
 /// An instance set up and waiting to start.

@@ -118,6 +118,8 @@ impl RevisionRunner {
                     reason = self.watch_health(id, &target) => {
                         self.pool.remove_instance(id);
                         self.set_phase(id, InstancePhase::Stopping);
+                        // Said now: its replacement may serve before it has stopped.
+                        self.record_failure(id, &reason);
                         failure = Some(reason);
                         true
                     }
@@ -318,9 +320,16 @@ impl RevisionRunner {
     fn failed(&self, id: &str, reason: &str) {
         let n = self.failures_in_a_row.fetch_add(1, Ordering::SeqCst);
         let backoff = backoff_after(n + 1);
+        let reason = self.record_failure(id, reason);
+        tracing::warn!(revision = %self.name(), "{reason}; next try in {backoff:?}");
+        self.pool.fail_waiters(&reason, backoff);
+    }
+
+    /// Records why instance `id` failed, with its log's tail, as the revision's last
+    /// failure; returns the reason as recorded.
+    fn record_failure(&self, id: &str, reason: &str) -> String {
         let tail = crate::logs::tail_messages(&self.ctl.log_path(id), FAILURE_LOG_LINES);
         let reason = format!("instance {id} {reason}");
-        tracing::warn!(revision = %self.name(), "{reason}; next try in {backoff:?}");
         if let Err(e) = self
             .ctl
             .db()
@@ -328,7 +337,7 @@ impl RevisionRunner {
         {
             tracing::error!(revision = %self.name(), "recording a failure: {e}");
         }
-        self.pool.fail_waiters(&reason, backoff);
+        reason
     }
 }
 

@@ -22,15 +22,17 @@ impl RevisionRunner {
                 log_path: log_path.display().to_string(),
                 service: Some((self.service().to_owned(), self.name().to_owned())),
             },
-            0..skiff_sandbox::SLOTS,
+            self.ctl.runtime.network_slots(),
         );
-        if let Err(e) = registered {
-            return Err(format!("registering instance {id}: {e}"));
-        }
+        let slot = match registered {
+            Ok(slot) => slot,
+            Err(e) => return Err(format!("registering instance {id}: {e}")),
+        };
         let plan = InstancePlan {
             id: id.to_owned(),
             log_path,
             revision: Arc::clone(&self.revision),
+            slot,
         };
         match self.ctl.runtime.prepare(plan).await {
             Ok(p) => Ok(p),

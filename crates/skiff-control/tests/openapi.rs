@@ -120,6 +120,8 @@ fn spec() -> ServiceSpec {
         user: Some("1000:1000".into()),
         run_as_non_root: true,
         read_only: true,
+        egress: skiff_core::EgressMode::None,
+        egress_allow: skiff_core::parse_egress_rules("10.0.0.0/8:5432").unwrap(),
     }
 }
 
@@ -180,6 +182,8 @@ fn requests_match_the_openapi_document() {
                 init: Some(false),
                 user: Some("app".into()),
                 read_only: Some(true),
+                egress: Some(skiff_core::EgressMode::None),
+                egress_allow: Some(vec![]),
                 readiness_probe: Some(probe_patch.clone()),
                 liveness_probe: Some(probe_patch),
                 autoscaling: autoscaling(),

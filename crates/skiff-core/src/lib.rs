@@ -8,6 +8,7 @@
 
 mod autoscaling;
 mod digest;
+mod egress;
 pub mod knative;
 mod patch;
 mod probe;
@@ -18,6 +19,9 @@ mod traffic;
 
 pub use autoscaling::Autoscaling;
 pub use digest::{Digest, DigestError};
+pub use egress::{
+    egress_rules_text, parse_egress_rules, Destination, EgressMode, EgressRule, HOST_NAME,
+};
 pub use patch::{PatchError, ProbePatch, SpecPatch};
 pub use probe::Probe;
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};

@@ -3,7 +3,7 @@
 //! read and the write happen in one place, under one lock, and a removal in between
 //! cannot be undone by a client writing back what it read before.
 
-use crate::{Autoscaling, Probe, ServiceSpec};
+use crate::{Autoscaling, EgressMode, EgressRule, Probe, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
 /// The fields of a spec to change; unset ones keep the latest revision's value.
@@ -57,6 +57,12 @@ pub struct SpecPatch {
     /// Run the app under skiff's init (`--init`) or as PID 1 itself (`--no-init`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
+    /// Whether instances reach public addresses (`--egress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressMode>,
+    /// Replaces the allowed destinations (`--egress-allow`); empty clears them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_allow: Option<Vec<EgressRule>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<ProbePatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,6 +127,8 @@ impl SpecPatch {
         set(&mut spec.cpu_throttling, &self.cpu_throttling);
         set(&mut spec.init, &self.init);
         set(&mut spec.read_only, &self.read_only);
+        set(&mut spec.egress, &self.egress);
+        set(&mut spec.egress_allow, &self.egress_allow);
         if let Some(user) = &self.user {
             spec.user = (!user.is_empty()).then(|| user.clone());
         }

@@ -3,6 +3,7 @@
 //! image resolved to a digest; the names here are the ones URLs, env and the store use.
 
 use crate::autoscaling::Autoscaling;
+use crate::egress::{EgressMode, EgressRule};
 use crate::probe::Probe;
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +100,12 @@ pub struct ServiceSpec {
     /// process group, reaps zombies). On unless turned off.
     #[serde(default = "on", skip_serializing_if = "is_on")]
     pub init: bool,
+    /// Whether instances reach public addresses (`--egress`).
+    #[serde(default, skip_serializing_if = "EgressMode::is_default")]
+    pub egress: EgressMode,
+    /// Private destinations and host ports instances may reach (`--egress-allow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_allow: Vec<EgressRule>,
 }
 
 fn default_port() -> u16 {
@@ -157,6 +164,8 @@ impl ServiceSpec {
             run_as_non_root: false,
             read_only: false,
             init: true,
+            egress: EgressMode::All,
+            egress_allow: Vec::new(),
         }
     }
 
@@ -202,6 +211,9 @@ impl ServiceSpec {
             if !dir.starts_with('/') || dir.contains('\0') {
                 return bad("working-dir", format!("{dir:?} is not an absolute path"));
             }
+        }
+        if let Err(why) = crate::egress::check_rules(&self.egress_allow) {
+            return bad("egress-allow", why);
         }
         if self.memory_bytes < 4 << 20 {
             return bad("memory", "must be at least 4Mi".into());

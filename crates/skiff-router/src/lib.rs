@@ -64,6 +64,9 @@ impl Routes {
     }
 }
 
+/// The zone under which instances find each other (`NAME.svc.skiff.internal`).
+pub const SERVICE_SUFFIX: &str = ".svc.skiff.internal";
+
 struct Inner {
     /// `.` + the domain, lowercase.
     suffix: String,
@@ -244,7 +247,8 @@ impl Router {
         let _ = write!(out, "{}-{n:x}", self.inner.id_prefix);
     }
 
-    /// The service a Host header names, if it is under the domain.
+    /// The service a Host header names: `NAME.<domain>`, and as instances call each
+    /// other, `NAME.svc.skiff.internal` or a bare `NAME` (their resolver's search list).
     fn service_of<'h>(&self, host: &'h str) -> Option<&'h str> {
         let name = host.rsplit_once(':').map_or(host, |(h, port)| {
             if port.bytes().all(|b| b.is_ascii_digit()) {
@@ -253,12 +257,19 @@ impl Router {
                 host
             }
         });
-        let suffix = &self.inner.suffix;
-        if name.len() <= suffix.len() || !name.is_char_boundary(name.len() - suffix.len()) {
-            return None;
+        if !name.is_empty() && !name.contains('.') {
+            // The domain itself (`localhost`) names no service.
+            return (!name.eq_ignore_ascii_case(&self.inner.suffix[1..])).then_some(name);
         }
-        let (service, tail) = name.split_at(name.len() - suffix.len());
-        (tail.eq_ignore_ascii_case(suffix) && !service.contains('.')).then_some(service)
+        [self.inner.suffix.as_str(), SERVICE_SUFFIX]
+            .into_iter()
+            .find_map(|suffix| {
+                if name.len() <= suffix.len() || !name.is_char_boundary(name.len() - suffix.len()) {
+                    return None;
+                }
+                let (service, tail) = name.split_at(name.len() - suffix.len());
+                (tail.eq_ignore_ascii_case(suffix) && !service.contains('.')).then_some(service)
+            })
     }
 }
 
@@ -297,7 +308,12 @@ mod tests {
         assert_eq!(r.service_of(".localhost"), None);
         assert_eq!(r.service_of("a.b.localhost"), None);
         assert_eq!(r.service_of("hello.example.com"), None);
-        assert_eq!(r.service_of("hellolocalhost"), None);
+        assert_eq!(r.service_of("hellolocalhost"), Some("hellolocalhost"));
+        assert_eq!(r.service_of("other"), Some("other"));
+        assert_eq!(r.service_of("other.svc.skiff.internal"), Some("other"));
+        assert_eq!(r.service_of("other.svc.skiff.internal:80"), Some("other"));
+        assert_eq!(r.service_of("a.other.svc.skiff.internal"), None);
+        assert_eq!(r.service_of(".svc.skiff.internal"), None);
         let r = Router::new("run.example.com.");
         assert_eq!(r.service_of("api.run.example.com"), Some("api"));
     }

@@ -75,6 +75,8 @@ impl Step {
 pub struct NetPlan {
     pub addr: [u8; 4],
     pub mask: [u8; 4],
+    /// The default route's gateway (the host end), for a routed slot.
+    pub gateway: Option<[u8; 4]>,
 }
 
 /// Everything the child needs, prepared by the parent.
@@ -93,6 +95,8 @@ pub struct ChildPlan {
     pub tmp_opts: CString,
     /// Contents of `/etc/hosts` (localhost and the instance's own name).
     pub hosts: Vec<u8>,
+    /// Contents of `/etc/resolv.conf`; empty: the image's file is left alone.
+    pub resolv_conf: Vec<u8>,
     pub read_only: bool,
     pub hostname: CString,
     pub net: Option<NetPlan>,
@@ -319,6 +323,8 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
         if libc::read(plan.sync_fd, go.as_mut_ptr().cast(), 1) != 1 {
             fail(plan, Step::WaitParent, libc::EPIPE);
         }
+        // The veth exists now; configuring it here keeps it off the launch.
+        configure_network(plan);
         check(
             plan,
             Step::CgroupNamespace,
@@ -329,7 +335,6 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             fail(plan, Step::WaitParent, libc::EPIPE);
         }
         libc::close(plan.sync_fd);
-        configure_network(plan);
         check(
             plan,
             Step::Hostname,
@@ -481,7 +486,20 @@ unsafe fn write_etc(plan: &ChildPlan) {
         for (path, content) in [
             (c"/etc/hosts", plan.hosts.as_slice()),
             (c"/etc/hostname", name),
+            (c"/etc/resolv.conf", plan.resolv_conf.as_slice()),
         ] {
+            if path == c"/etc/resolv.conf" {
+                if content.is_empty() {
+                    continue;
+                }
+                // Images often link it to a resolver's runtime file (systemd's stub):
+                // the link goes, in the instance's own upper layer, and a file replaces it.
+                if libc::lstat(path.as_ptr(), &mut st) == 0
+                    && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+                {
+                    libc::unlink(path.as_ptr());
+                }
+            }
             let fd = libc::open(
                 path.as_ptr(),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_CLOEXEC,
@@ -490,6 +508,8 @@ unsafe fn write_etc(plan: &ChildPlan) {
             if fd < 0 {
                 continue;
             }
+            // Readable by the app's user whatever the daemon's umask was.
+            libc::fchmod(fd, 0o644);
             libc::write(fd, content.as_ptr().cast(), content.len());
             if path == c"/etc/hostname" {
                 libc::write(fd, b"\n".as_ptr().cast(), 1);
@@ -658,6 +678,11 @@ fn configure_network(plan: &ChildPlan) {
         );
         if let Err(e) = crate::netlink::configure("eth0", Some(addr)) {
             fail(plan, Step::Network, errno_of(e));
+        }
+        if let Some(gateway) = net.gateway {
+            if let Err(e) = crate::netlink::add_default_route(std::net::Ipv4Addr::from(gateway)) {
+                fail(plan, Step::Network, errno_of(e));
+            }
         }
     }
 }

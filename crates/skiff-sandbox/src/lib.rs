@@ -31,7 +31,7 @@ pub use cgroup::{oom_kills_in, Cgroup, Hierarchy, Limits};
 pub use freezer::Freezer;
 pub use instance::{Exit, Instance};
 pub use logs::{rfc3339, rfc3339_now};
-pub use net::{host_link_exists, NetworkSlot, SLOTS};
+pub use net::{host_link_exists, NetworkSlot, ROUTED_PREFIX, SLOTS};
 pub use seccomp::DENIED as SECCOMP_DENIED;
 pub use spawn::Prepared;
 
@@ -83,6 +83,8 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Network slot, or `None` for loopback only.
     pub network: Option<NetworkSlot>,
+    /// Contents of the instance's `/etc/resolv.conf` (mode 0644), when it has a resolver.
+    pub resolv_conf: Option<String>,
     /// Where stdout/stderr are recorded.
     pub log_path: PathBuf,
     /// Cap on the log file; past it the log rotates to `<log_path>.1` (0 = no cap).

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// The default instance subnet (a /16 cut into /30s).
 pub const DEFAULT_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 0);
+/// The name prefix of routed slots' host ends (the daemon's firewall matches on it).
+pub const ROUTED_PREFIX: &str = "skf";
 /// How many /30 slots a /16 holds.
 pub const SLOTS: u32 = 1 << 14;
 
@@ -22,8 +24,13 @@ pub const SLOTS: u32 = 1 << 14;
 pub struct NetworkSlot {
     /// Slot number, unique among running instances.
     pub slot: u32,
-    /// Base of the /16 the slots are cut from.
+    /// Base of the network the slots are cut from.
     pub subnet: Ipv4Addr,
+    /// A service instance of the daemon's network: its link is named after its address
+    /// (so daemons with disjoint subnets never clash), and it routes everything through
+    /// the host end, where the daemon's firewall decides. Otherwise (`skiff run`) it has
+    /// no route beyond its /30.
+    pub routed: bool,
 }
 
 impl NetworkSlot {
@@ -35,6 +42,16 @@ impl NetworkSlot {
         NetworkSlot {
             slot,
             subnet: DEFAULT_SUBNET,
+            routed: false,
+        }
+    }
+
+    /// Slot `slot` of a daemon's service network based at `subnet`.
+    pub fn routed(subnet: Ipv4Addr, slot: u32) -> Self {
+        NetworkSlot {
+            slot,
+            subnet,
+            routed: true,
         }
     }
 
@@ -52,9 +69,14 @@ impl NetworkSlot {
         Ipv4Addr::from(self.base() + 2)
     }
 
-    /// The host end's interface name.
+    /// The host end's interface name: `skiff<slot>`, or for a routed slot `skf` and the
+    /// slot's network address in hex (11 characters, within IFNAMSIZ).
     pub fn host_ifname(&self) -> String {
-        format!("skiff{}", self.slot)
+        if self.routed {
+            format!("{ROUTED_PREFIX}{:08x}", self.base())
+        } else {
+            format!("skiff{}", self.slot)
+        }
     }
 }
 
@@ -184,5 +206,8 @@ mod tests {
         let last = NetworkSlot::new(SLOTS - 1);
         assert_eq!(last.instance_addr(), Ipv4Addr::new(10, 88, 255, 254));
         assert_eq!(last.host_ifname().len(), 10);
+        let routed = NetworkSlot::routed(Ipv4Addr::new(10, 90, 3, 0), 2);
+        assert_eq!(routed.instance_addr(), Ipv4Addr::new(10, 90, 3, 10));
+        assert_eq!(routed.host_ifname(), "skf0a5a0308");
     }
 }

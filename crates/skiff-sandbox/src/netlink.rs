@@ -223,6 +223,45 @@ pub fn configure(name: &str, address: Option<(Ipv4Addr, Ipv4Addr)>) -> io::Resul
     }
 }
 
+fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) and sockaddr is
+    // plain old data; this is how the socket API expects an IPv4 address to be passed.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Adds the default route through `gateway` (on-link), by ioctl: like [`configure`], it
+/// allocates nothing, so the sandbox child may call it.
+pub fn add_default_route(gateway: Ipv4Addr) -> io::Result<()> {
+    // SAFETY: an ioctl on a socket we own, with a zeroed (valid) rtentry whose addresses
+    // are filled in above.
+    unsafe {
+        let mut route: libc::rtentry = std::mem::zeroed();
+        route.rt_dst = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+        route.rt_genmask = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+        route.rt_gateway = sockaddr_in(gateway);
+        route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let result = if libc::ioctl(sock, libc::SIOCADDRT, &route) < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+        libc::close(sock);
+        result
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,9 +109,10 @@ impl Sandbox {
                 source,
             }
         };
+        // Routed slots belong to the daemon's network, whose own firewall stands already.
         let firewall = match spec.network {
-            Some(_) => self.begin_firewall()?,
-            None => None,
+            Some(slot) if !slot.routed => self.begin_firewall()?,
+            _ => None,
         };
 
         fs::DirBuilder::new()
@@ -157,6 +158,7 @@ impl Sandbox {
             net: spec.network.map(|slot| NetPlan {
                 addr: slot.instance_addr().octets(),
                 mask: net::NetworkSlot::NETMASK.octets(),
+                gateway: slot.routed.then(|| slot.host_addr().octets()),
             }),
             uid: spec.uid,
             gid: spec.gid,
@@ -170,6 +172,7 @@ impl Sandbox {
                 .view(cleanup.cgroup.as_ref().expect("set above")),
             read_only: spec.read_only,
             hosts: hosts_file(id, spec.network.map(|n| n.instance_addr())),
+            resolv_conf: spec.resolv_conf.clone().unwrap_or_default().into_bytes(),
             ..plan_parts
         };
 
@@ -304,6 +307,7 @@ impl Sandbox {
         };
         Ok(ChildPlan {
             hosts: Vec::new(),
+            resolv_conf: Vec::new(),
             sync_fd: -1,
             err_fd: -1,
             stdout_fd: -1,

@@ -62,13 +62,20 @@ fn a_failing_liveness_probe_restarts_the_instance_and_describe_says_why() {
             ),
         "{detail}"
     );
-    let old = detail["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == first.as_str())
-        .expect("the restarted instance is listed");
-    assert_eq!(old["state"], "exited", "{old}");
+    // Its replacement may serve before it has finished stopping.
+    let old_instance = || {
+        d.json(&["describe", "live"])["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == first.as_str())
+            .expect("the restarted instance is listed")
+            .clone()
+    };
+    eventually(Duration::from_secs(15), "the old instance exited", || {
+        old_instance()["state"] == "exited"
+    });
+    let old = old_instance();
     assert_eq!(
         old["exit"], "exited with code 0",
         "stopped gracefully: {old}"

@@ -165,6 +165,12 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    fn text(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    }
+
     fn param(&self, name: &str) -> Option<u64> {
         self.query
             .split('&')
@@ -361,6 +367,31 @@ fn handle(
                 .unwrap_or_else(|e| format!("no working directory: {e}"));
             respond(out, 200, &format!("{cwd}\n"), close)?;
         }
+        "/resolve" => {
+            let (status, body) = match resolve(req.text("name").unwrap_or(""), 0) {
+                Ok(addrs) => (200, addrs.iter().map(|a| format!("{}\n", a.ip())).collect()),
+                Err(e) => (502, format!("error: {e}\n")),
+            };
+            respond(out, status, &body, close)?;
+        }
+        "/connect" => {
+            let port = req.param("port").unwrap_or(80) as u16;
+            let (status, body) = match connect(req.text("to").unwrap_or(""), port) {
+                Ok(_) => (200, "connected\n".to_owned()),
+                Err(e) => (502, format!("error: {e}\n")),
+            };
+            respond(out, status, &body, close)?;
+        }
+        "/call" => {
+            let port = req.param("port").unwrap_or(80) as u16;
+            let host = req.text("to").unwrap_or("");
+            let path = req.text("path").unwrap_or("/");
+            let (status, body) = match call(host, port, path) {
+                Ok(answer) => (200, answer),
+                Err(e) => (502, format!("error: {e}\n")),
+            };
+            respond(out, status, &body, close)?;
+        }
         "/env" => {
             let body: String = std::env::vars()
                 .map(|(k, v)| format!("{k}={v}\n"))
@@ -372,9 +403,43 @@ fn handle(
     Ok(!close)
 }
 
+/// Resolves `name` with the C library's resolver, as ordinary apps do.
+fn resolve(name: &str, port: u16) -> io::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok((name, port).to_socket_addrs()?.collect())
+}
+
+/// Connects to `host:port` (a name or an address), within three seconds.
+fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"));
+    for addr in resolve(host, port)? {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// GETs `path` from `host:port` over HTTP/1.1; the answer's status line and body.
+fn call(host: &str, port: u16, path: &str) -> io::Result<String> {
+    let mut s = connect(host, port)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    let status = answer.lines().next().unwrap_or("").to_owned();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok(format!("{status}\n{body}"))
+}
+
 fn respond(out: &mut TcpStream, status: u16, body: &str, close: bool) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Not Found",
     };

@@ -210,6 +210,15 @@ fn annotations(spec: &ServiceSpec, defaults: &ServiceSpec) -> BTreeMap<String, S
     if !spec.init {
         put(a::INIT, "false".into());
     }
+    if !spec.egress.is_default() {
+        put(a::EGRESS, spec.egress.to_string());
+    }
+    if !spec.egress_allow.is_empty() {
+        put(
+            a::EGRESS_ALLOW,
+            crate::egress_rules_text(&spec.egress_allow),
+        );
+    }
     if let Some(user) = spec.user.as_ref().filter(|u| numeric_user(u).is_none()) {
         put(a::USER, user.clone());
     }

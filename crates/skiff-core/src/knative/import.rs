@@ -327,6 +327,18 @@ fn annotations(
             a::CPU_THROTTLING => spec.cpu_throttling = boolean()?,
             a::INIT => spec.init = boolean()?,
             a::USER => spec.user = Some(value.clone()),
+            a::EGRESS => spec.egress = value.parse().map_err(|e| format!("{}: {e}", at()))?,
+            a::EGRESS_ALLOW => {
+                spec.egress_allow =
+                    crate::parse_egress_rules(value).map_err(|e| format!("{}: {e}", at()))?
+            }
+            key if a::REFUSED_EGRESS.iter().any(|(k, _)| *k == key) => {
+                let (_, instead) = a::REFUSED_EGRESS
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .expect("matched above");
+                return Err(format!("{}: not supported: {instead}", at()));
+            }
             other if other.starts_with(a::AUTOSCALING_PREFIX) => {
                 return Err(format!(
                     "{}: skiff does not support this autoscaling knob",

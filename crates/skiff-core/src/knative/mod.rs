@@ -45,6 +45,30 @@ pub mod annotation {
     pub const USER: &str = "skiff.dev/user";
     /// `"false"`: the app runs as PID 1 itself, without skiff's init.
     pub const INIT: &str = "skiff.dev/init";
+    /// `all` or `none`: whether instances reach public addresses.
+    pub const EGRESS: &str = "skiff.dev/egress";
+    /// Comma-separated `CIDR[:PORT]` and `host.skiff.internal:PORT` rules.
+    pub const EGRESS_ALLOW: &str = "skiff.dev/egress-allow";
+    /// Cloud Run's ways out to private networks, each with what to use in skiff instead.
+    pub const REFUSED_EGRESS: &[(&str, &str)] = &[
+        (
+            "run.googleapis.com/cloudsql-instances",
+            "skiff has no Cloud SQL proxy: allow the database's address and port with \
+             skiff.dev/egress-allow (CIDR:PORT, or host.skiff.internal:PORT for one on the host)",
+        ),
+        (
+            "run.googleapis.com/vpc-access-connector",
+            "skiff needs no connector: allow private destinations with skiff.dev/egress-allow",
+        ),
+        (
+            "run.googleapis.com/vpc-access-egress",
+            "use skiff.dev/egress (all or none) and skiff.dev/egress-allow",
+        ),
+        (
+            "run.googleapis.com/network-interfaces",
+            "skiff has no VPC network interfaces: use skiff.dev/egress-allow",
+        ),
+    ];
 
     /// The current name of an annotation also known by its older camelCase name
     /// (Cloud Run still writes `autoscaling.knative.dev/maxScale`).

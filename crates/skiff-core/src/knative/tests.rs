@@ -250,3 +250,45 @@ fn a_user_by_name_and_a_service_without_init_round_trip_as_annotations() {
     let back = round_trip("x", &spec, &crate::default_traffic());
     assert_eq!(back.spec, spec);
 }
+
+fn annotated(lines: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  template:\n    metadata:\n      annotations:\n{lines}    spec:\n      containers:\n        - image: hello\n"
+    )
+}
+
+#[test]
+fn egress_round_trips_as_annotations() {
+    let mut spec = ServiceSpec::new("hello");
+    spec.egress = crate::EgressMode::None;
+    spec.egress_allow =
+        crate::parse_egress_rules("10.0.0.0/8:5432,host.skiff.internal:6379").unwrap();
+    let back = round_trip("x", &spec, &crate::default_traffic());
+    assert_eq!(back.spec, spec);
+    let read = one(&annotated(
+        "        skiff.dev/egress: all\n        skiff.dev/egress-allow: \"192.168.0.0/16\"\n",
+    ))
+    .unwrap();
+    assert_eq!(read.spec.egress_allow[0].to_string(), "192.168.0.0/16");
+    let bad = one(&annotated("        skiff.dev/egress-allow: \"db:5432\"\n")).unwrap_err();
+    assert!(
+        bad.contains("skiff.dev/egress-allow") && bad.contains("IPv4"),
+        "{bad}"
+    );
+}
+
+#[test]
+fn cloud_run_egress_annotations_are_refused_with_what_to_use() {
+    for key in [
+        "run.googleapis.com/cloudsql-instances",
+        "run.googleapis.com/vpc-access-connector",
+        "run.googleapis.com/vpc-access-egress",
+        "run.googleapis.com/network-interfaces",
+    ] {
+        let err = one(&annotated(&format!("        {key}: \"x\"\n"))).unwrap_err();
+        assert!(
+            err.contains(key) && err.contains("skiff.dev/egress"),
+            "{key}: {err}"
+        );
+    }
+}

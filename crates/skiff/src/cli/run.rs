@@ -128,6 +128,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         id: id.clone(),
         layers: images.rootfs_layers(&image),
         read_only: a.read_only,
+        resolv_conf: None,
         args: process.args,
         env,
         cwd: a.workdir.unwrap_or(process.cwd),

@@ -90,6 +90,14 @@ pub struct DeployArgs {
     /// Mount the root filesystem writable (the default).
     #[arg(long, overrides_with = "read_only")]
     no_read_only: bool,
+    /// Whether instances reach public addresses through the host's NAT (all, the
+    /// default) or nothing outside skiff (none). Other services and DNS stay reachable.
+    #[arg(long, value_name = "all|none", value_parser = parse_egress_mode)]
+    egress: Option<skiff_core::EgressMode>,
+    /// Private destinations and host ports instances may reach, replacing the list:
+    /// CIDR[:PORT] or host.skiff.internal:PORT, comma-separated ('' clears it).
+    #[arg(long, value_name = "RULES", value_parser = parse_egress_rules)]
+    egress_allow: Option<EgressRules>,
     /// The new revision gets no traffic: the share that followed the latest revision
     /// stays pinned to the one serving now (try it at a --tag URL first).
     #[arg(long)]
@@ -217,6 +225,18 @@ impl ScalingArgs {
     }
 }
 
+/// A parsed `--egress-allow` list (a newtype: clap would take a bare Vec as many values).
+#[derive(Clone)]
+struct EgressRules(Vec<skiff_core::EgressRule>);
+
+fn parse_egress_rules(text: &str) -> Result<EgressRules, String> {
+    skiff_core::parse_egress_rules(text).map(EgressRules)
+}
+
+fn parse_egress_mode(text: &str) -> Result<skiff_core::EgressMode, String> {
+    text.parse()
+}
+
 /// The changes the flags make; the daemon applies them to the latest revision's spec.
 fn patch(a: &DeployArgs) -> SpecPatch {
     let ms = |d: Duration| d.as_millis() as u64;
@@ -243,6 +263,8 @@ fn patch(a: &DeployArgs) -> SpecPatch {
         init: (a.init || a.no_init).then_some(a.init),
         user: a.user.clone(),
         read_only: (a.read_only || a.no_read_only).then_some(a.read_only),
+        egress: a.egress,
+        egress_allow: a.egress_allow.clone().map(|r| r.0),
         readiness_probe: a.probes.readiness(),
         liveness_probe: a.probes.liveness(),
         autoscaling: a.scaling.patch(),

@@ -7,6 +7,7 @@
 //! connects them.
 
 mod api;
+mod network;
 mod scaling;
 
 use crate::home::Home;
@@ -56,6 +57,15 @@ pub struct ServerArgs {
     /// (an eBPF sockmap); they then cross the instance's loopback TCP/IP stack.
     #[arg(long, env = "SKIFF_NO_UPSTREAM_SHORTCUT")]
     no_upstream_shortcut: bool,
+    /// The subnet instances get their addresses from (a /30 each; the first holds the
+    /// addresses of skiff's DNS and services, and of host.skiff.internal). Each daemon
+    /// on a host needs its own.
+    #[arg(long, env = "SKIFF_INSTANCE_SUBNET", default_value = skiff_net::DEFAULT_SUBNET)]
+    instance_subnet: skiff_net::Subnet,
+    /// Where names that are not skiff's are resolved (ADDRESS:PORT, repeatable; default:
+    /// the nameservers of the host's /etc/resolv.conf).
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    dns_upstream: Vec<SocketAddr>,
     #[command(flatten)]
     scaling: scaling::ScalingArgs,
 }
@@ -77,12 +87,6 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     let sandbox = Arc::new(Sandbox::new().context("preparing the sandbox runtime")?);
     crate::launch::reclaim_lost(&mut db, &sandbox, Path::new(crate::launch::RUN_DIR))
         .context("reclaiming instances of a previous daemon")?;
-    let linux = LinuxRuntime::new(
-        Arc::clone(&sandbox),
-        args.spawn_threads,
-        PathBuf::from(crate::launch::RUN_DIR),
-    )
-    .context("starting the spawner threads")?;
     let api_listener = api::bind(&socket)?;
     let _shortcut = upstream_shortcut(args.no_upstream_shortcut);
     let router = skiff_router::Router::new(&args.domain);
@@ -91,6 +95,15 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         .clone()
         .serve_threads(args.ingress, args.router_threads, stop_rx.clone())
         .with_context(|| format!("listening for ingress on {}", args.ingress))?;
+    let (network, internal_done) =
+        network::start(&args.instance_subnet, &args.dns_upstream, &router, &stop_rx).await?;
+    let linux = LinuxRuntime::new(
+        Arc::clone(&sandbox),
+        args.spawn_threads,
+        PathBuf::from(crate::launch::RUN_DIR),
+        Some(Arc::clone(&network)),
+    )
+    .context("starting the spawner threads")?;
     let config = ControlConfig {
         domain: args.domain.trim_matches('.').to_owned(),
         ingress_port: ingress_addr.port(),
@@ -117,8 +130,10 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     eprintln!("skiff server: shutting down: finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = ingress_done.await;
+    let _ = internal_done.await;
     eprintln!("skiff server: stopping instances");
     ctl.shutdown().await;
+    network.remove();
     let _ = api_task.await;
     let _ = std::fs::remove_file(&socket);
     eprintln!("skiff server: stopped");

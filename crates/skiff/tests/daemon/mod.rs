@@ -37,8 +37,46 @@ pub struct Daemon {
     pub home: tempfile::TempDir,
     pub socket: PathBuf,
     pub port: u16,
+    /// This daemon's instance subnet (tests run daemons side by side).
+    pub subnet: Subnet,
     child: Option<Child>,
     extra: Vec<String>,
+}
+
+/// A /24 for one test daemon's instances, held (by a lock file) until dropped, so
+/// daemons of tests running at once, in any test binary, never share one.
+pub struct Subnet {
+    pub third_octet: u16,
+    _lock: std::fs::File,
+}
+
+impl Subnet {
+    pub fn claim() -> Subnet {
+        use std::os::fd::AsRawFd;
+        let start = (std::process::id() % 200) as u16;
+        for i in 0..250u16 {
+            let n = (start + i) % 250;
+            let path = std::env::temp_dir().join(format!("skiff-e2e-subnet-{n}.lock"));
+            let file = std::fs::File::create(&path).unwrap();
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Subnet {
+                    third_octet: n,
+                    _lock: file,
+                };
+            }
+        }
+        panic!("no free test subnet under 10.91.0.0/16");
+    }
+
+    pub fn cidr(&self) -> String {
+        format!("10.91.{}.0/24", self.third_octet)
+    }
+
+    /// Where instances find skiff (DNS, services).
+    pub fn service_addr(&self) -> String {
+        format!("10.91.{}.1", self.third_octet)
+    }
 }
 
 impl Daemon {
@@ -53,6 +91,7 @@ impl Daemon {
             home,
             socket,
             port: 0,
+            subnet: Subnet::claim(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -92,6 +131,14 @@ impl Daemon {
             .args(["--socket", self.socket.to_str().unwrap()])
             .arg("server")
             .args(["--ingress", "127.0.0.1:0", "--stop-timeout", "5s"])
+            .args(["--instance-subnet", &self.subnet.cidr()])
+            // Names that are not skiff's never leave the machine in tests: the only
+            // upstream is a closed loopback port (tests that forward give their own).
+            .args(if self.extra.iter().any(|a| a == "--dns-upstream") {
+                &[][..]
+            } else {
+                &["--dns-upstream", "127.0.0.1:9"][..]
+            })
             .args(&self.extra)
             .env("SKIFF_LOG", "info")
             .stdout(Stdio::piped())
