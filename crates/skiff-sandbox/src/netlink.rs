@@ -191,19 +191,7 @@ pub fn configure(name: &str, address: Option<(Ipv4Addr, Ipv4Addr)>) -> io::Resul
                 .map(|(addr, mask)| [(libc::SIOCSIFADDR, addr), (libc::SIOCSIFNETMASK, mask)]);
             for (request, value) in settings.into_iter().flatten() {
                 let mut r = ifreq(name)?;
-                let sin = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(value.octets()),
-                    },
-                    sin_zero: [0; 8],
-                };
-                std::ptr::copy_nonoverlapping(
-                    (&sin as *const libc::sockaddr_in).cast::<u8>(),
-                    (&mut r.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast::<u8>(),
-                    std::mem::size_of::<libc::sockaddr_in>(),
-                );
+                r.ifr_ifru.ifru_addr = sockaddr_in(value);
                 if libc::ioctl(sock, request, &r) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -241,7 +229,7 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
 /// allocates nothing, so the sandbox child may call it.
 pub fn add_default_route(gateway: Ipv4Addr) -> io::Result<()> {
     // SAFETY: an ioctl on a socket we own, with a zeroed (valid) rtentry whose addresses
-    // are filled in above.
+    // are set before the call.
     unsafe {
         let mut route: libc::rtentry = std::mem::zeroed();
         route.rt_dst = sockaddr_in(Ipv4Addr::UNSPECIFIED);
