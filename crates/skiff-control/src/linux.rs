@@ -119,6 +119,7 @@ impl LinuxRuntime {
             },
             network: self.slot(plan),
             resolv_conf: self.network.as_ref().map(|n| n.resolv_conf()),
+            drop_caps: skiff_core::capability_mask(&r.spec.cap_drop),
             log_path: plan.log_path.clone(),
             log_max_bytes: LOG_MAX_BYTES,
             run_dir: self.run_dir.clone(),

@@ -120,6 +120,7 @@ fn spec() -> ServiceSpec {
         user: Some("1000:1000".into()),
         run_as_non_root: true,
         read_only: true,
+        cap_drop: vec!["ALL".into()],
         egress: skiff_core::EgressMode::None,
         egress_allow: skiff_core::parse_egress_rules("10.0.0.0/8:5432").unwrap(),
     }
@@ -182,6 +183,7 @@ fn requests_match_the_openapi_document() {
                 init: Some(false),
                 user: Some("app".into()),
                 read_only: Some(true),
+                cap_drop: Some(vec![]),
                 egress: Some(skiff_core::EgressMode::None),
                 egress_allow: Some(vec![]),
                 readiness_probe: Some(probe_patch.clone()),

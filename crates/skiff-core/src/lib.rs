@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod autoscaling;
+mod capability;
 mod digest;
 mod egress;
 pub mod knative;
@@ -18,6 +19,7 @@ mod service;
 mod traffic;
 
 pub use autoscaling::Autoscaling;
+pub use capability::{canonical_capability, capability_mask, DEFAULT_CAPABILITIES};
 pub use digest::{Digest, DigestError};
 pub use egress::{
     egress_rules_text, parse_egress_rules, Destination, EgressMode, EgressRule, HOST_NAME,

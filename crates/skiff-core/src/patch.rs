@@ -57,6 +57,9 @@ pub struct SpecPatch {
     /// Run the app under skiff's init (`--init`) or as PID 1 itself (`--no-init`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
+    /// Replaces the capabilities dropped (`--cap-drop`); empty: none dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap_drop: Option<Vec<String>>,
     /// Whether instances reach public addresses (`--egress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressMode>,
@@ -127,6 +130,12 @@ impl SpecPatch {
         set(&mut spec.cpu_throttling, &self.cpu_throttling);
         set(&mut spec.init, &self.init);
         set(&mut spec.read_only, &self.read_only);
+        if let Some(caps) = &self.cap_drop {
+            spec.cap_drop = caps
+                .iter()
+                .map(|c| crate::canonical_capability(c).unwrap_or_else(|| c.clone()))
+                .collect();
+        }
         set(&mut spec.egress, &self.egress);
         set(&mut spec.egress_allow, &self.egress_allow);
         if let Some(user) = &self.user {

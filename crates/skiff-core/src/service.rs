@@ -100,6 +100,10 @@ pub struct ServiceSpec {
     /// process group, reaps zombies). On unless turned off.
     #[serde(default = "on", skip_serializing_if = "is_on")]
     pub init: bool,
+    /// Capabilities taken from the default set (`--cap-drop`, Kubernetes'
+    /// `capabilities.drop`): canonical names, or `ALL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
     /// Whether instances reach public addresses (`--egress`).
     #[serde(default, skip_serializing_if = "EgressMode::is_default")]
     pub egress: EgressMode,
@@ -164,6 +168,7 @@ impl ServiceSpec {
             run_as_non_root: false,
             read_only: false,
             init: true,
+            cap_drop: Vec::new(),
             egress: EgressMode::All,
             egress_allow: Vec::new(),
         }
@@ -210,6 +215,14 @@ impl ServiceSpec {
         if let Some(dir) = &self.working_dir {
             if !dir.starts_with('/') || dir.contains('\0') {
                 return bad("working-dir", format!("{dir:?} is not an absolute path"));
+            }
+        }
+        for cap in &self.cap_drop {
+            if crate::canonical_capability(cap).as_deref() != Some(cap.as_str()) {
+                return bad(
+                    "cap-drop",
+                    format!("{cap:?} is not a capability (NET_RAW, CAP_CHOWN, ALL…)"),
+                );
             }
         }
         if let Err(why) = crate::egress::check_rules(&self.egress_allow) {

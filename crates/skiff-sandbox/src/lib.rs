@@ -83,6 +83,8 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Network slot, or `None` for loopback only.
     pub network: Option<NetworkSlot>,
+    /// Capabilities taken from the default set (a bit mask, bit N for capability N).
+    pub drop_caps: u64,
     /// Contents of the instance's `/etc/resolv.conf` (mode 0644), when it has a resolver.
     pub resolv_conf: Option<String>,
     /// Where stdout/stderr are recorded.
@@ -237,5 +239,21 @@ impl Sandbox {
     /// The cgroup layout in use.
     pub fn hierarchy(&self) -> &Hierarchy {
         &self.hierarchy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_capabilities_are_the_ones_specs_are_checked_against() {
+        let here: Vec<&str> = super::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|(_, name)| name.strip_prefix("CAP_").unwrap())
+            .collect();
+        assert_eq!(here, skiff_core::DEFAULT_CAPABILITIES);
+        for (bit, name) in super::DEFAULT_CAPABILITIES {
+            let bare = name.strip_prefix("CAP_").unwrap().to_owned();
+            assert_eq!(skiff_core::capability_mask(&[bare]), 1 << bit, "{name}");
+        }
     }
 }

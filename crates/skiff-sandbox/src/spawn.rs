@@ -163,7 +163,7 @@ impl Sandbox {
             uid: spec.uid,
             gid: spec.gid,
             groups: spec.groups.clone(),
-            keep_caps: crate::default_capability_mask(),
+            keep_caps: crate::default_capability_mask() & !spec.drop_caps,
             last_cap: self.last_cap,
             seccomp: self.seccomp.clone(),
             init: spec.init,

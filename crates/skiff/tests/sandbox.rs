@@ -119,6 +119,7 @@ fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
         layers: w.images.rootfs_layers(&w.image),
         read_only: false,
         resolv_conf: None,
+        drop_caps: 0,
         args: vec!["/bin/sh".into(), "-c".into(), script.into()],
         env: vec!["PATH=/bin".into()],
         cwd: "/".into(),

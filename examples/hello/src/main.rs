@@ -367,6 +367,14 @@ fn handle(
                 .unwrap_or_else(|e| format!("no working directory: {e}"));
             respond(out, 200, &format!("{cwd}\n"), close)?;
         }
+        "/file" => {
+            let path = req.text("path").unwrap_or("");
+            let (status, body) = match std::fs::read_to_string(path) {
+                Ok(text) => (200, text),
+                Err(e) => (502, format!("error: {e}\n")),
+            };
+            respond(out, status, &body, close)?;
+        }
         "/resolve" => {
             let (status, body) = match resolve(req.text("name").unwrap_or(""), 0) {
                 Ok(addrs) => (200, addrs.iter().map(|a| format!("{}\n", a.ip())).collect()),

@@ -182,11 +182,16 @@ fn security_context(spec: &ServiceSpec) -> Option<model::SecurityContext> {
         run_as_group: gid.flatten(),
         run_as_non_root: spec.run_as_non_root.then_some(true),
         read_only_root_filesystem: spec.read_only.then_some(true),
+        capabilities: (!spec.cap_drop.is_empty()).then(|| model::Capabilities {
+            add: Vec::new(),
+            drop: spec.cap_drop.clone(),
+        }),
         ..Default::default()
     };
     let empty = sc.run_as_user.is_none()
         && sc.run_as_non_root.is_none()
-        && sc.read_only_root_filesystem.is_none();
+        && sc.read_only_root_filesystem.is_none()
+        && sc.capabilities.is_none();
     (!empty).then_some(sc)
 }
 

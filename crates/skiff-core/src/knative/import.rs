@@ -353,7 +353,8 @@ fn annotations(
 
 /// The container's `securityContext`: the user and group, `runAsNonRoot` and a read-only
 /// root are honoured; no privilege escalation and the runtime's default seccomp profile
-/// are what skiff always does; capabilities cannot be changed.
+/// are what skiff always does; capabilities may be dropped, and added only where skiff's
+/// default set has them already.
 fn security_context(sc: &model::SecurityContext, spec: &mut ServiceSpec) -> Result<()> {
     let at = "spec.template.spec.containers[0].securityContext";
     spec.user = match (sc.run_as_user, sc.run_as_group) {
@@ -373,11 +374,27 @@ fn security_context(sc: &model::SecurityContext, spec: &mut ServiceSpec) -> Resu
             "{at}.allowPrivilegeEscalation true: skiff always sets no_new_privs"
         ));
     }
-    if sc.capabilities.is_some() {
-        return Err(format!(
-            "{at}.capabilities: instances keep skiff's own small set (none for a non-root \
-             user); it cannot be changed"
-        ));
+    if let Some(caps) = &sc.capabilities {
+        for name in &caps.add {
+            match crate::canonical_capability(name) {
+                Some(c) if crate::DEFAULT_CAPABILITIES.contains(&c.as_str()) => {}
+                _ => {
+                    return Err(format!(
+                        "{at}.capabilities.add: {name:?}: instances cannot gain capabilities \
+                         beyond skiff's default set ({})",
+                        crate::DEFAULT_CAPABILITIES.join(", ")
+                    ))
+                }
+            }
+        }
+        spec.cap_drop = caps
+            .drop
+            .iter()
+            .map(|name| {
+                crate::canonical_capability(name)
+                    .ok_or_else(|| format!("{at}.capabilities.drop: {name:?} is not a capability"))
+            })
+            .collect::<Result<_>>()?;
     }
     if let Some(profile) = &sc.seccomp_profile {
         if profile.get("type").and_then(|t| t.as_str()) != Some("RuntimeDefault") {

@@ -119,8 +119,18 @@ pub struct Container {
     pub termination_message_policy: Ignored,
 }
 
-/// A container's `securityContext`: what of it skiff honours, and `capabilities`, which
-/// it refuses (instances keep skiff's own small set).
+/// `securityContext.capabilities`: drops are honoured; adds only of what skiff's small
+/// default set has already.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+}
+
+/// A container's `securityContext`: what of it skiff honours, or refuses by name.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecurityContext {
@@ -135,7 +145,7 @@ pub struct SecurityContext {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_privilege_escalation: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<serde_json::Value>,
+    pub capabilities: Option<Capabilities>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp_profile: Option<serde_json::Value>,
 }

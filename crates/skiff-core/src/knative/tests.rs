@@ -208,6 +208,20 @@ fn a_template_name_is_the_revisions_and_must_start_with_the_service() {
 }
 
 #[test]
+fn capabilities_are_dropped_and_added_only_from_the_default_set() {
+    let doc = with(
+        "          securityContext:\n            capabilities: {drop: [ALL, cap_net_raw], add: [NET_BIND_SERVICE]}\n",
+    );
+    let imported = one(&doc).unwrap();
+    assert_eq!(imported.spec.cap_drop, ["ALL", "NET_RAW"]);
+    let back = round_trip("x", &imported.spec, &imported.traffic);
+    assert_eq!(
+        back.spec.cap_drop, imported.spec.cap_drop,
+        "export writes the drops"
+    );
+}
+
+#[test]
 fn a_security_context_is_honoured_or_refused_by_name() {
     let sc = |lines: &str| with(&format!("          securityContext:\n{lines}"));
     let imported = one(&sc(
@@ -221,8 +235,12 @@ fn a_security_context_is_honoured_or_refused_by_name() {
     assert_eq!(back.spec, *s, "export writes it back");
     for (lines, named) in [
         (
-            "            capabilities: {drop: [ALL]}\n",
-            "securityContext.capabilities",
+            "            capabilities: {add: [SYS_ADMIN]}\n",
+            "capabilities.add: \"SYS_ADMIN\"",
+        ),
+        (
+            "            capabilities: {drop: [NOT_A_CAP]}\n",
+            "capabilities.drop: \"NOT_A_CAP\"",
         ),
         (
             "            allowPrivilegeEscalation: true\n",

@@ -129,6 +129,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         layers: images.rootfs_layers(&image),
         read_only: a.read_only,
         resolv_conf: None,
+        drop_caps: 0,
         args: process.args,
         env,
         cwd: a.workdir.unwrap_or(process.cwd),

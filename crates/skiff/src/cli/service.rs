@@ -90,6 +90,10 @@ pub struct DeployArgs {
     /// Mount the root filesystem writable (the default).
     #[arg(long, overrides_with = "read_only")]
     no_read_only: bool,
+    /// Capabilities an instance running as root gives up (NET_BIND_SERVICE, CHOWN…, or
+    /// ALL), comma-separated, replacing the list ('' drops none).
+    #[arg(long, value_name = "CAPS", value_delimiter = ',')]
+    cap_drop: Option<Vec<String>>,
     /// Whether instances reach public addresses through the host's NAT (all, the
     /// default) or nothing outside skiff (none). Other services and DNS stay reachable.
     #[arg(long, value_name = "all|none", value_parser = parse_egress_mode)]
@@ -263,6 +267,10 @@ fn patch(a: &DeployArgs) -> SpecPatch {
         init: (a.init || a.no_init).then_some(a.init),
         user: a.user.clone(),
         read_only: (a.read_only || a.no_read_only).then_some(a.read_only),
+        cap_drop: a
+            .cap_drop
+            .as_ref()
+            .map(|caps| caps.iter().filter(|c| !c.is_empty()).cloned().collect()),
         egress: a.egress,
         egress_allow: a.egress_allow.clone().map(|r| r.0),
         readiness_probe: a.probes.readiness(),
