@@ -8,108 +8,9 @@
 
 mod daemon;
 
+use daemon::outside::Outside;
 use daemon::{hello_binary, Daemon};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A network namespace standing in for the outside, reached from the host through a
-/// veth: a public-looking address (TEST-NET-2) and a private one, a hello server on
-/// port 8000 of both. It has no route back to instances: only NAT lets them talk.
-struct Outside {
-    name: String,
-    host_link: String,
-    server: Child,
-    public: String,
-    private: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Outside {
-    fn new(n: u16) -> Outside {
-        let name = format!("skout{}", std::process::id());
-        let host_link = format!("skouth{n}");
-        let public_net = format!("198.51.100.{}", n * 4);
-        let private_net = format!("192.168.{n}.0");
-        let public = format!("198.51.100.{}", n * 4 + 2);
-        let private = format!("192.168.{n}.2");
-        ip(&["netns", "add", &name]);
-        ip(&[
-            "link", "add", &host_link, "type", "veth", "peer", "name", "eth0", "netns", &name,
-        ]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("198.51.100.{}/30", n * 4 + 1),
-            "dev",
-            &host_link,
-        ]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("192.168.{n}.1/24"),
-            "dev",
-            &host_link,
-        ]);
-        ip(&["link", "set", &host_link, "up"]);
-        let inside = |args: &[&str]| {
-            let mut full = vec!["netns", "exec", &name, "ip"];
-            full.extend_from_slice(args);
-            ip(&full);
-        };
-        inside(&["addr", "add", &format!("{public}/30"), "dev", "eth0"]);
-        inside(&["addr", "add", &format!("{private}/24"), "dev", "eth0"]);
-        inside(&["link", "set", "eth0", "up"]);
-        inside(&["link", "set", "lo", "up"]);
-        let _ = (public_net, private_net);
-        let server = Command::new("ip")
-            .args(["netns", "exec", &name])
-            .arg(hello_binary())
-            .env("PORT", "8000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the outside server");
-        let o = Outside {
-            name,
-            host_link,
-            server,
-            public,
-            private,
-        };
-        // Ready once it answers from the host.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect((o.public.as_str(), 8000)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the outside server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        o
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_link])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 /// What hello's `/connect` (or `/call`, `/resolve`) says from inside `service`.
 fn from_inside(d: &Daemon, service: &str, path: &str) -> (u16, String) {
@@ -153,7 +54,7 @@ fn services_call_each_other_by_name_and_wake_the_callee_from_zero() {
 
 #[test]
 fn egress_reaches_public_addresses_private_ones_when_allowed_and_nothing_with_none() {
-    let outside = Outside::new(1);
+    let outside = Outside::new(1, hello_binary().to_str().unwrap(), &[], 8000);
     let d = Daemon::start(&[]);
     d.deploy_hello("open", &[]);
     let public = format!("/call?to={}&port=8000&path=/", outside.public);
