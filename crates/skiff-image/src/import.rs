@@ -12,6 +12,7 @@ use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 use serde::Deserialize;
 use skiff_core::{Digest, ImageRef};
 use skiff_store::{ImageRecord, Store};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -351,11 +352,23 @@ impl ImageStore {
             return Err(ImageError::Format("manifest.json lists no images".into()));
         }
         let mut found = Vec::new();
+        // `docker save a b` names a shared layer (or config) from several entries; the
+        // first ingest moves the staged file into the store, so later ones reuse it.
+        let mut ingested: HashMap<PathBuf, (Digest, u64)> = HashMap::new();
+        let mut ingest = |rel: &str, created: &mut Created| -> Result<(Digest, u64), ImageError> {
+            let key = source.path(rel)?;
+            if let Some(done) = ingested.get(&key) {
+                return Ok(done.clone());
+            }
+            let done = self.ingest_unnamed(source, rel, created)?;
+            ingested.insert(key, done.clone());
+            Ok(done)
+        };
         for e in entries {
-            let config = self.ingest_unnamed(source, &e.config, created)?;
+            let config = ingest(&e.config, created)?;
             let mut layers = Vec::new();
             for l in &e.layers {
-                let (digest, size) = self.ingest_unnamed(source, l, created)?;
+                let (digest, size) = ingest(l, created)?;
                 let head = {
                     let mut buf = [0u8; 4];
                     let n = self.blobs.open(&digest)?.read(&mut buf).unwrap_or(0);

@@ -751,3 +751,46 @@ fn imports_gzip_compressed_docker_archive() {
     assert_eq!(img.tags, vec!["zipped:1"]);
     assert_marker(&e, &img);
 }
+
+/// `docker save a b` writes each layer once and names it from both images' entries.
+#[test]
+fn a_docker_archive_of_two_images_sharing_layers_imports_both() {
+    let mut e = env();
+    let lay = umoci_layout(&e);
+    let single = e.path("one.tar");
+    sh(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci:{}:base", lay.display()),
+            &format!("docker-archive:{}:first:1", single.display()),
+        ],
+    );
+    // The same archive with a second manifest entry on the same config and layers.
+    let double = e.path("two.tar");
+    let mut out = tar::Builder::new(std::fs::File::create(&double).unwrap());
+    let mut input = tar::Archive::new(std::fs::File::open(&single).unwrap());
+    for entry in input.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut body).unwrap();
+        if entry.path().unwrap().to_str() == Some("manifest.json") {
+            let mut entries: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+            let mut second = entries[0].clone();
+            second["RepoTags"] = serde_json::json!(["second:1"]);
+            entries.push(second);
+            body = serde_json::to_vec(&entries).unwrap();
+            header.set_size(body.len() as u64);
+            header.set_cksum();
+        }
+        out.append(&header, body.as_slice()).unwrap();
+    }
+    out.into_inner().unwrap();
+    let images = e.import(&double).unwrap();
+    assert_eq!(images.len(), 2);
+    // Same config and layers: one image, known by both names.
+    assert_eq!(images[0].digest, images[1].digest);
+    assert_eq!(images[1].tags, ["first:1", "second:1"]);
+    assert_marker(&e, &images[1]);
+}

@@ -113,14 +113,14 @@ fn debian_apps_run_reach_their_databases_and_stop_as_their_authors_expect() {
     let host_redis = HostRedis::start();
     let host_web = host_http();
     let d = Daemon::start(&[]);
-    let imported = d.cli(&[
-        "image",
-        "import",
-        image.to_str().unwrap(),
-        "--tag",
-        "apps:1",
-    ]);
-    assert!(imported.status.success(), "{}", daemon::stderr(&imported));
+    let import = |name: &str, tag: &str| {
+        let archive = image.to_str().unwrap();
+        let out = d.cli(&["image", "import", archive, "--ref", name, "--tag", tag]);
+        assert!(out.status.success(), "{}", daemon::stderr(&out));
+        out
+    };
+    let imported = import("debian-apps:1", "apps:1");
+    import("debian-nginx:1", "nginx:1");
     // mmdebstrap's /dev/console, /dev/null… are skipped and named, not refused.
     assert!(
         daemon::stderr(&imported).contains("skipped ./dev/null, a character device node"),
@@ -234,7 +234,7 @@ fn debian_apps_run_reach_their_databases_and_stop_as_their_authors_expect() {
     // nginx entirely as www-data, on port 80, its logs on /dev/stderr, calling the host.
     let upstream = format!("UP=host.skiff.internal:{host_web}");
     d.ok(&[
-        "deploy", "nginx", "--image", "apps:1", "--user", "www-data", "--port", "80",
+        "deploy", "nginx", "--image", "nginx:1", "--user", "www-data", "--port", "80",
         "-e", &upstream, "--egress-allow", &format!("host.skiff.internal:{host_web}"),
         "--", "sh", "-c",
         "sed \"s/UPSTREAM/$UP/\" /srv/nginx/nginx.conf > /tmp/nginx.conf && exec nginx -e /dev/stderr -c /tmp/nginx.conf",
@@ -250,5 +250,11 @@ fn debian_apps_run_reach_their_databases_and_stop_as_their_authors_expect() {
     eventually("nginx's access log", Duration::from_secs(10), || {
         d.ok(&["logs", "nginx"])
             .contains("\"GET /up/ HTTP/1.1\" 200")
+    });
+    // The image's StopSignal reaches nginx itself, through the init: a graceful quit.
+    d.ok(&["deploy", "nginx", "-e", "NEXT=1"]);
+    eventually("nginx's graceful shutdown", Duration::from_secs(10), || {
+        d.ok(&["logs", "nginx"])
+            .contains("signal 3 (SIGQUIT) received")
     });
 }
