@@ -67,8 +67,9 @@ impl Control {
     }
 
     /// Deploys a new revision of `name`. Traffic that follows the latest revision moves
-    /// to it once it is known to start (at once when nothing is up, after one ready
-    /// instance when the service is busy); pinned traffic stays where it is. With a
+    /// to it once it is known to start (after one ready instance when the service is
+    /// busy or has never served; at once when it is idle); pinned traffic stays where it
+    /// is. With a
     /// traffic block (`skiff apply`), the service's traffic becomes that once the
     /// revision is up. With `no_traffic` the new revision gets none; with `tag` it gets
     /// that tag. The caller holds the write lock.
@@ -135,7 +136,13 @@ impl Control {
             .iter()
             .any(|t| t.revision.is_none() && t.percent > 0);
         let busy = follows_latest && self.is_busy(name);
-        let warm = initial.max(u32::from(busy));
+        // A service's first revision is proved by one instance before it is reported as
+        // serving, as Cloud Run does: a broken image fails the deploy, not every request.
+        // An explicit initial scale of 0 skips the proof (Knative's zero initial scale).
+        let first = follows_latest
+            && record.serving_revision.is_none()
+            && spec.autoscaling.initial_scale != Some(0);
+        let warm = initial.max(u32::from(busy || first));
         if warm > 0 {
             if let Outcome::Failed(reason) = runner.warm(warm, STARTUP_TIMEOUT).await {
                 runner.retire();

@@ -793,3 +793,40 @@ async fn run_as_non_root_refuses_a_root_image_until_it_gets_a_user() {
     .await
     .unwrap();
 }
+
+/// Unset initial scale: what a user's first deploy has (the harness's `spec` sets 0).
+fn proved(s: &mut skiff_core::ServiceSpec) {
+    s.autoscaling.initial_scale = None;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_revision_is_proved_by_one_instance_before_it_serves() {
+    let h = Harness::new();
+    let deployed = h.deploy("web", spec(proved)).await.unwrap();
+    assert_eq!(deployed.percent, 100);
+    assert_eq!(h.rt.launches(), 1, "one instance started by the deploy");
+    assert_eq!(h.states("web").await, ["ready"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_first_revision_fails_its_deploy_and_serves_nothing() {
+    let h = Harness::new();
+    h.rt.set(Behaviour::Crashes);
+    let err = h.deploy("web", spec(proved)).await.unwrap_err();
+    let skiff_control::ControlError::StartFailed { reason, .. } = &err else {
+        panic!("not a start failure: {err:?}")
+    };
+    assert!(
+        reason.contains("web-00001 failed to start") && reason.contains("exited with code 1"),
+        "{reason}"
+    );
+    let d = h.describe("web").await.unwrap();
+    assert_eq!(d.serving_revision, None, "nothing serves");
+    // Fixed, the next deploy is the first to serve, proved the same way.
+    h.rt.set(Behaviour::Healthy);
+    let deployed = h.deploy("web", spec(proved)).await.unwrap();
+    assert_eq!(
+        (deployed.revision.as_str(), deployed.percent),
+        ("web-00002", 100)
+    );
+}

@@ -22,7 +22,7 @@ fn from_inside(d: &Daemon, service: &str, path: &str) -> (u16, String) {
 fn services_call_each_other_by_name_and_wake_the_callee_from_zero() {
     let d = Daemon::start(&[]);
     d.deploy_hello("front", &[]);
-    d.deploy_hello("back", &[]);
+    d.deploy_hello("back", &["--initial-instances", "0"]);
     let described = d.json(&["describe", "back"]);
     assert_eq!(described["instances"].as_array().unwrap().len(), 0);
 

@@ -22,7 +22,15 @@ fn instance_of(answer: &str) -> String {
 #[test]
 fn first_request_from_zero_gets_the_apps_answer_with_proxy_headers() {
     let d = Daemon::start(&[]);
-    let out = d.ok(&["deploy", "hello", "--image", "hello"]);
+    // Without the first instance a deploy starts to prove the revision.
+    let out = d.ok(&[
+        "deploy",
+        "hello",
+        "--image",
+        "hello",
+        "--initial-instances",
+        "0",
+    ]);
     assert!(out.contains("hello-00001"), "{out}");
     assert_eq!(d.ready("hello"), 0, "nothing runs before the first request");
 
@@ -146,9 +154,51 @@ fn idle_instances_scale_to_zero_without_cutting_a_request_in_flight() {
 }
 
 #[test]
+fn a_broken_first_deploy_fails_with_the_reason_and_nothing_claims_to_serve() {
+    let d = Daemon::start(&[]);
+    let out = d.cli(&[
+        "deploy",
+        "crash",
+        "--image",
+        "hello",
+        "--",
+        "--crash",
+        "no database",
+    ]);
+    assert!(!out.status.success(), "a broken first revision deployed");
+    let err = daemon::stderr(&out);
+    assert!(
+        err.contains("revision crash-00001 failed to start") && err.contains("exited with code 3"),
+        "{err}"
+    );
+    assert!(err.contains("no database"), "the log tail is shown: {err}");
+    assert!(!err.contains("serving"), "{err}");
+    let detail = d.json(&["describe", "crash"]);
+    assert_eq!(
+        detail["serving_revision"],
+        serde_json::Value::Null,
+        "{detail}"
+    );
+    // Fixed, the next deploy serves.
+    let out = d.ok(&["deploy", "crash", "--", "--listen-port", "8080"]);
+    assert!(out.contains("crash-00002"), "{out}");
+    assert_eq!(d.get("crash", "/").status, 200);
+}
+
+#[test]
 fn a_crashing_image_answers_503_with_its_reason_and_backs_off() {
     let d = Daemon::start(&[]);
-    d.deploy_hello("crash", &["--", "--crash", "cannot open the database"]);
+    // Served without proof (a first deploy would fail), so that requests meet it.
+    d.deploy_hello(
+        "crash",
+        &[
+            "--initial-instances",
+            "0",
+            "--",
+            "--crash",
+            "cannot open the database",
+        ],
+    );
     let r = d.get("crash", "/");
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("exited with code 3"), "{}", r.text());
@@ -612,7 +662,10 @@ fn deploy_edits_the_environment_key_by_key_and_sets_the_working_dir() {
 #[test]
 fn an_app_listening_on_another_port_gets_a_503_naming_it_soon() {
     let d = Daemon::start(&[]);
-    d.deploy_hello("astray", &["--", "--listen-port", "3000"]);
+    d.deploy_hello(
+        "astray",
+        &["--initial-instances", "0", "--", "--listen-port", "3000"],
+    );
     let t0 = Instant::now();
     let r = d.get("astray", "/");
     assert_eq!(r.status, 503, "{}", r.text());

@@ -450,9 +450,11 @@ impl Harness {
     }
 }
 
-/// A spec for `app:1` with `tune` applied.
+/// A spec for `app:1` with `tune` applied. It deploys from zero (an explicit initial
+/// scale of 0: no instance proves a first revision) unless `tune` says otherwise.
 pub fn spec(tune: impl FnOnce(&mut ServiceSpec)) -> ServiceSpec {
     let mut s = ServiceSpec::new("app:1");
+    s.autoscaling.initial_scale = Some(0);
     tune(&mut s);
     s
 }
