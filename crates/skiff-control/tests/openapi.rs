@@ -74,6 +74,7 @@ fn check<T: Serialize>(name: &str, example: &T) {
 fn probe() -> Probe {
     Probe {
         http_path: Some("/healthz".into()),
+        exec: vec!["true".into()],
         period_ms: 1,
         timeout_ms: 1,
         failure_threshold: 1,

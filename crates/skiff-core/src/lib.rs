@@ -25,7 +25,7 @@ pub use egress::{
     egress_rules_text, parse_egress_rules, Destination, EgressMode, EgressRule, HOST_NAME,
 };
 pub use patch::{PatchError, ProbePatch, SpecPatch};
-pub use probe::Probe;
+pub use probe::{Probe, MAX_EXEC_ARGS, MAX_EXEC_BYTES};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};
 pub use service::{

@@ -79,7 +79,8 @@ pub struct SpecPatch {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbePatch {
-    /// A new probe: an HTTP path, or `tcp` for a connect to the port.
+    /// A new probe: an HTTP path, `tcp` for a connect to the port, or `exec:COMMAND ARGS`
+    /// for a command run inside the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,7 +215,10 @@ fn apply_probe(
         });
     }
     if let Some(kind) = &patch.kind {
-        *probe = Some(Probe::new((kind != "tcp").then(|| kind.clone())));
+        *probe = Some(match kind.strip_prefix("exec:") {
+            Some(command) => Probe::exec(command.split_whitespace().map(str::to_owned).collect()),
+            None => Probe::new((kind != "tcp").then(|| kind.clone())),
+        });
     }
     if let Some(p) = probe.as_mut() {
         if let Some(period) = patch.period_ms {

@@ -5,6 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Bounds on an exec probe's command (it travels to the instance in one message).
+pub const MAX_EXEC_ARGS: usize = 32;
+pub const MAX_EXEC_BYTES: usize = 2048;
+
 /// Kubernetes' default probe period.
 pub const DEFAULT_PERIOD_MS: u64 = 10_000;
 /// Kubernetes' default probe timeout.
@@ -12,13 +16,18 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
 /// Kubernetes' default failures in a row before acting.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
 
-/// One probe: an HTTP GET of `http_path` (2xx/3xx passes) or, without a path, a TCP
-/// connect to the instance's port.
+/// One probe: an HTTP GET of `http_path` (2xx/3xx passes), a command run inside the
+/// instance (`exec`, exit status 0 passes: Kubernetes' exec action), or, without either,
+/// a TCP connect to the instance's port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Probe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_path: Option<String>,
+    /// A command (argv; the first word looked up in the app's `PATH`) run inside the
+    /// instance as its user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec: Vec<String>,
     /// Time between probes.
     #[serde(default = "default_period")]
     pub period_ms: u64,
@@ -48,6 +57,7 @@ impl Probe {
     pub fn new(http_path: Option<String>) -> Probe {
         Probe {
             http_path,
+            exec: Vec::new(),
             period_ms: DEFAULT_PERIOD_MS,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             failure_threshold: DEFAULT_FAILURE_THRESHOLD,
@@ -55,8 +65,30 @@ impl Probe {
         }
     }
 
+    /// A probe that runs `command` inside the instance, with Kubernetes' defaults.
+    pub fn exec(command: Vec<String>) -> Probe {
+        Probe {
+            exec: command,
+            ..Probe::new(None)
+        }
+    }
+
     /// Checks the probe's fields; `Err(why)`.
     pub fn validate(&self) -> Result<(), String> {
+        if !self.exec.is_empty() {
+            if self.http_path.is_some() {
+                return Err("give an HTTP path or a command, not both".into());
+            }
+            if self.exec[0].is_empty() || self.exec.iter().any(|a| a.contains('\0')) {
+                return Err("the command is empty or has a NUL byte".into());
+            }
+            let size: usize = self.exec.iter().map(|a| a.len() + 1).sum();
+            if self.exec.len() > MAX_EXEC_ARGS || size > MAX_EXEC_BYTES {
+                return Err(format!(
+                    "the command is too long (at most {MAX_EXEC_ARGS} words, {MAX_EXEC_BYTES} bytes)"
+                ));
+            }
+        }
         if let Some(p) = &self.http_path {
             if !is_url_path(p) {
                 return Err(format!("{p:?} is not an absolute URL path"));
@@ -77,12 +109,18 @@ impl Probe {
         Ok(())
     }
 
-    /// How the probe reads in messages: `GET /healthz` or `TCP connect`.
+    /// How the probe reads in messages: `GET /healthz`, `exec cat /tmp/ok` or `TCP connect`.
     pub fn describe(&self) -> String {
         match &self.http_path {
             Some(p) => format!("GET {p}"),
+            None if !self.exec.is_empty() => format!("exec {}", self.exec.join(" ")),
             None => "TCP connect".into(),
         }
+    }
+
+    /// Whether it runs a command inside the instance.
+    pub fn is_exec(&self) -> bool {
+        !self.exec.is_empty()
     }
 }
 
@@ -111,5 +149,15 @@ mod tests {
         assert!(bad(|p| p.period_ms = 10).contains("period"));
         assert!(bad(|p| p.timeout_ms = 20_000).contains("timeout"));
         assert!(bad(|p| p.failure_threshold = 0).contains("threshold"));
+        assert!(bad(|p| p.exec = vec![String::new()]).contains("empty"));
+        assert!(bad(|p| p.exec = vec!["x".repeat(3000)]).contains("too long"));
+        let both = |p: &mut Probe| {
+            p.exec = vec!["true".into()];
+            p.http_path = Some("/".into());
+        };
+        assert!(bad(both).contains("not both"));
+        let exec = Probe::exec(vec!["cat".into(), "/tmp/ok".into()]);
+        assert!(exec.validate().is_ok());
+        assert_eq!(exec.describe(), "exec cat /tmp/ok");
     }
 }

@@ -259,6 +259,12 @@ impl ServiceSpec {
             if let Some(Err(why)) = probe.as_ref().map(Probe::validate) {
                 return bad(field, why);
             }
+            if probe.as_ref().is_some_and(Probe::is_exec) && !self.init {
+                return bad(
+                    field,
+                    "exec probes run through skiff's init: drop --no-init".into(),
+                );
+            }
         }
         if let Err((knob, why)) = self.autoscaling.validate() {
             return bad(knob, why);

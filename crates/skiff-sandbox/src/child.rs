@@ -85,6 +85,8 @@ pub struct ChildPlan {
     pub err_fd: c_int,
     pub stdout_fd: c_int,
     pub stderr_fd: c_int,
+    /// The init's end of the exec-probe socket, or -1.
+    pub probe_fd: c_int,
     pub scratch: CString,
     pub scratch_opts: CString,
     pub upper: CString,
@@ -188,7 +190,19 @@ const MS_PRIVATE_REC: c_ulong = libc::MS_REC | libc::MS_PRIVATE;
 /// # Safety
 /// Raw system calls only; called in the child before anything else uses descriptors.
 unsafe fn close_inherited(plan: &ChildPlan) {
-    let mut keep = [plan.sync_fd, plan.err_fd, plan.stdout_fd, plan.stderr_fd];
+    // Without a probe socket, keeping sync_fd twice changes nothing.
+    let probe = if plan.probe_fd >= 0 {
+        plan.probe_fd
+    } else {
+        plan.sync_fd
+    };
+    let mut keep = [
+        plan.sync_fd,
+        plan.err_fd,
+        plan.stdout_fd,
+        plan.stderr_fd,
+        probe,
+    ];
     // Insertion sort: no allocation allowed here.
     for i in 1..keep.len() {
         let mut j = i;
@@ -380,7 +394,7 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
         );
 
         if plan.init {
-            crate::init::fork_app(plan.err_fd);
+            crate::init::fork_app(plan.err_fd, plan.probe_fd, plan.envp.as_ptr());
         }
         let mut last = libc::ENOENT;
         for path in &plan.exec_paths {

@@ -50,6 +50,8 @@ pub struct Instance {
     exit: Option<Exit>,
     /// The signal `stop` sends first.
     stop_signal: i32,
+    /// Where exec probes are sent (to the init), when it has one.
+    probe: Option<std::sync::Arc<crate::ProbeChannel>>,
 }
 
 impl Instance {
@@ -57,6 +59,17 @@ impl Instance {
     pub(crate) fn stopping_with(mut self, signal: i32) -> Instance {
         self.stop_signal = signal;
         self
+    }
+
+    /// The same instance, with exec probes going through `channel`.
+    pub(crate) fn probed_through(mut self, channel: Option<crate::ProbeChannel>) -> Instance {
+        self.probe = channel.map(std::sync::Arc::new);
+        self
+    }
+
+    /// Where exec probes go (to its init); `None` without an init.
+    pub fn probe_channel(&self) -> Option<std::sync::Arc<crate::ProbeChannel>> {
+        self.probe.clone()
     }
 
     pub(crate) fn new(
@@ -82,6 +95,7 @@ impl Instance {
             pump: Some(pump),
             stop_signal: libc::SIGTERM,
             exit: None,
+            probe: None,
         })
     }
 

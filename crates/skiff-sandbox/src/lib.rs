@@ -24,6 +24,7 @@ mod instance;
 mod logs;
 mod net;
 mod netlink;
+mod probe;
 mod seccomp;
 mod spawn;
 
@@ -32,6 +33,7 @@ pub use freezer::Freezer;
 pub use instance::{Exit, Instance};
 pub use logs::{rfc3339, rfc3339_now};
 pub use net::{host_link_exists, NetworkSlot, ROUTED_PREFIX, SLOTS};
+pub use probe::{ProbeChannel, ProbeStatus};
 pub use seccomp::DENIED as SECCOMP_DENIED;
 pub use spawn::Prepared;
 

@@ -149,12 +149,19 @@ impl Sandbox {
         let (err_r, err_w) = pipe().map_err(prep("creating pipes"))?;
         let (out_r, out_w) = pipe().map_err(prep("creating pipes"))?;
         let (errout_r, errout_w) = pipe().map_err(prep("creating pipes"))?;
+        // The init runs exec probes sent on this socket.
+        let probe_pair = if spec.init {
+            Some(crate::probe::socket_pair().map_err(prep("creating the probe socket"))?)
+        } else {
+            None
+        };
 
         let plan = ChildPlan {
             sync_fd: sync_r.as_raw_fd(),
             err_fd: err_w.as_raw_fd(),
             stdout_fd: out_w.as_raw_fd(),
             stderr_fd: errout_w.as_raw_fd(),
+            probe_fd: probe_pair.as_ref().map_or(-1, |(_, init)| init.as_raw_fd()),
             net: spec.network.map(|slot| NetPlan {
                 addr: slot.instance_addr().octets(),
                 mask: net::NetworkSlot::NETMASK.octets(),
@@ -207,6 +214,14 @@ impl Sandbox {
         }
         let pid = pid as i32;
         drop((sync_r, err_w, out_w, errout_w));
+        let probe = probe_pair.map(|(daemon, _init)| {
+            let path = spec
+                .env
+                .iter()
+                .find_map(|e| e.strip_prefix("PATH="))
+                .unwrap_or(skiff_core::DEFAULT_PATH);
+            crate::ProbeChannel::new(daemon, path.to_owned())
+        });
         let prepared = Prepared {
             id: id.to_owned(),
             pid,
@@ -222,6 +237,7 @@ impl Sandbox {
             stop_signal: spec.stop_signal,
             exe: spec.args[0].clone(),
             armed: true,
+            probe,
         };
         std::mem::forget(cleanup);
         let attach = prepared
@@ -312,6 +328,7 @@ impl Sandbox {
             err_fd: -1,
             stdout_fd: -1,
             stderr_fd: -1,
+            probe_fd: -1,
             scratch: path_cstring(id, "the run directory", scratch)?,
             scratch_opts: cstring(
                 id,
@@ -365,6 +382,7 @@ pub struct Prepared {
     exe: String,
     armed: bool,
     stop_signal: i32,
+    probe: Option<crate::ProbeChannel>,
 }
 
 impl Prepared {
@@ -435,7 +453,10 @@ impl Prepared {
             self.log_path.clone(),
             pump,
         )
-        .map(|i| i.stopping_with(self.stop_signal))
+        .map(|i| {
+            i.stopping_with(self.stop_signal)
+                .probed_through(self.probe.take())
+        })
         .map_err(prep("opening a pidfd"))
     }
 }

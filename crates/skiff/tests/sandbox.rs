@@ -1021,3 +1021,45 @@ fn a_frozen_instance_stops_running_until_thawed_and_still_stops() {
         t.elapsed()
     );
 }
+
+#[test]
+fn exec_probes_run_inside_as_the_apps_user_and_time_out() {
+    let id = unique_id("execprobe");
+    let mut s = spec(
+        &id,
+        "touch /tmp/healthy; echo ready; sleep 1000",
+        (1000, 1000),
+    );
+    s.init = true;
+    let mut inst = start_until_ready(&s);
+    let probe = inst
+        .probe_channel()
+        .expect("an instance with an init takes probes");
+    let run = |argv: &[&str], ms: u64| {
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        probe.run(&argv, Duration::from_millis(ms)).unwrap()
+    };
+    use skiff_sandbox::ProbeStatus::{Exited, TimedOut};
+    // Inside the instance: its files, its user, looked up in its PATH.
+    assert_eq!(run(&["cat", "/tmp/healthy"], 2000), Exited(0));
+    assert_eq!(run(&["cat", "/tmp/missing"], 2000), Exited(1));
+    assert_eq!(
+        run(&["sh", "-c", "test $(id -u):$(id -g) = 1000:1000"], 2000),
+        Exited(0)
+    );
+    assert_eq!(run(&["/no/such/command"], 2000), Exited(127));
+    let t0 = Instant::now();
+    assert_eq!(run(&["sleep", "30"], 300), TimedOut);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // The probe's process is gone, not left running beside the app.
+    let sleeps = "test $(cat /proc/[0-9]*/comm | grep -cx sleep) = 1";
+    assert_eq!(run(&["sh", "-c", sleeps], 2000), Exited(0));
+    inst.stop(Duration::from_secs(5)).unwrap();
+    release(&id);
+    assert!(
+        probe
+            .run(&["true".to_string()], Duration::from_secs(1))
+            .is_err(),
+        "the init is gone"
+    );
+}

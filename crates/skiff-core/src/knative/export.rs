@@ -147,7 +147,10 @@ fn probe(p: &Probe, kind: &str, notes: &mut Vec<String>) -> model::Probe {
     let defaults = Probe::new(None);
     let mut out = model::Probe {
         http_get: p.http_path.as_deref().map(http_get),
-        tcp_socket: p.http_path.is_none().then(model::TcpSocket::default),
+        tcp_socket: (p.http_path.is_none() && !p.is_exec()).then(model::TcpSocket::default),
+        exec: p.is_exec().then(|| model::ExecAction {
+            command: p.exec.clone(),
+        }),
         ..Default::default()
     };
     if p.period_ms != defaults.period_ms {

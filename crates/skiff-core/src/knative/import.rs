@@ -228,8 +228,10 @@ fn probe_target_port(p: &model::Probe) -> Option<PortRef> {
 }
 
 fn probe(p: &model::Probe, at: &str) -> Result<Probe> {
-    let http_path = match (&p.http_get, &p.tcp_socket) {
-        (Some(h), None) => {
+    let (http_path, exec) = match (&p.http_get, &p.tcp_socket, &p.exec) {
+        (None, None, Some(e)) if !e.command.is_empty() => (None, e.command.clone()),
+        (None, None, Some(_)) => return Err(format!("{at}.exec.command: give a command")),
+        (Some(h), None, None) => {
             if let Some(s) = h
                 .scheme
                 .as_deref()
@@ -237,10 +239,14 @@ fn probe(p: &model::Probe, at: &str) -> Result<Probe> {
             {
                 return Err(format!("{at}.httpGet.scheme {s:?}: only HTTP"));
             }
-            Some(h.path.clone())
+            (Some(h.path.clone()), Vec::new())
         }
-        (None, Some(_)) => None,
-        _ => return Err(format!("{at}: give exactly one of httpGet and tcpSocket")),
+        (None, Some(_), None) => (None, Vec::new()),
+        _ => {
+            return Err(format!(
+                "{at}: give exactly one of httpGet, tcpSocket and exec"
+            ))
+        }
     };
     if let Some(n) = p.success_threshold.filter(|n| *n != 1) {
         return Err(format!(
@@ -248,6 +254,7 @@ fn probe(p: &model::Probe, at: &str) -> Result<Probe> {
         ));
     }
     let mut probe = Probe::new(http_path);
+    probe.exec = exec;
     // Knative's `periodSeconds: 0` on a readiness probe asks for its aggressive probing
     // at startup, which skiff always does (every 50 ms until the first pass); the probe
     // then runs at the default period.

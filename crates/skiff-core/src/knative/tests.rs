@@ -130,7 +130,8 @@ fn unsupported_fields_are_named() {
         (with("          resources:\n            limits:\n              nvidia.com/gpu: 1\n"), "limits.nvidia.com/gpu"),
         (with("          ports:\n            - containerPort: 8080\n              name: h2c\n"), "HTTP/2 cleartext is not supported yet"),
         (with("          ports:\n            - containerPort: 8080\n              name: web\n"), "name \"web\": Knative names the serving port http1"),
-        (with("          livenessProbe:\n            exec:\n              command: [true]\n"), "exec"),
+        (with("          livenessProbe:\n            exec: {command: []}\n"), "exec.command: give a command"),
+        (with("          livenessProbe:\n            exec: {command: [\"true\"]}\n            tcpSocket: {}\n"), "exactly one of httpGet, tcpSocket and exec"),
         (with("          readinessProbe:\n            httpGet: {path: /, port: 9999}\n"), "readinessProbe.port"),
     ];
     for (text, names) in cases {
@@ -309,4 +310,24 @@ fn cloud_run_egress_annotations_are_refused_with_what_to_use() {
             "{key}: {err}"
         );
     }
+}
+
+#[test]
+fn exec_probes_are_read_and_written_back() {
+    let doc = with(
+        "          livenessProbe:\n            exec:\n              command: [cat, /tmp/healthy]\n            periodSeconds: 5\n",
+    );
+    let imported = one(&doc).unwrap();
+    let probe = imported.spec.liveness_probe.clone().unwrap();
+    assert_eq!(probe.exec, ["cat", "/tmp/healthy"]);
+    assert_eq!(probe.period_ms, 5000);
+    let back = round_trip("x", &imported.spec, &imported.traffic);
+    assert_eq!(back.spec, imported.spec);
+    let mut no_init = imported.spec.clone();
+    no_init.init = false;
+    let err = no_init.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("exec probes run through skiff's init"),
+        "{err}"
+    );
 }
