@@ -2,6 +2,7 @@
 //! reporting when it flips between passing and failing. Owns the probe loop and the
 //! threshold counting; what a flip means (out of rotation, restart) is the caller's.
 
+use crate::runtime::ExecProbe;
 use skiff_core::Probe;
 use skiff_router::{upstream, Target};
 use std::ops::ControlFlow;
@@ -15,6 +16,7 @@ use std::time::Duration;
 pub async fn watch<G>(
     probe: &Probe,
     target: &Target,
+    exec: Option<&ExecProbe>,
     awake: impl Fn() -> G,
     mut on_flip: impl FnMut(bool) -> ControlFlow<()>,
 ) -> String {
@@ -27,7 +29,7 @@ pub async fn watch<G>(
         period.tick().await;
         let result = {
             let _awake = awake();
-            once(probe, target).await
+            once(probe, target, exec).await
         };
         match result {
             Ok(()) => {
@@ -51,8 +53,17 @@ pub async fn watch<G>(
 }
 
 /// One probe; `Err` says why it failed.
-async fn once(probe: &Probe, target: &Target) -> Result<(), String> {
+async fn once(probe: &Probe, target: &Target, exec: Option<&ExecProbe>) -> Result<(), String> {
     let timeout = Duration::from_millis(probe.timeout_ms);
+    if probe.is_exec() {
+        let Some(run) = exec.cloned() else {
+            return Err("this runtime cannot run commands in its instances".into());
+        };
+        let argv = probe.exec.clone();
+        return tokio::task::spawn_blocking(move || run(&argv, timeout))
+            .await
+            .unwrap_or_else(|e| Err(format!("the probe's thread failed: {e}")));
+    }
     let result = match &probe.http_path {
         Some(path) => tokio::time::timeout(timeout, upstream::http_probe(target, path))
             .await

@@ -9,8 +9,8 @@
 
 use crate::revision::Revision;
 use crate::runtime::{
-    BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenersCheck, OomCounter, PreparedInstance,
-    RunningInstance, Runtime, RuntimeError,
+    BoxFuture, ExecProbe, ExitCheck, ExitStatus, InstancePlan, ListenersCheck, OomCounter,
+    PreparedInstance, RunningInstance, Runtime, RuntimeError,
 };
 use skiff_net::ServiceNetwork;
 use skiff_router::{Target, Throttle};
@@ -258,6 +258,24 @@ impl RunningInstance for LinuxRunning {
                 let _ = skiff_kernel::pidfd::exited(fd).await;
             }
         })
+    }
+
+    fn exec_probe(&self) -> Option<ExecProbe> {
+        let channel = self.0.probe_channel()?;
+        Some(Arc::new(move |argv: &[String], timeout: Duration| {
+            use skiff_sandbox::ProbeStatus;
+            match channel.run(argv, timeout) {
+                Ok(ProbeStatus::Exited(0)) => Ok(()),
+                Ok(ProbeStatus::Exited(127)) => Err(format!(
+                    "{:?} could not be run (not found in the image's PATH, or not executable)",
+                    argv[0]
+                )),
+                Ok(ProbeStatus::Exited(code)) => Err(format!("exited with code {code}")),
+                Ok(ProbeStatus::TimedOut) => Err(format!("no answer within {timeout:?}")),
+                Ok(ProbeStatus::NotRun) => Err("could not start it in the instance".into()),
+                Err(e) => Err(format!("running it: {e}")),
+            }
+        }))
     }
 
     fn oom_counter(&self) -> Option<OomCounter> {

@@ -28,6 +28,11 @@ pub type ExitCheck = Box<dyn Fn(Duration) -> bool + Send>;
 /// only once a start is late. Owned, so a blocking thread can keep it.
 pub type ListenersCheck = Box<dyn FnMut() -> Vec<String> + Send>;
 
+/// Runs a command inside an instance (an exec probe) and says whether it passed, within
+/// the given time. Blocks: call it off the async threads.
+pub type ExecProbe =
+    std::sync::Arc<dyn Fn(&[String], Duration) -> Result<(), String> + Send + Sync>;
+
 /// Reads a running instance's OOM kill count. Owned, so `describe` can call it.
 pub type OomCounter = Box<dyn Fn() -> u64 + Send + Sync>;
 
@@ -102,6 +107,10 @@ pub trait RunningInstance: Send + Sync {
     /// A reading of how many of its processes the OOM killer has ended so far (a worker
     /// of a serving app may die while the app goes on), if the runtime can tell.
     fn oom_counter(&self) -> Option<OomCounter> {
+        None
+    }
+    /// A way to run exec probes inside it, if the runtime has one.
+    fn exec_probe(&self) -> Option<ExecProbe> {
         None
     }
     /// A way to take its CPU away while it has no work (CPU throttling).

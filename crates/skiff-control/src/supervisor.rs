@@ -8,7 +8,8 @@ use crate::health;
 use crate::phase::InstancePhase;
 use crate::runner::{RevisionRunner, STARTUP_TIMEOUT};
 use crate::runtime::{
-    ExitCheck, ExitStatus, ListenersCheck, PreparedInstance, RunningInstance, RuntimeError,
+    ExecProbe, ExitCheck, ExitStatus, ListenersCheck, PreparedInstance, RunningInstance,
+    RuntimeError,
 };
 use skiff_router::{upstream, Target, Throttle, Upstream};
 use skiff_store::ExitRecord;
@@ -105,6 +106,7 @@ impl RevisionRunner {
                 self.pool.add_instance(upstream);
                 self.bump();
                 tracing::info!(instance = %id, revision = %self.name(), "ready");
+                let exec = instance.exec_probe();
                 tokio::select! {
                     _ = instance.exited() => {
                         self.pool.remove_instance(id);
@@ -115,7 +117,7 @@ impl RevisionRunner {
                         self.pool.remove_instance(id);
                         true
                     }
-                    reason = self.watch_health(id, &target) => {
+                    reason = self.watch_health(id, &target, exec.as_ref()) => {
                         self.pool.remove_instance(id);
                         self.set_phase(id, InstancePhase::Stopping);
                         // Said now: its replacement may serve before it has stopped.
@@ -230,11 +232,11 @@ impl RevisionRunner {
     /// probe takes it out of the rotation until it passes again; a failing liveness probe
     /// ends this future with the reason, and the instance is restarted (with backoff).
     /// Pending forever when the spec has neither.
-    async fn watch_health(&self, id: &str, target: &Target) -> String {
+    async fn watch_health(&self, id: &str, target: &Target, exec: Option<&ExecProbe>) -> String {
         let spec = &self.revision.spec;
         let awake = || self.pool.hold(id);
         let readiness = spec.readiness_probe.as_ref().map(|p| {
-            health::watch(p, target, awake, |passing| {
+            health::watch(p, target, exec, awake, |passing| {
                 self.pool.set_serving(id, passing);
                 if passing {
                     let paused = self.pool.is_paused(id);
@@ -248,7 +250,7 @@ impl RevisionRunner {
             })
         });
         let liveness = spec.liveness_probe.as_ref().map(|p| {
-            health::watch(p, target, awake, |passing| {
+            health::watch(p, target, exec, awake, |passing| {
                 if passing {
                     std::ops::ControlFlow::Continue(())
                 } else {

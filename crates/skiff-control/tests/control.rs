@@ -830,3 +830,28 @@ async fn a_broken_first_revision_fails_its_deploy_and_serves_nothing() {
         ("web-00002", 100)
     );
 }
+
+#[tokio::test]
+async fn a_failing_exec_liveness_probe_restarts_the_instance_and_names_the_command() {
+    let mut probe = fast_probe("/unused", 2);
+    probe.http_path = None;
+    probe.exec = vec!["cat".into(), "/tmp/healthy".into()];
+    let h = one_instance_up(|s| s.liveness_probe = Some(probe)).await;
+    until(Duration::from_secs(20), "an exec probe", || {
+        h.rt.calls()
+            .iter()
+            .any(|(_, c)| *c == Call::Exec("cat /tmp/healthy".into()))
+    })
+    .await;
+    h.rt.set_sick(true);
+    until(Duration::from_secs(20), "a restart", || h.rt.stops() >= 1).await;
+    h.rt.set_sick(false);
+    let failure = h.describe("web").await.unwrap().last_failure.unwrap();
+    assert!(
+        failure.reason.contains(
+            "failed its liveness probe (exec cat /tmp/healthy failed 2 times in a row, last: exited with code 1)"
+        ),
+        "{}",
+        failure.reason
+    );
+}

@@ -148,3 +148,65 @@ fn readiness_holds_no_connection_open_while_the_startup_probe_runs() {
         "{seen}"
     );
 }
+
+#[test]
+fn an_exec_liveness_probe_runs_inside_and_restarts_the_instance_when_it_fails() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello(
+        "execlive",
+        &[
+            "--min-instances",
+            "1",
+            "--liveness-probe",
+            "exec:/hello --check /healthz",
+            "--liveness-period",
+            "300ms",
+            "--liveness-failures",
+            "2",
+        ],
+    );
+    let first = instance_of(&d.get("execlive", "/").text());
+    // Passing: a few periods and the same instance answers.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(instance_of(&d.get("execlive", "/").text()), first);
+    assert_eq!(d.get("execlive", "/sick").status, 200);
+    eventually(Duration::from_secs(15), "a new instance answering", || {
+        let r = d.get("execlive", "/");
+        r.status == 200 && instance_of(&r.text()) != first
+    });
+    let detail = d.json(&["describe", "execlive"]);
+    let reason = detail["last_failure"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains(
+            "exec /hello --check /healthz failed 2 times in a row, last: exited with code 1"
+        ),
+        "{detail}"
+    );
+    let spec = &detail["revisions"][0]["spec"]["liveness_probe"];
+    assert_eq!(
+        spec["exec"],
+        serde_json::json!(["/hello", "--check", "/healthz"])
+    );
+}
+
+#[test]
+fn an_exec_probe_without_the_init_is_refused_by_name() {
+    let d = Daemon::start(&[]);
+    let out = d.cli(&[
+        "deploy",
+        "noinit",
+        "--image",
+        "hello",
+        "--no-init",
+        "--readiness-probe",
+        "exec:/hello --check /",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        daemon::stderr(&out).contains("exec probes run through skiff's init"),
+        "{}",
+        daemon::stderr(&out)
+    );
+}

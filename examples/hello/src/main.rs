@@ -62,6 +62,16 @@ fn main() {
             kept.push(vec![1u8; 1 << 20]);
         }
     }
+    if args.first().map(String::as_str) == Some("--check") {
+        // An exec probe: GET the path from the app beside it; 0 when it answers 200.
+        let port = std::env::var("PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(8080);
+        let path = args.get(1).map_or("/", String::as_str);
+        let ok = call("127.0.0.1", port, path).is_ok_and(|a| a.starts_with("HTTP/1.1 200"));
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     if args.first().map(String::as_str) == Some("--crash") {
         eprintln!(
             "hello: {}",

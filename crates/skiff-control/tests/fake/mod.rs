@@ -37,6 +37,8 @@ pub enum Call {
     Stop(String),
     Pause(String),
     Resume(String),
+    /// An exec probe's command line.
+    Exec(String),
 }
 
 #[derive(Default)]
@@ -235,6 +237,19 @@ impl FakeRunning {
 impl RunningInstance for FakeRunning {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Exec probes pass unless the runtime is made sick, as its HTTP answers do.
+    fn exec_probe(&self) -> Option<skiff_control::runtime::ExecProbe> {
+        let shared = Arc::clone(&self.rt.0);
+        Some(Arc::new(move |argv: &[String], _timeout| {
+            shared.record(Call::Exec(argv.join(" ")));
+            if shared.sick.load(Ordering::SeqCst) {
+                Err("exited with code 1".into())
+            } else {
+                Ok(())
+            }
+        }))
     }
 
     fn pid(&self) -> Option<u32> {

@@ -123,8 +123,9 @@ pub struct DeployArgs {
 /// connect to the port. Unset ones keep the previous revision's.
 #[derive(Args)]
 struct ProbeArgs {
-    /// Probe while serving; failing takes the instance out of the rotation.
-    #[arg(long, value_name = "PATH|tcp")]
+    /// Probe while serving (an HTTP path, tcp, or exec:COMMAND ARGS run inside the
+    /// instance); failing takes the instance out of the rotation.
+    #[arg(long, value_name = "PATH|tcp|exec:CMD")]
     readiness_probe: Option<String>,
     /// Time between readiness probes (default 10s).
     #[arg(long, value_parser = parse_duration)]
@@ -133,7 +134,7 @@ struct ProbeArgs {
     #[arg(long)]
     readiness_failures: Option<u32>,
     /// Probe while serving; failing restarts the instance.
-    #[arg(long, value_name = "PATH|tcp")]
+    #[arg(long, value_name = "PATH|tcp|exec:CMD")]
     liveness_probe: Option<String>,
     /// Time between liveness probes (default 10s).
     #[arg(long, value_parser = parse_duration)]
