@@ -46,6 +46,35 @@ fn an_instance_sees_its_resolver_limits_stdin_and_identity() {
     };
     assert!(["weight:20", "shares:512"].contains(&cpu.as_str()), "{cpu}");
 
+    // /proc/sys and the cgroup view are mounted read-only.
+    let mounts = file(&d, "app", "/proc/self/mounts");
+    for target in ["/proc/sys", "/sys/fs/cgroup"] {
+        let line = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(target))
+            .unwrap_or_else(|| panic!("{target} is not mounted:\n{mounts}"));
+        let options = line.split_whitespace().nth(3).unwrap_or_default();
+        assert!(options.split(',').any(|o| o == "ro"), "{line}");
+    }
+    // The proxy says who called, RFC 7239 style, after what the client sent.
+    let r = daemon::http(
+        d.port,
+        "app.localhost",
+        "GET",
+        "/headers",
+        &[("forwarded", "for=192.0.2.60;proto=https")],
+        b"",
+    );
+    let headers = r.text();
+    let forwarded = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("forwarded: "))
+        .unwrap_or_else(|| panic!("no forwarded header:\n{headers}"));
+    assert!(
+        forwarded
+            .starts_with("for=192.0.2.60;proto=https, for=127.0.0.1;host=app.localhost;proto=http"),
+        "{forwarded}"
+    );
     // stdin is at EOF (/dev/null), not a terminal or a pipe that never ends.
     assert_eq!(file(&d, "app", "/proc/self/fd/0"), "");
     let hostname = file(&d, "app", "/etc/hostname");
