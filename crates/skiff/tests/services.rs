@@ -129,6 +129,18 @@ fn idle_instances_scale_to_zero_without_cutting_a_request_in_flight() {
     eventually(Duration::from_secs(5), "scale to zero", || {
         d.ready("hello") == 0
     });
+    // Out of the rotation at once; exited once the stop (and its veth) is done.
+    let states = || -> Vec<String> {
+        d.json(&["describe", "hello"])["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    eventually(Duration::from_secs(10), "both instances exited", || {
+        states().iter().all(|s| s == "exited")
+    });
     let detail = d.json(&["describe", "hello"]);
     let decision = &detail["revisions"][0]["autoscaler"];
     assert_eq!(decision["desired"], 0, "{detail}");
