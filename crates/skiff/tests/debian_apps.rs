@@ -95,7 +95,7 @@ fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 #[test]
 fn debian_apps_run_reach_their_databases_and_stop_as_their_authors_expect() {
     let image = image();
-    let outside = Outside::new(
+    let mut outside = Outside::new(
         2,
         "redis-server",
         &[
@@ -110,6 +110,9 @@ fn debian_apps_run_reach_their_databases_and_stop_as_their_authors_expect() {
         ],
         6379,
     );
+    // And a web server out there, for nginx to proxy to.
+    let hello = daemon::hello_binary().to_str().unwrap().to_owned();
+    outside.serve(&hello, &[], 8000);
     let host_redis = HostRedis::start();
     let host_web = host_http();
     let d = Daemon::start(&[]);
@@ -231,13 +234,17 @@ fn debian_apps_run_reach_their_databases_and_stop_as_their_authors_expect() {
         },
     );
 
-    // nginx entirely as www-data, on port 80, its logs on /dev/stderr, calling the host.
+    // nginx entirely as www-data, on port 80, its logs on /dev/stderr, proxying to the
+    // host by name and to the outside by address.
     let upstream = format!("UP=host.skiff.internal:{host_web}");
+    let beyond = format!("OUT={}:8000", outside.public);
     d.ok(&[
         "deploy", "nginx", "--image", "nginx:1", "--user", "www-data", "--port", "80",
-        "-e", &upstream, "--egress-allow", &format!("host.skiff.internal:{host_web}"),
+        "-e", &upstream, "-e", &beyond,
+        "--egress-allow", &format!("host.skiff.internal:{host_web}"),
         "--", "sh", "-c",
-        "sed \"s/UPSTREAM/$UP/\" /srv/nginx/nginx.conf > /tmp/nginx.conf && exec nginx -e /dev/stderr -c /tmp/nginx.conf",
+        "sed -e \"s/UPSTREAM/$UP/\" -e \"s/OUTSIDE/$OUT/\" /srv/nginx/nginx.conf > /tmp/nginx.conf \
+         && exec nginx -e /dev/stderr -c /tmp/nginx.conf",
     ]);
     let r = d.get("nginx", "/");
     assert_eq!((r.status, r.text().as_str()), (200, "nginx ok\n"));
@@ -247,6 +254,9 @@ fn debian_apps_run_reach_their_databases_and_stop_as_their_authors_expect() {
         (200, "host ok\n"),
         "nginx to the host"
     );
+    let r = d.get("nginx", "/out/");
+    assert_eq!(r.status, 200, "nginx to the outside: {}", r.text());
+    assert!(r.text().starts_with("hello from"), "{}", r.text());
     eventually("nginx's access log", Duration::from_secs(10), || {
         d.ok(&["logs", "nginx"])
             .contains("\"GET /up/ HTTP/1.1\" 200")

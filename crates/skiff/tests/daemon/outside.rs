@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 pub struct Outside {
     name: String,
     host_link: String,
-    server: Child,
+    servers: Vec<Child>,
     pub public: String,
     pub private: String,
 }
@@ -61,38 +61,47 @@ impl Outside {
         inside(&["addr", "add", &format!("{private}/24"), "dev", "eth0"]);
         inside(&["link", "set", "eth0", "up"]);
         inside(&["link", "set", "lo", "up"]);
+        let mut o = Outside {
+            name,
+            host_link,
+            servers: Vec::new(),
+            public,
+            private,
+        };
+        o.serve(program, args, port);
+        o
+    }
+
+    /// Runs one more server in it, `program args…` with `PORT` set; returns once `port`
+    /// accepts connections.
+    pub fn serve(&mut self, program: &str, args: &[&str], port: u16) {
         let server = Command::new("ip")
-            .args(["netns", "exec", &name, program])
+            .args(["netns", "exec", &self.name, program])
             .args(args)
             .env("PORT", port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting the outside server");
-        let o = Outside {
-            name,
-            host_link,
-            server,
-            public,
-            private,
-        };
+        self.servers.push(server);
         // Ready once it answers from the host.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect((o.public.as_str(), port)).is_err() {
+        while std::net::TcpStream::connect((self.public.as_str(), port)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "the outside server did not start"
+                "the outside server {program} did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        o
     }
 }
 
 impl Drop for Outside {
     fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        for server in &mut self.servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_link])
             .status();
