@@ -466,7 +466,8 @@ fn descriptor_digest(d: &Descriptor) -> Result<Digest, ImageError> {
     })
 }
 
-fn is_manifest(d: &Descriptor) -> bool {
+/// Whether a descriptor names an image manifest (OCI or Docker v2 schema 2).
+pub fn is_manifest(d: &Descriptor) -> bool {
     matches!(d.media_type(), MediaType::ImageManifest)
         || d.media_type().to_string() == "application/vnd.docker.distribution.manifest.v2+json"
 }
@@ -476,7 +477,9 @@ fn is_index(d: &Descriptor) -> bool {
         || d.media_type().to_string() == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
-fn pick_platform<'a>(candidates: &[&'a Descriptor]) -> Result<&'a Descriptor, ImageError> {
+/// The manifest to use from an index: linux/amd64, or the only one when it names no
+/// platform; otherwise an error listing what the index has.
+pub fn pick_platform<'a>(candidates: &[&'a Descriptor]) -> Result<&'a Descriptor, ImageError> {
     let label = |d: &Descriptor| {
         d.platform()
             .as_ref()

@@ -1,4 +1,4 @@
-//! `skiff image import|pack|ls|inspect|rm`.
+//! `skiff image import|pull|pack|ls|inspect|rm`.
 
 use super::output::{self, Format};
 use crate::home::Home;
@@ -13,6 +13,8 @@ use std::path::PathBuf;
 pub enum ImageCommand {
     /// Import an OCI layout directory, an OCI archive or a docker archive.
     Import(ImportArgs),
+    /// Pull an image from a registry (OCI distribution API).
+    Pull(PullArgs),
     /// Pack a directory into a single-layer image.
     Pack(PackArgs),
     /// List images.
@@ -46,6 +48,24 @@ pub struct ImportArgs {
 }
 
 #[derive(Args)]
+pub struct PullArgs {
+    /// [REGISTRY/]REPOSITORY[:TAG|@sha256:DIGEST]; it is listed under this name.
+    reference: String,
+    /// Allow plain HTTP to this registry (a registry on loopback is allowed it anyway).
+    #[arg(long)]
+    insecure: bool,
+    /// A CA certificate (PEM) to trust for this registry, besides the system's.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// User name for HTTP basic auth (or the registry's token service).
+    #[arg(long, short = 'u', requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the password from stdin (it is never taken as an argument).
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+}
+
+#[derive(Args)]
 pub struct PackArgs {
     /// The directory to pack (it becomes the image's root).
     dir: PathBuf,
@@ -67,6 +87,45 @@ pub struct PackArgs {
     /// User (name, uid or uid:gid).
     #[arg(long)]
     user: Option<String>,
+}
+
+fn pull(
+    home: &Home,
+    format: Format,
+    a: PullArgs,
+    store: &skiff_image::ImageStore,
+) -> anyhow::Result<()> {
+    use skiff_registry::{PullOptions, RegistryAuth};
+    let auth = match &a.username {
+        Some(user) => {
+            let mut password = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']).to_owned();
+            RegistryAuth::Basic(user.clone(), password)
+        }
+        None => RegistryAuth::Anonymous,
+    };
+    let ca_pem = match &a.ca_file {
+        Some(f) => vec![std::fs::read(f).with_context(|| format!("reading {}", f.display()))?],
+        None => Vec::new(),
+    };
+    let opts = PullOptions {
+        auth,
+        insecure: a.insecure,
+        ca_pem,
+        ..PullOptions::default()
+    };
+    let mut db = home.db()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let pulled = runtime
+        .block_on(skiff_registry::pull(store, &mut db, &a.reference, &opts))
+        .with_context(|| format!("pulling {}", a.reference))?;
+    print_images(format, &[pulled.image]);
+    Ok(())
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -110,6 +169,7 @@ fn run_with(
             let images = store.import(&mut db, &a.path, &opts)?;
             print_images(format, &images);
         }
+        ImageCommand::Pull(a) => pull(home, format, a, &store)?,
         ImageCommand::Pack(a) => {
             let opts = PackOptions {
                 tag: Some(a.tag),

@@ -1,0 +1,393 @@
+//! Pulling an image: the manifest (through an index to linux/amd64), then its config and
+//! layers, several at once, each streamed to the store's scratch directory with its size
+//! and digest checked on the way (a body longer than the manifest says is cut off and
+//! refused), skipped when the store has it already. The store installs the image at the
+//! end, or removes everything the pull brought.
+
+use crate::RegistryError;
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::manifest::{
+    OciDescriptor, IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE,
+    OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
+};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use oci_spec::image::{ImageIndex, ImageManifest};
+use sha2::{Digest as _, Sha256};
+use skiff_core::{Digest, ImageRef};
+use skiff_image::{Expected, Fetched, ImageStore};
+use skiff_store::{ImageRecord, Store};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Largest manifest or config accepted (they are read into memory).
+const MAX_DOCUMENT: u64 = 4 << 20;
+
+/// How to reach the registry.
+pub struct PullOptions {
+    pub auth: RegistryAuth,
+    /// Plain HTTP is allowed (always for a registry on loopback, as containers/image does).
+    pub insecure: bool,
+    /// Extra CA certificates (PEM) to trust for this registry.
+    pub ca_pem: Vec<Vec<u8>>,
+    /// Layers fetched at once.
+    pub parallel: usize,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            auth: RegistryAuth::Anonymous,
+            insecure: false,
+            ca_pem: Vec::new(),
+            parallel: 3,
+        }
+    }
+}
+
+/// A pulled image and what its reference resolved to.
+pub struct Pulled {
+    pub image: ImageRecord,
+    /// The manifest digest the reference resolved to.
+    pub digest: Digest,
+}
+
+/// Whether `registry` (`host[:port]`) is on this machine's loopback.
+fn is_loopback(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => registry,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Names what a failure is about.
+struct Place {
+    registry: String,
+    repository: String,
+}
+
+impl Place {
+    fn err(&self, why: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Registry {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            why: why.to_string(),
+        }
+    }
+
+    fn blob_err(&self, digest: &str, why: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Blob {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            digest: digest.to_owned(),
+            why: why.to_string(),
+        }
+    }
+}
+
+fn sha256(bytes: &[u8]) -> Digest {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+        .parse()
+        .expect("a sha256 hex digest parses")
+}
+
+/// Pulls `reference` (`[REGISTRY/]REPOSITORY[:TAG|@DIGEST]`) into `store` and lists it
+/// under that name.
+pub async fn pull(
+    store: &ImageStore,
+    db: &mut Store,
+    reference: &str,
+    opts: &PullOptions,
+) -> Result<Pulled, RegistryError> {
+    let parsed: Reference = reference
+        .parse()
+        .map_err(|e| RegistryError::Reference(format!("image reference {reference:?}: {e}")))?;
+    let place = Place {
+        registry: parsed.registry().to_owned(),
+        repository: parsed.repository().to_owned(),
+    };
+    let tags: Vec<ImageRef> = match (parsed.digest(), reference.parse::<ImageRef>()) {
+        (None, Ok(tag @ ImageRef::Tag { .. })) => vec![tag],
+        _ => Vec::new(),
+    };
+    let client = client(&parsed, opts, &place)?;
+    let mut fetched = Fetched::default();
+    let result = fetch(store, &client, &parsed, opts, &place, &mut fetched).await;
+    let manifest = match result {
+        Ok(m) => m,
+        Err(e) => {
+            store.abandon_fetched(db, fetched);
+            return Err(e);
+        }
+    };
+    let origin = format!("registry:{reference}");
+    let image = store
+        .install_fetched(db, fetched, &manifest, &tags, &origin)
+        .map_err(|source| RegistryError::Image {
+            registry: place.registry.clone(),
+            repository: place.repository.clone(),
+            source: Box::new(source),
+        })?;
+    Ok(Pulled {
+        image,
+        digest: manifest,
+    })
+}
+
+fn client(parsed: &Reference, opts: &PullOptions, place: &Place) -> Result<Client, RegistryError> {
+    let registry = parsed.resolve_registry().to_owned();
+    let protocol = if opts.insecure || is_loopback(&registry) {
+        ClientProtocol::HttpsExcept(vec![registry])
+    } else {
+        ClientProtocol::Https
+    };
+    let config = ClientConfig {
+        protocol,
+        extra_root_certificates: opts
+            .ca_pem
+            .iter()
+            .map(|pem| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.clone(),
+            })
+            .collect(),
+        // Indexes are resolved here, as import does.
+        platform_resolver: None,
+        read_timeout: Some(Duration::from_secs(60)),
+        connect_timeout: Some(Duration::from_secs(10)),
+        ..Default::default()
+    };
+    Client::try_from(config).map_err(|e| place.err(format!("setting up the client: {e}")))
+}
+
+/// Fetches the manifest and every blob it names; returns the manifest's digest.
+async fn fetch(
+    store: &ImageStore,
+    client: &Client,
+    parsed: &Reference,
+    opts: &PullOptions,
+    place: &Place,
+    fetched: &mut Fetched,
+) -> Result<Digest, RegistryError> {
+    let (bytes, digest) = manifest(client, parsed, opts, place, parsed.digest()).await?;
+    let (bytes, digest) = if is_index(&bytes) {
+        let index: ImageIndex = serde_json::from_slice(&bytes)
+            .map_err(|e| place.err(format!("index {digest}: {e}")))?;
+        let candidates: Vec<_> = index
+            .manifests()
+            .iter()
+            .filter(|d| skiff_image::is_manifest(d))
+            .collect();
+        let chosen = skiff_image::pick_platform(&candidates)
+            .map_err(|e| place.err(format!("index {digest}: {e}")))?;
+        let want = chosen.digest().to_string();
+        let by_digest = Reference::with_digest(
+            parsed.registry().to_owned(),
+            parsed.repository().to_owned(),
+            want.clone(),
+        );
+        let (bytes, got) = manifest(client, &by_digest, opts, place, Some(&want)).await?;
+        if bytes.len() as u64 != chosen.size() {
+            return Err(place.blob_err(
+                &want,
+                format!(
+                    "the manifest is {} bytes, the index says {}",
+                    bytes.len(),
+                    chosen.size()
+                ),
+            ));
+        }
+        (bytes, got)
+    } else {
+        (bytes, digest)
+    };
+    let parsed_manifest: ImageManifest =
+        serde_json::from_slice(&bytes).map_err(|e| place.err(format!("manifest {digest}: {e}")))?;
+    let config = parsed_manifest.config();
+    let config_digest = config.digest().to_string();
+    if config.size() > MAX_DOCUMENT {
+        return Err(place.blob_err(&config_digest, "config too large"));
+    }
+    let descriptors: Vec<OciDescriptor> = std::iter::once(config)
+        .chain(parsed_manifest.layers().iter())
+        .map(|d| OciDescriptor {
+            media_type: d.media_type().to_string(),
+            digest: d.digest().to_string(),
+            size: d.size() as i64,
+            urls: None,
+            annotations: None,
+            artifact_type: None,
+        })
+        .collect();
+    let missing: Vec<OciDescriptor> = descriptors
+        .into_iter()
+        .filter(|d| {
+            d.digest
+                .parse::<Digest>()
+                .map_or(true, |digest| !store.blobs().contains(&digest))
+        })
+        .collect();
+    let by_digest = Reference::with_digest(
+        parsed.registry().to_owned(),
+        parsed.repository().to_owned(),
+        digest.to_string(),
+    );
+    let downloads: Vec<_> = futures_util::stream::iter(missing.iter())
+        .map(|d| download(client, &by_digest, d, store, place))
+        .buffer_unordered(opts.parallel.max(1))
+        .try_collect()
+        .await?;
+    for (file, expected) in downloads {
+        store
+            .keep_fetched(fetched, file.path(), &expected)
+            .map_err(|e| place.blob_err(&expected.digest.to_string(), e))?;
+    }
+    store
+        .keep_fetched_bytes(
+            fetched,
+            &bytes,
+            &Expected {
+                digest: digest.clone(),
+                size: Some(bytes.len() as u64),
+            },
+        )
+        .map_err(|e| place.blob_err(&digest.to_string(), e))?;
+    Ok(digest)
+}
+
+fn is_index(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| {
+        let media = v
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default();
+        media == OCI_IMAGE_INDEX_MEDIA_TYPE
+            || media == IMAGE_MANIFEST_LIST_MEDIA_TYPE
+            || (v.get("manifests").is_some() && v.get("layers").is_none())
+    })
+}
+
+/// Fetches a manifest or index and checks it against its digest: the one asked for, and
+/// the one the registry names in its answer.
+async fn manifest(
+    client: &Client,
+    reference: &Reference,
+    opts: &PullOptions,
+    place: &Place,
+    want: Option<&str>,
+) -> Result<(Vec<u8>, Digest), RegistryError> {
+    let accepted = [
+        OCI_IMAGE_MEDIA_TYPE,
+        IMAGE_MANIFEST_MEDIA_TYPE,
+        OCI_IMAGE_INDEX_MEDIA_TYPE,
+        IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    ];
+    let (bytes, said) = client
+        .pull_manifest_raw(reference, &opts.auth, &accepted)
+        .await
+        .map_err(|e| place.err(format!("fetching the manifest of {reference}: {e}")))?;
+    if bytes.len() as u64 > MAX_DOCUMENT {
+        return Err(place.err(format!("the manifest of {reference} is too large")));
+    }
+    let digest = sha256(&bytes);
+    for claimed in want
+        .into_iter()
+        .chain((!said.is_empty()).then_some(said.as_str()))
+    {
+        if claimed != digest.to_string() {
+            return Err(place.blob_err(
+                claimed,
+                format!("the manifest's content hashes to {digest}"),
+            ));
+        }
+    }
+    Ok((bytes.to_vec(), digest))
+}
+
+/// Streams one blob to a scratch file, refusing it as soon as it runs past its size, and
+/// checking its length and digest at the end.
+async fn download(
+    client: &Client,
+    reference: &Reference,
+    desc: &OciDescriptor,
+    store: &ImageStore,
+    place: &Place,
+) -> Result<(tempfile::NamedTempFile, Expected), RegistryError> {
+    let name = desc.digest.as_str();
+    let expected_digest: Digest = name
+        .parse()
+        .map_err(|_| place.blob_err(name, "not a sha256 digest"))?;
+    let size = u64::try_from(desc.size).map_err(|_| place.blob_err(name, "a negative size"))?;
+    let io = |e: std::io::Error| place.blob_err(name, format!("writing it: {e}"));
+    let file = tempfile::NamedTempFile::new_in(store.scratch_dir()).map_err(io)?;
+    let mut out = tokio::fs::File::from_std(file.reopen().map_err(io)?);
+    let mut stream = client
+        .pull_blob_stream(reference, desc)
+        .await
+        .map_err(|e| place.blob_err(name, format!("fetching it: {e}")))?;
+    let mut hash = Sha256::new();
+    let mut count = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| place.blob_err(name, format!("reading it: {e}")))?;
+        count += chunk.len() as u64;
+        if count > size {
+            return Err(place.blob_err(
+                name,
+                format!("longer than the {size} bytes its manifest gives"),
+            ));
+        }
+        hash.update(&chunk);
+        out.write_all(&chunk).await.map_err(io)?;
+    }
+    out.flush().await.map_err(io)?;
+    if count != size {
+        return Err(place.blob_err(name, format!("truncated: {count} of {size} bytes")));
+    }
+    let got: Digest = format!("sha256:{:x}", hash.finalize())
+        .parse()
+        .expect("a sha256 hex digest parses");
+    if got != expected_digest {
+        return Err(place.blob_err(name, format!("its content hashes to {got}")));
+    }
+    Ok((
+        file,
+        Expected {
+            digest: expected_digest,
+            size: Some(size),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_recognised() {
+        for r in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "localhost",
+            "[::1]:5000",
+            "127.1.2.3",
+        ] {
+            assert!(is_loopback(r), "{r}");
+        }
+        for r in ["registry.example:5000", "10.0.0.1:5000", "index.docker.io"] {
+            assert!(!is_loopback(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn indexes_are_told_from_manifests() {
+        assert!(is_index(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#));
+        assert!(is_index(br#"{"schemaVersion":2,"manifests":[]}"#));
+        assert!(!is_index(br#"{"schemaVersion":2,"config":{},"layers":[]}"#));
+    }
+}

@@ -1,0 +1,357 @@
+//! skiff as a registry client, end to end: Debian's `docker-registry` (the reference
+//! distribution server) on loopback, filled by skopeo, pulled by `skiff image pull` and
+//! deployed; and a hostile registry written here whose answers lie (a wrong digest, a
+//! truncated blob, a blob longer than its manifest says, one that never ends), each
+//! refused with the registry, repository and digest named, leaving nothing behind.
+
+mod daemon;
+
+use daemon::{hello_binary, Daemon};
+use sha2::{Digest as _, Sha256};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A docker archive of one image: the hello binary as `/hello`, its entrypoint.
+fn hello_archive(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy(hello_binary(), root.join("hello")).unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/sbin/nologin\n").unwrap();
+    let layer = dir.join("layer.tar");
+    run(
+        "tar",
+        &[
+            "--owner=0",
+            "--group=0",
+            "-C",
+            root.to_str().unwrap(),
+            "-cf",
+            layer.to_str().unwrap(),
+            ".",
+        ],
+    );
+    let diff_id = format!(
+        "sha256:{:x}",
+        Sha256::digest(std::fs::read(&layer).unwrap())
+    );
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/hello"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        r#"[{"Config":"config.json","RepoTags":["hello:1"],"Layers":["layer.tar"]}]"#,
+    )
+    .unwrap();
+    let archive = dir.join("hello.tar");
+    run(
+        "tar",
+        &[
+            "-C",
+            dir.to_str().unwrap(),
+            "-cf",
+            archive.to_str().unwrap(),
+            "manifest.json",
+            "config.json",
+            "layer.tar",
+        ],
+    );
+    archive
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Debian's docker-registry on a loopback port, storing under a temporary directory.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        let file = dir.path().join("config.yml");
+        std::fs::write(&file, config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry is installed by scripts/deps");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Registry {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Pushes the docker archive's image as `repo:tag`, as users do with skopeo.
+    fn push(&self, archive: &Path, repo_tag: &str) {
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                &format!("docker-archive:{}", archive.display()),
+                &format!("docker://{}/{repo_tag}", self.addr),
+            ],
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_image_pushed_with_skopeo_is_pulled_deployed_and_served() {
+    let work = tempfile::tempdir().unwrap();
+    let archive = hello_archive(work.path());
+    let registry = Registry::start();
+    registry.push(&archive, "team/hello:1");
+    let d = Daemon::start(&[]);
+    let name = format!("{}/team/hello:1", registry.addr);
+    let listed = d.json(&["image", "pull", &name]);
+    assert_eq!(listed[0]["tags"], serde_json::json!([name]), "{listed}");
+    d.ok(&["deploy", "pulled", "--image", &name]);
+    let r = d.get("pulled", "/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("hello from pulled-"), "{}", r.text());
+    // Again: everything is in the store already; the same image.
+    let again = d.json(&["image", "pull", &name]);
+    assert_eq!(again[0]["digest"], listed[0]["digest"]);
+    // Not there: the registry's answer, named.
+    let missing = d.cli(&[
+        "image",
+        "pull",
+        &format!("{}/team/nothing:1", registry.addr),
+    ]);
+    assert!(!missing.status.success());
+    let err = daemon::stderr(&missing);
+    assert!(
+        err.contains(&format!("{}/team/nothing", registry.addr)),
+        "{err}"
+    );
+}
+
+/// How the hostile registry lies about the one layer blob.
+#[derive(Clone, Copy)]
+enum Lie {
+    /// Other bytes than the digest names.
+    WrongContent,
+    /// Fewer bytes than the manifest and Content-Length say, then the connection closes.
+    Truncated,
+    /// More bytes than the manifest says.
+    Longer,
+    /// Bytes without end.
+    Endless,
+}
+
+/// A registry that serves one image, `evil:1`, lying about its layer as `lie` says.
+fn hostile_registry(lie: Lie) -> String {
+    let layer = vec![7u8; 4096];
+    let layer_digest = format!("sha256:{:x}", Sha256::digest(&layer));
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    })
+    .to_string()
+    .into_bytes();
+    let config_digest = format!("sha256:{:x}", Sha256::digest(&config));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+    })
+    .to_string()
+    .into_bytes();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (manifest, config, layer) = (manifest.clone(), config.clone(), layer.clone());
+            let (config_digest, layer_digest) = (config_digest.clone(), layer_digest.clone());
+            std::thread::spawn(move || {
+                let _ = serve(
+                    conn,
+                    lie,
+                    &manifest,
+                    (&config_digest, &config),
+                    (&layer_digest, &layer),
+                );
+            });
+        }
+    });
+    addr
+}
+
+fn serve(
+    conn: TcpStream,
+    lie: Lie,
+    manifest: &[u8],
+    config: (&str, &[u8]),
+    layer: (&str, &[u8]),
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h == "\r\n" {
+                break;
+            }
+        }
+        let send = |out: &mut TcpStream, kind: &str, body: &[u8], length: usize| {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {length}\r\n\r\n"
+            )?;
+            out.write_all(body)
+        };
+        if path == "/v2/" {
+            send(&mut out, "application/json", b"{}", 2)?;
+        } else if path.starts_with("/v2/evil/manifests/") {
+            send(
+                &mut out,
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest,
+                manifest.len(),
+            )?;
+        } else if path == format!("/v2/evil/blobs/{}", config.0) {
+            send(
+                &mut out,
+                "application/octet-stream",
+                config.1,
+                config.1.len(),
+            )?;
+        } else if path == format!("/v2/evil/blobs/{}", layer.0) {
+            match lie {
+                Lie::WrongContent => {
+                    let other = vec![8u8; layer.1.len()];
+                    send(&mut out, "application/octet-stream", &other, other.len())?;
+                }
+                Lie::Truncated => {
+                    send(
+                        &mut out,
+                        "application/octet-stream",
+                        &layer.1[..100],
+                        layer.1.len(),
+                    )?;
+                    return Ok(());
+                }
+                Lie::Longer => {
+                    let more = [layer.1, &[0u8; 100]].concat();
+                    send(&mut out, "application/octet-stream", &more, more.len())?;
+                }
+                Lie::Endless => {
+                    write!(out, "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
+                    let chunk = vec![7u8; 65536];
+                    loop {
+                        write!(out, "{:x}\r\n", chunk.len())?;
+                        out.write_all(&chunk)?;
+                        out.write_all(b"\r\n")?;
+                    }
+                }
+            }
+        } else {
+            write!(out, "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")?;
+        }
+    }
+}
+
+/// The names of the files in `dir` (none when it does not exist).
+fn files_in(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_lying_registry_is_refused_by_name_and_leaves_nothing_behind() {
+    let d = Daemon::start(&[]);
+    let blobs = d.home.path().join("blobs/sha256");
+    let before = files_in(&blobs);
+    assert!(
+        !before.is_empty(),
+        "the packed hello image's blobs are in {}",
+        blobs.display()
+    );
+    let images_before = d.json(&["image", "ls"]);
+    let layer_digest = format!("sha256:{:x}", Sha256::digest(vec![7u8; 4096]));
+    for (lie, says) in [
+        (Lie::WrongContent, "Invalid digest"),
+        (Lie::Truncated, ""),
+        (Lie::Longer, "longer than the 4096 bytes its manifest gives"),
+        (
+            Lie::Endless,
+            "longer than the 4096 bytes its manifest gives",
+        ),
+    ] {
+        let addr = hostile_registry(lie);
+        let t0 = Instant::now();
+        let out = d.cli(&["image", "pull", &format!("{addr}/evil:1")]);
+        assert!(!out.status.success());
+        let err = daemon::stderr(&out);
+        assert!(
+            err.contains(&format!("{addr}/evil: blob {layer_digest}")) && err.contains(says),
+            "{err}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(d.json(&["image", "ls"]), images_before, "{err}");
+        assert_eq!(files_in(&blobs), before, "blobs left by: {err}");
+        let scratch = files_in(&d.home.path().join("tmp"));
+        assert!(scratch.is_empty(), "scratch files left: {scratch:?}");
+    }
+}
