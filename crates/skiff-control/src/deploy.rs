@@ -104,6 +104,11 @@ impl Control {
         } else {
             None
         };
+        // A registry's image is fetched at every deploy, so a tag resolves to what it
+        // names now; the revision keeps that digest whatever the tag does later.
+        if skiff_registry::names_registry(&spec.image) {
+            self.pull_image(&spec.image).await?;
+        }
         let image = self
             .db()
             .resolve_image(&spec.image)
@@ -186,6 +191,25 @@ impl Control {
             percent,
             tag_url: tag.map(|tag| self.url(&tag_host(name, &tag))),
         })
+    }
+
+    /// Pulls `reference` into the image store (what is stored already is not fetched
+    /// again); a failure removes all it brought and names the registry.
+    async fn pull_image(&self, reference: &str) -> Result<(), ControlError> {
+        let opts = skiff_registry::PullOptions::default();
+        let upstream = |e: skiff_registry::RegistryError| {
+            ControlError::Upstream(format!("pulling {reference}: {e}"))
+        };
+        match skiff_registry::fetch(&self.images, reference, &opts).await {
+            Ok(image) => {
+                let pulled = image
+                    .install(&self.images, &mut self.db())
+                    .map_err(upstream)?;
+                tracing::info!(image = %reference, digest = %pulled.digest, "pulled");
+                Ok(())
+            }
+            Err(failed) => Err(upstream(failed.give_up(&self.images, &self.db()))),
+        }
     }
 
     /// A revision name a deploy chose: refused when another revision (of any service)

@@ -30,6 +30,9 @@ pub enum ControlError {
         reason: String,
         log_tail: Option<String>,
     },
+    /// Something beyond the host failed: a registry an image is pulled from.
+    #[error("{0}")]
+    Upstream(String),
     /// Something on the host failed (the database, a runtime thread).
     #[error("{0}")]
     Internal(String),
@@ -94,6 +97,7 @@ impl ControlError {
             ControlError::NotFound(_) => "not_found",
             ControlError::Conflict(_) => "conflict",
             ControlError::StartFailed { .. } => "start_failed",
+            ControlError::Upstream(_) => "upstream",
             ControlError::Internal(_) => "internal",
         }
     }

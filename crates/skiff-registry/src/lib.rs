@@ -10,7 +10,7 @@
 mod pull;
 
 pub use oci_client::secrets::RegistryAuth;
-pub use pull::{pull, PullOptions, Pulled};
+pub use pull::{fetch, names_registry, pull, FetchFailed, FetchedImage, PullOptions, Pulled};
 
 /// Why a pull failed, naming the registry, the repository and, for a blob, its digest.
 #[derive(Debug, thiserror::Error)]

@@ -105,9 +105,82 @@ pub async fn pull(
     reference: &str,
     opts: &PullOptions,
 ) -> Result<Pulled, RegistryError> {
-    let parsed: Reference = reference
-        .parse()
-        .map_err(|e| RegistryError::Reference(format!("image reference {reference:?}: {e}")))?;
+    match fetch(store, reference, opts).await {
+        Ok(image) => image.install(store, db),
+        Err(failed) => Err(failed.give_up(store, db)),
+    }
+}
+
+/// An image whose blobs are all in the store, not yet listed.
+pub struct FetchedImage {
+    fetched: Fetched,
+    manifest: Digest,
+    tags: Vec<ImageRef>,
+    origin: String,
+    place: Place,
+}
+
+impl FetchedImage {
+    /// The manifest digest the reference resolved to.
+    pub fn digest(&self) -> &Digest {
+        &self.manifest
+    }
+
+    /// Lists the image (unpacking its layers); on failure removes all the pull brought.
+    pub fn install(self, store: &ImageStore, db: &mut Store) -> Result<Pulled, RegistryError> {
+        let place = self.place;
+        let image = store
+            .install_fetched(db, self.fetched, &self.manifest, &self.tags, &self.origin)
+            .map_err(|source| RegistryError::Image {
+                registry: place.registry.clone(),
+                repository: place.repository.clone(),
+                source: Box::new(source),
+            })?;
+        Ok(Pulled {
+            image,
+            digest: self.manifest,
+        })
+    }
+}
+
+/// A fetch that failed, holding what it had stored so far.
+pub struct FetchFailed {
+    error: RegistryError,
+    fetched: Option<Fetched>,
+}
+
+impl FetchFailed {
+    /// Removes what the fetch stored; returns why it failed.
+    pub fn give_up(self, store: &ImageStore, db: &Store) -> RegistryError {
+        if let Some(f) = self.fetched {
+            store.abandon_fetched(db, f);
+        }
+        self.error
+    }
+
+    /// Why it failed.
+    pub fn error(&self) -> &RegistryError {
+        &self.error
+    }
+}
+
+/// Fetches the image `reference` names (manifest and blobs, verified) into the store,
+/// without the database: the caller lists it with [`FetchedImage::install`], or removes
+/// what a failed fetch stored with [`FetchFailed::give_up`].
+pub async fn fetch(
+    store: &ImageStore,
+    reference: &str,
+    opts: &PullOptions,
+) -> Result<FetchedImage, FetchFailed> {
+    let failed = |error| FetchFailed {
+        error,
+        fetched: None,
+    };
+    let parsed: Reference = reference.parse().map_err(|e| {
+        failed(RegistryError::Reference(format!(
+            "image reference {reference:?}: {e}"
+        )))
+    })?;
     let place = Place {
         registry: parsed.registry().to_owned(),
         repository: parsed.repository().to_owned(),
@@ -116,28 +189,30 @@ pub async fn pull(
         (None, Ok(tag @ ImageRef::Tag { .. })) => vec![tag],
         _ => Vec::new(),
     };
-    let client = client(&parsed, opts, &place)?;
+    let client = client(&parsed, opts, &place).map_err(failed)?;
     let mut fetched = Fetched::default();
-    let result = fetch(store, &client, &parsed, opts, &place, &mut fetched).await;
-    let manifest = match result {
-        Ok(m) => m,
-        Err(e) => {
-            store.abandon_fetched(db, fetched);
-            return Err(e);
-        }
-    };
-    let origin = format!("registry:{reference}");
-    let image = store
-        .install_fetched(db, fetched, &manifest, &tags, &origin)
-        .map_err(|source| RegistryError::Image {
-            registry: place.registry.clone(),
-            repository: place.repository.clone(),
-            source: Box::new(source),
-        })?;
-    Ok(Pulled {
-        image,
-        digest: manifest,
-    })
+    match fetch_blobs(store, &client, &parsed, opts, &place, &mut fetched).await {
+        Ok(manifest) => Ok(FetchedImage {
+            fetched,
+            manifest,
+            tags,
+            origin: format!("registry:{reference}"),
+            place,
+        }),
+        Err(error) => Err(FetchFailed {
+            error,
+            fetched: Some(fetched),
+        }),
+    }
+}
+
+/// Whether `reference` names a registry (`host.name/…`, `host:port/…`, `localhost/…`),
+/// as Docker tells a registry from a repository path.
+pub fn names_registry(reference: &str) -> bool {
+    match reference.split_once('/') {
+        Some((first, _)) => first.contains(['.', ':']) || first == "localhost",
+        None => false,
+    }
 }
 
 fn client(parsed: &Reference, opts: &PullOptions, place: &Place) -> Result<Client, RegistryError> {
@@ -167,7 +242,7 @@ fn client(parsed: &Reference, opts: &PullOptions, place: &Place) -> Result<Clien
 }
 
 /// Fetches the manifest and every blob it names; returns the manifest's digest.
-async fn fetch(
+async fn fetch_blobs(
     store: &ImageStore,
     client: &Client,
     parsed: &Reference,
@@ -238,8 +313,11 @@ async fn fetch(
         parsed.repository().to_owned(),
         digest.to_string(),
     );
-    let downloads: Vec<_> = futures_util::stream::iter(missing.iter())
-        .map(|d| download(client, &by_digest, d, store, place))
+    // Owned descriptors: a future borrowing the stream's items would not be Send for
+    // every lifetime, and the daemon runs this on its multi-threaded runtime.
+    let by_digest = &by_digest;
+    let downloads: Vec<_> = futures_util::stream::iter(missing)
+        .map(|d| async move { download(client, by_digest, &d, store, place).await })
         .buffer_unordered(opts.parallel.max(1))
         .try_collect()
         .await?;
@@ -381,6 +459,21 @@ mod tests {
         }
         for r in ["registry.example:5000", "10.0.0.1:5000", "index.docker.io"] {
             assert!(!is_loopback(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn references_that_name_a_registry_are_told_from_local_names() {
+        for r in [
+            "127.0.0.1:5000/app:1",
+            "localhost/app",
+            "ghcr.io/o/app:1",
+            "registry.example/a@sha256:00",
+        ] {
+            assert!(names_registry(r), "{r}");
+        }
+        for r in ["hello", "hello:1", "team/app:1", "sha256:00"] {
+            assert!(!names_registry(r), "{r}");
         }
     }
 

@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 
 /// A docker archive of one image: the hello binary as `/hello`, its entrypoint.
 fn hello_archive(dir: &Path) -> PathBuf {
+    versioned_archive(dir, 1)
+}
+
+/// The hello image with `VERSION=version` in its environment (its layer is the same).
+fn versioned_archive(dir: &Path, version: u32) -> PathBuf {
+    let dir = dir.join(format!("v{version}"));
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::copy(hello_binary(), root.join("hello")).unwrap();
@@ -39,7 +45,7 @@ fn hello_archive(dir: &Path) -> PathBuf {
     );
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": ["/hello"], "Env": ["PATH=/bin"]},
+        "config": {"Entrypoint": ["/hello"], "Env": ["PATH=/bin", format!("VERSION={version}")]},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
@@ -141,6 +147,56 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `VERSION` the service's instance sees.
+fn version_of(d: &Daemon, service: &str) -> String {
+    let env = d.get(service, "/env").text();
+    env.lines()
+        .find_map(|l| l.strip_prefix("VERSION="))
+        .unwrap_or_else(|| panic!("no VERSION in {env}"))
+        .to_owned()
+}
+
+#[test]
+fn a_deploy_pulls_its_image_and_its_revision_keeps_the_digest_the_tag_had() {
+    let work = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    registry.push(&versioned_archive(work.path(), 1), "app:1");
+    let mut d = Daemon::start(&[]);
+    let name = format!("{}/app:1", registry.addr);
+    // Not in the store: the deploy pulls it.
+    d.ok(&["deploy", "app", "--image", &name]);
+    assert_eq!(version_of(&d, "app"), "1");
+    let first = d.json(&["describe", "app"])["revisions"][0]["image_digest"].clone();
+    // The tag moves; the running revision stays on what it resolved to, restart or not.
+    registry.push(&versioned_archive(work.path(), 2), "app:1");
+    d.stop();
+    d.launch();
+    assert_eq!(version_of(&d, "app"), "1");
+    // A new deploy resolves the tag again.
+    d.ok(&["deploy", "app", "-e", "NEXT=1"]);
+    assert_eq!(version_of(&d, "app"), "2");
+    let detail = d.json(&["describe", "app"]);
+    assert_ne!(detail["revisions"][0]["image_digest"], first, "{detail}");
+    assert_eq!(detail["revisions"][1]["image_digest"], first, "{detail}");
+    assert_eq!(detail["revisions"][0]["spec"]["image"], name.as_str());
+    // The first revision's image is still there, by digest, for a rollback.
+    d.ok(&["rollback", "app"]);
+    assert_eq!(version_of(&d, "app"), "1");
+    // A registry that has no such image fails the deploy with its answer, named.
+    let out = d.cli(&[
+        "deploy",
+        "gone",
+        "--image",
+        &format!("{}/nothing:1", registry.addr),
+    ]);
+    assert!(!out.status.success());
+    let err = daemon::stderr(&out);
+    assert!(
+        err.contains(&format!("pulling {}/nothing:1", registry.addr)),
+        "{err}"
+    );
 }
 
 #[test]

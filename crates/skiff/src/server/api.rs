@@ -61,6 +61,7 @@ fn status_of(e: &ControlError) -> StatusCode {
         ControlError::NotFound(_) => StatusCode::NOT_FOUND,
         ControlError::Conflict(_) => StatusCode::CONFLICT,
         ControlError::StartFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ControlError::Upstream(_) => StatusCode::BAD_GATEWAY,
         ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
