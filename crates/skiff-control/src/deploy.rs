@@ -196,10 +196,13 @@ impl Control {
     /// Pulls `reference` into the image store (what is stored already is not fetched
     /// again); a failure removes all it brought and names the registry.
     async fn pull_image(&self, reference: &str) -> Result<(), ControlError> {
-        let opts = skiff_registry::PullOptions::default();
         let upstream = |e: skiff_registry::RegistryError| {
             ControlError::Upstream(format!("pulling {reference}: {e}"))
         };
+        let registries = skiff_registry::Registries::load(&self.config.home)
+            .map_err(|e| ControlError::internal(format!("registry settings: {e}")))?;
+        let opts =
+            registries.options_for(&skiff_registry::registry_of(reference).map_err(upstream)?);
         match skiff_registry::fetch(&self.images, reference, &opts).await {
             Ok(image) => {
                 let pulled = image

@@ -73,6 +73,8 @@ pub struct ControlConfig {
     pub start_time: u64,
     /// Where instances' logs go (`ID.log`).
     pub logs_dir: PathBuf,
+    /// The data directory, where registry credentials and CAs are kept.
+    pub home: PathBuf,
 }
 
 /// The control plane: the store, the image store, the runtime and the router, and the

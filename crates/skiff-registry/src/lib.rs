@@ -7,10 +7,14 @@
 //! this crate adds the checks a hostile registry calls for, and must not know services.
 #![forbid(unsafe_code)]
 
+mod credentials;
 mod pull;
 
+pub use credentials::{CredentialsError, Login, Registries};
 pub use oci_client::secrets::RegistryAuth;
-pub use pull::{fetch, names_registry, pull, FetchFailed, FetchedImage, PullOptions, Pulled};
+pub use pull::{
+    fetch, names_registry, pull, registry_of, FetchFailed, FetchedImage, PullOptions, Pulled,
+};
 
 /// Why a pull failed, naming the registry, the repository and, for a blob, its digest.
 #[derive(Debug, thiserror::Error)]

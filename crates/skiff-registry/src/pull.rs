@@ -189,9 +189,9 @@ pub async fn fetch(
         (None, Ok(tag @ ImageRef::Tag { .. })) => vec![tag],
         _ => Vec::new(),
     };
-    let client = client(&parsed, opts, &place).map_err(failed)?;
+    let (client, first) = connect(&parsed, opts, &place).await.map_err(failed)?;
     let mut fetched = Fetched::default();
-    match fetch_blobs(store, &client, &parsed, opts, &place, &mut fetched).await {
+    match fetch_blobs(store, &client, &parsed, opts, &place, first, &mut fetched).await {
         Ok(manifest) => Ok(FetchedImage {
             fetched,
             manifest,
@@ -206,6 +206,15 @@ pub async fn fetch(
     }
 }
 
+/// The registry (`host[:port]`) a reference is pulled from (`docker.io` for a bare
+/// name, as Docker and Knative resolve it).
+pub fn registry_of(reference: &str) -> Result<String, RegistryError> {
+    let parsed: Reference = reference
+        .parse()
+        .map_err(|e| RegistryError::Reference(format!("image reference {reference:?}: {e}")))?;
+    Ok(parsed.registry().to_owned())
+}
+
 /// Whether `reference` names a registry (`host.name/…`, `host:port/…`, `localhost/…`),
 /// as Docker tells a registry from a repository path.
 pub fn names_registry(reference: &str) -> bool {
@@ -215,9 +224,15 @@ pub fn names_registry(reference: &str) -> bool {
     }
 }
 
-fn client(parsed: &Reference, opts: &PullOptions, place: &Place) -> Result<Client, RegistryError> {
+/// A client for the registry over HTTPS, or plain HTTP when `plain`.
+fn client(
+    parsed: &Reference,
+    opts: &PullOptions,
+    place: &Place,
+    plain: bool,
+) -> Result<Client, RegistryError> {
     let registry = parsed.resolve_registry().to_owned();
-    let protocol = if opts.insecure || is_loopback(&registry) {
+    let protocol = if plain {
         ClientProtocol::HttpsExcept(vec![registry])
     } else {
         ClientProtocol::Https
@@ -241,16 +256,66 @@ fn client(parsed: &Reference, opts: &PullOptions, place: &Place) -> Result<Clien
     Client::try_from(config).map_err(|e| place.err(format!("setting up the client: {e}")))
 }
 
-/// Fetches the manifest and every blob it names; returns the manifest's digest.
+/// Asks for the manifest over HTTPS; where plain HTTP is allowed (an insecure registry,
+/// or one on loopback) and HTTPS could not even connect, over HTTP, as containers/image
+/// does. Returns the client that answered, and the manifest.
+async fn connect(
+    parsed: &Reference,
+    opts: &PullOptions,
+    place: &Place,
+) -> Result<(Client, (Vec<u8>, Digest)), RegistryError> {
+    let https = client(parsed, opts, place, false)?;
+    let tried = manifest(&https, parsed, opts, place, parsed.digest()).await;
+    let plain_allowed = opts.insecure || is_loopback(parsed.resolve_registry());
+    match tried {
+        Ok(first) => Ok((https, first)),
+        Err(Fault::Transport(why)) if plain_allowed => {
+            let plain = client(parsed, opts, place, true)?;
+            match manifest(&plain, parsed, opts, place, parsed.digest()).await {
+                Ok(first) => Ok((plain, first)),
+                Err(e) => Err(place.err(format!(
+                    "over HTTPS: {why}; over plain HTTP: {}",
+                    e.into_error(place)
+                ))),
+            }
+        }
+        Err(e) => Err(e.into_error(place)),
+    }
+}
+
+/// A failed manifest request: the connection itself, or anything after it.
+enum Fault {
+    Transport(String),
+    Other(RegistryError),
+}
+
+impl Fault {
+    fn into_error(self, place: &Place) -> RegistryError {
+        match self {
+            Fault::Transport(why) => place.err(why),
+            Fault::Other(e) => e,
+        }
+    }
+}
+
+impl From<RegistryError> for Fault {
+    fn from(e: RegistryError) -> Self {
+        Fault::Other(e)
+    }
+}
+
+/// Fetches every blob the manifest (`first`, or the one its index picks) names; returns
+/// the manifest's digest.
 async fn fetch_blobs(
     store: &ImageStore,
     client: &Client,
     parsed: &Reference,
     opts: &PullOptions,
     place: &Place,
+    first: (Vec<u8>, Digest),
     fetched: &mut Fetched,
 ) -> Result<Digest, RegistryError> {
-    let (bytes, digest) = manifest(client, parsed, opts, place, parsed.digest()).await?;
+    let (bytes, digest) = first;
     let (bytes, digest) = if is_index(&bytes) {
         let index: ImageIndex = serde_json::from_slice(&bytes)
             .map_err(|e| place.err(format!("index {digest}: {e}")))?;
@@ -267,7 +332,9 @@ async fn fetch_blobs(
             parsed.repository().to_owned(),
             want.clone(),
         );
-        let (bytes, got) = manifest(client, &by_digest, opts, place, Some(&want)).await?;
+        let (bytes, got) = manifest(client, &by_digest, opts, place, Some(&want))
+            .await
+            .map_err(|f| f.into_error(place))?;
         if bytes.len() as u64 != chosen.size() {
             return Err(place.blob_err(
                 &want,
@@ -359,7 +426,7 @@ async fn manifest(
     opts: &PullOptions,
     place: &Place,
     want: Option<&str>,
-) -> Result<(Vec<u8>, Digest), RegistryError> {
+) -> Result<(Vec<u8>, Digest), Fault> {
     let accepted = [
         OCI_IMAGE_MEDIA_TYPE,
         IMAGE_MANIFEST_MEDIA_TYPE,
@@ -369,9 +436,22 @@ async fn manifest(
     let (bytes, said) = client
         .pull_manifest_raw(reference, &opts.auth, &accepted)
         .await
-        .map_err(|e| place.err(format!("fetching the manifest of {reference}: {e}")))?;
+        .map_err(|e| {
+            let why = format!("fetching the manifest of {reference}: {e}");
+            let transport = match &e {
+                oci_client::errors::OciDistributionError::RequestError(r) => {
+                    r.is_connect() || r.is_timeout()
+                }
+                _ => false,
+            };
+            if transport {
+                Fault::Transport(why)
+            } else {
+                Fault::Other(place.err(why))
+            }
+        })?;
     if bytes.len() as u64 > MAX_DOCUMENT {
-        return Err(place.err(format!("the manifest of {reference} is too large")));
+        return Err(place.err(format!("the manifest of {reference} is too large")).into());
     }
     let digest = sha256(&bytes);
     for claimed in want
@@ -379,10 +459,9 @@ async fn manifest(
         .chain((!said.is_empty()).then_some(said.as_str()))
     {
         if claimed != digest.to_string() {
-            return Err(place.blob_err(
-                claimed,
-                format!("the manifest's content hashes to {digest}"),
-            ));
+            return Err(place
+                .blob_err(claimed, format!("the manifest's content hashes to {digest}"))
+                .into());
         }
     }
     Ok((bytes.to_vec(), digest))

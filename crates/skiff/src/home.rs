@@ -15,7 +15,7 @@ impl Home {
         Home { root }
     }
 
-    fn ensure(&self) -> anyhow::Result<()> {
+    pub fn ensure(&self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.root)
             .with_context(|| format!("creating data directory {}", self.root.display()))?;
         // The store holds other users' images and logs: root only.

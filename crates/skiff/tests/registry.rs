@@ -98,12 +98,104 @@ struct Registry {
     _dir: tempfile::TempDir,
 }
 
+/// A CA and a certificate it signed for 127.0.0.1, made with openssl in `dir`:
+/// (ca.crt, server.crt, server.key).
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=skiff test CA",
+        ],
+    );
+    run(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("server.crt"),
+            "-days",
+            "1",
+            "-extfile",
+            &p("san.ext"),
+        ],
+    );
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
 impl Registry {
     fn start() -> Registry {
+        Self::start_with("")
+    }
+
+    /// With HTTP basic auth (htpasswd, bcrypt) for `user`/`password`, behind TLS with a
+    /// certificate from a CA the test makes; returns it and the CA's certificate.
+    fn start_secured(user: &str, password: &str, pki: &Path) -> (Registry, PathBuf) {
+        let (ca, cert, key) = test_pki(pki);
+        let htpasswd = run("htpasswd", &["-Bbn", user, password]);
+        let file = pki.join("htpasswd");
+        std::fs::write(&file, htpasswd).unwrap();
+        let extra = format!(
+            "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+            file.display()
+        );
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        );
+        (Self::start_with_http(&extra, &tls), ca)
+    }
+
+    fn start_with(extra: &str) -> Registry {
+        Self::start_with_http(extra, "")
+    }
+
+    fn start_with_http(extra: &str, http: &str) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n{extra}http:\n  addr: {addr}\n{http}",
             dir.path().join("data").display()
         );
         let file = dir.path().join("config.yml");
@@ -129,16 +221,16 @@ impl Registry {
 
     /// Pushes the docker archive's image as `repo:tag`, as users do with skopeo.
     fn push(&self, archive: &Path, repo_tag: &str) {
-        run(
-            "skopeo",
-            &[
-                "copy",
-                "-q",
-                "--dest-tls-verify=false",
-                &format!("docker-archive:{}", archive.display()),
-                &format!("docker://{}/{repo_tag}", self.addr),
-            ],
-        );
+        self.push_with(archive, repo_tag, &[]);
+    }
+
+    fn push_with(&self, archive: &Path, repo_tag: &str, flags: &[&str]) {
+        let src = format!("docker-archive:{}", archive.display());
+        let dest = format!("docker://{}/{repo_tag}", self.addr);
+        let mut args = vec!["copy", "-q", "--dest-tls-verify=false"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[&src, &dest]);
+        run("skopeo", &args);
     }
 }
 
@@ -410,4 +502,74 @@ fn a_lying_registry_is_refused_by_name_and_leaves_nothing_behind() {
         let scratch = files_in(&d.home.path().join("tmp"));
         assert!(scratch.is_empty(), "scratch files left: {scratch:?}");
     }
+}
+
+#[test]
+fn a_registry_behind_tls_and_basic_auth_is_pulled_from_after_login() {
+    let work = tempfile::tempdir().unwrap();
+    let (registry, ca) = Registry::start_secured("ci", "s3cret-pw", work.path());
+    registry.push_with(
+        &hello_archive(work.path()),
+        "app:1",
+        &["--dest-creds", "ci:s3cret-pw"],
+    );
+    let d = Daemon::start(&[]);
+    let name = format!("{}/app:1", registry.addr);
+    // No credentials: the registry's refusal, named.
+    let out = d.cli(&["deploy", "app", "--image", &name]);
+    assert!(!out.status.success());
+    let err = daemon::stderr(&out);
+    assert!(err.contains(&format!("pulling {name}")), "{err}");
+    // Credentials but not the CA: TLS refuses the registry's certificate.
+    let login = |extra: &[&str]| {
+        let mut args = vec![
+            "registry",
+            "login",
+            registry.addr.as_str(),
+            "-u",
+            "ci",
+            "--password-stdin",
+        ];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(daemon::skiff_bin())
+            .args(["--home", d.home.path().to_str().unwrap()])
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"s3cret-pw\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+    };
+    login(&[]);
+    let out = d.cli(&["deploy", "app", "--image", &name]);
+    assert!(!out.status.success(), "pulled without trusting the CA");
+    login(&["--ca-file", ca.to_str().unwrap()]);
+    d.ok(&["deploy", "app", "--image", &name]);
+    let r = d.get("app", "/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Root-only, and the secret is in no listing.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.home.path().join("registries.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let listed = d.ok(&["registry", "ls"]);
+    assert!(
+        listed.contains(&registry.addr) && !listed.contains("s3cret"),
+        "{listed}"
+    );
 }

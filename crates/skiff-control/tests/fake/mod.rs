@@ -378,6 +378,7 @@ impl Harness {
             scaling: ScalingDefaults::default(),
             start_time: 0,
             logs_dir: home.path().join("logs"),
+            home: home.path().to_owned(),
         };
         tune(&mut config);
         let rt = FakeRuntime::default();

@@ -95,27 +95,18 @@ fn pull(
     a: PullArgs,
     store: &skiff_image::ImageStore,
 ) -> anyhow::Result<()> {
-    use skiff_registry::{PullOptions, RegistryAuth};
-    let auth = match &a.username {
-        Some(user) => {
-            let mut password = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut password)
-                .context("reading the password from stdin")?;
-            let password = password.trim_end_matches(['\r', '\n']).to_owned();
-            RegistryAuth::Basic(user.clone(), password)
-        }
-        None => RegistryAuth::Anonymous,
-    };
-    let ca_pem = match &a.ca_file {
-        Some(f) => vec![std::fs::read(f).with_context(|| format!("reading {}", f.display()))?],
-        None => Vec::new(),
-    };
-    let opts = PullOptions {
-        auth,
-        insecure: a.insecure,
-        ca_pem,
-        ..PullOptions::default()
-    };
+    use skiff_registry::{Registries, RegistryAuth};
+    // What `skiff registry login` stored (or an auth file has), then the flags over it.
+    let registries = Registries::load(&home.root)?;
+    let mut opts = registries.options_for(&skiff_registry::registry_of(&a.reference)?);
+    if let Some(user) = &a.username {
+        opts.auth = RegistryAuth::Basic(user.clone(), super::registry::password_from_stdin()?);
+    }
+    if let Some(f) = &a.ca_file {
+        opts.ca_pem
+            .push(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
+    }
+    opts.insecure |= a.insecure;
     let mut db = home.db()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -6,6 +6,7 @@ mod image;
 mod knative;
 mod output;
 mod progress;
+mod registry;
 mod run;
 mod service;
 mod traffic;
@@ -46,6 +47,9 @@ pub enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Credentials and settings for the registries images are pulled from.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
     /// Run one instance of an image in the foreground.
     Run(run::RunArgs),
     /// Run the daemon: control-plane API, ingress router, instances.
@@ -83,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let home = Home::new(cli.home);
     match cli.command {
         Command::Image(cmd) => image::run(&home, cli.output, cmd).map(|()| 0),
+        Command::Registry(cmd) => registry::run(&home, cli.output, cmd).map(|()| 0),
         Command::Run(args) => run::run(&home, args),
         Command::Server(args) => crate::server::run(home, cli.socket, args),
         Command::Deploy(a) => service::deploy(&client(&cli.socket)?, cli.output, *a).map(|()| 0),

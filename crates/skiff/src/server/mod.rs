@@ -114,6 +114,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         scaling: args.scaling.into(),
         start_time: crate::launch::process_start_time(std::process::id()).unwrap_or(0),
         logs_dir: home.logs_dir(),
+        home: home.root.clone(),
     };
     let ctl = Control::new(config, db, images, Arc::new(linux), router);
     ctl.restore().await;
