@@ -451,7 +451,9 @@ async fn manifest(
             }
         })?;
     if bytes.len() as u64 > MAX_DOCUMENT {
-        return Err(place.err(format!("the manifest of {reference} is too large")).into());
+        return Err(place
+            .err(format!("the manifest of {reference} is too large"))
+            .into());
     }
     let digest = sha256(&bytes);
     for claimed in want
@@ -460,7 +462,10 @@ async fn manifest(
     {
         if claimed != digest.to_string() {
             return Err(place
-                .blob_err(claimed, format!("the manifest's content hashes to {digest}"))
+                .blob_err(
+                    claimed,
+                    format!("the manifest's content hashes to {digest}"),
+                )
                 .into());
         }
     }

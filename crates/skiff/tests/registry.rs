@@ -333,11 +333,14 @@ enum Lie {
     Longer,
     /// Bytes without end.
     Endless,
+    /// Asks for HTTP basic credentials, then sends the layer's request to another host
+    /// (on this port): the credentials must not follow it there.
+    RedirectTo(u16),
 }
 
 /// A registry that serves one image, `evil:1`, lying about its layer as `lie` says.
 fn hostile_registry(lie: Lie) -> String {
-    let layer = vec![7u8; 4096];
+    let layer = vec![0u8; 4096]; // an empty tar: its end marker and padding
     let layer_digest = format!("sha256:{:x}", Sha256::digest(&layer));
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {},
@@ -389,11 +392,17 @@ fn serve(
             return Ok(());
         }
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+        let mut authorized = false;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 || h == "\r\n" {
                 break;
             }
+            authorized |= h.to_ascii_lowercase().starts_with("authorization: basic ");
+        }
+        if matches!(lie, Lie::RedirectTo(_)) && !authorized {
+            write!(out, "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"evil\"\r\ncontent-length: 0\r\n\r\n")?;
+            continue;
         }
         let send = |out: &mut TcpStream, kind: &str, body: &[u8], length: usize| {
             write!(
@@ -437,6 +446,9 @@ fn serve(
                     let more = [layer.1, &[0u8; 100]].concat();
                     send(&mut out, "application/octet-stream", &more, more.len())?;
                 }
+                Lie::RedirectTo(port) => {
+                    write!(out, "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://localhost:{port}{path}\r\ncontent-length: 0\r\n\r\n")?;
+                }
                 Lie::Endless => {
                     write!(out, "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
                     let chunk = vec![7u8; 65536];
@@ -473,7 +485,7 @@ fn a_lying_registry_is_refused_by_name_and_leaves_nothing_behind() {
         blobs.display()
     );
     let images_before = d.json(&["image", "ls"]);
-    let layer_digest = format!("sha256:{:x}", Sha256::digest(vec![7u8; 4096]));
+    let layer_digest = format!("sha256:{:x}", Sha256::digest(vec![0u8; 4096]));
     for (lie, says) in [
         (Lie::WrongContent, "Invalid digest"),
         (Lie::Truncated, ""),
@@ -571,5 +583,64 @@ fn a_registry_behind_tls_and_basic_auth_is_pulled_from_after_login() {
     assert!(
         listed.contains(&registry.addr) && !listed.contains("s3cret"),
         "{listed}"
+    );
+}
+
+/// A host that serves any path with `body` and reports each request's headers.
+fn spy(body: Vec<u8>) -> (u16, std::sync::mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let _ = tx.send(head);
+            let mut out = conn;
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = out.write_all(&body);
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn credentials_do_not_follow_a_redirect_to_another_host() {
+    let d = Daemon::start(&[]);
+    // The other host serves the right layer: only the credentials are at stake.
+    let (port, seen) = spy(vec![0u8; 4096]);
+    let addr = hostile_registry(Lie::RedirectTo(port));
+    let mut child = Command::new(daemon::skiff_bin())
+        .args(["--home", d.home.path().to_str().unwrap(), "image", "pull"])
+        .args([&format!("{addr}/evil:1"), "-u", "me", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hunter2\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let head = seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the redirect was followed");
+    assert!(
+        !head.to_ascii_lowercase().contains("authorization"),
+        "credentials went to another host:\n{head}"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
