@@ -644,3 +644,174 @@ fn credentials_do_not_follow_a_redirect_to_another_host() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// base64url without padding, as JWTs are written.
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A token service for docker-registry's bearer-token flow: it checks HTTP basic
+/// credentials and hands out RS256 JWTs (signed with openssl) granting what was asked.
+struct TokenService {
+    port: u16,
+}
+
+impl TokenService {
+    fn start(dir: &Path, user: &str, password: &str) -> (TokenService, PathBuf) {
+        let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &p("token.key"),
+                "-out",
+                &p("token.crt"),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=skiff test token issuer",
+            ],
+        );
+        let der = std::process::Command::new("openssl")
+            .args(["x509", "-in", &p("token.crt"), "-outform", "DER"])
+            .output()
+            .unwrap()
+            .stdout;
+        use base64_std::encode;
+        let x5c = encode(&der);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let expected = format!("Basic {}", encode(format!("{user}:{password}").as_bytes()));
+        let key = dir.join("token.key");
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut request = String::new();
+                let _ = reader.read_line(&mut request);
+                let mut auth = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line
+                        .strip_prefix("Authorization: ")
+                        .or_else(|| line.strip_prefix("authorization: "))
+                    {
+                        auth = v.trim().to_owned();
+                    }
+                }
+                let mut out = conn;
+                if auth != expected {
+                    let _ = write!(out, "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    continue;
+                }
+                let target = request.split_whitespace().nth(1).unwrap_or("/");
+                let query = target.split_once('?').map_or("", |(_, q)| q);
+                let access: Vec<serde_json::Value> = query
+                    .split('&')
+                    .filter_map(|kv| kv.strip_prefix("scope="))
+                    .map(|scope| scope.replace("%3A", ":").replace("%2C", ","))
+                    .filter_map(|scope| {
+                        let mut parts = scope.splitn(3, ':');
+                        let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                        Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                    })
+                    .collect();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+                let claims = serde_json::json!({
+                    "iss": "skiff-test-issuer", "sub": "ci", "aud": "skiff-test",
+                    "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{port}"),
+                    "access": access,
+                });
+                let signing_input = format!(
+                    "{}.{}",
+                    b64url(header.to_string().as_bytes()),
+                    b64url(claims.to_string().as_bytes())
+                );
+                let mut sign = std::process::Command::new("openssl")
+                    .args(["dgst", "-sha256", "-sign", key.to_str().unwrap()])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                sign.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(signing_input.as_bytes())
+                    .unwrap();
+                let signature = sign.wait_with_output().unwrap().stdout;
+                let token = format!("{signing_input}.{}", b64url(&signature));
+                let body =
+                    serde_json::json!({"token": token, "access_token": token, "expires_in": 300})
+                        .to_string();
+                let _ = write!(out, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            }
+        });
+        (TokenService { port }, dir.join("token.crt"))
+    }
+}
+
+/// Standard base64, for the basic credentials and the certificate in `x5c`.
+mod base64_std {
+    pub fn encode(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+}
+
+#[test]
+fn the_bearer_token_flow_of_a_real_registry_is_followed() {
+    let work = tempfile::tempdir().unwrap();
+    let (tokens, cert) = TokenService::start(work.path(), "ci", "t0ken-pw");
+    let extra = format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: skiff-test\n    issuer: skiff-test-issuer\n    rootcertbundle: {}\n",
+        tokens.port,
+        cert.display()
+    );
+    let registry = Registry::start_with(&extra);
+    registry.push_with(
+        &hello_archive(work.path()),
+        "app:1",
+        &["--dest-creds", "ci:t0ken-pw"],
+    );
+    let d = Daemon::start(&[]);
+    let name = format!("{}/app:1", registry.addr);
+    let anonymous = d.cli(&["image", "pull", &name]);
+    assert!(!anonymous.status.success(), "pulled without a token");
+    let mut child = Command::new(daemon::skiff_bin())
+        .args([
+            "--home",
+            d.home.path().to_str().unwrap(),
+            "registry",
+            "login",
+            &registry.addr,
+            "-u",
+            "ci",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"t0ken-pw\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    d.ok(&["deploy", "app", "--image", &name]);
+    let r = d.get("app", "/");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
