@@ -158,6 +158,11 @@ impl Blobs {
         Ok(true)
     }
 
+    /// Renames a file the caller verified (under the store's tmp directory) into place.
+    pub(crate) fn adopt(&self, staged: &Path, digest: &Digest) -> Result<bool, ImageError> {
+        self.rename_into_place(staged, digest)
+    }
+
     fn rename_into_place(&self, staged: &Path, digest: &Digest) -> Result<bool, ImageError> {
         let target = self.path(digest);
         std::fs::rename(staged, &target).map_err(|e| ImageError::io(&target, e))?;

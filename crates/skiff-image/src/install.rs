@@ -142,7 +142,7 @@ impl ImageStore {
         Ok(db.resolve_image(&manifest.to_string())?)
     }
 
-    fn unpack_snapshot(
+    pub(crate) fn unpack_snapshot(
         &self,
         blob: &Digest,
         diff_id: &Digest,

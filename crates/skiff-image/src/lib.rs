@@ -29,6 +29,7 @@ pub use config::{parse_signal, ProcessConfig, ResolvedUser};
 pub use error::{ImageError, LayerError};
 pub use fetched::Fetched;
 pub use import::{is_manifest, pick_platform, ImportOptions};
+pub use install::chain_ids;
 pub use pack::PackOptions;
 pub use progress::{Progress, ProgressFn};
 pub use unpack::{sniff, unpack_layer, Compression, Unpacked};

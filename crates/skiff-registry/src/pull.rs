@@ -5,7 +5,7 @@
 //! end, or removes everything the pull brought.
 
 use crate::RegistryError;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::{
     OciDescriptor, IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE,
@@ -18,8 +18,8 @@ use sha2::{Digest as _, Sha256};
 use skiff_core::{Digest, ImageRef};
 use skiff_image::{Expected, Fetched, ImageStore};
 use skiff_store::{ImageRecord, Store};
+use std::io::Write as _;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 /// Largest manifest or config accepted (they are read into memory).
 const MAX_DOCUMENT: u64 = 4 << 20;
@@ -105,8 +105,14 @@ pub async fn pull(
     reference: &str,
     opts: &PullOptions,
 ) -> Result<Pulled, RegistryError> {
+    let t0 = std::time::Instant::now();
     match fetch(store, reference, opts).await {
-        Ok(image) => image.install(store, db),
+        Ok(image) => {
+            let fetched = t0.elapsed();
+            let pulled = image.install(store, db);
+            tracing::debug!(image = %reference, ?fetched, installed = ?(t0.elapsed() - fetched), "pulled");
+            pulled
+        }
         Err(failed) => Err(failed.give_up(store, db)),
     }
 }
@@ -356,43 +362,52 @@ async fn fetch_blobs(
     if config.size() > MAX_DOCUMENT {
         return Err(place.blob_err(&config_digest, "config too large"));
     }
-    let descriptors: Vec<OciDescriptor> = std::iter::once(config)
-        .chain(parsed_manifest.layers().iter())
-        .map(|d| OciDescriptor {
-            media_type: d.media_type().to_string(),
-            digest: d.digest().to_string(),
-            size: d.size() as i64,
-            urls: None,
-            annotations: None,
-            artifact_type: None,
-        })
-        .collect();
-    let missing: Vec<OciDescriptor> = descriptors
-        .into_iter()
-        .filter(|d| {
-            d.digest
-                .parse::<Digest>()
-                .map_or(true, |digest| !store.blobs().contains(&digest))
-        })
-        .collect();
+    let descriptor = |d: &oci_spec::image::Descriptor| OciDescriptor {
+        media_type: d.media_type().to_string(),
+        digest: d.digest().to_string(),
+        size: d.size() as i64,
+        urls: None,
+        annotations: None,
+        artifact_type: None,
+    };
     let by_digest = Reference::with_digest(
         parsed.registry().to_owned(),
         parsed.repository().to_owned(),
         digest.to_string(),
     );
-    // Owned descriptors: a future borrowing the stream's items would not be Send for
-    // every lifetime, and the daemon runs this on its multi-threaded runtime.
-    let by_digest = &by_digest;
-    let downloads: Vec<_> = futures_util::stream::iter(missing)
-        .map(|d| async move { download(client, by_digest, &d, store, place).await })
-        .buffer_unordered(opts.parallel.max(1))
-        .try_collect()
-        .await?;
-    for (file, expected) in downloads {
+    // The config first: its diff ids say what each layer unpacks to.
+    let config_blob = parse_blob_digest(&config_digest, place)?;
+    if !store.blobs().contains(&config_blob) {
+        let (file, expected) =
+            download(client, &by_digest, &descriptor(config), store, place).await?;
         store
-            .keep_fetched(fetched, file.path(), &expected)
-            .map_err(|e| place.blob_err(&expected.digest.to_string(), e))?;
+            .keep_fetched_hashed(fetched, file.path(), &expected)
+            .map_err(|e| place.blob_err(&config_digest, e))?;
     }
+    let config_bytes = store
+        .blobs()
+        .read_small(&config_blob)
+        .map_err(|e| place.blob_err(&config_digest, e))?;
+    let diff_ids = diff_ids(
+        &config_bytes,
+        parsed_manifest.layers().len(),
+        &config_digest,
+        place,
+    )?;
+    let layers: Vec<(OciDescriptor, Digest)> = parsed_manifest
+        .layers()
+        .iter()
+        .map(|d| {
+            Ok((
+                descriptor(d),
+                parse_blob_digest(&d.digest().to_string(), place)?,
+            ))
+        })
+        .collect::<Result<_, RegistryError>>()?;
+    fetch_and_unpack(
+        store, client, &by_digest, opts, place, layers, diff_ids, fetched,
+    )
+    .await?;
     store
         .keep_fetched_bytes(
             fetched,
@@ -404,6 +419,126 @@ async fn fetch_blobs(
         )
         .map_err(|e| place.blob_err(&digest.to_string(), e))?;
     Ok(digest)
+}
+
+fn parse_blob_digest(text: &str, place: &Place) -> Result<Digest, RegistryError> {
+    text.parse()
+        .map_err(|_| place.blob_err(text, "not a sha256 digest"))
+}
+
+/// The config's diff ids, one per layer.
+fn diff_ids(
+    config: &[u8],
+    layers: usize,
+    name: &str,
+    place: &Place,
+) -> Result<Vec<Digest>, RegistryError> {
+    let parsed: oci_spec::image::ImageConfiguration =
+        serde_json::from_slice(config).map_err(|e| place.blob_err(name, format!("config: {e}")))?;
+    let ids = parsed
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|d| parse_blob_digest(d, place))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ids.len() != layers {
+        return Err(place.blob_err(
+            name,
+            format!(
+                "the config lists {} diff ids for {layers} layers",
+                ids.len()
+            ),
+        ));
+    }
+    Ok(ids)
+}
+
+/// Downloads the layers (several at once, handed on in order) and unpacks each on a
+/// blocking thread as soon as it and those below it are in, while later ones still
+/// download. What it stored and unpacked is recorded in `fetched`, also on failure.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_and_unpack(
+    store: &ImageStore,
+    client: &Client,
+    by_digest: &Reference,
+    opts: &PullOptions,
+    place: &Place,
+    layers: Vec<(OciDescriptor, Digest)>,
+    diff_ids: Vec<Digest>,
+    fetched: &mut Fetched,
+) -> Result<(), RegistryError> {
+    let chains = skiff_image::chain_ids(&diff_ids);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Digest)>();
+    let unpacker = {
+        let store = store.clone();
+        let chains = chains.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut made = Vec::new();
+            let mut below = Vec::new();
+            for (i, blob) in rx {
+                match store.unpack_fetched_layer(&blob, &diff_ids[i], &chains[i], &below) {
+                    Ok(true) => made.push(chains[i].clone()),
+                    Ok(false) => {}
+                    Err(e) => return (made, Err(e)),
+                }
+                below.insert(0, store.snapshot_dir(&chains[i]));
+            }
+            (made, Ok(()))
+        })
+    };
+    let stored = |d: &Digest| store.blobs().contains(d);
+    let mut downloads = futures_util::stream::iter(layers.into_iter().enumerate())
+        .map(|(i, (desc, blob))| {
+            let cached = stored(&blob);
+            async move {
+                let file = if cached {
+                    None
+                } else {
+                    Some(download(client, by_digest, &desc, store, place).await?)
+                };
+                Ok::<_, RegistryError>((i, blob, file))
+            }
+        })
+        .buffered(opts.parallel.max(1));
+    let mut failure = None;
+    while let Some(next) = downloads.next().await {
+        let kept = next.and_then(|(i, blob, file)| {
+            if let Some((file, expected)) = file {
+                // Hashed while it streamed in (`download`): not read again.
+                store
+                    .keep_fetched_hashed(fetched, file.path(), &expected)
+                    .map_err(|e| place.blob_err(&blob.to_string(), e))?;
+            }
+            Ok((i, blob))
+        });
+        match kept {
+            // A send fails only when the unpacker stopped: its error says why.
+            Ok(job) => {
+                if tx.send(job).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let (made, unpacked) = unpacker
+        .await
+        .map_err(|e| place.err(format!("the unpacking thread failed: {e}")))?;
+    for chain in made {
+        fetched.record_snapshot(chain);
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    unpacked.map_err(|source| RegistryError::Image {
+        registry: place.registry.clone(),
+        repository: place.repository.clone(),
+        source: Box::new(source),
+    })
 }
 
 fn is_index(bytes: &[u8]) -> bool {
@@ -488,7 +623,9 @@ async fn download(
     let size = u64::try_from(desc.size).map_err(|_| place.blob_err(name, "a negative size"))?;
     let io = |e: std::io::Error| place.blob_err(name, format!("writing it: {e}"));
     let file = tempfile::NamedTempFile::new_in(store.scratch_dir()).map_err(io)?;
-    let mut out = tokio::fs::File::from_std(file.reopen().map_err(io)?);
+    // Plain buffered writes: they land in the page cache in microseconds, where tokio's
+    // file type would hop to a blocking thread for every chunk the body arrives in.
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file.reopen().map_err(io)?);
     let mut stream = client
         .pull_blob_stream(reference, desc)
         .await
@@ -505,9 +642,9 @@ async fn download(
             ));
         }
         hash.update(&chunk);
-        out.write_all(&chunk).await.map_err(io)?;
+        out.write_all(&chunk).map_err(io)?;
     }
-    out.flush().await.map_err(io)?;
+    out.flush().map_err(io)?;
     if count != size {
         return Err(place.blob_err(name, format!("truncated: {count} of {size} bytes")));
     }

@@ -333,6 +333,8 @@ enum Lie {
     Longer,
     /// Bytes without end.
     Endless,
+    /// Serves exactly the bytes the manifest names, but they are not a tar archive.
+    NotATar,
     /// Asks for HTTP basic credentials, then sends the layer's request to another host
     /// (on this port): the credentials must not follow it there.
     RedirectTo(u16),
@@ -340,7 +342,15 @@ enum Lie {
 
 /// A registry that serves one image, `evil:1`, lying about its layer as `lie` says.
 fn hostile_registry(lie: Lie) -> String {
-    let layer = vec![0u8; 4096]; // an empty tar: its end marker and padding
+    // An empty tar (its end marker and padding), or for NotATar, bytes that are none.
+    let layer = vec![
+        if matches!(lie, Lie::NotATar) {
+            7u8
+        } else {
+            0u8
+        };
+        4096
+    ];
     let layer_digest = format!("sha256:{:x}", Sha256::digest(&layer));
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {},
@@ -429,6 +439,9 @@ fn serve(
             )?;
         } else if path == format!("/v2/evil/blobs/{}", layer.0) {
             match lie {
+                Lie::NotATar => {
+                    send(&mut out, "application/octet-stream", layer.1, layer.1.len())?;
+                }
                 Lie::WrongContent => {
                     let other = vec![8u8; layer.1.len()];
                     send(&mut out, "application/octet-stream", &other, other.len())?;
@@ -584,6 +597,26 @@ fn a_registry_behind_tls_and_basic_auth_is_pulled_from_after_login() {
         listed.contains(&registry.addr) && !listed.contains("s3cret"),
         "{listed}"
     );
+}
+
+#[test]
+fn a_layer_that_does_not_unpack_leaves_no_blob_and_no_snapshot() {
+    let d = Daemon::start(&[]);
+    let blobs = d.home.path().join("blobs/sha256");
+    let snapshots = d.home.path().join("snapshots");
+    let (blobs_before, snapshots_before) = (files_in(&blobs), files_in(&snapshots));
+    let addr = hostile_registry(Lie::NotATar);
+    let out = d.cli(&["image", "pull", &format!("{addr}/evil:1")]);
+    assert!(!out.status.success());
+    let err = daemon::stderr(&out);
+    let digest = format!("sha256:{:x}", Sha256::digest(vec![7u8; 4096]));
+    assert!(
+        err.contains(&format!("{addr}/evil: layer {digest}")),
+        "{err}"
+    );
+    assert_eq!(files_in(&blobs), blobs_before, "{err}");
+    assert_eq!(files_in(&snapshots), snapshots_before, "{err}");
+    assert!(files_in(&d.home.path().join("tmp")).is_empty());
 }
 
 /// A host that serves any path with `body` and reports each request's headers.

@@ -108,7 +108,8 @@ fn pull(
     }
     opts.insecure |= a.insecure;
     let mut db = home.db()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Several threads: each layer's download hashes as it goes, one core each.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
