@@ -400,7 +400,7 @@ async fn fetch_blobs(
         .map(|d| {
             Ok((
                 descriptor(d),
-                parse_blob_digest(&d.digest().to_string(), place)?,
+                parse_blob_digest(d.digest().as_ref(), place)?,
             ))
         })
         .collect::<Result<_, RegistryError>>()?;
