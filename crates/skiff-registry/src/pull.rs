@@ -6,6 +6,7 @@
 
 use crate::RegistryError;
 use futures_util::StreamExt;
+use oci_client::client::BlobResponse;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::{
     OciDescriptor, IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE,
@@ -21,6 +22,8 @@ use skiff_store::{ImageRecord, Store};
 use std::io::Write as _;
 use std::time::Duration;
 
+/// Times an interrupted blob download is resumed (with a Range request).
+const MAX_RESUMES: u32 = 3;
 /// Largest manifest or config accepted (they are read into memory).
 const MAX_DOCUMENT: u64 = 4 << 20;
 
@@ -626,23 +629,75 @@ async fn download(
     // Plain buffered writes: they land in the page cache in microseconds, where tokio's
     // file type would hop to a blocking thread for every chunk the body arrives in.
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file.reopen().map_err(io)?);
-    let mut stream = client
-        .pull_blob_stream(reference, desc)
-        .await
-        .map_err(|e| place.blob_err(name, format!("fetching it: {e}")))?;
+    let fetch_err = |e: oci_client::errors::OciDistributionError| {
+        place.blob_err(name, format!("fetching it: {e}"))
+    };
+    let mut response = BlobResponse::Full(
+        client
+            .pull_blob_stream(reference, desc)
+            .await
+            .map_err(fetch_err)?,
+    );
     let mut hash = Sha256::new();
     let mut count = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| place.blob_err(name, format!("reading it: {e}")))?;
-        count += chunk.len() as u64;
-        if count > size {
-            return Err(place.blob_err(
-                name,
-                format!("longer than the {size} bytes its manifest gives"),
-            ));
+    let mut retries = 0;
+    loop {
+        let mut stream = match response {
+            BlobResponse::Partial(s) => s,
+            BlobResponse::Full(s) => {
+                if count > 0 {
+                    // The registry ignored the range: start over.
+                    out.flush().map_err(io)?;
+                    out.get_mut().set_len(0).map_err(io)?;
+                    std::io::Seek::rewind(out.get_mut()).map_err(io)?;
+                    count = 0;
+                    hash = Sha256::new();
+                }
+                s
+            }
+        };
+        let mut cut = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    cut = Some(e);
+                    break;
+                }
+            };
+            count += chunk.len() as u64;
+            if count > size {
+                return Err(place.blob_err(
+                    name,
+                    format!("longer than the {size} bytes its manifest gives"),
+                ));
+            }
+            hash.update(&chunk);
+            out.write_all(&chunk).map_err(io)?;
         }
-        hash.update(&chunk);
-        out.write_all(&chunk).map_err(io)?;
+        // Cut short (a dropped connection): go on from where it stopped, with a Range
+        // request, a few times. An error after the last byte is the content's own.
+        match cut {
+            None if count == size => break,
+            Some(e) if count == size => {
+                return Err(place.blob_err(name, format!("reading it: {e}")))
+            }
+            _ if retries < MAX_RESUMES => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(100 << retries)).await;
+                tracing::info!(blob = name, at = count, "resuming an interrupted download");
+                response = client
+                    .pull_blob_stream_partial(reference, desc, count, None)
+                    .await
+                    .map_err(fetch_err)?;
+            }
+            Some(e) => {
+                return Err(
+                    place.blob_err(name, format!("reading it: {e} (resumed {retries} times)"))
+                )
+            }
+            None => break,
+        }
     }
     out.flush().map_err(io)?;
     if count != size {

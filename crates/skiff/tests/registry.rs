@@ -335,6 +335,9 @@ enum Lie {
     Endless,
     /// Serves exactly the bytes the manifest names, but they are not a tar archive.
     NotATar,
+    /// Drops the connection a thousand bytes into the layer, once; serves the rest of a
+    /// ranged request (206).
+    DropsOnce,
     /// Asks for HTTP basic credentials, then sends the layer's request to another host
     /// (on this port): the credentials must not follow it there.
     RedirectTo(u16),
@@ -403,12 +406,17 @@ fn serve(
         }
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
         let mut authorized = false;
+        let mut range: Option<usize> = None;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 || h == "\r\n" {
                 break;
             }
-            authorized |= h.to_ascii_lowercase().starts_with("authorization: basic ");
+            let lower = h.to_ascii_lowercase();
+            authorized |= lower.starts_with("authorization: basic ");
+            if let Some(from) = lower.strip_prefix("range: bytes=") {
+                range = from.trim().trim_end_matches('-').parse().ok();
+            }
         }
         if matches!(lie, Lie::RedirectTo(_)) && !authorized {
             write!(out, "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"evil\"\r\ncontent-length: 0\r\n\r\n")?;
@@ -442,6 +450,28 @@ fn serve(
                 Lie::NotATar => {
                     send(&mut out, "application/octet-stream", layer.1, layer.1.len())?;
                 }
+                Lie::DropsOnce => match range {
+                    None => {
+                        send(
+                            &mut out,
+                            "application/octet-stream",
+                            &layer.1[..1000],
+                            layer.1.len(),
+                        )?;
+                        return Ok(());
+                    }
+                    Some(from) => {
+                        let rest = &layer.1[from..];
+                        write!(
+                            out,
+                            "HTTP/1.1 206 Partial Content\r\ncontent-type: application/octet-stream\r\ncontent-range: bytes {from}-{}/{}\r\ncontent-length: {}\r\n\r\n",
+                            layer.1.len() - 1,
+                            layer.1.len(),
+                            rest.len()
+                        )?;
+                        out.write_all(rest)?;
+                    }
+                },
                 Lie::WrongContent => {
                     let other = vec![8u8; layer.1.len()];
                     send(&mut out, "application/octet-stream", &other, other.len())?;
@@ -596,6 +626,17 @@ fn a_registry_behind_tls_and_basic_auth_is_pulled_from_after_login() {
     assert!(
         listed.contains(&registry.addr) && !listed.contains("s3cret"),
         "{listed}"
+    );
+}
+
+#[test]
+fn an_interrupted_layer_is_resumed_where_it_stopped() {
+    let d = Daemon::start(&[]);
+    let addr = hostile_registry(Lie::DropsOnce);
+    let listed = d.json(&["image", "pull", &format!("{addr}/evil:1")]);
+    assert_eq!(
+        listed[0]["tags"],
+        serde_json::json!([format!("{addr}/evil:1")])
     );
 }
 
