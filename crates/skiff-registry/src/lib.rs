@@ -13,7 +13,8 @@ mod pull;
 pub use credentials::{CredentialsError, Login, Registries};
 pub use oci_client::secrets::RegistryAuth;
 pub use pull::{
-    fetch, names_registry, pull, registry_of, FetchFailed, FetchedImage, PullOptions, Pulled,
+    fetch, names_registry, pull, registry_of, FetchFailed, FetchedImage, PullEvent, PullOptions,
+    PullProgress, Pulled,
 };
 
 /// Why a pull failed, naming the registry, the repository and, for a blob, its digest.

@@ -27,6 +27,28 @@ const MAX_RESUMES: u32 = 3;
 /// Largest manifest or config accepted (they are read into memory).
 const MAX_DOCUMENT: u64 = 4 << 20;
 
+/// What a pull is doing, for a progress display. Blobs are named by digest.
+#[derive(Debug)]
+pub enum PullEvent<'a> {
+    /// Bytes of a blob in so far (at most every 100 ms per blob).
+    Downloading {
+        digest: &'a str,
+        done: u64,
+        total: u64,
+    },
+    /// A blob is in, verified.
+    Downloaded {
+        digest: &'a str,
+        bytes: u64,
+        seconds: f64,
+    },
+    /// A blob the store had already.
+    Cached { digest: &'a str },
+}
+
+/// Receives [`PullEvent`]s, from any thread.
+pub type PullProgress = std::sync::Arc<dyn Fn(PullEvent<'_>) + Send + Sync>;
+
 /// How to reach the registry.
 pub struct PullOptions {
     pub auth: RegistryAuth,
@@ -36,6 +58,16 @@ pub struct PullOptions {
     pub ca_pem: Vec<Vec<u8>>,
     /// Layers fetched at once.
     pub parallel: usize,
+    /// Told what the pull does, if anyone listens.
+    pub progress: Option<PullProgress>,
+}
+
+impl PullOptions {
+    fn tell(&self, event: PullEvent<'_>) {
+        if let Some(f) = &self.progress {
+            f(event);
+        }
+    }
 }
 
 impl Default for PullOptions {
@@ -45,6 +77,7 @@ impl Default for PullOptions {
             insecure: false,
             ca_pem: Vec::new(),
             parallel: 3,
+            progress: None,
         }
     }
 }
@@ -382,7 +415,7 @@ async fn fetch_blobs(
     let config_blob = parse_blob_digest(&config_digest, place)?;
     if !store.blobs().contains(&config_blob) {
         let (file, expected) =
-            download(client, &by_digest, &descriptor(config), store, place).await?;
+            download(client, &by_digest, &descriptor(config), store, place, opts).await?;
         store
             .keep_fetched_hashed(fetched, file.path(), &expected)
             .map_err(|e| place.blob_err(&config_digest, e))?;
@@ -495,9 +528,12 @@ async fn fetch_and_unpack(
             let cached = stored(&blob);
             async move {
                 let file = if cached {
+                    opts.tell(PullEvent::Cached {
+                        digest: &desc.digest,
+                    });
                     None
                 } else {
-                    Some(download(client, by_digest, &desc, store, place).await?)
+                    Some(download(client, by_digest, &desc, store, place, opts).await?)
                 };
                 Ok::<_, RegistryError>((i, blob, file))
             }
@@ -618,8 +654,11 @@ async fn download(
     desc: &OciDescriptor,
     store: &ImageStore,
     place: &Place,
+    opts: &PullOptions,
 ) -> Result<(tempfile::NamedTempFile, Expected), RegistryError> {
     let name = desc.digest.as_str();
+    let started = std::time::Instant::now();
+    let mut told = started;
     let expected_digest: Digest = name
         .parse()
         .map_err(|_| place.blob_err(name, "not a sha256 digest"))?;
@@ -674,6 +713,14 @@ async fn download(
             }
             hash.update(&chunk);
             out.write_all(&chunk).map_err(io)?;
+            if told.elapsed() >= Duration::from_millis(100) {
+                told = std::time::Instant::now();
+                opts.tell(PullEvent::Downloading {
+                    digest: name,
+                    done: count,
+                    total: size,
+                });
+            }
         }
         // Cut short (a dropped connection): go on from where it stopped, with a Range
         // request, a few times. An error after the last byte is the content's own.
@@ -709,6 +756,11 @@ async fn download(
     if got != expected_digest {
         return Err(place.blob_err(name, format!("its content hashes to {got}")));
     }
+    opts.tell(PullEvent::Downloaded {
+        digest: name,
+        bytes: size,
+        seconds: started.elapsed().as_secs_f64(),
+    });
     Ok((
         file,
         Expected {

@@ -107,6 +107,10 @@ fn pull(
             .push(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
     }
     opts.insecure |= a.insecure;
+    opts.progress = Some(super::progress::pull_callback(matches!(
+        format,
+        Format::Json
+    )));
     let mut db = home.db()?;
     // Several threads: each layer's download hashes as it goes, one core each.
     let runtime = tokio::runtime::Builder::new_multi_thread()
