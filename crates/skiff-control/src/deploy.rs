@@ -106,7 +106,12 @@ impl Control {
         };
         // A registry's image is fetched at every deploy, so a tag resolves to what it
         // names now; the revision keeps that digest whatever the tag does later.
-        if skiff_registry::names_registry(&spec.image) {
+        // Pushed to this daemon's own registry: in the store already, by that name.
+        let own =
+            self.config.own_registry.as_deref().is_some_and(|own| {
+                skiff_registry::registry_of(&spec.image).is_ok_and(|r| r == own)
+            });
+        if skiff_registry::names_registry(&spec.image) && !own {
             self.pull_image(&spec.image).await?;
         }
         let image = self

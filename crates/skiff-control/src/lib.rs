@@ -75,6 +75,8 @@ pub struct ControlConfig {
     pub logs_dir: PathBuf,
     /// The data directory, where registry credentials and CAs are kept.
     pub home: PathBuf,
+    /// The daemon's own registry (`host:port`): images named there are local already.
+    pub own_registry: Option<String>,
 }
 
 /// The control plane: the store, the image store, the runtime and the router, and the

@@ -4,13 +4,17 @@
 //! or removes everything the pull brought.
 //!
 //! The protocol (manifests, blobs, HTTP basic and the bearer-token flow) is `oci-client`'s;
-//! this crate adds the checks a hostile registry calls for, and must not know services.
+//! this crate adds the checks a hostile registry calls for. It also holds the storage side
+//! of the registry skiff serves (`hosted.rs`); HTTP is the daemon's. It must not know
+//! services.
 #![forbid(unsafe_code)]
 
 mod credentials;
+mod hosted;
 mod pull;
 
 pub use credentials::{CredentialsError, Login, Registries};
+pub use hosted::{valid_repository, Hosted, HostedError, StoredManifest};
 pub use oci_client::secrets::RegistryAuth;
 pub use pull::{
     fetch, names_registry, pull, registry_of, FetchFailed, FetchedImage, PullEvent, PullOptions,

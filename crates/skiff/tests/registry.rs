@@ -889,3 +889,256 @@ fn the_bearer_token_flow_of_a_real_registry_is_followed() {
     let r = d.get("app", "/");
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// The token the daemon's built-in registry takes as a password.
+fn registry_token(d: &Daemon) -> String {
+    std::fs::read_to_string(d.home.path().join("registry.token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn skopeo_pushes_into_skiff_and_the_image_deploys_by_either_name() {
+    let work = tempfile::tempdir().unwrap();
+    let archive = versioned_archive(work.path(), 7);
+    let d = Daemon::start(&[]);
+    assert!(d.registry.starts_with("127.0.0.1:"), "{:?}", d.registry);
+    let token = registry_token(&d);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.home.path().join("registry.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let blobs = d.home.path().join("blobs/sha256");
+    let (blobs_before, images_before) = (files_in(&blobs), d.json(&["image", "ls"]));
+    let push = |creds: Option<&str>| {
+        let mut args = vec![
+            "copy".to_owned(),
+            "-q".to_owned(),
+            "--dest-tls-verify=false".to_owned(),
+        ];
+        if let Some(c) = creds {
+            args.push("--dest-creds".to_owned());
+            args.push(c.to_owned());
+        }
+        args.push(format!("docker-archive:{}", archive.display()));
+        args.push(format!("docker://{}/team/app:1", d.registry));
+        Command::new("skopeo").args(&args).output().unwrap()
+    };
+    // Without the token: refused, and nothing stored.
+    let refused = push(Some("someone:wrong-token"));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401")
+            || String::from_utf8_lossy(&refused.stderr)
+                .to_lowercase()
+                .contains("unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(files_in(&blobs), blobs_before);
+    assert_eq!(d.json(&["image", "ls"]), images_before);
+    // With it: pushed, listed under both names, deployable by either, no pull.
+    let pushed = push(Some(&format!("oauth2accesstoken:{token}")));
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let full = format!("{}/team/app:1", d.registry);
+    d.ok(&["deploy", "by-address", "--image", &full]);
+    d.ok(&["deploy", "by-name", "--image", "team/app:1"]);
+    for service in ["by-address", "by-name"] {
+        assert_eq!(version_of(&d, service), "7", "{service}");
+    }
+    let image = d.json(&["image", "inspect", "team/app:1"]);
+    assert_eq!(
+        d.json(&["image", "inspect", &full])["digest"],
+        image["digest"],
+        "one image, two names"
+    );
+    // And it is pulled back as it was pushed.
+    let pulled = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false", "--src-creds"])
+        .arg(format!("x:{token}"))
+        .arg(format!("docker://{full}"))
+        .arg(format!("oci:{}:back", pulled.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn buildah_and_an_oci_archive_push_into_skiff() {
+    let work = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&[]);
+    let token = registry_token(&d);
+    let creds = format!("x:{token}");
+    // An OCI archive, as skopeo and buildah write them.
+    let oci = work.path().join("app.oci.tar");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "-q",
+            &format!(
+                "docker-archive:{}",
+                versioned_archive(work.path(), 3).display()
+            ),
+            &format!("oci-archive:{}:app", oci.display()),
+        ],
+    );
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &creds,
+            &format!("oci-archive:{}:app", oci.display()),
+            &format!("docker://{}/oci/app:3", d.registry),
+        ],
+    );
+    d.ok(&["deploy", "from-oci", "--image", "oci/app:3"]);
+    assert_eq!(version_of(&d, "from-oci"), "3");
+    // buildah, with its own storage (vfs) under the test's directory.
+    let storage = work.path().join("containers");
+    let (root, runroot) = (
+        format!("--root={}/root", storage.display()),
+        format!("--runroot={}/run", storage.display()),
+    );
+    let buildah = |args: &[&str]| {
+        let mut all = vec![root.as_str(), runroot.as_str(), "--storage-driver=vfs"];
+        all.extend_from_slice(args);
+        run("buildah", &all).trim().to_owned()
+    };
+    buildah(&["pull", "-q", &format!("oci-archive:{}:app", oci.display())]);
+    let image = buildah(&["images", "-q"]);
+    let image = image.lines().next().unwrap().to_owned();
+    buildah(&[
+        "push",
+        "-q",
+        "--tls-verify=false",
+        "--creds",
+        &creds,
+        &image,
+        &format!("docker://{}/built/app:1", d.registry),
+    ]);
+    d.ok(&[
+        "deploy",
+        "from-buildah",
+        "--image",
+        &format!("{}/built/app:1", d.registry),
+    ]);
+    assert_eq!(version_of(&d, "from-buildah"), "3");
+    let tags = d.json(&["image", "ls"]);
+    assert!(tags.to_string().contains("built/app:1"), "{tags}");
+}
+
+/// One request to the daemon's registry with the token; (status, headers, body).
+fn registry_call(d: &Daemon, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("x:{}", registry_token(d)));
+    let mut s = TcpStream::connect(&d.registry).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Basic {auth}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        d.registry,
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, raw[split + 4..].to_vec())
+}
+
+#[test]
+fn the_registry_api_takes_monolithic_uploads_mounts_lists_tags_and_refuses_bad_digests() {
+    let d = Daemon::start(&[]);
+    let blob = b"a blob of bytes".to_vec();
+    let digest = format!("sha256:{:x}", Sha256::digest(&blob));
+    // A wrong digest: refused, and not stored.
+    let wrong = format!("sha256:{:x}", Sha256::digest(b"other"));
+    let (status, _, body) = registry_call(
+        &d,
+        "POST",
+        &format!("/v2/mono/blobs/uploads/?digest={wrong}"),
+        &blob,
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("DIGEST_INVALID"));
+    let (status, _, _) = registry_call(&d, "HEAD", &format!("/v2/mono/blobs/{wrong}"), b"");
+    assert_eq!(status, 404);
+    // Monolithic: the blob in the POST.
+    let (status, head, _) = registry_call(
+        &d,
+        "POST",
+        &format!("/v2/mono/blobs/uploads/?digest={digest}"),
+        &blob,
+    );
+    assert_eq!(status, 201, "{head}");
+    let (status, _, got) = registry_call(&d, "GET", &format!("/v2/mono/blobs/{digest}"), b"");
+    assert_eq!((status, got), (200, blob.clone()));
+    // Mounted into another repository without sending it again.
+    let (status, head, _) = registry_call(
+        &d,
+        "POST",
+        &format!("/v2/other/blobs/uploads/?mount={digest}&from=mono"),
+        b"",
+    );
+    assert_eq!(status, 201, "{head}");
+    // Chunked: two PATCHes, then the PUT with the digest.
+    let (status, head, _) = registry_call(&d, "POST", "/v2/chunked/blobs/uploads/", b"");
+    assert_eq!(status, 202, "{head}");
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (status, head, _) = registry_call(&d, "PATCH", &location, &blob[..5]);
+    assert_eq!(status, 202, "{head}");
+    assert!(head.contains("range: 0-4"), "{head}");
+    registry_call(&d, "PATCH", &location, &blob[5..]);
+    let (status, head, _) = registry_call(&d, "PUT", &format!("{location}?digest={digest}"), b"");
+    assert_eq!(status, 201, "{head}");
+    // A manifest naming a blob the registry lacks is refused.
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": wrong, "size": 5},
+        "layers": [],
+    });
+    let (status, _, body) = registry_call(
+        &d,
+        "PUT",
+        "/v2/mono/manifests/1",
+        manifest.to_string().as_bytes(),
+    );
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("BLOB_UNKNOWN"));
+    let (status, _, body) = registry_call(&d, "GET", "/v2/mono/tags/list", b"");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["tags"],
+        serde_json::json!([])
+    );
+    // Names outside the spec's grammar are refused.
+    let (status, _, body) = registry_call(&d, "GET", "/v2/../etc/tags/list", b"");
+    assert!(
+        status == 400 || status == 404,
+        "{status} {}",
+        String::from_utf8_lossy(&body)
+    );
+}

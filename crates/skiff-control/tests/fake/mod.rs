@@ -379,6 +379,7 @@ impl Harness {
             start_time: 0,
             logs_dir: home.path().join("logs"),
             home: home.path().to_owned(),
+            own_registry: None,
         };
         tune(&mut config);
         let rt = FakeRuntime::default();

@@ -8,6 +8,7 @@
 
 mod api;
 mod network;
+mod registry;
 mod scaling;
 
 use crate::home::Home;
@@ -66,6 +67,13 @@ pub struct ServerArgs {
     /// the nameservers of the host's /etc/resolv.conf).
     #[arg(long, value_name = "ADDRESS:PORT")]
     dns_upstream: Vec<SocketAddr>,
+    /// Where the built-in registry (the OCI distribution API) listens; pushes need the
+    /// token in $SKIFF_HOME/registry.token as the password.
+    #[arg(long, env = "SKIFF_REGISTRY", default_value = "127.0.0.1:5000")]
+    registry: SocketAddr,
+    /// Serve no registry.
+    #[arg(long)]
+    no_registry: bool,
     #[command(flatten)]
     scaling: scaling::ScalingArgs,
 }
@@ -104,6 +112,19 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         Some(Arc::clone(&network)),
     )
     .context("starting the spawner threads")?;
+    let registry_listener = if args.no_registry {
+        None
+    } else {
+        registry::bind(args.registry).await
+    };
+    let registry_addr = match &registry_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .context("reading the registry's address")?
+                .to_string(),
+        ),
+        None => None,
+    };
     let config = ControlConfig {
         domain: args.domain.trim_matches('.').to_owned(),
         ingress_port: ingress_addr.port(),
@@ -115,16 +136,31 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         start_time: crate::launch::process_start_time(std::process::id()).unwrap_or(0),
         logs_dir: home.logs_dir(),
         home: home.root.clone(),
+        own_registry: registry_addr.clone(),
     };
     let ctl = Control::new(config, db, images, Arc::new(linux), router);
     ctl.restore().await;
 
+    let registry_task = match (registry_listener, &registry_addr) {
+        (Some(listener), Some(addr)) => {
+            let hosted = skiff_registry::Hosted::new(home.images()?, home.db()?, addr.clone());
+            let token = registry::token(&home.root)?;
+            Some(tokio::spawn(registry::serve(
+                Arc::new(hosted),
+                token,
+                listener,
+                stop_rx.clone(),
+            )))
+        }
+        _ => None,
+    };
     let api_task = tokio::spawn(api::serve(Arc::clone(&ctl), api_listener, stop_rx));
     println!(
-        "skiff server: ingress http://{ingress_addr} (services at http://NAME.{}:{}/), api unix:{}",
+        "skiff server: ingress http://{ingress_addr} (services at http://NAME.{}:{}/), api unix:{}, registry {}",
         ctl.config().domain,
         ingress_addr.port(),
-        socket.display()
+        socket.display(),
+        registry_addr.as_deref().unwrap_or("off")
     );
 
     wait_for_termination().await;
@@ -136,6 +172,9 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     ctl.shutdown().await;
     network.remove();
     let _ = api_task.await;
+    if let Some(task) = registry_task {
+        let _ = task.await;
+    }
     let _ = std::fs::remove_file(&socket);
     eprintln!("skiff server: stopped");
     Ok(())

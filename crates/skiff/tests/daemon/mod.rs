@@ -39,6 +39,8 @@ pub struct Daemon {
     pub home: tempfile::TempDir,
     pub socket: PathBuf,
     pub port: u16,
+    /// Where its built-in registry listens (`127.0.0.1:PORT`).
+    pub registry: String,
     /// This daemon's instance subnet (tests run daemons side by side).
     pub subnet: Subnet,
     child: Option<Child>,
@@ -93,6 +95,7 @@ impl Daemon {
             home,
             socket,
             port: 0,
+            registry: String::new(),
             subnet: Subnet::claim(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -134,6 +137,7 @@ impl Daemon {
             .arg("server")
             .args(["--ingress", "127.0.0.1:0", "--stop-timeout", "5s"])
             .args(["--instance-subnet", &self.subnet.cidr()])
+            .args(["--registry", "127.0.0.1:0"])
             // Names that are not skiff's never leave the machine in tests: the only
             // upstream is a closed loopback port (tests that forward give their own).
             .args(if self.extra.iter().any(|a| a == "--dns-upstream") {
@@ -168,6 +172,11 @@ impl Daemon {
             .and_then(|s| s.split_whitespace().next())
             .unwrap_or_else(|| panic!("no ready line from skiff server: {line:?}"));
         self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        self.registry = line
+            .split("registry ")
+            .nth(1)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
         self.child = Some(child);
     }
 
