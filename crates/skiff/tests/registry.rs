@@ -98,10 +98,10 @@ struct Registry {
     _dir: tempfile::TempDir,
 }
 
-/// A CA and a certificate it signed for 127.0.0.1, made with openssl in `dir`:
-/// (ca.crt, server.crt, server.key).
-fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+/// A self-signed certificate and its key, `NAME.crt` and `NAME.key` in `dir` (openssl).
+fn self_signed(dir: &Path, name: &str, subject: &str) {
+    let key = dir.join(format!("{name}.key"));
+    let crt = dir.join(format!("{name}.crt"));
     run(
         "openssl",
         &[
@@ -111,15 +111,22 @@ fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             "rsa:2048",
             "-nodes",
             "-keyout",
-            &p("ca.key"),
+            key.to_str().unwrap(),
             "-out",
-            &p("ca.crt"),
+            crt.to_str().unwrap(),
             "-days",
             "1",
             "-subj",
-            "/CN=skiff test CA",
+            subject,
         ],
     );
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, made with openssl in `dir`:
+/// (ca.crt, server.crt, server.key).
+fn test_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    self_signed(dir, "ca", "/CN=skiff test CA");
     run(
         "openssl",
         &[
@@ -734,24 +741,7 @@ struct TokenService {
 impl TokenService {
     fn start(dir: &Path, user: &str, password: &str) -> (TokenService, PathBuf) {
         let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-        run(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &p("token.key"),
-                "-out",
-                &p("token.crt"),
-                "-days",
-                "1",
-                "-subj",
-                "/CN=skiff test token issuer",
-            ],
-        );
+        self_signed(dir, "token", "/CN=skiff test token issuer");
         let der = std::process::Command::new("openssl")
             .args(["x509", "-in", &p("token.crt"), "-outform", "DER"])
             .output()
