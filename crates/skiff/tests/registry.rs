@@ -280,6 +280,17 @@ fn a_deploy_pulls_its_image_and_its_revision_keeps_the_digest_the_tag_had() {
     assert_ne!(detail["revisions"][0]["image_digest"], first, "{detail}");
     assert_eq!(detail["revisions"][1]["image_digest"], first, "{detail}");
     assert_eq!(detail["revisions"][0]["spec"]["image"], name.as_str());
+    // Export shows the tag and what it resolved to; the digest alone deploys too.
+    let exported = d.ok(&["export", "app"]);
+    let digest = detail["revisions"][0]["image_digest"].as_str().unwrap().to_owned();
+    assert!(
+        exported.contains(&format!("skiff.dev/image-digest: {digest}"))
+            && exported.contains(&format!("image: {name}")),
+        "{exported}"
+    );
+    let by_digest = format!("{}/app@{digest}", registry.addr);
+    d.ok(&["deploy", "pinned", "--image", &by_digest]);
+    assert_eq!(version_of(&d, "pinned"), "2");
     // The first revision's image is still there, by digest, for a rollback.
     d.ok(&["rollback", "app"]);
     assert_eq!(version_of(&d, "app"), "1");

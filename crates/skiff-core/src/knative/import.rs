@@ -334,6 +334,7 @@ fn annotations(
             a::CPU_THROTTLING => spec.cpu_throttling = boolean()?,
             a::INIT => spec.init = boolean()?,
             a::USER => spec.user = Some(value.clone()),
+            a::IMAGE_DIGEST => {}
             a::EGRESS => spec.egress = value.parse().map_err(|e| format!("{}: {e}", at()))?,
             a::EGRESS_ALLOW => {
                 spec.egress_allow =

@@ -45,6 +45,9 @@ pub mod annotation {
     pub const USER: &str = "skiff.dev/user";
     /// `"false"`: the app runs as PID 1 itself, without skiff's init.
     pub const INIT: &str = "skiff.dev/init";
+    /// The digest the exported revision's image resolved to (informational: a new
+    /// revision resolves its image again).
+    pub const IMAGE_DIGEST: &str = "skiff.dev/image-digest";
     /// `all` or `none`: whether instances reach public addresses.
     pub const EGRESS: &str = "skiff.dev/egress";
     /// Comma-separated `CIDR[:PORT]` and `host.skiff.internal:PORT` rules.

@@ -131,6 +131,11 @@ pub fn export(client: &Client, format: Format, name: &str) -> anyhow::Result<()>
         .first()
         .ok_or_else(|| anyhow::anyhow!("service {name} has no revision"))?;
     let (mut doc, notes) = knative::document(name, &latest.spec, &super::traffic::current(&d));
+    // What its tag resolved to, beside the tag (the image field keeps what was deployed).
+    doc.spec.template.metadata.annotations.insert(
+        knative::annotation::IMAGE_DIGEST.to_owned(),
+        latest.image_digest.clone(),
+    );
     // A name the user chose goes back into the template; a generated one does not.
     if latest.name != skiff_core::revision_name(name, latest.generation) {
         doc.spec.template.metadata.name = Some(latest.name.clone());
