@@ -231,9 +231,9 @@ pub async fn fetch(
         (None, Ok(tag @ ImageRef::Tag { .. })) => vec![tag],
         _ => Vec::new(),
     };
-    let (client, first) = connect(&parsed, opts, &place).await.map_err(failed)?;
+    let (conn, first) = connect(&parsed, opts, &place).await.map_err(failed)?;
     let mut fetched = Fetched::default();
-    match fetch_blobs(store, &client, &parsed, opts, &place, first, &mut fetched).await {
+    match fetch_blobs(store, &conn, &parsed, opts, &place, first, &mut fetched).await {
         Ok(manifest) => Ok(FetchedImage {
             fetched,
             manifest,
@@ -266,13 +266,24 @@ pub fn names_registry(reference: &str) -> bool {
     }
 }
 
-/// A client for the registry over HTTPS, or plain HTTP when `plain`.
+/// Clients for the registry over HTTPS, or plain HTTP when `plain`.
 fn client(
     parsed: &Reference,
     opts: &PullOptions,
     place: &Place,
     plain: bool,
-) -> Result<Client, RegistryError> {
+) -> Result<Conn, RegistryError> {
+    let mut http = reqwest::Client::builder()
+        .read_timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(10));
+    for pem in &opts.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| place.err(format!("the registry's CA certificate: {e}")))?;
+        http = http.tls_certs_merge(certs);
+    }
+    let http = http
+        .build()
+        .map_err(|e| place.err(format!("setting up the client: {e}")))?;
     let registry = parsed.resolve_registry().to_owned();
     let protocol = if plain {
         ClientProtocol::HttpsExcept(vec![registry])
@@ -295,7 +306,13 @@ fn client(
         connect_timeout: Some(Duration::from_secs(10)),
         ..Default::default()
     };
-    Client::try_from(config).map_err(|e| place.err(format!("setting up the client: {e}")))
+    let oci =
+        Client::try_from(config).map_err(|e| place.err(format!("setting up the client: {e}")))?;
+    Ok(Conn {
+        oci,
+        http,
+        scheme: if plain { "http" } else { "https" },
+    })
 }
 
 /// Asks for the manifest over HTTPS; where plain HTTP is allowed (an insecure registry,
@@ -305,7 +322,7 @@ async fn connect(
     parsed: &Reference,
     opts: &PullOptions,
     place: &Place,
-) -> Result<(Client, (Vec<u8>, Digest)), RegistryError> {
+) -> Result<(Conn, (Vec<u8>, Digest)), RegistryError> {
     let https = client(parsed, opts, place, false)?;
     let tried = manifest(&https, parsed, opts, place, parsed.digest()).await;
     let plain_allowed = opts.insecure || is_loopback(parsed.resolve_registry());
@@ -350,7 +367,7 @@ impl From<RegistryError> for Fault {
 /// the manifest's digest.
 async fn fetch_blobs(
     store: &ImageStore,
-    client: &Client,
+    conn: &Conn,
     parsed: &Reference,
     opts: &PullOptions,
     place: &Place,
@@ -374,7 +391,7 @@ async fn fetch_blobs(
             parsed.repository().to_owned(),
             want.clone(),
         );
-        let (bytes, got) = manifest(client, &by_digest, opts, place, Some(&want))
+        let (bytes, got) = manifest(conn, &by_digest, opts, place, Some(&want))
             .await
             .map_err(|f| f.into_error(place))?;
         if bytes.len() as u64 != chosen.size() {
@@ -414,8 +431,15 @@ async fn fetch_blobs(
     // The config first: its diff ids say what each layer unpacks to.
     let config_blob = parse_blob_digest(&config_digest, place)?;
     if !store.blobs().contains(&config_blob) {
-        let (file, expected) =
-            download(client, &by_digest, &descriptor(config), store, place, opts).await?;
+        let (file, expected) = download(
+            &conn.oci,
+            &by_digest,
+            &descriptor(config),
+            store,
+            place,
+            opts,
+        )
+        .await?;
         store
             .keep_fetched_hashed(fetched, file.path(), &expected)
             .map_err(|e| place.blob_err(&config_digest, e))?;
@@ -441,7 +465,7 @@ async fn fetch_blobs(
         })
         .collect::<Result<_, RegistryError>>()?;
     fetch_and_unpack(
-        store, client, &by_digest, opts, place, layers, diff_ids, fetched,
+        store, &conn.oci, &by_digest, opts, place, layers, diff_ids, fetched,
     )
     .await?;
     store
@@ -592,10 +616,19 @@ fn is_index(bytes: &[u8]) -> bool {
     })
 }
 
-/// Fetches a manifest or index and checks it against its digest: the one asked for, and
-/// the one the registry names in its answer.
+/// How the registry is reached: oci-client for auth and blobs, and a plain reqwest
+/// client (same TLS roots, timeouts and redirect rules) for manifests, whose bodies it
+/// reads with a cap: oci-client would read an endless one into memory.
+pub(crate) struct Conn {
+    oci: Client,
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+/// Fetches a manifest or index, at most [`MAX_DOCUMENT`] bytes, and checks it against
+/// its digest: the one asked for, and the one the registry names in its answer.
 async fn manifest(
-    client: &Client,
+    conn: &Conn,
     reference: &Reference,
     opts: &PullOptions,
     place: &Place,
@@ -606,30 +639,69 @@ async fn manifest(
         IMAGE_MANIFEST_MEDIA_TYPE,
         OCI_IMAGE_INDEX_MEDIA_TYPE,
         IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-    ];
-    let (bytes, said) = client
-        .pull_manifest_raw(reference, &opts.auth, &accepted)
+    ]
+    .join(", ");
+    let what = format!("fetching the manifest of {reference}");
+    let transport = |e: &reqwest::Error| e.is_connect() || e.is_timeout();
+    // Asks for a token when the registry wants one (the bearer flow), as blobs will.
+    let token = conn
+        .oci
+        .auth(reference, &opts.auth, oci_client::RegistryOperation::Pull)
         .await
-        .map_err(|e| {
-            let why = format!("fetching the manifest of {reference}: {e}");
-            let transport = match &e {
-                oci_client::errors::OciDistributionError::RequestError(r) => {
-                    r.is_connect() || r.is_timeout()
-                }
-                _ => false,
-            };
-            if transport {
-                Fault::Transport(why)
-            } else {
-                Fault::Other(place.err(why))
+        .map_err(|e| match &e {
+            oci_client::errors::OciDistributionError::RequestError(r) if transport(r) => {
+                Fault::Transport(format!("{what}: {e}"))
             }
+            _ => Fault::Other(place.err(format!("{what}: {e}"))),
         })?;
-    if bytes.len() as u64 > MAX_DOCUMENT {
+    let target = reference.digest().or(reference.tag()).unwrap_or("latest");
+    let url = format!(
+        "{}://{}/v2/{}/manifests/{target}",
+        conn.scheme,
+        reference.resolve_registry(),
+        reference.repository()
+    );
+    let mut request = conn
+        .http
+        .get(&url)
+        .header(reqwest::header::ACCEPT, accepted);
+    request = match (token, &opts.auth) {
+        (Some(token), _) => request.bearer_auth(token),
+        (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+        (None, _) => request,
+    };
+    let response = request.send().await.map_err(|e| {
+        if transport(&e) {
+            Fault::Transport(format!("{what}: {e}"))
+        } else {
+            Fault::Other(place.err(format!("{what}: {e}")))
+        }
+    })?;
+    let status = response.status();
+    let said = response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| place.err(format!("{what}: {e}")))?;
+        body.extend_from_slice(&chunk);
+        if body.len() as u64 > MAX_DOCUMENT {
+            return Err(place
+                .err(format!("{what}: longer than {MAX_DOCUMENT} bytes: refused"))
+                .into());
+        }
+    }
+    if !status.is_success() {
+        let excerpt = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
         return Err(place
-            .err(format!("the manifest of {reference} is too large"))
+            .err(format!("{what}: {status}: {}", excerpt.trim()))
             .into());
     }
-    let digest = sha256(&bytes);
+    let digest = sha256(&body);
     for claimed in want
         .into_iter()
         .chain((!said.is_empty()).then_some(said.as_str()))
@@ -643,7 +715,7 @@ async fn manifest(
                 .into());
         }
     }
-    Ok((bytes.to_vec(), digest))
+    Ok((body, digest))
 }
 
 /// Streams one blob to a scratch file, refusing it as soon as it runs past its size, and

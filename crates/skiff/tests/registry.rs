@@ -282,7 +282,10 @@ fn a_deploy_pulls_its_image_and_its_revision_keeps_the_digest_the_tag_had() {
     assert_eq!(detail["revisions"][0]["spec"]["image"], name.as_str());
     // Export shows the tag and what it resolved to; the digest alone deploys too.
     let exported = d.ok(&["export", "app"]);
-    let digest = detail["revisions"][0]["image_digest"].as_str().unwrap().to_owned();
+    let digest = detail["revisions"][0]["image_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(
         exported.contains(&format!("skiff.dev/image-digest: {digest}"))
             && exported.contains(&format!("image: {name}")),
@@ -353,6 +356,8 @@ enum Lie {
     Endless,
     /// Serves exactly the bytes the manifest names, but they are not a tar archive.
     NotATar,
+    /// A manifest without end.
+    EndlessManifest,
     /// Drops the connection a thousand bytes into the layer, once; serves the rest of a
     /// ranged request (206).
     DropsOnce,
@@ -449,6 +454,14 @@ fn serve(
         };
         if path == "/v2/" {
             send(&mut out, "application/json", b"{}", 2)?;
+        } else if path.starts_with("/v2/evil/manifests/") && matches!(lie, Lie::EndlessManifest) {
+            write!(out, "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\ntransfer-encoding: chunked\r\n\r\n")?;
+            let chunk = vec![b' '; 65536];
+            loop {
+                write!(out, "{:x}\r\n", chunk.len())?;
+                out.write_all(&chunk)?;
+                out.write_all(b"\r\n")?;
+            }
         } else if path.starts_with("/v2/evil/manifests/") {
             send(
                 &mut out,
@@ -465,7 +478,7 @@ fn serve(
             )?;
         } else if path == format!("/v2/evil/blobs/{}", layer.0) {
             match lie {
-                Lie::NotATar => {
+                Lie::NotATar | Lie::EndlessManifest => {
                     send(&mut out, "application/octet-stream", layer.1, layer.1.len())?;
                 }
                 Lie::DropsOnce => match range {
@@ -645,6 +658,21 @@ fn a_registry_behind_tls_and_basic_auth_is_pulled_from_after_login() {
         listed.contains(&registry.addr) && !listed.contains("s3cret"),
         "{listed}"
     );
+}
+
+#[test]
+fn an_endless_manifest_is_cut_off() {
+    let d = Daemon::start(&[]);
+    let addr = hostile_registry(Lie::EndlessManifest);
+    let t0 = Instant::now();
+    let out = d.cli(&["image", "pull", &format!("{addr}/evil:1")]);
+    assert!(!out.status.success());
+    let err = daemon::stderr(&out);
+    assert!(
+        err.contains(&format!("{addr}/evil: fetching the manifest")) && err.contains("longer than"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
 }
 
 #[test]
