@@ -322,7 +322,9 @@ fn an_image_pushed_with_skopeo_is_pulled_deployed_and_served() {
     let name = format!("{}/team/hello:1", registry.addr);
     let listed = d.json(&["image", "pull", &name]);
     assert_eq!(listed[0]["tags"], serde_json::json!([name]), "{listed}");
-    d.ok(&["deploy", "pulled", "--image", &name]);
+    // Deployed without a first instance: the request below starts it, from zero.
+    d.ok(&["deploy", "pulled", "--image", &name, "--initial-instances", "0"]);
+    assert_eq!(d.ready("pulled"), 0);
     let r = d.get("pulled", "/");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().starts_with("hello from pulled-"), "{}", r.text());
