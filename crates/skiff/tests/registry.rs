@@ -323,7 +323,14 @@ fn an_image_pushed_with_skopeo_is_pulled_deployed_and_served() {
     let listed = d.json(&["image", "pull", &name]);
     assert_eq!(listed[0]["tags"], serde_json::json!([name]), "{listed}");
     // Deployed without a first instance: the request below starts it, from zero.
-    d.ok(&["deploy", "pulled", "--image", &name, "--initial-instances", "0"]);
+    d.ok(&[
+        "deploy",
+        "pulled",
+        "--image",
+        &name,
+        "--initial-instances",
+        "0",
+    ]);
     assert_eq!(d.ready("pulled"), 0);
     let r = d.get("pulled", "/");
     assert_eq!(r.status, 200, "{}", r.text());
