@@ -1180,3 +1180,46 @@ fn the_registry_api_takes_monolithic_uploads_mounts_lists_tags_and_refuses_bad_d
         String::from_utf8_lossy(&body)
     );
 }
+
+#[test]
+fn the_built_in_registry_serves_tls_when_given_a_certificate() {
+    let work = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(work.path());
+    let d = Daemon::start(&[
+        "--registry-cert",
+        cert.to_str().unwrap(),
+        "--registry-key",
+        key.to_str().unwrap(),
+    ]);
+    // skopeo trusts the CA from a directory of certificates, as Docker's certs.d.
+    let certs = work.path().join("certs.d");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    let archive = versioned_archive(work.path(), 9);
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "-q",
+            "--dest-cert-dir",
+            certs.to_str().unwrap(),
+            "--dest-creds",
+            &format!("x:{}", registry_token(&d)),
+            &format!("docker-archive:{}", archive.display()),
+            &format!("docker://{}/tls/app:1", d.registry),
+        ],
+    );
+    d.ok(&["deploy", "over-tls", "--image", "tls/app:1"]);
+    assert_eq!(version_of(&d, "over-tls"), "9");
+    // Plain HTTP gets no HTTP answer from it.
+    let mut s = TcpStream::connect(&d.registry).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}

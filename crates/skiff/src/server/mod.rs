@@ -74,6 +74,12 @@ pub struct ServerArgs {
     /// Serve no registry.
     #[arg(long)]
     no_registry: bool,
+    /// Serve the registry over TLS with this certificate chain (PEM)…
+    #[arg(long, value_name = "FILE", requires = "registry_key")]
+    registry_cert: Option<PathBuf>,
+    /// …and this private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "registry_cert")]
+    registry_key: Option<PathBuf>,
     #[command(flatten)]
     scaling: scaling::ScalingArgs,
 }
@@ -143,14 +149,25 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
 
     let registry_task = match (registry_listener, &registry_addr) {
         (Some(listener), Some(addr)) => {
-            let hosted = skiff_registry::Hosted::new(home.images()?, home.db()?, addr.clone());
+            let hosted = Arc::new(skiff_registry::Hosted::new(
+                home.images()?,
+                home.db()?,
+                addr.clone(),
+            ));
             let token = registry::token(&home.root)?;
-            Some(tokio::spawn(registry::serve(
-                Arc::new(hosted),
-                token,
-                listener,
-                stop_rx.clone(),
-            )))
+            Some(match (&args.registry_cert, &args.registry_key) {
+                (Some(cert), Some(key)) => {
+                    let tls = registry::tls_config(cert, key)?;
+                    tokio::spawn(registry::serve_tls(
+                        hosted,
+                        token,
+                        listener,
+                        tls,
+                        stop_rx.clone(),
+                    ))
+                }
+                _ => tokio::spawn(registry::serve(hosted, token, listener, stop_rx.clone())),
+            })
         }
         _ => None,
     };
