@@ -197,6 +197,7 @@ impl Router {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Receiver<()>)> {
         let threads = threads.clamp(1, upstream::ROUTER_THREADS_MAX - 1);
+        ensure_port_free(addr)?;
         let first = reuseport_listener(addr)?;
         let bound = first.local_addr()?;
         let mut listeners = vec![first];
@@ -271,6 +272,30 @@ impl Router {
                 (tail.eq_ignore_ascii_case(suffix) && !service.contains('.')).then_some(service)
             })
     }
+}
+
+/// Fails when another socket listens on `addr`. The router's threads share their port
+/// through SO_REUSEPORT, which the kernel grants to any process of the same user: without
+/// this check a second daemon would join the group and take half the connections. A bind
+/// without SO_REUSEPORT conflicts with any listener there (and tolerates TIME_WAIT).
+fn ensure_port_free(addr: SocketAddr) -> std::io::Result<()> {
+    use rustix::net::{sockopt, AddressFamily, SocketFlags, SocketType};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let probe = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_reuseaddr(&probe, true)?;
+    rustix::net::bind(&probe, &addr).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{addr} is in use by another process ({e})"),
+        )
+    })
 }
 
 /// A non-blocking listening socket on `addr` with SO_REUSEADDR and SO_REUSEPORT.

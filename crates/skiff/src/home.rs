@@ -36,6 +36,41 @@ impl Home {
             .with_context(|| format!("opening image store in {}", self.root.display()))
     }
 
+    /// Claims the data directory for this daemon: an exclusive lock on `daemon.lock`
+    /// (holding its pid), kept as long as the returned file lives. A second daemon on the
+    /// same directory would share its database and its ports' traffic.
+    pub fn lock_for_daemon(&self) -> anyhow::Result<std::fs::File> {
+        use std::io::{Read, Seek, Write};
+        self.ensure()?;
+        let path = self.root.join("daemon.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                anyhow::bail!(
+                    "data directory {} is used by another skiff daemon (pid {}, holding {})",
+                    self.root.display(),
+                    holder.trim(),
+                    path.display()
+                );
+            }
+            Err(e) => return Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(file)
+    }
+
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
     }

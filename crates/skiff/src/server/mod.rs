@@ -96,6 +96,8 @@ pub fn run(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<i32>
 }
 
 async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
+    // First of all: nothing else may touch a directory another daemon runs on.
+    let _lock = home.lock_for_daemon()?;
     let mut db = home.db()?;
     let images = home.images()?;
     let sandbox = Arc::new(Sandbox::new().context("preparing the sandbox runtime")?);
