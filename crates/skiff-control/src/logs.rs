@@ -66,6 +66,9 @@ pub fn collect(
     service: &str,
     since: Option<&str>,
 ) -> Result<(Vec<LogLine>, HashMap<String, u64>), ControlError> {
+    if ctl.db().service(service)?.is_none() {
+        return Err(ControlError::no_service(service));
+    }
     let instances = ctl.db().service_instances(service)?;
     let mut out = Vec::new();
     let mut offsets = HashMap::new();

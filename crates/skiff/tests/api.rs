@@ -42,3 +42,14 @@ fn the_api_serves_the_documented_methods_and_refuses_the_others() {
     let unknown = d.api("GET", "/v1/nothing", "", "");
     assert!(unknown.contains("no such API endpoint"), "{unknown}");
 }
+
+#[test]
+fn the_logs_of_a_service_that_does_not_exist_are_a_404() {
+    let d = Daemon::start(&[]);
+    let answer = d.api("GET", "/v1/services/nope/logs", "", "");
+    assert_eq!(status(&answer), 404, "{answer}");
+    assert!(answer.contains("no such service: nope"), "{answer}");
+    d.deploy_hello("yes", &[]);
+    let answer = d.api("GET", "/v1/services/yes/logs", "", "");
+    assert_eq!(status(&answer), 200, "{answer}");
+}
