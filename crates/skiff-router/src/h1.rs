@@ -115,6 +115,8 @@ pub struct Head {
     content_length: Option<u64>,
     chunked: bool,
     other_coding: bool,
+    /// A Transfer-Encoding field was there at all (an empty one included).
+    transfer_encoding: bool,
     conflicting_length: bool,
     host: Option<Range<usize>>,
     hosts: u8,
@@ -226,6 +228,7 @@ impl Head {
                 }
             }
             Field::TransferEncoding => {
+                self.transfer_encoding = true;
                 for coding in value.split(|&b| b == b',').map(trim) {
                     if coding.is_empty() {
                         continue;
@@ -308,19 +311,29 @@ impl Head {
         if self.hosts > 1 {
             return Err(HeadError::Framing("more than one Host header"));
         }
-        if self.minor_version == 1
-            && self.hosts == 0
-            && absolute_form(&buf[self.target.clone()]).is_none()
-        {
+        // RFC 9112 3.2: HTTP/1.1 requests carry Host, absolute-form ones too.
+        if self.minor_version == 1 && self.hosts == 0 {
             return Err(HeadError::Framing("HTTP/1.1 request without a Host header"));
         }
         if self.method(buf) == b"CONNECT" {
             return Err(HeadError::Framing("CONNECT is not supported"));
         }
+        let target = &buf[self.target.clone()];
+        if target == b"*" && self.method(buf) != b"OPTIONS" {
+            return Err(HeadError::Framing("the * target is only for OPTIONS"));
+        }
+        if target != b"*" && !target.starts_with(b"/") && absolute_form(target).is_none() {
+            return Err(HeadError::Framing(
+                "a target that is neither a path nor absolute (authority-form is for CONNECT)",
+            ));
+        }
         if self.conflicting_length {
             return Err(HeadError::Framing("invalid or conflicting Content-Length"));
         }
-        if self.chunked || self.other_coding {
+        if self.transfer_encoding && !self.chunked && !self.other_coding {
+            return Err(HeadError::Framing("an empty Transfer-Encoding"));
+        }
+        if self.chunked || self.other_coding || self.transfer_encoding {
             if self.content_length.is_some() {
                 return Err(HeadError::Framing(
                     "both Content-Length and Transfer-Encoding",
@@ -483,9 +496,14 @@ impl<'a> Joined<'a> {
 /// request id, and the framing.
 pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forwarding<'_>) {
     let target = &buf[head.target.clone()];
-    let path = absolute_form(target).map_or(target, |(_, path)| path);
+    let absolute = absolute_form(target);
+    let path = absolute.map_or(target, |(_, path)| path);
     out.extend_from_slice(head.method(buf));
     out.push(b' ');
+    // `http://a?q=1` names the path `/` (RFC 9112 3.2.2).
+    if path.starts_with(b"?") {
+        out.push(b'/');
+    }
     out.extend_from_slice(path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded_for = Joined::default();
@@ -496,11 +514,14 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forw
             Field::Forwarded => forwarded.push(value),
             Field::XForwardedSet | Field::XRequestId => {}
             Field::Expect if head.expect_continue => {}
+            // An absolute-form target names the host: the request is routed by it, and the
+            // Host field sent on is made from it, not the client's (RFC 9112 3.2.2).
+            Field::Host if absolute.is_some() => {}
             _ => field(out, name, value),
         }
     }
     let host = head.host(buf);
-    if head.hosts == 0 {
+    if head.hosts == 0 || absolute.is_some() {
         if let Some(host) = host {
             field(out, b"host", host);
         }
@@ -700,7 +721,7 @@ mod tests {
     #[test]
     fn hop_by_hop_fields_go_and_proxy_fields_are_set() {
         let out = forwarded(
-            "GET http://hello.localhost:8080/p?q=1 HTTP/1.1\r\nConnection: keep-alive, x-secret\r\n\
+            "GET http://hello.localhost:8080/p?q=1 HTTP/1.1\r\nHost: evil\r\nConnection: keep-alive, x-secret\r\n\
              X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nX-App: kept\r\n\
              X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Host: evil\r\nX-Request-Id: client\r\n\r\n",
         );
@@ -710,6 +731,49 @@ mod tests {
              forwarded: for=10.1.2.3;host=\"hello.localhost:8080\";proto=http\r\n\
              x-forwarded-for: 192.0.2.1, 10.1.2.3\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: hello.localhost:8080\r\nx-request-id: rid\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn targets_are_checked_and_an_absolute_one_is_forwarded_as_rfc_9112_says() {
+        let out = forwarded("GET http://a.localhost?q=1 HTTP/1.1\r\nHost: evil\r\n\r\n");
+        assert!(
+            out.starts_with("GET /?q=1 HTTP/1.1\r\nhost: a.localhost\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("evil"), "{out}");
+        let refused = |raw: &str| {
+            let (buf, head) = request(raw);
+            match head.request_body(&buf) {
+                Err(HeadError::Framing(why)) => why,
+                other => panic!("{raw:?} accepted: {other:?}"),
+            }
+        };
+        assert!(refused("GET http://a.localhost/ HTTP/1.1\r\n\r\n").contains("without a Host"));
+        assert!(refused("GET * HTTP/1.1\r\nHost: a\r\n\r\n").contains("only for OPTIONS"));
+        assert!(
+            refused("GET a.localhost:80 HTTP/1.1\r\nHost: a\r\n\r\n").contains("authority-form")
+        );
+        let (buf, head) = request("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(head.request_body(&buf).is_ok());
+    }
+
+    #[test]
+    fn an_empty_transfer_encoding_is_no_way_around_the_te_cl_refusal() {
+        for te in ["", ",", " , "] {
+            let raw = format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\nContent-Length: 3\r\n\r\nabc"
+            );
+            let (buf, head) = request(&raw);
+            assert!(
+                head.request_body(&buf).is_err(),
+                "TE {te:?} with CL accepted"
+            );
+        }
+        let (buf, head) = request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n");
+        assert!(
+            head.request_body(&buf).is_err(),
+            "an empty TE alone accepted"
         );
     }
 
