@@ -296,9 +296,10 @@ impl Head {
         self.has_upgrade && self.upgrade_token
     }
 
-    /// Whether the client waits for `100 Continue` before sending its body.
+    /// Whether the client waits for `100 Continue` before sending its body. An HTTP/1.0
+    /// client never gets one (RFC 9110 10.1.1: the expectation is ignored).
     pub fn expects_continue(&self) -> bool {
-        self.expect_continue
+        self.expect_continue && self.minor_version >= 1
     }
 
     /// Whether the connection may carry another message after this one.
@@ -517,6 +518,9 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forw
             // An absolute-form target names the host: the request is routed by it, and the
             // Host field sent on is made from it, not the client's (RFC 9112 3.2.2).
             Field::Host if absolute.is_some() => {}
+            // CGI and WSGI apps read `X_Forwarded_For` and `X-Forwarded-For` as one
+            // variable: a client could forge the proxy's own fields with underscores.
+            _ if name.contains(&b'_') => {}
             _ => field(out, name, value),
         }
     }
@@ -775,6 +779,26 @@ mod tests {
             head.request_body(&buf).is_err(),
             "an empty TE alone accepted"
         );
+    }
+
+    #[test]
+    fn field_names_with_underscores_are_not_forwarded() {
+        let out = forwarded(
+            "GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\nX-Real_IP: 6.6.6.6\r\nX-Ok: 1\r\n\r\n",
+        );
+        assert!(!out.contains("6.6.6.6"), "{out}");
+        assert!(out.contains("X-Ok: 1\r\n"), "{out}");
+    }
+
+    #[test]
+    fn an_http_1_0_client_gets_no_100_continue() {
+        let (_, old) =
+            request("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(!old.expects_continue());
+        let (_, new) = request(
+            "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        );
+        assert!(new.expects_continue());
     }
 
     #[test]
