@@ -34,6 +34,12 @@ pub enum StoreError {
     /// A query failed.
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A file beside the database could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The database was written by a newer skiff.
     #[error("database {path} has schema version {found}, newer than this skiff knows ({known}); upgrade skiff")]
     TooNew {
@@ -114,6 +120,39 @@ impl Store {
             .map_err(open_err)?;
         migrations::migrate(&mut conn, path)?;
         Ok(Store { conn })
+    }
+
+    /// Moves everything in the write-ahead log into the database file and empties the
+    /// log, so the file alone is the whole state (a clean shutdown does this).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Writes a consistent copy of the database to `dest` with SQLite's online backup,
+    /// while others keep using it; through a temporary file renamed into place, so a
+    /// failure leaves no half-written copy.
+    pub fn backup_to(&self, dest: &Path) -> Result<(), StoreError> {
+        let tmp = dest.with_extension("part");
+        let result = (|| {
+            let mut out = Connection::open(&tmp)?;
+            {
+                let backup = rusqlite::backup::Backup::new(&self.conn, &mut out)?;
+                backup.run_to_completion(256, Duration::ZERO, None)?;
+            }
+            // The copy is one self-contained file.
+            out.pragma_update(None, "journal_mode", "DELETE")?;
+            Ok::<(), rusqlite::Error>(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        std::fs::rename(&tmp, dest).map_err(|e| StoreError::Io {
+            path: dest.to_owned(),
+            source: e,
+        })
     }
 }
 

@@ -739,3 +739,38 @@ fn a_worker_killed_for_memory_shows_on_its_serving_instance() {
     let table = d.ok(&["describe", "hungry"]);
     assert!(table.contains("1 process(es) killed for memory"), "{table}");
 }
+
+#[test]
+fn a_clean_stop_leaves_the_whole_state_in_the_database_file_and_backup_copies_it_live() {
+    let mut d = Daemon::start(&[]);
+    d.deploy_hello("kept", &[]);
+    // A backup while the daemon runs is a complete database on its own.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.db");
+    d.ok(&["backup", copy.to_str().unwrap()]);
+    let names = |db: &std::path::Path| -> Vec<String> {
+        skiff_store::Store::open(db)
+            .unwrap()
+            .services()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    };
+    assert_eq!(names(&copy), ["kept"]);
+    assert!(
+        !d.cli(&["backup", copy.to_str().unwrap()]).status.success(),
+        "overwrote a file"
+    );
+    // After a clean stop the WAL is empty: the .db file alone holds the service.
+    d.stop();
+    let wal = d.home.path().join("skiff.db-wal");
+    assert_eq!(
+        std::fs::metadata(&wal).map_or(0, |m| m.len()),
+        0,
+        "WAL left full"
+    );
+    let alone = dir.path().join("alone.db");
+    std::fs::copy(d.home.path().join("skiff.db"), &alone).unwrap();
+    assert_eq!(names(&alone), ["kept"]);
+}

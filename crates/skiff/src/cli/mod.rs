@@ -12,6 +12,7 @@ mod service;
 mod traffic;
 
 use crate::home::Home;
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -47,6 +48,12 @@ pub enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Write a consistent copy of the database to FILE (SQLite's online backup; safe
+    /// while the daemon runs). Images and logs stay where they are.
+    Backup {
+        /// Where the copy goes (must not exist).
+        file: PathBuf,
+    },
     /// Credentials and settings for the registries images are pulled from.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
@@ -88,6 +95,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Image(cmd) => image::run(&home, cli.output, cmd).map(|()| 0),
         Command::Registry(cmd) => registry::run(&home, cli.output, cmd).map(|()| 0),
+        Command::Backup { file } => {
+            if file.exists() {
+                anyhow::bail!("{} exists; give a new file", file.display());
+            }
+            home.db()?
+                .backup_to(&file)
+                .with_context(|| format!("backing up the database to {}", file.display()))?;
+            println!("backed up the database to {}", file.display());
+            Ok(0)
+        }
         Command::Run(args) => run::run(&home, args),
         Command::Server(args) => crate::server::run(home, cli.socket, args),
         Command::Deploy(a) => service::deploy(&client(&cli.socket)?, cli.output, *a).map(|()| 0),

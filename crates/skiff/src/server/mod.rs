@@ -195,6 +195,13 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         let _ = task.await;
     }
     let _ = std::fs::remove_file(&socket);
+    // The database file alone is then the whole state (a copy of it is a backup).
+    if let Err(e) = home
+        .db()
+        .and_then(|db| db.checkpoint().map_err(anyhow::Error::from))
+    {
+        eprintln!("skiff server: checkpointing the database: {e:#}");
+    }
     eprintln!("skiff server: stopped");
     Ok(())
 }
