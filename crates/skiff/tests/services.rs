@@ -774,3 +774,27 @@ fn a_clean_stop_leaves_the_whole_state_in_the_database_file_and_backup_copies_it
     std::fs::copy(d.home.path().join("skiff.db"), &alone).unwrap();
     assert_eq!(names(&alone), ["kept"]);
 }
+
+#[test]
+fn sigterm_cuts_an_idle_websocket_at_the_drain_deadline() {
+    let mut d = Daemon::start(&["--drain-timeout", "2s"]);
+    d.deploy_hello("hello", &[]);
+    let mut ws = TcpStream::connect(("127.0.0.1", d.port)).unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: hello.localhost\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+          sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = [0u8; 12];
+    ws.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101");
+    // Idle, for as long as the service's 300 s timeout would allow: the drain ends it
+    // after 2 s; the instance then gets its stop grace (5 s in these tests).
+    let t = Instant::now();
+    assert_eq!(d.stop(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "stopped after {:?}",
+        t.elapsed()
+    );
+}

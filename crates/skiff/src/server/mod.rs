@@ -37,6 +37,10 @@ pub struct ServerArgs {
     /// Requests that may wait for an instance, per revision; past it: 429.
     #[arg(long, default_value_t = 1000)]
     queue_depth: usize,
+    /// How long a stopping daemon lets requests in flight (a stream, an idle WebSocket)
+    /// finish before it cuts them.
+    #[arg(long, default_value = "30s", value_parser = crate::launch::parse_duration)]
+    drain_timeout: Duration,
     /// Grace period between SIGTERM and SIGKILL when stopping an instance.
     #[arg(long, default_value = "10s", value_parser = crate::launch::parse_duration)]
     stop_timeout: Duration,
@@ -185,8 +189,19 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     wait_for_termination().await;
     eprintln!("skiff server: shutting down: finishing requests in flight");
     let _ = stop_tx.send(true);
-    let _ = ingress_done.await;
-    let _ = internal_done.await;
+    let drained = async {
+        let _ = ingress_done.await;
+        let _ = internal_done.await;
+    };
+    if tokio::time::timeout(args.drain_timeout, drained)
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "skiff server: requests still in flight after {:?}: cutting them",
+            args.drain_timeout
+        );
+    }
     eprintln!("skiff server: stopping instances");
     ctl.shutdown().await;
     network.remove();
