@@ -87,6 +87,18 @@ impl Control {
         } = req;
         validate_service_name(name)?;
         spec.validate()?;
+        if let Some(total) = host_memory() {
+            if spec.memory_bytes > total {
+                return Err(ControlError::invalid_spec(
+                    "memory",
+                    format!(
+                        "memory: {} MiB is more than this host has ({} MiB)",
+                        spec.memory_bytes >> 20,
+                        total >> 20
+                    ),
+                ));
+            }
+        }
         if let Some(chosen) = &chosen {
             if let Some(same) = self.named_revision(name, chosen, &spec)? {
                 return Ok(same);
@@ -329,4 +341,18 @@ impl Control {
             }
         }
     }
+}
+
+/// The host's memory (MemTotal), if /proc says.
+fn host_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib << 10)
 }

@@ -175,12 +175,21 @@ impl SpecPatch {
         if let Some(all) = &self.env {
             *env = all.clone();
         }
+        // Linear in the sizes of the list and the patch (a quadratic merge of a large
+        // request blocked the daemon for minutes): index the keys once.
         let key = |kv: &str| kv.split('=').next().unwrap_or_default().to_owned();
-        env.retain(|kv| !self.remove_env.contains(&key(kv)));
+        let removed: std::collections::HashSet<&str> =
+            self.remove_env.iter().map(String::as_str).collect();
+        env.retain(|kv| !removed.contains(key(kv).as_str()));
+        let mut at: std::collections::HashMap<String, usize> =
+            env.iter().enumerate().map(|(i, kv)| (key(kv), i)).collect();
         for kv in &self.update_env {
-            match env.iter_mut().find(|e| key(e) == key(kv)) {
-                Some(old) => old.clone_from(kv),
-                None => env.push(kv.clone()),
+            match at.get(&key(kv)) {
+                Some(&i) => env[i].clone_from(kv),
+                None => {
+                    at.insert(key(kv), env.len());
+                    env.push(kv.clone());
+                }
             }
         }
         Ok(())

@@ -183,6 +183,19 @@ impl ServiceSpec {
         if self.port == 0 {
             return bad("port", "must be 1-65535".into());
         }
+        if self.env.len() > MAX_ENV_ENTRIES {
+            return bad(
+                "env",
+                format!("{} entries: at most {MAX_ENV_ENTRIES}", self.env.len()),
+            );
+        }
+        let env_bytes: usize = self.env.iter().map(String::len).sum();
+        if env_bytes > MAX_ENV_BYTES {
+            return bad(
+                "env",
+                format!("{env_bytes} bytes in all: at most {MAX_ENV_BYTES}"),
+            );
+        }
         for kv in &self.env {
             let key = kv.split('=').next().unwrap_or_default();
             if !kv.contains('=') || key.is_empty() {
@@ -231,8 +244,19 @@ impl ServiceSpec {
         if self.memory_bytes < 4 << 20 {
             return bad("memory", "must be at least 4Mi".into());
         }
-        if self.cpu_millis == 0 {
-            return bad("cpu", "must be more than 0".into());
+        // The kernel's CFS quota is at least 1 ms per 100 ms period: 10 millicores.
+        if !(MIN_CPU_MILLIS..=MAX_CPU_MILLIS).contains(&self.cpu_millis) {
+            return bad(
+                "cpu",
+                format!(
+                    "{}m: must be between {MIN_CPU_MILLIS}m (the kernel's smallest quota) and {} cores",
+                    self.cpu_millis,
+                    MAX_CPU_MILLIS / 1000
+                ),
+            );
+        }
+        if self.memory_bytes > MAX_MEMORY_BYTES {
+            return bad("memory", "must be at most 16Ti".into());
         }
         if self.max_instances == 0 {
             return bad("max-instances", "must be at least 1".into());
@@ -288,6 +312,17 @@ impl ServiceSpec {
         Ok(())
     }
 }
+
+/// The smallest CPU limit the kernel can enforce (a 1 ms quota per 100 ms period).
+pub const MIN_CPU_MILLIS: u64 = 10;
+/// The largest CPU limit taken (1,000 cores).
+pub const MAX_CPU_MILLIS: u64 = 1_000_000;
+/// The largest memory limit taken.
+pub const MAX_MEMORY_BYTES: u64 = 16 << 40;
+/// Environment entries per revision (Cloud Run's limit).
+pub const MAX_ENV_ENTRIES: usize = 1000;
+/// All environment entries together, in bytes.
+pub const MAX_ENV_BYTES: usize = 256 << 10;
 
 /// Environment variables skiff sets itself (as Cloud Run and Knative do).
 pub const RESERVED_ENV: &[&str] = &["PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"];
@@ -353,6 +388,30 @@ pub fn revision_name(service: &str, generation: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_the_kernel_cannot_enforce_and_huge_environments_are_refused() {
+        let field = |tune: fn(&mut ServiceSpec)| {
+            let mut s = ServiceSpec::new("x");
+            tune(&mut s);
+            s.validate().map(|()| "").map_err(|e| e.field).unwrap_err()
+        };
+        assert_eq!(field(|s| s.cpu_millis = 1), "cpu");
+        assert_eq!(field(|s| s.cpu_millis = u64::MAX), "cpu");
+        assert_eq!(field(|s| s.memory_bytes = u64::MAX), "memory");
+        assert_eq!(
+            field(|s| s.env = (0..1001).map(|i| format!("K{i}=v")).collect()),
+            "env"
+        );
+        assert_eq!(
+            field(|s| s.env = vec![format!("BIG={}", "x".repeat(300 << 10))]),
+            "env"
+        );
+        let mut ok = ServiceSpec::new("x");
+        ok.cpu_millis = MIN_CPU_MILLIS;
+        ok.env = (0..1000).map(|i| format!("K{i}=v")).collect();
+        assert!(ok.validate().is_ok());
+    }
 
     #[test]
     fn revision_names_start_with_the_service() {

@@ -798,3 +798,19 @@ fn sigterm_cuts_an_idle_websocket_at_the_drain_deadline() {
         t.elapsed()
     );
 }
+
+#[test]
+fn specs_that_could_never_run_are_refused_at_deploy() {
+    let d = Daemon::start(&[]);
+    for (flags, says) in [
+        (&["--cpu", "1m"][..], "the kernel's smallest quota"),
+        (&["--memory", "1Ti"][..], "more than this host has"),
+    ] {
+        let mut args = vec!["deploy", "never", "--image", "hello"];
+        args.extend_from_slice(flags);
+        let out = d.cli(&args);
+        assert!(!out.status.success(), "{flags:?} deployed");
+        assert!(stderr(&out).contains(says), "{flags:?}: {}", stderr(&out));
+    }
+    assert_eq!(d.json(&["ls"]), serde_json::json!([]), "nothing half-made");
+}
