@@ -331,7 +331,12 @@ impl RevisionRunner {
     /// failure; returns the reason as recorded.
     fn record_failure(&self, id: &str, reason: &str) -> String {
         let tail = crate::logs::tail_messages(&self.ctl.log_path(id), FAILURE_LOG_LINES);
-        let reason = format!("instance {id} {reason}");
+        // Runtime errors name the instance already ("instance ID: …").
+        let reason = if reason.starts_with(&format!("instance {id}")) {
+            reason.to_owned()
+        } else {
+            format!("instance {id} {reason}")
+        };
         if let Err(e) = self
             .ctl
             .db()

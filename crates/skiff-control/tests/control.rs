@@ -855,3 +855,21 @@ async fn a_failing_exec_liveness_probe_restarts_the_instance_and_names_the_comma
         failure.reason
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_names_its_instance_once() {
+    let h = web(|_| {}).await;
+    h.rt.set(Behaviour::LaunchFails);
+    let _ = h.pool("web").acquire().await;
+    let mut reason = None;
+    for _ in 0..100 {
+        if let Some(f) = h.describe("web").await.unwrap().last_failure {
+            reason = Some(f.reason);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reason = reason.expect("a failure was recorded");
+    assert!(reason.contains("the fake runtime refuses"), "{reason}");
+    assert_eq!(reason.matches("instance ").count(), 1, "{reason}");
+}

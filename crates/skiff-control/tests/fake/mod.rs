@@ -148,7 +148,11 @@ impl PreparedInstance for FakePrepared {
     fn launch(self: Box<Self>) -> Result<Box<dyn RunningInstance>, RuntimeError> {
         let behaviour = self.rt.behaviour();
         if behaviour == Behaviour::LaunchFails {
-            return Err(RuntimeError::Failed("the fake runtime refuses".into()));
+            // Worded as the Linux runtime words its errors: naming the instance.
+            return Err(RuntimeError::Failed(format!(
+                "instance {}: the fake runtime refuses",
+                self.id
+            )));
         }
         self.rt.0.record(Call::Launch(self.id.clone()));
         self.rt.0.running.fetch_add(1, Ordering::SeqCst);
