@@ -30,6 +30,9 @@ pub enum ControlError {
         reason: String,
         log_tail: Option<String>,
     },
+    /// The request is larger than the control plane takes.
+    #[error("{0}")]
+    TooLarge(String),
     /// Something beyond the host failed: a registry an image is pulled from.
     #[error("{0}")]
     Upstream(String),
@@ -97,6 +100,7 @@ impl ControlError {
             ControlError::NotFound(_) => "not_found",
             ControlError::Conflict(_) => "conflict",
             ControlError::StartFailed { .. } => "start_failed",
+            ControlError::TooLarge(_) => "too_large",
             ControlError::Upstream(_) => "upstream",
             ControlError::Internal(_) => "internal",
         }

@@ -53,3 +53,28 @@ fn the_logs_of_a_service_that_does_not_exist_are_a_404() {
     let answer = d.api("GET", "/v1/services/yes/logs", "", "");
     assert_eq!(status(&answer), 200, "{answer}");
 }
+
+#[test]
+fn an_over_long_request_body_is_a_413() {
+    let d = Daemon::start(&[]);
+    let body = format!(
+        "{{\"patch\":{{\"image\":\"hello\",\"env\":[\"A={}\"]}}}}",
+        "x".repeat(3 << 20)
+    );
+    // The daemon answers before it has read it all: the rest of the write may fail.
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    let _ = write!(
+        s,
+        "PATCH /v1/services/big HTTP/1.1\r\nhost: skiff\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert_eq!(status(&answer), 413, "{}", &answer[..answer.len().min(300)]);
+    assert!(
+        answer.contains("too_large"),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+}

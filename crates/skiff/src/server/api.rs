@@ -49,6 +49,12 @@ impl From<ControlError> for ApiError {
 /// A body or query that is not the document the endpoint takes is the client's mistake.
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError(ControlError::TooLarge(format!(
+                "the request body is too large: {}",
+                e.body_text()
+            )));
+        }
         ApiError(ControlError::invalid_request(e.body_text()))
     }
 }
@@ -61,6 +67,7 @@ fn status_of(e: &ControlError) -> StatusCode {
         ControlError::NotFound(_) => StatusCode::NOT_FOUND,
         ControlError::Conflict(_) => StatusCode::CONFLICT,
         ControlError::StartFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ControlError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ControlError::Upstream(_) => StatusCode::BAD_GATEWAY,
         ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
