@@ -137,12 +137,17 @@ impl Runtime for LinuxRuntime {
         plan: InstancePlan,
     ) -> BoxFuture<'_, Result<Box<dyn PreparedInstance>, RuntimeError>> {
         let spec = self.sandbox_spec(&plan);
-        let policy = self.network.as_ref().map(|network| Policy {
-            network: Arc::clone(network),
-            instance: network.subnet().instance_addr(plan.slot),
-            mode: plan.revision.spec.egress,
-            rules: plan.revision.spec.egress_allow.clone(),
-        });
+        // The address the sandbox gives eth0, so the firewall names that very one.
+        let policy = self
+            .network
+            .as_ref()
+            .zip(spec.network)
+            .map(|(network, slot)| Policy {
+                network: Arc::clone(network),
+                instance: slot.instance_addr(),
+                mode: plan.revision.spec.egress,
+                rules: plan.revision.spec.egress_allow.clone(),
+            });
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             let gone = || {

@@ -75,11 +75,6 @@ impl Subnet {
         self.addr(2)
     }
 
-    /// The instance address of slot `n`.
-    pub fn instance_addr(&self, slot: u32) -> Ipv4Addr {
-        self.addr(slot * 4 + 2)
-    }
-
     fn tag(&self) -> String {
         format!("{:08x}", u32::from(self.base))
     }
@@ -294,7 +289,6 @@ mod tests {
         assert_eq!(s.slot_count(), 64);
         assert_eq!(s.service_addr(), Ipv4Addr::new(10, 90, 3, 1));
         assert_eq!(s.host_addr(), Ipv4Addr::new(10, 90, 3, 2));
-        assert_eq!(s.instance_addr(1), Ipv4Addr::new(10, 90, 3, 6));
         assert_eq!(s.to_string(), "10.90.3.0/24");
         for bad in [
             "10.90.3.0",

@@ -62,12 +62,7 @@ impl Registries {
     /// Reads skiff's file under `home`, then fills in registries it does not name from
     /// the Docker and containers auth files of this (root) user.
     pub fn load(home: &Path) -> Result<Registries, CredentialsError> {
-        let path = home.join(FILE);
-        let mut logins: BTreeMap<String, Login> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(&path, e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(err(&path, e)),
-        };
+        let mut logins = read_logins(&home.join(FILE))?;
         for file in auth_files() {
             for (host, login) in read_auth_file(&file) {
                 logins.entry(host).or_insert(login);
@@ -99,11 +94,7 @@ impl Registries {
         change: impl FnOnce(&mut BTreeMap<String, Login>),
     ) -> Result<(), CredentialsError> {
         let path = home.join(FILE);
-        let mut all: BTreeMap<String, Login> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(&path, e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(err(&path, e)),
-        };
+        let mut all = read_logins(&path)?;
         change(&mut all);
         let tmp = home.join(format!("{FILE}.tmp"));
         let mut file = std::fs::OpenOptions::new()
@@ -143,6 +134,15 @@ impl Registries {
     /// The registries skiff has settings for (names only).
     pub fn registries(&self) -> impl Iterator<Item = &str> {
         self.logins.keys().map(String::as_str)
+    }
+}
+
+/// skiff's own file of logins (none when it does not exist yet).
+fn read_logins(path: &Path) -> Result<BTreeMap<String, Login>, CredentialsError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| err(path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(err(path, e)),
     }
 }
 
