@@ -219,9 +219,7 @@ impl Hosted {
             .uploads()
             .remove(id)
             .ok_or_else(|| HostedError::UploadUnknown(id.to_owned()))?;
-        let got: Digest = format!("sha256:{:x}", upload.hash.finalize())
-            .parse()
-            .expect("a sha256 hex digest parses");
+        let got: Digest = Digest::from_sha256_bytes(&upload.hash.finalize().into());
         if got != expected {
             return Err(HostedError::DigestInvalid(format!(
                 "the upload hashes to {got}, not {expected}"
@@ -253,9 +251,7 @@ impl Hosted {
         if bytes.len() > MAX_MANIFEST {
             return Err(HostedError::ManifestInvalid("larger than 4 MiB".into()));
         }
-        let digest: Digest = format!("sha256:{:x}", Sha256::digest(bytes))
-            .parse()
-            .expect("a sha256 hex digest parses");
+        let digest: Digest = Digest::from_sha256_bytes(&Sha256::digest(bytes).into());
         let tags = if reference.starts_with("sha256:") {
             if parse_digest(reference)? != digest {
                 return Err(HostedError::DigestInvalid(format!(

@@ -128,9 +128,7 @@ impl Place {
 }
 
 fn sha256(bytes: &[u8]) -> Digest {
-    format!("sha256:{:x}", Sha256::digest(bytes))
-        .parse()
-        .expect("a sha256 hex digest parses")
+    Digest::from_sha256_bytes(&Sha256::digest(bytes).into())
 }
 
 /// Pulls `reference` (`[REGISTRY/]REPOSITORY[:TAG|@DIGEST]`) into `store` and lists it
@@ -822,9 +820,7 @@ async fn download(
     if count != size {
         return Err(place.blob_err(name, format!("truncated: {count} of {size} bytes")));
     }
-    let got: Digest = format!("sha256:{:x}", hash.finalize())
-        .parse()
-        .expect("a sha256 hex digest parses");
+    let got: Digest = Digest::from_sha256_bytes(&hash.finalize().into());
     if got != expected_digest {
         return Err(place.blob_err(name, format!("its content hashes to {got}")));
     }
