@@ -12,6 +12,7 @@ use crate::runtime::{
     BoxFuture, ExecProbe, ExitCheck, ExitStatus, InstancePlan, ListenersCheck, OomCounter,
     PreparedInstance, RunningInstance, Runtime, RuntimeError,
 };
+use skiff_kernel::descriptors;
 use skiff_net::ServiceNetwork;
 use skiff_router::{Target, Throttle};
 use skiff_sandbox::{Exit, Freezer, Instance, Limits, NetworkSlot, Prepared, Sandbox, SandboxSpec};
@@ -30,6 +31,8 @@ const EXIT_SETTLE: Duration = Duration::from_millis(200);
 /// One sandbox to prepare, with the egress policy to set first when it has a network.
 struct Job {
     spec: SandboxSpec,
+    /// Descriptors that must stay free after it (more for a sandbox prepared ahead).
+    reserve: u64,
     policy: Option<Policy>,
     reply: oneshot::Sender<Result<Prepared, String>>,
 }
@@ -43,6 +46,13 @@ struct Policy {
 
 impl Job {
     fn run(self, sandbox: &Sandbox) {
+        // Checked again here: preparations run side by side.
+        if let Err(e) = descriptors::check_headroom(self.reserve) {
+            let _ = self
+                .reply
+                .send(Err(format!("instance {}: {e}", self.spec.id)));
+            return;
+        }
         if let Some(p) = &self.policy {
             if let Err(e) = p.network.set_policy(p.instance, p.mode, &p.rules) {
                 let _ = self
@@ -54,7 +64,7 @@ impl Job {
         // If the asker is gone, dropping the sandbox removes it again.
         let _ = self
             .reply
-            .send(sandbox.prepare(&self.spec).map_err(|e| e.to_string()));
+            .send(sandbox.prepare(&self.spec).map_err(|e| explained(&e)));
     }
 }
 
@@ -131,12 +141,47 @@ impl LinuxRuntime {
     }
 }
 
+/// The error as people read it; when the kernel said the daemon is out of descriptors
+/// (the headroom check raced with other work), with which limit and what to do.
+fn explained(e: &skiff_sandbox::SandboxError) -> String {
+    let exhausted = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(descriptors::is_exhaustion);
+    if !exhausted {
+        return e.to_string();
+    }
+    let limit = descriptors::limit().soft;
+    format!(
+        "{e}: the daemon is out of file descriptors (RLIMIT_NOFILE {limit}); raise the \
+         limit (ulimit -n, systemd's LimitNOFILE=) or run fewer instances"
+    )
+}
+
+/// Descriptors an instance must leave free. An instance holds a dozen for its life: never
+/// the last ones, which accepting connections and opening the database need. Sandboxes
+/// prepared ahead stop at half the limit, so that they never crowd out instances that
+/// serve.
+fn descriptor_reserve(ahead: bool) -> u64 {
+    let limit = descriptors::limit().soft;
+    if ahead {
+        limit / 2
+    } else {
+        descriptors::reserve_for(limit)
+    }
+}
+
 impl Runtime for LinuxRuntime {
+    fn room_for_one(&self, ahead: bool) -> Result<(), RuntimeError> {
+        descriptors::check_headroom(descriptor_reserve(ahead))
+            .map_err(|e| RuntimeError::Failed(e.to_string()))
+    }
+
     fn prepare(
         &self,
         plan: InstancePlan,
     ) -> BoxFuture<'_, Result<Box<dyn PreparedInstance>, RuntimeError>> {
         let spec = self.sandbox_spec(&plan);
+        let reserve = descriptor_reserve(plan.ahead);
         // The address the sandbox gives eth0, so the firewall names that very one.
         let policy = self
             .network
@@ -158,6 +203,7 @@ impl Runtime for LinuxRuntime {
             };
             let job = Job {
                 spec,
+                reserve,
                 policy,
                 reply,
             };
@@ -190,7 +236,7 @@ impl PreparedInstance for LinuxPrepared {
         let instance = self
             .0
             .launch()
-            .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+            .map_err(|e| RuntimeError::Failed(explained(&e)))?;
         Ok(Box::new(LinuxRunning(instance)))
     }
 }

@@ -48,6 +48,8 @@ pub struct RevisionRunner {
     pub(crate) ctl: Arc<Control>,
     live: Mutex<HashMap<String, Live>>,
     pub(crate) failures_in_a_row: AtomicU32,
+    /// Failed preparations of the sandbox ahead in a row, and when the next may start.
+    pub(crate) prepare_backoff: Mutex<(skiff_core::Backoff, Option<std::time::Instant>)>,
     /// Instances kept regardless of demand (a deploy warming the new revision).
     pub(crate) warm_floor: AtomicU32,
     pub(crate) scaler: Mutex<Scaler>,
@@ -88,6 +90,7 @@ impl RevisionRunner {
             ctl,
             live: Mutex::new(HashMap::new()),
             failures_in_a_row: AtomicU32::new(0),
+            prepare_backoff: Mutex::new((crate::warm::PREPARE_BACKOFF, None)),
             warm_floor: AtomicU32::new(0),
             retired: watch::channel(false).0,
             events: watch::channel(0).0,

@@ -66,6 +66,9 @@ pub struct InstancePlan {
     pub revision: Arc<Revision>,
     /// Its network slot, unique among live instances (from [`Runtime::network_slots`]).
     pub slot: u32,
+    /// Prepared ahead of demand, to make the next cold start shorter: a cache, which
+    /// must leave room (descriptors, memory) for instances that serve requests.
+    pub ahead: bool,
 }
 
 /// Something that runs instances of revisions.
@@ -75,6 +78,12 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         plan: InstancePlan,
     ) -> BoxFuture<'_, Result<Box<dyn PreparedInstance>, RuntimeError>>;
+
+    /// Whether the host has room for one more instance (prepared `ahead` of demand, or
+    /// to start now), checked before anything is registered or made for it; why not.
+    fn room_for_one(&self, _ahead: bool) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 
     /// The network slots its instances may take (one each, while they live).
     fn network_slots(&self) -> std::ops::Range<u32> {

@@ -11,6 +11,7 @@ use crate::runtime::{
     ExecProbe, ExitCheck, ExitStatus, ListenersCheck, PreparedInstance, RunningInstance,
     RuntimeError,
 };
+use skiff_core::Backoff;
 use skiff_router::{upstream, Target, Throttle, Upstream};
 use skiff_store::ExitRecord;
 use std::sync::atomic::Ordering;
@@ -51,7 +52,7 @@ impl RevisionRunner {
         let t0 = Instant::now();
         let prepared = match prepared {
             Some(p) => Ok(p),
-            None => self.prepare_one(&id).await,
+            None => self.prepare_one(&id, false).await,
         };
         self.refill_prepared();
         let result = match prepared {
@@ -320,10 +321,13 @@ impl RevisionRunner {
 
     /// Records a failure with the log's tail and backs off before the next start.
     fn failed(&self, id: &str, reason: &str) {
-        let n = self.failures_in_a_row.fetch_add(1, Ordering::SeqCst);
-        let backoff = backoff_after(n + 1);
+        let n = self.failures_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
+        let backoff = backoff_after(n);
         let reason = self.record_failure(id, reason);
-        tracing::warn!(revision = %self.name(), "{reason}; next try in {backoff:?}");
+        // Each failure is in `describe`; the log gets each new step of a run.
+        if n.is_power_of_two() {
+            tracing::warn!(revision = %self.name(), "{reason}; next try in {backoff:?} ({n} failures in a row)");
+        }
         self.pool.fail_waiters(&reason, backoff);
     }
 
@@ -348,11 +352,12 @@ impl RevisionRunner {
     }
 }
 
+/// The backoff between starts of a failing revision.
+const START_BACKOFF: Backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+
 /// The wait before the next start after `failures` failures in a row: 1s, 2s, 4s, ... 30s.
 pub fn backoff_after(failures: u32) -> Duration {
-    FIRST_BACKOFF
-        .saturating_mul(1 << failures.saturating_sub(1).min(10))
-        .min(MAX_BACKOFF)
+    START_BACKOFF.wait_after(failures)
 }
 
 /// The runtime's throttle, recording in the instance's phase when it is frozen.

@@ -8,10 +8,24 @@ use crate::runner::{Live, RevisionRunner};
 use crate::runtime::{InstancePlan, PreparedInstance};
 use skiff_store::NewInstance;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Waits between failed preparations (a host out of descriptors or memory would
+/// otherwise be asked again on every tick of the loop).
+pub(crate) const PREPARE_BACKOFF: skiff_core::Backoff =
+    skiff_core::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 impl RevisionRunner {
-    /// Registers instance `id` and prepares its sandbox; on failure, why.
-    pub(crate) async fn prepare_one(&self, id: &str) -> Result<Box<dyn PreparedInstance>, String> {
+    /// Registers instance `id` and prepares its sandbox (`ahead` of demand, or for a
+    /// start now); on failure, why.
+    pub(crate) async fn prepare_one(
+        &self,
+        id: &str,
+        ahead: bool,
+    ) -> Result<Box<dyn PreparedInstance>, String> {
+        if let Err(e) = self.ctl.runtime.room_for_one(ahead) {
+            return Err(format!("instance {id}: {e}"));
+        }
         let log_path = self.ctl.log_path(id);
         let registered = self.ctl.db().create_instance(
             &NewInstance {
@@ -33,6 +47,7 @@ impl RevisionRunner {
             log_path,
             revision: Arc::clone(&self.revision),
             slot,
+            ahead,
         };
         match self.ctl.runtime.prepare(plan).await {
             Ok(p) => Ok(p),
@@ -47,10 +62,43 @@ impl RevisionRunner {
         self.ctl.config.prepare_sandboxes && !self.is_retired() && !self.ctl.is_shutting_down()
     }
 
+    fn prepare_backing_off(&self) -> bool {
+        let state = self
+            .prepare_backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        state
+            .1
+            .is_some_and(|not_before| crate::clock::now() < not_before)
+    }
+
+    /// Counts the outcome of a preparation; on failure, when the next may start.
+    fn prepare_done(&self, failure: Option<&str>, id: &str) {
+        let mut state = self
+            .prepare_backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(reason) = failure else {
+            state.0.succeed();
+            state.1 = None;
+            return;
+        };
+        let step = state.0.fail();
+        state.1 = Some(crate::clock::now() + step.wait);
+        if step.log {
+            tracing::warn!(
+                revision = %self.name(),
+                "preparing instance {id}: {reason}; next try in {:?} ({} failures in a row)",
+                step.wait,
+                step.failures
+            );
+        }
+    }
+
     /// Prepares the next instance's sandbox in the background, unless one is prepared or
     /// being prepared already.
     pub(crate) fn refill_prepared(self: &Arc<Self>) {
-        if !self.wants_prepared() {
+        if !self.wants_prepared() || self.prepare_backing_off() {
             return;
         }
         let id = {
@@ -78,8 +126,9 @@ impl RevisionRunner {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let _alive = me.ctl.alive();
-            match me.prepare_one(&id).await {
+            match me.prepare_one(&id, true).await {
                 Ok(p) => {
+                    me.prepare_done(None, &id);
                     if let Some(l) = me.live().get_mut(&id) {
                         let _ = l.phase.to(InstancePhase::Prepared, &id);
                         l.prepared = Some(p);
@@ -90,7 +139,7 @@ impl RevisionRunner {
                 }
                 Err(reason) => {
                     me.end(&id);
-                    tracing::warn!(revision = %me.name(), "preparing instance {id}: {reason}");
+                    me.prepare_done(Some(&reason), &id);
                 }
             }
         });

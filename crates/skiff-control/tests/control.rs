@@ -873,3 +873,34 @@ async fn a_failure_names_its_instance_once() {
     assert!(reason.contains("the fake runtime refuses"), "{reason}");
     assert_eq!(reason.matches("instance ").count(), 1, "{reason}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sandbox_that_cannot_be_prepared_is_retried_with_backoff_not_every_tick() {
+    let h = Harness::with(|c| c.prepare_sandboxes = true);
+    h.rt.set(Behaviour::PrepareFails);
+    h.deploy("web", spec(|_| {})).await.unwrap();
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let tries = h.rt.times(|c| matches!(c, Call::Prepare(_)));
+    // 1 + 2 + 4 + 8 + 16 + 30 s: the seventh try comes 61 s after the first.
+    assert!(
+        (5..=7).contains(&tries.len()),
+        "{} preparations in a minute (the loop ticks 600 times)",
+        tries.len()
+    );
+    for (n, pair) in tries.windows(2).enumerate() {
+        let want = backoff_after(n as u32 + 1);
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= want && gap < want + Duration::from_millis(500),
+            "try {} came {gap:?} after the one before; the back-off was {want:?}",
+            n + 2
+        );
+    }
+    h.rt.set(Behaviour::Healthy);
+    until(LONG, "a prepared sandbox once the host recovers", || {
+        h.rt.calls().len() > tries.len()
+    })
+    .await;
+    assert!(Instant::now() - start < Duration::from_secs(60 + 31));
+}

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod autoscaling;
+mod backoff;
 mod capability;
 mod digest;
 mod egress;
@@ -19,6 +20,7 @@ mod service;
 mod traffic;
 
 pub use autoscaling::Autoscaling;
+pub use backoff::{Backoff, Step};
 pub use capability::{canonical_capability, capability_mask, DEFAULT_CAPABILITIES};
 pub use digest::{Digest, DigestError};
 pub use egress::{

@@ -17,6 +17,7 @@
 //! marks, reads into uninitialised buffers) live in `skiff-kernel`.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 mod body;
 mod buffers;
 mod conn;
@@ -38,7 +39,6 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The ingress router. Cheap to clone; clones share the routing table.
@@ -158,17 +158,10 @@ impl Router {
         let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::pin!(shutdown);
+        let mut acceptor = accept::Acceptor::new("ingress", accept::OUT_OF_DESCRIPTORS_503);
         loop {
             let (stream, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, do not spin.
-                        tracing::warn!("ingress accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = acceptor.next(&listener) => accepted,
                 () = &mut shutdown => break,
             };
             let router = self.clone();

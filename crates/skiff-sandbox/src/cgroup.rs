@@ -2,10 +2,12 @@
 //! on v1 hosts, behind one type. On a hybrid host (v1 controllers plus an empty v2 mount)
 //! v1 is used, because that is where the controllers are.
 //!
-//! Instances go under `<parent>/skiff/<id>`. On v1 the parent is, per controller, the
-//! cgroup skiff itself runs in, so instances stay inside whatever limits skiff was given;
-//! on v2 it is the root (`/skiff`), because a v2 cgroup holding processes may not have
-//! children with controllers. `SKIFF_CGROUP_PARENT` overrides both.
+//! Instances go under `<parent>/skiff/<scope>/<id>`, the scope naming one data directory
+//! (so a daemon, on start, can remove whatever under its scope no live instance owns,
+//! without touching another daemon's). On v1 the parent is, per controller, the cgroup
+//! skiff itself runs in, so instances stay inside whatever limits skiff was given; on v2
+//! it is the root (`/skiff`), because a v2 cgroup holding processes may not have children
+//! with controllers. `SKIFF_CGROUP_PARENT` overrides both.
 
 use std::fs;
 use std::io;
@@ -114,45 +116,106 @@ fn own_path(text: &str, controller: &str) -> String {
     "/".to_owned()
 }
 
-impl Cgroup {
-    /// Where instance `id`'s cgroup lives: (v2?, directories).
-    fn locate(h: &Hierarchy, id: &str) -> (bool, Vec<PathBuf>) {
+/// Where one sandbox runtime's instances' cgroups go: `<parent>/skiff/<scope>/<id>`, one
+/// scope directory per hierarchy (one on v2). Resolved once, when the runtime starts: a
+/// failure to read `/proc/self/cgroup` later (out of descriptors) must not place
+/// instances anywhere else, such as the root of the memory hierarchy.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    v2: bool,
+    root: PathBuf,
+    scopes: Vec<PathBuf>,
+}
+
+impl Placement {
+    /// The scope directories for `scope` (a name of `[a-z0-9-]`) on hierarchy `h`.
+    pub fn resolve(h: &Hierarchy, scope: &str) -> io::Result<Placement> {
+        if skiff_core::validate_instance_id(scope).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid cgroup scope {scope:?}: want 1-32 of [a-z0-9-]"),
+            ));
+        }
         let parent_override = std::env::var("SKIFF_CGROUP_PARENT").ok();
+        let under = |dir: PathBuf, parent: &str| {
+            dir.join(parent.trim_start_matches('/'))
+                .join("skiff")
+                .join(scope)
+        };
         match h {
             Hierarchy::V2(root) => {
                 let parent = parent_override.unwrap_or_else(|| "/".to_owned());
-                let parent = root.join(parent.trim_start_matches('/'));
-                (true, vec![parent.join("skiff").join(id)])
+                Ok(Placement {
+                    v2: true,
+                    root: root.clone(),
+                    scopes: vec![under(root.clone(), &parent)],
+                })
             }
             Hierarchy::V1(root) => {
-                // Read once for every controller: this is on the cold-start path.
-                let own = match parent_override {
+                let own = match &parent_override {
                     Some(_) => String::new(),
-                    None => fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+                    None => fs::read_to_string("/proc/self/cgroup").map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("reading /proc/self/cgroup (where skiff runs): {e}"),
+                        )
+                    })?,
                 };
-                let dirs = V1_CONTROLLERS
+                let scopes = V1_CONTROLLERS
                     .iter()
                     .filter(|c| root.join(c).is_dir())
                     .map(|c| {
                         let parent = parent_override.clone().unwrap_or_else(|| own_path(&own, c));
-                        root.join(c)
-                            .join(parent.trim_start_matches('/'))
-                            .join("skiff")
-                            .join(id)
+                        under(root.join(c), &parent)
                     })
                     .collect();
-                (false, dirs)
+                Ok(Placement {
+                    v2: false,
+                    root: root.clone(),
+                    scopes,
+                })
             }
         }
     }
 
+    fn dirs_of(&self, id: &str) -> Vec<PathBuf> {
+        self.scopes.iter().map(|s| s.join(id)).collect()
+    }
+
+    /// Removes the scope directories that hold no instance cgroup any more.
+    pub fn remove_if_empty(&self) {
+        for s in &self.scopes {
+            let _ = fs::remove_dir(s);
+        }
+    }
+
+    /// The instance cgroups under the scope, in any hierarchy: what is there, whoever
+    /// left it.
+    pub fn instance_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .scopes
+            .iter()
+            .filter_map(|s| fs::read_dir(s).ok())
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| skiff_core::validate_instance_id(name).is_ok())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+impl Cgroup {
     /// Creates the cgroup for instance `id` with `limits`.
-    pub fn create(h: &Hierarchy, id: &str, limits: &Limits) -> io::Result<Cgroup> {
-        let (v2, dirs) = Self::locate(h, id);
-        if let (true, Hierarchy::V2(root)) = (v2, h) {
-            let skiff = dirs[0].parent().expect("has a parent");
-            fs::create_dir_all(skiff)?;
-            enable_v2_controllers(root, skiff)?;
+    pub fn create(at: &Placement, id: &str, limits: &Limits) -> io::Result<Cgroup> {
+        let (v2, dirs) = (at.v2, at.dirs_of(id));
+        if v2 {
+            let scope = &at.scopes[0];
+            fs::create_dir_all(scope)?;
+            enable_v2_controllers(&at.root, scope)?;
             fs::create_dir(&dirs[0])?;
         } else {
             for d in &dirs {
@@ -227,10 +290,9 @@ impl Cgroup {
 
     /// The cgroup instance `id` left behind, if any of its directories still exist (its
     /// supervisor died before cleaning up).
-    pub fn open_existing(h: &Hierarchy, id: &str) -> Option<Cgroup> {
-        let (v2, dirs) = Self::locate(h, id);
-        let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
-        (!dirs.is_empty()).then_some(Cgroup { v2, dirs })
+    pub fn open_existing(at: &Placement, id: &str) -> Option<Cgroup> {
+        let dirs: Vec<PathBuf> = at.dirs_of(id).into_iter().filter(|d| d.is_dir()).collect();
+        (!dirs.is_empty()).then_some(Cgroup { v2: at.v2, dirs })
     }
 
     /// Moves process `pid` into the cgroup (every controller's directory).

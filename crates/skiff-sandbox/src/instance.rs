@@ -72,19 +72,18 @@ impl Instance {
         self.probe.clone()
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: String,
         pid: i32,
+        pidfd: OwnedFd,
         cgroup: Cgroup,
         network: Option<NetworkSlot>,
         scratch: PathBuf,
         log_path: PathBuf,
         pump: JoinHandle<()>,
-    ) -> std::io::Result<Instance> {
-        let raw =
-            rustix::process::Pid::from_raw(pid).ok_or_else(|| std::io::Error::other("pid 0"))?;
-        let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())?;
-        Ok(Instance {
+    ) -> Instance {
+        Instance {
             id,
             pid,
             pidfd,
@@ -96,7 +95,7 @@ impl Instance {
             stop_signal: libc::SIGTERM,
             exit: None,
             probe: None,
-        })
+        }
     }
 
     /// Instance id.

@@ -28,7 +28,7 @@ mod probe;
 mod seccomp;
 mod spawn;
 
-pub use cgroup::{oom_kills_in, Cgroup, Hierarchy, Limits};
+pub use cgroup::{oom_kills_in, Cgroup, Hierarchy, Limits, Placement};
 pub use freezer::Freezer;
 pub use instance::{Exit, Instance};
 pub use logs::{rfc3339, rfc3339_now};
@@ -150,6 +150,8 @@ fn firewall_error(e: impl std::fmt::Display) -> SandboxError {
 /// The runtime: host facts discovered once (cgroup layout, the compiled seccomp filter).
 pub struct Sandbox {
     hierarchy: Hierarchy,
+    /// Where instances' cgroups go, resolved once.
+    placement: Placement,
     /// The host's side of what instances see at /sys/fs/cgroup, read once.
     host_cgroups: cgroupfs::HostCgroups,
     firewall: std::sync::OnceLock<Result<(), String>>,
@@ -158,9 +160,12 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Discovers the host's cgroup layout and compiles the seccomp filter.
-    pub fn new() -> Result<Sandbox, SandboxError> {
+    /// Discovers the host's cgroup layout and compiles the seccomp filter. Instances'
+    /// cgroups go in `scope` (one per data directory, `[a-z0-9-]`): see [`Placement`].
+    pub fn new(scope: &str) -> Result<Sandbox, SandboxError> {
         let hierarchy = Hierarchy::detect().map_err(|e| SandboxError::Host(e.to_string()))?;
+        let placement = Placement::resolve(&hierarchy, scope)
+            .map_err(|e| SandboxError::Host(format!("placing instances' cgroups: {e}")))?;
         let bytes = seccomp::default_filter_bpf().map_err(SandboxError::Host)?;
         let size = std::mem::size_of::<libc::sock_filter>();
         let seccomp = bytes
@@ -179,6 +184,7 @@ impl Sandbox {
         Ok(Sandbox {
             host_cgroups: cgroupfs::HostCgroups::read(&hierarchy),
             hierarchy,
+            placement,
             firewall: std::sync::OnceLock::new(),
             seccomp,
             last_cap,
@@ -221,7 +227,7 @@ impl Sandbox {
             return false;
         }
         let mut found = false;
-        if let Some(cg) = Cgroup::open_existing(&self.hierarchy, id) {
+        if let Some(cg) = Cgroup::open_existing(&self.placement, id) {
             found = true;
             cg.remove(std::time::Duration::from_secs(10));
         }
@@ -241,6 +247,41 @@ impl Sandbox {
     /// The cgroup layout in use.
     pub fn hierarchy(&self) -> &Hierarchy {
         &self.hierarchy
+    }
+
+    /// Where this runtime's instances' cgroups go.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Removes the scope's directories (cgroups, and the scratch directory `run_dir`) if
+    /// they are empty: a daemon that stopped cleanly leaves nothing in the cgroup tree.
+    pub fn remove_scope(&self, run_dir: &std::path::Path) {
+        self.placement.remove_if_empty();
+        let _ = std::fs::remove_dir(run_dir);
+    }
+
+    /// Reclaims every instance under this runtime's scope (cgroups) and in `run_dir`
+    /// (scratch directories) that `owned` does not name: the leftovers of a daemon that
+    /// died, whatever its rows say. Returns the ids reclaimed.
+    pub fn reclaim_unowned(
+        &self,
+        run_dir: &std::path::Path,
+        owned: &std::collections::HashSet<String>,
+    ) -> Vec<String> {
+        let mut ids = self.placement.instance_ids();
+        if let Ok(entries) = std::fs::read_dir(run_dir) {
+            ids.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok()),
+            );
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids.retain(|id| !owned.contains(id));
+        ids.retain(|id| self.reclaim(id, run_dir, None));
+        ids
     }
 }
 

@@ -131,7 +131,7 @@ impl Sandbox {
         };
 
         let plan_parts = self.plan_strings(spec, &scratch)?;
-        let cgroup = Cgroup::create(&self.hierarchy, id, &spec.limits)
+        let cgroup = Cgroup::create(&self.placement, id, &spec.limits)
             .map_err(prep("creating the cgroup"))?;
         cleanup.cgroup = Some(cgroup);
 
@@ -398,6 +398,12 @@ impl Prepared {
             let id = id.clone();
             move |source| SandboxError::Prepare { id, what, source }
         };
+        // Opened while the sandbox is still armed: if this fails, dropping it kills the
+        // child and removes its cgroup; after the app runs, nothing could.
+        let pidfd = rustix::process::Pid::from_raw(self.pid)
+            .ok_or(rustix::io::Errno::SRCH)
+            .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()))
+            .map_err(|e| prep("opening a pidfd")(std::io::Error::from(e)))?;
         // The child may already have failed and exited; its report is read below.
         if let Some(sync_w) = self.sync_w.take() {
             let _ = rustix::io::write(&sync_w, &[1]);
@@ -444,20 +450,18 @@ impl Prepared {
             .take()
             .expect("a prepared sandbox has its cgroup");
         self.armed = false;
-        Instance::new(
+        Ok(Instance::new(
             id.clone(),
             self.pid,
+            pidfd,
             cgroup,
             self.network,
             self.scratch.clone(),
             self.log_path.clone(),
             pump,
         )
-        .map(|i| {
-            i.stopping_with(self.stop_signal)
-                .probed_through(self.probe.take())
-        })
-        .map_err(prep("opening a pidfd"))
+        .stopping_with(self.stop_signal)
+        .probed_through(self.probe.take()))
     }
 }
 

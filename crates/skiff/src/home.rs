@@ -74,4 +74,21 @@ impl Home {
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
     }
+
+    /// This data directory's name among others on the host (`h` and 12 hex digits of
+    /// the SHA-256 of its canonical path): its instances' cgroups and scratch
+    /// directories go under it, so a daemon reclaims only what is its own.
+    pub fn scope(&self) -> String {
+        use sha2::Digest as _;
+        use std::os::unix::ffi::OsStrExt;
+        let canonical = std::fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        let hash = sha2::Sha256::digest(canonical.as_os_str().as_bytes());
+        let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+        format!("h{hex}")
+    }
+
+    /// Where this data directory's instances' scratch mount points go.
+    pub fn run_dir(&self) -> PathBuf {
+        std::path::Path::new(crate::launch::RUN_DIR).join(self.scope())
+    }
 }

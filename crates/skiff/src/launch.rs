@@ -62,6 +62,24 @@ pub fn reclaim_lost(db: &mut Store, sandbox: &Sandbox, run_dir: &Path) -> anyhow
     Ok(())
 }
 
+/// Reclaims every cgroup and scratch directory under this data directory's scope that
+/// no running instance owns: what a daemon killed mid-start left, or one whose row says
+/// it ended. Only for a daemon holding the data directory's lock (instances being made
+/// by another process would look unowned).
+pub fn reclaim_unowned(db: &Store, sandbox: &Sandbox, run_dir: &Path) -> anyhow::Result<()> {
+    let owned: std::collections::HashSet<String> =
+        db.running_instances()?.into_iter().map(|i| i.id).collect();
+    let reclaimed = sandbox.reclaim_unowned(run_dir, &owned);
+    if !reclaimed.is_empty() {
+        tracing::warn!(
+            "reclaimed the leftovers of {} instances no row owns: {}",
+            reclaimed.len(),
+            reclaimed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// A process's start time in clock ticks since boot (`/proc/PID/stat` field 22), or
 /// `None` if there is no such process.
 pub fn process_start_time(pid: u32) -> Option<u64> {

@@ -60,7 +60,7 @@ fn world() -> &'static World {
             home,
             images,
             image,
-            sandbox: Sandbox::new().unwrap(),
+            sandbox: Sandbox::new("sandbox-tests").unwrap(),
             db: Mutex::new(db),
         }
     })

@@ -27,6 +27,8 @@ pub enum Behaviour {
     Crashes,
     /// The runtime cannot start it.
     LaunchFails,
+    /// The runtime cannot even prepare its sandbox (as on a host out of descriptors).
+    PrepareFails,
 }
 
 /// What the runtime was asked to do.
@@ -127,6 +129,12 @@ impl Runtime for FakeRuntime {
         self.0.record(Call::Prepare(plan.id.clone()));
         let me = self.clone();
         Box::pin(async move {
+            if me.behaviour() == Behaviour::PrepareFails {
+                return Err(RuntimeError::Failed(format!(
+                    "instance {}: the fake runtime is out of descriptors",
+                    plan.id
+                )));
+            }
             Ok(Box::new(FakePrepared {
                 id: plan.id,
                 rt: me,

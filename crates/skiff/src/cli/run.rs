@@ -5,14 +5,13 @@
 
 use crate::home::Home;
 use crate::launch::{
-    parse_cpu, parse_duration, parse_memory, process_start_time, random_id, reclaim_lost, RUN_DIR,
+    parse_cpu, parse_duration, parse_memory, process_start_time, random_id, reclaim_lost,
 };
 use anyhow::Context;
 use clap::Args;
 use skiff_image::ProcessConfig;
 use skiff_sandbox::{Limits, NetworkSlot, Sandbox, SandboxSpec};
 use skiff_store::{ExitRecord, NewInstance};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -108,8 +107,8 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         }
         None => random_id("r"),
     };
-    let sandbox = Sandbox::new().context("preparing the sandbox runtime")?;
-    reclaim_lost(&mut db, &sandbox, Path::new(RUN_DIR))?;
+    let sandbox = Sandbox::new(&home.scope()).context("preparing the sandbox runtime")?;
+    reclaim_lost(&mut db, &sandbox, &home.run_dir())?;
     let log_path = home.logs_dir().join(format!("{id}.log"));
     let slot = db
         .create_instance(
@@ -144,7 +143,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         network: (a.network == "veth").then(|| NetworkSlot::new(slot)),
         log_path,
         log_max_bytes: a.log_max,
-        run_dir: PathBuf::from(RUN_DIR),
+        run_dir: home.run_dir(),
         scratch_bytes: a.memory,
         tee_output: true,
         init: !a.no_init,

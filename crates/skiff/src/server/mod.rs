@@ -18,7 +18,7 @@ use skiff_control::linux::LinuxRuntime;
 use skiff_control::{Control, ControlConfig};
 use skiff_sandbox::Sandbox;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -102,11 +102,14 @@ pub fn run(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<i32>
 async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<()> {
     // First of all: nothing else may touch a directory another daemon runs on.
     let _lock = home.lock_for_daemon()?;
+    raise_descriptor_limit();
     let mut db = home.db()?;
     let images = home.images()?;
-    let sandbox = Arc::new(Sandbox::new().context("preparing the sandbox runtime")?);
-    crate::launch::reclaim_lost(&mut db, &sandbox, Path::new(crate::launch::RUN_DIR))
+    let sandbox = Arc::new(Sandbox::new(&home.scope()).context("preparing the sandbox runtime")?);
+    crate::launch::reclaim_lost(&mut db, &sandbox, &home.run_dir())
         .context("reclaiming instances of a previous daemon")?;
+    crate::launch::reclaim_unowned(&db, &sandbox, &home.run_dir())
+        .context("reclaiming what instances of a previous daemon left")?;
     let api_listener = api::bind(&socket)?;
     let _shortcut = upstream_shortcut(args.no_upstream_shortcut);
     let router = skiff_router::Router::new(&args.domain);
@@ -120,7 +123,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     let linux = LinuxRuntime::new(
         Arc::clone(&sandbox),
         args.spawn_threads,
-        PathBuf::from(crate::launch::RUN_DIR),
+        home.run_dir(),
         Some(Arc::clone(&network)),
     )
     .context("starting the spawner threads")?;
@@ -205,6 +208,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     eprintln!("skiff server: stopping instances");
     ctl.shutdown().await;
     network.remove();
+    sandbox.remove_scope(&home.run_dir());
     let _ = api_task.await;
     if let Some(task) = registry_task {
         let _ = task.await;
@@ -219,6 +223,21 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     }
     eprintln!("skiff server: stopped");
     Ok(())
+}
+
+/// Every instance holds a dozen descriptors: the soft limit (1,024 by default) goes up
+/// to the hard one, and a low hard limit is named, since it bounds the instance count.
+fn raise_descriptor_limit() {
+    use skiff_kernel::descriptors;
+    match descriptors::raise_soft_limit() {
+        Ok(l) if l.soft < 4096 => eprintln!(
+            "skiff server: only {} file descriptors (RLIMIT_NOFILE, hard limit {}): a few dozen \
+             instances at most; raise it (ulimit -Hn, systemd's LimitNOFILE=)",
+            l.soft, l.hard
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("skiff server: raising the file descriptor limit: {e}"),
+    }
 }
 
 /// Installs the upstream shortcut unless told not to; without it (an old kernel, no

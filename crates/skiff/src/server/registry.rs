@@ -93,17 +93,13 @@ pub async fn serve_tls(
 ) {
     let app = router(hosted, token);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // Refused connections are closed without a word: a plain-text 503 means nothing to
+    // a TLS client.
+    let mut accepting = skiff_router::accept::Acceptor::new("registry", b"");
     loop {
         let (tcp, _) = tokio::select! {
             _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!("registry: accepting: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accepting.next(&listener) => accepted,
         };
         let acceptor = acceptor.clone();
         let app = app.clone();

@@ -45,6 +45,8 @@ pub struct Daemon {
     pub subnet: Subnet,
     child: Option<Child>,
     extra: Vec<String>,
+    /// RLIMIT_NOFILE (soft and hard) to start the server with, if not the test's own.
+    nofile: Option<u64>,
 }
 
 /// A /24 for one test daemon's instances, held (by a lock file) until dropped, so
@@ -86,6 +88,12 @@ impl Subnet {
 impl Daemon {
     /// A daemon with the hello image packed as `hello:latest`.
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_limited(extra, None)
+    }
+
+    /// A daemon as [`Daemon::start`] makes, whose RLIMIT_NOFILE (soft and hard, so it
+    /// cannot raise it) is `nofile`.
+    pub fn start_limited(extra: &[&str], nofile: Option<u64>) -> Daemon {
         let home = tempfile::Builder::new()
             .prefix("skiff-e2e-daemon-")
             .tempdir()
@@ -99,6 +107,7 @@ impl Daemon {
             subnet: Subnet::claim(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            nofile,
         };
         d.pack_hello();
         d.launch();
@@ -136,7 +145,11 @@ impl Daemon {
             .args(["--socket", self.socket.to_str().unwrap()])
             .arg("server")
             .args(["--ingress", "127.0.0.1:0", "--stop-timeout", "5s"])
-            .args(["--instance-subnet", &self.subnet.cidr()])
+            .args(if self.extra.iter().any(|a| a == "--instance-subnet") {
+                vec![]
+            } else {
+                vec!["--instance-subnet".to_owned(), self.subnet.cidr()]
+            })
             .args(["--registry", "127.0.0.1:0"])
             // Names that are not skiff's never leave the machine in tests: the only
             // upstream is a closed loopback port (tests that forward give their own).
@@ -152,11 +165,22 @@ impl Daemon {
         // A test that fails while another thread still holds its daemon never drops it;
         // the daemon then stops when the test's thread ends, instead of outliving the
         // test run (and holding cargo's output pipe open).
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        let nofile = self.nofile;
+        // SAFETY: prctl and setrlimit are async-signal-safe and touch no memory of the
+        // parent.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(n) = nofile {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -197,6 +221,54 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILLs the server (a crash) and waits for it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("the server runs");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
+    /// Where this data directory's instances' cgroups and scratch directories are named
+    /// (`h` and 12 hex digits of the SHA-256 of its canonical path).
+    pub fn scope(&self) -> String {
+        use sha2::Digest as _;
+        use std::os::unix::ffi::OsStrExt;
+        let canonical = std::fs::canonicalize(self.home.path()).unwrap();
+        let hash = sha2::Sha256::digest(canonical.as_os_str().as_bytes());
+        let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+        format!("h{hex}")
+    }
+
+    /// Every directory of this daemon's scope in the cgroup tree and under the scratch
+    /// root (the scope directories themselves included).
+    pub fn scope_leftovers(&self) -> Vec<String> {
+        let scope = self.scope();
+        let found = Command::new("find")
+            .args([
+                "/sys/fs/cgroup",
+                "-path",
+                &format!("*/skiff/{scope}*"),
+                "-type",
+                "d",
+            ])
+            .output()
+            .unwrap();
+        let mut left: Vec<String> = String::from_utf8_lossy(&found.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let scratch = Path::new("/run/skiff/instances").join(&scope);
+        if scratch.exists() {
+            left.push(scratch.display().to_string());
+        }
+        left
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
