@@ -49,6 +49,8 @@ pub(crate) struct RequestInfo {
     pub http10: bool,
     pub upgrade: bool,
     pub expect_continue: bool,
+    /// Its method is idempotent (RFC 9110 §9.2.2).
+    pub idempotent: bool,
 }
 
 enum HeadRead {
@@ -210,6 +212,7 @@ async fn handle(
         http10: head.minor_version == 0,
         upgrade: head.is_upgrade(),
         expect_continue: head.expects_continue(),
+        idempotent: head.is_idempotent(req),
     };
     c.request_id.clear();
     match head.request_id(req) {

@@ -279,6 +279,15 @@ impl Head {
         self.method(buf) == b"HEAD"
     }
 
+    /// Whether the method is idempotent (RFC 9110 §9.2.2): a request a proxy may send
+    /// again on its own when a connection fails before the answer.
+    pub fn is_idempotent(&self, buf: &[u8]) -> bool {
+        matches!(
+            self.method(buf),
+            b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+        )
+    }
+
     /// The host the request is for: the absolute-form target's authority, else Host.
     pub fn host<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
         absolute_form(&buf[self.target.clone()])

@@ -37,8 +37,9 @@ enum Relay {
     },
     /// A 101 head went to the client: the connection is now a byte pipe.
     Upgraded,
-    /// The instance closed a kept-alive connection before answering at all.
-    Stale,
+    /// The instance closed a kept-alive connection before answering at all: before the
+    /// request was written (`sent: false`, so it never got it), or after.
+    Stale { sent: bool },
     /// Nothing reached the client yet; it gets 502 with this reason.
     Failed(String),
     /// Past the request timeout, before the response started.
@@ -125,13 +126,16 @@ pub(crate) async fn forward(
     if wants_continue && c.stream.write_all(CONTINUE).await.is_err() {
         return false;
     }
-    let replayable = sending.is_done();
+    // Sent again on a fresh connection only when the app cannot have acted on it: it
+    // never got it, or it is idempotent and whole in hand (RFC 9110 §9.2.2). A POST the
+    // app read before closing must not run twice.
+    let replayable = |sent: bool| !sent || (info.idempotent && matches!(body, BodyLen::Empty));
 
     let mut retried = false;
     let relay = loop {
         let relay = exchange(c, &mut conn, &mut sending, info, deadline.as_mut()).await;
         match relay {
-            Relay::Stale if conn.reused && replayable && !retried => {
+            Relay::Stale { sent } if conn.reused && replayable(sent) && !retried => {
                 retried = true;
                 match upstream.open(size).await {
                     Ok(fresh) => conn = fresh,
@@ -158,7 +162,7 @@ pub(crate) async fn forward(
             tunnel(c, conn, deadline).await;
             false
         }
-        Relay::Stale => {
+        Relay::Stale { .. } => {
             let why = "the instance closed the connection without answering";
             bad_gateway(c, upstream, why, keep_on_error).await
         }
@@ -191,7 +195,7 @@ async fn exchange(
 ) -> Relay {
     if let Err(e) = conn.stream.write_all(&c.req_out).await {
         return if conn.reused {
-            Relay::Stale
+            Relay::Stale { sent: false }
         } else {
             Relay::Failed(format!("sending the request: {e}"))
         };
@@ -333,8 +337,8 @@ where
         };
         let stale = stale_possible && !got_any;
         match read {
-            Ok(0) if stale => return Relay::Stale,
-            Err(e) if stale && is_reset(&e) => return Relay::Stale,
+            Ok(0) if stale => return Relay::Stale { sent: true },
+            Err(e) if stale && is_reset(&e) => return Relay::Stale { sent: true },
             Ok(0) => return Relay::Failed("the instance closed the connection mid-answer".into()),
             Err(e) => return Relay::Failed(format!("reading the answer: {e}")),
             Ok(_) => got_any = true,

@@ -22,6 +22,9 @@ enum Script {
     Raw(&'static str),
     /// Answers with these raw bytes, then closes.
     RawThenClose(&'static str),
+    /// Answers a connection's first request with these raw bytes and keeps it; reads
+    /// the second and closes without a word (an app that acted on it, then died).
+    OnceThenReadAndClose(&'static str),
 }
 
 struct Instance {
@@ -81,9 +84,13 @@ async fn instance(script: Script) -> Instance {
             let reqs = Arc::clone(&reqs);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
+                let mut served = 0;
                 while let Some(req) = read_request(&mut s, &mut buf).await {
                     reqs.lock().unwrap().push(req.clone());
+                    served += 1;
                     let answer = match script {
+                        Script::OnceThenReadAndClose(_) if served > 1 => return,
+                        Script::OnceThenReadAndClose(a) => a.as_bytes().to_vec(),
                         Script::Echo => {
                             let mut a =
                                 format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", req.len())
@@ -349,6 +356,43 @@ async fn a_kept_connection_the_instance_closed_is_retried_on_a_new_one() {
         assert_eq!(body, b"ok");
     }
     assert_eq!(app.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_request_the_app_may_have_acted_on_is_sent_again_only_if_idempotent() {
+    let app = instance(Script::OnceThenReadAndClose(
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ))
+    .await;
+    let addr = router_for(&app, LIMIT).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let get = b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n";
+    let post = b"POST /pay HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 3\r\n\r\n$10";
+    // A first exchange leaves the instance's connection kept.
+    s.write_all(get).await.unwrap();
+    let (head, _) = read_response(&mut s, &mut buf, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The app reads the POST on it and closes: it may have paid. Not sent again: 502.
+    s.write_all(post).await.unwrap();
+    let (head, body) = read_response(&mut s, &mut buf, false).await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("without answering"));
+    let posts = |app: &Instance| {
+        let reqs = app.requests.lock().unwrap();
+        reqs.iter().filter(|r| r.starts_with(b"POST")).count()
+    };
+    assert_eq!(posts(&app), 1, "the POST reached the app more than once");
+
+    // A GET in the same spot is sent again on a new connection (RFC 9110 §9.2.2).
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(get).await.unwrap();
+    let (head, _) = read_response(&mut s, &mut buf, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(get).await.unwrap();
+    let (head, body) = read_response(&mut s, &mut buf, false).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"ok");
 }
 
 #[tokio::test]
