@@ -1,10 +1,14 @@
 //! Finding where a message body ends while its bytes pass through unchanged.
 //!
 //! The proxy forwards bodies byte for byte — chunked ones too — so it only needs to know
-//! where each body ends (and, to de-chunk for an HTTP/1.0 client, which bytes are data). The grammar is checked
-//! strictly — CRLF line ends, hex sizes that fit in 64 bits, no control characters in
-//! extensions or trailers — so the instance behind cannot read a different message
-//! boundary than the proxy did.
+//! where each body ends (and, to de-chunk for an HTTP/1.0 client, which bytes are data).
+//! The grammar of RFC 9112 §7.1 is checked strictly, so that the instance behind cannot
+//! read a different message boundary than the proxy did: CRLF line ends; hex sizes up to
+//! 2^63-1 (leading zeros aside) with nothing but `;` extensions after optional
+//! whitespace (`3 4` is refused, not read as 3); no control characters in extensions;
+//! trailer fields as `token ":" value`, without obsolete line folding, and none of the
+//! fields that frame or route a message (Content-Length, Transfer-Encoding, Host…),
+//! which a recipient merging trailers into the head would obey.
 //!
 //! This module does no I/O.
 
@@ -96,7 +100,9 @@ pub struct ChunkError(&'static str);
 enum State {
     /// Hex digits of a chunk size; `bool` = at least one seen.
     Size(bool),
-    /// Whitespace or an extension after the size.
+    /// Whitespace after the size: only `;` (an extension) or the line's end may follow.
+    SizeWhitespace,
+    /// An extension after the size.
     Extension,
     /// LF after the size line's CR.
     SizeLf,
@@ -106,7 +112,10 @@ enum State {
     DataLf,
     /// Start of a trailer line, or the final empty line.
     TrailerStart,
-    TrailerLine,
+    /// A trailer field's name, up to its colon.
+    TrailerName,
+    /// A trailer field's value, up to its CR.
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
@@ -117,9 +126,33 @@ enum State {
 pub struct ChunkedScanner {
     state: State,
     size: u64,
-    digits: u32,
     line: usize,
     trailers: usize,
+    /// The trailer field name being read, lowercased (as far as it fits).
+    name: [u8; NAME_KEPT],
+    name_len: usize,
+}
+
+/// Trailer field names are kept this far, which is enough to tell the refused ones.
+const NAME_KEPT: usize = 24;
+
+/// Fields a trailer must not carry (RFC 9110 §6.5.1): they frame, route or control the
+/// message, and a recipient that merges trailers into the head would obey them.
+const REFUSED_TRAILERS: [&[u8]; 9] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"trailer",
+    b"connection",
+    b"keep-alive",
+    b"upgrade",
+    b"te",
+    b"expect",
+];
+
+/// `tchar` of RFC 9110 §5.6.2: what a field name is made of.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 impl Default for ChunkedScanner {
@@ -127,9 +160,10 @@ impl Default for ChunkedScanner {
         ChunkedScanner {
             state: State::Size(false),
             size: 0,
-            digits: 0,
             line: 0,
             trailers: 0,
+            name: [0; NAME_KEPT],
+            name_len: 0,
         }
     }
 }
@@ -179,23 +213,43 @@ impl ChunkedScanner {
         Ok(match self.state {
             State::Size(seen) => match b {
                 b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                    self.digits += 1;
-                    if self.digits > 16 {
+                    let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    // Leading zeros do not count; past 2^63-1 a signed parser behind
+                    // would see a negative size.
+                    if self.size > (i64::MAX as u64) >> 4 {
                         return Err(ChunkError("chunk size too large"));
                     }
-                    let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
                     self.size = self.size << 4 | digit;
                     self.line += 1;
+                    if self.line > MAX_LINE {
+                        return Err(ChunkError("chunk size line too long"));
+                    }
                     State::Size(true)
                 }
                 _ if !seen => return Err(ChunkError("chunk size missing")),
                 b'\r' => State::SizeLf,
-                b';' | b' ' | b'\t' => {
+                b';' => {
                     self.line += 1;
                     State::Extension
                 }
+                b' ' | b'\t' => {
+                    self.line += 1;
+                    State::SizeWhitespace
+                }
                 _ => return Err(ChunkError("invalid chunk size")),
             },
+            State::SizeWhitespace => {
+                self.line += 1;
+                if self.line > MAX_LINE {
+                    return Err(ChunkError("chunk size line too long"));
+                }
+                match b {
+                    b' ' | b'\t' => State::SizeWhitespace,
+                    b';' => State::Extension,
+                    b'\r' => State::SizeLf,
+                    _ => return Err(ChunkError("invalid chunk size")),
+                }
+            }
             State::Extension => match b {
                 b'\r' => State::SizeLf,
                 _ if is_field_char(b) => {
@@ -212,7 +266,6 @@ impl ChunkedScanner {
                     return Err(ChunkError("chunk size line not ended by CRLF"));
                 }
                 let size = std::mem::take(&mut self.size);
-                self.digits = 0;
                 self.line = 0;
                 if size == 0 {
                     State::TrailerStart
@@ -227,16 +280,12 @@ impl ChunkedScanner {
                 return Err(ChunkError("chunk data not followed by CRLF"))
             }
             State::TrailerStart if b == b'\r' => State::EndLf,
-            State::TrailerStart | State::TrailerLine => {
+            State::TrailerStart | State::TrailerName | State::TrailerValue => {
                 self.trailers += 1;
                 if self.trailers > MAX_TRAILERS {
                     return Err(ChunkError("trailers too large"));
                 }
-                match b {
-                    b'\r' => State::TrailerLf,
-                    _ if is_field_char(b) => State::TrailerLine,
-                    _ => return Err(ChunkError("invalid byte in trailer")),
-                }
+                self.trailer_step(b)?
             }
             State::TrailerLf if b == b'\n' => State::TrailerStart,
             State::EndLf if b == b'\n' => State::Done,
@@ -244,6 +293,38 @@ impl ChunkedScanner {
                 return Err(ChunkError("trailer line not ended by CRLF"))
             }
             State::Done => State::Done,
+        })
+    }
+
+    /// One byte of a trailer field line (`name ":" value`, up to its CR).
+    fn trailer_step(&mut self, b: u8) -> Result<State, ChunkError> {
+        Ok(match self.state {
+            State::TrailerStart | State::TrailerName if is_token_char(b) => {
+                if self.state == State::TrailerStart {
+                    self.name_len = 0;
+                }
+                if self.name_len < NAME_KEPT {
+                    self.name[self.name_len] = b.to_ascii_lowercase();
+                }
+                self.name_len += 1;
+                State::TrailerName
+            }
+            State::TrailerName if b == b':' => {
+                let name = &self.name[..self.name_len.min(NAME_KEPT)];
+                if self.name_len <= NAME_KEPT && REFUSED_TRAILERS.contains(&name) {
+                    return Err(ChunkError("a trailer field that frames or routes"));
+                }
+                State::TrailerValue
+            }
+            State::TrailerStart if b == b' ' || b == b'\t' => {
+                return Err(ChunkError("obsolete line folding in trailers"))
+            }
+            State::TrailerStart | State::TrailerName => {
+                return Err(ChunkError("invalid trailer field name"))
+            }
+            State::TrailerValue if b == b'\r' => State::TrailerLf,
+            State::TrailerValue if is_field_char(b) => State::TrailerValue,
+            _ => return Err(ChunkError("invalid byte in trailer")),
         })
     }
 }
@@ -322,5 +403,46 @@ mod tests {
         ] {
             assert!(scan_in_pieces(bad, 3).is_err(), "accepted {bad:?}");
         }
+    }
+
+    #[test]
+    fn whitespace_in_a_size_is_refused_before_an_extension_allowed() {
+        assert!(scan_in_pieces(b"3 4\r\nabcd\r\n0\r\n\r\n", 2).is_err());
+        assert!(scan_in_pieces(b"3\t4\r\n", 1).is_err());
+        let (_, data) = scan_in_pieces(b"3 ;x=1\r\nabc\r\n0 \r\n\r\n", 2).unwrap();
+        assert_eq!(data, b"abc");
+    }
+
+    #[test]
+    fn sizes_stop_at_two_to_the_63_leading_zeros_aside() {
+        let mut s = ChunkedScanner::default();
+        s.feed(b"7fffffffffffffff\r\n", |_| {}).unwrap();
+        assert_eq!(s.state, State::Data(i64::MAX as u64));
+        assert!(scan_in_pieces(b"8000000000000000\r\n", 4).is_err());
+        assert!(scan_in_pieces(b"ffffffffffffffff\r\n", 4).is_err());
+        let zeros = b"00000000000000000000003\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(scan_in_pieces(zeros, 5).unwrap().1, b"abc");
+    }
+
+    #[test]
+    fn trailers_are_fields_and_none_frames_or_routes() {
+        let good = b"0\r\nX-Checksum: abc\r\ngrpc-status: 0\r\n\r\n";
+        assert!(scan_in_pieces(good, 3).is_ok());
+        for bad in [
+            &b"0\r\nContent-Length: 5\r\n\r\n"[..],
+            b"0\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"0\r\nHOST: evil\r\n\r\n",
+            b"0\r\nX-A: 1\r\n folded\r\n\r\n",
+            b"0\r\nX-A : 1\r\n\r\n",
+            b"0\r\n: 1\r\n\r\n",
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\nX-A: 1\x7f\r\n\r\n",
+        ] {
+            assert!(scan_in_pieces(bad, 2).is_err(), "accepted {bad:?}");
+        }
+        // A long name that only starts like a refused one is fine.
+        assert!(
+            scan_in_pieces(b"0\r\ncontent-length-of-the-upload-in-bytes: 5\r\n\r\n", 7).is_ok()
+        );
     }
 }

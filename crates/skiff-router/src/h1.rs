@@ -149,7 +149,13 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    // Lengths past 2^63-1 overflow signed 64-bit parsers behind us (RFC 9112 §6.3 asks
+    // recipients to anticipate it): one reading it as negative would frame differently.
+    std::str::from_utf8(v)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|n| *n <= i64::MAX as u64)
 }
 
 impl Head {
@@ -873,6 +879,10 @@ mod tests {
             Ok(BodyLen::Length(5))
         );
         assert_eq!(
+            framing("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9223372036854775807\r\n\r\n"),
+            Ok(BodyLen::Length(i64::MAX as u64))
+        );
+        assert_eq!(
             framing("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\n"),
             Ok(BodyLen::Length(5))
         );
@@ -884,6 +894,7 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9223372036854775808\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
