@@ -128,6 +128,23 @@ pub struct Head {
     request_id: Option<Range<usize>>,
 }
 
+/// The reason phrase of the status line at the start of `buf` (`HTTP/1.x NNN reason`),
+/// when it has one.
+fn obs_text_reason(buf: &[u8]) -> Range<usize> {
+    const START: usize = b"HTTP/1.1 200 ".len();
+    let line_end = buf.iter().position(|b| *b == b'\n').unwrap_or(0);
+    let end = if line_end > 0 && buf[line_end - 1] == b'\r' {
+        line_end - 1
+    } else {
+        line_end
+    };
+    if end > START {
+        START..end
+    } else {
+        0..0
+    }
+}
+
 fn span(buf: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - buf.as_ptr() as usize;
     start..start + part.len()
@@ -205,10 +222,12 @@ impl Head {
         self.len = len;
         self.minor_version = resp.version.unwrap_or(1);
         self.status = resp.code.unwrap_or(0);
-        self.reason = span(buf, resp.reason.unwrap_or("").as_bytes());
-        if resp.reason.is_none_or(str::is_empty) {
-            self.reason = 0..0;
-        }
+        self.reason = match resp.reason {
+            Some(r) if !r.is_empty() => span(buf, r.as_bytes()),
+            // httparse gives an empty reason for one with obs-text (bytes past 0x7f,
+            // which RFC 9112 allows): it is read from the status line itself.
+            _ => obs_text_reason(buf),
+        };
         for h in resp.headers.iter() {
             self.add_field(buf, h);
         }
@@ -540,10 +559,10 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forw
         }
     }
     let host = head.host(buf);
+    // HTTP/1.1 requires a Host: an HTTP/1.0 request without one goes on with an empty
+    // one (RFC 9112 3.2), else strict servers answer 400.
     if head.hosts == 0 || absolute.is_some() {
-        if let Some(host) = host {
-            field(out, b"host", host);
-        }
+        field(out, b"host", host.unwrap_or_default());
     }
     forwarded.write_start(out, b"forwarded");
     write_forwarded_element(out, fwd.client_ip, host);
@@ -962,5 +981,35 @@ mod tests {
             "HTTP/1.1 200 OK\r\nX-App: 1\r\nx-request-id: rid\r\ntransfer-encoding: chunked\r\n\
              connection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_reason_phrase_with_obs_text_is_sent_on_as_it_came() {
+        let raw = b"HTTP/1.1 200 Gr\xfc\xdfe\r\nContent-Length: 0\r\n\r\n";
+        let mut head = Head::default();
+        assert!(head.parse_response(raw).unwrap());
+        let mut out = Vec::new();
+        let resp = ResponseOut {
+            request_id: b"rid",
+            body: BodyLen::Length(0),
+            keep_alive: true,
+            http10_client: false,
+        };
+        write_response_head(&mut out, raw, &head, &resp);
+        assert!(out.starts_with(b"HTTP/1.1 200 Gr\xfc\xdfe\r\n"), "{out:?}");
+    }
+
+    #[test]
+    fn an_http10_request_without_host_goes_on_with_an_empty_one() {
+        let (buf, head) = request("GET / HTTP/1.0\r\n\r\n");
+        let mut out = Vec::new();
+        let fwd = Forwarding {
+            client_ip: "10.0.0.1",
+            request_id: b"r",
+            body: BodyLen::Empty,
+        };
+        write_request_head(&mut out, &buf, &head, &fwd);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\r\nhost: \r\n"), "{text}");
     }
 }

@@ -21,6 +21,8 @@ pub mod accept;
 mod body;
 mod buffers;
 mod conn;
+#[cfg(test)]
+mod fuzz;
 pub mod h1;
 mod pool;
 mod proxy;
