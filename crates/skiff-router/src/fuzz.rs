@@ -13,7 +13,8 @@
 //! fuzz::tests::<target>` runs the same target coverage-guided (libFuzzer, nightly).
 
 use crate::body::ChunkedScanner;
-use crate::h1::{self, Forwarding, Head, ResponseOut};
+use crate::h1::{self, BodyLen, Forwarding, Head, ResponseOut};
+use crate::proxy::reframe;
 use bolero::generator::TypeGenerator;
 use std::time::Duration;
 
@@ -133,7 +134,8 @@ pub(crate) fn request(buf: &[u8]) {
     assert_eq!(again.request_body(&out), Ok(body), "forwarded: {shown:?}");
 }
 
-/// A response head: complete at one length; sent on, the same status and framing.
+/// A response head: complete at one length; sent on to an HTTP/1.1 and to an HTTP/1.0
+/// client, the same status and the framing the proxy chose for each.
 pub(crate) fn response(buf: &[u8]) {
     let mut head = Head::default();
     if head.parse_response(buf) != Ok(true) {
@@ -144,20 +146,24 @@ pub(crate) fn response(buf: &[u8]) {
     let Ok(body) = head.response_body(false) else {
         return;
     };
-    let mut out = Vec::new();
-    let resp = ResponseOut {
-        request_id: b"fuzz-1",
-        body,
-        keep_alive: true,
-        http10_client: false,
-    };
-    h1::write_response_head(&mut out, buf, &head, &resp);
-    let shown = String::from_utf8_lossy(&out).into_owned();
-    let mut again = Head::default();
-    assert_eq!(again.parse_response(&out), Ok(true), "sent on: {shown:?}");
-    assert_eq!(again.status, head.status, "sent on: {shown:?}");
-    if head.status != 101 {
-        assert_eq!(again.response_body(false), Ok(body), "sent on: {shown:?}");
+    for http10 in [false, true] {
+        let (client_framing, _) = reframe(body, http10, head.has_other_coding());
+        let mut out = Vec::new();
+        let resp = ResponseOut {
+            request_id: b"fuzz-1",
+            body: client_framing,
+            keep_alive: client_framing != BodyLen::UntilClose,
+            http10_client: http10,
+        };
+        h1::write_response_head(&mut out, buf, &head, &resp);
+        let shown = String::from_utf8_lossy(&out).into_owned();
+        let mut again = Head::default();
+        assert_eq!(again.parse_response(&out), Ok(true), "sent on: {shown:?}");
+        assert_eq!(again.status, head.status, "sent on: {shown:?}");
+        if head.status != 101 {
+            let read = again.response_body(false);
+            assert_eq!(read, Ok(client_framing), "sent on: {shown:?}");
+        }
     }
 }
 

@@ -387,6 +387,12 @@ impl Head {
         Ok(self.content_length.map_or(BodyLen::Empty, BodyLen::Length))
     }
 
+    /// Whether a transfer coding other than chunked applies (the body then runs until the
+    /// connection closes, coded).
+    pub fn has_other_coding(&self) -> bool {
+        self.other_coding
+    }
+
     /// The response's body framing (RFC 9112 §6.3), given whether the request was HEAD.
     pub fn response_body(&self, head_request: bool) -> Result<BodyLen, HeadError> {
         if head_request || self.status < 200 || self.status == 204 || self.status == 304 {
@@ -653,7 +659,17 @@ pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, resp: &Re
         }
     }
     field(out, b"x-request-id", resp.request_id);
-    if resp.body == BodyLen::Chunked {
+    if head.other_coding {
+        // A body under another coding (gzip…) goes on byte for byte, delimited by the
+        // close: the client needs the codings to read it.
+        for h in head
+            .headers
+            .iter()
+            .filter(|h| h.field == Field::TransferEncoding)
+        {
+            field(out, b"transfer-encoding", &buf[h.value.clone()]);
+        }
+    } else if resp.body == BodyLen::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if head.status == 101 {
@@ -1011,5 +1027,26 @@ mod tests {
         write_request_head(&mut out, &buf, &head, &fwd);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("\r\nhost: \r\n"), "{text}");
+    }
+
+    #[test]
+    fn a_body_under_another_coding_keeps_its_transfer_encoding() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let mut head = Head::default();
+        assert!(head.parse_response(raw).unwrap());
+        assert_eq!(head.response_body(false), Ok(BodyLen::UntilClose));
+        let mut out = Vec::new();
+        let resp = ResponseOut {
+            request_id: b"rid",
+            body: BodyLen::UntilClose,
+            keep_alive: false,
+            http10_client: false,
+        };
+        write_response_head(&mut out, raw, &head, &resp);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("transfer-encoding: gzip, chunked\r\n"),
+            "{text}"
+        );
     }
 }

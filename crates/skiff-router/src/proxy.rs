@@ -17,7 +17,7 @@ use crate::conn::{ClientConn, RequestInfo};
 use crate::h1::{self, BodyLen, Forwarding, Head, ResponseOut};
 use crate::pool::{PoolError, RevisionPool};
 use crate::upstream::{Connection, RequestSize, Upstream};
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -366,13 +366,7 @@ where
         Ok(framing) => framing,
         Err(e) => return Relay::Failed(format!("invalid answer: {e}")),
     };
-    // An HTTP/1.0 client cannot read chunks: it gets the data, delimited by the close.
-    let dechunk = info.http10 && framing == BodyLen::Chunked;
-    let client_framing = if dechunk {
-        BodyLen::UntilClose
-    } else {
-        framing
-    };
+    let (client_framing, reframe) = reframe(framing, info.http10, head.has_other_coding());
     let keep_client = info.keep_alive && client_framing != BodyLen::UntilClose;
     let reusable = head.keeps_alive() && framing != BodyLen::UntilClose;
     out.clear();
@@ -386,7 +380,7 @@ where
     let body = BodyRelay {
         receiving: BodyTracker::new(framing),
         pending: head.len..ubuf.len(),
-        dechunk,
+        reframe,
         reusable,
         keep_client,
     };
@@ -403,13 +397,45 @@ where
     }
 }
 
+/// How an answer's body is framed for the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reframe {
+    /// Byte for byte, as the instance framed it.
+    Pass,
+    /// Chunks decoded, for an HTTP/1.0 client (which cannot read them).
+    Dechunk,
+    /// A body the instance delimits by closing goes to an HTTP/1.1 client in chunks, so
+    /// that an answer cut short (a reset, the timeout) lacks its last chunk and shows as
+    /// cut, instead of looking complete; and the client connection may stay open.
+    Rechunk,
+}
+
+/// The framing the client gets for an answer framed as `framing`, and how to get there.
+/// A body under a transfer coding other than chunked is passed as it is, with it.
+pub(crate) fn reframe(framing: BodyLen, http10: bool, other_coding: bool) -> (BodyLen, Reframe) {
+    match framing {
+        BodyLen::Chunked if http10 => (BodyLen::UntilClose, Reframe::Dechunk),
+        BodyLen::UntilClose if !http10 && !other_coding => (BodyLen::Chunked, Reframe::Rechunk),
+        other => (other, Reframe::Pass),
+    }
+}
+
+/// Writes `data` as one chunk (nothing for no data: an empty chunk ends the body).
+fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The body of an answer being relayed: what is left of it and how it goes out.
 struct BodyRelay {
     receiving: BodyTracker,
     /// Bytes of `ubuf` read and not yet relayed.
     pending: std::ops::Range<usize>,
-    /// Chunks are decoded for an HTTP/1.0 client.
-    dechunk: bool,
+    reframe: Reframe,
     reusable: bool,
     keep_client: bool,
 }
@@ -431,18 +457,20 @@ impl BodyRelay {
         let BodyRelay {
             mut receiving,
             mut pending,
-            dechunk,
+            reframe,
             mut reusable,
             keep_client,
         } = self;
         loop {
             let input = &ubuf[pending.clone()];
-            let used = if dechunk {
-                receiving.take(input, |r| out.extend_from_slice(&input[r]))
-            } else {
-                receiving.take(input, |_| {}).inspect(|&n| {
+            let used = match reframe {
+                Reframe::Dechunk => receiving.take(input, |r| out.extend_from_slice(&input[r])),
+                Reframe::Rechunk => receiving.take(input, |_| {}).inspect(|&n| {
+                    write_chunk(out, &input[..n]);
+                }),
+                Reframe::Pass => receiving.take(input, |_| {}).inspect(|&n| {
                     out.extend_from_slice(&input[..n]);
-                })
+                }),
             };
             let Ok(used) = used else {
                 return Relay::Broken;
@@ -465,10 +493,14 @@ impl BodyRelay {
             ubuf.reserve(READ_CHUNK);
             match upstream.read_buf(ubuf).await {
                 Ok(0) if receiving.end_of_stream() => {
+                    if reframe == Reframe::Rechunk && client.write_all(b"0\r\n\r\n").await.is_err()
+                    {
+                        return Relay::Broken;
+                    }
                     return Relay::Done {
                         reusable: false,
                         keep_client,
-                    }
+                    };
                 }
                 Ok(0) | Err(_) => return Relay::Broken,
                 Ok(n) => pending = 0..n,

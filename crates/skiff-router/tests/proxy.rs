@@ -22,6 +22,8 @@ enum Script {
     Raw(&'static str),
     /// Answers with these raw bytes, then closes.
     RawThenClose(&'static str),
+    /// Answers with these raw bytes, then resets the connection (an app that crashed).
+    RawThenReset(&'static str),
     /// Answers a connection's first request with these raw bytes and keeps it; reads
     /// the second and closes without a word (an app that acted on it, then died).
     OnceThenReadAndClose(&'static str),
@@ -98,12 +100,19 @@ async fn instance(script: Script) -> Instance {
                             a.extend_from_slice(&req);
                             a
                         }
-                        Script::Raw(a) | Script::RawThenClose(a) => a.as_bytes().to_vec(),
+                        Script::Raw(a) | Script::RawThenClose(a) | Script::RawThenReset(a) => {
+                            a.as_bytes().to_vec()
+                        }
                     };
                     if s.write_all(&answer).await.is_err() {
                         return;
                     }
                     if let Script::RawThenClose(_) = script {
+                        return;
+                    }
+                    if let Script::RawThenReset(_) = script {
+                        // Linger 0: closing sends RST, not FIN.
+                        s.set_zero_linger().unwrap();
                         return;
                     }
                 }
@@ -396,16 +405,49 @@ async fn a_request_the_app_may_have_acted_on_is_sent_again_only_if_idempotent() 
 }
 
 #[tokio::test]
-async fn an_answer_delimited_by_close_is_relayed_and_closes_the_client() {
+async fn an_answer_delimited_by_close_goes_to_http11_clients_in_chunks() {
     let app = instance(Script::RawThenClose("HTTP/1.1 200 OK\r\n\r\nuntil the end")).await;
     let addr = router_for(&app, LIMIT).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n")
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut s, &mut buf, false).await;
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        assert_eq!(body, b"d\r\nuntil the end\r\n0\r\n\r\n");
+    }
+    // An HTTP/1.0 client gets it as it came, delimited by the close.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: svc.localhost\r\n\r\n")
         .await
         .unwrap();
     let (head, body) = read_response(&mut s, &mut Vec::new(), false).await;
     assert!(head.contains("connection: close"), "{head}");
     assert_eq!(body, b"until the end");
+}
+
+#[tokio::test]
+async fn an_answer_delimited_by_close_and_cut_short_shows_as_cut() {
+    let app = instance(Script::RawThenReset("HTTP/1.1 200 OK\r\n\r\nhalf of it")).await;
+    let addr = router_for(&app, LIMIT).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(LIMIT, s.read_to_end(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a cut answer looks complete: {text:?}"
+    );
 }
 
 #[tokio::test]
