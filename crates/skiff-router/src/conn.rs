@@ -51,6 +51,8 @@ pub(crate) struct RequestInfo {
     pub expect_continue: bool,
     /// Its method is idempotent (RFC 9110 §9.2.2).
     pub idempotent: bool,
+    /// Longest pause allowed while the client sends the body.
+    pub body_idle: Duration,
 }
 
 enum HeadRead {
@@ -213,6 +215,7 @@ async fn handle(
         upgrade: head.is_upgrade(),
         expect_continue: head.expects_continue(),
         idempotent: head.is_idempotent(req),
+        body_idle: router.body_idle_timeout(),
     };
     c.request_id.clear();
     match head.request_id(req) {

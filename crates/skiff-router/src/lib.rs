@@ -41,6 +41,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The ingress router. Cheap to clone; clones share the routing table.
@@ -77,9 +78,27 @@ struct Inner {
     generation: AtomicU64,
     id_prefix: String,
     next_id: AtomicU64,
+    /// Longest a client may pause while sending a request body, in milliseconds.
+    body_idle_ms: AtomicU64,
 }
 
+/// How long a client may pause while sending a request body before the request is
+/// abandoned (nginx's `client_body_timeout`).
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Router {
+    /// Sets how long a client may pause while sending a request body: past it the
+    /// request is abandoned and its connection closed, so that a stalled upload does not
+    /// hold an instance's slot for the whole request timeout.
+    pub fn set_body_idle_timeout(&self, timeout: Duration) {
+        let ms = timeout.as_millis().clamp(1, u64::MAX as u128) as u64;
+        self.inner.body_idle_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn body_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.body_idle_ms.load(Ordering::Relaxed))
+    }
+
     /// A router for hosts under `domain` (e.g. `localhost`), with no routes yet.
     pub fn new(domain: &str) -> Router {
         let mut b = [0u8; 4];
@@ -91,6 +110,7 @@ impl Router {
                 generation: AtomicU64::new(1),
                 id_prefix: b.iter().map(|x| format!("{x:02x}")).collect(),
                 next_id: AtomicU64::new(1),
+                body_idle_ms: AtomicU64::new(DEFAULT_BODY_IDLE_TIMEOUT.as_millis() as u64),
             }),
         }
     }

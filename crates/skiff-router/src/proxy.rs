@@ -20,6 +20,7 @@ use crate::upstream::{Connection, RequestSize, Upstream};
 use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
@@ -56,6 +57,49 @@ enum SendError {
     Upstream,
 }
 
+/// Bodies up to this size are read whole before an instance's slot is taken.
+const SMALL_BODY: usize = 64 * 1024;
+
+/// How reading a small body ended.
+enum BodyRead {
+    Whole,
+    Closed,
+    /// The client paused longer than the body idle timeout.
+    Stalled,
+    /// The request timeout passed.
+    TimedOut,
+}
+
+/// Reads until the `len` bytes of body after the head are in `c.buf`, answering
+/// `Expect: 100-continue` first (the router itself takes the body).
+async fn read_small_body(
+    c: &mut ClientConn,
+    len: usize,
+    info: RequestInfo,
+    mut deadline: Pin<&mut Sleep>,
+) -> BodyRead {
+    if c.buf.len() - c.start >= len {
+        return BodyRead::Whole;
+    }
+    if info.expect_continue && c.stream.write_all(CONTINUE).await.is_err() {
+        return BodyRead::Closed;
+    }
+    while c.buf.len() - c.start < len {
+        c.buf.reserve(len - (c.buf.len() - c.start));
+        let read = tokio::select! {
+            biased;
+            read = tokio::time::timeout(info.body_idle, c.stream.read_buf(&mut c.buf)) => read,
+            () = deadline.as_mut() => return BodyRead::TimedOut,
+        };
+        match read {
+            Err(_) => return BodyRead::Stalled,
+            Ok(Ok(0) | Err(_)) => return BodyRead::Closed,
+            Ok(Ok(_)) => {}
+        }
+    }
+    BodyRead::Whole
+}
+
 /// Forwards the request whose head is in `c.head` to an instance of `pool`; returns
 /// whether the client connection goes on.
 pub(crate) async fn forward(
@@ -80,6 +124,21 @@ pub(crate) async fn forward(
     let size = request_size(info, body, c.req_out.len());
     let has_body = !matches!(body, BodyLen::Empty | BodyLen::Length(0));
     let keep_on_error = info.keep_alive && !has_body;
+    // A small body is read whole before an instance's slot is taken: a client that
+    // stalls sending it then holds no slot (and starts no instance) while it stalls.
+    if let BodyLen::Length(n) = body {
+        if n <= SMALL_BODY as u64 && !info.upgrade {
+            match read_small_body(c, n as usize, info, deadline.as_mut()).await {
+                BodyRead::Whole => {}
+                BodyRead::Closed => return false,
+                BodyRead::Stalled => {
+                    let why = format!("skiff: the request body stalled for {:?}", info.body_idle);
+                    return c.respond_local(408, &why, None, false).await;
+                }
+                BodyRead::TimedOut => return timed_out(c, pool, false).await,
+            }
+        }
+    }
     let acquired = tokio::select! {
         biased;
         lease = pool.acquire() => lease,
@@ -224,6 +283,7 @@ async fn exchange(
         &mut c.start,
         &mut up_tx,
         sending,
+        info.body_idle,
     );
     let relay = relay_response(
         &mut up_rx,
@@ -267,6 +327,7 @@ async fn send_body<R, W>(
     start: &mut usize,
     upstream: &mut W,
     sending: &mut BodyTracker,
+    idle: Duration,
 ) -> Result<(), SendError>
 where
     R: AsyncRead + Unpin,
@@ -276,9 +337,11 @@ where
         buf.clear();
         *start = 0;
         buf.reserve(READ_CHUNK);
-        match client.read_buf(buf).await {
-            Ok(0) | Err(_) => return Err(SendError::Client),
-            Ok(_) => {}
+        // A client that stops sending gives up its slot after `idle`, not the whole
+        // request timeout: the exchange ends and both connections close.
+        match tokio::time::timeout(idle, client.read_buf(buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return Err(SendError::Client),
+            Ok(Ok(_)) => {}
         }
         let used = sending
             .take(buf, |_| {})

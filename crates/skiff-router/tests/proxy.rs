@@ -133,7 +133,13 @@ async fn router_for(instance: &Instance, timeout: Duration) -> SocketAddr {
 
 /// A router serving service `svc` from an instance at `target`; returns its address.
 async fn router_to(target: Target, timeout: Duration) -> SocketAddr {
+    router_with(target, timeout, skiff_router::DEFAULT_BODY_IDLE_TIMEOUT).await
+}
+
+/// As [`router_to`], with `body_idle` as the longest pause in a request body.
+async fn router_with(target: Target, timeout: Duration, body_idle: Duration) -> SocketAddr {
     let router = Router::new("localhost");
+    router.set_body_idle_timeout(body_idle);
     let pool = RevisionPool::new(PoolConfig {
         revision: "svc-00001".into(),
         concurrency: 0,
@@ -447,6 +453,67 @@ async fn an_answer_delimited_by_close_and_cut_short_shows_as_cut() {
     assert!(
         !text.ends_with("0\r\n\r\n"),
         "a cut answer looks complete: {text:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_small_body_takes_no_slot_and_gets_408() {
+    let app = instance(Script::Echo).await;
+    let addr = router_with(Target::Address(app.addr), LIMIT, Duration::from_millis(300)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(LIMIT, s.read_to_end(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert_eq!(
+        app.connections.load(Ordering::SeqCst),
+        0,
+        "an instance got it"
+    );
+    // Sent whole, the same request goes through.
+    let (head, body) = exchange(
+        addr,
+        &format!(
+            "POST / HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 100\r\n\r\n{}",
+            "x".repeat(100)
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(String::from_utf8_lossy(&body).ends_with(&"x".repeat(100)));
+}
+
+#[tokio::test]
+async fn a_stalled_large_upload_gives_its_slot_back_after_the_idle_timeout() {
+    let app = instance(Script::Echo).await;
+    let addr = router_with(Target::Address(app.addr), LIMIT, Duration::from_millis(300)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 100000\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(LIMIT, s.read_to_end(&mut all))
+        .await
+        .expect("closed before the request timeout")
+        .unwrap();
+    assert_eq!(
+        app.connections.load(Ordering::SeqCst),
+        1,
+        "streamed to the instance"
+    );
+    assert!(
+        started.elapsed() < LIMIT / 2,
+        "held for {:?}: the request timeout, not the idle one",
+        started.elapsed()
     );
 }
 

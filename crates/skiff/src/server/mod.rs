@@ -41,6 +41,10 @@ pub struct ServerArgs {
     /// finish before it cuts them.
     #[arg(long, default_value = "30s", value_parser = crate::launch::parse_duration)]
     drain_timeout: Duration,
+    /// How long a client may pause while sending a request body; past it the request is
+    /// abandoned (408 when no instance has it yet) and its slot freed.
+    #[arg(long, default_value = "60s", value_parser = crate::launch::parse_duration)]
+    client_body_timeout: Duration,
     /// Grace period between SIGTERM and SIGKILL when stopping an instance.
     #[arg(long, default_value = "10s", value_parser = crate::launch::parse_duration)]
     stop_timeout: Duration,
@@ -113,6 +117,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     let api_listener = api::bind(&socket)?;
     let _shortcut = upstream_shortcut(args.no_upstream_shortcut);
     let router = skiff_router::Router::new(&args.domain);
+    router.set_body_idle_timeout(args.client_body_timeout);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ingress_addr, ingress_done) = router
         .clone()
