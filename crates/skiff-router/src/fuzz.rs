@@ -121,9 +121,14 @@ pub(crate) fn request(buf: &[u8]) {
         body,
     };
     h1::write_request_head(&mut out, buf, &head, &fwd);
-    let shown = String::from_utf8_lossy(&out).into_owned();
+    let shown = shown(&out);
     let mut again = Head::default();
-    assert_eq!(again.parse_request(&out), Ok(true), "forwarded: {shown:?}");
+    let parsed = again.parse_request(&out);
+    // The proxy's own fields may take a head near the limit past it.
+    if parsed == Err(h1::HeadError::TooLarge) && out.len() > buf.len() {
+        return;
+    }
+    assert_eq!(parsed, Ok(true), "forwarded: {shown:?}");
     assert_eq!(again.len, out.len(), "forwarded: {shown:?}");
     assert_eq!(again.method(&out), head.method(buf), "forwarded: {shown:?}");
     assert_eq!(
@@ -143,6 +148,18 @@ pub(crate) fn response(buf: &[u8]) {
     }
     assert!(head.len <= buf.len() && head.len > 0);
     complete_at_one_length(buf, head.len, |h, b| h.parse_response(b));
+    if (102..200).contains(&head.status) {
+        let mut out = Vec::new();
+        h1::write_interim_head(&mut out, buf, &head);
+        let mut again = Head::default();
+        let shown = String::from_utf8_lossy(&out).into_owned();
+        assert_eq!(again.parse_response(&out), Ok(true), "interim: {shown:?}");
+        assert_eq!(
+            (again.status, again.len),
+            (head.status, out.len()),
+            "{shown:?}"
+        );
+    }
     let Ok(body) = head.response_body(false) else {
         return;
     };
@@ -156,15 +173,24 @@ pub(crate) fn response(buf: &[u8]) {
             http10_client: http10,
         };
         h1::write_response_head(&mut out, buf, &head, &resp);
-        let shown = String::from_utf8_lossy(&out).into_owned();
+        let shown = shown(&out);
         let mut again = Head::default();
-        assert_eq!(again.parse_response(&out), Ok(true), "sent on: {shown:?}");
+        let parsed = again.parse_response(&out);
+        if parsed == Err(h1::HeadError::TooLarge) && out.len() > buf.len() {
+            continue;
+        }
+        assert_eq!(parsed, Ok(true), "sent on: {shown:?}");
         assert_eq!(again.status, head.status, "sent on: {shown:?}");
         if head.status != 101 {
             let read = again.response_body(false);
             assert_eq!(read, Ok(client_framing), "sent on: {shown:?}");
         }
     }
+}
+
+/// A head for a failure message: its first 600 bytes.
+fn shown(out: &[u8]) -> String {
+    String::from_utf8_lossy(&out[..out.len().min(600)]).into_owned()
 }
 
 /// The head in `buf` ends at `len`: one byte less is not a head, and what follows it

@@ -222,6 +222,11 @@ impl Head {
         self.len = len;
         self.minor_version = resp.version.unwrap_or(1);
         self.status = resp.code.unwrap_or(0);
+        // Three digits are not enough: `040` or `999` mean nothing to a client, which
+        // would read `HTTP/1.1 40` as malformed (RFC 9110 §15 defines 1xx to 5xx).
+        if !(100..=599).contains(&self.status) {
+            return Err(HeadError::Syntax("invalid status"));
+        }
         self.reason = match resp.reason {
             Some(r) if !r.is_empty() => span(buf, r.as_bytes()),
             // httparse gives an empty reason for one with obs-text (bytes past 0x7f,
@@ -685,6 +690,18 @@ pub fn write_response_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, resp: &Re
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes an interim (1xx) response head to send on: its status line and end-to-end
+/// fields.
+pub fn write_interim_head(out: &mut Vec<u8>, buf: &[u8], head: &Head) {
+    let _ = write!(out, "HTTP/1.1 {} ", head.status);
+    out.extend_from_slice(&buf[head.reason.clone()]);
+    out.extend_from_slice(b"\r\n");
+    for (_, name, value) in head.end_to_end(buf, false) {
+        field(out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// A response the proxy writes itself (errors): text body, Content-Length framing.
 pub fn write_local_response(
     out: &mut Vec<u8>,
@@ -1048,5 +1065,19 @@ mod tests {
             text.contains("transfer-encoding: gzip, chunked\r\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn statuses_outside_1xx_to_5xx_are_refused() {
+        for (raw, ok) in [
+            (&b"HTTP/1.1 040 Odd\r\n\r\n"[..], false),
+            (b"HTTP/1.1 600 Odd\r\n\r\n", false),
+            (b"HTTP/1.1 099 Odd\r\n\r\n", false),
+            (b"HTTP/1.1 599 Odd\r\n\r\n", true),
+            (b"HTTP/1.1 100 Continue\r\n\r\n", true),
+        ] {
+            let mut head = Head::default();
+            assert_eq!(head.parse_response(raw).is_ok(), ok, "{raw:?}");
+        }
     }
 }

@@ -382,8 +382,16 @@ where
         if !ubuf.is_empty() {
             match head.parse_response(ubuf) {
                 Ok(true) if head.status >= 200 || head.status == 101 => break,
-                // Informational answers (100 Continue, 103) are not passed on.
+                // Interim answers (103 Early Hints…) go on to HTTP/1.1 clients (RFC 9110
+                // §15.2); 100 Continue is the router's to send, and HTTP/1.0 has none.
                 Ok(true) => {
+                    if head.status != 100 && !info.http10 {
+                        out.clear();
+                        h1::write_interim_head(out, ubuf, head);
+                        if client.write_all(out).await.is_err() {
+                            return Relay::Broken;
+                        }
+                    }
                     let informational = head.len;
                     ubuf.drain(..informational);
                     continue;

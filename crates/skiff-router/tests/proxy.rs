@@ -518,6 +518,37 @@ async fn a_stalled_large_upload_gives_its_slot_back_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn early_hints_reach_http11_clients_only() {
+    let app = instance(Script::Raw(
+        "HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n\
+         HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ))
+    .await;
+    let addr = router_for(&app, LIMIT).await;
+    let read_all = |version: &'static str| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET / {version}\r\nHost: svc.localhost\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(LIMIT, s.read_to_end(&mut all))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8(all).unwrap()
+    };
+    let text = read_all("HTTP/1.1").await;
+    assert!(
+        text.starts_with(
+            "HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    let text = read_all("HTTP/1.0").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+}
+
+#[tokio::test]
 async fn expect_continue_is_answered_by_the_router() {
     let app = instance(Script::Echo).await;
     let addr = router_for(&app, LIMIT).await;
