@@ -124,6 +124,7 @@ impl ImageStore {
         image: &ImageRecord,
         user: &str,
     ) -> Result<ResolvedUser, ImageError> {
+        self.check_snapshots(image)?;
         let layers = self.rootfs_layers(image);
         let passwd = crate::rootfs::read_file(&layers, "etc/passwd").unwrap_or_default();
         let group = crate::rootfs::read_file(&layers, "etc/group").unwrap_or_default();

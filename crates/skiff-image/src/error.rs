@@ -54,6 +54,19 @@ pub enum ImageError {
         /// The error.
         source: std::io::Error,
     },
+    /// A layer's unpacked snapshot is gone from the store (removed outside skiff).
+    #[error(
+        "image {image}: the snapshot of layer {chain_id} is missing ({path}); remove the \
+         image and import or pull it again"
+    )]
+    MissingSnapshot {
+        /// The image's manifest digest.
+        image: Digest,
+        /// The layer's chain id.
+        chain_id: Digest,
+        /// Where the snapshot should be.
+        path: PathBuf,
+    },
     /// The database refused.
     #[error(transparent)]
     Store(#[from] skiff_store::StoreError),

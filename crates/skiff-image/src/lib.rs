@@ -118,6 +118,30 @@ impl ImageStore {
             .collect()
     }
 
+    /// The layers of `image` whose snapshot directory is gone (removed outside skiff), as
+    /// (chain id, where it should be).
+    pub fn missing_snapshots(&self, image: &ImageRecord) -> Vec<(Digest, PathBuf)> {
+        image
+            .layers
+            .iter()
+            .map(|l| (l.chain_id.clone(), self.snapshot_dir(&l.chain_id)))
+            .filter(|(_, dir)| !dir.is_dir())
+            .collect()
+    }
+
+    /// An error naming the first missing snapshot of `image`, if one is missing: what
+    /// would otherwise fail later as a missing `/etc/passwd` or a mount error.
+    pub fn check_snapshots(&self, image: &ImageRecord) -> Result<(), ImageError> {
+        match self.missing_snapshots(image).into_iter().next() {
+            None => Ok(()),
+            Some((chain_id, path)) => Err(ImageError::MissingSnapshot {
+                image: image.digest.clone(),
+                chain_id,
+                path,
+            }),
+        }
+    }
+
     /// Removes what `reference` names (see [`Store::remove_image`]) and deletes the blobs
     /// and snapshots nothing else uses.
     pub fn remove(&self, db: &mut Store, reference: &str) -> Result<Option<Digest>, ImageError> {

@@ -50,6 +50,18 @@ pub enum StoreError {
         /// Newest version this build knows.
         known: i64,
     },
+    /// SQLite's own check found the database damaged.
+    #[error(
+        "database {path} is damaged ({findings}); stop here and restore a copy made with \
+         `skiff backup` (copy it over {path} and delete {path}-wal and {path}-shm), or \
+         move the damaged file aside to start empty"
+    )]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// The first findings of `PRAGMA quick_check`.
+        findings: String,
+    },
     /// No image matches a reference.
     #[error("no such image: {0}")]
     NoSuchImage(String),
@@ -99,15 +111,24 @@ pub enum StoreError {
 /// An open connection to the skiff database.
 pub struct Store {
     conn: Connection,
+    path: PathBuf,
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     /// Several processes may open the same database: writes wait for each other.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_owned(),
-            source,
+        let open_err = |source: rusqlite::Error| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                StoreError::Damaged {
+                    path: path.to_owned(),
+                    findings: source.to_string(),
+                }
+            }
+            _ => StoreError::Open {
+                path: path.to_owned(),
+                source,
+            },
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(10))
@@ -119,7 +140,39 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         migrations::migrate(&mut conn, path)?;
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Runs SQLite's `PRAGMA quick_check` (every page and index entry read once: for a
+    /// daemon's start, not for every command); a damaged database is an error that says
+    /// what to do, rather than services that answer 404 with the reason only in a log.
+    pub fn check_integrity(&self) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare("PRAGMA quick_check(5)")?;
+        let findings = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<String>, _>>());
+        let findings = match findings {
+            Ok(f) if f == ["ok"] => return Ok(()),
+            Ok(f) => f.join("; "),
+            Err(e) => e.to_string(),
+        };
+        Err(StoreError::Damaged {
+            path: self.path.clone(),
+            findings,
+        })
+    }
+
+    /// Whether the database knows no image and no service (a new one, or one lost).
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let count: i64 = self.conn.query_row(
+            "SELECT (SELECT count(*) FROM images) + (SELECT count(*) FROM services)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(count == 0)
     }
 
     /// Moves everything in the write-ahead log into the database file and empties the

@@ -71,6 +71,27 @@ impl Home {
         Ok(file)
     }
 
+    /// Says so when the database knows nothing but image content lies beside it: a
+    /// lost or replaced database, whose services are gone from skiff's view.
+    pub fn warn_if_database_lost(&self, db: &Store) -> anyhow::Result<()> {
+        if !db.is_empty()? {
+            return Ok(());
+        }
+        let count = |sub: &str| {
+            std::fs::read_dir(self.root.join(sub)).map_or(0, |d| d.filter_map(Result::ok).count())
+        };
+        let (blobs, snapshots) = (count("blobs/sha256"), count("snapshots"));
+        if blobs + snapshots > 0 {
+            eprintln!(
+                "skiff server: warning: the database {} holds no image and no service, but \
+                 {blobs} blobs and {snapshots} snapshots lie beside it: if it was lost or \
+                 replaced, stop and restore a copy made with `skiff backup` before deploying",
+                self.root.join("skiff.db").display()
+            );
+        }
+        Ok(())
+    }
+
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")
     }

@@ -120,7 +120,7 @@ fn pull(
     let pulled = runtime
         .block_on(skiff_registry::pull(store, &mut db, &a.reference, &opts))
         .with_context(|| format!("pulling {}", a.reference))?;
-    print_images(format, &[pulled.image]);
+    print_images(format, store, &[pulled.image]);
     Ok(())
 }
 
@@ -163,7 +163,7 @@ fn run_with(
                 select: a.select,
             };
             let images = store.import(&mut db, &a.path, &opts)?;
-            print_images(format, &images);
+            print_images(format, &store, &images);
         }
         ImageCommand::Pull(a) => pull(home, format, a, &store)?,
         ImageCommand::Pack(a) => {
@@ -181,9 +181,9 @@ fn run_with(
                 user: a.user,
             };
             let image = store.pack(&mut db, &a.dir, &opts)?;
-            print_images(format, &[image]);
+            print_images(format, &store, &[image]);
         }
-        ImageCommand::Ls => print_images(format, &db.list_images()?),
+        ImageCommand::Ls => print_images(format, &store, &db.list_images()?),
         ImageCommand::Inspect { reference } => {
             let image = db.resolve_image(&reference)?;
             output::json(&inspect_json(&image));
@@ -239,12 +239,20 @@ fn inspect_json(i: &ImageRecord) -> serde_json::Value {
     v
 }
 
-fn print_images(format: Format, images: &[ImageRecord]) {
+fn print_images(format: Format, store: &skiff_image::ImageStore, images: &[ImageRecord]) {
     super::progress::finish();
     match format {
         Format::Json => output::json(&serde_json::json!(images
             .iter()
-            .map(image_json)
+            .map(|i| {
+                let mut v = image_json(i);
+                v["missing_snapshots"] = serde_json::json!(store
+                    .missing_snapshots(i)
+                    .iter()
+                    .map(|(_, path)| path.display().to_string())
+                    .collect::<Vec<_>>());
+                v
+            })
             .collect::<Vec<_>>())),
         Format::Table => {
             let rows: Vec<Vec<String>> = images
@@ -259,10 +267,14 @@ fn print_images(format: Format, images: &[ImageRecord]) {
                         i.digest.short().to_owned(),
                         i.layers.len().to_string(),
                         output::human_size(i.size),
+                        match store.missing_snapshots(i).len() {
+                            0 => "ok".into(),
+                            n => format!("{n} layer snapshot(s) missing"),
+                        },
                     ]
                 })
                 .collect();
-            output::table(&["TAG", "DIGEST", "LAYERS", "SIZE"], &rows);
+            output::table(&["TAG", "DIGEST", "LAYERS", "SIZE", "STATUS"], &rows);
         }
     }
 }

@@ -108,6 +108,8 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     let _lock = home.lock_for_daemon()?;
     raise_descriptor_limit();
     let mut db = home.db()?;
+    db.check_integrity()?;
+    home.warn_if_database_lost(&db)?;
     let images = home.images()?;
     let sandbox = Arc::new(Sandbox::new(&home.scope()).context("preparing the sandbox runtime")?);
     crate::launch::reclaim_lost(&mut db, &sandbox, &home.run_dir())

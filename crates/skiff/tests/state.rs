@@ -1,0 +1,126 @@
+//! Damaged or lost state fails loudly (issue 17, item 6): a database with garbled pages
+//! stops the daemon with what to do, an empty database beside image content is named,
+//! and a layer snapshot removed behind skiff's back is reported as missing at deploy
+//! and in `skiff image ls`, not as a missing user.
+
+mod daemon;
+
+use daemon::{skiff_bin, stderr, Daemon, Subnet};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a server on `home` did: `Err(stderr)` when it exited at once, `Ok(stderr)` when
+/// it came up (it is then stopped with SIGTERM).
+fn server_on(home: &std::path::Path) -> Result<String, String> {
+    let subnet = Subnet::claim();
+    let mut child = Command::new(skiff_bin())
+        .args(["--home", home.to_str().unwrap()])
+        .args(["--socket", home.join("api.sock").to_str().unwrap()])
+        .arg("server")
+        .args(["--ingress", "127.0.0.1:0", "--registry", "127.0.0.1:0"])
+        .args(["--instance-subnet", &subnet.cidr()])
+        .args(["--dns-upstream", "127.0.0.1:9"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let came_up = line.contains("ingress http://");
+    if came_up {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    if came_up {
+        assert!(status.success(), "{err}");
+        Ok(err)
+    } else {
+        assert!(
+            !status.success(),
+            "exited with success without serving: {err}"
+        );
+        Err(err)
+    }
+}
+
+#[test]
+fn a_damaged_database_stops_the_daemon_with_what_to_do() {
+    let mut d = Daemon::start(&[]);
+    d.deploy_hello("kept", &[]);
+    assert_eq!(d.stop(), Some(0));
+    let db = d.home.path().join("skiff.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() >= 3 * 4096, "{} bytes", bytes.len());
+    // Every page after the first garbled: the schema page still opens.
+    for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+        *b = (i * 7 % 251) as u8;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let err = server_on(d.home.path()).expect_err("a daemon started on a damaged database");
+    assert!(
+        err.contains("is damaged") && err.contains("skiff backup") && err.contains("skiff.db"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_empty_database_beside_image_content_is_named() {
+    let mut d = Daemon::start(&[]);
+    assert_eq!(d.stop(), Some(0));
+    let db = d.home.path().join("skiff.db");
+    std::fs::write(&db, b"").unwrap();
+    for side in ["skiff.db-wal", "skiff.db-shm"] {
+        let _ = std::fs::remove_file(d.home.path().join(side));
+    }
+    let err = server_on(d.home.path()).expect("a daemon on an empty database starts");
+    assert!(
+        err.contains("holds no image and no service") && err.contains("skiff backup"),
+        "{err}"
+    );
+    // A new data directory has nothing to say.
+    let fresh = tempfile::tempdir().unwrap();
+    let err = server_on(fresh.path()).unwrap();
+    assert!(!err.contains("holds no image"), "{err}");
+}
+
+#[test]
+fn a_missing_snapshot_is_named_at_deploy_and_in_image_ls() {
+    let d = Daemon::start(&[]);
+    let snapshots = d.home.path().join("snapshots");
+    for entry in std::fs::read_dir(&snapshots).unwrap() {
+        std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
+    }
+    let out = d.cli(&["deploy", "web", "--image", "hello"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("snapshot of layer") && err.contains("is missing"),
+        "{err}"
+    );
+    let table = d.ok(&["image", "ls"]);
+    assert!(table.contains("snapshot(s) missing"), "{table}");
+    let listed = d.json(&["image", "ls"]);
+    assert_eq!(
+        listed[0]["missing_snapshots"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+}
