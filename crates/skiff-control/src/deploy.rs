@@ -11,6 +11,7 @@ use crate::{Control, ControlError};
 use skiff_core::{revision_name, tag_host, validate_service_name, validate_tag};
 use skiff_router::{PoolConfig, RevisionPool};
 use skiff_store::{RevisionRecord, ServiceRecord};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -317,7 +318,17 @@ impl Control {
             r.pool.close();
             r.retire();
         }
+        // Instances still running are forgotten as they end (see finish_record).
+        self.forget_logs_of_removed(name);
         Ok(())
+    }
+
+    /// Deletes the rows and log files of a removed service's ended instances.
+    pub(crate) fn forget_logs_of_removed(&self, name: &str) {
+        match self.db().forget_ended_instances(name) {
+            Ok(logs) => logs.iter().for_each(|l| crate::logs::delete(Path::new(l))),
+            Err(e) => tracing::warn!(service = %name, "forgetting removed instances: {e}"),
+        }
     }
 
     /// Routes every stored service as its traffic says again (daemon start).

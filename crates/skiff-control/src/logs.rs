@@ -138,6 +138,19 @@ pub async fn follow(
     }
 }
 
+/// Deletes an instance's log file and its rotated predecessor (`<log>.1`).
+pub(crate) fn delete(log: &Path) {
+    let mut older = log.as_os_str().to_owned();
+    older.push(".1");
+    for path in [log, Path::new(&older)] {
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(log = %path.display(), "deleting a removed service's log: {e}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -317,6 +317,10 @@ impl RevisionRunner {
         if let Err(e) = self.ctl.db().finish_instance(id, Some(record)) {
             tracing::error!(instance = %id, "recording the exit: {e}");
         }
+        // The last instances of a removed service take their logs with them.
+        if self.is_retired() && matches!(self.ctl.db().service(self.service()), Ok(None)) {
+            self.ctl.forget_logs_of_removed(self.service());
+        }
     }
 
     /// Records a failure with the log's tail and backs off before the next start.

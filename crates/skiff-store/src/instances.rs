@@ -166,6 +166,25 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets the ended instances of `service` (a removed one: a new service of the same
+    /// name must not show them); returns their log files, for the caller to delete.
+    pub fn forget_ended_instances(&mut self, service: &str) -> Result<Vec<String>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let logs = {
+            let mut stmt = tx.prepare(
+                "SELECT log_path FROM instances WHERE service = ?1 AND state != 'running'",
+            )?;
+            let rows = stmt.query_map([service], |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.execute(
+            "DELETE FROM instances WHERE service = ?1 AND state != 'running'",
+            [service],
+        )?;
+        tx.commit()?;
+        Ok(logs)
+    }
+
     /// Marks an instance ended, with its exit report (`None` when it was lost), freeing
     /// its network slot.
     pub fn finish_instance(

@@ -124,3 +124,22 @@ fn a_missing_snapshot_is_named_at_deploy_and_in_image_ls() {
         "{listed}"
     );
 }
+
+#[test]
+fn a_removed_service_takes_its_logs_with_it() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("gone", &[]);
+    assert_eq!(d.get("gone", "/").status, 200);
+    let detail = d.json(&["describe", "gone"]);
+    let old = detail["instances"][0]["id"].as_str().unwrap().to_owned();
+    let log = d.home.path().join("logs").join(format!("{old}.log"));
+    assert!(log.exists(), "{}", log.display());
+    d.ok(&["rm", "gone"]);
+    daemon::eventually(Duration::from_secs(20), "the log deleted", || !log.exists());
+    d.deploy_hello("gone", &[]);
+    let logs = d.ok(&["logs", "gone"]);
+    assert!(
+        !logs.contains(&old),
+        "the removed service's logs show: {logs}"
+    );
+}
