@@ -15,7 +15,9 @@ use crate::runtime::{
 use skiff_kernel::descriptors;
 use skiff_net::ServiceNetwork;
 use skiff_router::{Target, Throttle};
-use skiff_sandbox::{Exit, Freezer, Instance, Limits, NetworkSlot, Prepared, Sandbox, SandboxSpec};
+use skiff_sandbox::{
+    Exit, Freezer, Instance, Limits, LogLimits, NetworkSlot, Prepared, Sandbox, SandboxSpec,
+};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
@@ -73,16 +75,18 @@ pub struct LinuxRuntime {
     jobs: mpsc::Sender<Job>,
     run_dir: PathBuf,
     network: Option<Arc<ServiceNetwork>>,
+    log_limits: LogLimits,
 }
 
 impl LinuxRuntime {
     /// Starts `threads` spawner threads sharing `sandbox`; instances' scratch mount points
-    /// go under `run_dir`.
+    /// go under `run_dir`, their logs are held to `log_limits`.
     pub fn new(
         sandbox: Arc<Sandbox>,
         threads: usize,
         run_dir: PathBuf,
         network: Option<Arc<ServiceNetwork>>,
+        log_limits: LogLimits,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -101,6 +105,7 @@ impl LinuxRuntime {
             jobs: tx,
             run_dir,
             network,
+            log_limits,
         })
     }
 
@@ -132,6 +137,7 @@ impl LinuxRuntime {
             drop_caps: skiff_core::capability_mask(&r.spec.cap_drop),
             log_path: plan.log_path.clone(),
             log_max_bytes: LOG_MAX_BYTES,
+            log_limits: self.log_limits.clone(),
             run_dir: self.run_dir.clone(),
             scratch_bytes: r.limits.memory_bytes,
             tee_output: false,

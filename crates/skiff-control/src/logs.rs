@@ -138,6 +138,53 @@ pub async fn follow(
     }
 }
 
+impl Control {
+    /// Counts what the log files hold into `budget`; past it, deletes the oldest files
+    /// of instances that no longer run (rotated ones first) until they fit in nine
+    /// tenths of it. Returns the bytes the files hold afterwards. Blocks (file system).
+    pub fn enforce_log_budget(&self, budget: &skiff_sandbox::LogBudget) -> u64 {
+        let running: std::collections::HashSet<String> = match self.db().running_instances() {
+            Ok(rows) => rows.into_iter().map(|r| r.id).collect(),
+            Err(e) => {
+                tracing::warn!("counting the logs: {e}");
+                return budget.used();
+            }
+        };
+        let mut files: Vec<(bool, std::time::SystemTime, u64, std::path::PathBuf)> =
+            std::fs::read_dir(&self.config.logs_dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    let name = e.file_name().into_string().ok()?;
+                    let rotated = name.ends_with(".log.1");
+                    let id = name.strip_suffix(".log.1").or(name.strip_suffix(".log"))?;
+                    let deletable = rotated || !running.contains(id);
+                    Some((deletable, meta.modified().ok()?, meta.len(), e.path()))
+                })
+                .collect();
+        let mut used: u64 = files.iter().map(|f| f.2).sum();
+        if used > budget.limit() {
+            let target = budget.limit() / 10 * 9;
+            // Oldest first; among them, rotated files before current ones.
+            files.retain(|f| f.0);
+            files.sort_by_key(|f| (f.1, !f.3.to_string_lossy().ends_with(".1")));
+            for (_, _, len, path) in files {
+                if used <= target {
+                    break;
+                }
+                if std::fs::remove_file(&path).is_ok() {
+                    used = used.saturating_sub(len);
+                    tracing::info!(log = %path.display(), "deleted to keep the logs within their budget");
+                }
+            }
+        }
+        budget.set_used(used);
+        used
+    }
+}
+
 /// Deletes an instance's log file and its rotated predecessor (`<log>.1`).
 pub(crate) fn delete(log: &Path) {
     let mut older = log.as_os_str().to_owned();

@@ -31,7 +31,7 @@ mod spawn;
 pub use cgroup::{oom_kills_in, Cgroup, Hierarchy, Limits, Placement};
 pub use freezer::Freezer;
 pub use instance::{Exit, Instance};
-pub use logs::{rfc3339, rfc3339_now};
+pub use logs::{rfc3339, rfc3339_now, LogBudget, LogLimits, LogRate};
 pub use net::{host_link_exists, NetworkSlot, ROUTED_PREFIX, SLOTS};
 pub use probe::{ProbeChannel, ProbeStatus};
 pub use seccomp::DENIED as SECCOMP_DENIED;
@@ -93,6 +93,8 @@ pub struct SandboxSpec {
     pub log_path: PathBuf,
     /// Cap on the log file; past it the log rotates to `<log_path>.1` (0 = no cap).
     pub log_max_bytes: u64,
+    /// The log's rate and the budget it shares with other instances' logs.
+    pub log_limits: LogLimits,
     /// Directory for per-instance scratch mount points (e.g. `/run/skiff/instances`).
     pub run_dir: PathBuf,
     /// Size of the writable layer and of `/tmp` (tmpfs, charged to the memory limit).

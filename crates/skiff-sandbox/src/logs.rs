@@ -1,29 +1,132 @@
 //! Captures an instance's stdout and stderr into its log file, one line per record in the
 //! CRI format (`<RFC 3339 time> <stream> <F|P> <text>`), so logs survive the instance and
-//! can be read back by time. The file is capped: past the cap it is rotated to `<log>.1`
-//! (replacing an older one), so a chatty instance cannot fill the host's disk. Optionally
-//! copies the raw bytes to this process's own stdout/stderr (`skiff run` in the foreground).
+//! can be read back by time. Optionally copies the raw bytes to this process's own
+//! stdout/stderr (`skiff run` in the foreground).
+//!
+//! Three limits keep one instance's output from costing the host:
+//! - the file is capped: past the cap it is rotated to `<log>.1` (replacing an older one);
+//! - a rate ([`LogRate`]): past its burst the pump stops reading the instance's pipes
+//!   for as long as the rate asks, so the app blocks on a full pipe: a flood is paid for
+//!   by the app's own time, not by the daemon's CPU;
+//! - a budget shared by every instance ([`LogBudget`]): when all logs together hold
+//!   it, records are dropped, and the log says how many bytes were, once it can.
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::OwnedFd;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Longest line kept whole; longer ones are split into partial (`P`) records.
 const MAX_LINE: usize = 16 * 1024;
 
-/// Where records go.
+/// Where records go: each record arrives in pieces, written without joining them.
 trait Records {
-    fn append(&mut self, record: &[u8]);
+    fn append(&mut self, parts: &[&[u8]]);
 }
 
 impl Records for Vec<u8> {
-    fn append(&mut self, record: &[u8]) {
-        self.extend_from_slice(record);
+    fn append(&mut self, parts: &[&[u8]]) {
+        parts.iter().for_each(|p| self.extend_from_slice(p));
     }
+}
+
+/// How fast an instance's output may reach its log: `bytes_per_sec` sustained, after a
+/// burst of `burst` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRate {
+    /// Sustained bytes per second.
+    pub bytes_per_sec: u64,
+    /// Bytes that may come at once.
+    pub burst: u64,
+}
+
+/// A token bucket for [`LogRate`], on a clock the caller gives.
+#[derive(Clone, Debug)]
+struct Bucket {
+    rate: LogRate,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: LogRate, now: Instant) -> Bucket {
+        Bucket {
+            rate,
+            tokens: rate.burst as f64,
+            at: now,
+        }
+    }
+
+    /// Takes `n` bytes; returns how long to wait before taking more.
+    fn take(&mut self, n: usize, now: Instant) -> Duration {
+        let per_sec = self.rate.bytes_per_sec.max(1) as f64;
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * per_sec).min(self.rate.burst as f64);
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / per_sec)
+        }
+    }
+}
+
+/// What every instance's logs may hold together (bytes), shared by their pumps. The
+/// daemon sets what is used from the files now and then (deleted logs free it); pumps
+/// add what they write in between.
+#[derive(Debug)]
+pub struct LogBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl LogBudget {
+    /// A budget of `limit` bytes, `used` of them taken.
+    pub fn new(limit: u64, used: u64) -> LogBudget {
+        LogBudget {
+            used: AtomicU64::new(used),
+            limit,
+        }
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes taken.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Sets what the log files hold now (after a count of them).
+    pub fn set_used(&self, bytes: u64) {
+        self.used.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Takes `n` bytes if they fit.
+    fn try_take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u.saturating_add(n) <= self.limit).then_some(u + n)
+            })
+            .is_ok()
+    }
+}
+
+/// The limits of one instance's log beyond its file cap.
+#[derive(Clone, Debug, Default)]
+pub struct LogLimits {
+    /// How fast its output may be logged (`None`: as fast as it comes).
+    pub rate: Option<LogRate>,
+    /// The budget all logs share (`None`: only the file cap).
+    pub budget: Option<Arc<LogBudget>>,
 }
 
 /// The log file, rotated to `<path>.1` when a record would take it past `max` bytes.
@@ -32,6 +135,9 @@ pub struct LogFile {
     out: io::BufWriter<File>,
     written: u64,
     max: u64,
+    budget: Option<Arc<LogBudget>>,
+    /// Bytes of records dropped for the budget and not yet reported in the log.
+    dropped: u64,
 }
 
 impl LogFile {
@@ -44,7 +150,15 @@ impl LogFile {
             out: io::BufWriter::new(file),
             written,
             max,
+            budget: None,
+            dropped: 0,
         }
+    }
+
+    /// Counts what it writes against `budget`, dropping records that do not fit.
+    pub fn within(mut self, budget: Option<Arc<LogBudget>>) -> Self {
+        self.budget = budget;
+        self
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -64,18 +178,46 @@ impl LogFile {
     fn flush(&mut self) {
         let _ = self.out.flush();
     }
-}
 
-impl Records for LogFile {
-    fn append(&mut self, record: &[u8]) {
-        if self.max > 0 && self.written > 0 && self.written + record.len() as u64 > self.max {
+    /// Whether `len` more bytes fit the shared budget.
+    fn fits(&self, len: usize) -> bool {
+        self.budget.as_ref().is_none_or(|b| b.try_take(len as u64))
+    }
+
+    fn write_parts(&mut self, parts: &[&[u8]], len: usize) {
+        if self.max > 0 && self.written > 0 && self.written + len as u64 > self.max {
             if let Err(e) = self.rotate() {
                 tracing::warn!(log = %self.path.display(), error = %e, "could not rotate log");
             }
         }
-        if self.out.write_all(record).is_ok() {
-            self.written += record.len() as u64;
+        if parts.iter().all(|p| self.out.write_all(p).is_ok()) {
+            self.written += len as u64;
         }
+    }
+}
+
+impl Records for LogFile {
+    fn append(&mut self, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if self.dropped > 0 {
+            // The gap is told before the next record, if the two fit.
+            let note = format!(
+                "{} stderr F [skiff: {} bytes of output dropped: the logs of all instances \
+                 are at their budget]\n",
+                rfc3339_now(),
+                self.dropped
+            );
+            if !self.fits(note.len() + len) {
+                self.dropped += len as u64;
+                return;
+            }
+            self.write_parts(&[note.as_bytes()], note.len());
+            self.dropped = 0;
+        } else if !self.fits(len) {
+            self.dropped += len as u64;
+            return;
+        }
+        self.write_parts(parts, len);
     }
 }
 
@@ -84,11 +226,12 @@ pub fn spawn(
     stdout: OwnedFd,
     stderr: OwnedFd,
     log: LogFile,
+    rate: Option<LogRate>,
     tee: bool,
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("skiff-logs".into())
-        .spawn(move || pump(stdout, stderr, log, tee))
+        .spawn(move || pump(stdout, stderr, log, rate, tee))
 }
 
 struct Stream {
@@ -97,7 +240,11 @@ struct Stream {
     pending: Vec<u8>,
 }
 
-fn pump(stdout: OwnedFd, stderr: OwnedFd, mut log: LogFile, tee: bool) {
+fn pump(stdout: OwnedFd, stderr: OwnedFd, mut log: LogFile, rate: Option<LogRate>, tee: bool) {
+    // Copying logs is background work: at the lowest priority, threads that serve
+    // requests take the CPU first (on Linux this sets the calling thread's nice only).
+    let _ = rustix::process::setpriority_process(None, 19);
+    let mut bucket = rate.map(|r| Bucket::new(r, Instant::now()));
     let mut streams = [
         Stream {
             fd: Some(stdout),
@@ -138,11 +285,18 @@ fn pump(stdout: OwnedFd, stderr: OwnedFd, mut log: LogFile, tee: bool) {
                 Ok(0) | Err(_) => {
                     if !s.pending.is_empty() {
                         let rest = std::mem::take(&mut s.pending);
-                        record(&mut log, s.name, "F", &rest);
+                        record(&mut log, &rfc3339_now(), s.name, "F", &rest);
                     }
                     s.fd = None;
                 }
                 Ok(n) => {
+                    // Past the rate, the pipes are left unread: the app blocks on them.
+                    if let Some(b) = bucket.as_mut() {
+                        let wait = b.take(n, Instant::now());
+                        if !wait.is_zero() {
+                            std::thread::sleep(wait);
+                        }
+                    }
                     if tee {
                         let _ = if i == 0 {
                             io::stdout()
@@ -162,24 +316,39 @@ fn pump(stdout: OwnedFd, stderr: OwnedFd, mut log: LogFile, tee: bool) {
     log.flush();
 }
 
+/// Records the complete lines of `s.pending` (and long partial ones), all stamped with
+/// one time: they were read at once, and the clock is read once per read, not per line.
 fn drain_lines(log: &mut impl Records, s: &mut Stream) {
+    let stamp = rfc3339_now();
     let mut start = 0;
     while let Some(pos) = s.pending[start..].iter().position(|&b| b == b'\n') {
-        record(log, s.name, "F", &s.pending[start..start + pos]);
+        record(log, &stamp, s.name, "F", &s.pending[start..start + pos]);
         start += pos + 1;
     }
     while s.pending.len() - start > MAX_LINE {
-        record(log, s.name, "P", &s.pending[start..start + MAX_LINE]);
+        record(
+            log,
+            &stamp,
+            s.name,
+            "P",
+            &s.pending[start..start + MAX_LINE],
+        );
         start += MAX_LINE;
     }
     s.pending.drain(..start);
 }
 
-fn record(log: &mut impl Records, stream: &str, tag: &str, line: &[u8]) {
-    let mut rec = format!("{} {stream} {tag} ", rfc3339_now()).into_bytes();
-    rec.extend_from_slice(line);
-    rec.push(b'\n');
-    log.append(&rec);
+fn record(log: &mut impl Records, stamp: &str, stream: &str, tag: &str, line: &[u8]) {
+    log.append(&[
+        stamp.as_bytes(),
+        b" ",
+        stream.as_bytes(),
+        b" ",
+        tag.as_bytes(),
+        b" ",
+        line,
+        b"\n",
+    ]);
 }
 
 /// Current UTC time as RFC 3339 with nanoseconds.
@@ -227,7 +396,13 @@ mod tests {
             .unwrap();
         let mut log = LogFile::new(path.clone(), file, 200);
         for i in 0..20 {
-            record(&mut log, "stdout", "F", format!("line {i:02}").as_bytes());
+            record(
+                &mut log,
+                &rfc3339_now(),
+                "stdout",
+                "F",
+                format!("line {i:02}").as_bytes(),
+            );
         }
         log.flush();
         let current = std::fs::read_to_string(&path).unwrap();
@@ -245,6 +420,67 @@ mod tests {
                 "a record was split: {text}"
             );
         }
+    }
+
+    #[test]
+    fn the_rate_lets_a_burst_through_then_asks_to_wait() {
+        let t0 = Instant::now();
+        let rate = LogRate {
+            bytes_per_sec: 1000,
+            burst: 2000,
+        };
+        let mut b = Bucket::new(rate, t0);
+        assert_eq!(b.take(2000, t0), Duration::ZERO, "the burst");
+        assert_eq!(b.take(1000, t0), Duration::from_secs(1));
+        // Two seconds on, the debt is paid and 1000 bytes are back.
+        assert_eq!(b.take(500, t0 + Duration::from_secs(2)), Duration::ZERO);
+        assert_eq!(b.take(500, t0 + Duration::from_secs(2)), Duration::ZERO);
+        assert_eq!(
+            b.take(500, t0 + Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        // Idle time refills no further than the burst.
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(b.take(2000, later), Duration::ZERO);
+        assert!(!b.take(1, later).is_zero());
+    }
+
+    #[test]
+    fn past_the_budget_records_are_dropped_and_the_gap_is_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.log");
+        let file = std::fs::File::create(&path).unwrap();
+        let budget = Arc::new(LogBudget::new(400, 0));
+        let mut log = LogFile::new(path.clone(), file, 0).within(Some(Arc::clone(&budget)));
+        let stamp = rfc3339_now();
+        for i in 0..20 {
+            record(
+                &mut log,
+                &stamp,
+                "stdout",
+                "F",
+                format!("line {i:02}").as_bytes(),
+            );
+        }
+        log.flush();
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert!(kept.len() <= 400, "{}", kept.len());
+        assert!(
+            kept.contains("line 00") && !kept.contains("line 19"),
+            "{kept}"
+        );
+        assert_eq!(budget.used(), kept.len() as u64);
+        // Logs deleted elsewhere free the budget: the gap is told, then output goes on.
+        budget.set_used(0);
+        record(&mut log, &stamp, "stdout", "F", b"after");
+        log.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let tail: Vec<&str> = text.lines().rev().take(2).collect();
+        assert!(tail[0].ends_with("stdout F after"), "{text}");
+        assert!(
+            tail[1].contains("stderr F [skiff: ") && tail[1].contains("bytes of output dropped"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -233,6 +233,7 @@ impl Sandbox {
             network: spec.network,
             log_path: spec.log_path.clone(),
             log_max_bytes: spec.log_max_bytes,
+            log_limits: spec.log_limits.clone(),
             tee_output: spec.tee_output,
             stop_signal: spec.stop_signal,
             exe: spec.args[0].clone(),
@@ -378,6 +379,7 @@ pub struct Prepared {
     network: Option<net::NetworkSlot>,
     log_path: std::path::PathBuf,
     log_max_bytes: u64,
+    log_limits: crate::logs::LogLimits,
     tee_output: bool,
     exe: String,
     armed: bool,
@@ -438,13 +440,10 @@ impl Prepared {
             .output
             .take()
             .expect("a prepared sandbox has its output pipes");
-        let pump = crate::logs::spawn(
-            out_r,
-            errout_r,
-            crate::logs::LogFile::new(self.log_path.clone(), log, self.log_max_bytes),
-            self.tee_output,
-        )
-        .map_err(prep("starting the log pump"))?;
+        let log = crate::logs::LogFile::new(self.log_path.clone(), log, self.log_max_bytes)
+            .within(self.log_limits.budget.clone());
+        let pump = crate::logs::spawn(out_r, errout_r, log, self.log_limits.rate, self.tee_output)
+            .map_err(prep("starting the log pump"))?;
         let cgroup = self
             .cgroup
             .take()

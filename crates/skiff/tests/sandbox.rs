@@ -134,6 +134,7 @@ fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
         network: Some(NetworkSlot::new(slot)),
         log_path: w.home.join("logs").join(format!("{id}.log")),
         log_max_bytes: 1 << 20,
+        log_limits: skiff_sandbox::LogLimits::default(),
         run_dir: w.home.join("run"),
         scratch_bytes: 64 << 20,
         tee_output: false,

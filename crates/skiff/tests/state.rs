@@ -143,3 +143,45 @@ fn a_removed_service_takes_its_logs_with_it() {
         "the removed service's logs show: {logs}"
     );
 }
+
+/// Bytes in the daemon's log files.
+fn logs_size(d: &Daemon) -> u64 {
+    std::fs::read_dir(d.home.path().join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_flooding_instance_is_held_to_its_log_rate() {
+    let d = Daemon::start(&["--log-rate", "64Ki"]);
+    d.deploy_hello("loud", &["--min-instances", "1"]);
+    assert_eq!(d.get("loud", "/flood").status, 200);
+    // Past the burst (eight times the rate), the log grows at the rate: each 64 KiB of
+    // output is about 100 KiB of records.
+    daemon::eventually(Duration::from_secs(20), "the burst logged", || {
+        logs_size(&d) > 512 << 10
+    });
+    let (t0, size0) = (Instant::now(), logs_size(&d));
+    std::thread::sleep(Duration::from_secs(2));
+    let (grown, secs) = (logs_size(&d) - size0, t0.elapsed().as_secs_f64());
+    let bound = (2.0 * 65536.0 * secs) as u64 + (128 << 10);
+    assert!(grown > 0, "the flood stopped");
+    assert!(
+        grown <= bound,
+        "{grown} bytes in {secs:.1} s at 64 KiB/s (bound {bound})"
+    );
+}
+
+#[test]
+fn all_logs_together_stay_within_their_budget() {
+    let d = Daemon::start(&["--log-budget", "1Mi", "--log-rate", "4Mi"]);
+    d.deploy_hello("loud", &["--min-instances", "1"]);
+    assert_eq!(d.get("loud", "/flood").status, 200);
+    // The flood would write 4 MiB a second: the budget holds it at 1 MiB.
+    daemon::eventually(Duration::from_secs(20), "the budget reached", || {
+        logs_size(&d) > 900 << 10
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(logs_size(&d) <= 1 << 20, "{} bytes", logs_size(&d));
+}

@@ -315,6 +315,24 @@ fn handle(
                 .collect();
             respond(out, 200, &body, close)?;
         }
+        "/flood" => {
+            // Writes lines to stdout as fast as the pipe takes them, until the instance
+            // stops (bench/log-flood).
+            std::thread::spawn(|| {
+                let mut stdout = io::stdout().lock();
+                for n in 0u64.. {
+                    if writeln!(
+                        stdout,
+                        "flood line {n}: the quick brown fox jumps over the lazy dog"
+                    )
+                    .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            respond(out, 200, &format!("flooding stdout on {id}\n"), close)?;
+        }
         "/hog" => {
             let status = std::process::Command::new("/proc/self/exe")
                 .arg("--hog")

@@ -143,6 +143,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         network: (a.network == "veth").then(|| NetworkSlot::new(slot)),
         log_path,
         log_max_bytes: a.log_max,
+        log_limits: skiff_sandbox::LogLimits::default(),
         run_dir: home.run_dir(),
         scratch_bytes: a.memory,
         tee_output: true,

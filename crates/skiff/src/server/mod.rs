@@ -18,7 +18,7 @@ use skiff_control::linux::LinuxRuntime;
 use skiff_control::{Control, ControlConfig};
 use skiff_sandbox::Sandbox;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -45,6 +45,16 @@ pub struct ServerArgs {
     /// abandoned (408 when no instance has it yet) and its slot freed.
     #[arg(long, default_value = "60s", value_parser = crate::launch::parse_duration)]
     client_body_timeout: Duration,
+    /// How fast one instance's output is logged, in bytes a second; past a burst of eight
+    /// times that, the app waits on its full pipe (the flood costs its own time, not the
+    /// daemon's or its neighbours': bench/log-flood).
+    #[arg(long, default_value = "256Ki", value_parser = crate::launch::parse_memory)]
+    log_rate: u64,
+    /// What the logs of all instances may hold together (default: a tenth of the file
+    /// system holding the data directory, at most 4Gi); past it the oldest logs of ended
+    /// instances go, and new output is dropped (and counted in the log) until they fit.
+    #[arg(long, value_parser = crate::launch::parse_memory)]
+    log_budget: Option<u64>,
     /// Grace period between SIGTERM and SIGKILL when stopping an instance.
     #[arg(long, default_value = "10s", value_parser = crate::launch::parse_duration)]
     stop_timeout: Duration,
@@ -127,11 +137,24 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         .with_context(|| format!("listening for ingress on {}", args.ingress))?;
     let (network, internal_done) =
         network::start(&args.instance_subnet, &args.dns_upstream, &router, &stop_rx).await?;
+    let log_budget = Arc::new(skiff_sandbox::LogBudget::new(
+        args.log_budget
+            .unwrap_or_else(|| default_log_budget(&home.root)),
+        0,
+    ));
+    let log_limits = skiff_sandbox::LogLimits {
+        rate: Some(skiff_sandbox::LogRate {
+            bytes_per_sec: args.log_rate,
+            burst: args.log_rate.saturating_mul(8),
+        }),
+        budget: Some(Arc::clone(&log_budget)),
+    };
     let linux = LinuxRuntime::new(
         Arc::clone(&sandbox),
         args.spawn_threads,
         home.run_dir(),
         Some(Arc::clone(&network)),
+        log_limits,
     )
     .context("starting the spawner threads")?;
     let registry_listener = if args.no_registry {
@@ -161,6 +184,12 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         own_registry: registry_addr.clone(),
     };
     let ctl = Control::new(config, db, images, Arc::new(linux), router);
+    ctl.enforce_log_budget(&log_budget);
+    tokio::spawn(keep_logs_in_budget(
+        Arc::clone(&ctl),
+        log_budget,
+        stop_rx.clone(),
+    ));
     ctl.restore().await;
 
     let registry_task = match (registry_listener, &registry_addr) {
@@ -230,6 +259,32 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     }
     eprintln!("skiff server: stopped");
     Ok(())
+}
+
+/// A tenth of the file system holding `home`, at most 4 GiB.
+fn default_log_budget(home: &Path) -> u64 {
+    const MAX: u64 = 4 << 30;
+    rustix::fs::statvfs(home).map_or(MAX, |st| {
+        (st.f_blocks.saturating_mul(st.f_frsize) / 10).min(MAX)
+    })
+}
+
+/// Every ten seconds, counts what the logs hold (deleted ones free their share) and
+/// deletes the oldest of ended instances past the budget.
+async fn keep_logs_in_budget(
+    ctl: Arc<Control>,
+    budget: Arc<skiff_sandbox::LogBudget>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let (ctl, budget) = (Arc::clone(&ctl), Arc::clone(&budget));
+        let _ = tokio::task::spawn_blocking(move || ctl.enforce_log_budget(&budget)).await;
+    }
 }
 
 /// Every instance holds a dozen descriptors: the soft limit (1,024 by default) goes up
