@@ -309,10 +309,11 @@ impl Control {
     /// Removes a service: no new requests; its instances stop once their requests finish.
     /// The caller holds the write lock.
     pub(crate) fn remove(&self, name: &str) -> Result<(), ControlError> {
-        self.db().delete_service(name).map_err(|e| match e {
-            skiff_store::StoreError::NoSuchService(_) => ControlError::no_service(name),
-            e => ControlError::internal(e),
-        })?;
+        self.write_freeing_space(|db| db.delete_service(name))
+            .map_err(|e| match e {
+                skiff_store::StoreError::NoSuchService(_) => ControlError::no_service(name),
+                e => ControlError::internal(e),
+            })?;
         self.router.remove_routes(name);
         for r in self.runners_of(name) {
             r.pool.close();
@@ -325,7 +326,7 @@ impl Control {
 
     /// Deletes the rows and log files of a removed service's ended instances.
     pub(crate) fn forget_logs_of_removed(&self, name: &str) {
-        match self.db().forget_ended_instances(name) {
+        match self.write_freeing_space(|db| db.forget_ended_instances(name)) {
             Ok(logs) => logs.iter().for_each(|l| crate::logs::delete(Path::new(l))),
             Err(e) => tracing::warn!(service = %name, "forgetting removed instances: {e}"),
         }

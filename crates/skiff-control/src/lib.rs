@@ -26,6 +26,7 @@ pub mod revision;
 mod runner;
 pub mod runtime;
 mod scaling;
+mod space;
 mod supervisor;
 mod traffic;
 mod warm;
@@ -93,6 +94,8 @@ pub struct Control {
     /// Serialises the commands that write (deploy, traffic, rollback, remove): each
     /// reads the store and the routing table, then writes both.
     write_lock: tokio::sync::Mutex<()>,
+    /// Space let go when the disk is full, for the writes that free it.
+    reserve: space::SpaceReserve,
 }
 
 /// Counts a task that must finish before the control plane has shut down.
@@ -113,7 +116,10 @@ impl Control {
         runtime: Arc<dyn Runtime>,
         router: Router,
     ) -> Arc<Control> {
+        let reserve = space::SpaceReserve::new(&config.home);
+        reserve.ensure();
         Arc::new(Control {
+            reserve,
             config,
             db: Mutex::new(db),
             images,

@@ -314,7 +314,10 @@ impl RevisionRunner {
                 oom_killed: e.oom_killed,
             },
         );
-        if let Err(e) = self.ctl.db().finish_instance(id, Some(record)) {
+        if let Err(e) = self
+            .ctl
+            .write_freeing_space(|db| db.finish_instance(id, Some(record)))
+        {
             tracing::error!(instance = %id, "recording the exit: {e}");
         }
         // The last instances of a removed service take their logs with them.

@@ -50,6 +50,13 @@ pub enum StoreError {
         /// Newest version this build knows.
         known: i64,
     },
+    /// A read-only open found a schema older than this build's (it migrates only when
+    /// opened for writing).
+    #[error("database {path} has an older schema; run a skiff command that writes (or the daemon) once to bring it up to date")]
+    Outdated {
+        /// The database file.
+        path: PathBuf,
+    },
     /// SQLite's own check found the database damaged.
     #[error(
         "database {path} is damaged ({findings}); stop here and restore a copy made with \
@@ -140,6 +147,30 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         migrations::migrate(&mut conn, path)?;
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens the database at `path` for reading only (commands that only look): nothing
+    /// is written, so it works on a full disk and beside a running daemon.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
+        let version = migrations::version(&conn, path)?;
+        if !migrations::is_current(version) {
+            return Err(StoreError::Outdated {
+                path: path.to_owned(),
+            });
+        }
         Ok(Store {
             conn,
             path: path.to_owned(),

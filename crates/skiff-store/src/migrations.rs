@@ -90,7 +90,31 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// The schema version `conn`'s database has, refused when newer than this build knows.
+pub(crate) fn version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > known {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found,
+            known,
+        });
+    }
+    Ok(found)
+}
+
+/// Whether a database at schema `version` needs no migration.
+pub(crate) fn is_current(version: i64) -> bool {
+    version == MIGRATIONS.len() as i64
+}
+
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    // An up-to-date database is only read: opening it writes nothing (a full disk
+    // must not keep skiff from reading its state, or from removing what fills it).
+    if is_current(version(conn, path)?) {
+        return Ok(());
+    }
     let known = MIGRATIONS.len() as i64;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;

@@ -30,6 +30,16 @@ impl Home {
         Store::open(&path).with_context(|| format!("opening {}", path.display()))
     }
 
+    /// The database for commands that only read: opened read-only, so they work on a
+    /// full disk (where `skiff image ls` must still show what takes the space).
+    pub fn db_read_only(&self) -> anyhow::Result<Store> {
+        let path = self.root.join("skiff.db");
+        if !path.exists() {
+            return self.db();
+        }
+        Store::open_read_only(&path).with_context(|| format!("opening {} to read", path.display()))
+    }
+
     pub fn images(&self) -> anyhow::Result<ImageStore> {
         self.ensure()?;
         ImageStore::open(&self.root)

@@ -185,3 +185,76 @@ fn all_logs_together_stay_within_their_budget() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(logs_size(&d) <= 1 << 20, "{} bytes", logs_size(&d));
 }
+
+/// A tmpfs of `mib` MiB mounted on a new temporary directory; unmounted on drop.
+struct SmallDisk {
+    dir: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn new(mib: u64) -> SmallDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-e2e-small-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().to_owned();
+        let size = format!("size={mib}m,mode=0700");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &size,
+                "skiff-e2e",
+                path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        SmallDisk {
+            dir: Some(dir),
+            path,
+        }
+    }
+
+    /// Fills what is left with one file.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path.join("filler")).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .args(["-l", self.path.to_str().unwrap()])
+            .status();
+        drop(self.dir.take());
+    }
+}
+
+#[test]
+fn on_a_full_disk_image_ls_and_rm_still_work() {
+    let disk = SmallDisk::new(64);
+    let home = tempfile::Builder::new()
+        .prefix("home-")
+        .tempdir_in(&disk.path)
+        .unwrap();
+    let mut d = Daemon::start_at(home, &[], None);
+    d.deploy_hello("filler", &[]);
+    assert_eq!(d.get("filler", "/").status, 200);
+    disk.fill();
+    let listed = d.cli(&["image", "ls"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("hello"));
+    let removed = d.cli(&["rm", "filler"]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    assert_eq!(d.get("filler", "/").status, 404);
+    let gone = d.cli(&["describe", "filler"]);
+    assert!(!gone.status.success(), "the service came back");
+    assert_eq!(d.stop(), Some(0));
+}

@@ -151,7 +151,12 @@ fn run_with(
     cmd: ImageCommand,
     store: skiff_image::ImageStore,
 ) -> anyhow::Result<()> {
-    let mut db = home.db()?;
+    let read_only = matches!(cmd, ImageCommand::Ls | ImageCommand::Inspect { .. });
+    let mut db = if read_only {
+        home.db_read_only()?
+    } else {
+        home.db()?
+    };
     match cmd {
         ImageCommand::Import(a) => {
             let store = match a.max_unpacked {

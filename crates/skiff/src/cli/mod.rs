@@ -99,7 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             if file.exists() {
                 anyhow::bail!("{} exists; give a new file", file.display());
             }
-            home.db()?
+            home.db_read_only()?
                 .backup_to(&file)
                 .with_context(|| format!("backing up the database to {}", file.display()))?;
             println!("backed up the database to {}", file.display());

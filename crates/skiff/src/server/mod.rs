@@ -270,7 +270,8 @@ fn default_log_budget(home: &Path) -> u64 {
 }
 
 /// Every ten seconds, counts what the logs hold (deleted ones free their share) and
-/// deletes the oldest of ended instances past the budget.
+/// deletes the oldest of ended instances past the budget; makes the space reserve again
+/// once the disk has room.
 async fn keep_logs_in_budget(
     ctl: Arc<Control>,
     budget: Arc<skiff_sandbox::LogBudget>,
@@ -283,7 +284,11 @@ async fn keep_logs_in_budget(
             _ = stop.wait_for(|s| *s) => return,
         }
         let (ctl, budget) = (Arc::clone(&ctl), Arc::clone(&budget));
-        let _ = tokio::task::spawn_blocking(move || ctl.enforce_log_budget(&budget)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            ctl.enforce_log_budget(&budget);
+            ctl.ensure_space_reserve();
+        })
+        .await;
     }
 }
 

@@ -98,6 +98,11 @@ impl Daemon {
             .prefix("skiff-e2e-daemon-")
             .tempdir()
             .unwrap();
+        Daemon::start_at(home, extra, nofile)
+    }
+
+    /// A daemon as [`Daemon::start_limited`] makes, on the data directory `home`.
+    pub fn start_at(home: tempfile::TempDir, extra: &[&str], nofile: Option<u64>) -> Daemon {
         let socket = home.path().join("api.sock");
         let mut d = Daemon {
             home,
