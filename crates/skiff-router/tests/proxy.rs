@@ -199,6 +199,18 @@ async fn exchange(addr: SocketAddr, raw: &str) -> (String, Vec<u8>) {
     read_response(&mut s, &mut Vec::new(), raw.starts_with("HEAD")).await
 }
 
+/// Sends `raw` on a new connection and reads everything until the router closes it.
+async fn until_closed(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(LIMIT, s.read_to_end(&mut all))
+        .await
+        .expect("closed before the limit")
+        .unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
 async fn closed(s: &mut TcpStream) -> bool {
     let mut rest = Vec::new();
     matches!(
@@ -439,16 +451,7 @@ async fn an_answer_delimited_by_close_goes_to_http11_clients_in_chunks() {
 async fn an_answer_delimited_by_close_and_cut_short_shows_as_cut() {
     let app = instance(Script::RawThenReset("HTTP/1.1 200 OK\r\n\r\nhalf of it")).await;
     let addr = router_for(&app, LIMIT).await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(LIMIT, s.read_to_end(&mut all))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&all);
+    let text = until_closed(addr, b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n").await;
     assert!(text.contains("transfer-encoding: chunked"), "{text}");
     assert!(
         !text.ends_with("0\r\n\r\n"),
@@ -460,16 +463,8 @@ async fn an_answer_delimited_by_close_and_cut_short_shows_as_cut() {
 async fn a_stalled_small_body_takes_no_slot_and_gets_408() {
     let app = instance(Script::Echo).await;
     let addr = router_with(Target::Address(app.addr), LIMIT, Duration::from_millis(300)).await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 100\r\n\r\n0123456789")
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(LIMIT, s.read_to_end(&mut all))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&all);
+    let raw = b"POST / HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 100\r\n\r\n0123456789";
+    let text = until_closed(addr, raw).await;
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
     assert_eq!(
         app.connections.load(Ordering::SeqCst),
@@ -493,18 +488,9 @@ async fn a_stalled_small_body_takes_no_slot_and_gets_408() {
 async fn a_stalled_large_upload_gives_its_slot_back_after_the_idle_timeout() {
     let app = instance(Script::Echo).await;
     let addr = router_with(Target::Address(app.addr), LIMIT, Duration::from_millis(300)).await;
-    let mut s = TcpStream::connect(addr).await.unwrap();
     let started = tokio::time::Instant::now();
-    s.write_all(
-        b"POST / HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 100000\r\n\r\n0123456789",
-    )
-    .await
-    .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(LIMIT, s.read_to_end(&mut all))
-        .await
-        .expect("closed before the request timeout")
-        .unwrap();
+    let raw = b"POST / HTTP/1.1\r\nHost: svc.localhost\r\nContent-Length: 100000\r\n\r\n0123456789";
+    until_closed(addr, raw).await;
     assert_eq!(
         app.connections.load(Ordering::SeqCst),
         1,
@@ -526,15 +512,8 @@ async fn early_hints_reach_http11_clients_only() {
     .await;
     let addr = router_for(&app, LIMIT).await;
     let read_all = |version: &'static str| async move {
-        let mut s = TcpStream::connect(addr).await.unwrap();
         let req = format!("GET / {version}\r\nHost: svc.localhost\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut all = Vec::new();
-        tokio::time::timeout(LIMIT, s.read_to_end(&mut all))
-            .await
-            .unwrap()
-            .unwrap();
-        String::from_utf8(all).unwrap()
+        until_closed(addr, req.as_bytes()).await
     };
     let text = read_all("HTTP/1.1").await;
     assert!(

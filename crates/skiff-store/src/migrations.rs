@@ -117,14 +117,8 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     }
     let known = MIGRATIONS.len() as i64;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if found > known {
-        return Err(StoreError::TooNew {
-            path: path.to_owned(),
-            found,
-            known,
-        });
-    }
+    // Read again under the write lock: another process may have migrated meanwhile.
+    let found = version(&tx, path)?;
     for sql in &MIGRATIONS[found as usize..] {
         tx.execute_batch(sql)?;
     }
