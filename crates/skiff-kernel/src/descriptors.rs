@@ -92,7 +92,7 @@ pub fn reserve_for(limit: u64) -> u64 {
 ///
 /// The kernel hands out the lowest free number, so the number a new descriptor gets is a
 /// lower bound of how many are open, for the price of one `open(2)`: only when it is past
-/// half the limit is the exact count taken (see [`RECOUNT_AFTER`]).
+/// half of what may be used is the exact count taken (see [`RECOUNT_AFTER`]).
 pub fn check_headroom(reserve: u64) -> Result<(), Exhausted> {
     let limit = get().soft;
     let lowest_free = match File::open("/dev/null") {
@@ -100,7 +100,9 @@ pub fn check_headroom(reserve: u64) -> Result<(), Exhausted> {
         Err(e) if is_exhaustion(&e) => limit,
         Err(_) => 0,
     };
-    if lowest_free.saturating_add(reserve) < limit / 2 {
+    // Far below the line (half of what may be used), holes in the table could not hide
+    // enough descriptors to matter: the lowest ones are filled first.
+    if lowest_free < limit.saturating_sub(reserve) / 2 {
         return Ok(());
     }
     let short = |open: u64| open.saturating_add(reserve) >= limit;
