@@ -90,7 +90,7 @@ impl Acceptor {
 /// Answers `stream` with `refusal` if its buffer takes it, without waiting, and closes it.
 /// What the client sent already is read first: closing a socket with unread data resets
 /// the connection, and the client might never see the answer.
-fn refuse(stream: &TcpStream, refusal: &[u8]) {
+pub(crate) fn refuse(stream: &TcpStream, refusal: &[u8]) {
     let mut sink = [0u8; 4096];
     let _ = stream.try_read(&mut sink);
     if !refusal.is_empty() {
@@ -99,12 +99,16 @@ fn refuse(stream: &TcpStream, refusal: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
     fn the_refusal_says_its_length_right() {
-        let text = std::str::from_utf8(OUT_OF_DESCRIPTORS_503).unwrap();
+        check_length(OUT_OF_DESCRIPTORS_503);
+    }
+
+    pub(crate) fn check_length(answer: &[u8]) {
+        let text = std::str::from_utf8(answer).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let declared: usize = head
             .lines()

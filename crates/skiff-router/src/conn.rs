@@ -21,6 +21,9 @@ use tokio::time::{Instant, Sleep};
 /// Longest a client may take to send a request head, idle keep-alive time included.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest a refused connection is read (and what it sends dropped) before it is closed.
+const LINGER: Duration = Duration::from_millis(500);
+
 /// Output buffers up to this size stay with an idle connection.
 const SMALL_OUT: usize = 4096;
 
@@ -38,6 +41,37 @@ pub(crate) struct ClientConn {
     pub req_out: Vec<u8>,
     pub resp_out: Vec<u8>,
     pub request_id: Vec<u8>,
+    /// What its partly read head holds of the router's head budget.
+    head_charge: HeadCharge,
+}
+
+/// Bytes of a partly read request head past its first read chunk, counted against the
+/// router's head budget until the head is read or the connection ends.
+struct HeadCharge {
+    router: Router,
+    bytes: usize,
+}
+
+impl HeadCharge {
+    /// Charges for a head of `len` bytes so far; false when the budget has no room.
+    fn set(&mut self, len: usize) -> bool {
+        let want = len.saturating_sub(READ_CHUNK);
+        // Most heads fit their first chunk: nothing shared is touched for them.
+        if want == self.bytes {
+            return true;
+        }
+        if !self.router.charge_head(want as isize - self.bytes as isize) {
+            return false;
+        }
+        self.bytes = want;
+        true
+    }
+}
+
+impl Drop for HeadCharge {
+    fn drop(&mut self) {
+        self.set(0);
+    }
 }
 
 /// Facts about the request being handled that outlive its head in the buffer.
@@ -70,8 +104,9 @@ struct RouteCache {
 }
 
 impl ClientConn {
-    fn new(stream: TcpStream, remote: SocketAddr) -> ClientConn {
+    fn new(router: Router, stream: TcpStream, remote: SocketAddr) -> ClientConn {
         ClientConn {
+            head_charge: HeadCharge { router, bytes: 0 },
             stream,
             client_ip: remote.ip().to_string(),
             buf: Vec::new(),
@@ -102,7 +137,14 @@ impl ClientConn {
         loop {
             if self.start < self.buf.len() {
                 match self.head.parse_request(&self.buf[self.start..]) {
-                    Ok(true) => return HeadRead::Ready,
+                    Ok(true) => {
+                        self.head_charge.set(0);
+                        return HeadRead::Ready;
+                    }
+                    Ok(false) if !self.head_charge.set(self.buf.len() - self.start) => {
+                        let why = "too many large request heads at once; try again";
+                        return HeadRead::Refused(503, why.into());
+                    }
                     Ok(false) => {}
                     Err(e @ HeadError::TooLarge) => return HeadRead::Refused(431, e.to_string()),
                     Err(e) => return HeadRead::Refused(400, e.to_string()),
@@ -145,6 +187,25 @@ impl ClientConn {
         }
     }
 
+    /// Closes after a refusal the way nginx's lingering close does: the client may still
+    /// be sending what was refused, and closing with unread bytes resets the connection,
+    /// which can destroy the answer before the client reads it. So: FIN, then read and
+    /// drop what comes, for at most a moment and a few hundred KiB.
+    async fn linger_close(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let drain = async {
+            let mut sink = [0u8; 16 * 1024];
+            let mut left: usize = 256 * 1024;
+            while left > 0 {
+                match self.stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
     /// Writes a response of the router's own; false when the client is gone.
     pub async fn respond_local(
         &mut self,
@@ -175,7 +236,7 @@ pub(crate) async fn serve_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut c = ClientConn::new(stream, remote);
+    let mut c = ClientConn::new(router.clone(), stream, remote);
     let mut header_deadline = Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT));
     let mut request_deadline = Box::pin(tokio::time::sleep(HEADER_READ_TIMEOUT));
     let mut cache = RouteCache::default();
@@ -188,6 +249,7 @@ pub(crate) async fn serve_connection(
             HeadRead::Refused(status, why) => {
                 c.respond_local(status, &format!("skiff: {why}"), None, false)
                     .await;
+                c.linger_close().await;
                 return;
             }
         }

@@ -39,7 +39,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -80,6 +80,31 @@ struct Inner {
     next_id: AtomicU64,
     /// Longest a client may pause while sending a request body, in milliseconds.
     body_idle_ms: AtomicU64,
+    /// Client connections open, and the most served at once.
+    connections: AtomicUsize,
+    max_connections: AtomicUsize,
+    /// Bytes of request heads held past their first read chunk, across connections, and
+    /// the most allowed (slow, large heads are what would take the memory).
+    head_bytes: AtomicUsize,
+    head_budget: AtomicUsize,
+}
+
+/// What all client connections' partly read request heads may hold together, past the
+/// first 16 KiB of each.
+pub const DEFAULT_HEAD_BUDGET: usize = 64 << 20;
+
+/// The answer to a connection past the limit.
+const TOO_MANY_CONNECTIONS_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 46\r\nretry-after: 1\r\n\
+connection: close\r\n\r\nskiff serves too many connections; try again\n";
+
+/// A client connection counted against the limit while it lives.
+struct ConnectionSlot(Router);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.inner.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How long a client may pause while sending a request body before the request is
@@ -93,6 +118,50 @@ impl Router {
     pub fn set_body_idle_timeout(&self, timeout: Duration) {
         let ms = timeout.as_millis().clamp(1, u64::MAX as u128) as u64;
         self.inner.body_idle_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Sets the most client connections served at once (default: half the descriptor
+    /// limit); past it a new connection is answered 503 and closed.
+    pub fn set_max_connections(&self, max: usize) {
+        self.inner
+            .max_connections
+            .store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// Sets what partly read request heads may hold together past the first 16 KiB of
+    /// each; past it, the head that would take more is answered 503.
+    pub fn set_head_budget(&self, bytes: usize) {
+        self.inner.head_budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Takes `more` bytes of the head budget (or gives back, when negative); false, and
+    /// nothing taken, when they do not fit.
+    pub(crate) fn charge_head(&self, more: isize) -> bool {
+        if more <= 0 {
+            self.inner
+                .head_bytes
+                .fetch_sub(more.unsigned_abs(), Ordering::Relaxed);
+            return true;
+        }
+        let budget = self.inner.head_budget.load(Ordering::Relaxed);
+        self.inner
+            .head_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + more as usize <= budget).then_some(used + more as usize)
+            })
+            .is_ok()
+    }
+
+    /// Counts a new client connection, unless the limit is reached.
+    fn admit(&self) -> Option<ConnectionSlot> {
+        let max = self.inner.max_connections.load(Ordering::Relaxed);
+        self.inner
+            .connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(self.clone()))
     }
 
     pub(crate) fn body_idle_timeout(&self) -> Duration {
@@ -111,6 +180,13 @@ impl Router {
                 id_prefix: b.iter().map(|x| format!("{x:02x}")).collect(),
                 next_id: AtomicU64::new(1),
                 body_idle_ms: AtomicU64::new(DEFAULT_BODY_IDLE_TIMEOUT.as_millis() as u64),
+                connections: AtomicUsize::new(0),
+                // A connection costs a descriptor, and one more to an instance.
+                max_connections: AtomicUsize::new(
+                    (skiff_kernel::descriptors::limit().soft / 2).clamp(64, 1 << 20) as usize,
+                ),
+                head_bytes: AtomicUsize::new(0),
+                head_budget: AtomicUsize::new(DEFAULT_HEAD_BUDGET),
             }),
         }
     }
@@ -186,11 +262,16 @@ impl Router {
                 accepted = acceptor.next(&listener) => accepted,
                 () = &mut shutdown => break,
             };
+            let Some(slot) = self.admit() else {
+                accept::refuse(&stream, TOO_MANY_CONNECTIONS_503);
+                continue;
+            };
             let router = self.clone();
             let alive = alive_tx.clone();
             let stop = stop_rx.clone();
             tokio::spawn(async move {
                 let _alive = alive;
+                let _slot = slot;
                 conn::serve_connection(router, stream, remote, stop).await;
             });
         }

@@ -138,8 +138,13 @@ async fn router_to(target: Target, timeout: Duration) -> SocketAddr {
 
 /// As [`router_to`], with `body_idle` as the longest pause in a request body.
 async fn router_with(target: Target, timeout: Duration, body_idle: Duration) -> SocketAddr {
+    router_tuned(target, timeout, |r| r.set_body_idle_timeout(body_idle)).await
+}
+
+/// As [`router_to`], with the router's settings changed by `tune`.
+async fn router_tuned(target: Target, timeout: Duration, tune: impl FnOnce(&Router)) -> SocketAddr {
     let router = Router::new("localhost");
-    router.set_body_idle_timeout(body_idle);
+    tune(&router);
     let pool = RevisionPool::new(PoolConfig {
         revision: "svc-00001".into(),
         concurrency: 0,
@@ -525,6 +530,58 @@ async fn early_hints_reach_http11_clients_only() {
     assert!(text.ends_with("\r\n\r\nok"), "{text}");
     let text = read_all("HTTP/1.0").await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn past_the_connection_limit_a_new_client_gets_503() {
+    let app = instance(Script::Echo).await;
+    let addr = router_tuned(Target::Address(app.addr), LIMIT, |r| {
+        r.set_max_connections(2)
+    })
+    .await;
+    let held = [
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    let text = until_closed(addr, b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n").await;
+    assert!(
+        text.starts_with("HTTP/1.1 503 ") && text.contains("too many connections"),
+        "{text}"
+    );
+    // One closes: the next client is served.
+    drop(held);
+    let mut served = false;
+    for _ in 0..100 {
+        let (head, _) = exchange(addr, "GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n").await;
+        if head.starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "no client served after the held ones closed");
+}
+
+#[tokio::test]
+async fn past_the_head_budget_a_large_slow_head_gets_503() {
+    let app = instance(Script::Echo).await;
+    let addr = router_tuned(Target::Address(app.addr), LIMIT, |r| {
+        r.set_head_budget(8 << 10)
+    })
+    .await;
+    // 30 KB of head without its end: 14 KB past the first chunk, over an 8 KiB budget.
+    let mut big = b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n".to_vec();
+    while big.len() < 30_000 {
+        big.extend_from_slice(format!("X-Pad: {}\r\n", "p".repeat(1000)).as_bytes());
+    }
+    let text = until_closed(addr, &big).await;
+    assert!(
+        text.starts_with("HTTP/1.1 503 ") && text.contains("large request heads"),
+        "{text}"
+    );
+    // Heads that fit their first chunk are not held to it.
+    let (head, _) = exchange(addr, "GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
 #[tokio::test]

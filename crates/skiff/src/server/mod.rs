@@ -45,6 +45,10 @@ pub struct ServerArgs {
     /// abandoned (408 when no instance has it yet) and its slot freed.
     #[arg(long, default_value = "60s", value_parser = crate::launch::parse_duration)]
     client_body_timeout: Duration,
+    /// The most client connections served at once, the ingress's and calls between
+    /// services' together (default: half the descriptor limit); past it a new one gets 503.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// How fast one instance's output is logged, in bytes a second; past a burst of eight
     /// times that, the app waits on its full pipe (the flood costs its own time, not the
     /// daemon's or its neighbours': bench/log-flood).
@@ -130,6 +134,9 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     let _shortcut = upstream_shortcut(args.no_upstream_shortcut);
     let router = skiff_router::Router::new(&args.domain);
     router.set_body_idle_timeout(args.client_body_timeout);
+    if let Some(max) = args.max_connections {
+        router.set_max_connections(max);
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ingress_addr, ingress_done) = router
         .clone()
