@@ -224,6 +224,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         _ => None,
     };
     let api_task = tokio::spawn(api::serve(Arc::clone(&ctl), api_listener, stop_rx));
+    let terminated = termination()?;
     println!(
         "skiff server: ingress http://{ingress_addr} (services at http://NAME.{}:{}/), api unix:{}, registry {}",
         ctl.config().domain,
@@ -232,7 +233,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         registry_addr.as_deref().unwrap_or("off")
     );
 
-    wait_for_termination().await;
+    terminated.await;
     eprintln!("skiff server: shutting down: finishing requests in flight");
     let _ = stop_tx.send(true);
     let drained = async {
@@ -336,18 +337,17 @@ fn upstream_shortcut(disabled: bool) -> Option<skiff_router::Shortcut> {
     }
 }
 
-async fn wait_for_termination() {
+/// Takes SIGTERM and SIGINT from now on; the future resolves when one comes. Made before
+/// the ready line is printed: a signal sent right after it must not find the default
+/// action (death, skipping the clean stop).
+fn termination() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the default action ends the process anyway.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("taking SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("taking SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
