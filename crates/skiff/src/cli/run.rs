@@ -170,6 +170,10 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         tracing::info!(instance = %id, %addr, "started");
     }
     let exit = supervise(&mut instance, a.stop_timeout)?;
+    // Its cgroup and scratch directory go with it; then the scope's, if no other
+    // instance of this data directory is using them.
+    drop(instance);
+    sandbox.remove_scope(&home.run_dir());
     db.finish_instance(
         &id,
         Some(ExitRecord {
