@@ -99,15 +99,16 @@ pub(crate) fn refuse(stream: &TcpStream, refusal: &[u8]) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     #[test]
-    fn the_refusal_says_its_length_right() {
+    fn the_refusals_say_their_length_right() {
         check_length(OUT_OF_DESCRIPTORS_503);
+        check_length(crate::TOO_MANY_CONNECTIONS_503);
     }
 
-    pub(crate) fn check_length(answer: &[u8]) {
+    fn check_length(answer: &[u8]) {
         let text = std::str::from_utf8(answer).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let declared: usize = head

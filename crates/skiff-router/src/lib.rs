@@ -94,8 +94,8 @@ struct Inner {
 pub const DEFAULT_HEAD_BUDGET: usize = 64 << 20;
 
 /// The answer to a connection past the limit.
-const TOO_MANY_CONNECTIONS_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: text/plain; charset=utf-8\r\ncontent-length: 46\r\nretry-after: 1\r\n\
+pub(crate) const TOO_MANY_CONNECTIONS_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 45\r\nretry-after: 1\r\n\
 connection: close\r\n\r\nskiff serves too many connections; try again\n";
 
 /// A client connection counted against the limit while it lives.
