@@ -150,7 +150,8 @@ impl Control {
                 return budget.used();
             }
         };
-        let mut files: Vec<(bool, std::time::SystemTime, u64, std::path::PathBuf)> =
+        // (may go, rotated, modified, bytes, path) of each log file.
+        let mut files: Vec<(bool, bool, std::time::SystemTime, u64, std::path::PathBuf)> =
             std::fs::read_dir(&self.config.logs_dir)
                 .into_iter()
                 .flatten()
@@ -161,16 +162,22 @@ impl Control {
                     let rotated = name.ends_with(".log.1");
                     let id = name.strip_suffix(".log.1").or(name.strip_suffix(".log"))?;
                     let deletable = rotated || !running.contains(id);
-                    Some((deletable, meta.modified().ok()?, meta.len(), e.path()))
+                    Some((
+                        deletable,
+                        rotated,
+                        meta.modified().ok()?,
+                        meta.len(),
+                        e.path(),
+                    ))
                 })
                 .collect();
-        let mut used: u64 = files.iter().map(|f| f.2).sum();
+        let mut used: u64 = files.iter().map(|f| f.3).sum();
         if used > budget.limit() {
             let target = budget.limit() / 10 * 9;
             // Oldest first; among them, rotated files before current ones.
             files.retain(|f| f.0);
-            files.sort_by_key(|f| (f.1, !f.3.to_string_lossy().ends_with(".1")));
-            for (_, _, len, path) in files {
+            files.sort_by_key(|f| (f.2, !f.1));
+            for (_, _, _, len, path) in files {
                 if used <= target {
                     break;
                 }

@@ -19,7 +19,8 @@ pub struct Limit {
     pub hard: u64,
 }
 
-fn get() -> Limit {
+/// The limit in force.
+pub fn limit() -> Limit {
     let l = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     Limit {
         soft: l.current.unwrap_or(u64::MAX),
@@ -27,15 +28,10 @@ fn get() -> Limit {
     }
 }
 
-/// The limit in force.
-pub fn limit() -> Limit {
-    get()
-}
-
 /// Raises the soft limit to the hard one (as systemd advises for servers that need many
 /// descriptors and use no `select(2)`); returns the limit in force afterwards.
 pub fn raise_soft_limit() -> io::Result<Limit> {
-    let l = get();
+    let l = limit();
     if l.soft < l.hard {
         rustix::process::setrlimit(
             rustix::process::Resource::Nofile,
@@ -45,7 +41,7 @@ pub fn raise_soft_limit() -> io::Result<Limit> {
             },
         )?;
     }
-    Ok(get())
+    Ok(limit())
 }
 
 /// Descriptors this process has open (the entries of `/proc/self/fd`, less the one the
@@ -94,7 +90,7 @@ pub fn reserve_for(limit: u64) -> u64 {
 /// lower bound of how many are open, for the price of one `open(2)`: only when it is past
 /// half of what may be used is the exact count taken (see [`RECOUNT_AFTER`]).
 pub fn check_headroom(reserve: u64) -> Result<(), Exhausted> {
-    let limit = get().soft;
+    let limit = limit().soft;
     let lowest_free = match File::open("/dev/null") {
         Ok(f) => std::os::fd::AsRawFd::as_raw_fd(&f) as u64,
         Err(e) if is_exhaustion(&e) => limit,
