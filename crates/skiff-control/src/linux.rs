@@ -158,8 +158,8 @@ fn explained(e: &skiff_sandbox::SandboxError) -> String {
     }
     let limit = descriptors::limit().soft;
     format!(
-        "{e}: the daemon is out of file descriptors (RLIMIT_NOFILE {limit}); raise the \
-         limit (ulimit -n, systemd's LimitNOFILE=) or run fewer instances"
+        "{e}: the daemon is out of file descriptors (RLIMIT_NOFILE {limit}); {}",
+        descriptors::ADVICE
     )
 }
 

@@ -60,12 +60,16 @@ pub fn is_exhaustion(e: &io::Error) -> bool {
     )
 }
 
+/// What to do about a daemon out of descriptors.
+pub const ADVICE: &str =
+    "raise the limit (ulimit -n, systemd's LimitNOFILE=) or run fewer instances";
+
 /// Too few descriptors left for what was asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "out of file descriptors: the daemon has {open} open of its limit of {limit} \
-     (RLIMIT_NOFILE), and keeps {reserve} for connections; raise the limit \
-     (ulimit -n, systemd's LimitNOFILE=) or run fewer instances"
+     (RLIMIT_NOFILE), and keeps {reserve} for connections; {}",
+    ADVICE
 )]
 pub struct Exhausted {
     /// Descriptors open.
