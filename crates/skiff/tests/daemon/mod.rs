@@ -289,12 +289,13 @@ impl Daemon {
     /// lines); the whole answer as text.
     pub fn api(&self, method: &str, path: &str, headers: &str, body: &str) -> String {
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
-        write!(
-            s,
+        // One write: written piece by piece, the body could meet a connection the server
+        // already answered (a 405 from the head alone) and closed.
+        let request = format!(
             "{method} {path} HTTP/1.1\r\nhost: skiff\r\nconnection: close\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}",
             body.len()
-        )
-        .unwrap();
+        );
+        s.write_all(request.as_bytes()).unwrap();
         let mut answer = String::new();
         s.read_to_string(&mut answer).unwrap();
         answer
