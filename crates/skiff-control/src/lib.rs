@@ -96,6 +96,8 @@ pub struct Control {
     write_lock: tokio::sync::Mutex<()>,
     /// Space let go when the disk is full, for the writes that free it.
     reserve: space::SpaceReserve,
+    /// The logs directory's watch while someone follows logs.
+    log_watch: Mutex<std::sync::Weak<logs::LogWatch>>,
 }
 
 /// Counts a task that must finish before the control plane has shut down.
@@ -120,6 +122,7 @@ impl Control {
         reserve.ensure();
         Arc::new(Control {
             reserve,
+            log_watch: Mutex::new(std::sync::Weak::new()),
             config,
             db: Mutex::new(db),
             images,

@@ -316,11 +316,12 @@ fn handle(
             respond(out, 200, &body, close)?;
         }
         "/flood" => {
-            // Writes lines to stdout as fast as the pipe takes them, until the instance
-            // stops (bench/log-flood).
-            std::thread::spawn(|| {
+            // Writes lines to stdout as fast as the pipe takes them: `lines` of them, or
+            // until the instance stops (bench/log-flood).
+            let lines = req.param("lines").unwrap_or(u64::MAX);
+            std::thread::spawn(move || {
                 let mut stdout = io::stdout().lock();
-                for n in 0u64.. {
+                for n in 0..lines {
                     if writeln!(
                         stdout,
                         "flood line {n}: the quick brown fox jumps over the lazy dog"
@@ -330,6 +331,7 @@ fn handle(
                         return;
                     }
                 }
+                let _ = stdout.flush();
             });
             respond(out, 200, &format!("flooding stdout on {id}\n"), close)?;
         }

@@ -307,26 +307,20 @@ async fn logs(
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError(ControlError::invalid_request(e.body_text())))?;
-    if let Some(since) = &q.since {
-        if !looks_like_rfc3339(since) {
-            return Err(ApiError(ControlError::invalid_request(format!(
-                "since={since:?} is not an RFC 3339 time (e.g. 2026-01-02T15:04:05Z)"
-            ))));
-        }
-    }
-    let (lines, offsets) = skiff_control::logs::collect(&s.ctl, &name, q.since.as_deref())?;
+    let history = skiff_control::logs::history(&s.ctl, &name, q.since.as_deref())?;
+    // A bounded channel: the files are read as fast as the client takes the lines.
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn({
         let ctl = Arc::clone(&s.ctl);
         let stop = s.stop.clone();
         async move {
-            for line in lines {
-                if tx.send(line).await.is_err() {
-                    return;
-                }
-            }
+            let sender = tx.clone();
+            let read = tokio::task::spawn_blocking(move || send_history(history, &sender, stop));
+            let Ok(Some((positions, stop))) = read.await else {
+                return;
+            };
             if q.follow {
-                skiff_control::logs::follow(ctl, name, offsets, tx, stop).await;
+                skiff_control::logs::follow(ctl, name, positions, tx, stop).await;
             }
         }
     });
@@ -334,14 +328,22 @@ async fn logs(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-fn looks_like_rfc3339(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() >= 20
-        && b[..4].iter().all(u8::is_ascii_digit)
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && s.ends_with('Z')
+/// Sends the lines of `history` as the client takes them: where it stopped, or `None`
+/// if the client left or the daemon is stopping.
+fn send_history(
+    mut history: skiff_control::logs::History,
+    tx: &mpsc::Sender<LogLine>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<(
+    std::collections::HashMap<String, skiff_control::logs::Position>,
+    tokio::sync::watch::Receiver<bool>,
+)> {
+    for line in history.by_ref() {
+        if tx.blocking_send(line).is_err() || *stop.borrow() {
+            return None;
+        }
+    }
+    Some((history.into_positions(), stop))
 }
 
 /// A streaming body of one JSON document per line, fed from a channel.

@@ -1,29 +1,29 @@
 //! Reading instances' logs back: a service's lines from every instance it ever had (the
-//! files outlive the instances), merged by time, filtered by `since`, and followed as they
-//! grow. The files are CRI-format (`TIME STREAM TAG MESSAGE`) as the sandbox writes them.
+//! files outlive the instances), merged by time from `since` ([`history`]), then followed
+//! as they grow ([`follow`]); a failure's tail; and the logs' share of the disk.
+//!
+//! It reads the files the sandbox writes; it must not write them.
+
+mod follow;
+mod history;
+mod record;
+mod watch;
+
+pub use history::{History, InstanceLog, Position};
+pub use record::canonical_time;
+pub use watch::LogWatch;
 
 use crate::documents::LogLine;
 use crate::{Control, ControlError};
+use record::parse;
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch as signal};
 
-/// How often `--follow` looks for new lines and new instances.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Bytes read from the end of a log for a failure's tail.
 const TAIL_BYTES: u64 = 16 << 10;
-
-/// Splits a CRI log record into (time, stream, message).
-fn parse(line: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = line.splitn(4, ' ');
-    let time = parts.next()?;
-    let stream = parts.next()?;
-    let _tag = parts.next()?;
-    Some((time, stream, parts.next().unwrap_or("")))
-}
 
 /// The messages of the last `lines` records of a log, one per line.
 pub fn tail_messages(path: &Path, lines: usize) -> String {
@@ -43,102 +43,77 @@ pub fn tail_messages(path: &Path, lines: usize) -> String {
     out
 }
 
-fn lines_of(text: &str, instance: &str, since: Option<&str>, out: &mut Vec<LogLine>) {
-    for l in text.lines() {
-        if let Some((time, stream, message)) = parse(l) {
-            if since.is_some_and(|s| time < s) {
-                continue;
-            }
-            out.push(LogLine {
-                time: time.to_owned(),
-                instance: instance.to_owned(),
-                stream: stream.to_owned(),
-                message: message.to_owned(),
-            });
-        }
-    }
+/// The instances of `service` whose logs there may be.
+fn instance_logs(ctl: &Control, service: &str) -> Result<Vec<InstanceLog>, ControlError> {
+    Ok(ctl
+        .db()
+        .service_instances(service)?
+        .into_iter()
+        .map(|i| InstanceLog {
+            id: i.id,
+            path: PathBuf::from(i.log_path),
+            not_before: skiff_sandbox::rfc3339(i.created_at, 0),
+        })
+        .collect())
 }
 
-/// Every line of the service's instances since `since` (an RFC 3339 time), oldest
-/// first, with the byte offset reached in each instance's current log file.
-pub fn collect(
-    ctl: &Control,
-    service: &str,
-    since: Option<&str>,
-) -> Result<(Vec<LogLine>, HashMap<String, u64>), ControlError> {
+/// The lines of the service's instances from `since` (an RFC 3339 time, see
+/// [`canonical_time`]), oldest first, read as they are taken. Fails at once if there is
+/// no such service or `since` is not a time; reading blocks on the file system.
+pub fn history(ctl: &Control, service: &str, since: Option<&str>) -> Result<History, ControlError> {
+    let since = since
+        .map(|s| {
+            canonical_time(s).ok_or_else(|| {
+                ControlError::invalid_request(format!(
+                    "since={s:?} is not an RFC 3339 UTC time (e.g. 2026-01-02T15:04:05Z)"
+                ))
+            })
+        })
+        .transpose()?;
     if ctl.db().service(service)?.is_none() {
         return Err(ControlError::no_service(service));
     }
-    let instances = ctl.db().service_instances(service)?;
-    let mut out = Vec::new();
-    let mut offsets = HashMap::new();
-    for i in instances {
-        let rotated = format!("{}.1", i.log_path);
-        if let Ok(old) = std::fs::read(&rotated) {
-            lines_of(&String::from_utf8_lossy(&old), &i.id, since, &mut out);
-        }
-        let current = std::fs::read(&i.log_path).unwrap_or_default();
-        lines_of(&String::from_utf8_lossy(&current), &i.id, since, &mut out);
-        offsets.insert(i.id.clone(), current.len() as u64);
-    }
-    out.sort_by(|a, b| a.time.cmp(&b.time));
-    Ok((out, offsets))
+    Ok(History::new(instance_logs(ctl, service)?, since))
 }
 
-/// Sends new lines as they are written, until the receiver goes or the daemon stops.
+/// Sends the lines the service's instances write from `positions` on (where
+/// [`History`] stopped), those of instances that start meanwhile included, until the
+/// receiver goes or the daemon stops.
 pub async fn follow(
     ctl: Arc<Control>,
     service: String,
-    mut offsets: HashMap<String, u64>,
+    positions: HashMap<String, Position>,
     tx: mpsc::Sender<LogLine>,
-    mut stop: watch::Receiver<bool>,
+    stop: signal::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(FOLLOW_POLL) => {}
-            _ = stop.wait_for(|s| *s) => return,
-            () = tx.closed() => return,
-        }
-        let Ok(instances) = ctl.db().service_instances(&service) else {
-            continue;
-        };
-        let mut fresh = Vec::new();
-        for i in instances {
-            let offset = offsets.entry(i.id.clone()).or_insert(0);
-            let Ok(mut f) = std::fs::File::open(&i.log_path) else {
-                continue;
-            };
-            let len = f.metadata().map_or(0, |m| m.len());
-            if len < *offset {
-                *offset = 0; // rotated
-            }
-            if len == *offset || f.seek(SeekFrom::Start(*offset)).is_err() {
-                continue;
-            }
-            let mut buf = Vec::new();
-            if f.read_to_end(&mut buf).is_err() {
-                continue;
-            }
-            // Only whole lines; a line being written is picked up next time.
-            let whole = buf.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-            *offset += whole as u64;
-            lines_of(
-                &String::from_utf8_lossy(&buf[..whole]),
-                &i.id,
-                None,
-                &mut fresh,
+    let watch = match ctl.log_watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                dir = %ctl.config.logs_dir.display(),
+                "cannot watch the logs directory ({e}); following by looking every second"
             );
+            None
         }
-        fresh.sort_by(|a, b| a.time.cmp(&b.time));
-        for line in fresh {
-            if tx.send(line).await.is_err() {
-                return;
-            }
-        }
-    }
+    };
+    let list =
+        move || instance_logs(&ctl, &service).map_err(|e| std::io::Error::other(e.to_string()));
+    follow::follow_with(list, watch, positions, tx, stop).await;
 }
 
 impl Control {
+    /// The shared watch of the logs directory, started by the first follower and ended
+    /// with the last.
+    pub(crate) fn log_watch(&self) -> std::io::Result<Arc<LogWatch>> {
+        let mut shared = self.log_watch.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = shared.upgrade() {
+            return Ok(w);
+        }
+        let w = Arc::new(LogWatch::start(&self.config.logs_dir)?);
+        *shared = Arc::downgrade(&w);
+        Ok(w)
+    }
+
     /// Counts what the log files hold into `budget`; past it, deletes the oldest files
     /// of instances that no longer run (rotated ones first) until they fit in nine
     /// tenths of it. Returns the bytes the files hold afterwards. Blocks (file system).
@@ -210,11 +185,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_split_and_tails_keep_the_last_lines() {
-        assert_eq!(
-            parse("2026-01-01T00:00:00.000000000Z stderr F oops: a b"),
-            Some(("2026-01-01T00:00:00.000000000Z", "stderr", "oops: a b"))
-        );
+    fn tails_keep_the_last_lines() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.log");
         let text: String = (0..30)
@@ -222,14 +193,5 @@ mod tests {
             .collect();
         std::fs::write(&p, text).unwrap();
         assert_eq!(tail_messages(&p, 2), "line 28\nline 29\n");
-        let mut out = Vec::new();
-        lines_of(
-            &std::fs::read_to_string(&p).unwrap(),
-            "i1",
-            Some("2026-01-01T00:00:28"),
-            &mut out,
-        );
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[0].message, "line 28");
     }
 }
