@@ -58,7 +58,8 @@ fn is_disk_full(e: &StoreError) -> bool {
 
 impl crate::Control {
     /// Runs the write `f`; when the disk is full, lets the reserve go and runs it once
-    /// more.
+    /// more. It runs it again also when the reserve is gone already: another write may
+    /// have just let it go, and the space is there for this one too.
     pub(crate) fn write_freeing_space<T>(
         &self,
         mut f: impl FnMut(&mut Store) -> Result<T, StoreError>,
@@ -66,11 +67,13 @@ impl crate::Control {
         // The store's lock is let go before a second try takes it again.
         let first = f(&mut self.db());
         match first {
-            Err(e) if is_disk_full(&e) && self.reserve.release() => {
-                tracing::warn!(
-                    "the disk of {} is full: released the space reserve to write",
-                    self.config.home.display()
-                );
+            Err(e) if is_disk_full(&e) => {
+                if self.reserve.release() {
+                    tracing::warn!(
+                        "the disk of {} is full: released the space reserve to write",
+                        self.config.home.display()
+                    );
+                }
                 f(&mut self.db())
             }
             other => other,

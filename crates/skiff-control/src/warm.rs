@@ -166,7 +166,7 @@ impl RevisionRunner {
             return;
         };
         let _ = tokio::task::spawn_blocking(move || drop(p)).await;
-        if let Err(e) = self.ctl.db().discard_instance(&id) {
+        if let Err(e) = self.ctl.write_freeing_space(|db| db.discard_instance(&id)) {
             tracing::warn!(instance = %id, "forgetting a prepared sandbox: {e}");
         }
     }

@@ -257,4 +257,26 @@ fn on_a_full_disk_image_ls_and_rm_still_work() {
     let gone = d.cli(&["describe", "filler"]);
     assert!(!gone.status.success(), "the service came back");
     assert_eq!(d.stop(), Some(0));
+    // Nothing of it is left in the store: its prepared sandbox's row neither.
+    let db = skiff_store::Store::open_read_only(&d.home.path().join("skiff.db")).unwrap();
+    let left = db.service_instances("filler").unwrap();
+    assert!(left.is_empty(), "{} instance rows left", left.len());
+}
+
+#[test]
+fn a_daemon_stopped_on_a_full_disk_leaves_no_prepared_row() {
+    let disk = SmallDisk::new(64);
+    let home = tempfile::Builder::new()
+        .prefix("home-")
+        .tempdir_in(&disk.path)
+        .unwrap();
+    let mut d = Daemon::start_at(home, &[], None);
+    d.deploy_hello("kept", &[]);
+    assert_eq!(d.get("kept", "/").status, 200);
+    disk.fill();
+    assert_eq!(d.stop(), Some(0));
+    let db = skiff_store::Store::open_read_only(&d.home.path().join("skiff.db")).unwrap();
+    let rows = db.service_instances("kept").unwrap();
+    let unstarted = rows.iter().filter(|r| r.pid.is_none()).count();
+    assert_eq!(unstarted, 0, "{rows:?}");
 }
