@@ -5,7 +5,8 @@
 //! clients cost ten thousand sockets, not ten thousand 16 KiB buffers. Buffers stay on
 //! the thread that used them (no locking) and a bounded number are kept.
 //!
-//! This module must not hold anything but empty buffers.
+//! This module must not hold anything but empty buffers (and one scratch buffer per
+//! thread for bytes that are dropped as they are read).
 
 use std::cell::RefCell;
 
@@ -19,6 +20,18 @@ const LARGEST_KEPT: usize = 4 * READ_CHUNK;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SINK: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the thread's scratch buffer for bytes read only to be dropped.
+pub(crate) fn with_sink<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    SINK.with(|sink| {
+        let mut sink = sink.borrow_mut();
+        if sink.is_empty() {
+            sink.resize(READ_CHUNK, 0);
+        }
+        f(&mut sink)
+    })
 }
 
 /// An empty buffer with room for at least [`READ_CHUNK`] bytes.

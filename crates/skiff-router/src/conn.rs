@@ -45,25 +45,27 @@ pub(crate) struct ClientConn {
     head_charge: HeadCharge,
 }
 
-/// Bytes of a partly read request head past its first read chunk, counted against the
-/// router's head budget until the head is read or the connection ends.
+/// The read buffer of a partly read request head, counted against the router's head
+/// budget until the head is read or the connection ends. A head that comes whole in its
+/// first read is never charged: the budget is touched only by heads that wait.
 struct HeadCharge {
     router: Router,
     bytes: usize,
 }
 
 impl HeadCharge {
-    /// Charges for a head of `len` bytes so far; false when the budget has no room.
-    fn set(&mut self, len: usize) -> bool {
-        let want = len.saturating_sub(READ_CHUNK);
-        // Most heads fit their first chunk: nothing shared is touched for them.
-        if want == self.bytes {
+    /// Charges for a buffer of `capacity` bytes; false when the budget has no room.
+    fn set(&mut self, capacity: usize) -> bool {
+        if capacity == self.bytes {
             return true;
         }
-        if !self.router.charge_head(want as isize - self.bytes as isize) {
+        if !self
+            .router
+            .charge_head(capacity as isize - self.bytes as isize)
+        {
             return false;
         }
-        self.bytes = want;
+        self.bytes = capacity;
         true
     }
 }
@@ -141,10 +143,6 @@ impl ClientConn {
                         self.head_charge.set(0);
                         return HeadRead::Ready;
                     }
-                    Ok(false) if !self.head_charge.set(self.buf.len() - self.start) => {
-                        let why = "too many large request heads at once; try again";
-                        return HeadRead::Refused(503, why.into());
-                    }
                     Ok(false) => {}
                     Err(e @ HeadError::TooLarge) => return HeadRead::Refused(431, e.to_string()),
                     Err(e) => return HeadRead::Refused(400, e.to_string()),
@@ -164,7 +162,15 @@ impl ClientConn {
                 }
                 self.buf = buffers::take();
             }
-            self.buf.reserve(READ_CHUNK);
+            // Grown only when nearly full: a head waiting for its end keeps its one chunk.
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            // What is in the buffer now is a head that did not come whole.
+            if !self.buf.is_empty() && !self.head_charge.set(self.buf.capacity()) {
+                let why = "too many partly sent request heads at once; try again";
+                return HeadRead::Refused(503, why.into());
+            }
             tokio::select! {
                 biased;
                 read = self.stream.read_buf(&mut self.buf) => match read {
@@ -194,12 +200,18 @@ impl ClientConn {
     async fn linger_close(&mut self) {
         let _ = self.stream.shutdown().await;
         let drain = async {
-            let mut sink = [0u8; 16 * 1024];
             let mut left: usize = 256 * 1024;
             while left > 0 {
-                match self.stream.read(&mut sink).await {
-                    Ok(0) | Err(_) => return,
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                // Read into the thread's one sink, not a buffer in each lingering
+                // connection: thousands may linger at once.
+                match buffers::with_sink(|sink| self.stream.try_read(sink)) {
+                    Ok(0) => return,
                     Ok(n) => left = left.saturating_sub(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
                 }
             }
         };

@@ -89,8 +89,8 @@ struct Inner {
     head_budget: AtomicUsize,
 }
 
-/// What all client connections' partly read request heads may hold together, past the
-/// first 16 KiB of each.
+/// What the read buffers of all client connections' partly read request heads may hold
+/// together.
 pub const DEFAULT_HEAD_BUDGET: usize = 64 << 20;
 
 /// The answer to a connection past the limit.
@@ -128,8 +128,9 @@ impl Router {
             .store(max.max(1), Ordering::Relaxed);
     }
 
-    /// Sets what partly read request heads may hold together past the first 16 KiB of
-    /// each; past it, the head that would take more is answered 503.
+    /// Sets what the buffers of partly read request heads may hold together (a head that
+    /// comes whole in one read is not counted); past it, the head that would take more
+    /// is answered 503.
     pub fn set_head_budget(&self, bytes: usize) {
         self.inner.head_budget.store(bytes, Ordering::Relaxed);
     }

@@ -569,17 +569,45 @@ async fn past_the_head_budget_a_large_slow_head_gets_503() {
         r.set_head_budget(8 << 10)
     })
     .await;
-    // 30 KB of head without its end: 14 KB past the first chunk, over an 8 KiB budget.
+    // 30 KB of head without its end, over an 8 KiB budget.
     let mut big = b"GET / HTTP/1.1\r\nHost: svc.localhost\r\n".to_vec();
     while big.len() < 30_000 {
         big.extend_from_slice(format!("X-Pad: {}\r\n", "p".repeat(1000)).as_bytes());
     }
     let text = until_closed(addr, &big).await;
     assert!(
-        text.starts_with("HTTP/1.1 503 ") && text.contains("large request heads"),
+        text.starts_with("HTTP/1.1 503 ") && text.contains("partly sent request heads"),
         "{text}"
     );
-    // Heads that fit their first chunk are not held to it.
+    // Heads that come whole in one read are not held to it.
+    let (head, _) = exchange(addr, "GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn small_partial_heads_count_their_buffers_against_the_budget() {
+    let app = instance(Script::Echo).await;
+    // Room for four read buffers (16 KiB each) of heads that wait for their end.
+    let addr = router_tuned(Target::Address(app.addr), LIMIT, |r| {
+        r.set_head_budget(64 << 10)
+    })
+    .await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: svc.localhost\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let mut got = [0u8; 12];
+        match tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut got)).await {
+            Ok(Ok(_)) if &got == b"HTTP/1.1 503" => refused += 1,
+            Ok(other) => panic!("{other:?}: {:?}", String::from_utf8_lossy(&got)),
+            Err(_) => held.push(s),
+        }
+    }
+    assert_eq!((held.len(), refused), (4, 4));
+    // A head that comes whole is served while the budget is taken.
     let (head, _) = exchange(addr, "GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
