@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use skiff_core::{ServiceSpec, SpecPatch, TrafficTarget};
+use std::collections::BTreeMap;
 
 /// `PUT /v1/services/{name}`: deploy a new revision.
 #[derive(Debug, Serialize, Deserialize)]
@@ -199,4 +200,128 @@ pub struct LogLine {
     pub instance: String,
     pub stream: String,
     pub message: String,
+}
+
+/// `PUT /v1/secrets/{name}` (a new secret) and `POST /v1/secrets/{name}/versions` (its
+/// next version): the version's data, as a Kubernetes Secret's `data` (base64 values)
+/// and `stringData` (text values). `Debug` shows the keys only.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretWrite {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, SecretValue>,
+    #[serde(
+        default,
+        rename = "stringData",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub string_data: BTreeMap<String, SecretValue>,
+}
+
+impl std::fmt::Debug for SecretWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretWrite")
+            .field("data", &self.data.keys().collect::<Vec<_>>())
+            .field("stringData", &self.string_data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A value in a [`SecretWrite`]: a JSON string. What else comes is refused without
+/// echoing it (serde's own message would quote a number or a boolean).
+#[derive(Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct SecretValue(pub String);
+
+impl<'de> Deserialize<'de> for SecretValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SecretValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SecretValue, E> {
+                Ok(SecretValue(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<SecretValue, E> {
+                Ok(SecretValue(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretValue, E> {
+                Err(E::custom("a secret value must be a string"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretValue, E> {
+                Err(E::custom("a secret value must be a string"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretValue, E> {
+                Err(E::custom("a secret value must be a string"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretValue, E> {
+                Err(E::custom("a secret value must be a string"))
+            }
+        }
+        // `deserialize_any`: serde_json answers a number given for a string itself,
+        // quoting it; through the visitor, the refusal names no value.
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl SecretWrite {
+    /// The data it carries; an error naming the key whose value is not base64, or a key
+    /// given twice (in `data` and in `stringData`).
+    pub fn into_data(self) -> Result<skiff_secrets::SecretData, String> {
+        use base64::Engine;
+        let mut data = skiff_secrets::SecretData::new();
+        for (key, value) in self.data {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value.0.as_bytes())
+                .map_err(|_| format!("data.{key} is not base64"))?;
+            data.insert(&key, bytes);
+        }
+        for (key, value) in self.string_data {
+            if !data.insert(&key, value.0.into_bytes()) {
+                return Err(format!("key {key} is in both data and stringData"));
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// `PATCH /v1/secrets/{name}/versions/{version}`: enable or disable a version.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretVersionPatch {
+    /// `enabled` or `disabled`.
+    pub state: String,
+}
+
+/// One version of a secret, as `skiff secret versions` shows it: never its values.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SecretVersionInfo {
+    pub version: u32,
+    /// `enabled` or `disabled`.
+    pub state: String,
+    pub keys: Vec<String>,
+    pub created_at: i64,
+}
+
+/// A secret with its versions, newest first.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SecretDetail {
+    pub name: String,
+    pub created_at: i64,
+    pub versions: Vec<SecretVersionInfo>,
+}
+
+/// A secret in `skiff secret ls`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SecretSummary {
+    pub name: String,
+    pub created_at: i64,
+    pub versions: usize,
+    /// The newest enabled version (what `latest` means), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<u32>,
+    /// Its keys.
+    pub keys: Vec<String>,
 }

@@ -26,6 +26,7 @@ pub mod revision;
 mod runner;
 pub mod runtime;
 mod scaling;
+pub mod secrets;
 mod space;
 mod supervisor;
 mod traffic;
@@ -78,6 +79,8 @@ pub struct ControlConfig {
     pub home: PathBuf,
     /// The daemon's own registry (`host:port`): images named there are local already.
     pub own_registry: Option<String>,
+    /// The key secrets are sealed under.
+    pub secrets_key: Arc<skiff_secrets::MasterKey>,
 }
 
 /// The control plane: the store, the image store, the runtime and the router, and the

@@ -25,6 +25,22 @@ fn drift(doc: &Value, schema: &Value, value: &Value, at: &str, out: &mut Vec<Str
         None => schema,
     };
     match value {
+        // A map: every value follows `additionalProperties`.
+        Value::Object(fields)
+            if schema
+                .get("additionalProperties")
+                .is_some_and(Value::is_object) =>
+        {
+            for (k, v) in fields {
+                drift(
+                    doc,
+                    &schema["additionalProperties"],
+                    v,
+                    &format!("{at}.{k}"),
+                    out,
+                );
+            }
+        }
         Value::Object(fields) => {
             let Some(props) = schema.get("properties").and_then(Value::as_object) else {
                 out.push(format!("{at}: the schema has no properties"));
@@ -207,10 +223,46 @@ fn requests_match_the_openapi_document() {
             revision: Some("hello-00001".into()),
         },
     );
+    check(
+        "SecretWrite",
+        &SecretWrite {
+            data: [("k".to_owned(), SecretValue("dg==".into()))].into(),
+            string_data: [("t".to_owned(), SecretValue("v".into()))].into(),
+        },
+    );
+    check(
+        "SecretVersionPatch",
+        &SecretVersionPatch {
+            state: "disabled".into(),
+        },
+    );
 }
 
 #[test]
 fn answers_match_the_openapi_document() {
+    check(
+        "SecretDetail",
+        &SecretDetail {
+            name: "n".into(),
+            created_at: 1,
+            versions: vec![SecretVersionInfo {
+                version: 1,
+                state: "enabled".into(),
+                keys: vec!["k".into()],
+                created_at: 1,
+            }],
+        },
+    );
+    check(
+        "SecretSummary",
+        &SecretSummary {
+            name: "n".into(),
+            created_at: 1,
+            versions: 1,
+            latest: Some(1),
+            keys: vec!["k".into()],
+        },
+    );
     check(
         "Deployed",
         &Deployed {

@@ -16,6 +16,7 @@ mod patch;
 mod probe;
 mod quantity;
 mod reference;
+mod secret;
 mod service;
 mod traffic;
 
@@ -30,6 +31,9 @@ pub use patch::{PatchError, ProbePatch, SpecPatch};
 pub use probe::{Probe, MAX_EXEC_ARGS, MAX_EXEC_BYTES};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};
+pub use secret::{
+    validate_secret_key, validate_secret_name, SecretNameError, MAX_SECRET_BYTES, MAX_SECRET_KEYS,
+};
 pub use service::{
     revision_name, validate_revision_name, validate_service_name, ServiceSpec, SpecError,
     DEFAULT_CONCURRENCY, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, RESERVED_ENV,

@@ -1,6 +1,6 @@
 //! skiff's durable state in one SQLite database: images with their tags and layers, and
-//! sandbox instances with their network slots and exit reports, and services with their
-//! immutable revisions.
+//! sandbox instances with their network slots and exit reports, services with their
+//! immutable revisions, and secrets with their sealed versions.
 //!
 //! This crate is the only place SQL lives. It must not know about HTTP, the filesystem
 //! layout of the image store, or how sandboxes are started: callers hand it records and
@@ -10,10 +10,12 @@
 mod images;
 mod instances;
 mod migrations;
+mod secrets;
 mod services;
 
 pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
 pub use instances::{ExitRecord, InstanceRecord, InstanceState, NewInstance};
+pub use secrets::{NewSecretVersion, SealedRecord, SecretRecord, SecretVersionRecord};
 pub use services::{FailureRecord, RevisionRecord, ServiceRecord};
 
 use rusqlite::Connection;

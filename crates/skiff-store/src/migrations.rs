@@ -88,6 +88,25 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO counters (name, value) VALUES ('service_version', 0);
     "#,
+    // 6: secrets and their versions, sealed (the values never reach this file in clear).
+    r#"
+    CREATE TABLE secrets (
+        name        TEXT PRIMARY KEY,
+        incarnation TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE secret_versions (
+        secret      TEXT NOT NULL REFERENCES secrets(name) ON DELETE CASCADE,
+        version     INTEGER NOT NULL,
+        enabled     INTEGER NOT NULL,
+        keys_json   TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        key_id      TEXT NOT NULL,
+        nonce       BLOB NOT NULL,
+        ciphertext  BLOB NOT NULL,
+        PRIMARY KEY (secret, version)
+    );
+    "#,
 ];
 
 /// The schema version `conn`'s database has, refused when newer than this build knows.

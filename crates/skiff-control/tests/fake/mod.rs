@@ -2,6 +2,9 @@
 //! probes are real TCP and HTTP) and a flag for its exit. Every call is recorded with the
 //! time on tokio's clock, so tests with paused time can assert when things happened.
 
+// Each test binary uses its own part of this.
+#![allow(dead_code)]
+
 use skiff_control::documents::DeployRequest;
 use skiff_control::runtime::{
     BoxFuture, ExitCheck, ExitStatus, InstancePlan, ListenersCheck, PreparedInstance,
@@ -358,6 +361,11 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The data directory (the database is `skiff.db` there).
+    pub fn home(&self) -> &std::path::Path {
+        self._home.path()
+    }
+
     pub fn new() -> Harness {
         Harness::with(|_| {})
     }
@@ -392,6 +400,7 @@ impl Harness {
             logs_dir: home.path().join("logs"),
             home: home.path().to_owned(),
             own_registry: None,
+            secrets_key: Arc::new(skiff_secrets::MasterKey::from_bytes(&[7; 32])),
         };
         tune(&mut config);
         let rt = FakeRuntime::default();

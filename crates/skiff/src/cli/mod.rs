@@ -8,6 +8,7 @@ mod output;
 mod progress;
 mod registry;
 mod run;
+mod secret;
 mod service;
 mod traffic;
 
@@ -88,6 +89,9 @@ pub enum Command {
         /// Service name.
         name: String,
     },
+    /// Secrets: values kept sealed, given to the instances that use them.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -122,6 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Export { name } => {
             knative::export(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
         }
+        Command::Secret(cmd) => secret::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0),
     }
 }
 

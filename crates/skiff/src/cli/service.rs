@@ -336,7 +336,7 @@ pub fn list(client: &Client, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ago(unix: i64) -> String {
+pub(crate) fn ago(unix: i64) -> String {
     let secs = skiff_control::unix_now().saturating_sub(unix).max(0);
     match secs {
         0..=119 => format!("{secs}s ago"),

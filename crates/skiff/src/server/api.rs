@@ -11,6 +11,7 @@
 //! - `PUT    /v1/services/{name}/traffic`      set the traffic split
 //! - `POST   /v1/services/{name}/rollback`     all traffic back to an earlier revision
 //! - `GET    /v1/services/{name}/logs?since=RFC3339&follow=true`  NDJSON lines
+//! - `/v1/secrets…`: see `api_secrets.rs`
 //!
 //! Writes take `If-Match: "VERSION"` (the `version` describe shows): a service that is no
 //! longer at that version, or no longer exists, answers 409 and nothing changes.
@@ -32,13 +33,13 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 #[derive(Clone)]
-struct AppState {
-    ctl: Arc<Control>,
+pub(super) struct AppState {
+    pub(super) ctl: Arc<Control>,
     stop: watch::Receiver<bool>,
 }
 
 /// A control-plane error as the API answers it.
-struct ApiError(ControlError);
+pub(super) struct ApiError(ControlError);
 
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
@@ -125,6 +126,9 @@ fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/services/{name}/traffic", put(traffic)),
         ("/v1/services/{name}/rollback", post(rollback)),
     ]
+    .into_iter()
+    .chain(super::api_secrets::route_table())
+    .collect()
 }
 
 /// The API's routes, with their handlers.

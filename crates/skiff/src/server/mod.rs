@@ -7,6 +7,7 @@
 //! connects them.
 
 mod api;
+mod api_secrets;
 mod network;
 mod registry;
 mod scaling;
@@ -102,8 +103,39 @@ pub struct ServerArgs {
     /// …and this private key (PEM).
     #[arg(long, value_name = "FILE", requires = "registry_cert")]
     registry_key: Option<PathBuf>,
+    /// The key secrets are sealed under: 64 hex digits in a file only the daemon's user
+    /// may read (default: `$SKIFF_HOME/secrets.key`, made at the first start). A key
+    /// supplied here (by a KMS, say) must exist: it is never made.
+    #[arg(long, env = "SKIFF_SECRETS_KEY_FILE", value_name = "FILE")]
+    secrets_key_file: Option<PathBuf>,
     #[command(flatten)]
     scaling: scaling::ScalingArgs,
+}
+
+/// The master key for secrets: the operator's file, or the data directory's (made at the
+/// first start). A key file that is there but unusable stops the daemon: secrets sealed
+/// under it must not be taken for lost.
+fn secrets_key(
+    home: &Home,
+    supplied: Option<&Path>,
+) -> anyhow::Result<Arc<skiff_secrets::MasterKey>> {
+    let key = match supplied {
+        Some(path) => skiff_secrets::MasterKey::load(path)?,
+        None => {
+            let path = home.root.join("secrets.key");
+            let (key, made) = skiff_secrets::MasterKey::load_or_create(&path)?;
+            if made {
+                eprintln!(
+                    "skiff server: made the secrets key {} ({}); keep a copy apart from \
+                     backups of the database",
+                    path.display(),
+                    key.id()
+                );
+            }
+            key
+        }
+    };
+    Ok(Arc::new(key))
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -125,6 +157,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     db.check_integrity()?;
     home.warn_if_database_lost(&db)?;
     let images = home.images()?;
+    let secrets_key = secrets_key(&home, args.secrets_key_file.as_deref())?;
     let sandbox = Arc::new(Sandbox::new(&home.scope()).context("preparing the sandbox runtime")?);
     crate::launch::reclaim_lost(&mut db, &sandbox, &home.run_dir())
         .context("reclaiming instances of a previous daemon")?;
@@ -189,6 +222,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         logs_dir: home.logs_dir(),
         home: home.root.clone(),
         own_registry: registry_addr.clone(),
+        secrets_key,
     };
     let ctl = Control::new(config, db, images, Arc::new(linux), router);
     ctl.enforce_log_budget(&log_budget);

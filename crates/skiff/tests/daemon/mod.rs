@@ -47,6 +47,9 @@ pub struct Daemon {
     extra: Vec<String>,
     /// RLIMIT_NOFILE (soft and hard) to start the server with, if not the test's own.
     nofile: Option<u64>,
+    /// Whether the server's stderr goes to [`Daemon::stderr_file`] (for tests that read
+    /// what it logged) rather than to the test's.
+    stderr_to_file: bool,
 }
 
 /// A /24 for one test daemon's instances, held (by a lock file) until dropped, so
@@ -113,10 +116,39 @@ impl Daemon {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             nofile,
+            stderr_to_file: false,
         };
         d.pack_hello();
         d.launch();
         d
+    }
+
+    /// A daemon as [`Daemon::start`] makes, whose stderr goes to [`Daemon::stderr_file`].
+    pub fn start_logging_to_file(extra: &[&str]) -> Daemon {
+        let home = tempfile::Builder::new()
+            .prefix("skiff-e2e-daemon-")
+            .tempdir()
+            .unwrap();
+        let socket = home.path().join("api.sock");
+        let mut d = Daemon {
+            home,
+            socket,
+            port: 0,
+            registry: String::new(),
+            subnet: Subnet::claim(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            nofile: None,
+            stderr_to_file: true,
+        };
+        d.pack_hello();
+        d.launch();
+        d
+    }
+
+    /// Where the server's stderr goes when [`Daemon::stderr_to_file`] is set.
+    pub fn stderr_file(&self) -> PathBuf {
+        self.home.path().join("daemon.stderr")
     }
 
     fn pack_hello(&self) {
@@ -165,8 +197,17 @@ impl Daemon {
             })
             .args(&self.extra)
             .env("SKIFF_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::piped());
+        if self.stderr_to_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.stderr_file())
+                .unwrap();
+            cmd.stderr(file);
+        } else {
+            cmd.stderr(Stdio::inherit());
+        }
         // A test that fails while another thread still holds its daemon never drops it;
         // the daemon then stops when the test's thread ends, instead of outliving the
         // test run (and holding cargo's output pipe open).

@@ -1,0 +1,275 @@
+//! Secrets: made, given new versions, listed, disabled and removed through typed
+//! [`SecretCommand`]s; each version sealed under the daemon's master key before it
+//! reaches the store, and opened only for an instance that uses it.
+//!
+//! Nothing here returns, logs or puts in an error a value: answers carry names, version
+//! numbers and keys.
+
+use crate::documents::{SecretDetail, SecretSummary, SecretVersionInfo};
+use crate::{Control, ControlError};
+use skiff_core::{validate_secret_key, validate_secret_name, MAX_SECRET_BYTES, MAX_SECRET_KEYS};
+use skiff_secrets::{Place, Sealed, SecretData};
+use skiff_store::{NewSecretVersion, SealedRecord, SecretRecord};
+
+/// What is asked of secrets.
+#[derive(Debug)]
+pub enum SecretCommand {
+    List,
+    Describe {
+        name: String,
+    },
+    /// A new secret with its first version.
+    Create {
+        name: String,
+        data: SecretData,
+    },
+    /// The secret's next version.
+    AddVersion {
+        name: String,
+        data: SecretData,
+    },
+    /// A version enabled or disabled (disabled ones are kept, but no instance gets them).
+    SetEnabled {
+        name: String,
+        version: u32,
+        enabled: bool,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+/// What a secret command answers.
+#[derive(Debug)]
+pub enum SecretAnswer {
+    Secrets(Vec<SecretSummary>),
+    Secret(SecretDetail),
+    Removed(String),
+}
+
+/// Which version of a secret: a number, or the newest enabled one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretVersion {
+    Latest,
+    Number(u32),
+}
+
+fn no_secret(name: &str) -> ControlError {
+    ControlError::NotFound(format!("no such secret: {name}"))
+}
+
+fn check_data(data: &SecretData) -> Result<(), ControlError> {
+    if data.is_empty() {
+        return Err(ControlError::bad_field(
+            "data",
+            "a secret version needs at least one key",
+        ));
+    }
+    if data.len() > MAX_SECRET_KEYS {
+        return Err(ControlError::bad_field(
+            "data",
+            format!(
+                "{} keys: a version holds at most {MAX_SECRET_KEYS}",
+                data.len()
+            ),
+        ));
+    }
+    for key in data.keys() {
+        validate_secret_key(key).map_err(|e| ControlError::bad_field("data", e.to_string()))?;
+    }
+    if data.value_bytes() > MAX_SECRET_BYTES {
+        return Err(ControlError::TooLarge(format!(
+            "the values hold {} bytes: a version holds at most {MAX_SECRET_BYTES}",
+            data.value_bytes()
+        )));
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), ControlError> {
+    validate_secret_name(name).map_err(|e| ControlError::bad_field("name", e.to_string()))
+}
+
+fn sealed_record(s: Sealed) -> SealedRecord {
+    SealedRecord {
+        key_id: s.key_id,
+        nonce: s.nonce.to_vec(),
+        ciphertext: s.ciphertext,
+    }
+}
+
+fn detail(s: &SecretRecord) -> SecretDetail {
+    SecretDetail {
+        name: s.name.clone(),
+        created_at: s.created_at,
+        versions: s
+            .versions
+            .iter()
+            .rev()
+            .map(|v| SecretVersionInfo {
+                version: v.version,
+                state: if v.enabled { "enabled" } else { "disabled" }.to_owned(),
+                keys: v.keys.clone(),
+                created_at: v.created_at,
+            })
+            .collect(),
+    }
+}
+
+fn summary(s: &SecretRecord) -> SecretSummary {
+    let latest = s.latest_enabled();
+    SecretSummary {
+        name: s.name.clone(),
+        created_at: s.created_at,
+        versions: s.versions.len(),
+        latest: latest.map(|v| v.version),
+        keys: latest.map(|v| v.keys.clone()).unwrap_or_default(),
+    }
+}
+
+fn new_incarnation() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the kernel's random source is available");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Control {
+    /// Carries out a secret command; writes run one at a time with the other writes.
+    pub async fn execute_secret(
+        &self,
+        command: SecretCommand,
+    ) -> Result<SecretAnswer, ControlError> {
+        let _serial = match command {
+            SecretCommand::List | SecretCommand::Describe { .. } => None,
+            _ => Some(self.write_lock.lock().await),
+        };
+        match command {
+            SecretCommand::List => Ok(SecretAnswer::Secrets(
+                self.db().secrets()?.iter().map(summary).collect(),
+            )),
+            SecretCommand::Describe { name } => self.secret_detail(&name),
+            SecretCommand::Create { name, data } => {
+                check_name(&name)?;
+                check_data(&data)?;
+                let incarnation = new_incarnation();
+                let first = self.sealed_version(&name, &incarnation, 1, &data);
+                if !self.db().create_secret(&name, &incarnation, &first)? {
+                    return Err(ControlError::Conflict(format!(
+                        "secret {name} exists already: add a version to it instead"
+                    )));
+                }
+                tracing::info!(secret = %name, version = 1, "secret created");
+                self.secret_detail(&name)
+            }
+            SecretCommand::AddVersion { name, data } => {
+                check_data(&data)?;
+                let record = self.db().secret(&name)?.ok_or_else(|| no_secret(&name))?;
+                let number = self
+                    .db()
+                    .next_secret_version(&name)?
+                    .ok_or_else(|| no_secret(&name))?;
+                let version = self.sealed_version(&name, &record.incarnation, number, &data);
+                if !self.db().add_secret_version(&name, &version)? {
+                    return Err(no_secret(&name));
+                }
+                tracing::info!(secret = %name, version = number, "secret version added");
+                self.secret_detail(&name)
+            }
+            SecretCommand::SetEnabled {
+                name,
+                version,
+                enabled,
+            } => {
+                if !self
+                    .db()
+                    .set_secret_version_enabled(&name, version, enabled)?
+                {
+                    return Err(ControlError::NotFound(format!(
+                        "secret {name} has no version {version}"
+                    )));
+                }
+                let state = if enabled { "enabled" } else { "disabled" };
+                tracing::info!(secret = %name, version, "secret version {state}");
+                self.secret_detail(&name)
+            }
+            SecretCommand::Remove { name } => {
+                if !self.db().delete_secret(&name)? {
+                    return Err(no_secret(&name));
+                }
+                tracing::info!(secret = %name, "secret removed");
+                Ok(SecretAnswer::Removed(name))
+            }
+        }
+    }
+
+    fn secret_detail(&self, name: &str) -> Result<SecretAnswer, ControlError> {
+        let record = self.db().secret(name)?.ok_or_else(|| no_secret(name))?;
+        Ok(SecretAnswer::Secret(detail(&record)))
+    }
+
+    fn sealed_version(
+        &self,
+        name: &str,
+        incarnation: &str,
+        version: u32,
+        data: &SecretData,
+    ) -> NewSecretVersion {
+        let place = Place {
+            secret: name,
+            incarnation,
+            version,
+        };
+        NewSecretVersion {
+            version,
+            keys: data.keys().map(str::to_owned).collect(),
+            sealed: sealed_record(self.config.secrets_key.seal(place, data)),
+        }
+    }
+
+    /// Opens `version` of secret `name` (for an instance that uses it): its number and
+    /// data. A disabled version, or one whose stored bytes do not open as this secret's
+    /// version, is an error naming the secret and version.
+    pub fn open_secret(
+        &self,
+        name: &str,
+        version: SecretVersion,
+    ) -> Result<(u32, SecretData), ControlError> {
+        let record = self.db().secret(name)?.ok_or_else(|| no_secret(name))?;
+        let stored = match version {
+            SecretVersion::Latest => record.latest_enabled().ok_or_else(|| {
+                ControlError::Conflict(format!("secret {name} has no enabled version"))
+            })?,
+            SecretVersion::Number(n) => record.version(n).ok_or_else(|| {
+                ControlError::NotFound(format!("secret {name} has no version {n}"))
+            })?,
+        };
+        if !stored.enabled {
+            return Err(ControlError::Conflict(format!(
+                "version {} of secret {name} is disabled",
+                stored.version
+            )));
+        }
+        let nonce = stored.sealed.nonce.as_slice().try_into().map_err(|_| {
+            ControlError::internal(format!(
+                "secret {name} version {}: its stored nonce is malformed",
+                stored.version
+            ))
+        })?;
+        let sealed = Sealed {
+            key_id: stored.sealed.key_id.clone(),
+            nonce,
+            ciphertext: stored.sealed.ciphertext.clone(),
+        };
+        let place = Place {
+            secret: name,
+            incarnation: &record.incarnation,
+            version: stored.version,
+        };
+        let data = self
+            .config
+            .secrets_key
+            .open(place, &sealed)
+            .map_err(ControlError::internal)?;
+        Ok((stored.version, data))
+    }
+}

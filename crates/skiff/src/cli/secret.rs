@@ -1,0 +1,223 @@
+//! `skiff secret`: make secrets, give them versions, list, disable and remove them. Values
+//! go to the daemon and never come back: what is printed is names, versions and keys.
+
+use super::client::Client;
+use super::output::{self, Format};
+use anyhow::Context;
+use base64::Engine;
+use clap::{Args, Subcommand};
+use hyper::Method;
+use skiff_control::documents::{SecretDetail, SecretSummary, SecretValue, SecretWrite};
+use std::io::Read;
+
+#[derive(Subcommand)]
+pub enum SecretCommand {
+    /// Make a secret with its first version.
+    Create(DataArgs),
+    /// Give a secret its next version (instances that follow `latest` get it).
+    AddVersion(DataArgs),
+    /// A secret's versions, newest first: state and keys, never values.
+    Versions { name: String },
+    /// List secrets.
+    Ls,
+    /// Remove a secret and every version of it.
+    Rm { name: String },
+    /// Disable a version: kept, but given to no instance.
+    Disable { name: String, version: u32 },
+    /// Enable a disabled version again.
+    Enable { name: String, version: u32 },
+}
+
+#[derive(Args)]
+pub struct DataArgs {
+    /// Secret name (a-z, 0-9, '-' and '.').
+    name: String,
+    /// A key and its value (the value shows in the process list while this runs: prefer
+    /// --from-file for real secrets).
+    #[arg(long, value_name = "KEY=VALUE")]
+    from_literal: Vec<String>,
+    /// A key and the file holding its value (`-`: standard input); without `KEY=`, the
+    /// key is the file's name.
+    #[arg(long, value_name = "[KEY=]PATH")]
+    from_file: Vec<String>,
+}
+
+impl DataArgs {
+    /// The version's data as the API takes it (every value base64, so bytes go as they
+    /// are).
+    fn write(&self) -> anyhow::Result<SecretWrite> {
+        let mut write = SecretWrite::default();
+        let mut add = |key: &str, value: &[u8]| -> anyhow::Result<()> {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(value);
+            if write
+                .data
+                .insert(key.to_owned(), SecretValue(encoded))
+                .is_some()
+            {
+                anyhow::bail!("key {key} is given twice");
+            }
+            Ok(())
+        };
+        for literal in &self.from_literal {
+            let (key, value) = literal
+                .split_once('=')
+                .with_context(|| format!("--from-literal {:?}: give KEY=VALUE", key_of(literal)))?;
+            add(key, value.as_bytes())?;
+        }
+        for spec in &self.from_file {
+            let (key, path) = match spec.split_once('=') {
+                Some((k, p)) => (k.to_owned(), p),
+                None if spec == "-" => {
+                    anyhow::bail!("--from-file -: give KEY=- for standard input")
+                }
+                None => {
+                    let name = std::path::Path::new(spec)
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .with_context(|| format!("--from-file {spec}: give KEY={spec}"))?;
+                    (name.to_owned(), spec.as_str())
+                }
+            };
+            let value = if path == "-" {
+                let mut v = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut v)
+                    .context("reading standard input")?;
+                v
+            } else {
+                std::fs::read(path).with_context(|| format!("reading {path}"))?
+            };
+            add(&key, &value)?;
+        }
+        if write.data.is_empty() {
+            anyhow::bail!(
+                "give the version's data: --from-literal KEY=VALUE or --from-file [KEY=]PATH"
+            );
+        }
+        Ok(write)
+    }
+}
+
+/// What precedes `=` in a literal, or nothing: an error must not print the value.
+fn key_of(literal: &str) -> &str {
+    literal.split_once('=').map_or("", |(k, _)| k)
+}
+
+pub fn run(client: &Client, format: Format, command: SecretCommand) -> anyhow::Result<()> {
+    match command {
+        SecretCommand::Create(a) => {
+            let body = serde_json::to_value(a.write()?)?;
+            let d: SecretDetail = client.call(Method::PUT, &path(&a.name), Some(body))?;
+            show_written(format, &d, "created secret")
+        }
+        SecretCommand::AddVersion(a) => {
+            let body = serde_json::to_value(a.write()?)?;
+            let d: SecretDetail = client.call(
+                Method::POST,
+                &format!("{}/versions", path(&a.name)),
+                Some(body),
+            )?;
+            show_written(format, &d, "added version")
+        }
+        SecretCommand::Versions { name } => {
+            let d: SecretDetail = client.call(Method::GET, &path(&name), None)?;
+            show_versions(format, &d)
+        }
+        SecretCommand::Ls => {
+            let list: Vec<SecretSummary> = client.call(Method::GET, "/v1/secrets", None)?;
+            if format == Format::Json {
+                output::json(&serde_json::to_value(&list)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.latest.map_or("-".into(), |v| v.to_string()),
+                        s.versions.to_string(),
+                        s.keys.join(","),
+                        super::service::ago(s.created_at),
+                    ]
+                })
+                .collect();
+            output::table(&["NAME", "LATEST", "VERSIONS", "KEYS", "CREATED"], &rows);
+            Ok(())
+        }
+        SecretCommand::Rm { name } => {
+            let _: serde_json::Value = client.call(Method::DELETE, &path(&name), None)?;
+            if format == Format::Json {
+                output::json(&serde_json::json!({ "removed": name }));
+            } else {
+                println!("removed secret {name}");
+            }
+            Ok(())
+        }
+        SecretCommand::Disable { name, version } => {
+            set_state(client, format, &name, version, "disabled")
+        }
+        SecretCommand::Enable { name, version } => {
+            set_state(client, format, &name, version, "enabled")
+        }
+    }
+}
+
+fn path(name: &str) -> String {
+    format!("/v1/secrets/{name}")
+}
+
+fn set_state(
+    client: &Client,
+    format: Format,
+    name: &str,
+    version: u32,
+    state: &str,
+) -> anyhow::Result<()> {
+    let d: SecretDetail = client.call(
+        Method::PATCH,
+        &format!("{}/versions/{version}", path(name)),
+        Some(serde_json::json!({ "state": state })),
+    )?;
+    if format == Format::Json {
+        output::json(&serde_json::to_value(&d)?);
+    } else {
+        println!("version {version} of secret {name} is {state}");
+    }
+    Ok(())
+}
+
+fn show_written(format: Format, d: &SecretDetail, what: &str) -> anyhow::Result<()> {
+    if format == Format::Json {
+        output::json(&serde_json::to_value(d)?);
+        return Ok(());
+    }
+    let newest = d.versions.first();
+    println!(
+        "{what} {} of secret {} (keys: {})",
+        newest.map_or(0, |v| v.version),
+        d.name,
+        newest.map(|v| v.keys.join(", ")).unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn show_versions(format: Format, d: &SecretDetail) -> anyhow::Result<()> {
+    if format == Format::Json {
+        output::json(&serde_json::to_value(d)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = d
+        .versions
+        .iter()
+        .map(|v| {
+            vec![
+                v.version.to_string(),
+                v.state.clone(),
+                v.keys.join(","),
+                super::service::ago(v.created_at),
+            ]
+        })
+        .collect();
+    output::table(&["VERSION", "STATE", "KEYS", "CREATED"], &rows);
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Secrets end to end (issue 18, item 1): `skiff secret` makes, versions, lists, disables
+//! and removes them through the daemon; the key is made root-only at the first start;
+//! no value is printed by any command, answered by the API, logged by the daemon, or
+//! kept in clear anywhere in the data directory.
+
+mod daemon;
+
+use daemon::{stderr, Daemon};
+use std::os::unix::fs::PermissionsExt;
+
+const FIRST: &str = "pg-first-4be1c09d";
+const SECOND: &str = "pg-second-7f3a55e2";
+const FROM_FILE: &str = "tls-key-material-91c0";
+
+/// Files under `dir` that hold `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let ty = e.file_type().unwrap();
+            if ty.is_dir() {
+                dirs.push(e.path());
+            } else if ty.is_file() {
+                if let Ok(bytes) = std::fs::read(e.path()) {
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        found.push(e.path().display().to_string());
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn secrets_are_kept_sealed_and_never_shown() {
+    let mut d = Daemon::start_logging_to_file(&[]);
+    let key = d.home.path().join("secrets.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key file's mode");
+
+    let tls = d
+        .home
+        .path()
+        .join("..")
+        .join(format!("tls-{}", std::process::id()));
+    std::fs::write(&tls, FROM_FILE).unwrap();
+    let mut printed = String::new();
+    printed += &d.ok(&[
+        "secret",
+        "create",
+        "db-pass",
+        "--from-literal",
+        &format!("password={FIRST}"),
+        "--from-literal",
+        "user=app",
+        "--from-file",
+        &format!("tls.key={}", tls.display()),
+    ]);
+    std::fs::remove_file(&tls).unwrap();
+    printed += &d.ok(&[
+        "secret",
+        "add-version",
+        "db-pass",
+        "--from-literal",
+        &format!("password={SECOND}"),
+    ]);
+    printed += &d.ok(&["secret", "versions", "db-pass"]);
+    printed += &d.ok(&["secret", "ls"]);
+    let detail = d.json(&["secret", "versions", "db-pass"]);
+    printed += &detail.to_string();
+    assert_eq!(detail["versions"][0]["version"], 2);
+    assert_eq!(
+        detail["versions"][1]["keys"],
+        serde_json::json!(["password", "tls.key", "user"])
+    );
+    let listed = d.json(&["secret", "ls"]);
+    printed += &listed.to_string();
+    assert_eq!(listed[0]["latest"], 2);
+
+    printed += &d.ok(&["secret", "disable", "db-pass", "2"]);
+    assert_eq!(d.json(&["secret", "ls"])[0]["latest"], 1);
+    assert_eq!(
+        d.json(&["secret", "versions", "db-pass"])["versions"][0]["state"],
+        "disabled"
+    );
+    for path in ["/v1/secrets", "/v1/secrets/db-pass"] {
+        printed += &d.api("GET", path, "", "");
+    }
+
+    // Refusals say what is wrong without the value.
+    let taken = d.cli(&[
+        "secret",
+        "create",
+        "db-pass",
+        "--from-literal",
+        &format!("password={FIRST}"),
+    ]);
+    assert!(!taken.status.success());
+    assert!(
+        stderr(&taken).contains("exists already"),
+        "{}",
+        stderr(&taken)
+    );
+    let bad = d.api(
+        "PUT",
+        "/v1/secrets/other",
+        "",
+        &format!(r#"{{"data": {{"k": "{FIRST}!"}}}}"#),
+    );
+    assert!(
+        bad.starts_with("HTTP/1.1 400") && bad.contains("data.k is not base64"),
+        "{bad}"
+    );
+    let typed = d.api(
+        "PUT",
+        "/v1/secrets/other",
+        "",
+        r#"{"stringData": {"k": 4242424242}}"#,
+    );
+    assert!(
+        typed.starts_with("HTTP/1.1 400") && !typed.contains("4242424242"),
+        "{typed}"
+    );
+    printed += &bad;
+    printed += &stderr(&taken);
+
+    assert_eq!(d.stop(), Some(0));
+    for value in [FIRST, SECOND, FROM_FILE] {
+        assert!(!printed.contains(value), "{value} was shown:\n{printed}");
+        let found = files_holding(d.home.path(), value.as_bytes());
+        assert!(found.is_empty(), "{value} in clear in {found:?}");
+    }
+    let logged = std::fs::read_to_string(d.stderr_file()).unwrap();
+    assert!(
+        logged.contains("secret created"),
+        "the daemon's log: {logged}"
+    );
+
+    // The key outlives the daemon: a new one opens what the old one sealed.
+    d.launch();
+    printed = d.ok(&["secret", "versions", "db-pass"]);
+    assert!(printed.contains("disabled"), "{printed}");
+    d.ok(&["secret", "rm", "db-pass"]);
+    let gone = d.cli(&["secret", "versions", "db-pass"]);
+    assert!(!gone.status.success() && stderr(&gone).contains("no such secret"));
+}
+
+#[test]
+fn an_unusable_key_file_stops_the_daemon_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("operator.key");
+    std::fs::write(&key, "0".repeat(64)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(daemon::skiff_bin())
+        .args(["--home", other.path().to_str().unwrap()])
+        .args(["--socket", other.path().join("s.sock").to_str().unwrap()])
+        .args(["server", "--ingress", "127.0.0.1:0", "--no-registry"])
+        .args(["--secrets-key-file", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let why = stderr(&out);
+    assert!(
+        why.contains("operator.key") && why.contains("chmod 600"),
+        "{why}"
+    );
+}
