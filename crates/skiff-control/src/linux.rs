@@ -122,7 +122,13 @@ impl LinuxRuntime {
             layers: r.rootfs.clone(),
             read_only: r.read_only,
             args: r.process.args.clone(),
-            env: r.process.env.clone(),
+            env: r
+                .process
+                .env
+                .iter()
+                .chain(&plan.secrets.env)
+                .cloned()
+                .collect(),
             cwd: r.process.cwd.clone(),
             uid: r.process.uid,
             gid: r.process.gid,

@@ -69,6 +69,8 @@ pub struct InstancePlan {
     /// Prepared ahead of demand, to make the next cold start shorter: a cache, which
     /// must leave room (descriptors, memory) for instances that serve requests.
     pub ahead: bool,
+    /// The revision's secrets, resolved for this instance.
+    pub secrets: crate::secrets::InstanceSecrets,
 }
 
 /// Something that runs instances of revisions.

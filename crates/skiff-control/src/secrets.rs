@@ -7,7 +7,10 @@
 
 use crate::documents::{SecretDetail, SecretSummary, SecretVersionInfo};
 use crate::{Control, ControlError};
-use skiff_core::{validate_secret_key, validate_secret_name, MAX_SECRET_BYTES, MAX_SECRET_KEYS};
+use skiff_core::{
+    validate_secret_key, validate_secret_name, SecretTarget, SecretUse, SecretVersionRef,
+    MAX_SECRET_BYTES, MAX_SECRET_KEYS,
+};
 use skiff_secrets::{Place, Sealed, SecretData};
 use skiff_store::{NewSecretVersion, SealedRecord, SecretRecord};
 
@@ -52,6 +55,60 @@ pub enum SecretAnswer {
 pub enum SecretVersion {
     Latest,
     Number(u32),
+}
+
+/// What an instance gets from its revision's secrets, resolved when it is prepared.
+/// `Debug` shows names only.
+#[derive(Clone, Default)]
+pub struct InstanceSecrets {
+    /// `NAME=VALUE` entries for the environment.
+    pub env: Vec<String>,
+}
+
+impl std::fmt::Debug for InstanceSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self
+            .env
+            .iter()
+            .map(|kv| kv.split('=').next().unwrap_or_default())
+            .collect();
+        f.debug_struct("InstanceSecrets")
+            .field("env", &names)
+            .finish()
+    }
+}
+
+impl From<SecretVersionRef> for SecretVersion {
+    fn from(v: SecretVersionRef) -> Self {
+        match v {
+            SecretVersionRef::Latest => SecretVersion::Latest,
+            SecretVersionRef::Number(n) => SecretVersion::Number(n),
+        }
+    }
+}
+
+/// The one value `u` takes from `data` (version `version` of its secret): its key's, or
+/// the only one there is.
+fn one_value<'a>(u: &SecretUse, version: u32, data: &'a SecretData) -> Result<&'a [u8], String> {
+    let keys = || data.keys().collect::<Vec<_>>().join(", ");
+    match &u.key {
+        Some(key) => data.get(key).ok_or_else(|| {
+            format!(
+                "secret {} version {version} has no key {key} (its keys: {})",
+                u.secret,
+                keys()
+            )
+        }),
+        None => match data.iter().next() {
+            Some((_, value)) if data.len() == 1 => Ok(value),
+            _ => Err(format!(
+                "secret {} version {version} has keys {}: name one, as {}/KEY",
+                u.secret,
+                keys(),
+                u.secret
+            )),
+        },
+    }
 }
 
 fn no_secret(name: &str) -> ControlError {
@@ -173,6 +230,7 @@ impl Control {
                     return Err(no_secret(&name));
                 }
                 tracing::info!(secret = %name, version = number, "secret version added");
+                self.refresh_prepared(&name).await;
                 self.secret_detail(&name)
             }
             SecretCommand::SetEnabled {
@@ -190,15 +248,44 @@ impl Control {
                 }
                 let state = if enabled { "enabled" } else { "disabled" };
                 tracing::info!(secret = %name, version, "secret version {state}");
+                self.refresh_prepared(&name).await;
                 self.secret_detail(&name)
             }
             SecretCommand::Remove { name } => {
+                let users: Vec<String> = self
+                    .runners_using(&name)
+                    .iter()
+                    .map(|r| r.name().to_owned())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ControlError::Conflict(format!(
+                        "secret {name} is used by revision(s) {}: deploy without it first",
+                        users.join(", ")
+                    )));
+                }
                 if !self.db().delete_secret(&name)? {
                     return Err(no_secret(&name));
                 }
                 tracing::info!(secret = %name, "secret removed");
                 Ok(SecretAnswer::Removed(name))
             }
+        }
+    }
+
+    /// The revisions at work whose instances use secret `name`.
+    fn runners_using(&self, name: &str) -> Vec<std::sync::Arc<crate::Runner>> {
+        self.runners()
+            .values()
+            .filter(|r| r.revision.spec.secrets.iter().any(|u| u.secret == name))
+            .cloned()
+            .collect()
+    }
+
+    /// Lets go of the sandboxes prepared for revisions using secret `name`, which hold
+    /// what `latest` meant when they were made; the next ones resolve it again.
+    async fn refresh_prepared(&self, name: &str) {
+        for runner in self.runners_using(name) {
+            runner.discard_prepared().await;
         }
     }
 
@@ -224,6 +311,40 @@ impl Control {
             keys: data.keys().map(str::to_owned).collect(),
             sealed: sealed_record(self.config.secrets_key.seal(place, data)),
         }
+    }
+
+    /// What instances of a revision using `uses` get, now: each secret opened at the
+    /// version named (or the newest enabled one). An error names the secret, version and
+    /// key at fault, never a value.
+    pub fn resolve_secrets(&self, uses: &[SecretUse]) -> Result<InstanceSecrets, ControlError> {
+        let mut out = InstanceSecrets::default();
+        for u in uses {
+            let (version, data) = self.open_secret(&u.secret, u.version.into())?;
+            let bad = |why: String| ControlError::invalid_spec("secrets", format!("{u}: {why}"));
+            match &u.target {
+                SecretTarget::Env(name) => {
+                    let value = one_value(u, version, &data).map_err(bad)?;
+                    let text = std::str::from_utf8(value)
+                        .ok()
+                        .filter(|t| !t.contains('\0'))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "version {version}'s value is not text without NUL bytes, \
+                                 which an environment variable must be: give it as a file"
+                            ))
+                        })?;
+                    out.env.push(format!("{name}={text}"));
+                }
+                SecretTarget::File(_) | SecretTarget::Dir(_) => {
+                    return Err(bad(
+                        "secrets as files are not supported yet: give it as an environment \
+                         variable"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Opens `version` of secret `name` (for an instance that uses it): its number and

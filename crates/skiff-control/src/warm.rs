@@ -26,6 +26,11 @@ impl RevisionRunner {
         if let Err(e) = self.ctl.runtime.room_for_one(ahead) {
             return Err(format!("instance {id}: {e}"));
         }
+        // Resolved now: `latest` is the newest enabled version when the instance is made.
+        let secrets = self
+            .ctl
+            .resolve_secrets(&self.revision.spec.secrets)
+            .map_err(|e| format!("instance {id}: {e}"))?;
         let log_path = self.ctl.log_path(id);
         let registered = self.ctl.db().create_instance(
             &NewInstance {
@@ -48,6 +53,7 @@ impl RevisionRunner {
             revision: Arc::clone(&self.revision),
             slot,
             ahead,
+            secrets,
         };
         match self.ctl.runtime.prepare(plan).await {
             Ok(p) => Ok(p),

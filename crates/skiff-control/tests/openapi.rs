@@ -140,6 +140,7 @@ fn spec() -> ServiceSpec {
         cap_drop: vec!["ALL".into()],
         egress: skiff_core::EgressMode::None,
         egress_allow: skiff_core::parse_egress_rules("10.0.0.0/8:5432").unwrap(),
+        secrets: vec!["DB=db:latest".parse().unwrap()],
     }
 }
 
@@ -203,6 +204,9 @@ fn requests_match_the_openapi_document() {
                 cap_drop: Some(vec![]),
                 egress: Some(skiff_core::EgressMode::None),
                 egress_allow: Some(vec![]),
+                secrets: Some(vec!["DB=db:1".parse().unwrap()]),
+                update_secrets: vec!["A=a/k:latest".parse().unwrap()],
+                remove_secrets: vec!["B".into()],
                 readiness_probe: Some(probe_patch.clone()),
                 liveness_probe: Some(probe_patch),
                 autoscaling: autoscaling(),

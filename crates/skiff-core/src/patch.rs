@@ -3,7 +3,7 @@
 //! read and the write happen in one place, under one lock, and a removal in between
 //! cannot be undone by a client writing back what it read before.
 
-use crate::{Autoscaling, EgressMode, EgressRule, Probe, ServiceSpec};
+use crate::{Autoscaling, EgressMode, EgressRule, Probe, SecretTarget, SecretUse, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
 /// The fields of a spec to change; unset ones keep the latest revision's value.
@@ -73,6 +73,15 @@ pub struct SpecPatch {
     /// Knobs set here override the latest revision's; unset ones stay.
     #[serde(default, skip_serializing_if = "Autoscaling::is_default")]
     pub autoscaling: Autoscaling,
+    /// Replaces every secret the service uses (`--set-secrets`; empty: `--clear-secrets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<SecretUse>>,
+    /// Secrets set over the list, replacing one of the same target (`--update-secrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update_secrets: Vec<SecretUse>,
+    /// Targets (variable names or paths) whose secrets are taken out (`--remove-secrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_secrets: Vec<String>,
 }
 
 /// A change to a readiness or liveness probe.
@@ -120,6 +129,7 @@ impl SpecPatch {
         set(&mut spec.image, &self.image);
         set(&mut spec.port, &self.port);
         self.apply_env(&mut spec.env)?;
+        self.apply_secrets(&mut spec.secrets)?;
         set(&mut spec.memory_bytes, &self.memory_bytes);
         set(&mut spec.cpu_millis, &self.cpu_millis);
         set(&mut spec.concurrency, &self.concurrency);
@@ -160,6 +170,37 @@ impl SpecPatch {
 }
 
 impl SpecPatch {
+    /// The secrets: replaced (`secrets`), or edited by target.
+    fn apply_secrets(&self, uses: &mut Vec<SecretUse>) -> Result<(), PatchError> {
+        let editing = !self.update_secrets.is_empty() || !self.remove_secrets.is_empty();
+        if self.secrets.is_some() && editing {
+            return Err(PatchError {
+                field: "secrets",
+                why: "--set-secrets (or --clear-secrets) replaces every secret: it does not \
+                      go with --update-secrets or --remove-secrets"
+                    .into(),
+            });
+        }
+        if let Some(all) = &self.secrets {
+            uses.clone_from(all);
+        }
+        // A target as `--remove-secrets` names it: `NAME`, `/path` or `/dir/`.
+        let target = |u: &SecretUse| match &u.target {
+            SecretTarget::Env(n) | SecretTarget::File(n) => n.clone(),
+            SecretTarget::Dir(d) => format!("{d}/"),
+        };
+        let removed: std::collections::HashSet<&str> =
+            self.remove_secrets.iter().map(String::as_str).collect();
+        uses.retain(|u| !removed.contains(target(u).as_str()));
+        for new in &self.update_secrets {
+            match uses.iter_mut().find(|u| target(u) == target(new)) {
+                Some(old) => *old = new.clone(),
+                None => uses.push(new.clone()),
+            }
+        }
+        Ok(())
+    }
+
     /// The environment: replaced (`env`), or edited key by key (`update_env`,
     /// `remove_env`); the two ways do not go together, as in gcloud.
     fn apply_env(&self, env: &mut Vec<String>) -> Result<(), PatchError> {

@@ -1,6 +1,10 @@
 //! The names in a secret: the secret's own (a DNS subdomain, as a Kubernetes Secret's, so
 //! Knative's `secretKeyRef` names map as they are) and its keys (as a Kubernetes Secret's
-//! `data` keys), and the limits on what one version holds.
+//! `data` keys), the limits on what one version holds, and a service's use of a secret
+//! ([`SecretUse`], Cloud Run's `--set-secrets` grammar).
+
+use std::fmt;
+use std::str::FromStr;
 
 /// Most keys in one version.
 pub const MAX_SECRET_KEYS: usize = 100;
@@ -44,9 +48,294 @@ pub fn validate_secret_key(key: &str) -> Result<(), SecretNameError> {
     Ok(())
 }
 
+/// Which version of a secret a service takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SecretVersionRef {
+    /// The newest enabled version when the instance starts (and, for files, as it moves).
+    Latest,
+    Number(u32),
+}
+
+/// Where an instance finds a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SecretTarget {
+    /// An environment variable holding one value.
+    Env(String),
+    /// A file holding one value (`/secrets/db`), alone in a read-only directory.
+    File(String),
+    /// A read-only directory with a file per key (`/etc/tls/`).
+    Dir(String),
+}
+
+/// One use of a secret by a service: `ENV=SECRET[/KEY]:VERSION`, `/PATH=SECRET[/KEY]:VERSION`
+/// (one value in a file) or `/DIR/=SECRET:VERSION` (a file per key); `VERSION` is
+/// `latest` or a number.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SecretUse {
+    pub target: SecretTarget,
+    pub secret: String,
+    /// The key whose value is taken; `None`: the secret's only key (or all, for a
+    /// directory).
+    pub key: Option<String>,
+    pub version: SecretVersionRef,
+}
+
+/// Paths a secret may not be put under: the kernel's and the runtime's.
+const FORBIDDEN_ROOTS: &[&str] = &["/proc", "/sys", "/dev", "/etc/resolv.conf", "/etc/hostname"];
+
+fn env_name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// An absolute path of plain components: no `.`, `..` or empty ones, not `/`.
+fn path_ok(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+}
+
+fn parse_target(target: &str) -> Result<SecretTarget, SecretNameError> {
+    if !target.starts_with('/') {
+        if !env_name_ok(target) {
+            return Err(SecretNameError(format!(
+                "{target:?} is neither an environment variable name nor an absolute path"
+            )));
+        }
+        return Ok(SecretTarget::Env(target.to_owned()));
+    }
+    let (path, dir) = match target.strip_suffix('/') {
+        Some(p) => (p, true),
+        None => (target, false),
+    };
+    if !path_ok(path) {
+        return Err(SecretNameError(format!(
+            "{target:?} must be an absolute path without '.', '..' or empty parts"
+        )));
+    }
+    let under = |root: &str| path == root || path.starts_with(&format!("{root}/"));
+    if let Some(root) = FORBIDDEN_ROOTS.iter().find(|r| under(r)) {
+        return Err(SecretNameError(format!(
+            "{target:?} is under {root}, which the sandbox provides"
+        )));
+    }
+    Ok(if dir {
+        SecretTarget::Dir(path.to_owned())
+    } else {
+        SecretTarget::File(path.to_owned())
+    })
+}
+
+impl FromStr for SecretUse {
+    type Err = SecretNameError;
+
+    fn from_str(s: &str) -> Result<SecretUse, SecretNameError> {
+        let shape = || {
+            SecretNameError(format!(
+                "{s:?} is not TARGET=SECRET[/KEY]:VERSION (TARGET an environment variable or \
+                 an absolute path, VERSION latest or a number)"
+            ))
+        };
+        let (target, source) = s.split_once('=').ok_or_else(shape)?;
+        let (name, version) = source.rsplit_once(':').ok_or_else(shape)?;
+        let version = match version {
+            "latest" => SecretVersionRef::Latest,
+            n => match n.parse::<u32>() {
+                Ok(n) if n > 0 && n.to_string() == version => SecretVersionRef::Number(n),
+                _ => return Err(shape()),
+            },
+        };
+        let (secret, key) = match name.split_once('/') {
+            Some((secret, key)) => (secret, Some(key)),
+            None => (name, None),
+        };
+        validate_secret_name(secret)?;
+        if let Some(key) = key {
+            validate_secret_key(key)?;
+        }
+        let target = parse_target(target)?;
+        if matches!(target, SecretTarget::Dir(_)) && key.is_some() {
+            return Err(SecretNameError(format!(
+                "{s:?}: a directory gets a file for every key; pick a key for a file path \
+                 instead"
+            )));
+        }
+        Ok(SecretUse {
+            target,
+            secret: secret.to_owned(),
+            key: key.map(str::to_owned),
+            version,
+        })
+    }
+}
+
+impl fmt::Display for SecretUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            SecretTarget::Env(name) | SecretTarget::File(name) => write!(f, "{name}=")?,
+            SecretTarget::Dir(path) => write!(f, "{path}/=")?,
+        }
+        write!(f, "{}", self.secret)?;
+        if let Some(key) = &self.key {
+            write!(f, "/{key}")?;
+        }
+        match self.version {
+            SecretVersionRef::Latest => write!(f, ":latest"),
+            SecretVersionRef::Number(n) => write!(f, ":{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for SecretUse {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretUse {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Checks that `uses` do not collide: an environment variable set twice, two secrets in
+/// one directory (each file target owns its directory, as on Cloud Run), or one target
+/// inside another's directory.
+pub fn check_secret_uses(uses: &[SecretUse]) -> Result<(), SecretNameError> {
+    let mut envs = std::collections::HashSet::new();
+    let mut dirs: Vec<(&str, &SecretUse)> = Vec::new();
+    for u in uses {
+        match &u.target {
+            SecretTarget::Env(name) => {
+                if !envs.insert(name.as_str()) {
+                    return Err(SecretNameError(format!("{name} is given two secrets")));
+                }
+            }
+            SecretTarget::File(path) => {
+                let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                if dir.is_empty() {
+                    return Err(SecretNameError(format!(
+                        "{path}: a secret file needs a directory of its own, not /"
+                    )));
+                }
+                dirs.push((dir, u));
+            }
+            SecretTarget::Dir(path) => dirs.push((path, u)),
+        }
+    }
+    for (i, (a, ua)) in dirs.iter().enumerate() {
+        for (b, ub) in &dirs[i + 1..] {
+            let nested =
+                a == b || b.starts_with(&format!("{a}/")) || a.starts_with(&format!("{b}/"));
+            if nested {
+                return Err(SecretNameError(format!(
+                    "{ua} and {ub} share a directory: each secret mount needs its own"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uses_parse_from_the_set_secrets_grammar_and_print_back() {
+        for (text, target, secret, key, version) in [
+            (
+                "DB_PASS=db-pass:latest",
+                SecretTarget::Env("DB_PASS".into()),
+                "db-pass",
+                None,
+                SecretVersionRef::Latest,
+            ),
+            (
+                "DB_PASS=db-pass/password:3",
+                SecretTarget::Env("DB_PASS".into()),
+                "db-pass",
+                Some("password"),
+                SecretVersionRef::Number(3),
+            ),
+            (
+                "/secrets/db=db-pass:latest",
+                SecretTarget::File("/secrets/db".into()),
+                "db-pass",
+                None,
+                SecretVersionRef::Latest,
+            ),
+            (
+                "/etc/tls/=tls:2",
+                SecretTarget::Dir("/etc/tls".into()),
+                "tls",
+                None,
+                SecretVersionRef::Number(2),
+            ),
+        ] {
+            let u: SecretUse = text.parse().unwrap();
+            assert_eq!(u.target, target, "{text}");
+            assert_eq!(
+                (u.secret.as_str(), u.key.as_deref(), u.version),
+                (secret, key, version)
+            );
+            assert_eq!(u.to_string(), text);
+            let json = serde_json::to_string(&u).unwrap();
+            assert_eq!(serde_json::from_str::<SecretUse>(&json).unwrap(), u);
+        }
+    }
+
+    #[test]
+    fn malformed_uses_are_refused_with_what_is_wrong() {
+        for (bad, says) in [
+            ("DB_PASS", "is not TARGET="),
+            ("DB_PASS=db-pass", "is not TARGET="),
+            ("DB_PASS=db-pass:0", "is not TARGET="),
+            ("DB_PASS=db-pass:03", "is not TARGET="),
+            ("DB_PASS=db-pass:newest", "is not TARGET="),
+            ("1DB=db:latest", "neither an environment variable"),
+            ("DB-PASS=db:latest", "neither an environment variable"),
+            ("DB=Db:latest", "secret name"),
+            ("DB=db/../x:latest", "secret key"),
+            ("relative/path=db:1", "neither an environment variable"),
+            ("/=db:1", "absolute path without"),
+            ("/a/../b=db:1", "absolute path without"),
+            ("/a//b=db:1", "absolute path without"),
+            ("/proc/x=db:1", "under /proc"),
+            ("/dev=db:1", "under /dev"),
+            (
+                "/etc/tls/=tls/key:1",
+                "a directory gets a file for every key",
+            ),
+        ] {
+            let e = bad.parse::<SecretUse>().unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn colliding_uses_are_refused() {
+        let uses =
+            |list: &[&str]| -> Vec<SecretUse> { list.iter().map(|u| u.parse().unwrap()).collect() };
+        assert!(check_secret_uses(&uses(&["A=a:1", "B=a:1", "/s/a=a:1", "/t/=b:1"])).is_ok());
+        for bad in [
+            &["A=a:1", "A=b:1"][..],
+            &["/s/a=a:1", "/s/b=b:1"],
+            &["/s/=a:1", "/s/x/y=b:1"],
+            &["/s/a=a:1", "/s/=b:1"],
+            &["/top=a:1"],
+        ] {
+            assert!(check_secret_uses(&uses(bad)).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn secret_names_are_dns_subdomains() {

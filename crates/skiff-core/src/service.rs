@@ -5,6 +5,7 @@
 use crate::autoscaling::Autoscaling;
 use crate::egress::{EgressMode, EgressRule};
 use crate::probe::Probe;
+use crate::secret::{check_secret_uses, SecretTarget, SecretUse};
 use serde::{Deserialize, Serialize};
 
 /// Cloud Run's default concurrency: requests one instance serves at once.
@@ -110,6 +111,10 @@ pub struct ServiceSpec {
     /// Private destinations and host ports instances may reach (`--egress-allow`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_allow: Vec<EgressRule>,
+    /// Secrets given to instances, as environment variables or files (`--set-secrets`);
+    /// references only, resolved when an instance starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretUse>,
 }
 
 fn default_port() -> u16 {
@@ -171,7 +176,46 @@ impl ServiceSpec {
             cap_drop: Vec::new(),
             egress: EgressMode::All,
             egress_allow: Vec::new(),
+            secrets: Vec::new(),
         }
+    }
+
+    /// The secrets: no collisions among them, and none over a variable the spec or skiff
+    /// sets.
+    fn validate_secrets(&self) -> Result<(), SpecError> {
+        let bad = |why: String| {
+            Err(SpecError {
+                field: "secrets",
+                why,
+            })
+        };
+        if self.secrets.len() > MAX_SECRET_USES {
+            return bad(format!(
+                "{} secrets: at most {MAX_SECRET_USES}",
+                self.secrets.len()
+            ));
+        }
+        if let Err(e) = check_secret_uses(&self.secrets) {
+            return bad(e.to_string());
+        }
+        let plain: std::collections::HashSet<&str> = self
+            .env
+            .iter()
+            .map(|kv| kv.split('=').next().unwrap_or_default())
+            .collect();
+        for u in &self.secrets {
+            if let SecretTarget::Env(name) = &u.target {
+                if RESERVED_ENV.contains(&name.as_str()) {
+                    return bad(format!("{name} is set by skiff and may not be overridden"));
+                }
+                if plain.contains(name.as_str()) {
+                    return bad(format!(
+                        "{name} is both a plain variable and a secret: remove one"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks every field, naming the first one that is wrong.
@@ -211,6 +255,7 @@ impl ServiceSpec {
                 );
             }
         }
+        self.validate_secrets()?;
         if self.command.iter().any(|a| a.contains('\0')) {
             return bad("command", "an argument contains a NUL byte".into());
         }
@@ -326,6 +371,9 @@ pub const MAX_ENV_BYTES: usize = 256 << 10;
 
 /// Environment variables skiff sets itself (as Cloud Run and Knative do).
 pub const RESERVED_ENV: &[&str] = &["PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"];
+
+/// Most secrets one service uses.
+pub const MAX_SECRET_USES: usize = 100;
 
 /// A field of a spec that is wrong, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

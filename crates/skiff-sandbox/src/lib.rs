@@ -60,8 +60,9 @@ pub fn default_capability_mask() -> u64 {
         .fold(0, |m, (n, _)| m | (1u64 << n))
 }
 
-/// Everything needed to start one instance.
-#[derive(Clone, Debug)]
+/// Everything needed to start one instance. `Debug` shows the environment's keys, not
+/// its values (secrets are among them).
+#[derive(Clone)]
 pub struct SandboxSpec {
     /// Instance id: hostname, cgroup name and scratch directory name.
     pub id: String,
@@ -107,6 +108,35 @@ pub struct SandboxSpec {
     pub init: bool,
     /// Also copy the instance's output to this process's stdout/stderr.
     pub tee_output: bool,
+}
+
+impl std::fmt::Debug for SandboxSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env_keys: Vec<&str> = self
+            .env
+            .iter()
+            .map(|kv| kv.split('=').next().unwrap_or_default())
+            .collect();
+        f.debug_struct("SandboxSpec")
+            .field("id", &self.id)
+            .field("layers", &self.layers)
+            .field("read_only", &self.read_only)
+            .field("args", &self.args)
+            .field("env_keys", &env_keys)
+            .field("cwd", &self.cwd)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("groups", &self.groups)
+            .field("limits", &self.limits)
+            .field("network", &self.network)
+            .field("drop_caps", &self.drop_caps)
+            .field("log_path", &self.log_path)
+            .field("run_dir", &self.run_dir)
+            .field("scratch_bytes", &self.scratch_bytes)
+            .field("stop_signal", &self.stop_signal)
+            .field("init", &self.init)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Errors of the sandbox runtime, naming the instance.

@@ -168,3 +168,108 @@ fn an_unusable_key_file_stops_the_daemon_with_why() {
         "{why}"
     );
 }
+
+const V1: &str = "env-one-0c7d21";
+const V2: &str = "env-two-5a9e84";
+
+fn app_env(d: &Daemon, service: &str) -> String {
+    let r = d.get(service, "/env");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+#[test]
+fn a_secret_as_env_reaches_the_app_and_latest_follows_new_versions() {
+    let mut d = Daemon::start_logging_to_file(&[]);
+    d.ok(&[
+        "secret",
+        "create",
+        "db-pass",
+        "--from-literal",
+        &format!("password={V1}"),
+    ]);
+    d.ok(&[
+        "secret",
+        "create",
+        "two-keys",
+        "--from-literal",
+        "a=1",
+        "--from-literal",
+        "b=2",
+    ]);
+
+    // What cannot resolve is refused at deploy, naming the secret and key.
+    for (uses, says) in [
+        ("X=missing:latest", "no such secret: missing"),
+        ("X=db-pass/nokey:latest", "has no key nokey"),
+        ("X=two-keys:latest", "name one, as two-keys/KEY"),
+        ("X=db-pass:7", "has no version 7"),
+        ("PORT=db-pass:latest", "PORT is set by skiff"),
+    ] {
+        let out = d.cli(&["deploy", "bad", "--image", "hello", "--set-secrets", uses]);
+        assert!(!out.status.success(), "{uses} deployed");
+        assert!(stderr(&out).contains(says), "{uses}: {}", stderr(&out));
+    }
+
+    d.deploy_hello(
+        "api",
+        &[
+            "--idle-timeout",
+            "1s",
+            "--set-secrets",
+            "DB_PASS=db-pass:latest,PINNED=db-pass/password:1,B=two-keys/b:latest",
+        ],
+    );
+    let env = app_env(&d, "api");
+    for want in [
+        format!("DB_PASS={V1}"),
+        format!("PINNED={V1}"),
+        "B=2".to_owned(),
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} not in:\n{env}");
+    }
+
+    // A new version reaches the next instance (the prepared one is made again); the
+    // pinned use keeps its version.
+    d.ok(&[
+        "secret",
+        "add-version",
+        "db-pass",
+        "--from-literal",
+        &format!("password={V2}"),
+    ]);
+    daemon::eventually(
+        std::time::Duration::from_secs(30),
+        "api scaled to zero",
+        || d.ready("api") == 0,
+    );
+    let env = app_env(&d, "api");
+    assert!(env.lines().any(|l| l == format!("DB_PASS={V2}")), "{env}");
+    assert!(env.lines().any(|l| l == format!("PINNED={V1}")), "{env}");
+
+    // Used, it cannot be removed; its uses show as references only.
+    let rm = d.cli(&["secret", "rm", "db-pass"]);
+    assert!(
+        !rm.status.success() && stderr(&rm).contains("used by revision"),
+        "{}",
+        stderr(&rm)
+    );
+    let mut shown = d.ok(&["describe", "api"]);
+    shown += &d.json(&["describe", "api"]).to_string();
+    shown += &d.api("GET", "/v1/services/api", "", "");
+    assert!(shown.contains("DB_PASS=db-pass:latest"), "{shown}");
+
+    // Taken out again: the next instance has no such variable.
+    d.ok(&["deploy", "api", "--remove-secrets", "DB_PASS,PINNED"]);
+    let env = app_env(&d, "api");
+    assert!(!env.contains("DB_PASS=") && env.contains("B=2"), "{env}");
+    d.ok(&["deploy", "api", "--clear-secrets"]);
+    assert!(!app_env(&d, "api").contains("B=2"));
+
+    assert_eq!(d.stop(), Some(0));
+    for value in [V1, V2] {
+        assert!(!shown.contains(value), "{value} shown:\n{shown}");
+        let found = files_holding(d.home.path(), value.as_bytes());
+        assert!(found.is_empty(), "{value} in clear in {found:?}");
+    }
+}

@@ -38,6 +38,20 @@ pub struct DeployArgs {
     /// value, clears it). Does not go with the two above.
     #[arg(long, value_name = "K=V,...", value_delimiter = ',', num_args = 0..=1)]
     set_env_vars: Option<Vec<String>>,
+    /// Secrets to give instances, comma-separated: ENV=SECRET[/KEY]:VERSION (an
+    /// environment variable; VERSION is `latest` or a number), replacing every secret
+    /// use. Values are taken when an instance starts.
+    #[arg(long, value_name = "ENV=SECRET:VERSION,...", value_delimiter = ',', value_parser = parse_secret_use)]
+    set_secrets: Option<Vec<skiff_core::SecretUse>>,
+    /// Secret uses to set or change, comma-separated (others stay).
+    #[arg(long, value_name = "ENV=SECRET:VERSION,...", value_delimiter = ',', value_parser = parse_secret_use)]
+    update_secrets: Vec<skiff_core::SecretUse>,
+    /// Secret uses to take out, by variable name, comma-separated.
+    #[arg(long, value_name = "ENV,...", value_delimiter = ',')]
+    remove_secrets: Vec<String>,
+    /// Take out every secret use.
+    #[arg(long, conflicts_with_all = ["set_secrets", "update_secrets", "remove_secrets"])]
+    clear_secrets: bool,
     /// The app's working directory (an absolute path); "" goes back to the image's.
     #[arg(long, value_name = "DIR")]
     working_dir: Option<String>,
@@ -238,6 +252,11 @@ fn parse_egress_rules(text: &str) -> Result<EgressRules, String> {
     skiff_core::parse_egress_rules(text).map(EgressRules)
 }
 
+fn parse_secret_use(text: &str) -> Result<skiff_core::SecretUse, String> {
+    text.parse()
+        .map_err(|e: skiff_core::SecretNameError| e.to_string())
+}
+
 fn parse_egress_mode(text: &str) -> Result<skiff_core::EgressMode, String> {
     text.parse()
 }
@@ -277,6 +296,13 @@ fn patch(a: &DeployArgs) -> SpecPatch {
         readiness_probe: a.probes.readiness(),
         liveness_probe: a.probes.liveness(),
         autoscaling: a.scaling.patch(),
+        secrets: if a.clear_secrets {
+            Some(Vec::new())
+        } else {
+            a.set_secrets.clone()
+        },
+        update_secrets: a.update_secrets.clone(),
+        remove_secrets: a.remove_secrets.clone(),
     }
 }
 
