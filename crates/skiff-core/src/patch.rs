@@ -412,6 +412,36 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_set_edited_by_target_cleared_or_refused_when_both() {
+        let uses =
+            |list: &[&str]| -> Vec<SecretUse> { list.iter().map(|u| u.parse().unwrap()).collect() };
+        let mut base = ServiceSpec::new("app");
+        base.secrets = uses(&["A=a:1", "B=b:latest"]);
+        let edit = SpecPatch {
+            update_secrets: uses(&["A=a:2", "C=c/k:latest"]),
+            remove_secrets: vec!["B".into()],
+            ..Default::default()
+        };
+        let spec = edit.apply("web", Some(base.clone())).unwrap();
+        assert_eq!(spec.secrets, uses(&["A=a:2", "C=c/k:latest"]));
+        let clear = SpecPatch {
+            secrets: Some(vec![]),
+            ..Default::default()
+        };
+        assert!(clear
+            .apply("web", Some(base.clone()))
+            .unwrap()
+            .secrets
+            .is_empty());
+        let both = SpecPatch {
+            secrets: Some(vec![]),
+            remove_secrets: vec!["A".into()],
+            ..Default::default()
+        };
+        assert_eq!(both.apply("web", Some(base)).unwrap_err().field, "secrets");
+    }
+
+    #[test]
     fn working_dir_is_set_and_cleared() {
         let set = SpecPatch {
             working_dir: Some("/srv".into()),

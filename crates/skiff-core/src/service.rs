@@ -438,6 +438,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn secrets_may_not_collide_with_plain_or_reserved_variables() {
+        let mut spec = ServiceSpec::new("app");
+        spec.env = vec!["MODE=a".into()];
+        spec.secrets = vec!["DB=db:latest".parse().unwrap()];
+        assert!(spec.validate().is_ok());
+        for (uses, says) in [
+            ("MODE=db:1", "both a plain variable and a secret"),
+            ("K_SERVICE=db:1", "set by skiff"),
+        ] {
+            spec.secrets = vec![uses.parse().unwrap()];
+            let e = spec.validate().unwrap_err();
+            assert_eq!(e.field, "secrets");
+            assert!(e.why.contains(says), "{uses}: {e}");
+        }
+        spec.secrets = vec!["A=a:1".parse().unwrap(), "A=b:1".parse().unwrap()];
+        assert!(spec.validate().unwrap_err().why.contains("two secrets"));
+    }
+
+    #[test]
     fn limits_the_kernel_cannot_enforce_and_huge_environments_are_refused() {
         let field = |tune: fn(&mut ServiceSpec)| {
             let mut s = ServiceSpec::new("x");

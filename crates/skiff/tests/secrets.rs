@@ -258,6 +258,27 @@ fn a_secret_as_env_reaches_the_app_and_latest_follows_new_versions() {
     shown += &d.json(&["describe", "api"]).to_string();
     shown += &d.api("GET", "/v1/services/api", "", "");
     assert!(shown.contains("DB_PASS=db-pass:latest"), "{shown}");
+    let exported = d.ok(&["export", "api"]);
+    assert!(
+        exported.contains("secretKeyRef") && exported.contains("skiff.dev/secrets"),
+        "{exported}"
+    );
+    shown += &exported;
+
+    // Knative's secretKeyRef applies and serves.
+    let yaml = d.home.path().join("knative.yaml");
+    std::fs::write(
+        &yaml,
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: kn\nspec:\n  template:\n    spec:\n      containers:\n        - image: hello\n          env:\n            - name: FROM_REF\n              valueFrom:\n                secretKeyRef: {name: db-pass, key: password}\n",
+    )
+    .unwrap();
+    d.ok(&["apply", "-f", yaml.to_str().unwrap()]);
+    let env = app_env(&d, "kn");
+    assert!(env.lines().any(|l| l == format!("FROM_REF={V2}")), "{env}");
+    let exported = d.ok(&["export", "kn"]);
+    assert!(exported.contains("secretKeyRef"), "{exported}");
+    shown += &exported;
+    std::fs::remove_file(&yaml).unwrap();
 
     // Taken out again: the next instance has no such variable.
     d.ok(&["deploy", "api", "--remove-secrets", "DB_PASS,PINNED"]);

@@ -5,7 +5,7 @@
 use super::annotation as a;
 use super::duration_text::format_ms;
 use super::model::{self, Service, API_VERSION, KIND};
-use crate::{Probe, ServiceSpec, TrafficTarget};
+use crate::{Probe, SecretTarget, SecretUse, SecretVersionRef, ServiceSpec, TrafficTarget};
 use std::collections::BTreeMap;
 
 /// The document for service `name`. Knative counts probe periods in whole seconds:
@@ -31,8 +31,10 @@ pub fn document(
                 model::EnvVar {
                     name: k.to_owned(),
                     value: v.to_owned(),
+                    value_from: None,
                 }
             })
+            .chain(spec.secrets.iter().filter_map(secret_key_ref))
             .collect(),
         ..Default::default()
     };
@@ -198,6 +200,28 @@ fn security_context(spec: &ServiceSpec) -> Option<model::SecurityContext> {
     (!empty).then_some(sc)
 }
 
+/// A secret use as Knative says it, when it can: a key of the latest version, as an
+/// environment variable (the rest go in the `skiff.dev/secrets` annotation).
+fn secret_key_ref(u: &SecretUse) -> Option<model::EnvVar> {
+    let (SecretTarget::Env(name), Some(key), SecretVersionRef::Latest) =
+        (&u.target, &u.key, u.version)
+    else {
+        return None;
+    };
+    Some(model::EnvVar {
+        name: name.clone(),
+        value: String::new(),
+        value_from: Some(model::EnvVarSource {
+            secret_key_ref: Some(model::KeySelector {
+                name: u.secret.clone(),
+                key: key.clone(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+    })
+}
+
 fn annotations(spec: &ServiceSpec, defaults: &ServiceSpec) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut put = |key: &str, value: String| {
@@ -220,6 +244,15 @@ fn annotations(spec: &ServiceSpec, defaults: &ServiceSpec) -> BTreeMap<String, S
     }
     if !spec.egress.is_default() {
         put(a::EGRESS, spec.egress.to_string());
+    }
+    let unsaid: Vec<String> = spec
+        .secrets
+        .iter()
+        .filter(|u| secret_key_ref(u).is_none())
+        .map(ToString::to_string)
+        .collect();
+    if !unsaid.is_empty() {
+        put(a::SECRETS, unsaid.join(","));
     }
     if !spec.egress_allow.is_empty() {
         put(

@@ -4,7 +4,7 @@
 
 use super::model::{self, PortRef, Service, API_VERSION, KIND};
 use super::{annotation as a, duration_text};
-use crate::{parse_cpu_millis, parse_memory_bytes, Probe, ServiceSpec, TrafficTarget};
+use crate::{parse_cpu_millis, parse_memory_bytes, Probe, SecretUse, ServiceSpec, TrafficTarget};
 use std::collections::BTreeMap;
 
 /// A service as a document describes it.
@@ -103,11 +103,14 @@ pub fn service(doc: Service) -> Result<Imported> {
     if let Some(sc) = &container.security_context {
         security_context(sc, &mut spec)?;
     }
-    spec.env = container
-        .env
-        .iter()
-        .map(|e| format!("{}={}", e.name, e.value))
-        .collect();
+    for (i, e) in container.env.iter().enumerate() {
+        match &e.value_from {
+            None => spec.env.push(format!("{}={}", e.name, e.value)),
+            Some(source) => spec
+                .secrets
+                .push(secret_env(e, source, &format!("{at}.env[{i}]"))?),
+        }
+    }
     let port_names = ports(&container, &mut spec)?;
     if let Some(r) = &container.resources {
         resources(r, &mut spec, &mut ignore)?;
@@ -275,6 +278,35 @@ fn probe(p: &model::Probe, at: &str) -> Result<Probe> {
     Ok(probe)
 }
 
+/// `env[].valueFrom.secretKeyRef {name, key}`: the key of the secret's latest version.
+fn secret_env(e: &model::EnvVar, source: &model::EnvVarSource, at: &str) -> Result<SecretUse> {
+    let refused = |what: &str, why: &str| Err(format!("{at}.valueFrom.{what}: {why}"));
+    if source.config_map_key_ref.is_some() {
+        return refused(
+            "configMapKeyRef",
+            "config maps are not supported yet: use a secret",
+        );
+    }
+    if source.field_ref.is_some() || source.resource_field_ref.is_some() {
+        return refused("fieldRef", "the downward API has no skiff equivalent");
+    }
+    let Some(selector) = &source.secret_key_ref else {
+        return refused("", "give secretKeyRef");
+    };
+    if !e.value.is_empty() {
+        return Err(format!("{at}: give value or valueFrom, not both"));
+    }
+    if selector.optional == Some(true) {
+        return refused(
+            "secretKeyRef.optional",
+            "every secret a service names must exist in skiff",
+        );
+    }
+    format!("{}={}/{}:latest", e.name, selector.name, selector.key)
+        .parse()
+        .map_err(|err: crate::SecretNameError| format!("{at}.valueFrom.secretKeyRef: {err}"))
+}
+
 fn annotations(
     notes: &BTreeMap<String, String>,
     spec: &mut ServiceSpec,
@@ -336,6 +368,12 @@ fn annotations(
             a::USER => spec.user = Some(value.clone()),
             a::IMAGE_DIGEST => {}
             a::EGRESS => spec.egress = value.parse().map_err(|e| format!("{}: {e}", at()))?,
+            a::SECRETS => {
+                for text in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    let u = text.parse().map_err(|e| format!("{}: {e}", at()))?;
+                    spec.secrets.push(u);
+                }
+            }
             a::EGRESS_ALLOW => {
                 spec.egress_allow =
                     crate::parse_egress_rules(value).map_err(|e| format!("{}: {e}", at()))?

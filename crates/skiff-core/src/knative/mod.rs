@@ -52,6 +52,9 @@ pub mod annotation {
     pub const EGRESS: &str = "skiff.dev/egress";
     /// Comma-separated `CIDR[:PORT]` and `host.skiff.internal:PORT` rules.
     pub const EGRESS_ALLOW: &str = "skiff.dev/egress-allow";
+    /// Comma-separated secret uses Knative's `secretKeyRef` cannot say (a pinned version,
+    /// a one-key secret's only key): `ENV=SECRET[/KEY]:VERSION`.
+    pub const SECRETS: &str = "skiff.dev/secrets";
     /// Cloud Run's ways out to private networks, each with what to use in skiff instead.
     pub const REFUSED_EGRESS: &[(&str, &str)] = &[
         (

@@ -154,8 +154,34 @@ pub struct SecurityContext {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// `env[].valueFrom`: a secret's key is taken; the other sources are refused by name.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVarSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeySelector>,
+    #[serde(default, skip_serializing)]
+    pub config_map_key_ref: Ignored,
+    #[serde(default, skip_serializing)]
+    pub field_ref: Ignored,
+    #[serde(default, skip_serializing)]
+    pub resource_field_ref: Ignored,
+}
+
+/// A key of a named secret.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeySelector {
+    pub name: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

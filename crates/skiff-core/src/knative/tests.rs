@@ -125,7 +125,10 @@ fn with(extra_container_lines: &str) -> String {
 fn unsupported_fields_are_named() {
     let cases = [
         (with("          volumeMounts:\n            - name: data\n              mountPath: /data\n"), "volumeMounts"),
-        (with("          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: s, key: k}\n"), "valueFrom"),
+        (with("          env:\n            - name: K\n              valueFrom:\n                configMapKeyRef: {name: s, key: k}\n"), "env[0].valueFrom.configMapKeyRef: config maps are not supported yet"),
+        (with("          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: s, key: k, optional: true}\n"), "secretKeyRef.optional"),
+        (with("          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: S, key: k}\n"), "secret name \"S\""),
+        (with("          env:\n            - name: K\n              valueFrom:\n                fieldRef: {fieldPath: metadata.name}\n"), "downward API"),
         (with("        - image: second\n"), "one container per revision, found 2"),
         (with("          resources:\n            limits:\n              nvidia.com/gpu: 1\n"), "limits.nvidia.com/gpu"),
         (with("          ports:\n            - containerPort: 8080\n              name: h2c\n"), "HTTP/2 cleartext is not supported yet"),
@@ -294,6 +297,35 @@ fn egress_round_trips_as_annotations() {
         bad.contains("skiff.dev/egress-allow") && bad.contains("IPv4"),
         "{bad}"
     );
+}
+
+#[test]
+fn secrets_round_trip_as_secret_key_refs_and_an_annotation() {
+    let mut spec = ServiceSpec::new("hello");
+    spec.env = vec!["MODE=a".into()];
+    spec.secrets = [
+        "DB_PASS=db/password:latest",
+        "PINNED=db/password:2",
+        "ONE=token:latest",
+    ]
+    .iter()
+    .map(|u| u.parse().unwrap())
+    .collect();
+    let (doc, _) = document("x", &spec, &crate::default_traffic());
+    let yaml = serde_saphyr::to_string(&doc).unwrap();
+    assert!(yaml.contains("secretKeyRef"), "{yaml}");
+    assert!(
+        yaml.contains("skiff.dev/secrets: PINNED=db/password:2,ONE=token:latest"),
+        "{yaml}"
+    );
+    let back = round_trip("x", &spec, &crate::default_traffic());
+    assert_eq!(back.spec, spec);
+    let knative = one(&with(
+        "          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: s, key: k}\n",
+    ))
+    .unwrap();
+    assert_eq!(knative.spec.secrets[0].to_string(), "K=s/k:latest");
+    assert!(knative.spec.env.is_empty());
 }
 
 #[test]
