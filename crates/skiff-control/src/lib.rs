@@ -101,6 +101,8 @@ pub struct Control {
     reserve: space::SpaceReserve,
     /// The logs directory's watch while someone follows logs.
     log_watch: Mutex<std::sync::Weak<logs::LogWatch>>,
+    /// Each instance's secret files, kept to write new versions into.
+    secret_files: Mutex<HashMap<String, Vec<secrets::LiveSecretFiles>>>,
 }
 
 /// Counts a task that must finish before the control plane has shut down.
@@ -126,6 +128,7 @@ impl Control {
         Arc::new(Control {
             reserve,
             log_watch: Mutex::new(std::sync::Weak::new()),
+            secret_files: Mutex::new(HashMap::new()),
             config,
             db: Mutex::new(db),
             images,

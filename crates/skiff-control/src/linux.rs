@@ -147,6 +147,7 @@ impl LinuxRuntime {
             run_dir: self.run_dir.clone(),
             scratch_bytes: r.limits.memory_bytes,
             tee_output: false,
+            secret_mounts: plan.secrets.mounts.clone(),
             init: r.spec.init,
             stop_signal: r.process.stop_signal,
         }

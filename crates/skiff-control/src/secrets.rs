@@ -11,6 +11,7 @@ use skiff_core::{
     validate_secret_key, validate_secret_name, SecretTarget, SecretUse, SecretVersionRef,
     MAX_SECRET_BYTES, MAX_SECRET_KEYS,
 };
+use skiff_sandbox::secretfs::SecretFs;
 use skiff_secrets::{Place, Sealed, SecretData};
 use skiff_store::{NewSecretVersion, SealedRecord, SecretRecord};
 
@@ -63,6 +64,8 @@ pub enum SecretVersion {
 pub struct InstanceSecrets {
     /// `NAME=VALUE` entries for the environment.
     pub env: Vec<String>,
+    /// Secrets' files, each a mount to attach read-only at its directory.
+    pub mounts: Vec<skiff_sandbox::SecretMount>,
 }
 
 impl std::fmt::Debug for InstanceSecrets {
@@ -74,7 +77,52 @@ impl std::fmt::Debug for InstanceSecrets {
             .collect();
         f.debug_struct("InstanceSecrets")
             .field("env", &names)
+            .field(
+                "mounts",
+                &self.mounts.iter().map(|m| &m.target).collect::<Vec<_>>(),
+            )
             .finish()
+    }
+}
+
+/// The files of a secret use an instance has, kept to write new versions into.
+pub(crate) struct LiveSecretFiles {
+    pub(crate) used: SecretUse,
+    pub(crate) fs: SecretFs,
+}
+
+/// The directory a file or directory target is mounted on, and for a file target, the
+/// file's name.
+fn mount_point(target: &SecretTarget) -> Option<(&str, Option<&str>)> {
+    match target {
+        SecretTarget::Env(_) => None,
+        SecretTarget::File(path) => path.rsplit_once('/').map(|(dir, file)| (dir, Some(file))),
+        SecretTarget::Dir(dir) => Some((dir.as_str(), None)),
+    }
+}
+
+/// Writes what `u` takes from `data` into `fs`: one file, or a file per key (and no
+/// other).
+fn write_files(
+    fs: &SecretFs,
+    u: &SecretUse,
+    version: u32,
+    data: &SecretData,
+) -> Result<(), String> {
+    let failed = |e: std::io::Error| format!("writing the files of {u}: {e}");
+    match mount_point(&u.target) {
+        Some((_, Some(file))) => {
+            let value = one_value(u, version, data)?;
+            fs.write(file, value).map_err(failed)?;
+            fs.retain(&[file]).map_err(failed)
+        }
+        Some((_, None)) => {
+            for (key, value) in data.iter() {
+                fs.write(key, value).map_err(failed)?;
+            }
+            fs.retain(&data.keys().collect::<Vec<_>>()).map_err(failed)
+        }
+        None => Ok(()),
     }
 }
 
@@ -284,6 +332,7 @@ impl Control {
     /// Lets go of the sandboxes prepared for revisions using secret `name`, which hold
     /// what `latest` meant when they were made; the next ones resolve it again.
     async fn refresh_prepared(&self, name: &str) {
+        self.update_secret_files(name);
         for runner in self.runners_using(name) {
             runner.discard_prepared().await;
         }
@@ -313,14 +362,46 @@ impl Control {
         }
     }
 
-    /// What instances of a revision using `uses` get, now: each secret opened at the
-    /// version named (or the newest enabled one). An error names the secret, version and
-    /// key at fault, never a value.
-    pub fn resolve_secrets(&self, uses: &[SecretUse]) -> Result<InstanceSecrets, ControlError> {
+    /// Checks that every use opens now, with the keys it asks for (at deploy).
+    pub(crate) fn check_secrets(&self, uses: &[SecretUse]) -> Result<(), ControlError> {
+        self.resolve_secrets(uses, None).map(drop)
+    }
+
+    /// What an instance (`files_for`: its id and the uid and gid its files belong to)
+    /// of a revision using `uses` gets, now: each secret opened at the version named (or
+    /// the newest enabled one), its files written. The files are kept for updates until
+    /// [`Control::forget_secret_files`]. An error names the secret, version and key at
+    /// fault, never a value.
+    pub(crate) fn resolve_secrets(
+        &self,
+        uses: &[SecretUse],
+        files_for: Option<(&str, u32, u32)>,
+    ) -> Result<InstanceSecrets, ControlError> {
         let mut out = InstanceSecrets::default();
+        let mut live = Vec::new();
         for u in uses {
             let (version, data) = self.open_secret(&u.secret, u.version.into())?;
             let bad = |why: String| ControlError::invalid_spec("secrets", format!("{u}: {why}"));
+            if let Some((dir, _)) = mount_point(&u.target) {
+                let Some((_, uid, gid)) = files_for else {
+                    if matches!(u.target, SecretTarget::File(_)) {
+                        one_value(u, version, &data).map_err(bad)?;
+                    }
+                    continue;
+                };
+                let (fs, mount) = SecretFs::new(uid, gid)
+                    .map_err(|e| bad(format!("making its file system: {e}")))?;
+                write_files(&fs, u, version, &data).map_err(bad)?;
+                out.mounts.push(skiff_sandbox::SecretMount {
+                    target: dir.to_owned(),
+                    mount: std::sync::Arc::new(mount),
+                });
+                live.push(LiveSecretFiles {
+                    used: u.clone(),
+                    fs,
+                });
+                continue;
+            }
             match &u.target {
                 SecretTarget::Env(name) => {
                     let value = one_value(u, version, &data).map_err(bad)?;
@@ -335,16 +416,50 @@ impl Control {
                         })?;
                     out.env.push(format!("{name}={text}"));
                 }
-                SecretTarget::File(_) | SecretTarget::Dir(_) => {
-                    return Err(bad(
-                        "secrets as files are not supported yet: give it as an environment \
-                         variable"
-                            .into(),
-                    ))
-                }
+                SecretTarget::File(_) | SecretTarget::Dir(_) => {}
+            }
+        }
+        if let Some((id, _, _)) = files_for {
+            if !live.is_empty() {
+                self.live_secret_files().insert(id.to_owned(), live);
             }
         }
         Ok(out)
+    }
+
+    fn live_secret_files(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<LiveSecretFiles>>> {
+        self.secret_files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets go of instance `id`'s secret files (it ended, or was never started).
+    pub(crate) fn forget_secret_files(&self, id: &str) {
+        self.live_secret_files().remove(id);
+    }
+
+    /// Writes the newest enabled version of secret `name` into the files of the
+    /// instances that follow its `latest`: they see it without a redeploy.
+    fn update_secret_files(&self, name: &str) {
+        let opened = self.open_secret(name, SecretVersion::Latest);
+        let live = self.live_secret_files();
+        for (id, files) in live.iter() {
+            for f in files
+                .iter()
+                .filter(|f| f.used.secret == name && f.used.version == SecretVersionRef::Latest)
+            {
+                let written = match &opened {
+                    Ok((version, data)) => write_files(&f.fs, &f.used, *version, data),
+                    Err(e) => Err(e.to_string()),
+                };
+                match written {
+                    Ok(()) => {
+                        tracing::info!(instance = %id, secret = %name, "secret files updated")
+                    }
+                    Err(e) => tracing::warn!(instance = %id, "keeping the secret files: {e}"),
+                }
+            }
+        }
     }
 
     /// Opens `version` of secret `name` (for an instance that uses it): its number and

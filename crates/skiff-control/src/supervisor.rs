@@ -302,6 +302,7 @@ impl RevisionRunner {
     }
 
     pub(crate) fn finish_record(&self, id: &str, exit: Option<ExitStatus>) {
+        self.ctl.forget_secret_files(id);
         let record = exit.map_or(
             ExitRecord {
                 code: Some(127),

@@ -27,9 +27,13 @@ impl RevisionRunner {
             return Err(format!("instance {id}: {e}"));
         }
         // Resolved now: `latest` is the newest enabled version when the instance is made.
+        let process = &self.revision.process;
         let secrets = self
             .ctl
-            .resolve_secrets(&self.revision.spec.secrets)
+            .resolve_secrets(
+                &self.revision.spec.secrets,
+                Some((id, process.uid, process.gid)),
+            )
             .map_err(|e| format!("instance {id}: {e}"))?;
         let log_path = self.ctl.log_path(id);
         let registered = self.ctl.db().create_instance(
@@ -58,6 +62,7 @@ impl RevisionRunner {
         match self.ctl.runtime.prepare(plan).await {
             Ok(p) => Ok(p),
             Err(e) => {
+                self.ctl.forget_secret_files(id);
                 self.finish_record(id, None);
                 Err(e.to_string())
             }
@@ -172,6 +177,7 @@ impl RevisionRunner {
             return;
         };
         let _ = tokio::task::spawn_blocking(move || drop(p)).await;
+        self.ctl.forget_secret_files(&id);
         if let Err(e) = self.ctl.write_freeing_space(|db| db.discard_instance(&id)) {
             tracing::warn!(instance = %id, "forgetting a prepared sandbox: {e}");
         }

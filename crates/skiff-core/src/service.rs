@@ -198,6 +198,16 @@ impl ServiceSpec {
         if let Err(e) = check_secret_uses(&self.secrets) {
             return bad(e.to_string());
         }
+        let mounts = self
+            .secrets
+            .iter()
+            .filter(|u| !matches!(u.target, SecretTarget::Env(_)))
+            .count();
+        if mounts > MAX_SECRET_MOUNTS {
+            return bad(format!(
+                "{mounts} secrets as files: at most {MAX_SECRET_MOUNTS}"
+            ));
+        }
         let plain: std::collections::HashSet<&str> = self
             .env
             .iter()
@@ -374,6 +384,8 @@ pub const RESERVED_ENV: &[&str] = &["PORT", "K_SERVICE", "K_REVISION", "K_CONFIG
 
 /// Most secrets one service uses.
 pub const MAX_SECRET_USES: usize = 100;
+/// Most secrets one service has as files (each is a mount in every instance).
+pub const MAX_SECRET_MOUNTS: usize = 8;
 
 /// A field of a spec that is wrong, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -38,12 +38,13 @@ pub enum Step {
     Capabilities,
     Seccomp,
     Exec,
+    SecretMounts,
 }
 
 impl Step {
     /// Human wording of the step, for error messages.
     pub fn describe(n: u32) -> &'static str {
-        const NAMES: [&str; 22] = [
+        const NAMES: [&str; 23] = [
             "unknown step",
             "making mounts private",
             "mounting the scratch tmpfs",
@@ -66,6 +67,7 @@ impl Step {
             "setting capabilities",
             "loading the seccomp filter",
             "executing the command",
+            "attaching a secret's files",
         ];
         NAMES.get(n as usize).copied().unwrap_or("unknown step")
     }
@@ -77,6 +79,19 @@ pub struct NetPlan {
     pub mask: [u8; 4],
     /// The default route's gateway (the host end), for a routed slot.
     pub gateway: Option<[u8; 4]>,
+}
+
+/// Most secret mounts one instance has (their descriptors are kept in a fixed array).
+pub const MAX_SECRET_MOUNTS: usize = 8;
+
+/// A secret's files to attach inside the sandbox.
+pub struct SecretMountPlan {
+    /// A detached mount (from `SecretFs`), inherited across the clone.
+    pub fd: c_int,
+    /// The directory it goes on, inside the new root.
+    pub target: CString,
+    /// `target` and each directory above it, outermost first, made if missing.
+    pub dirs: Vec<CString>,
 }
 
 /// Everything the child needs, prepared by the parent.
@@ -118,6 +133,8 @@ pub struct ChildPlan {
     pub exec_paths: Vec<CString>,
     /// Keeps the strings `argv` and `envp` point into alive.
     pub _strings: Vec<CString>,
+    /// Secrets' files, at most [`MAX_SECRET_MOUNTS`].
+    pub secret_mounts: Vec<SecretMountPlan>,
 }
 
 const NULL: *const c_char = std::ptr::null();
@@ -196,13 +213,17 @@ unsafe fn close_inherited(plan: &ChildPlan) {
     } else {
         plan.sync_fd
     };
-    let mut keep = [
+    let mut keep = [-1; 5 + MAX_SECRET_MOUNTS];
+    keep[..5].copy_from_slice(&[
         plan.sync_fd,
         plan.err_fd,
         plan.stdout_fd,
         plan.stderr_fd,
         probe,
-    ];
+    ]);
+    for (slot, m) in keep[5..].iter_mut().zip(&plan.secret_mounts) {
+        *slot = m.fd;
+    }
     // Insertion sort: no allocation allowed here.
     for i in 1..keep.len() {
         let mut j = i;
@@ -212,7 +233,7 @@ unsafe fn close_inherited(plan: &ChildPlan) {
         }
     }
     let mut next: u32 = 0;
-    for fd in keep {
+    for fd in keep.into_iter().filter(|&fd| fd >= 0) {
         let fd = fd as u32;
         if fd > next {
             // SAFETY: close_range on descriptors this process owns.
@@ -316,6 +337,7 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
         }
         allow_low_ports();
         mask_paths(plan);
+        attach_secrets(plan);
         write_etc(plan);
         if plan.read_only {
             check(
@@ -405,6 +427,51 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             }
         }
         fail(plan, Step::Exec, last)
+    }
+}
+
+/// Attaches each secret's files at its target inside the new root (resolved there, so
+/// an image's symlinks cannot point it outside; a symlink on the way is refused) and
+/// makes that mount read-only.
+///
+/// # Safety
+/// Raw system calls on the plan's strings and inherited descriptors.
+unsafe fn attach_secrets(plan: &ChildPlan) {
+    for m in &plan.secret_mounts {
+        for dir in &m.dirs {
+            check(plan, Step::SecretMounts, ensure_dir(dir));
+        }
+        // SAFETY: `m.fd` is a detached mount the parent made; the paths are
+        // NUL-terminated.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                m.fd,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                m.target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ) as c_int
+        };
+        check(plan, Step::SecretMounts, rc);
+        check(
+            plan,
+            Step::SecretMounts,
+            mount(
+                c"",
+                &m.target,
+                c"",
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                c"",
+            ),
+        );
+        // SAFETY: the descriptor is this process's, and used no more.
+        unsafe { libc::close(m.fd) };
     }
 }
 

@@ -26,6 +26,7 @@ mod net;
 mod netlink;
 mod probe;
 mod seccomp;
+pub mod secretfs;
 mod spawn;
 
 pub use cgroup::{oom_kills_in, Cgroup, Hierarchy, Limits, Placement};
@@ -108,6 +109,17 @@ pub struct SandboxSpec {
     pub init: bool,
     /// Also copy the instance's output to this process's stdout/stderr.
     pub tee_output: bool,
+    /// Secrets' files, each attached read-only at its directory.
+    pub secret_mounts: Vec<SecretMount>,
+}
+
+/// A secret's files to attach inside a sandbox (see [`secretfs::SecretFs`]).
+#[derive(Clone, Debug)]
+pub struct SecretMount {
+    /// The directory inside the sandbox (absolute, plain components).
+    pub target: String,
+    /// The detached mount holding the files.
+    pub mount: std::sync::Arc<std::os::fd::OwnedFd>,
 }
 
 impl std::fmt::Debug for SandboxSpec {
@@ -135,6 +147,7 @@ impl std::fmt::Debug for SandboxSpec {
             .field("scratch_bytes", &self.scratch_bytes)
             .field("stop_signal", &self.stop_signal)
             .field("init", &self.init)
+            .field("secret_mounts", &self.secret_mounts)
             .finish_non_exhaustive()
     }
 }

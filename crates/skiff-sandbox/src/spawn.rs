@@ -362,8 +362,44 @@ impl Sandbox {
             envp,
             exec_paths,
             _strings: strings,
+            secret_mounts: secret_mount_plans(spec)?,
         })
     }
+}
+
+/// The child's plan for each of the spec's secret mounts: the descriptor, and the
+/// target with every directory above it.
+fn secret_mount_plans(
+    spec: &SandboxSpec,
+) -> Result<Vec<crate::child::SecretMountPlan>, SandboxError> {
+    let id = spec.id.as_str();
+    if spec.secret_mounts.len() > crate::child::MAX_SECRET_MOUNTS {
+        return Err(SandboxError::Spec {
+            id: id.to_owned(),
+            why: format!(
+                "{} secret mounts: at most {}",
+                spec.secret_mounts.len(),
+                crate::child::MAX_SECRET_MOUNTS
+            ),
+        });
+    }
+    spec.secret_mounts
+        .iter()
+        .map(|m| {
+            let mut dirs = Vec::new();
+            let mut at = String::new();
+            for part in m.target.split('/').filter(|p| !p.is_empty()) {
+                at.push('/');
+                at.push_str(part);
+                dirs.push(cstring(id, "a secret mount's path", at.as_str())?);
+            }
+            Ok(crate::child::SecretMountPlan {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&*m.mount),
+                target: cstring(id, "a secret mount's path", m.target.as_str())?,
+                dirs,
+            })
+        })
+        .collect()
 }
 
 /// A sandbox ready to exec its command (see [`Sandbox::prepare`]).

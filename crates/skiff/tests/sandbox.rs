@@ -138,6 +138,7 @@ fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
         run_dir: w.home.join("run"),
         scratch_bytes: 64 << 20,
         tee_output: false,
+        secret_mounts: Vec::new(),
         init: false,
         stop_signal: libc::SIGTERM,
     }

@@ -294,3 +294,119 @@ fn a_secret_as_env_reaches_the_app_and_latest_follows_new_versions() {
         assert!(found.is_empty(), "{value} in clear in {found:?}");
     }
 }
+
+const F1: &str = "file-one-3d9b02";
+const F2: &str = "file-two-e471ac";
+
+fn app_file(d: &Daemon, service: &str, path: &str) -> (u16, String) {
+    let r = d.get(service, &format!("/file?path={path}"));
+    (r.status, r.text())
+}
+
+#[test]
+fn secrets_as_files_are_read_only_owned_by_the_app_and_follow_new_versions() {
+    let mut d = Daemon::start_logging_to_file(&[]);
+    d.ok(&[
+        "secret",
+        "create",
+        "db-pass",
+        "--from-literal",
+        &format!("password={F1}"),
+    ]);
+    d.ok(&[
+        "secret",
+        "create",
+        "tls",
+        "--from-literal",
+        "crt=CERT",
+        "--from-literal",
+        "key=KEY",
+    ]);
+    d.deploy_hello(
+        "files",
+        &[
+            "--min-instances",
+            "1",
+            "--set-secrets",
+            "/secrets/db=db-pass/password:latest,/etc/tls/=tls:latest,/pinned/p=db-pass:1",
+        ],
+    );
+    assert_eq!(app_file(&d, "files", "/secrets/db"), (200, F1.to_owned()));
+    assert_eq!(app_file(&d, "files", "/pinned/p"), (200, F1.to_owned()));
+    assert_eq!(
+        app_file(&d, "files", "/etc/tls/crt"),
+        (200, "CERT".to_owned())
+    );
+    assert_eq!(
+        app_file(&d, "files", "/etc/tls/key"),
+        (200, "KEY".to_owned())
+    );
+    let (_, mounts) = app_file(&d, "files", "/proc/self/mounts");
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/secrets"))
+        .unwrap_or_else(|| panic!("/secrets is not a mount:\n{mounts}"));
+    assert!(
+        line.contains(" ro,") && line.contains("nosuid") && line.contains("noexec"),
+        "{line}"
+    );
+
+    // A new version shows in the running instance's file, without a redeploy; the
+    // pinned one stays; a key gone from a directory's secret goes from the directory.
+    let instance = d.json(&["describe", "files"])["instances"][0]["id"].clone();
+    d.ok(&[
+        "secret",
+        "add-version",
+        "db-pass",
+        "--from-literal",
+        &format!("password={F2}"),
+    ]);
+    d.ok(&[
+        "secret",
+        "add-version",
+        "tls",
+        "--from-literal",
+        "crt=CERT2",
+    ]);
+    daemon::eventually(
+        std::time::Duration::from_secs(10),
+        "the new version in the file",
+        || app_file(&d, "files", "/secrets/db") == (200, F2.to_owned()),
+    );
+    assert_eq!(app_file(&d, "files", "/pinned/p"), (200, F1.to_owned()));
+    assert_eq!(
+        app_file(&d, "files", "/etc/tls/crt"),
+        (200, "CERT2".to_owned())
+    );
+    assert_eq!(
+        app_file(&d, "files", "/etc/tls/key").0,
+        502,
+        "a removed key's file stayed"
+    );
+    assert_eq!(
+        d.json(&["describe", "files"])["instances"][0]["id"],
+        instance,
+        "the instance was replaced"
+    );
+
+    // A path under what the sandbox provides is refused at deploy.
+    let out = d.cli(&[
+        "deploy",
+        "bad",
+        "--image",
+        "hello",
+        "--set-secrets",
+        "/proc/x=tls:1",
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("under /proc"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert_eq!(d.stop(), Some(0));
+    for value in [F1, F2] {
+        let found = files_holding(d.home.path(), value.as_bytes());
+        assert!(found.is_empty(), "{value} in clear in {found:?}");
+    }
+}

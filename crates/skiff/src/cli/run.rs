@@ -147,6 +147,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         run_dir: home.run_dir(),
         scratch_bytes: a.memory,
         tee_output: true,
+        secret_mounts: Vec::new(),
         init: !a.no_init,
         stop_signal: process.stop_signal,
     };
