@@ -95,7 +95,7 @@ pub(crate) struct LiveSecretFiles {
 /// file's name.
 fn mount_point(target: &SecretTarget) -> Option<(&str, Option<&str>)> {
     match target {
-        SecretTarget::Env(_) => None,
+        SecretTarget::Env(_) | SecretTarget::EnvAll(_) => None,
         SecretTarget::File(path) => path.rsplit_once('/').map(|(dir, file)| (dir, Some(file))),
         SecretTarget::Dir(dir) => Some((dir.as_str(), None)),
     }
@@ -157,6 +157,19 @@ fn one_value<'a>(u: &SecretUse, version: u32, data: &'a SecretData) -> Result<&'
             )),
         },
     }
+}
+
+/// A value as an environment variable's: text without NUL bytes.
+fn env_text(version: u32, value: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|t| !t.contains('\0'))
+        .ok_or_else(|| {
+            format!(
+                "version {version}'s value is not text without NUL bytes, which an \
+                 environment variable must be: give it as a file"
+            )
+        })
 }
 
 fn no_secret(name: &str) -> ControlError {
@@ -405,16 +418,23 @@ impl Control {
             match &u.target {
                 SecretTarget::Env(name) => {
                     let value = one_value(u, version, &data).map_err(bad)?;
-                    let text = std::str::from_utf8(value)
-                        .ok()
-                        .filter(|t| !t.contains('\0'))
-                        .ok_or_else(|| {
-                            bad(format!(
-                                "version {version}'s value is not text without NUL bytes, \
-                                 which an environment variable must be: give it as a file"
-                            ))
-                        })?;
+                    let text = env_text(version, value).map_err(bad)?;
                     out.env.push(format!("{name}={text}"));
+                }
+                SecretTarget::EnvAll(prefix) => {
+                    for (key, value) in data.iter() {
+                        let name = format!("{prefix}{key}");
+                        if !skiff_core::is_env_name(&name)
+                            || skiff_core::RESERVED_ENV.contains(&name.as_str())
+                        {
+                            return Err(bad(format!(
+                                "version {version}'s key {key} makes {name:?}, which cannot be a \
+                                 variable of the app's"
+                            )));
+                        }
+                        let text = env_text(version, value).map_err(bad)?;
+                        out.env.push(format!("{name}={text}"));
+                    }
                 }
                 SecretTarget::File(_) | SecretTarget::Dir(_) => {}
             }

@@ -32,8 +32,8 @@ pub use probe::{Probe, MAX_EXEC_ARGS, MAX_EXEC_BYTES};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};
 pub use secret::{
-    check_secret_uses, validate_secret_key, validate_secret_name, SecretNameError, SecretTarget,
-    SecretUse, SecretVersionRef, MAX_SECRET_BYTES, MAX_SECRET_KEYS,
+    check_secret_uses, is_env_name, validate_secret_key, validate_secret_name, SecretNameError,
+    SecretTarget, SecretUse, SecretVersionRef, MAX_SECRET_BYTES, MAX_SECRET_KEYS,
 };
 pub use service::{
     revision_name, validate_revision_name, validate_service_name, ServiceSpec, SpecError,

@@ -188,6 +188,7 @@ impl SpecPatch {
         let target = |u: &SecretUse| match &u.target {
             SecretTarget::Env(n) | SecretTarget::File(n) => n.clone(),
             SecretTarget::Dir(d) => format!("{d}/"),
+            SecretTarget::EnvAll(prefix) => format!("{prefix}*"),
         };
         let removed: std::collections::HashSet<&str> =
             self.remove_secrets.iter().map(String::as_str).collect();

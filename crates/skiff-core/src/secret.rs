@@ -61,6 +61,9 @@ pub enum SecretVersionRef {
 pub enum SecretTarget {
     /// An environment variable holding one value.
     Env(String),
+    /// A variable per key, named by the key after this prefix (Kubernetes' `envFrom`):
+    /// `PREFIX*=SECRET:VERSION`, `*=SECRET:VERSION` for none.
+    EnvAll(String),
     /// A file holding one value (`/secrets/db`), alone in a read-only directory.
     File(String),
     /// A read-only directory with a file per key (`/etc/tls/`).
@@ -83,7 +86,9 @@ pub struct SecretUse {
 /// Paths a secret may not be put under: the kernel's and the runtime's.
 const FORBIDDEN_ROOTS: &[&str] = &["/proc", "/sys", "/dev", "/etc/resolv.conf", "/etc/hostname"];
 
-fn env_name_ok(name: &str) -> bool {
+/// Whether `name` is an environment variable name: a letter or `_`, then letters, digits
+/// and `_`.
+pub fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
@@ -103,8 +108,16 @@ fn path_ok(path: &str) -> bool {
 }
 
 fn parse_target(target: &str) -> Result<SecretTarget, SecretNameError> {
+    if let Some(prefix) = target.strip_suffix('*') {
+        if !prefix.is_empty() && !is_env_name(prefix) {
+            return Err(SecretNameError(format!(
+                "{target:?}: the prefix must start an environment variable name"
+            )));
+        }
+        return Ok(SecretTarget::EnvAll(prefix.to_owned()));
+    }
     if !target.starts_with('/') {
-        if !env_name_ok(target) {
+        if !is_env_name(target) {
             return Err(SecretNameError(format!(
                 "{target:?} is neither an environment variable name nor an absolute path"
             )));
@@ -161,6 +174,11 @@ impl FromStr for SecretUse {
             validate_secret_key(key)?;
         }
         let target = parse_target(target)?;
+        if matches!(target, SecretTarget::EnvAll(_)) && key.is_some() {
+            return Err(SecretNameError(format!(
+                "{s:?}: PREFIX* gets a variable for every key; name the variable instead"
+            )));
+        }
         if matches!(target, SecretTarget::Dir(_)) && key.is_some() {
             return Err(SecretNameError(format!(
                 "{s:?}: a directory gets a file for every key; pick a key for a file path \
@@ -180,6 +198,7 @@ impl fmt::Display for SecretUse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.target {
             SecretTarget::Env(name) | SecretTarget::File(name) => write!(f, "{name}=")?,
+            SecretTarget::EnvAll(prefix) => write!(f, "{prefix}*=")?,
             SecretTarget::Dir(path) => write!(f, "{path}/=")?,
         }
         write!(f, "{}", self.secret)?;
@@ -229,6 +248,7 @@ pub fn check_secret_uses(uses: &[SecretUse]) -> Result<(), SecretNameError> {
                 dirs.push((dir, u));
             }
             SecretTarget::Dir(path) => dirs.push((path, u)),
+            SecretTarget::EnvAll(_) => {}
         }
     }
     for (i, (a, ua)) in dirs.iter().enumerate() {
@@ -280,6 +300,20 @@ mod tests {
                 None,
                 SecretVersionRef::Number(2),
             ),
+            (
+                "DB_*=db:latest",
+                SecretTarget::EnvAll("DB_".into()),
+                "db",
+                None,
+                SecretVersionRef::Latest,
+            ),
+            (
+                "*=db:1",
+                SecretTarget::EnvAll(String::new()),
+                "db",
+                None,
+                SecretVersionRef::Number(1),
+            ),
         ] {
             let u: SecretUse = text.parse().unwrap();
             assert_eq!(u.target, target, "{text}");
@@ -315,6 +349,8 @@ mod tests {
                 "/etc/tls/=tls/key:1",
                 "a directory gets a file for every key",
             ),
+            ("DB_*=db/k:1", "gets a variable for every key"),
+            ("1*=db:1", "the prefix must start"),
         ] {
             let e = bad.parse::<SecretUse>().unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");

@@ -201,7 +201,7 @@ impl ServiceSpec {
         let mounts = self
             .secrets
             .iter()
-            .filter(|u| !matches!(u.target, SecretTarget::Env(_)))
+            .filter(|u| matches!(u.target, SecretTarget::File(_) | SecretTarget::Dir(_)))
             .count();
         if mounts > MAX_SECRET_MOUNTS {
             return bad(format!(

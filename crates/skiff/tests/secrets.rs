@@ -269,14 +269,25 @@ fn a_secret_as_env_reaches_the_app_and_latest_follows_new_versions() {
     let yaml = d.home.path().join("knative.yaml");
     std::fs::write(
         &yaml,
-        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: kn\nspec:\n  template:\n    spec:\n      containers:\n        - image: hello\n          env:\n            - name: FROM_REF\n              valueFrom:\n                secretKeyRef: {name: db-pass, key: password}\n",
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: kn\nspec:\n  template:\n    spec:\n      containers:\n        - image: hello\n          env:\n            - name: FROM_REF\n              valueFrom:\n                secretKeyRef: {name: db-pass, key: password}\n          envFrom:\n            - prefix: TK_\n              secretRef: {name: two-keys}\n          volumeMounts:\n            - {name: keys, mountPath: /etc/two, readOnly: true}\n      volumes:\n        - name: keys\n          secret: {secretName: two-keys}\n",
     )
     .unwrap();
     d.ok(&["apply", "-f", yaml.to_str().unwrap()]);
     let env = app_env(&d, "kn");
-    assert!(env.lines().any(|l| l == format!("FROM_REF={V2}")), "{env}");
+    for want in [format!("FROM_REF={V2}"), "TK_a=1".into(), "TK_b=2".into()] {
+        assert!(env.lines().any(|l| l == want), "{want} not in:\n{env}");
+    }
+    let b = d.get("kn", "/file?path=/etc/two/b");
+    assert_eq!((b.status, b.text()), (200, "2".to_owned()));
     let exported = d.ok(&["export", "kn"]);
-    assert!(exported.contains("secretKeyRef"), "{exported}");
+    for part in [
+        "secretKeyRef",
+        "envFrom",
+        "secretName: two-keys",
+        "mountPath: /etc/two",
+    ] {
+        assert!(exported.contains(part), "{part} not in:\n{exported}");
+    }
     shown += &exported;
     std::fs::remove_file(&yaml).unwrap();
 

@@ -36,6 +36,7 @@ pub fn document(
             })
             .chain(spec.secrets.iter().filter_map(secret_key_ref))
             .collect(),
+        env_from: spec.secrets.iter().filter_map(secret_env_from).collect(),
         ..Default::default()
     };
     if spec.port != defaults.port {
@@ -78,8 +79,16 @@ pub fn document(
         .liveness_probe
         .as_ref()
         .map(|p| probe(p, "liveness", &mut notes));
+    let (volumes, mounts): (Vec<_>, Vec<_>) = spec
+        .secrets
+        .iter()
+        .enumerate()
+        .filter_map(|(n, u)| secret_volume(u, n))
+        .unzip();
+    container.volume_mounts = mounts;
     let mut revision = model::RevisionSpec {
         containers: vec![container],
+        volumes,
         ..Default::default()
     };
     if spec.concurrency != defaults.concurrency {
@@ -200,8 +209,68 @@ fn security_context(spec: &ServiceSpec) -> Option<model::SecurityContext> {
     (!empty).then_some(sc)
 }
 
+/// Whether Knative can say secret use `u` (the rest go in the `skiff.dev/secrets`
+/// annotation): uses of the latest version, as a variable of a key, every key as
+/// variables, a directory, or one key as a file.
+fn knative_says(u: &SecretUse) -> bool {
+    secret_key_ref(u).is_some() || secret_env_from(u).is_some() || secret_volume(u, 0).is_some()
+}
+
+/// `envFrom[].secretRef` for a use of every key as variables.
+fn secret_env_from(u: &SecretUse) -> Option<model::EnvFromSource> {
+    let (SecretTarget::EnvAll(prefix), SecretVersionRef::Latest) = (&u.target, u.version) else {
+        return None;
+    };
+    Some(model::EnvFromSource {
+        prefix: (!prefix.is_empty()).then(|| prefix.clone()),
+        secret_ref: Some(model::NameRef {
+            name: u.secret.clone(),
+            optional: None,
+        }),
+        config_map_ref: None,
+    })
+}
+
+/// A secret volume (named `secret-N`) and its mount, for a use as files.
+fn secret_volume(u: &SecretUse, n: usize) -> Option<(model::Volume, model::VolumeMount)> {
+    if u.version != SecretVersionRef::Latest {
+        return None;
+    }
+    let (dir, items) = match (&u.target, &u.key) {
+        (SecretTarget::Dir(dir), None) => (dir.clone(), Vec::new()),
+        (SecretTarget::File(path), Some(key)) => {
+            let (dir, file) = path.rsplit_once('/')?;
+            let item = model::KeyToPath {
+                key: key.clone(),
+                path: file.to_owned(),
+                mode: None,
+            };
+            (dir.to_owned(), vec![item])
+        }
+        _ => return None,
+    };
+    let name = format!("secret-{n}");
+    let volume = model::Volume {
+        name: name.clone(),
+        secret: Some(model::SecretVolumeSource {
+            secret_name: u.secret.clone(),
+            items,
+            default_mode: None,
+            optional: None,
+        }),
+        other: BTreeMap::new(),
+    };
+    let mount = model::VolumeMount {
+        name,
+        mount_path: dir,
+        read_only: Some(true),
+        sub_path: None,
+    };
+    Some((volume, mount))
+}
+
 /// A secret use as Knative says it, when it can: a key of the latest version, as an
-/// environment variable (the rest go in the `skiff.dev/secrets` annotation).
+/// environment variable.
 fn secret_key_ref(u: &SecretUse) -> Option<model::EnvVar> {
     let (SecretTarget::Env(name), Some(key), SecretVersionRef::Latest) =
         (&u.target, &u.key, u.version)
@@ -248,7 +317,7 @@ fn annotations(spec: &ServiceSpec, defaults: &ServiceSpec) -> BTreeMap<String, S
     let unsaid: Vec<String> = spec
         .secrets
         .iter()
-        .filter(|u| secret_key_ref(u).is_none())
+        .filter(|u| !knative_says(u))
         .map(ToString::to_string)
         .collect();
     if !unsaid.is_empty() {

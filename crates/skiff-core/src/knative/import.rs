@@ -68,6 +68,7 @@ pub fn service(doc: Service) -> Result<Imported> {
     if rs.enable_service_links.is_some() {
         ignore("spec.template.spec.enableServiceLinks".into());
     }
+    let volumes = rs.volumes;
     let [container] = <[model::Container; 1]>::try_from(rs.containers).map_err(|c| {
         format!(
             "spec.template.spec.containers: skiff runs one container per revision, found {}",
@@ -111,6 +112,16 @@ pub fn service(doc: Service) -> Result<Imported> {
                 .push(secret_env(e, source, &format!("{at}.env[{i}]"))?),
         }
     }
+    for (i, source) in container.env_from.iter().enumerate() {
+        spec.secrets
+            .push(secret_env_from(source, &format!("{at}.envFrom[{i}]"))?);
+    }
+    spec.secrets.extend(secret_volumes(
+        &container.volume_mounts,
+        &volumes,
+        at,
+        &mut ignore,
+    )?);
     let port_names = ports(&container, &mut spec)?;
     if let Some(r) = &container.resources {
         resources(r, &mut spec, &mut ignore)?;
@@ -305,6 +316,97 @@ fn secret_env(e: &model::EnvVar, source: &model::EnvVarSource, at: &str) -> Resu
     format!("{}={}/{}:latest", e.name, selector.name, selector.key)
         .parse()
         .map_err(|err: crate::SecretNameError| format!("{at}.valueFrom.secretKeyRef: {err}"))
+}
+
+/// `envFrom[].secretRef {name}` (with its `prefix`): every key of the secret's latest
+/// version as a variable.
+fn secret_env_from(source: &model::EnvFromSource, at: &str) -> Result<SecretUse> {
+    if source.config_map_ref.is_some() {
+        return Err(format!(
+            "{at}.configMapRef: config maps are not supported yet: use a secret"
+        ));
+    }
+    let Some(secret) = &source.secret_ref else {
+        return Err(format!("{at}: give secretRef"));
+    };
+    if secret.optional == Some(true) {
+        return Err(format!(
+            "{at}.secretRef.optional: every secret a service names must exist in skiff"
+        ));
+    }
+    let prefix = source.prefix.as_deref().unwrap_or("");
+    format!("{prefix}*={}:latest", secret.name)
+        .parse()
+        .map_err(|e: crate::SecretNameError| format!("{at}: {e}"))
+}
+
+/// `volumeMounts[]` of `volumes[].secret`: each a directory with a file per key of the
+/// secret's latest version, or with `items` of one key, that one file. Other volume
+/// kinds, `subPath`, several `items` and optional secrets are refused by name.
+fn secret_volumes(
+    mounts: &[model::VolumeMount],
+    volumes: &[model::Volume],
+    at: &str,
+    ignore: &mut impl FnMut(String),
+) -> Result<Vec<SecretUse>> {
+    let mut out = Vec::new();
+    for (i, v) in volumes.iter().enumerate() {
+        if let Some(kind) = v.other.keys().next() {
+            return Err(format!(
+                "spec.template.spec.volumes[{i}].{kind}: only secret volumes are supported"
+            ));
+        }
+        if !mounts.iter().any(|m| m.name == v.name) {
+            ignore(format!("spec.template.spec.volumes[{i}] (mounted nowhere)"));
+        }
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        let at = format!("{at}.volumeMounts[{i}]");
+        let Some(volume) = volumes.iter().find(|v| v.name == m.name) else {
+            return Err(format!("{at}.name: no volume is named {:?}", m.name));
+        };
+        let Some(secret) = &volume.secret else {
+            return Err(format!("{at}: volume {:?} is not a secret volume", m.name));
+        };
+        if m.sub_path.is_some() {
+            return Err(format!("{at}.subPath: mount the whole secret"));
+        }
+        if secret.optional == Some(true) {
+            return Err(format!(
+                "{at}: secret volume {:?} is optional; every secret a service names must exist in skiff",
+                m.name
+            ));
+        }
+        if m.read_only == Some(false) {
+            ignore(format!("{at}.readOnly: false (secret files are read-only)"));
+        }
+        if secret.default_mode.is_some() || secret.items.iter().any(|k| k.mode.is_some()) {
+            ignore(format!(
+                "{at}: file modes (secret files are 0400, the app's own)"
+            ));
+        }
+        let dir = m.mount_path.trim_end_matches('/');
+        let text = match secret.items.as_slice() {
+            [] => format!("{dir}/={}:latest", secret.secret_name),
+            [one] if !one.path.contains('/') => {
+                format!(
+                    "{dir}/{}={}/{}:latest",
+                    one.path, secret.secret_name, one.key
+                )
+            }
+            _ => {
+                return Err(format!(
+                    "{at}: items: skiff mounts every key under its own name, or one key as \
+                     one file; leave items out, or give one"
+                ))
+            }
+        };
+        out.push(
+            text.parse()
+                .map_err(|e: crate::SecretNameError| format!("{at}: {e}"))?,
+        );
+    }
+    Ok(out)
 }
 
 fn annotations(

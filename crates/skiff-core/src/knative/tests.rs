@@ -124,7 +124,11 @@ fn with(extra_container_lines: &str) -> String {
 #[test]
 fn unsupported_fields_are_named() {
     let cases = [
-        (with("          volumeMounts:\n            - name: data\n              mountPath: /data\n"), "volumeMounts"),
+        (with("          volumeMounts:\n            - name: data\n              mountPath: /data\n"), "volumeMounts[0].name: no volume is named \"data\""),
+        (with("          envFrom:\n            - configMapRef: {name: c}\n"), "envFrom[0].configMapRef: config maps are not supported yet"),
+        (with("          volumeMounts:\n            - {name: s, mountPath: /s, subPath: k}\n      volumes:\n        - name: s\n          secret: {secretName: s}\n"), "subPath"),
+        (with("          volumeMounts:\n            - {name: s, mountPath: /s}\n      volumes:\n        - name: s\n          hostPath: {path: /etc}\n"), "volumes[0].hostPath: only secret volumes are supported"),
+        (with("          volumeMounts:\n            - {name: s, mountPath: /s}\n      volumes:\n        - name: s\n          secret:\n            secretName: s\n            items: [{key: a, path: a}, {key: b, path: b}]\n"), "items: skiff mounts every key"),
         (with("          env:\n            - name: K\n              valueFrom:\n                configMapKeyRef: {name: s, key: k}\n"), "env[0].valueFrom.configMapKeyRef: config maps are not supported yet"),
         (with("          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: s, key: k, optional: true}\n"), "secretKeyRef.optional"),
         (with("          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: S, key: k}\n"), "secret name \"S\""),
@@ -320,6 +324,30 @@ fn secrets_round_trip_as_secret_key_refs_and_an_annotation() {
     );
     let back = round_trip("x", &spec, &crate::default_traffic());
     assert_eq!(back.spec, spec);
+    // In the order import reads them: env, envFrom, volume mounts, the annotation.
+    spec.secrets = [
+        "DB_PASS=db/password:latest",
+        "DB_*=db:latest",
+        "/etc/tls/=tls:latest",
+        "/secrets/token=api/token:latest",
+        "PINNED=db/password:2",
+        "/pinned/=tls:3",
+    ]
+    .iter()
+    .map(|u| u.parse().unwrap())
+    .collect();
+    let (doc, _) = document("x", &spec, &crate::default_traffic());
+    let yaml = serde_saphyr::to_string(&doc).unwrap();
+    for part in [
+        "envFrom",
+        "prefix: DB_",
+        "secretName: tls",
+        "mountPath: /etc/tls",
+        "key: token",
+    ] {
+        assert!(yaml.contains(part), "{part} not in:\n{yaml}");
+    }
+    assert_eq!(round_trip("x", &spec, &crate::default_traffic()).spec, spec);
     let knative = one(&with(
         "          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: s, key: k}\n",
     ))

@@ -38,16 +38,18 @@ pub struct DeployArgs {
     /// value, clears it). Does not go with the two above.
     #[arg(long, value_name = "K=V,...", value_delimiter = ',', num_args = 0..=1)]
     set_env_vars: Option<Vec<String>>,
-    /// Secrets to give instances, comma-separated: ENV=SECRET[/KEY]:VERSION (an
-    /// environment variable; VERSION is `latest` or a number), replacing every secret
-    /// use. Values are taken when an instance starts.
+    /// Secrets to give instances, comma-separated, replacing every secret use:
+    /// ENV=SECRET[/KEY]:VERSION (a variable), PREFIX*=SECRET:VERSION (a variable per key),
+    /// /PATH=SECRET[/KEY]:VERSION (a file), /DIR/=SECRET:VERSION (a file per key);
+    /// VERSION is `latest` or a number. Taken when an instance starts; files follow
+    /// `latest` while it runs.
     #[arg(long, value_name = "ENV=SECRET:VERSION,...", value_delimiter = ',', value_parser = parse_secret_use)]
     set_secrets: Option<Vec<skiff_core::SecretUse>>,
     /// Secret uses to set or change, comma-separated (others stay).
     #[arg(long, value_name = "ENV=SECRET:VERSION,...", value_delimiter = ',', value_parser = parse_secret_use)]
     update_secrets: Vec<skiff_core::SecretUse>,
-    /// Secret uses to take out, by variable name, comma-separated.
-    #[arg(long, value_name = "ENV,...", value_delimiter = ',')]
+    /// Secret uses to take out, by target (ENV, PREFIX*, /PATH or /DIR/), comma-separated.
+    #[arg(long, value_name = "TARGET,...", value_delimiter = ',')]
     remove_secrets: Vec<String>,
     /// Take out every secret use.
     #[arg(long, conflicts_with_all = ["set_secrets", "update_secrets", "remove_secrets"])]
