@@ -325,3 +325,20 @@ pub struct SecretSummary {
     /// Its keys.
     pub keys: Vec<String>,
 }
+
+/// `PUT /v1/configmaps/{name}` (`?create=true`: refused if it exists): the whole data.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigMapWrite {
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+}
+
+/// A config map: its values are settings, not secrets, and are shown.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConfigMapDetail {
+    pub name: String,
+    pub data: BTreeMap<String, String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}

@@ -11,6 +11,7 @@
 
 mod clock;
 mod command;
+pub mod configmaps;
 mod deploy;
 mod describe;
 pub mod documents;

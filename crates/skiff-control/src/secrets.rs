@@ -9,7 +9,7 @@ use crate::documents::{SecretDetail, SecretSummary, SecretVersionInfo};
 use crate::{Control, ControlError};
 use skiff_core::{
     validate_secret_key, validate_secret_name, SecretTarget, SecretUse, SecretVersionRef,
-    MAX_SECRET_BYTES, MAX_SECRET_KEYS,
+    UseSource, MAX_SECRET_BYTES, MAX_SECRET_KEYS,
 };
 use skiff_sandbox::secretfs::SecretFs;
 use skiff_secrets::{Place, Sealed, SecretData};
@@ -135,23 +135,28 @@ impl From<SecretVersionRef> for SecretVersion {
     }
 }
 
+/// What `u` takes its values from, as messages name it: `secret S version N` or
+/// `config map C`.
+fn source_label(u: &SecretUse, version: u32) -> String {
+    match u.from {
+        UseSource::Secret => format!("secret {} version {version}", u.secret),
+        UseSource::ConfigMap => format!("config map {}", u.secret),
+    }
+}
+
 /// The one value `u` takes from `data` (version `version` of its secret): its key's, or
 /// the only one there is.
 fn one_value<'a>(u: &SecretUse, version: u32, data: &'a SecretData) -> Result<&'a [u8], String> {
     let keys = || data.keys().collect::<Vec<_>>().join(", ");
+    let source = source_label(u, version);
     match &u.key {
-        Some(key) => data.get(key).ok_or_else(|| {
-            format!(
-                "secret {} version {version} has no key {key} (its keys: {})",
-                u.secret,
-                keys()
-            )
-        }),
+        Some(key) => data
+            .get(key)
+            .ok_or_else(|| format!("{source} has no key {key} (its keys: {})", keys())),
         None => match data.iter().next() {
             Some((_, value)) if data.len() == 1 => Ok(value),
             _ => Err(format!(
-                "secret {} version {version} has keys {}: name one, as {}/KEY",
-                u.secret,
+                "{source} has keys {}: name one, as {}/KEY",
                 keys(),
                 u.secret
             )),
@@ -291,7 +296,7 @@ impl Control {
                     return Err(no_secret(&name));
                 }
                 tracing::info!(secret = %name, version = number, "secret version added");
-                self.refresh_prepared(&name).await;
+                self.refresh_prepared(UseSource::Secret, &name).await;
                 self.secret_detail(&name)
             }
             SecretCommand::SetEnabled {
@@ -309,12 +314,12 @@ impl Control {
                 }
                 let state = if enabled { "enabled" } else { "disabled" };
                 tracing::info!(secret = %name, version, "secret version {state}");
-                self.refresh_prepared(&name).await;
+                self.refresh_prepared(UseSource::Secret, &name).await;
                 self.secret_detail(&name)
             }
             SecretCommand::Remove { name } => {
                 let users: Vec<String> = self
-                    .runners_using(&name)
+                    .runners_using(UseSource::Secret, &name)
                     .iter()
                     .map(|r| r.name().to_owned())
                     .collect();
@@ -333,20 +338,30 @@ impl Control {
         }
     }
 
-    /// The revisions at work whose instances use secret `name`.
-    fn runners_using(&self, name: &str) -> Vec<std::sync::Arc<crate::Runner>> {
+    /// The revisions at work whose instances use secret (or config map) `name`.
+    pub(crate) fn runners_using(
+        &self,
+        from: UseSource,
+        name: &str,
+    ) -> Vec<std::sync::Arc<crate::Runner>> {
         self.runners()
             .values()
-            .filter(|r| r.revision.spec.secrets.iter().any(|u| u.secret == name))
+            .filter(|r| {
+                r.revision
+                    .spec
+                    .secrets
+                    .iter()
+                    .any(|u| u.from == from && u.secret == name)
+            })
             .cloned()
             .collect()
     }
 
     /// Lets go of the sandboxes prepared for revisions using secret `name`, which hold
     /// what `latest` meant when they were made; the next ones resolve it again.
-    async fn refresh_prepared(&self, name: &str) {
-        self.update_secret_files(name);
-        for runner in self.runners_using(name) {
+    pub(crate) async fn refresh_prepared(&self, from: UseSource, name: &str) {
+        self.update_secret_files(from, name);
+        for runner in self.runners_using(from, name) {
             runner.discard_prepared().await;
         }
     }
@@ -393,7 +408,7 @@ impl Control {
         let mut out = InstanceSecrets::default();
         let mut live = Vec::new();
         for u in uses {
-            let (version, data) = self.open_secret(&u.secret, u.version.into())?;
+            let (version, data) = self.open_use(u)?;
             let bad = |why: String| ControlError::invalid_spec("secrets", format!("{u}: {why}"));
             if let Some((dir, _)) = mount_point(&u.target) {
                 let Some((_, uid, gid)) = files_for else {
@@ -458,23 +473,35 @@ impl Control {
         self.live_secret_files().remove(id);
     }
 
-    /// Writes the newest enabled version of secret `name` into the files of the
-    /// instances that follow its `latest`: they see it without a redeploy.
-    fn update_secret_files(&self, name: &str) {
-        let opened = self.open_secret(name, SecretVersion::Latest);
+    /// The values `u` takes: its secret's version (and number), or its config map's.
+    fn open_use(&self, u: &SecretUse) -> Result<(u32, SecretData), ControlError> {
+        match u.from {
+            UseSource::Secret => self.open_secret(&u.secret, u.version.into()),
+            UseSource::ConfigMap => Ok((0, self.open_config_map(&u.secret)?)),
+        }
+    }
+
+    /// Writes the newest enabled version of secret (or the current config map) `name`
+    /// into the files of the instances that follow it: they see it without a redeploy.
+    fn update_secret_files(&self, from: UseSource, name: &str) {
+        let opened = match from {
+            UseSource::Secret => self.open_secret(name, SecretVersion::Latest),
+            UseSource::ConfigMap => self.open_config_map(name).map(|d| (0, d)),
+        };
         let live = self.live_secret_files();
         for (id, files) in live.iter() {
-            for f in files
-                .iter()
-                .filter(|f| f.used.secret == name && f.used.version == SecretVersionRef::Latest)
-            {
+            for f in files.iter().filter(|f| {
+                f.used.from == from
+                    && f.used.secret == name
+                    && f.used.version == SecretVersionRef::Latest
+            }) {
                 let written = match &opened {
                     Ok((version, data)) => write_files(&f.fs, &f.used, *version, data),
                     Err(e) => Err(e.to_string()),
                 };
                 match written {
                     Ok(()) => {
-                        tracing::info!(instance = %id, secret = %name, "secret files updated")
+                        tracing::info!(instance = %id, source = %name, "files updated")
                     }
                     Err(e) => tracing::warn!(instance = %id, "keeping the secret files: {e}"),
                 }

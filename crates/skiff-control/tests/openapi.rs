@@ -235,6 +235,12 @@ fn requests_match_the_openapi_document() {
         },
     );
     check(
+        "ConfigMapWrite",
+        &ConfigMapWrite {
+            data: [("k".to_owned(), "v".to_owned())].into(),
+        },
+    );
+    check(
         "SecretVersionPatch",
         &SecretVersionPatch {
             state: "disabled".into(),
@@ -255,6 +261,15 @@ fn answers_match_the_openapi_document() {
                 keys: vec!["k".into()],
                 created_at: 1,
             }],
+        },
+    );
+    check(
+        "ConfigMapDetail",
+        &ConfigMapDetail {
+            name: "n".into(),
+            data: [("k".to_owned(), "v".to_owned())].into(),
+            created_at: 1,
+            updated_at: 1,
         },
     );
     check(

@@ -33,7 +33,7 @@ pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};
 pub use secret::{
     check_secret_uses, is_env_name, validate_secret_key, validate_secret_name, SecretNameError,
-    SecretTarget, SecretUse, SecretVersionRef, MAX_SECRET_BYTES, MAX_SECRET_KEYS,
+    SecretTarget, SecretUse, SecretVersionRef, UseSource, MAX_SECRET_BYTES, MAX_SECRET_KEYS,
 };
 pub use service::{
     revision_name, validate_revision_name, validate_service_name, ServiceSpec, SpecError,

@@ -76,11 +76,23 @@ pub enum SecretTarget {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SecretUse {
     pub target: SecretTarget,
+    /// A secret, or a config map (`TARGET=configmap:NAME[/KEY]`: plain settings, no
+    /// versions, always the current ones).
+    pub from: UseSource,
+    /// The secret's (or config map's) name.
     pub secret: String,
     /// The key whose value is taken; `None`: the secret's only key (or all, for a
     /// directory).
     pub key: Option<String>,
     pub version: SecretVersionRef,
+}
+
+/// Where a use's values come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum UseSource {
+    #[default]
+    Secret,
+    ConfigMap,
 }
 
 /// Paths a secret may not be put under: the kernel's and the runtime's.
@@ -157,13 +169,19 @@ impl FromStr for SecretUse {
             ))
         };
         let (target, source) = s.split_once('=').ok_or_else(shape)?;
-        let (name, version) = source.rsplit_once(':').ok_or_else(shape)?;
-        let version = match version {
-            "latest" => SecretVersionRef::Latest,
-            n => match n.parse::<u32>() {
-                Ok(n) if n > 0 && n.to_string() == version => SecretVersionRef::Number(n),
-                _ => return Err(shape()),
-            },
+        let (from, name, version) = match source.strip_prefix("configmap:") {
+            Some(name) => (UseSource::ConfigMap, name, SecretVersionRef::Latest),
+            None => {
+                let (name, version) = source.rsplit_once(':').ok_or_else(shape)?;
+                let version = match version {
+                    "latest" => SecretVersionRef::Latest,
+                    n => match n.parse::<u32>() {
+                        Ok(n) if n > 0 && n.to_string() == version => SecretVersionRef::Number(n),
+                        _ => return Err(shape()),
+                    },
+                };
+                (UseSource::Secret, name, version)
+            }
         };
         let (secret, key) = match name.split_once('/') {
             Some((secret, key)) => (secret, Some(key)),
@@ -187,6 +205,7 @@ impl FromStr for SecretUse {
         }
         Ok(SecretUse {
             target,
+            from,
             secret: secret.to_owned(),
             key: key.map(str::to_owned),
             version,
@@ -201,13 +220,17 @@ impl fmt::Display for SecretUse {
             SecretTarget::EnvAll(prefix) => write!(f, "{prefix}*=")?,
             SecretTarget::Dir(path) => write!(f, "{path}/=")?,
         }
+        if self.from == UseSource::ConfigMap {
+            write!(f, "configmap:")?;
+        }
         write!(f, "{}", self.secret)?;
         if let Some(key) = &self.key {
             write!(f, "/{key}")?;
         }
-        match self.version {
-            SecretVersionRef::Latest => write!(f, ":latest"),
-            SecretVersionRef::Number(n) => write!(f, ":{n}"),
+        match (self.from, self.version) {
+            (UseSource::ConfigMap, _) => Ok(()),
+            (_, SecretVersionRef::Latest) => write!(f, ":latest"),
+            (_, SecretVersionRef::Number(n)) => write!(f, ":{n}"),
         }
     }
 }
@@ -317,6 +340,7 @@ mod tests {
         ] {
             let u: SecretUse = text.parse().unwrap();
             assert_eq!(u.target, target, "{text}");
+            assert_eq!(u.from, UseSource::Secret);
             assert_eq!(
                 (u.secret.as_str(), u.key.as_deref(), u.version),
                 (secret, key, version)
@@ -325,6 +349,24 @@ mod tests {
             let json = serde_json::to_string(&u).unwrap();
             assert_eq!(serde_json::from_str::<SecretUse>(&json).unwrap(), u);
         }
+    }
+
+    #[test]
+    fn config_map_uses_have_no_version() {
+        for text in [
+            "HOST=configmap:app/host",
+            "/etc/app/=configmap:app",
+            "APP_*=configmap:app",
+        ] {
+            let u: SecretUse = text.parse().unwrap();
+            assert_eq!(
+                (u.from, u.version),
+                (UseSource::ConfigMap, SecretVersionRef::Latest)
+            );
+            assert_eq!(u.secret, "app");
+            assert_eq!(u.to_string(), text);
+        }
+        assert!("HOST=configmap:app/host:1".parse::<SecretUse>().is_err());
     }
 
     #[test]

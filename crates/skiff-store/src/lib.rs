@@ -7,12 +7,14 @@
 //! get records back.
 #![forbid(unsafe_code)]
 
+mod configmaps;
 mod images;
 mod instances;
 mod migrations;
 mod secrets;
 mod services;
 
+pub use configmaps::ConfigMapRecord;
 pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
 pub use instances::{ExitRecord, InstanceRecord, InstanceState, NewInstance};
 pub use secrets::{NewSecretVersion, SealedRecord, SecretRecord, SecretVersionRecord};

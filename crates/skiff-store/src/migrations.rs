@@ -107,6 +107,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (secret, version)
     );
     "#,
+    // 7: config maps, plain settings beside secrets.
+    r#"
+    CREATE TABLE config_maps (
+        name        TEXT PRIMARY KEY,
+        data_json   TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version `conn`'s database has, refused when newer than this build knows.

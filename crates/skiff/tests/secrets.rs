@@ -421,3 +421,76 @@ fn secrets_as_files_are_read_only_owned_by_the_app_and_follow_new_versions() {
         assert!(found.is_empty(), "{value} in clear in {found:?}");
     }
 }
+
+#[test]
+fn config_maps_reach_instances_and_a_replaced_one_reaches_their_files() {
+    let d = Daemon::start(&[]);
+    d.ok(&[
+        "configmap",
+        "create",
+        "app",
+        "--from-literal",
+        "host=db.internal",
+        "--from-literal",
+        "mode=a",
+    ]);
+    assert_eq!(
+        d.json(&["configmap", "describe", "app"])["data"]["host"],
+        "db.internal"
+    );
+    let again = d.cli(&["configmap", "create", "app", "--from-literal", "host=x"]);
+    assert!(!again.status.success() && stderr(&again).contains("exists already"));
+    let missing = d.cli(&[
+        "deploy",
+        "bad",
+        "--image",
+        "hello",
+        "--set-secrets",
+        "X=configmap:nope/k",
+    ]);
+    assert!(
+        stderr(&missing).contains("no such config map: nope"),
+        "{}",
+        stderr(&missing)
+    );
+
+    d.deploy_hello(
+        "cfg",
+        &[
+            "--min-instances",
+            "1",
+            "--set-secrets",
+            "HOST=configmap:app/host,/etc/app/=configmap:app",
+        ],
+    );
+    assert!(app_env(&d, "cfg").lines().any(|l| l == "HOST=db.internal"));
+    assert_eq!(app_file(&d, "cfg", "/etc/app/mode"), (200, "a".to_owned()));
+    d.ok(&[
+        "configmap",
+        "update",
+        "app",
+        "--from-literal",
+        "host=db2",
+        "--from-literal",
+        "mode=b",
+    ]);
+    daemon::eventually(
+        std::time::Duration::from_secs(10),
+        "the new mode in the file",
+        || app_file(&d, "cfg", "/etc/app/mode") == (200, "b".to_owned()),
+    );
+    let rm = d.cli(&["configmap", "rm", "app"]);
+    assert!(
+        !rm.status.success() && stderr(&rm).contains("used by revision"),
+        "{}",
+        stderr(&rm)
+    );
+    d.ok(&["deploy", "cfg", "--clear-secrets"]);
+    // Once the old revision has drained, nothing uses it.
+    daemon::eventually(
+        std::time::Duration::from_secs(30),
+        "the config map removed",
+        || d.cli(&["configmap", "rm", "app"]).status.success(),
+    );
+    assert!(d.json(&["configmap", "ls"]).as_array().unwrap().is_empty());
+}

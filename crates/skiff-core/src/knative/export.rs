@@ -5,7 +5,9 @@
 use super::annotation as a;
 use super::duration_text::format_ms;
 use super::model::{self, Service, API_VERSION, KIND};
-use crate::{Probe, SecretTarget, SecretUse, SecretVersionRef, ServiceSpec, TrafficTarget};
+use crate::{
+    Probe, SecretTarget, SecretUse, SecretVersionRef, ServiceSpec, TrafficTarget, UseSource,
+};
 use std::collections::BTreeMap;
 
 /// The document for service `name`. Knative counts probe periods in whole seconds:
@@ -221,13 +223,20 @@ fn secret_env_from(u: &SecretUse) -> Option<model::EnvFromSource> {
     let (SecretTarget::EnvAll(prefix), SecretVersionRef::Latest) = (&u.target, u.version) else {
         return None;
     };
+    let named = model::NameRef {
+        name: u.secret.clone(),
+        optional: None,
+    };
+    let config_map = u.from == UseSource::ConfigMap;
+    let (secret_ref, config_map_ref) = if config_map {
+        (None, Some(named))
+    } else {
+        (Some(named), None)
+    };
     Some(model::EnvFromSource {
         prefix: (!prefix.is_empty()).then(|| prefix.clone()),
-        secret_ref: Some(model::NameRef {
-            name: u.secret.clone(),
-            optional: None,
-        }),
-        config_map_ref: None,
+        secret_ref,
+        config_map_ref,
     })
 }
 
@@ -249,15 +258,32 @@ fn secret_volume(u: &SecretUse, n: usize) -> Option<(model::Volume, model::Volum
         }
         _ => return None,
     };
-    let name = format!("secret-{n}");
+    let (name, secret, config_map) = match u.from {
+        UseSource::Secret => (
+            format!("secret-{n}"),
+            Some(model::SecretVolumeSource {
+                secret_name: u.secret.clone(),
+                items,
+                default_mode: None,
+                optional: None,
+            }),
+            None,
+        ),
+        UseSource::ConfigMap => (
+            format!("configmap-{n}"),
+            None,
+            Some(model::ConfigMapVolumeSource {
+                name: u.secret.clone(),
+                items,
+                default_mode: None,
+                optional: None,
+            }),
+        ),
+    };
     let volume = model::Volume {
         name: name.clone(),
-        secret: Some(model::SecretVolumeSource {
-            secret_name: u.secret.clone(),
-            items,
-            default_mode: None,
-            optional: None,
-        }),
+        secret,
+        config_map,
         other: BTreeMap::new(),
     };
     let mount = model::VolumeMount {
@@ -277,17 +303,25 @@ fn secret_key_ref(u: &SecretUse) -> Option<model::EnvVar> {
     else {
         return None;
     };
+    let selector = model::KeySelector {
+        name: u.secret.clone(),
+        key: key.clone(),
+        optional: None,
+    };
+    let source = match u.from {
+        UseSource::Secret => model::EnvVarSource {
+            secret_key_ref: Some(selector),
+            ..Default::default()
+        },
+        UseSource::ConfigMap => model::EnvVarSource {
+            config_map_key_ref: Some(selector),
+            ..Default::default()
+        },
+    };
     Some(model::EnvVar {
         name: name.clone(),
         value: String::new(),
-        value_from: Some(model::EnvVarSource {
-            secret_key_ref: Some(model::KeySelector {
-                name: u.secret.clone(),
-                key: key.clone(),
-                optional: None,
-            }),
-            ..Default::default()
-        }),
+        value_from: Some(source),
     })
 }
 

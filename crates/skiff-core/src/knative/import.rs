@@ -292,51 +292,50 @@ fn probe(p: &model::Probe, at: &str) -> Result<Probe> {
 /// `env[].valueFrom.secretKeyRef {name, key}`: the key of the secret's latest version.
 fn secret_env(e: &model::EnvVar, source: &model::EnvVarSource, at: &str) -> Result<SecretUse> {
     let refused = |what: &str, why: &str| Err(format!("{at}.valueFrom.{what}: {why}"));
-    if source.config_map_key_ref.is_some() {
-        return refused(
-            "configMapKeyRef",
-            "config maps are not supported yet: use a secret",
-        );
-    }
     if source.field_ref.is_some() || source.resource_field_ref.is_some() {
         return refused("fieldRef", "the downward API has no skiff equivalent");
     }
-    let Some(selector) = &source.secret_key_ref else {
-        return refused("", "give secretKeyRef");
+    let (field, selector, text) = match (&source.secret_key_ref, &source.config_map_key_ref) {
+        (Some(s), None) => (
+            "secretKeyRef",
+            s,
+            format!("{}={}/{}:latest", e.name, s.name, s.key),
+        ),
+        (None, Some(c)) => (
+            "configMapKeyRef",
+            c,
+            format!("{}=configmap:{}/{}", e.name, c.name, c.key),
+        ),
+        _ => return refused("", "give one of secretKeyRef and configMapKeyRef"),
     };
     if !e.value.is_empty() {
         return Err(format!("{at}: give value or valueFrom, not both"));
     }
     if selector.optional == Some(true) {
         return refused(
-            "secretKeyRef.optional",
-            "every secret a service names must exist in skiff",
+            &format!("{field}.optional"),
+            "everything a service names must exist in skiff",
         );
     }
-    format!("{}={}/{}:latest", e.name, selector.name, selector.key)
-        .parse()
-        .map_err(|err: crate::SecretNameError| format!("{at}.valueFrom.secretKeyRef: {err}"))
+    text.parse()
+        .map_err(|err: crate::SecretNameError| format!("{at}.valueFrom.{field}: {err}"))
 }
 
 /// `envFrom[].secretRef {name}` (with its `prefix`): every key of the secret's latest
 /// version as a variable.
 fn secret_env_from(source: &model::EnvFromSource, at: &str) -> Result<SecretUse> {
-    if source.config_map_ref.is_some() {
-        return Err(format!(
-            "{at}.configMapRef: config maps are not supported yet: use a secret"
-        ));
-    }
-    let Some(secret) = &source.secret_ref else {
-        return Err(format!("{at}: give secretRef"));
-    };
-    if secret.optional == Some(true) {
-        return Err(format!(
-            "{at}.secretRef.optional: every secret a service names must exist in skiff"
-        ));
-    }
     let prefix = source.prefix.as_deref().unwrap_or("");
-    format!("{prefix}*={}:latest", secret.name)
-        .parse()
+    let (named, text) = match (&source.secret_ref, &source.config_map_ref) {
+        (Some(s), None) => (s, format!("{prefix}*={}:latest", s.name)),
+        (None, Some(c)) => (c, format!("{prefix}*=configmap:{}", c.name)),
+        _ => return Err(format!("{at}: give one of secretRef and configMapRef")),
+    };
+    if named.optional == Some(true) {
+        return Err(format!(
+            "{at}: optional: everything a service names must exist in skiff"
+        ));
+    }
+    text.parse()
         .map_err(|e: crate::SecretNameError| format!("{at}: {e}"))
 }
 
@@ -365,13 +364,31 @@ fn secret_volumes(
         let Some(volume) = volumes.iter().find(|v| v.name == m.name) else {
             return Err(format!("{at}.name: no volume is named {:?}", m.name));
         };
-        let Some(secret) = &volume.secret else {
-            return Err(format!("{at}: volume {:?} is not a secret volume", m.name));
+        // What the files come from (`NAME:latest` or `configmap:NAME`), and how.
+        let (source, items, modes, optional) = match (&volume.secret, &volume.config_map) {
+            (Some(s), None) => (
+                format!("{}:latest", s.secret_name),
+                &s.items,
+                s.default_mode,
+                s.optional,
+            ),
+            (None, Some(c)) => (
+                format!("configmap:{}", c.name),
+                &c.items,
+                c.default_mode,
+                c.optional,
+            ),
+            _ => {
+                return Err(format!(
+                    "{at}: volume {:?} is neither a secret nor a config map",
+                    m.name
+                ))
+            }
         };
         if m.sub_path.is_some() {
             return Err(format!("{at}.subPath: mount the whole secret"));
         }
-        if secret.optional == Some(true) {
+        if optional == Some(true) {
             return Err(format!(
                 "{at}: secret volume {:?} is optional; every secret a service names must exist in skiff",
                 m.name
@@ -380,19 +397,21 @@ fn secret_volumes(
         if m.read_only == Some(false) {
             ignore(format!("{at}.readOnly: false (secret files are read-only)"));
         }
-        if secret.default_mode.is_some() || secret.items.iter().any(|k| k.mode.is_some()) {
+        if modes.is_some() || items.iter().any(|k| k.mode.is_some()) {
             ignore(format!(
                 "{at}: file modes (secret files are 0400, the app's own)"
             ));
         }
         let dir = m.mount_path.trim_end_matches('/');
-        let text = match secret.items.as_slice() {
-            [] => format!("{dir}/={}:latest", secret.secret_name),
+        // `NAME:latest` or `configmap:NAME`, with a key put in after the name.
+        let with_key = |key: &str| match source.strip_suffix(":latest") {
+            Some(name) => format!("{name}/{key}:latest"),
+            None => format!("{source}/{key}"),
+        };
+        let text = match items.as_slice() {
+            [] => format!("{dir}/={source}"),
             [one] if !one.path.contains('/') => {
-                format!(
-                    "{dir}/{}={}/{}:latest",
-                    one.path, secret.secret_name, one.key
-                )
+                format!("{dir}/{}={}", one.path, with_key(&one.key))
             }
             _ => {
                 return Err(format!(

@@ -125,11 +125,11 @@ fn with(extra_container_lines: &str) -> String {
 fn unsupported_fields_are_named() {
     let cases = [
         (with("          volumeMounts:\n            - name: data\n              mountPath: /data\n"), "volumeMounts[0].name: no volume is named \"data\""),
-        (with("          envFrom:\n            - configMapRef: {name: c}\n"), "envFrom[0].configMapRef: config maps are not supported yet"),
+        (with("          envFrom:\n            - configMapRef: {name: c}\n              secretRef: {name: s}\n"), "envFrom[0]: give one of secretRef and configMapRef"),
         (with("          volumeMounts:\n            - {name: s, mountPath: /s, subPath: k}\n      volumes:\n        - name: s\n          secret: {secretName: s}\n"), "subPath"),
         (with("          volumeMounts:\n            - {name: s, mountPath: /s}\n      volumes:\n        - name: s\n          hostPath: {path: /etc}\n"), "volumes[0].hostPath: only secret volumes are supported"),
         (with("          volumeMounts:\n            - {name: s, mountPath: /s}\n      volumes:\n        - name: s\n          secret:\n            secretName: s\n            items: [{key: a, path: a}, {key: b, path: b}]\n"), "items: skiff mounts every key"),
-        (with("          env:\n            - name: K\n              valueFrom:\n                configMapKeyRef: {name: s, key: k}\n"), "env[0].valueFrom.configMapKeyRef: config maps are not supported yet"),
+        (with("          env:\n            - name: K\n              valueFrom:\n                configMapKeyRef: {name: s, key: k, optional: true}\n"), "configMapKeyRef.optional"),
         (with("          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: s, key: k, optional: true}\n"), "secretKeyRef.optional"),
         (with("          env:\n            - name: K\n              valueFrom:\n                secretKeyRef: {name: S, key: k}\n"), "secret name \"S\""),
         (with("          env:\n            - name: K\n              valueFrom:\n                fieldRef: {fieldPath: metadata.name}\n"), "downward API"),
@@ -345,6 +345,21 @@ fn secrets_round_trip_as_secret_key_refs_and_an_annotation() {
         "mountPath: /etc/tls",
         "key: token",
     ] {
+        assert!(yaml.contains(part), "{part} not in:\n{yaml}");
+    }
+    assert_eq!(round_trip("x", &spec, &crate::default_traffic()).spec, spec);
+    // Config maps, in the same three forms.
+    spec.secrets = [
+        "HOST=configmap:app/host",
+        "APP_*=configmap:app",
+        "/etc/app/=configmap:app",
+    ]
+    .iter()
+    .map(|u| u.parse().unwrap())
+    .collect();
+    let (doc, _) = document("x", &spec, &crate::default_traffic());
+    let yaml = serde_saphyr::to_string(&doc).unwrap();
+    for part in ["configMapKeyRef", "configMapRef", "configMap:"] {
         assert!(yaml.contains(part), "{part} not in:\n{yaml}");
     }
     assert_eq!(round_trip("x", &spec, &crate::default_traffic()).spec, spec);

@@ -2,6 +2,7 @@
 //! (clap's), and for `skiff run` the instance's own exit code (128+N for signal N).
 
 mod client;
+mod configmap;
 mod image;
 mod knative;
 mod output;
@@ -92,6 +93,9 @@ pub enum Command {
     /// Secrets: values kept sealed, given to the instances that use them.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Config maps: plain settings, given to instances as secrets are.
+    #[command(subcommand, name = "configmap")]
+    ConfigMap(configmap::ConfigMapCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -127,6 +131,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             knative::export(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
         }
         Command::Secret(cmd) => secret::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0),
+        Command::ConfigMap(cmd) => {
+            configmap::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0)
+        }
     }
 }
 

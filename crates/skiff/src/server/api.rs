@@ -11,7 +11,7 @@
 //! - `PUT    /v1/services/{name}/traffic`      set the traffic split
 //! - `POST   /v1/services/{name}/rollback`     all traffic back to an earlier revision
 //! - `GET    /v1/services/{name}/logs?since=RFC3339&follow=true`  NDJSON lines
-//! - `/v1/secrets…`: see `api_secrets.rs`
+//! - `/v1/secrets…`: see `api_secrets.rs`; `/v1/configmaps…`: `api_configmaps.rs`
 //!
 //! Writes take `If-Match: "VERSION"` (the `version` describe shows): a service that is no
 //! longer at that version, or no longer exists, answers 409 and nothing changes.
@@ -128,6 +128,7 @@ fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
     .into_iter()
     .chain(super::api_secrets::route_table())
+    .chain(super::api_configmaps::route_table())
     .collect()
 }
 
