@@ -111,17 +111,7 @@ impl Control {
                 self.config_map_detail(&name)
             }
             ConfigMapCommand::Remove { name } => {
-                let users: Vec<String> = self
-                    .runners_using(UseSource::ConfigMap, &name)
-                    .iter()
-                    .map(|r| r.name().to_owned())
-                    .collect();
-                if !users.is_empty() {
-                    return Err(ControlError::Conflict(format!(
-                        "config map {name} is used by revision(s) {}: deploy without it first",
-                        users.join(", ")
-                    )));
-                }
+                self.refuse_if_used(UseSource::ConfigMap, &name)?;
                 if !self.db().delete_config_map(&name)? {
                     return Err(no_config_map(&name));
                 }

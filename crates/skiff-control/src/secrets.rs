@@ -318,17 +318,7 @@ impl Control {
                 self.secret_detail(&name)
             }
             SecretCommand::Remove { name } => {
-                let users: Vec<String> = self
-                    .runners_using(UseSource::Secret, &name)
-                    .iter()
-                    .map(|r| r.name().to_owned())
-                    .collect();
-                if !users.is_empty() {
-                    return Err(ControlError::Conflict(format!(
-                        "secret {name} is used by revision(s) {}: deploy without it first",
-                        users.join(", ")
-                    )));
-                }
+                self.refuse_if_used(UseSource::Secret, &name)?;
                 if !self.db().delete_secret(&name)? {
                     return Err(no_secret(&name));
                 }
@@ -336,6 +326,26 @@ impl Control {
                 Ok(SecretAnswer::Removed(name))
             }
         }
+    }
+
+    /// Refuses to remove secret (or config map) `name` while revisions at work use it.
+    pub(crate) fn refuse_if_used(&self, from: UseSource, name: &str) -> Result<(), ControlError> {
+        let users: Vec<String> = self
+            .runners_using(from, name)
+            .iter()
+            .map(|r| r.name().to_owned())
+            .collect();
+        if users.is_empty() {
+            return Ok(());
+        }
+        let what = match from {
+            UseSource::Secret => "secret",
+            UseSource::ConfigMap => "config map",
+        };
+        Err(ControlError::Conflict(format!(
+            "{what} {name} is used by revision(s) {}: deploy without it first",
+            users.join(", ")
+        )))
     }
 
     /// The revisions at work whose instances use secret (or config map) `name`.

@@ -3,9 +3,9 @@
 //! are not secret.
 
 use super::client::Client;
+use super::data::DataArgs;
 use super::output::{self, Format};
-use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use hyper::Method;
 use skiff_control::documents::{ConfigMapDetail, ConfigMapWrite};
 
@@ -24,51 +24,15 @@ pub enum ConfigMapCommand {
     Rm { name: String },
 }
 
-#[derive(Args)]
-pub struct DataArgs {
-    /// Config map name (a-z, 0-9, '-' and '.').
-    name: String,
-    /// A key and its value.
-    #[arg(long, value_name = "KEY=VALUE")]
-    from_literal: Vec<String>,
-    /// A key and the file holding its value (text); without `KEY=`, the key is the
-    /// file's name.
-    #[arg(long, value_name = "[KEY=]PATH")]
-    from_file: Vec<String>,
-}
-
-impl DataArgs {
-    fn write(&self) -> anyhow::Result<ConfigMapWrite> {
-        let mut write = ConfigMapWrite::default();
-        let mut add = |key: &str, value: String| -> anyhow::Result<()> {
-            if write.data.insert(key.to_owned(), value).is_some() {
-                anyhow::bail!("key {key} is given twice");
-            }
-            Ok(())
-        };
-        for literal in &self.from_literal {
-            let (key, value) = literal
-                .split_once('=')
-                .with_context(|| format!("--from-literal {literal:?}: give KEY=VALUE"))?;
-            add(key, value.to_owned())?;
-        }
-        for spec in &self.from_file {
-            let (key, path) = match spec.split_once('=') {
-                Some((k, p)) => (k.to_owned(), p),
-                None => {
-                    let name = std::path::Path::new(spec)
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .with_context(|| format!("--from-file {spec}: give KEY={spec}"))?;
-                    (name.to_owned(), spec.as_str())
-                }
-            };
-            let value = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {path} (a config map holds text)"))?;
-            add(&key, value)?;
-        }
-        Ok(write)
+/// The data as the API takes it: text values.
+fn write(a: &DataArgs) -> anyhow::Result<ConfigMapWrite> {
+    let mut data = std::collections::BTreeMap::new();
+    for (key, value) in a.entries()? {
+        let text = String::from_utf8(value)
+            .map_err(|_| anyhow::anyhow!("{key}: a config map holds text, and this is not"))?;
+        data.insert(key, text);
     }
+    Ok(ConfigMapWrite { data })
 }
 
 fn path(name: &str) -> String {
@@ -90,16 +54,8 @@ pub fn run(client: &Client, format: Format, command: ConfigMapCommand) -> anyhow
         Ok(())
     };
     match command {
-        ConfigMapCommand::Create(a) | ConfigMapCommand::Update(a)
-            if a.from_literal.is_empty() && a.from_file.is_empty() =>
-        {
-            anyhow::bail!(
-                "give config map {}'s data: --from-literal KEY=VALUE or --from-file [KEY=]PATH",
-                a.name
-            )
-        }
         ConfigMapCommand::Create(a) => {
-            let body = serde_json::to_value(a.write()?)?;
+            let body = serde_json::to_value(write(&a)?)?;
             let d: ConfigMapDetail = client.call(
                 Method::PUT,
                 &format!("{}?create=true", path(&a.name)),
@@ -108,7 +64,7 @@ pub fn run(client: &Client, format: Format, command: ConfigMapCommand) -> anyhow
             show(&d)
         }
         ConfigMapCommand::Update(a) => {
-            let body = serde_json::to_value(a.write()?)?;
+            let body = serde_json::to_value(write(&a)?)?;
             let d: ConfigMapDetail = client.call(Method::PUT, &path(&a.name), Some(body))?;
             show(&d)
         }

@@ -3,6 +3,7 @@
 
 mod client;
 mod configmap;
+mod data;
 mod image;
 mod knative;
 mod output;

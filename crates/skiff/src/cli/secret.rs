@@ -2,13 +2,12 @@
 //! go to the daemon and never come back: what is printed is names, versions and keys.
 
 use super::client::Client;
+use super::data::DataArgs;
 use super::output::{self, Format};
-use anyhow::Context;
 use base64::Engine;
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use hyper::Method;
 use skiff_control::documents::{SecretDetail, SecretSummary, SecretValue, SecretWrite};
-use std::io::Read;
 
 #[derive(Subcommand)]
 pub enum SecretCommand {
@@ -28,90 +27,31 @@ pub enum SecretCommand {
     Enable { name: String, version: u32 },
 }
 
-#[derive(Args)]
-pub struct DataArgs {
-    /// Secret name (a-z, 0-9, '-' and '.').
-    name: String,
-    /// A key and its value (the value shows in the process list while this runs: prefer
-    /// --from-file for real secrets).
-    #[arg(long, value_name = "KEY=VALUE")]
-    from_literal: Vec<String>,
-    /// A key and the file holding its value (`-`: standard input); without `KEY=`, the
-    /// key is the file's name.
-    #[arg(long, value_name = "[KEY=]PATH")]
-    from_file: Vec<String>,
-}
-
-impl DataArgs {
-    /// The version's data as the API takes it (every value base64, so bytes go as they
-    /// are).
-    fn write(&self) -> anyhow::Result<SecretWrite> {
-        let mut write = SecretWrite::default();
-        let mut add = |key: &str, value: &[u8]| -> anyhow::Result<()> {
+/// The version's data as the API takes it (every value base64, so bytes go as they are).
+fn write(a: &DataArgs) -> anyhow::Result<SecretWrite> {
+    let data = a
+        .entries()?
+        .into_iter()
+        .map(|(key, value)| {
             let encoded = base64::engine::general_purpose::STANDARD.encode(value);
-            if write
-                .data
-                .insert(key.to_owned(), SecretValue(encoded))
-                .is_some()
-            {
-                anyhow::bail!("key {key} is given twice");
-            }
-            Ok(())
-        };
-        for literal in &self.from_literal {
-            let (key, value) = literal
-                .split_once('=')
-                .with_context(|| format!("--from-literal {:?}: give KEY=VALUE", key_of(literal)))?;
-            add(key, value.as_bytes())?;
-        }
-        for spec in &self.from_file {
-            let (key, path) = match spec.split_once('=') {
-                Some((k, p)) => (k.to_owned(), p),
-                None if spec == "-" => {
-                    anyhow::bail!("--from-file -: give KEY=- for standard input")
-                }
-                None => {
-                    let name = std::path::Path::new(spec)
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .with_context(|| format!("--from-file {spec}: give KEY={spec}"))?;
-                    (name.to_owned(), spec.as_str())
-                }
-            };
-            let value = if path == "-" {
-                let mut v = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut v)
-                    .context("reading standard input")?;
-                v
-            } else {
-                std::fs::read(path).with_context(|| format!("reading {path}"))?
-            };
-            add(&key, &value)?;
-        }
-        if write.data.is_empty() {
-            anyhow::bail!(
-                "give the version's data: --from-literal KEY=VALUE or --from-file [KEY=]PATH"
-            );
-        }
-        Ok(write)
-    }
-}
-
-/// What precedes `=` in a literal, or nothing: an error must not print the value.
-fn key_of(literal: &str) -> &str {
-    literal.split_once('=').map_or("", |(k, _)| k)
+            (key, SecretValue(encoded))
+        })
+        .collect();
+    Ok(SecretWrite {
+        data,
+        ..Default::default()
+    })
 }
 
 pub fn run(client: &Client, format: Format, command: SecretCommand) -> anyhow::Result<()> {
     match command {
         SecretCommand::Create(a) => {
-            let body = serde_json::to_value(a.write()?)?;
+            let body = serde_json::to_value(write(&a)?)?;
             let d: SecretDetail = client.call(Method::PUT, &path(&a.name), Some(body))?;
             show_written(format, &d, "created secret")
         }
         SecretCommand::AddVersion(a) => {
-            let body = serde_json::to_value(a.write()?)?;
+            let body = serde_json::to_value(write(&a)?)?;
             let d: SecretDetail = client.call(
                 Method::POST,
                 &format!("{}/versions", path(&a.name)),

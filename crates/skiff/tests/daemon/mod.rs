@@ -106,6 +106,24 @@ impl Daemon {
 
     /// A daemon as [`Daemon::start_limited`] makes, on the data directory `home`.
     pub fn start_at(home: tempfile::TempDir, extra: &[&str], nofile: Option<u64>) -> Daemon {
+        Daemon::start_with(home, extra, nofile, false)
+    }
+
+    /// A daemon as [`Daemon::start`] makes, whose stderr goes to [`Daemon::stderr_file`].
+    pub fn start_logging_to_file(extra: &[&str]) -> Daemon {
+        let home = tempfile::Builder::new()
+            .prefix("skiff-e2e-daemon-")
+            .tempdir()
+            .unwrap();
+        Daemon::start_with(home, extra, None, true)
+    }
+
+    fn start_with(
+        home: tempfile::TempDir,
+        extra: &[&str],
+        nofile: Option<u64>,
+        stderr_to_file: bool,
+    ) -> Daemon {
         let socket = home.path().join("api.sock");
         let mut d = Daemon {
             home,
@@ -116,30 +134,7 @@ impl Daemon {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             nofile,
-            stderr_to_file: false,
-        };
-        d.pack_hello();
-        d.launch();
-        d
-    }
-
-    /// A daemon as [`Daemon::start`] makes, whose stderr goes to [`Daemon::stderr_file`].
-    pub fn start_logging_to_file(extra: &[&str]) -> Daemon {
-        let home = tempfile::Builder::new()
-            .prefix("skiff-e2e-daemon-")
-            .tempdir()
-            .unwrap();
-        let socket = home.path().join("api.sock");
-        let mut d = Daemon {
-            home,
-            socket,
-            port: 0,
-            registry: String::new(),
-            subnet: Subnet::claim(),
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            nofile: None,
-            stderr_to_file: true,
+            stderr_to_file,
         };
         d.pack_hello();
         d.launch();
