@@ -83,7 +83,9 @@ impl Cursor {
         let mut position = None;
         for (file, is_current) in [(rotated, false), (current, true)] {
             let Some(mut file) = file else { continue };
-            let len = file.metadata()?.len();
+            // Whole records only: the file may be growing, and a record being written
+            // is read by the follower, from its start, once it is whole.
+            let len = whole_records_end(&mut file)?;
             if is_current {
                 position = Some(Position::of(&file, len)?);
             }
@@ -129,6 +131,24 @@ impl Cursor {
         }
         Ok(None)
     }
+}
+
+/// Where the file's last whole record ends: after its last newline (0 without one).
+fn whole_records_end(file: &mut File) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = [0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 fn open_if_there(path: &Path) -> io::Result<Option<File>> {
@@ -413,6 +433,29 @@ mod tests {
         let exact = rest.find(&since).map(|i| i as u64);
         assert!(exact.is_some_and(|e| e <= BISECT_UNTIL + 100), "{exact:?}");
         assert!(start > 0);
+    }
+
+    #[test]
+    fn a_record_being_written_is_left_to_the_follower_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = log(dir.path(), "a", 1, &[(1, "one"), (2, "two")]);
+        let whole = std::fs::metadata(&a.path).unwrap().len();
+        let partial = record(3, 0, "three");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&a.path)
+            .unwrap()
+            .write_all(&partial.as_bytes()[..20])
+            .unwrap();
+        let mut h = History::new(vec![a], None);
+        let got: Vec<String> = h.by_ref().map(|l| l.message).collect();
+        assert_eq!(got, ["one", "two"]);
+        assert_eq!(h.into_positions()["a"].offset, whole);
+        let mut f = std::fs::File::open(dir.path().join("a.log")).unwrap();
+        assert_eq!(whole_records_end(&mut f).unwrap(), whole);
+        std::fs::write(dir.path().join("none.log"), "no newline at all").unwrap();
+        let mut f = std::fs::File::open(dir.path().join("none.log")).unwrap();
+        assert_eq!(whole_records_end(&mut f).unwrap(), 0);
     }
 
     #[test]
