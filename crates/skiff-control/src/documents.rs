@@ -342,3 +342,15 @@ pub struct ConfigMapDetail {
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+/// One entry of the audit log (`GET /v1/audit`): a control-plane write.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Unix time.
+    pub at: i64,
+    pub who: String,
+    /// `METHOD /path`.
+    pub action: String,
+    /// The answer's status.
+    pub result: String,
+}

@@ -9,6 +9,7 @@
 //! code: what needs it lives in `skiff-sandbox` and `skiff-kernel`.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 mod clock;
 mod command;
 pub mod configmaps;

@@ -264,6 +264,15 @@ fn answers_match_the_openapi_document() {
         },
     );
     check(
+        "AuditEntry",
+        &AuditEntry {
+            at: 1,
+            who: "w".into(),
+            action: "a".into(),
+            result: "r".into(),
+        },
+    );
+    check(
         "ConfigMapDetail",
         &ConfigMapDetail {
             name: "n".into(),

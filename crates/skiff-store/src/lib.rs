@@ -7,6 +7,7 @@
 //! get records back.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod configmaps;
 mod images;
 mod instances;
@@ -14,6 +15,7 @@ mod migrations;
 mod secrets;
 mod services;
 
+pub use audit::{AuditRecord, NewAuditEntry};
 pub use configmaps::ConfigMapRecord;
 pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
 pub use instances::{ExitRecord, InstanceRecord, InstanceState, NewInstance};

@@ -94,6 +94,12 @@ pub enum Command {
     /// Secrets: values kept sealed, given to the instances that use them.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// The audit log: every control-plane write, who asked, and how it ended.
+    Audit {
+        /// How many of the newest entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Config maps: plain settings, given to instances as secrets are.
     #[command(subcommand, name = "configmap")]
     ConfigMap(configmap::ConfigMapCommand),
@@ -132,10 +138,36 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             knative::export(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
         }
         Command::Secret(cmd) => secret::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0),
+        Command::Audit { limit } => audit(&client(&cli.socket)?, cli.output, limit).map(|()| 0),
         Command::ConfigMap(cmd) => {
             configmap::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0)
         }
     }
+}
+
+fn audit(client: &client::Client, format: output::Format, limit: u32) -> anyhow::Result<()> {
+    let entries: Vec<skiff_control::documents::AuditEntry> = client.call(
+        hyper::Method::GET,
+        &format!("/v1/audit?limit={limit}"),
+        None,
+    )?;
+    if format == output::Format::Json {
+        output::json(&serde_json::to_value(&entries)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                skiff_sandbox::rfc3339(e.at, 0),
+                e.who.clone(),
+                e.action.clone(),
+                e.result.clone(),
+            ]
+        })
+        .collect();
+    output::table(&["TIME", "WHO", "ACTION", "RESULT"], &rows);
+    Ok(())
 }
 
 fn client(socket: &std::path::Path) -> anyhow::Result<client::Client> {

@@ -12,6 +12,7 @@
 //! - `POST   /v1/services/{name}/rollback`     all traffic back to an earlier revision
 //! - `GET    /v1/services/{name}/logs?since=RFC3339&follow=true`  NDJSON lines
 //! - `/v1/secrets…`: see `api_secrets.rs`; `/v1/configmaps…`: `api_configmaps.rs`
+//! - `GET    /v1/audit?limit=N`: the audit log (`api_audit.rs`), which records every write
 //!
 //! Writes take `If-Match: "VERSION"` (the `version` describe shows): a service that is no
 //! longer at that version, or no longer exists, answers 409 and nothing changes.
@@ -129,6 +130,7 @@ fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
     .into_iter()
     .chain(super::api_secrets::route_table())
     .chain(super::api_configmaps::route_table())
+    .chain(super::api_audit::route_table())
     .collect()
 }
 
@@ -140,6 +142,10 @@ fn routes(state: AppState) -> axum::Router {
             app.route(path, methods)
         })
         .fallback(|| async { ApiError(ControlError::NotFound("no such API endpoint".into())) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::api_audit::record,
+        ))
         .with_state(state)
 }
 

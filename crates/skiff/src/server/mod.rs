@@ -7,6 +7,7 @@
 //! connects them.
 
 mod api;
+mod api_audit;
 mod api_configmaps;
 mod api_secrets;
 mod network;
