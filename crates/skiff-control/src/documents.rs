@@ -354,3 +354,45 @@ pub struct AuditEntry {
     /// The answer's status.
     pub result: String,
 }
+
+/// `POST /v1/tokens`: a new API token.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    /// admin, developer, viewer or invoker.
+    pub role: String,
+    /// The services it is limited to; empty: every service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+}
+
+/// A token just made: `token` is shown this once, and kept nowhere.
+#[derive(Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub name: String,
+    pub role: String,
+    pub services: Vec<String>,
+    pub token: String,
+}
+
+impl std::fmt::Debug for TokenCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCreated")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token as `skiff token ls` shows it (never its secret).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: String,
+    pub services: Vec<String>,
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+}

@@ -31,6 +31,7 @@ mod scaling;
 pub mod secrets;
 mod space;
 mod supervisor;
+pub mod tokens;
 mod traffic;
 mod warm;
 

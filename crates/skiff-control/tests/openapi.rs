@@ -235,6 +235,14 @@ fn requests_match_the_openapi_document() {
         },
     );
     check(
+        "TokenRequest",
+        &TokenRequest {
+            name: "n".into(),
+            role: "viewer".into(),
+            services: vec!["s".into()],
+        },
+    );
+    check(
         "ConfigMapWrite",
         &ConfigMapWrite {
             data: [("k".to_owned(), "v".to_owned())].into(),
@@ -261,6 +269,25 @@ fn answers_match_the_openapi_document() {
                 keys: vec!["k".into()],
                 created_at: 1,
             }],
+        },
+    );
+    check(
+        "TokenCreated",
+        &TokenCreated {
+            name: "n".into(),
+            role: "r".into(),
+            services: vec!["s".into()],
+            token: "t".into(),
+        },
+    );
+    check(
+        "TokenInfo",
+        &TokenInfo {
+            name: "n".into(),
+            role: "r".into(),
+            services: vec!["s".into()],
+            created_at: 1,
+            revoked_at: Some(2),
         },
     );
     check(

@@ -6,6 +6,7 @@
 //! store, the sandbox and the CLI agree on one meaning of each word.
 #![forbid(unsafe_code)]
 
+mod access;
 mod autoscaling;
 mod backoff;
 mod capability;
@@ -20,6 +21,7 @@ mod secret;
 mod service;
 mod traffic;
 
+pub use access::{ApiAction, Grant, Role};
 pub use autoscaling::Autoscaling;
 pub use backoff::{Backoff, Step};
 pub use capability::{canonical_capability, capability_mask, DEFAULT_CAPABILITIES};

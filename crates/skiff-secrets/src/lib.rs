@@ -4,12 +4,15 @@
 //! secret's name and version number: a row copied over another secret's or version's
 //! does not open.
 //!
+//! It also makes and checks API tokens (`token`): only their hashes are kept.
+//!
 //! It must not store anything (the store keeps the sealed bytes) nor show a value: the
 //! types that hold values print only their keys, and errors name secrets and versions.
 #![forbid(unsafe_code)]
 
 mod data;
 mod key;
+pub mod token;
 
 pub use data::SecretData;
 pub use key::{MasterKey, Place, Sealed, KEY_LEN};

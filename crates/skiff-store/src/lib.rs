@@ -14,6 +14,7 @@ mod instances;
 mod migrations;
 mod secrets;
 mod services;
+mod tokens;
 
 pub use audit::{AuditRecord, NewAuditEntry};
 pub use configmaps::ConfigMapRecord;
@@ -21,6 +22,7 @@ pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
 pub use instances::{ExitRecord, InstanceRecord, InstanceState, NewInstance};
 pub use secrets::{NewSecretVersion, SealedRecord, SecretRecord, SecretVersionRecord};
 pub use services::{FailureRecord, RevisionRecord, ServiceRecord};
+pub use tokens::{NewTokenRecord, TokenRecord};
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};

@@ -130,6 +130,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     "#,
+    // 9: API tokens, by the hash of their secret.
+    r#"
+    CREATE TABLE tokens (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        role          TEXT NOT NULL,
+        services_json TEXT NOT NULL,
+        hash          BLOB NOT NULL,
+        created_at    INTEGER NOT NULL,
+        revoked_at    INTEGER
+    );
+    "#,
 ];
 
 /// The schema version `conn`'s database has, refused when newer than this build knows.

@@ -56,3 +56,48 @@ fn every_write_is_recorded_with_its_result_and_nothing_of_its_body() {
     assert_eq!(newest.as_array().unwrap().len(), 1);
     assert_eq!(newest[0]["action"], "DELETE /v1/services/api");
 }
+
+#[test]
+fn a_token_is_shown_once_and_kept_as_a_hash_only() {
+    let mut d = Daemon::start(&[]);
+    let token = d.ok(&[
+        "token",
+        "create",
+        "ci",
+        "--role",
+        "developer",
+        "--service",
+        "api",
+    ]);
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("skiff_"), "{token}");
+    let listed = d.json(&["token", "ls"]);
+    assert_eq!(listed[0]["name"], "ci");
+    assert_eq!(listed[0]["services"], serde_json::json!(["api"]));
+    let bad = d.cli(&["token", "create", "other", "--role", "root"]);
+    assert!(!bad.status.success() && daemon::stderr(&bad).contains("none of admin"));
+    d.ok(&["token", "revoke", "ci"]);
+    assert!(d.json(&["token", "ls"])[0]["revoked_at"].is_i64());
+    let again = d.cli(&["token", "revoke", "ci"]);
+    assert!(!again.status.success());
+    let mut shown = listed.to_string();
+    shown += &d.ok(&["token", "ls"]);
+    shown += &d.ok(&["audit"]);
+    assert_eq!(d.stop(), Some(0));
+    let secret = token.rsplit('_').next().unwrap();
+    assert!(!shown.contains(secret), "{shown}");
+    let mut dirs = vec![d.home.path().to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            } else if let Ok(bytes) = std::fs::read(e.path()) {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "the token's secret in {}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+}

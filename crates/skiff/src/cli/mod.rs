@@ -12,6 +12,7 @@ mod registry;
 mod run;
 mod secret;
 mod service;
+mod token;
 mod traffic;
 
 use crate::home::Home;
@@ -94,6 +95,9 @@ pub enum Command {
     /// Secrets: values kept sealed, given to the instances that use them.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// API tokens: made for a role (and maybe some services), listed, revoked.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// The audit log: every control-plane write, who asked, and how it ended.
     Audit {
         /// How many of the newest entries.
@@ -138,6 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             knative::export(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
         }
         Command::Secret(cmd) => secret::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0),
+        Command::Token(cmd) => token::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0),
         Command::Audit { limit } => audit(&client(&cli.socket)?, cli.output, limit).map(|()| 0),
         Command::ConfigMap(cmd) => {
             configmap::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0)

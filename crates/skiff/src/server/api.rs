@@ -13,6 +13,7 @@
 //! - `GET    /v1/services/{name}/logs?since=RFC3339&follow=true`  NDJSON lines
 //! - `/v1/secrets…`: see `api_secrets.rs`; `/v1/configmaps…`: `api_configmaps.rs`
 //! - `GET    /v1/audit?limit=N`: the audit log (`api_audit.rs`), which records every write
+//! - `/v1/tokens…`: API tokens (`api_tokens.rs`)
 //!
 //! Writes take `If-Match: "VERSION"` (the `version` describe shows): a service that is no
 //! longer at that version, or no longer exists, answers 409 and nothing changes.
@@ -131,6 +132,7 @@ fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
     .chain(super::api_secrets::route_table())
     .chain(super::api_configmaps::route_table())
     .chain(super::api_audit::route_table())
+    .chain(super::api_tokens::route_table())
     .collect()
 }
 

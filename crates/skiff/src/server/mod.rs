@@ -10,6 +10,7 @@ mod api;
 mod api_audit;
 mod api_configmaps;
 mod api_secrets;
+mod api_tokens;
 mod network;
 mod registry;
 mod scaling;
