@@ -1,4 +1,5 @@
-//! The CLI's side of the control-plane API: HTTP/1.1 over the daemon's unix socket. API
+//! The CLI's side of the control-plane API: HTTP/1.1 over the daemon's unix socket, or
+//! over TLS to its TCP API with a bearer token (`--api`, `--token`, `--ca-file`). API
 //! errors come back as [`ApiFailure`], carrying the daemon's message (and the failing
 //! instance's log tail, when there is one).
 
@@ -30,21 +31,107 @@ impl std::fmt::Display for ApiFailure {
 
 impl std::error::Error for ApiFailure {}
 
-/// A connection-less client: each call opens the socket anew.
+/// The daemon's TCP API: where, as whom, trusting what.
+pub struct Remote {
+    /// `host:port`.
+    pub authority: String,
+    pub server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
+    pub token: String,
+    pub tls: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+}
+
+impl Remote {
+    /// The API at `url` (`https://HOST:PORT`), with `token`, trusting the certificates
+    /// in `ca_file` (the daemon's `api.crt`).
+    pub fn new(url: &str, token: &str, ca_file: &Path) -> anyhow::Result<Remote> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        let uri: hyper::Uri = url
+            .parse()
+            .with_context(|| format!("--api {url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("https") {
+            anyhow::bail!("--api {url}: the API is served over TLS: give https://HOST:PORT");
+        }
+        let host = uri.host().context("--api: the URL names no host")?;
+        let port = uri
+            .port_u16()
+            .context("--api: give the port, as https://HOST:PORT")?;
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let server_name = rustls::pki_types::ServerName::try_from(bare)
+            .with_context(|| format!("--api: {host} is not a host name or address"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file)
+            .with_context(|| format!("reading {}", ca_file.display()))?
+        {
+            let cert = cert.with_context(|| format!("reading {}", ca_file.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("a certificate of {} is not usable", ca_file.display()))?;
+        }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Remote {
+            authority: format!("{host}:{port}"),
+            server_name,
+            token: token.to_owned(),
+            tls: std::sync::Arc::new(tls),
+        })
+    }
+}
+
+/// A connection-less client: each call connects anew.
 pub struct Client {
     socket: PathBuf,
+    remote: Option<Remote>,
     runtime: tokio::runtime::Runtime,
 }
 
+/// Either end of a connection to the daemon.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
 impl Client {
-    pub fn new(socket: &Path) -> anyhow::Result<Client> {
+    pub fn new(socket: &Path, remote: Option<Remote>) -> anyhow::Result<Client> {
         Ok(Client {
             socket: socket.to_owned(),
+            remote,
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the client runtime")?,
         })
+    }
+
+    async fn connect(&self) -> anyhow::Result<Box<dyn Stream>> {
+        let Some(remote) = &self.remote else {
+            let stream = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot reach the skiff daemon at {} (is `skiff server` running? \
+                         set --socket or SKIFF_SOCKET to use another)",
+                        self.socket.display()
+                    )
+                })?;
+            return Ok(Box::new(stream));
+        };
+        let tcp = tokio::net::TcpStream::connect(&remote.authority)
+            .await
+            .with_context(|| format!("cannot reach the skiff API at {}", remote.authority))?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(&remote.tls))
+            .connect(remote.server_name.clone(), tcp)
+            .await
+            .with_context(|| {
+                format!(
+                    "TLS with the skiff API at {} (is --ca-file the daemon's api.crt?)",
+                    remote.authority
+                )
+            })?;
+        Ok(Box::new(tls))
     }
 
     async fn send(
@@ -54,15 +141,7 @@ impl Client {
         body: Option<serde_json::Value>,
         if_match: Option<u64>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot reach the skiff daemon at {} (is `skiff server` running? \
-                     set --socket or SKIFF_SOCKET to use another)",
-                    self.socket.display()
-                )
-            })?;
+        let stream = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("talking to the daemon")?;
@@ -78,6 +157,12 @@ impl Client {
             .header(hyper::header::CONTENT_TYPE, "application/json");
         if let Some(version) = if_match {
             req = req.header(hyper::header::IF_MATCH, format!("\"{version}\""));
+        }
+        if let Some(remote) = &self.remote {
+            req = req.header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", remote.token),
+            );
         }
         let req = req.body(Full::new(bytes))?;
         let resp = sender

@@ -40,6 +40,16 @@ pub struct Cli {
     /// The daemon's control-plane socket.
     #[arg(long, global = true, env = "SKIFF_SOCKET", default_value = crate::server::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// The daemon's TCP API (`https://HOST:PORT`, from `server --api-listen`) instead of
+    /// its unix socket; needs --token and --ca-file.
+    #[arg(long, global = true, env = "SKIFF_API", requires_all = ["token", "ca_file"])]
+    pub api: Option<String>,
+    /// An API token (`skiff token create`), for --api.
+    #[arg(long, global = true, env = "SKIFF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The certificates to trust for --api: the daemon's `$SKIFF_HOME/api.crt`.
+    #[arg(long, global = true, env = "SKIFF_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, short, global = true, value_enum, default_value_t = output::Format::Table)]
     pub output: output::Format,
@@ -110,6 +120,12 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let endpoint = Endpoint {
+        socket: cli.socket.clone(),
+        api: cli.api.clone(),
+        token: cli.token.clone(),
+        ca_file: cli.ca_file.clone(),
+    };
     let home = Home::new(cli.home);
     match cli.command {
         Command::Image(cmd) => image::run(&home, cli.output, cmd).map(|()| 0),
@@ -126,27 +142,23 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Run(args) => run::run(&home, args),
         Command::Server(args) => crate::server::run(home, cli.socket, args),
-        Command::Deploy(a) => service::deploy(&client(&cli.socket)?, cli.output, *a).map(|()| 0),
-        Command::Ls => service::list(&client(&cli.socket)?, cli.output).map(|()| 0),
+        Command::Deploy(a) => service::deploy(&client(&endpoint)?, cli.output, *a).map(|()| 0),
+        Command::Ls => service::list(&client(&endpoint)?, cli.output).map(|()| 0),
         Command::Describe { name } => {
-            service::describe(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
+            service::describe(&client(&endpoint)?, cli.output, &name).map(|()| 0)
         }
-        Command::Rm { name } => {
-            service::remove(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
-        }
-        Command::Logs(a) => service::logs(&client(&cli.socket)?, cli.output, a).map(|()| 0),
-        Command::Traffic(a) => traffic::set(&client(&cli.socket)?, cli.output, a).map(|()| 0),
-        Command::Rollback(a) => traffic::rollback(&client(&cli.socket)?, cli.output, a).map(|()| 0),
-        Command::Apply(a) => knative::apply(&client(&cli.socket)?, cli.output, a).map(|()| 0),
+        Command::Rm { name } => service::remove(&client(&endpoint)?, cli.output, &name).map(|()| 0),
+        Command::Logs(a) => service::logs(&client(&endpoint)?, cli.output, a).map(|()| 0),
+        Command::Traffic(a) => traffic::set(&client(&endpoint)?, cli.output, a).map(|()| 0),
+        Command::Rollback(a) => traffic::rollback(&client(&endpoint)?, cli.output, a).map(|()| 0),
+        Command::Apply(a) => knative::apply(&client(&endpoint)?, cli.output, a).map(|()| 0),
         Command::Export { name } => {
-            knative::export(&client(&cli.socket)?, cli.output, &name).map(|()| 0)
+            knative::export(&client(&endpoint)?, cli.output, &name).map(|()| 0)
         }
-        Command::Secret(cmd) => secret::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0),
-        Command::Token(cmd) => token::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0),
-        Command::Audit { limit } => audit(&client(&cli.socket)?, cli.output, limit).map(|()| 0),
-        Command::ConfigMap(cmd) => {
-            configmap::run(&client(&cli.socket)?, cli.output, cmd).map(|()| 0)
-        }
+        Command::Secret(cmd) => secret::run(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
+        Command::Token(cmd) => token::run(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
+        Command::Audit { limit } => audit(&client(&endpoint)?, cli.output, limit).map(|()| 0),
+        Command::ConfigMap(cmd) => configmap::run(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
     }
 }
 
@@ -175,6 +187,18 @@ fn audit(client: &client::Client, format: output::Format, limit: u32) -> anyhow:
     Ok(())
 }
 
-fn client(socket: &std::path::Path) -> anyhow::Result<client::Client> {
-    client::Client::new(socket)
+/// Where the CLI reaches the daemon.
+struct Endpoint {
+    socket: PathBuf,
+    api: Option<String>,
+    token: Option<String>,
+    ca_file: Option<PathBuf>,
+}
+
+fn client(e: &Endpoint) -> anyhow::Result<client::Client> {
+    let remote = match (&e.api, &e.token, &e.ca_file) {
+        (Some(url), Some(token), Some(ca)) => Some(client::Remote::new(url, token, ca)?),
+        _ => None,
+    };
+    client::Client::new(&e.socket, remote)
 }

@@ -136,19 +136,31 @@ fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
     .collect()
 }
 
-/// The API's routes, with their handlers.
-fn routes(state: AppState) -> axum::Router {
-    route_table()
+/// The API's routes, with their handlers; over TCP (`tokens`), only for requests with
+/// a token that allows them. Writes and refusals go to the audit log.
+fn routes(state: AppState, tokens: bool) -> axum::Router {
+    let mut app = route_table()
         .into_iter()
         .fold(axum::Router::new(), |app, (path, methods)| {
             app.route(path, methods)
         })
-        .fallback(|| async { ApiError(ControlError::NotFound("no such API endpoint".into())) })
-        .layer(axum::middleware::from_fn_with_state(
+        .fallback(|| async { ApiError(ControlError::NotFound("no such API endpoint".into())) });
+    if tokens {
+        app = app.layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            super::api_audit::record,
-        ))
-        .with_state(state)
+            super::api_auth::require_token,
+        ));
+    }
+    app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        super::api_audit::record,
+    ))
+    .with_state(state)
+}
+
+/// The API as served over TCP: every request needs a token (`api_auth.rs`).
+pub fn tcp_routes(ctl: Arc<Control>, stop: watch::Receiver<bool>) -> axum::Router {
+    routes(AppState { ctl, stop }, true)
 }
 
 /// Serves the API until `stop` turns true.
@@ -157,10 +169,13 @@ pub async fn serve(
     listener: tokio::net::UnixListener,
     stop: watch::Receiver<bool>,
 ) {
-    let app = routes(AppState {
-        ctl,
-        stop: stop.clone(),
-    });
+    let app = routes(
+        AppState {
+            ctl,
+            stop: stop.clone(),
+        },
+        false,
+    );
     let mut stop = stop;
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

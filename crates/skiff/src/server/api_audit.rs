@@ -18,12 +18,18 @@ pub(super) fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![("/v1/audit", get(read))]
 }
 
-/// Records each write once it is answered.
+/// Records each write once it is answered, and each request refused for want of a
+/// token or of rights (401, 403).
 pub(super) async fn record(State(s): State<AppState>, request: Request, next: Next) -> Response {
     let writes = !matches!(*request.method(), Method::GET | Method::HEAD);
     let action = format!("{} {}", request.method(), request.uri().path());
     let response = next.run(request).await;
-    if writes {
+    let denied = matches!(response.status().as_u16(), 401 | 403);
+    if writes || denied {
+        let who = response
+            .extensions()
+            .get::<super::api_auth::Who>()
+            .map_or(UNIX_SOCKET_USER.to_owned(), |w| w.0.clone());
         let status = response.status();
         let result = format!(
             "{} {}",
@@ -32,10 +38,9 @@ pub(super) async fn record(State(s): State<AppState>, request: Request, next: Ne
         );
         let ctl = std::sync::Arc::clone(&s.ctl);
         // Recorded before the answer goes out: whoever saw the answer finds the entry.
-        let _ = tokio::task::spawn_blocking(move || {
-            ctl.record_audit(UNIX_SOCKET_USER, &action, result.trim_end())
-        })
-        .await;
+        let _ =
+            tokio::task::spawn_blocking(move || ctl.record_audit(&who, &action, result.trim_end()))
+                .await;
     }
     response
 }

@@ -8,8 +8,10 @@
 
 mod api;
 mod api_audit;
+mod api_auth;
 mod api_configmaps;
 mod api_secrets;
+mod api_tls;
 mod api_tokens;
 mod network;
 mod registry;
@@ -106,6 +108,11 @@ pub struct ServerArgs {
     /// …and this private key (PEM).
     #[arg(long, value_name = "FILE", requires = "registry_cert")]
     registry_key: Option<PathBuf>,
+    /// Also serve the control-plane API over TCP with TLS on this address (port 0: any),
+    /// to bearer tokens (`skiff token`); the certificate is `$SKIFF_HOME/api.crt` (made
+    /// at the first start, with its authority's fingerprint printed for pinning).
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<SocketAddr>,
     /// The key secrets are sealed under: 64 hex digits in a file only the daemon's user
     /// may read (default: `$SKIFF_HOME/secrets.key`, made at the first start). A key
     /// supplied here (by a KMS, say) must exist: it is never made.
@@ -139,6 +146,28 @@ fn secrets_key(
         }
     };
     Ok(Arc::new(key))
+}
+
+/// Starts the API over TLS on `addr`: its address, and the task serving it.
+async fn start_tcp_api(
+    home: &Home,
+    addr: SocketAddr,
+    ctl: &Arc<Control>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let (tls, fingerprint) = api_tls::certificate(&home.root, addr)
+        .with_context(|| format!("preparing the API's certificate in {}", home.root.display()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for the API on {addr}"))?;
+    let bound = listener.local_addr().context("reading the API's address")?;
+    eprintln!(
+        "skiff server: API on https://{bound} for tokens; clients trust {} (SHA-256 {fingerprint})",
+        home.root.join("api.crt").display()
+    );
+    let app = api::tcp_routes(Arc::clone(ctl), stop.clone());
+    let task = tokio::spawn(api_tls::serve(app, listener, tls, stop.clone()));
+    Ok((bound, task))
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
@@ -260,10 +289,18 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         }
         _ => None,
     };
+    let tcp_api = match args.api_listen {
+        Some(addr) => Some(start_tcp_api(&home, addr, &ctl, &stop_rx).await?),
+        None => None,
+    };
     let api_task = tokio::spawn(api::serve(Arc::clone(&ctl), api_listener, stop_rx));
     let terminated = termination()?;
+    let tcp_api_addr = tcp_api
+        .as_ref()
+        .map(|(addr, _)| format!(" and https://{addr}"))
+        .unwrap_or_default();
     println!(
-        "skiff server: ingress http://{ingress_addr} (services at http://NAME.{}:{}/), api unix:{}, registry {}",
+        "skiff server: ingress http://{ingress_addr} (services at http://NAME.{}:{}/), api unix:{}{tcp_api_addr}, registry {}",
         ctl.config().domain,
         ingress_addr.port(),
         socket.display(),
@@ -291,6 +328,9 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     network.remove();
     sandbox.remove_scope(&home.run_dir());
     let _ = api_task.await;
+    if let Some((_, task)) = tcp_api {
+        let _ = task.await;
+    }
     if let Some(task) = registry_task {
         let _ = task.await;
     }

@@ -41,6 +41,8 @@ pub struct Daemon {
     pub port: u16,
     /// Where its built-in registry listens (`127.0.0.1:PORT`).
     pub registry: String,
+    /// Where its TCP API listens (`127.0.0.1:PORT`), when started with `--api-listen`.
+    pub api_tcp: Option<String>,
     /// This daemon's instance subnet (tests run daemons side by side).
     pub subnet: Subnet,
     child: Option<Child>,
@@ -130,6 +132,7 @@ impl Daemon {
             socket,
             port: 0,
             registry: String::new(),
+            api_tcp: None,
             subnet: Subnet::claim(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -237,6 +240,11 @@ impl Daemon {
             .and_then(|s| s.split_whitespace().next())
             .unwrap_or_else(|| panic!("no ready line from skiff server: {line:?}"));
         self.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        self.api_tcp = line
+            .split(" and https://")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .map(str::to_owned);
         self.registry = line
             .split("registry ")
             .nth(1)
