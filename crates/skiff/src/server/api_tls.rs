@@ -6,13 +6,11 @@
 //! `api.key` (0600); it prints the authority's SHA-256 fingerprint for pinning.
 
 use anyhow::Context;
-use axum::body::Body;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::watch;
 
 /// The API's TLS setup from `home`'s `api.crt` and `api.key`, made for `listen` first if
 /// they are not there; with the fingerprint of the certificate that clients trust (the
@@ -26,7 +24,7 @@ pub fn certificate(
     if !cert.exists() && !key.exists() {
         make_certificate(&cert, &key, listen)?;
     }
-    let config = super::registry::tls_config(&cert, &key)?;
+    let config = super::tls::config(&cert, &key)?;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::CertificateDer;
     let chain = CertificateDer::pem_file_iter(&cert)
@@ -88,41 +86,4 @@ fn make_certificate(cert: &Path, key: &Path, listen: SocketAddr) -> anyhow::Resu
         0o644,
     )?;
     Ok(())
-}
-
-/// Serves the API over TLS on `listener` until `stop` turns true.
-pub async fn serve(
-    app: axum::Router,
-    listener: tokio::net::TcpListener,
-    tls: Arc<tokio_rustls::rustls::ServerConfig>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let mut accepting = skiff_router::accept::Acceptor::new("api", b"");
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = stop.changed() => return,
-            accepted = accepting.next(&listener) => accepted,
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            // A handshake that stalls must not hold a task forever.
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
-            let Ok(Ok(tls)) = handshake.await else { return };
-            let service = hyper::service::service_fn(
-                move |request: hyper::Request<hyper::body::Incoming>| {
-                    let app = app.clone();
-                    async move {
-                        use tower::ServiceExt;
-                        app.oneshot(request.map(Body::new)).await
-                    }
-                },
-            );
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
-    }
 }

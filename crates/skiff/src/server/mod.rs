@@ -16,6 +16,7 @@ mod api_tokens;
 mod network;
 mod registry;
 mod scaling;
+mod tls;
 
 use crate::home::Home;
 use anyhow::Context;
@@ -166,7 +167,7 @@ async fn start_tcp_api(
         home.root.join("api.crt").display()
     );
     let app = api::tcp_routes(Arc::clone(ctl), stop.clone());
-    let task = tokio::spawn(api_tls::serve(app, listener, tls, stop.clone()));
+    let task = tokio::spawn(tls::serve("api", app, listener, tls, stop.clone()));
     Ok((bound, task))
 }
 
@@ -275,7 +276,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
             let token = registry::token(&home.root)?;
             Some(match (&args.registry_cert, &args.registry_key) {
                 (Some(cert), Some(key)) => {
-                    let tls = registry::tls_config(cert, key)?;
+                    let tls = tls::config(cert, key)?;
                     tokio::spawn(registry::serve_tls(
                         hosted,
                         token,

@@ -52,25 +52,6 @@ pub fn token(home: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Reads a certificate chain and its key (PEM) into a TLS server config.
-pub fn tls_config(
-    cert: &Path,
-    key: &Path,
-) -> anyhow::Result<Arc<tokio_rustls::rustls::ServerConfig>> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("reading certificates from {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading a private key from {}", key.display()))?;
-    let config = tokio_rustls::rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("pairing the registry's certificate and key")?;
-    Ok(Arc::new(config))
-}
-
 fn router(hosted: Arc<Hosted>, token: String) -> axum::Router {
     let state = Registry {
         hosted,
@@ -89,39 +70,9 @@ pub async fn serve_tls(
     token: String,
     listener: tokio::net::TcpListener,
     tls: Arc<tokio_rustls::rustls::ServerConfig>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let app = router(hosted, token);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    // Refused connections are closed without a word: a plain-text 503 means nothing to
-    // a TLS client.
-    let mut accepting = skiff_router::accept::Acceptor::new("registry", b"");
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = stop.changed() => return,
-            accepted = accepting.next(&listener) => accepted,
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            // A handshake that stalls must not hold a task forever.
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
-            let Ok(Ok(tls)) = handshake.await else { return };
-            let service = hyper::service::service_fn(
-                move |request: hyper::Request<hyper::body::Incoming>| {
-                    let app = app.clone();
-                    async move {
-                        use tower::ServiceExt;
-                        app.oneshot(request.map(Body::new)).await
-                    }
-                },
-            );
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
-    }
+    super::tls::serve("registry", router(hosted, token), listener, tls, stop).await
 }
 
 /// Serves the registry on `listener` until `stop` turns true.
