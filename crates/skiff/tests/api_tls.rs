@@ -106,6 +106,18 @@ fn tokens_are_needed_and_roles_and_services_limit_them() {
         );
     }
     assert!(api.as_token(&dev, &["logs", "a"]).status.success());
+    // Its list holds its service only; the viewer's (every service) both.
+    let names = |token: &str| -> Vec<String> {
+        let out = api.as_token(token, &["-o", "json", "ls"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&dev), ["a"]);
+    assert_eq!(names(&viewer).len(), 2);
 
     // An admin manages tokens; a revoked token is refused from then on.
     assert!(api

@@ -219,8 +219,26 @@ async fn run(s: &AppState, command: Command) -> Result<Response, ApiError> {
     })
 }
 
-async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
-    run(&s, Command::List).await
+/// Every service, or over TCP, those the token's grant covers.
+async fn list(
+    State(s): State<AppState>,
+    grant: Option<axum::Extension<skiff_core::Grant>>,
+) -> Result<Response, ApiError> {
+    let Some(axum::Extension(grant)) = grant else {
+        return run(&s, Command::List).await;
+    };
+    match s.ctl.execute(Command::List).await? {
+        Answer::Services(list) => {
+            let covered: Vec<_> = list
+                .into_iter()
+                .filter(|svc| grant.allows(skiff_core::ApiAction::Read, Some(&svc.name)))
+                .collect();
+            Ok(Json(covered).into_response())
+        }
+        _ => Err(ApiError(ControlError::internal(
+            "listing services answered otherwise",
+        ))),
+    }
 }
 
 async fn describe(

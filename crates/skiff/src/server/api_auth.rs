@@ -62,7 +62,7 @@ pub(super) fn action_of(method: &Method, path: &str) -> (ApiAction, Option<Strin
 /// Lets a request through only with a token that allows it.
 pub(super) async fn require_token(
     State(s): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let Some(token) = bearer(request.headers()) else {
@@ -103,6 +103,8 @@ pub(super) async fn require_token(
             who,
         );
     }
+    // Handlers that list narrow the list to what the grant covers.
+    request.extensions_mut().insert(identity.grant.clone());
     let mut response = next.run(request).await;
     response.extensions_mut().insert(Who(who));
     response
