@@ -8,7 +8,7 @@
 use crate::documents::ConfigMapDetail;
 use crate::{Control, ControlError};
 use skiff_core::{
-    validate_secret_key, validate_secret_name, UseSource, MAX_SECRET_BYTES, MAX_SECRET_KEYS,
+    validate_data_key, validate_data_name, UseSource, MAX_SECRET_BYTES, MAX_SECRET_KEYS,
 };
 use skiff_secrets::SecretData;
 use skiff_store::ConfigMapRecord;
@@ -54,9 +54,8 @@ fn detail(r: ConfigMapRecord) -> ConfigMapDetail {
 }
 
 fn check(name: &str, data: &BTreeMap<String, String>) -> Result<(), ControlError> {
-    validate_secret_name(name).map_err(|e| {
-        ControlError::bad_field("name", e.to_string().replace("secret", "config map"))
-    })?;
+    validate_data_name("config map", name)
+        .map_err(|e| ControlError::bad_field("name", e.to_string()))?;
     if data.len() > MAX_SECRET_KEYS {
         return Err(ControlError::bad_field(
             "data",
@@ -67,9 +66,8 @@ fn check(name: &str, data: &BTreeMap<String, String>) -> Result<(), ControlError
         ));
     }
     for key in data.keys() {
-        validate_secret_key(key).map_err(|e| {
-            ControlError::bad_field("data", e.to_string().replace("secret", "config map"))
-        })?;
+        validate_data_key("config map", key)
+            .map_err(|e| ControlError::bad_field("data", e.to_string()))?;
     }
     let bytes: usize = data.values().map(String::len).sum();
     if bytes > MAX_SECRET_BYTES {

@@ -4,7 +4,7 @@
 
 use crate::documents::{TokenCreated, TokenInfo};
 use crate::{Control, ControlError};
-use skiff_core::{validate_service_name, Grant, Role};
+use skiff_core::{validate_label_name, validate_service_name, Grant, Role};
 use skiff_store::{NewTokenRecord, TokenRecord};
 
 /// What is asked of tokens.
@@ -75,9 +75,8 @@ impl Control {
                 role,
                 services,
             } => {
-                validate_service_name(&name).map_err(|e| {
-                    ControlError::bad_field("name", e.to_string().replace("service", "token"))
-                })?;
+                validate_label_name("token", &name)
+                    .map_err(|e| ControlError::bad_field("name", e.to_string()))?;
                 for s in &services {
                     validate_service_name(s)
                         .map_err(|e| ControlError::bad_field("services", e.to_string()))?;

@@ -298,3 +298,30 @@ async fn bad_names_keys_and_sizes_are_refused_and_names_are_taken_once() {
     assert_eq!(list.len(), 1);
     assert_eq!((list[0].latest, list[0].versions), (Some(1), 1));
 }
+
+#[tokio::test]
+async fn a_refused_name_is_quoted_as_given() {
+    let h = Harness::new();
+    let e = h
+        .ctl
+        .execute_config_map(skiff_control::configmaps::ConfigMapCommand::Put {
+            name: "my_secret".into(),
+            data: Default::default(),
+            create_only: true,
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config map name \"my_secret\""), "{e}");
+    let e = h
+        .ctl
+        .execute_token(skiff_control::tokens::TokenCommand::Create {
+            name: "my_service".into(),
+            role: skiff_core::Role::Viewer,
+            services: vec![],
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"my_service\" is not a token name"), "{e}");
+}

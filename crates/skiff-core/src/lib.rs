@@ -34,12 +34,13 @@ pub use probe::{Probe, MAX_EXEC_ARGS, MAX_EXEC_BYTES};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes, QuantityError};
 pub use reference::{ImageRef, ReferenceError};
 pub use secret::{
-    check_secret_uses, is_env_name, validate_secret_key, validate_secret_name, SecretNameError,
-    SecretTarget, SecretUse, SecretVersionRef, UseSource, MAX_SECRET_BYTES, MAX_SECRET_KEYS,
+    check_secret_uses, is_env_name, validate_data_key, validate_data_name, validate_secret_key,
+    validate_secret_name, SecretNameError, SecretTarget, SecretUse, SecretVersionRef, UseSource,
+    MAX_SECRET_BYTES, MAX_SECRET_KEYS,
 };
 pub use service::{
-    revision_name, validate_revision_name, validate_service_name, ServiceSpec, SpecError,
-    DEFAULT_CONCURRENCY, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, RESERVED_ENV,
+    revision_name, validate_label_name, validate_revision_name, validate_service_name, ServiceSpec,
+    SpecError, DEFAULT_CONCURRENCY, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_TIMEOUT_MS, RESERVED_ENV,
 };
 pub use traffic::{default_traffic, tag_host, validate_tag, validate_traffic, TrafficTarget};
 

@@ -19,6 +19,11 @@ pub struct SecretNameError(String);
 /// A secret's name: up to 253 of `a-z`, `0-9`, `-` and `.`, starting and ending with a
 /// letter or digit.
 pub fn validate_secret_name(name: &str) -> Result<(), SecretNameError> {
+    validate_data_name("secret", name)
+}
+
+/// The name of a `kind` of data (`secret`, `config map`): the rules of a secret's name.
+pub fn validate_data_name(kind: &str, name: &str) -> Result<(), SecretNameError> {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
     let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if name.is_empty()
@@ -28,7 +33,7 @@ pub fn validate_secret_name(name: &str) -> Result<(), SecretNameError> {
         || !edge(name.chars().last())
     {
         return Err(SecretNameError(format!(
-            "secret name {name:?} must be 1 to 253 of a-z, 0-9, '-' and '.', starting and \
+            "{kind} name {name:?} must be 1 to 253 of a-z, 0-9, '-' and '.', starting and \
              ending with a letter or digit"
         )));
     }
@@ -38,10 +43,15 @@ pub fn validate_secret_name(name: &str) -> Result<(), SecretNameError> {
 /// A key in a secret: up to 253 of letters, digits, `-`, `_` and `.`, not `.` or `..`
 /// (it may name a file of a secret volume).
 pub fn validate_secret_key(key: &str) -> Result<(), SecretNameError> {
+    validate_data_key("secret", key)
+}
+
+/// A key in a `kind` of data (`secret`, `config map`): the rules of a secret's key.
+pub fn validate_data_key(kind: &str, key: &str) -> Result<(), SecretNameError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if key.is_empty() || key.len() > 253 || !key.chars().all(ok_char) || key == "." || key == ".." {
         return Err(SecretNameError(format!(
-            "secret key {key:?} must be 1 to 253 of letters, digits, '-', '_' and '.', and \
+            "{kind} key {key:?} must be 1 to 253 of letters, digits, '-', '_' and '.', and \
              not '.' or '..'"
         )));
     }

@@ -400,13 +400,18 @@ pub struct SpecError {
 /// Validates a service name: a DNS label of 1–49 characters of `[a-z0-9-]`, starting with
 /// a letter and not ending with `-`, so `NAME.<domain>` is a valid host name.
 pub fn validate_service_name(name: &str) -> Result<(), SpecError> {
+    validate_label_name("service", name)
+}
+
+/// The name of a `kind` of thing (`service`, `token`): the rules of a service's name.
+pub fn validate_label_name(kind: &str, name: &str) -> Result<(), SpecError> {
     if is_dns_label(name, MAX_SERVICE_NAME) {
         Ok(())
     } else {
         Err(SpecError {
             field: "name",
             why: format!(
-                "{name:?} is not a service name: want 1-{MAX_SERVICE_NAME} characters of \
+                "{name:?} is not a {kind} name: want 1-{MAX_SERVICE_NAME} characters of \
                  [a-z0-9-], starting with a letter, not ending with '-'"
             ),
         })
