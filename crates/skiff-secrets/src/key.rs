@@ -75,13 +75,9 @@ impl MasterKey {
         let mut named = b"skiff secrets key id\0".to_vec();
         named.extend_from_slice(bytes);
         let digest = ring::digest::digest(&ring::digest::SHA256, &named);
-        let id: String = digest.as_ref()[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         MasterKey {
             key: LessSafeKey::new(unbound),
-            id: format!("k{id}"),
+            id: format!("k{}", crate::hex(&digest.as_ref()[..6])),
         }
     }
 

@@ -19,6 +19,12 @@ pub use key::{MasterKey, Place, Sealed, KEY_LEN};
 
 use std::path::PathBuf;
 
+/// Lowercase hex digits of `bytes` (for ids; a secret's hex is built in a buffer that is
+/// wiped instead).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// What went wrong with the key or a sealed version; never holds a value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {

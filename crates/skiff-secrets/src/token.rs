@@ -2,6 +2,7 @@
 //! the store and the secret (64 hex digits, 256 random bits) is kept only as its SHA-256.
 //! A fast hash is enough for a secret of that strength; it is compared in constant time.
 
+use crate::hex;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
@@ -16,10 +17,6 @@ pub struct NewToken {
     pub id: String,
     /// SHA-256 of the secret part.
     pub hash: Vec<u8>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn digest(secret: &str) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! and its keys' text values, replaced whole; no versions and no sealing.
 
 use crate::{now_unix, Store, StoreError};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 use std::collections::BTreeMap;
 
 /// A stored config map.
@@ -87,17 +87,6 @@ impl Store {
             .execute("DELETE FROM config_maps WHERE name = ?1", [name])?
             > 0)
     }
-
-    /// Whether config map `name` exists.
-    pub fn has_config_map(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM config_maps WHERE name = ?1", [name], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-            .is_some())
-    }
 }
 
 #[cfg(test)]
@@ -115,7 +104,6 @@ mod tests {
         assert_eq!(s.config_map("app").unwrap().unwrap().data, one);
         assert!(s.put_config_map("app", &two, false).unwrap());
         assert_eq!(s.config_map("app").unwrap().unwrap().data, two);
-        assert!(s.has_config_map("app").unwrap());
         assert_eq!(s.config_maps().unwrap().len(), 1);
         assert!(s.delete_config_map("app").unwrap());
         assert!(!s.delete_config_map("app").unwrap());

@@ -2,7 +2,7 @@
 //! secret (never the token itself); revoked tokens are kept, marked, for the record.
 
 use crate::{now_unix, Store, StoreError};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
 /// A token to store.
 #[derive(Clone, Debug)]
@@ -96,17 +96,6 @@ impl Store {
             params![name, now_unix()],
         )? > 0)
     }
-
-    /// Whether a token is named `name`.
-    pub fn has_token(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM tokens WHERE name = ?1", [name], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-            .is_some())
-    }
 }
 
 #[cfg(test)]
@@ -137,7 +126,6 @@ mod tests {
             ("ci", &["api".to_owned()][..])
         );
         assert_eq!(stored.hash, [1, 2, 3]);
-        assert!(s.has_token("ci").unwrap());
         assert!(s.revoke_token("ci").unwrap());
         assert!(!s.revoke_token("ci").unwrap());
         assert!(s

@@ -5,33 +5,12 @@
 
 mod daemon;
 
-use daemon::{stderr, Daemon};
+use daemon::{files_holding, stderr, Daemon};
 use std::os::unix::fs::PermissionsExt;
 
 const FIRST: &str = "pg-first-4be1c09d";
 const SECOND: &str = "pg-second-7f3a55e2";
 const FROM_FILE: &str = "tls-key-material-91c0";
-
-/// Files under `dir` that hold `needle`.
-fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let ty = e.file_type().unwrap();
-            if ty.is_dir() {
-                dirs.push(e.path());
-            } else if ty.is_file() {
-                if let Ok(bytes) = std::fs::read(e.path()) {
-                    if bytes.windows(needle.len()).any(|w| w == needle) {
-                        found.push(e.path().display().to_string());
-                    }
-                }
-            }
-        }
-    }
-    found
-}
 
 #[test]
 fn secrets_are_kept_sealed_and_never_shown() {

@@ -6,7 +6,7 @@
 //!
 //! It reads and sends; which names changed is [`super::watch`]'s.
 
-use super::history::{InstanceLog, Position};
+use super::history::{open_if_there, InstanceLog, Position};
 use super::record::log_line;
 use super::watch::{Change, LogWatch};
 use crate::documents::LogLine;
@@ -14,7 +14,7 @@ use skiff_kernel::dirwatch::DirEvent;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -160,14 +160,6 @@ fn read_lines(
     Ok((offset + used as u64, full))
 }
 
-fn open_if_there(path: &Path) -> io::Result<Option<File>> {
-    match File::open(path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// What the follow loop needs besides the files: the service's instances, now.
 pub(crate) trait InstanceList: Send {
     fn list(&mut self) -> io::Result<Vec<InstanceLog>>;
@@ -269,6 +261,7 @@ async fn next_change(
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::Path;
     use std::sync::Mutex;
 
     fn record(n: u32, text: &str) -> String {

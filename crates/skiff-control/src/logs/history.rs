@@ -151,7 +151,8 @@ fn whole_records_end(file: &mut File) -> io::Result<u64> {
     Ok(0)
 }
 
-fn open_if_there(path: &Path) -> io::Result<Option<File>> {
+/// `path` opened for reading, or `None` when there is no such file.
+pub(super) fn open_if_there(path: &Path) -> io::Result<Option<File>> {
     match File::open(path) {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

@@ -519,6 +519,27 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// Polls `check` until it holds or `limit` passes.
+/// Files under `dir` that hold `needle` (a value that must be kept nowhere in clear).
+pub fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let ty = e.file_type().unwrap();
+            if ty.is_dir() {
+                dirs.push(e.path());
+            } else if ty.is_file() {
+                if let Ok(bytes) = std::fs::read(e.path()) {
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        found.push(e.path().display().to_string());
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
 pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
