@@ -17,6 +17,7 @@ mod deploy;
 mod describe;
 pub mod documents;
 mod error;
+mod gate;
 mod gc;
 mod health;
 pub mod linux;
@@ -106,6 +107,8 @@ pub struct Control {
     log_watch: Mutex<std::sync::Weak<logs::LogWatch>>,
     /// Each instance's secret files, kept to write new versions into.
     secret_files: Mutex<HashMap<String, Vec<secrets::LiveSecretFiles>>>,
+    /// What the router asks about private services' callers.
+    gate: Arc<gate::ServiceGate>,
 }
 
 /// Counts a task that must finish before the control plane has shut down.
@@ -128,7 +131,14 @@ impl Control {
     ) -> Arc<Control> {
         let reserve = space::SpaceReserve::new(&config.home);
         reserve.ensure();
+        let gate = Arc::new(gate::ServiceGate::default());
+        match db.tokens() {
+            Ok(tokens) => gate.load_tokens(tokens),
+            Err(e) => tracing::error!("loading tokens for private services: {e}"),
+        }
+        router.set_gate(Arc::clone(&gate) as Arc<dyn skiff_router::Gate>);
         Arc::new(Control {
+            gate,
             reserve,
             log_watch: Mutex::new(std::sync::Weak::new()),
             secret_files: Mutex::new(HashMap::new()),

@@ -229,6 +229,15 @@ impl Runtime for LinuxRuntime {
         })
     }
 
+    fn instance_address(&self, slot: u32) -> Option<std::net::IpAddr> {
+        let net = self.network.as_ref()?;
+        Some(
+            NetworkSlot::routed(net.subnet().base, slot)
+                .instance_addr()
+                .into(),
+        )
+    }
+
     fn network_slots(&self) -> std::ops::Range<u32> {
         match &self.network {
             // Slot 0 holds skiff's own addresses.

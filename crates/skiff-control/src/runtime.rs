@@ -87,6 +87,12 @@ pub trait Runtime: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The address an instance in network slot `slot` calls other services from, when
+    /// its runtime gives instances addresses of their own.
+    fn instance_address(&self, _slot: u32) -> Option<std::net::IpAddr> {
+        None
+    }
+
     /// The network slots its instances may take (one each, while they live).
     fn network_slots(&self) -> std::ops::Range<u32> {
         0..skiff_sandbox::SLOTS

@@ -303,6 +303,8 @@ impl RevisionRunner {
 
     pub(crate) fn finish_record(&self, id: &str, exit: Option<ExitStatus>) {
         self.ctl.forget_secret_files(id);
+        // Before the store frees its slot, so the address is not another's yet.
+        self.ctl.gate.forget_instance(id);
         let record = exit.map_or(
             ExitRecord {
                 code: Some(127),

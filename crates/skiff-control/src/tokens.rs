@@ -94,6 +94,7 @@ impl Control {
                         "a token is named {name} already (revoked ones keep their names)"
                     )));
                 }
+                self.reload_gate_tokens();
                 tracing::info!(token = %name, %role, "token created");
                 Ok(TokenAnswer::Created(TokenCreated {
                     name,
@@ -111,10 +112,21 @@ impl Control {
                         "no token {name} to revoke (none by that name, or revoked already)"
                     )));
                 }
+                self.reload_gate_tokens();
                 tracing::info!(token = %name, "token revoked");
                 Ok(TokenAnswer::Revoked(name))
             }
         }
+    }
+
+    /// Gives the router's gate the tokens as they are now. Should reading them fail,
+    /// the gate keeps none: a revoked token must not stay usable.
+    fn reload_gate_tokens(&self) {
+        let tokens = self.db().tokens().unwrap_or_else(|e| {
+            tracing::error!("reading tokens for private services (none accepted until the next token write): {e}");
+            Vec::new()
+        });
+        self.gate.load_tokens(tokens);
     }
 
     /// Who the token `text` belongs to, if it is a valid, unrevoked token.

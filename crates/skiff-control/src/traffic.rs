@@ -8,7 +8,7 @@
 use crate::runner::{Outcome, RevisionRunner, STARTUP_TIMEOUT};
 use crate::{Control, ControlError};
 use skiff_core::{default_traffic, tag_host, validate_traffic, TrafficTarget};
-use skiff_router::{Load, Route};
+use skiff_router::{Callers, Load, Private, Route};
 use skiff_store::ServiceRecord;
 use std::sync::Arc;
 
@@ -152,6 +152,31 @@ impl Control {
         }
     }
 
+    /// Who may call `service`, as its serving revision (the latest that started) says:
+    /// a deploy that fails changes nothing, its access included. Every host label of
+    /// the service (its tags too) shares it.
+    fn private_access(&self, service: &str) -> Result<Option<Arc<Private>>, ControlError> {
+        let record = self.service_record(service)?;
+        let Some(serving) = record.serving_revision else {
+            return Ok(None);
+        };
+        let Some(rev) = self.db().revision(&serving)? else {
+            return Ok(None);
+        };
+        let spec = &rev.spec;
+        if spec.allow_unauthenticated {
+            return Ok(None);
+        }
+        let callers = match spec.allowed_callers.as_slice() {
+            [all] if all == "*" => Callers::Any,
+            names => Callers::Only(names.to_vec()),
+        };
+        Ok(Some(Arc::new(Private {
+            service: service.to_owned(),
+            callers,
+        })))
+    }
+
     /// Routes `service` as `resolved` says: `NAME` split by percent, `TAG-NAME` for each
     /// tag. Runners of its revisions that get neither traffic nor a tag are retired: they
     /// finish what they have and stop. The traffic was checked before it was stored.
@@ -177,12 +202,15 @@ impl Control {
             .iter()
             .map(|t| (pool_of(&t.revision), t.percent))
             .collect();
+        let private = self.private_access(service)?;
         let split = Route::split(split)
-            .ok_or_else(|| ControlError::internal("traffic percents do not add up to 100"))?;
+            .ok_or_else(|| ControlError::internal("traffic percents do not add up to 100"))?
+            .with_access(private.clone());
         let mut routes = vec![(service.to_owned(), split)];
         for t in resolved {
             if let Some(tag) = &t.tag {
-                routes.push((tag_host(service, tag), Route::single(pool_of(&t.revision))));
+                let route = Route::single(pool_of(&t.revision)).with_access(private.clone());
+                routes.push((tag_host(service, tag), route));
             }
         }
         self.router.set_routes(service, routes);

@@ -51,6 +51,10 @@ impl RevisionRunner {
             Ok(slot) => slot,
             Err(e) => return Err(format!("registering instance {id}: {e}")),
         };
+        // Known from now on: the app may call other services as soon as it runs.
+        if let Some(addr) = self.ctl.runtime.instance_address(slot) {
+            self.ctl.gate.instance_at(addr, id, self.service());
+        }
         let plan = InstancePlan {
             id: id.to_owned(),
             log_path,

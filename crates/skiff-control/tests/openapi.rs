@@ -141,6 +141,8 @@ fn spec() -> ServiceSpec {
         egress: skiff_core::EgressMode::None,
         egress_allow: skiff_core::parse_egress_rules("10.0.0.0/8:5432").unwrap(),
         secrets: vec!["DB=db:latest".parse().unwrap()],
+        allow_unauthenticated: false,
+        allowed_callers: vec!["front".into()],
     }
 }
 
@@ -207,6 +209,8 @@ fn requests_match_the_openapi_document() {
                 secrets: Some(vec!["DB=db:1".parse().unwrap()]),
                 update_secrets: vec!["A=a/k:latest".parse().unwrap()],
                 remove_secrets: vec!["B".into()],
+                allow_unauthenticated: Some(false),
+                allowed_callers: Some(vec!["*".into()]),
                 readiness_probe: Some(probe_patch.clone()),
                 liveness_probe: Some(probe_patch),
                 autoscaling: autoscaling(),

@@ -93,9 +93,10 @@ impl Grant {
         by_role && service.is_none_or(|s| self.covers(s))
     }
 
-    /// Whether it may call service `service` when it is private.
+    /// Whether it may call service `service` when it is private: invokers, and the
+    /// roles that could deploy the service anyway; a viewer reads, it does not call.
     pub fn may_invoke(&self, service: &str) -> bool {
-        self.covers(service)
+        self.role != Role::Viewer && self.covers(service)
     }
 
     fn covers(&self, service: &str) -> bool {
@@ -155,6 +156,8 @@ mod tests {
         assert!(a_only.may_invoke("a") && !a_only.may_invoke("b"));
         let invoker = grant("invoker", &["a"]);
         assert!(invoker.may_invoke("a"));
+        assert!(!grant("viewer", &[]).may_invoke("a"));
+        assert!(grant("admin", &[]).may_invoke("a"));
         assert!(!invoker.allows(ApiAction::Read, Some("a")));
     }
 }

@@ -82,6 +82,14 @@ pub struct SpecPatch {
     /// Targets (variable names or paths) whose secrets are taken out (`--remove-secrets`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_secrets: Vec<String>,
+    /// Anyone may call (`--allow-unauthenticated`), or only tokens and allowed callers
+    /// (`--no-allow-unauthenticated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unauthenticated: Option<bool>,
+    /// Replaces the services that may call it when private (`--allowed-callers`); empty
+    /// clears them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_callers: Option<Vec<String>>,
 }
 
 /// A change to a readiness or liveness probe.
@@ -149,6 +157,8 @@ impl SpecPatch {
         }
         set(&mut spec.egress, &self.egress);
         set(&mut spec.egress_allow, &self.egress_allow);
+        set(&mut spec.allow_unauthenticated, &self.allow_unauthenticated);
+        set(&mut spec.allowed_callers, &self.allowed_callers);
         if let Some(user) = &self.user {
             spec.user = (!user.is_empty()).then(|| user.clone());
         }

@@ -115,6 +115,15 @@ pub struct ServiceSpec {
     /// references only, resolved when an instance starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretUse>,
+    /// Whether anyone may call the service through the ingress (gcloud's
+    /// `--allow-unauthenticated`, the default); when not, only invoker tokens for it and
+    /// the services in `allowed_callers`.
+    #[serde(default = "on", skip_serializing_if = "is_on")]
+    pub allow_unauthenticated: bool,
+    /// Services whose instances may call it when it is private (`--allowed-callers`);
+    /// `*` alone: every service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_callers: Vec<String>,
 }
 
 fn default_port() -> u16 {
@@ -177,6 +186,8 @@ impl ServiceSpec {
             egress: EgressMode::All,
             egress_allow: Vec::new(),
             secrets: Vec::new(),
+            allow_unauthenticated: true,
+            allowed_callers: Vec::new(),
         }
     }
 
@@ -266,6 +277,10 @@ impl ServiceSpec {
             }
         }
         self.validate_secrets()?;
+        check_allowed_callers(&self.allowed_callers).map_err(|why| SpecError {
+            field: "allowed-callers",
+            why,
+        })?;
         if self.command.iter().any(|a| a.contains('\0')) {
             return bad("command", "an argument contains a NUL byte".into());
         }
@@ -387,6 +402,33 @@ pub const MAX_SECRET_USES: usize = 100;
 /// Most secrets one service has as files (each is a mount in every instance).
 pub const MAX_SECRET_MOUNTS: usize = 8;
 
+/// The most services a private service may name as its callers.
+pub const MAX_ALLOWED_CALLERS: usize = 100;
+
+/// Service names, no repeats; or `*` alone.
+fn check_allowed_callers(callers: &[String]) -> Result<(), String> {
+    if callers.len() > MAX_ALLOWED_CALLERS {
+        return Err(format!(
+            "{} services: at most {MAX_ALLOWED_CALLERS}",
+            callers.len()
+        ));
+    }
+    if callers.iter().any(|c| c == "*") {
+        return match callers.len() {
+            1 => Ok(()),
+            _ => Err("* (every service) stands alone".into()),
+        };
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in callers {
+        validate_service_name(c).map_err(|e| format!("{c:?}: {}", e.why))?;
+        if !seen.insert(c) {
+            return Err(format!("{c} is named twice"));
+        }
+    }
+    Ok(())
+}
+
 /// A field of a spec that is wrong, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {why}")]
@@ -453,6 +495,33 @@ pub fn revision_name(service: &str, generation: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_callers_are_service_names_or_every_service() {
+        let with = |callers: &[&str]| {
+            let mut spec = ServiceSpec::new("app");
+            spec.allow_unauthenticated = false;
+            spec.allowed_callers = callers.iter().map(|c| c.to_string()).collect();
+            spec.validate().map_err(|e| e.to_string())
+        };
+        assert!(with(&[]).is_ok());
+        assert!(with(&["front", "batch"]).is_ok());
+        assert!(with(&["*"]).is_ok());
+        for (callers, says) in [
+            (&["*", "front"][..], "stands alone"),
+            (&["Front"][..], "\"Front\""),
+            (&["front", "front"][..], "named twice"),
+        ] {
+            let e = with(callers).unwrap_err();
+            assert!(
+                e.starts_with("allowed-callers: ") && e.contains(says),
+                "{e}"
+            );
+        }
+        let many: Vec<String> = (0..=MAX_ALLOWED_CALLERS).map(|i| format!("s{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(with(&many).unwrap_err().contains("at most"));
+    }
 
     #[test]
     fn secrets_may_not_collide_with_plain_or_reserved_variables() {

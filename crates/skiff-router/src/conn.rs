@@ -4,12 +4,13 @@
 //!
 //! This module must not talk to instances; that is the proxy's job.
 
+use crate::access::{self, Verdict};
 use crate::buffers::{self, READ_CHUNK};
 use crate::h1::{self, BodyLen, Head, HeadError};
 use crate::proxy;
 use crate::route::Route;
 use crate::Router;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,7 @@ const SMALL_OUT: usize = 4096;
 /// A client connection and its buffers.
 pub(crate) struct ClientConn {
     pub stream: TcpStream,
+    pub peer: IpAddr,
     pub client_ip: String,
     /// Bytes received; those before `start` are consumed.
     pub buf: Vec<u8>,
@@ -110,6 +112,7 @@ impl ClientConn {
         ClientConn {
             head_charge: HeadCharge { router, bytes: 0 },
             stream,
+            peer: remote.ip(),
             client_ip: remote.ip().to_string(),
             buf: Vec::new(),
             start: 0,
@@ -310,21 +313,42 @@ async fn handle(
         }
     };
     let host = head.host(req).unwrap_or_default();
-    let pool = std::str::from_utf8(host)
+    let route = std::str::from_utf8(host)
         .ok()
-        .and_then(|h| lookup(router, cache, h))
-        .map(|route| route.pick());
-    let Some(pool) = pool else {
+        .and_then(|h| lookup(router, cache, h));
+    // Past a body it did not read, the connection cannot go on.
+    let keep = info.keep_alive && body == BodyLen::Empty;
+    let Some(route) = route else {
         let text = format!(
             "skiff: no service serves host {:?}",
             String::from_utf8_lossy(host)
         );
         c.start += info.head_len;
-        // Past a body it did not read, the connection cannot go on.
-        let keep = info.keep_alive && body == BodyLen::Empty;
         return c.respond_local(404, &text, None, keep).await;
     };
-    proxy::forward(c, pool, info, body, deadline).await
+    let admitted = match route.private() {
+        None => proxy::Admitted::default(),
+        Some(private) => {
+            match access::decide(router.gate(), private, c.peer, head.authorization(req)) {
+                Verdict::Allowed { caller, token_used } => proxy::Admitted {
+                    caller: Some(caller),
+                    drop_authorization: token_used,
+                },
+                Verdict::Unauthenticated => {
+                    c.start += info.head_len;
+                    let text = "skiff: the token is not valid (unknown, revoked or malformed)";
+                    return c.respond_local(401, text, None, keep).await;
+                }
+                Verdict::Forbidden(why) => {
+                    c.start += info.head_len;
+                    return c
+                        .respond_local(403, &format!("skiff: {why}"), None, keep)
+                        .await;
+                }
+            }
+        }
+    };
+    proxy::forward(c, route.pick(), info, body, &admitted, deadline).await
 }
 
 /// The route of `host`, from the connection's cache while the table is unchanged.

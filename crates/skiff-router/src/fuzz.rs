@@ -119,6 +119,8 @@ pub(crate) fn request(buf: &[u8]) {
         client_ip: "10.0.0.1",
         request_id: b"fuzz-1",
         body,
+        caller: None,
+        drop_authorization: false,
     };
     h1::write_request_head(&mut out, buf, &head, &fwd);
     let shown = shown(&out);

@@ -65,6 +65,9 @@ enum Field {
     /// X-Forwarded-Proto and X-Forwarded-Host, which the proxy sets itself.
     XForwardedSet,
     XRequestId,
+    Authorization,
+    /// X-Skiff-Caller, which only the router sets: a client's is always dropped.
+    SkiffCaller,
     Other,
 }
 
@@ -79,6 +82,8 @@ fn classify(name: &[u8]) -> Field {
         10 if is("connection") => Field::Connection,
         10 if is("keep-alive") => Field::HopByHop,
         12 if is("x-request-id") => Field::XRequestId,
+        13 if is("authorization") => Field::Authorization,
+        14 if is("x-skiff-caller") => Field::SkiffCaller,
         14 if is("content-length") => Field::ContentLength,
         15 if is("x-forwarded-for") => Field::XForwardedFor,
         16 if is("proxy-connection") => Field::HopByHop,
@@ -325,6 +330,14 @@ impl Head {
             .or_else(|| self.host.clone().map(|r| &buf[r]))
     }
 
+    /// The first Authorization field's value, if any.
+    pub fn authorization<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.field == Field::Authorization)
+            .map(|h| &buf[h.value.clone()])
+    }
+
     /// The request id the client sent, if usable.
     pub fn request_id<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
         self.request_id.clone().map(|r| &buf[r])
@@ -497,6 +510,11 @@ pub struct Forwarding<'a> {
     pub request_id: &'a [u8],
     /// How the forwarded body is framed.
     pub body: BodyLen,
+    /// Who calls a private service (`X-Skiff-Caller`), as the router knows it.
+    pub caller: Option<&'a [u8]>,
+    /// The Authorization field held the token that let the request in: it is not the
+    /// app's to see (it could call as the client with it).
+    pub drop_authorization: bool,
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -558,7 +576,8 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forw
         match kind {
             Field::XForwardedFor => forwarded_for.push(value),
             Field::Forwarded => forwarded.push(value),
-            Field::XForwardedSet | Field::XRequestId => {}
+            Field::XForwardedSet | Field::XRequestId | Field::SkiffCaller => {}
+            Field::Authorization if fwd.drop_authorization => {}
             Field::Expect if head.expect_continue => {}
             // An absolute-form target names the host: the request is routed by it, and the
             // Host field sent on is made from it, not the client's (RFC 9112 3.2.2).
@@ -585,6 +604,9 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forw
         field(out, b"x-forwarded-host", host);
     }
     field(out, b"x-request-id", fwd.request_id);
+    if let Some(caller) = fwd.caller {
+        field(out, b"x-skiff-caller", caller);
+    }
     write_request_framing(out, fwd.body);
     if head.is_upgrade() {
         if let Some(h) = head.headers.iter().find(|h| h.field == Field::Upgrade) {
@@ -723,6 +745,10 @@ pub fn write_local_response(
     if let Some(secs) = retry_after_secs {
         let _ = write!(out, "retry-after: {secs}\r\n");
     }
+    if status == 401 {
+        // Required with every 401 (RFC 9110 §15.5.2): the scheme that would do.
+        out.extend_from_slice(b"www-authenticate: Bearer realm=\"skiff\"\r\n");
+    }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -734,6 +760,8 @@ pub fn write_local_response(
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         408 => "Request Timeout",
         429 => "Too Many Requests",
@@ -765,9 +793,49 @@ mod tests {
             client_ip: "10.1.2.3",
             request_id: b"rid",
             body,
+            caller: None,
+            drop_authorization: false,
         };
         write_request_head(&mut out, &buf, &head, &fwd);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_caller_is_the_routers_to_say_and_a_used_token_stays_behind() {
+        let raw = "GET / HTTP/1.1\r\nHost: db\r\nX-Skiff-Caller: service/forged\r\n\
+                   Authorization: Bearer skiff_x\r\n\r\n";
+        let (buf, head) = request(raw);
+        assert_eq!(head.authorization(&buf), Some(&b"Bearer skiff_x"[..]));
+        let write = |caller: Option<&'static [u8]>, drop_authorization| {
+            let mut out = Vec::new();
+            let fwd = Forwarding {
+                client_ip: "10.1.2.3",
+                request_id: b"rid",
+                body: BodyLen::Empty,
+                caller,
+                drop_authorization,
+            };
+            write_request_head(&mut out, &buf, &head, &fwd);
+            String::from_utf8(out).unwrap()
+        };
+        let public = write(None, false);
+        assert!(!public.contains("forged"), "{public}");
+        assert!(public.contains("Authorization: Bearer skiff_x\r\n"));
+        let private = write(Some(b"token/ci"), true);
+        assert!(!private.contains("forged") && !private.contains("skiff_x"));
+        assert!(
+            private.contains("x-skiff-caller: token/ci\r\n"),
+            "{private}"
+        );
+    }
+
+    #[test]
+    fn a_401_names_its_scheme() {
+        let mut out = Vec::new();
+        write_local_response(&mut out, 401, "no", b"", None, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+        assert!(text.contains("www-authenticate: Bearer realm=\"skiff\"\r\n"));
     }
 
     #[test]
@@ -887,6 +955,8 @@ mod tests {
             client_ip: "2001:db8::1",
             request_id: b"rid",
             body: head.request_body(&buf).unwrap(),
+            caller: None,
+            drop_authorization: false,
         };
         write_request_head(&mut out, &buf, &head, &fwd);
         let out = String::from_utf8(out).unwrap();
@@ -1040,6 +1110,8 @@ mod tests {
             client_ip: "10.0.0.1",
             request_id: b"r",
             body: BodyLen::Empty,
+            caller: None,
+            drop_authorization: false,
         };
         write_request_head(&mut out, &buf, &head, &fwd);
         let text = String::from_utf8(out).unwrap();

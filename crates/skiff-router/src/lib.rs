@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod access;
 mod body;
 mod buffers;
 mod conn;
@@ -30,6 +31,7 @@ mod route;
 mod stream;
 pub mod upstream;
 
+pub use access::{Callers, Gate, Private, TokenCheck};
 pub use pool::{Hold, Lease, Load, PoolConfig, PoolError, RevisionPool};
 pub use route::Route;
 pub use skiff_kernel::shortcut::{self, Shortcut, ShortcutError};
@@ -40,7 +42,7 @@ use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -87,6 +89,8 @@ struct Inner {
     /// the most allowed (slow, large heads are what would take the memory).
     head_bytes: AtomicUsize,
     head_budget: AtomicUsize,
+    /// What decides who may call private services; none: nobody may.
+    gate: OnceLock<Arc<dyn Gate>>,
 }
 
 /// What the read buffers of all client connections' partly read request heads may hold
@@ -153,6 +157,16 @@ impl Router {
             .is_ok()
     }
 
+    /// Sets what decides who may call private services (once; later calls are ignored).
+    /// Until it is set, private services answer every request 403.
+    pub fn set_gate(&self, gate: Arc<dyn Gate>) {
+        let _ = self.inner.gate.set(gate);
+    }
+
+    pub(crate) fn gate(&self) -> Option<&dyn Gate> {
+        self.inner.gate.get().map(|g| &**g)
+    }
+
     /// Counts a new client connection, unless the limit is reached.
     fn admit(&self) -> Option<ConnectionSlot> {
         let max = self.inner.max_connections.load(Ordering::Relaxed);
@@ -188,6 +202,7 @@ impl Router {
                 ),
                 head_bytes: AtomicUsize::new(0),
                 head_budget: AtomicUsize::new(DEFAULT_HEAD_BUDGET),
+                gate: OnceLock::new(),
             }),
         }
     }

@@ -100,6 +100,15 @@ async fn read_small_body(
     BodyRead::Whole
 }
 
+/// What letting a request in adds to it: nothing for a public service.
+#[derive(Default)]
+pub(crate) struct Admitted {
+    /// Who called a private service (`X-Skiff-Caller`).
+    pub caller: Option<String>,
+    /// The Authorization field held the token that let it in.
+    pub drop_authorization: bool,
+}
+
 /// Forwards the request whose head is in `c.head` to an instance of `pool`; returns
 /// whether the client connection goes on.
 pub(crate) async fn forward(
@@ -107,6 +116,7 @@ pub(crate) async fn forward(
     pool: &Arc<RevisionPool>,
     info: RequestInfo,
     body: BodyLen,
+    admitted: &Admitted,
     mut deadline: Pin<&mut Sleep>,
 ) -> bool {
     let timeout = pool.config().timeout;
@@ -118,6 +128,8 @@ pub(crate) async fn forward(
         client_ip: &c.client_ip,
         request_id: &c.request_id,
         body,
+        caller: admitted.caller.as_deref().map(str::as_bytes),
+        drop_authorization: admitted.drop_authorization,
     };
     h1::write_request_head(&mut c.req_out, &c.buf[c.start..], &c.head, &fwd);
     c.start += info.head_len;

@@ -6,6 +6,7 @@
 //! requests are spread evenly among the others' (90/10 sends one in ten to the 10 %, never
 //! ten in a row).
 
+use crate::access::Private;
 use crate::pool::RevisionPool;
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,8 @@ pub struct Route {
     targets: Vec<(Arc<RevisionPool>, i64)>,
     /// Each target's running credit (smooth weighted round robin); only for splits.
     credit: Mutex<Vec<i64>>,
+    /// Who may call, when the service is private.
+    private: Option<Arc<Private>>,
 }
 
 impl Route {
@@ -23,6 +26,7 @@ impl Route {
         Route {
             targets: vec![(pool, 100)],
             credit: Mutex::new(Vec::new()),
+            private: None,
         }
     }
 
@@ -38,7 +42,19 @@ impl Route {
         (total == 100).then(|| Route {
             credit: Mutex::new(vec![0; targets.len()]),
             targets,
+            private: None,
         })
+    }
+
+    /// The same route, answering only the callers `private` lets in (`None`: everyone).
+    pub fn with_access(mut self, private: Option<Arc<Private>>) -> Route {
+        self.private = private;
+        self
+    }
+
+    /// Who may call, when the service is private.
+    pub(crate) fn private(&self) -> Option<&Private> {
+        self.private.as_deref()
     }
 
     /// The pool for the next request.

@@ -705,3 +705,96 @@ async fn through_the_shortcut_an_event_loop_app_gets_every_request_byte() {
         "{connections} connections: a fresh one each time a budget ran out"
     );
 }
+
+/// Instances at 127.0.0.2 belong to service `front`; token `good` may invoke `svc`.
+struct TestGate;
+
+impl skiff_router::Gate for TestGate {
+    fn service_at(&self, addr: std::net::IpAddr) -> Option<Arc<str>> {
+        (addr.to_string() == "127.0.0.2").then(|| "front".into())
+    }
+    fn check_token(&self, text: &str, service: &str) -> skiff_router::TokenCheck {
+        match (text, service) {
+            ("good", "svc") => skiff_router::TokenCheck::Allowed("ci".into()),
+            ("good", _) => skiff_router::TokenCheck::Denied,
+            _ => skiff_router::TokenCheck::Invalid,
+        }
+    }
+}
+
+/// Sends `raw` from `from` and reads the answer.
+async fn exchange_from(from: &str, addr: SocketAddr, raw: &str) -> (String, Vec<u8>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    read_response(&mut s, &mut Vec::new(), false).await
+}
+
+#[tokio::test]
+async fn a_private_service_lets_in_named_callers_and_invoker_tokens_only() {
+    let app = instance(Script::Echo).await;
+    let router = Router::new("localhost");
+    router.set_gate(Arc::new(TestGate));
+    let pool = RevisionPool::new(PoolConfig {
+        revision: "svc-00001".into(),
+        concurrency: 0,
+        queue_limit: 10,
+        timeout: LIMIT,
+    });
+    pool.add_instance(Upstream::new("fake", Target::Address(app.addr)));
+    let private = Arc::new(skiff_router::Private {
+        service: "svc".into(),
+        callers: skiff_router::Callers::Only(vec!["front".into()]),
+    });
+    let route = skiff_router::Route::single(pool).with_access(Some(private));
+    router.set_routes("svc", vec![("svc".into(), route)]);
+    let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    tokio::spawn(router.serve(listener, std::future::pending()));
+
+    let get = |auth: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: svc.localhost\r\nX-Skiff-Caller: service/front\r\n{auth}\r\n"
+        )
+    };
+    let (head, _) = exchange(addr, &get("")).await;
+    assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
+    let (head, _) = exchange(addr, &get("Authorization: Bearer nope\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 401 "), "{head}");
+    assert!(head.contains("www-authenticate: Bearer"), "{head}");
+    assert_eq!(
+        app.requests.lock().unwrap().len(),
+        0,
+        "refused requests reached the app"
+    );
+
+    let (head, body) = exchange(addr, &get("Authorization: Bearer good\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let seen = String::from_utf8(body).unwrap();
+    assert!(seen.contains("x-skiff-caller: token/ci\r\n"), "{seen}");
+    assert!(
+        !seen.contains("service/front"),
+        "the client's caller field went on: {seen}"
+    );
+    assert!(
+        !seen.to_ascii_lowercase().contains("authorization"),
+        "{seen}"
+    );
+
+    // From an instance of `front`: in without a token, and named.
+    let (head, body) = exchange_from("127.0.0.2", addr, &get("")).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let seen = String::from_utf8(body).unwrap();
+    assert_eq!(
+        seen.matches("x-skiff-caller: service/front\r\n").count(),
+        1,
+        "{seen}"
+    );
+    // A service's own Authorization is the app's business: it goes on.
+    let (_, body) = exchange_from("127.0.0.2", addr, &get("Authorization: Basic eDp5\r\n")).await;
+    assert!(String::from_utf8(body)
+        .unwrap()
+        .contains("Authorization: Basic eDp5"));
+}

@@ -129,6 +129,11 @@ pub fn document(
         kind: KIND.into(),
         metadata: model::ServiceMeta {
             name: name.to_owned(),
+            labels: if spec.allow_unauthenticated {
+                BTreeMap::new()
+            } else {
+                BTreeMap::from([(a::VISIBILITY.into(), a::CLUSTER_LOCAL.into())])
+            },
             ..Default::default()
         },
         spec: model::ServiceBody { template, traffic },
@@ -356,6 +361,9 @@ fn annotations(spec: &ServiceSpec, defaults: &ServiceSpec) -> BTreeMap<String, S
         .collect();
     if !unsaid.is_empty() {
         put(a::SECRETS, unsaid.join(","));
+    }
+    if !spec.allow_unauthenticated {
+        put(a::ALLOWED_CALLERS, spec.allowed_callers.join(","));
     }
     if !spec.egress_allow.is_empty() {
         put(

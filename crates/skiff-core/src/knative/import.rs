@@ -38,6 +38,22 @@ pub fn service(doc: Service) -> Result<Imported> {
             ));
         }
     }
+    let mut private = false;
+    for (key, value) in &doc.metadata.labels {
+        match (key.as_str(), value.as_str()) {
+            (a::VISIBILITY, a::CLUSTER_LOCAL) => private = true,
+            (a::VISIBILITY, other) => {
+                return Err(format!(
+                    "metadata.labels[{key:?}]: {other:?} is not a visibility skiff knows \
+                     (cluster-local, or leave the label out for a public service)"
+                ))
+            }
+            _ => ignore(format!("metadata.labels[{key:?}]")),
+        }
+    }
+    for key in doc.metadata.annotations.keys() {
+        ignore(format!("metadata.annotations[{key:?}]"));
+    }
     for (key, value) in &doc.metadata.other {
         match value.as_object() {
             // Name each annotation or label, so it is clear which ones do nothing here.
@@ -155,6 +171,18 @@ pub fn service(doc: Service) -> Result<Imported> {
         spec.liveness_probe = Some(probe(p, &format!("{at}.livenessProbe"))?);
     }
     annotations(&template.metadata.annotations, &mut spec, &mut ignore)?;
+    if private {
+        spec.allow_unauthenticated = false;
+        // Knative's cluster-local: callable from inside, by every service, unless the
+        // document names which.
+        if !template
+            .metadata
+            .annotations
+            .contains_key(a::ALLOWED_CALLERS)
+        {
+            spec.allowed_callers = vec!["*".into()];
+        }
+    }
     let traffic = match doc.spec.traffic {
         None => crate::default_traffic(),
         Some(t) => traffic(&t)?,
@@ -494,6 +522,14 @@ fn annotations(
                     let u = text.parse().map_err(|e| format!("{}: {e}", at()))?;
                     spec.secrets.push(u);
                 }
+            }
+            a::ALLOWED_CALLERS => {
+                spec.allowed_callers = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect()
             }
             a::EGRESS_ALLOW => {
                 spec.egress_allow =

@@ -55,6 +55,12 @@ pub mod annotation {
     /// Comma-separated secret uses Knative's `secretKeyRef` cannot say (a pinned version,
     /// a one-key secret's only key): `ENV=SECRET[/KEY]:VERSION`.
     pub const SECRETS: &str = "skiff.dev/secrets";
+    /// Comma-separated services whose instances may call a private service (`*`: all);
+    /// written whenever the service is private, empty when none may.
+    pub const ALLOWED_CALLERS: &str = "skiff.dev/allowed-callers";
+    /// Knative's label on a Service that keeps it off the public ingress.
+    pub const VISIBILITY: &str = "networking.knative.dev/visibility";
+    pub const CLUSTER_LOCAL: &str = "cluster-local";
     /// Cloud Run's ways out to private networks, each with what to use in skiff instead.
     pub const REFUSED_EGRESS: &[(&str, &str)] = &[
         (

@@ -23,14 +23,18 @@ pub struct Service {
     pub status: Ignored,
 }
 
-/// A service's metadata: its name; everything else (namespace, labels, server-set
-/// fields) is ignored with a warning.
+/// A service's metadata: its name, and the visibility label; everything else (other
+/// labels and annotations, server-set fields) is ignored with a warning.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceMeta {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     #[serde(flatten, skip_serializing)]
     pub other: BTreeMap<String, serde_json::Value>,
 }

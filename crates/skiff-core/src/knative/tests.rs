@@ -406,3 +406,46 @@ fn exec_probes_are_read_and_written_back() {
         "{err}"
     );
 }
+
+#[test]
+fn cluster_local_is_a_private_service_callable_by_the_services_named() {
+    let doc = |labels: &str, annotations: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\n  labels:\n{labels}spec:\n  template:\n    metadata:\n      annotations:\n        a: b\n{annotations}    spec:\n      containers:\n        - image: hello\n"
+        )
+    };
+    let local = "    networking.knative.dev/visibility: cluster-local\n";
+    // Knative's meaning: every service inside may call it.
+    let read = one(&doc(local, "")).unwrap();
+    assert!(!read.spec.allow_unauthenticated);
+    assert_eq!(read.spec.allowed_callers, ["*"]);
+    let read = one(&doc(
+        local,
+        "        skiff.dev/allowed-callers: \"front, batch\"\n",
+    ))
+    .unwrap();
+    assert_eq!(read.spec.allowed_callers, ["front", "batch"]);
+    let read = one(&doc("    app: x\n", "")).unwrap();
+    assert!(read.spec.allow_unauthenticated);
+    assert!(read.warnings.iter().any(|w| w.contains("labels[\"app\"]")));
+    let bad = one(&doc(
+        "    networking.knative.dev/visibility: internal\n",
+        "",
+    ))
+    .unwrap_err();
+    assert!(
+        bad.contains("visibility") && bad.contains("internal"),
+        "{bad}"
+    );
+
+    // Round trips, "none but tokens" included.
+    for callers in [vec![], vec!["*".to_string()], vec!["front".into()]] {
+        let mut spec = ServiceSpec::new("hello");
+        spec.allow_unauthenticated = false;
+        spec.allowed_callers = callers;
+        let back = round_trip("x", &spec, &crate::default_traffic());
+        assert_eq!(back.spec, spec);
+    }
+    let (exported, _) = export::document("x", &ServiceSpec::new("hello"), &[]);
+    assert!(exported.metadata.labels.is_empty());
+}

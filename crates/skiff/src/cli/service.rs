@@ -118,6 +118,18 @@ pub struct DeployArgs {
     /// CIDR[:PORT] or host.skiff.internal:PORT, comma-separated ('' clears it).
     #[arg(long, value_name = "RULES", value_parser = parse_egress_rules)]
     egress_allow: Option<EgressRules>,
+    /// Anyone may call the service through the ingress (the default).
+    #[arg(long, overrides_with = "no_allow_unauthenticated")]
+    allow_unauthenticated: bool,
+    /// Make the service private: the ingress answers 403 unless the request bears a
+    /// token that may invoke it (Authorization: Bearer …) or comes from an instance of
+    /// a service named by --allowed-callers.
+    #[arg(long, overrides_with = "allow_unauthenticated")]
+    no_allow_unauthenticated: bool,
+    /// Services whose instances may call this one when it is private, comma-separated,
+    /// replacing the list ('*': every service; '' clears it).
+    #[arg(long, value_name = "SERVICES", value_delimiter = ',')]
+    allowed_callers: Option<Vec<String>>,
     /// The new revision gets no traffic: the share that followed the latest revision
     /// stays pinned to the one serving now (try it at a --tag URL first).
     #[arg(long)]
@@ -305,6 +317,12 @@ fn patch(a: &DeployArgs) -> SpecPatch {
         },
         update_secrets: a.update_secrets.clone(),
         remove_secrets: a.remove_secrets.clone(),
+        allow_unauthenticated: (a.allow_unauthenticated || a.no_allow_unauthenticated)
+            .then_some(a.allow_unauthenticated),
+        allowed_callers: a
+            .allowed_callers
+            .as_ref()
+            .map(|all| all.iter().filter(|c| !c.is_empty()).cloned().collect()),
     }
 }
 
@@ -387,6 +405,13 @@ pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<(
             .as_deref()
             .unwrap_or("(nothing ready yet)")
     );
+    let serving = d
+        .revisions
+        .iter()
+        .find(|r| d.serving_revision.as_deref() == Some(r.name.as_str()));
+    if let Some(r) = serving {
+        println!("Access:    {}", access_text(&r.spec));
+    }
     if !d.traffic.is_empty() {
         println!();
         super::traffic::table(&d.traffic);
@@ -465,6 +490,19 @@ pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// Who may call a service, as `describe` says it.
+fn access_text(spec: &skiff_core::ServiceSpec) -> String {
+    if spec.allow_unauthenticated {
+        return "public (anyone may call)".into();
+    }
+    let callers = match spec.allowed_callers.as_slice() {
+        [] => "no service".to_owned(),
+        [all] if all == "*" => "every service".to_owned(),
+        names => format!("services {}", names.join(", ")),
+    };
+    format!("private (invoker tokens, and {callers})")
 }
 
 pub fn remove(client: &Client, format: Format, name: &str) -> anyhow::Result<()> {
