@@ -76,6 +76,8 @@ pub struct LinuxRuntime {
     run_dir: PathBuf,
     network: Option<Arc<ServiceNetwork>>,
     log_limits: LogLimits,
+    /// Instances get user namespaces of their own (unless their spec asks for host ids).
+    user_namespaces: bool,
 }
 
 impl LinuxRuntime {
@@ -106,7 +108,31 @@ impl LinuxRuntime {
             run_dir,
             network,
             log_limits,
+            user_namespaces: false,
         })
+    }
+
+    /// Gives instances user namespaces of their own from now on (the kernel and the
+    /// layers' file system must allow it: `skiff_sandbox::userns::check_support`).
+    pub fn with_user_namespaces(mut self, on: bool) -> Self {
+        self.user_namespaces = on;
+        self
+    }
+
+    /// The first host id of an instance's user namespace, if it has one: its range is
+    /// its slot's place in the subnet, so no two live instances share one, nor do
+    /// instances of daemons on other /24s of the same /16.
+    fn user_namespace(&self, slot: u32, spec: &skiff_core::ServiceSpec) -> Option<u32> {
+        if !self.user_namespaces || spec.host_users {
+            return None;
+        }
+        let index = match &self.network {
+            Some(net) => {
+                u32::from(NetworkSlot::routed(net.subnet().base, slot).instance_addr()) >> 2
+            }
+            None => slot,
+        };
+        Some(skiff_sandbox::userns::host_base(index))
     }
 
     /// The instance's slot of the service network, when there is one.
@@ -148,6 +174,7 @@ impl LinuxRuntime {
             scratch_bytes: r.limits.memory_bytes,
             tee_output: false,
             secret_mounts: plan.secrets.mounts.clone(),
+            user_namespace: self.user_namespace(plan.slot, &r.spec),
             init: r.spec.init,
             stop_signal: r.process.stop_signal,
         }
@@ -227,6 +254,10 @@ impl Runtime for LinuxRuntime {
                 .map_err(RuntimeError::Failed)?;
             Ok(Box::new(LinuxPrepared(prepared)) as Box<dyn PreparedInstance>)
         })
+    }
+
+    fn host_id_base(&self, slot: u32, revision: &Revision) -> u32 {
+        self.user_namespace(slot, &revision.spec).unwrap_or(0)
     }
 
     fn instance_address(&self, slot: u32) -> Option<std::net::IpAddr> {

@@ -93,6 +93,12 @@ pub trait Runtime: Send + Sync + 'static {
         None
     }
 
+    /// The host id that is 0 inside an instance of `revision` in network slot `slot`:
+    /// the start of its user namespace's range, or 0 when it runs with host ids.
+    fn host_id_base(&self, _slot: u32, _revision: &crate::revision::Revision) -> u32 {
+        0
+    }
+
     /// The network slots its instances may take (one each, while they live).
     fn network_slots(&self) -> std::ops::Range<u32> {
         0..skiff_sandbox::SLOTS

@@ -26,15 +26,6 @@ impl RevisionRunner {
         if let Err(e) = self.ctl.runtime.room_for_one(ahead) {
             return Err(format!("instance {id}: {e}"));
         }
-        // Resolved now: `latest` is the newest enabled version when the instance is made.
-        let process = &self.revision.process;
-        let secrets = self
-            .ctl
-            .resolve_secrets(
-                &self.revision.spec.secrets,
-                Some((id, process.uid, process.gid)),
-            )
-            .map_err(|e| format!("instance {id}: {e}"))?;
         let log_path = self.ctl.log_path(id);
         let registered = self.ctl.db().create_instance(
             &NewInstance {
@@ -55,6 +46,21 @@ impl RevisionRunner {
         if let Some(addr) = self.ctl.runtime.instance_address(slot) {
             self.ctl.gate.instance_at(addr, id, self.service());
         }
+        // Resolved now: `latest` is the newest enabled version when the instance is made.
+        // Its files belong to the app's user as the host sees it (its user namespace's
+        // range depends on the slot).
+        let process = &self.revision.process;
+        let base = self.ctl.runtime.host_id_base(slot, &self.revision);
+        let secrets = match self.ctl.resolve_secrets(
+            &self.revision.spec.secrets,
+            Some((id, base + process.uid, base + process.gid)),
+        ) {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                self.finish_record(id, None);
+                return Err(format!("instance {id}: {e}"));
+            }
+        };
         let plan = InstancePlan {
             id: id.to_owned(),
             log_path,

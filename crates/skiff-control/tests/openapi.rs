@@ -143,6 +143,7 @@ fn spec() -> ServiceSpec {
         secrets: vec!["DB=db:latest".parse().unwrap()],
         allow_unauthenticated: false,
         allowed_callers: vec!["front".into()],
+        host_users: true,
     }
 }
 
@@ -211,6 +212,7 @@ fn requests_match_the_openapi_document() {
                 remove_secrets: vec!["B".into()],
                 allow_unauthenticated: Some(false),
                 allowed_callers: Some(vec!["*".into()]),
+                host_users: Some(true),
                 readiness_probe: Some(probe_patch.clone()),
                 liveness_probe: Some(probe_patch),
                 autoscaling: autoscaling(),

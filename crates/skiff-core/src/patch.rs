@@ -90,6 +90,9 @@ pub struct SpecPatch {
     /// clears them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_callers: Option<Vec<String>>,
+    /// Host ids (`--host-users`) or a user namespace of its own (`--no-host-users`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_users: Option<bool>,
 }
 
 /// A change to a readiness or liveness probe.
@@ -159,6 +162,7 @@ impl SpecPatch {
         set(&mut spec.egress_allow, &self.egress_allow);
         set(&mut spec.allow_unauthenticated, &self.allow_unauthenticated);
         set(&mut spec.allowed_callers, &self.allowed_callers);
+        set(&mut spec.host_users, &self.host_users);
         if let Some(user) = &self.user {
             spec.user = (!user.is_empty()).then(|| user.clone());
         }

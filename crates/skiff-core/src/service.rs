@@ -124,6 +124,14 @@ pub struct ServiceSpec {
     /// `*` alone: every service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_callers: Vec<String>,
+    /// Run with the host's ids instead of a user namespace of its own (`--host-users`,
+    /// Kubernetes' `hostUsers: true`): for apps that need files owned by host ids.
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub host_users: bool,
+}
+
+fn is_off(b: &bool) -> bool {
+    !*b
 }
 
 fn default_port() -> u16 {
@@ -188,6 +196,7 @@ impl ServiceSpec {
             secrets: Vec::new(),
             allow_unauthenticated: true,
             allowed_callers: Vec::new(),
+            host_users: false,
         }
     }
 

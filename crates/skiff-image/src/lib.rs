@@ -103,6 +103,11 @@ impl ImageStore {
         self.root.join("tmp")
     }
 
+    /// The directory holding every snapshot.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
     /// The directory holding the snapshot with this chain id.
     pub fn snapshot_dir(&self, chain_id: &Digest) -> PathBuf {
         self.root.join("snapshots").join(chain_id.hex())

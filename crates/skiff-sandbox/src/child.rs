@@ -39,12 +39,14 @@ pub enum Step {
     Seccomp,
     Exec,
     SecretMounts,
+    IdmapLayers,
+    UserNamespace,
 }
 
 impl Step {
     /// Human wording of the step, for error messages.
     pub fn describe(n: u32) -> &'static str {
-        const NAMES: [&str; 23] = [
+        const NAMES: [&str; 25] = [
             "unknown step",
             "making mounts private",
             "mounting the scratch tmpfs",
@@ -68,6 +70,8 @@ impl Step {
             "loading the seccomp filter",
             "executing the command",
             "attaching a secret's files",
+            "showing the image's layers through the user namespace (an idmapped mount)",
+            "entering the instance's user namespace",
         ];
         NAMES.get(n as usize).copied().unwrap_or("unknown step")
     }
@@ -108,7 +112,15 @@ pub struct ChildPlan {
     pub work: CString,
     pub merged: CString,
     pub layers_dir: CString,
+    /// Relative to `layers_dir` without a user namespace, else to `scratch`, where
+    /// `idmapped_layers` puts the layers.
     pub overlay_opts: CString,
+    /// The user namespace to join before dropping privileges, or -1: host ids.
+    pub userns_fd: c_int,
+    /// The host id that is 0 in the user namespace (0 without one).
+    pub id_base: u32,
+    /// Each layer (its name in `layers_dir`) and where its idmapped mount goes.
+    pub idmapped_layers: Vec<(CString, CString)>,
     pub tmp_opts: CString,
     /// Contents of `/etc/hosts` (localhost and the instance's own name).
     pub hosts: Vec<u8>,
@@ -213,15 +225,16 @@ unsafe fn close_inherited(plan: &ChildPlan) {
     } else {
         plan.sync_fd
     };
-    let mut keep = [-1; 5 + MAX_SECRET_MOUNTS];
-    keep[..5].copy_from_slice(&[
+    let mut keep = [-1; 6 + MAX_SECRET_MOUNTS];
+    keep[..6].copy_from_slice(&[
         plan.sync_fd,
         plan.err_fd,
         plan.stdout_fd,
         plan.stderr_fd,
         probe,
+        plan.userns_fd,
     ]);
-    for (slot, m) in keep[5..].iter_mut().zip(&plan.secret_mounts) {
+    for (slot, m) in keep[6..].iter_mut().zip(&plan.secret_mounts) {
         *slot = m.fd;
     }
     // Insertion sort: no allocation allowed here.
@@ -282,9 +295,15 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
         for dir in [&plan.upper, &plan.work, &plan.merged] {
             check(plan, Step::Scratch, libc::mkdir(dir.as_ptr(), 0o755));
         }
-        // lowerdir entries are relative to the snapshots directory, to fit more layers in
-        // the one page the mount options may take.
-        check(plan, Step::Overlay, libc::chdir(plan.layers_dir.as_ptr()));
+        // lowerdir entries are relative (to the snapshots directory, or to the scratch
+        // directory that holds their idmapped mounts), to fit more layers in the one
+        // page the mount options may take.
+        if plan.userns_fd >= 0 {
+            idmap_layers(plan);
+            check(plan, Step::Overlay, libc::chdir(plan.scratch.as_ptr()));
+        } else {
+            check(plan, Step::Overlay, libc::chdir(plan.layers_dir.as_ptr()));
+        }
         check(
             plan,
             Step::Overlay,
@@ -384,12 +403,14 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
         check(plan, Step::Stdio, libc::dup2(devnull, 0));
         check(plan, Step::Stdio, libc::dup2(plan.stdout_fd, 1));
         check(plan, Step::Stdio, libc::dup2(plan.stderr_fd, 2));
-        if plan.uid != 0 {
+        if plan.uid != 0 || plan.userns_fd >= 0 {
             // A non-root app opens /dev/stdout and /dev/stderr (nginx as www-data does):
             // they reopen the pipes through /proc/self/fd, which checks the pipes' owner.
-            // runc gives them to the container's user too.
-            check(plan, Step::Stdio, libc::fchown(1, plan.uid, plan.gid));
-            check(plan, Step::Stdio, libc::fchown(2, plan.uid, plan.gid));
+            // runc gives them to the container's user too (as host ids: this is before
+            // the user namespace, and root in it is no one to a host-owned pipe).
+            let (uid, gid) = (plan.id_base + plan.uid, plan.id_base + plan.gid);
+            check(plan, Step::Stdio, libc::fchown(1, uid, gid));
+            check(plan, Step::Stdio, libc::fchown(2, uid, gid));
         }
         // Whatever else the parent had open must not reach the application.
         libc::syscall(
@@ -399,6 +420,16 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
 
+        if plan.userns_fd >= 0 {
+            // Last, after every mount: the namespaces made at the clone stay the host
+            // root's, so root in here has no say over its mounts or network devices.
+            check(
+                plan,
+                Step::UserNamespace,
+                libc::setns(plan.userns_fd, libc::CLONE_NEWUSER),
+            );
+            libc::close(plan.userns_fd);
+        }
         drop_privileges(plan);
         check(plan, Step::Workdir, libc::chdir(plan.cwd.as_ptr()));
         let prog = libc::sock_fprog {
@@ -589,14 +620,65 @@ unsafe fn write_etc(plan: &ChildPlan) {
             if fd < 0 {
                 continue;
             }
-            // Readable by the app's user whatever the daemon's umask was.
+            // Readable by the app's user whatever the daemon's umask was, and root's in
+            // the user namespace (a file made here is the host root's otherwise).
             libc::fchmod(fd, 0o644);
+            if plan.userns_fd >= 0 {
+                libc::fchown(fd, plan.id_base, plan.id_base);
+            }
             libc::write(fd, content.as_ptr().cast(), content.len());
             if path == c"/etc/hostname" {
                 libc::write(fd, b"\n".as_ptr().cast(), 1);
             }
             libc::close(fd);
         }
+    }
+}
+
+/// Puts an idmapped mount of each layer in the scratch directory, where the overlay's
+/// lowerdir names them, and gives the upper layer's root to root in the namespace (the
+/// overlay's root directory is the upper one's).
+///
+/// # Safety
+/// Raw system calls on the plan's strings and descriptors.
+unsafe fn idmap_layers(plan: &ChildPlan) {
+    // SAFETY: raw calls on the plan's strings; each tree descriptor is closed here.
+    unsafe {
+        check(
+            plan,
+            Step::IdmapLayers,
+            libc::chdir(plan.layers_dir.as_ptr()),
+        );
+        for (name, target) in &plan.idmapped_layers {
+            let tree = libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                name.as_ptr(),
+                (OPEN_TREE_CLONE | libc::O_CLOEXEC) as libc::c_uint,
+            ) as c_int;
+            check(plan, Step::IdmapLayers, tree);
+            check(
+                plan,
+                Step::IdmapLayers,
+                crate::userns::idmap(tree, plan.userns_fd),
+            );
+            check(plan, Step::IdmapLayers, libc::mkdir(target.as_ptr(), 0o700));
+            let rc = libc::syscall(
+                libc::SYS_move_mount,
+                tree,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH as libc::c_uint,
+            ) as c_int;
+            check(plan, Step::IdmapLayers, rc);
+            libc::close(tree);
+        }
+        check(
+            plan,
+            Step::IdmapLayers,
+            libc::chown(plan.upper.as_ptr(), plan.id_base, plan.id_base),
+        );
     }
 }
 

@@ -1,7 +1,8 @@
 //! skiff's sandbox runtime: starts an instance of an unpacked image as an isolated process
 //! tree and supervises it to the end.
 //!
-//! An instance gets new PID, mount, UTS, IPC, network and cgroup namespaces; an overlay
+//! An instance gets new PID, mount, UTS, IPC, network and cgroup namespaces, and a user
+//! namespace of its own (see [`userns`]: root inside is an unprivileged host uid); an overlay
 //! root (the image's snapshots, read-only, under a throw-away tmpfs upper layer); a minimal
 //! `/dev`, a fresh `/proc`, a `/tmp` tmpfs; cgroup limits (memory, CPU, pids, on v1 or v2);
 //! a small capability set, `no_new_privs` and a seccomp filter; its image's user; its own
@@ -11,7 +12,7 @@
 //! from a [`SandboxSpec`] and reports how it ended.
 //!
 //! Unsafe code is denied but in the modules that make raw system calls (`child`,
-//! `spawn`, `instance`, `netlink`), each of which allows it for itself and says why each
+//! `spawn`, `instance`, `netlink`, `userns`), each of which allows it for itself and says why each
 //! block is sound.
 #![deny(unsafe_code)]
 
@@ -28,6 +29,7 @@ mod probe;
 mod seccomp;
 pub mod secretfs;
 mod spawn;
+pub mod userns;
 
 pub use cgroup::{oom_kills_in, Cgroup, Hierarchy, Limits, Placement};
 pub use freezer::Freezer;
@@ -111,6 +113,9 @@ pub struct SandboxSpec {
     pub tee_output: bool,
     /// Secrets' files, each attached read-only at its directory.
     pub secret_mounts: Vec<SecretMount>,
+    /// The first host id of the instance's user namespace (ids 0–65535 inside; see
+    /// [`userns`]); `None`: it runs with host ids.
+    pub user_namespace: Option<u32>,
 }
 
 /// A secret's files to attach inside a sandbox (see [`secretfs::SecretFs`]).
@@ -202,6 +207,8 @@ pub struct Sandbox {
     firewall: std::sync::OnceLock<Result<(), String>>,
     seccomp: Vec<libc::sock_filter>,
     last_cap: u32,
+    /// Instances' user namespaces, one per id range.
+    user_namespaces: userns::UserNamespaces,
 }
 
 impl Sandbox {
@@ -233,6 +240,7 @@ impl Sandbox {
             firewall: std::sync::OnceLock::new(),
             seccomp,
             last_cap,
+            user_namespaces: userns::UserNamespaces::default(),
         })
     }
 

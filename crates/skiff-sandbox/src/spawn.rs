@@ -8,7 +8,7 @@
 use crate::cgroup::Cgroup;
 use crate::child::{self, ChildPlan, NetPlan, Step};
 use crate::instance::Instance;
-use crate::{net, Sandbox, SandboxError, SandboxSpec};
+use crate::{net, userns, Sandbox, SandboxError, SandboxSpec};
 use rustix::fd::{AsRawFd, OwnedFd};
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
@@ -131,6 +131,12 @@ impl Sandbox {
         };
 
         let plan_parts = self.plan_strings(spec, &scratch)?;
+        // Kept until the clone has its copy of the descriptor.
+        let userns = spec
+            .user_namespace
+            .map(|base| self.user_namespaces.get(base))
+            .transpose()
+            .map_err(prep("making the user namespace"))?;
         let cgroup = Cgroup::create(&self.placement, id, &spec.limits)
             .map_err(prep("creating the cgroup"))?;
         cleanup.cgroup = Some(cgroup);
@@ -178,6 +184,8 @@ impl Sandbox {
                 .host_cgroups
                 .view(cleanup.cgroup.as_ref().expect("set above")),
             read_only: spec.read_only,
+            userns_fd: userns.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+            id_base: spec.user_namespace.unwrap_or(0),
             hosts: hosts_file(id, spec.network.map(|n| n.instance_addr())),
             resolv_conf: spec.resolv_conf.clone().unwrap_or_default().into_bytes(),
             ..plan_parts
@@ -291,11 +299,36 @@ impl Sandbox {
             }
             names.push(name.to_owned());
         }
+        if spec.user_namespace.is_some() {
+            let inside = userns::RANGE - 1;
+            if spec.uid > inside || spec.gid > inside || spec.groups.iter().any(|g| *g > inside) {
+                return Err(spec_err(format!(
+                    "user {}:{} (groups {:?}) is outside the user namespace's ids \
+                     (0-{inside}); run it with host ids",
+                    spec.uid, spec.gid, spec.groups
+                )));
+            }
+        }
         let upper = scratch.join("upper");
         let work = scratch.join("work");
+        // With a user namespace, the layers are idmapped mounts in the scratch directory
+        // (l0, l1…), named relative to it.
+        let mut idmapped_layers = Vec::new();
+        let lower: Vec<String> = match spec.user_namespace {
+            None => names.clone(),
+            Some(_) => (0..names.len()).map(|i| format!("l{i}")).collect(),
+        };
+        if spec.user_namespace.is_some() {
+            for (name, l) in names.iter().zip(&lower) {
+                idmapped_layers.push((
+                    cstring(id, "a layer's name", name.as_str())?,
+                    path_cstring(id, "the run directory", &scratch.join(l))?,
+                ));
+            }
+        }
         let overlay_opts = format!(
             "lowerdir={},upperdir={},workdir={}",
-            names.join(":"),
+            lower.join(":"),
             upper.display(),
             work.display()
         );
@@ -341,6 +374,9 @@ impl Sandbox {
             merged: path_cstring(id, "the run directory", &scratch.join("merged"))?,
             layers_dir: path_cstring(id, "the layer directory", &layers_dir)?,
             overlay_opts: cstring(id, "layer paths", overlay_opts)?,
+            userns_fd: -1,
+            id_base: 0,
+            idmapped_layers,
             tmp_opts: cstring(
                 id,
                 "scratch size",

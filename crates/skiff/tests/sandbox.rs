@@ -141,6 +141,8 @@ fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
         secret_mounts: Vec::new(),
         init: false,
         stop_signal: libc::SIGTERM,
+        // As the daemon runs instances by default.
+        user_namespace: Some(skiff_sandbox::userns::host_base(slot)),
     }
 }
 
@@ -197,6 +199,7 @@ echo etchostname=$(cat /etc/hostname)
 echo localhost=$(grep -w localhost /etc/hosts | head -n 1 | awk '{print $1}')
 echo selfaddr=$(grep -w "$(hostname)" /etc/hosts | awk '{print $1}')
 echo uid=$(id -u)
+echo uidmap=$(cat /proc/self/uid_map)
 grep -E '^(CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\t' | tr ':' '='
 "#;
 
@@ -277,6 +280,10 @@ fn isolation_probe_as_root_read_only() {
         "own name resolves to own address"
     );
     assert_eq!(value(&lines, "uid"), "0");
+    // Root here is an unprivileged uid of the host's (its user namespace's first).
+    let map: Vec<&str> = value(&lines, "uidmap").split_whitespace().collect();
+    assert_eq!(map[0], "0");
+    assert!(map[1].parse::<u32>().unwrap() >= 1 << 29, "{map:?}");
     let mask = format!("{:016x}", skiff_sandbox::default_capability_mask());
     assert_eq!(value(&lines, "CapEff"), mask);
     assert_eq!(value(&lines, "CapBnd"), mask);
@@ -778,13 +785,15 @@ fn killed_supervisor_takes_its_instance_along_and_is_reclaimed() {
         "-c",
         "echo ready; exec sleep 1000",
     ]);
-    let pid = {
-        let db = w.db.lock().unwrap();
-        db.instance(&id)
-            .unwrap()
-            .unwrap()
-            .pid
-            .expect("pid recorded")
+    // The app may print before `skiff run` records its pid: poll for it.
+    let recorded = Instant::now() + Duration::from_secs(5);
+    let pid = loop {
+        let pid = w.db.lock().unwrap().instance(&id).unwrap().unwrap().pid;
+        if let Some(pid) = pid {
+            break pid;
+        }
+        assert!(Instant::now() < recorded, "no pid recorded for {id}");
+        std::thread::sleep(Duration::from_millis(5));
     };
     child.kill().unwrap(); // SIGKILL: skiff gets no chance to clean up
     child.wait().unwrap();
@@ -1064,4 +1073,88 @@ fn exec_probes_run_inside_as_the_apps_user_and_time_out() {
             .is_err(),
         "the init is gone"
     );
+}
+
+/// The `Uid:` line of /proc/PID/status, as the host sees it: real, effective, saved, fs.
+fn host_uids(pid: i32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line[4..]
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn root_in_an_instance_is_an_unprivileged_host_uid_that_owns_its_own_files() {
+    let script = r#"
+echo made > /made-by-root
+mkdir /data && chown 1000:1000 /data && echo chowned=$(stat -c %u:%g /data)
+echo etc=$(stat -c %u /etc/passwd)
+echo ready
+exec sleep 30
+"#;
+    let s = spec(&unique_id("userns"), script, (0, 0));
+    let base = s.user_namespace.unwrap();
+    assert!(base >= 1 << 29, "{base}");
+    let mut inst = start_until_ready(&s);
+    let pid = inst.pid();
+    // From the host: uid 0 inside is `base` outside.
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    assert_eq!(fields, ["0", &base.to_string(), "65536"], "{map}");
+    let gid_map = std::fs::read_to_string(format!("/proc/{pid}/gid_map")).unwrap();
+    assert_eq!(gid_map, map);
+    assert_eq!(host_uids(pid), [base; 4]);
+    // What it writes is owned by that uid on the host; the image's files show as its
+    // root's inside (an idmapped mount), unchanged on disk.
+    let made = std::fs::metadata(format!("/proc/{pid}/root/made-by-root")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(made.uid(), base);
+    let data = std::fs::metadata(format!("/proc/{pid}/root/data")).unwrap();
+    assert_eq!((data.uid(), data.gid()), (base + 1000, base + 1000));
+    let lines = stdout_of(&s.log_path);
+    assert_eq!(value(&lines, "chowned"), "1000:1000", "{lines:?}");
+    assert_eq!(value(&lines, "etc"), "0", "{lines:?}");
+    let layer_passwd = s
+        .layers
+        .iter()
+        .find_map(|l| std::fs::metadata(l.join("etc/passwd")).ok());
+    assert_eq!(
+        layer_passwd.map(|m| m.uid()),
+        Some(0),
+        "the layer on disk changed owner"
+    );
+    // `sleep` as PID 1 ignores SIGTERM: no grace needed.
+    inst.stop(Duration::from_millis(100)).unwrap();
+    release(&s.id);
+}
+
+#[test]
+fn with_host_ids_root_is_root() {
+    let mut s = spec(&unique_id("hostids"), "echo ready; exec sleep 30", (0, 0));
+    s.user_namespace = None;
+    let mut inst = start_until_ready(&s);
+    assert_eq!(host_uids(inst.pid()), [0; 4]);
+    let map = std::fs::read_to_string(format!("/proc/{}/uid_map", inst.pid())).unwrap();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "4294967295"]
+    );
+    // `sleep` as PID 1 ignores SIGTERM: no grace needed.
+    inst.stop(Duration::from_millis(100)).unwrap();
+    release(&s.id);
+}
+
+#[test]
+fn a_user_outside_the_namespace_is_refused_by_name() {
+    let s = spec(&unique_id("bigid"), "true", (70000, 70000));
+    let e = world()
+        .sandbox
+        .prepare(&s)
+        .err()
+        .expect("prepared with uid 70000")
+        .to_string();
+    assert!(e.contains("70000") && e.contains("user namespace"), "{e}");
+    release(&s.id);
 }

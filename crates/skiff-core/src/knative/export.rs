@@ -91,6 +91,7 @@ pub fn document(
     let mut revision = model::RevisionSpec {
         containers: vec![container],
         volumes,
+        host_users: spec.host_users.then_some(true),
         ..Default::default()
     };
     if spec.concurrency != defaults.concurrency {

@@ -108,6 +108,7 @@ pub fn service(doc: Service) -> Result<Imported> {
         }
     }
     let mut spec = ServiceSpec::new(container.image.clone());
+    spec.host_users = rs.host_users.unwrap_or(false);
     if let Some(n) = rs.container_concurrency {
         spec.concurrency = n;
     }

@@ -85,6 +85,9 @@ pub struct RevisionSpec {
     pub containers: Vec<Container>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Kubernetes' `hostUsers`: false (skiff's default) runs in a user namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_users: Option<bool>,
     #[serde(default, skip_serializing)]
     pub service_account_name: Ignored,
     #[serde(default, skip_serializing)]

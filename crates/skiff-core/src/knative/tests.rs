@@ -448,4 +448,15 @@ fn cluster_local_is_a_private_service_callable_by_the_services_named() {
     }
     let (exported, _) = export::document("x", &ServiceSpec::new("hello"), &[]);
     assert!(exported.metadata.labels.is_empty());
+    assert!(exported.spec.template.spec.host_users.is_none());
+}
+
+#[test]
+fn host_users_round_trip_as_kubernetes_says_them() {
+    let mut spec = ServiceSpec::new("hello");
+    spec.host_users = true;
+    let back = round_trip("x", &spec, &crate::default_traffic());
+    assert!(back.spec.host_users);
+    let read = one(&with("")).unwrap();
+    assert!(!read.spec.host_users);
 }

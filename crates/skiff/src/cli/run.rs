@@ -150,6 +150,8 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         secret_mounts: Vec::new(),
         init: !a.no_init,
         stop_signal: process.stop_signal,
+        // A one-off run keeps host ids, as `docker run` does.
+        user_namespace: None,
     };
     install_signal_handlers();
     let mut instance = match sandbox.start(&spec) {

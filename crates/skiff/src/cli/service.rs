@@ -130,6 +130,14 @@ pub struct DeployArgs {
     /// replacing the list ('*': every service; '' clears it).
     #[arg(long, value_name = "SERVICES", value_delimiter = ',')]
     allowed_callers: Option<Vec<String>>,
+    /// Run with the host's user and group ids instead of a user namespace of the
+    /// instance's own (for apps that need files owned by host ids).
+    #[arg(long, overrides_with = "no_host_users")]
+    host_users: bool,
+    /// Run in a user namespace of its own, root inside an unprivileged id outside (the
+    /// default where the kernel can).
+    #[arg(long, overrides_with = "host_users")]
+    no_host_users: bool,
     /// The new revision gets no traffic: the share that followed the latest revision
     /// stays pinned to the one serving now (try it at a --tag URL first).
     #[arg(long)]
@@ -323,6 +331,7 @@ fn patch(a: &DeployArgs) -> SpecPatch {
             .allowed_callers
             .as_ref()
             .map(|all| all.iter().filter(|c| !c.is_empty()).cloned().collect()),
+        host_users: (a.host_users || a.no_host_users).then_some(a.host_users),
     }
 }
 

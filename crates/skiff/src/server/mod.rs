@@ -103,6 +103,9 @@ pub struct ServerArgs {
     /// Serve no registry.
     #[arg(long)]
     no_registry: bool,
+    /// Run every instance with host ids (no user namespaces), whatever its spec says.
+    #[arg(long)]
+    no_user_namespaces: bool,
     /// Serve the registry over TLS with this certificate chain (PEM)…
     #[arg(long, value_name = "FILE", requires = "registry_key")]
     registry_cert: Option<PathBuf>,
@@ -171,6 +174,29 @@ async fn start_tcp_api(
     Ok((bound, task))
 }
 
+/// Whether instances get user namespaces: unless turned off, where the kernel can make
+/// them and show the image layers' file system through them.
+fn user_namespaces(images: &skiff_image::ImageStore, off: bool) -> bool {
+    if off {
+        eprintln!(
+            "skiff server: user namespaces off (--no-user-namespaces): instances run with host ids"
+        );
+        return false;
+    }
+    let dir = images.snapshots_dir();
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!("user namespaces off: creating {}: {e}", dir.display());
+        return false;
+    }
+    match skiff_sandbox::userns::check_support(&dir) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("user namespaces off: instances run with host ids: {e}");
+            false
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -229,7 +255,8 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         Some(Arc::clone(&network)),
         log_limits,
     )
-    .context("starting the spawner threads")?;
+    .context("starting the spawner threads")?
+    .with_user_namespaces(user_namespaces(&images, args.no_user_namespaces));
     let registry_listener = if args.no_registry {
         None
     } else {

@@ -1,0 +1,212 @@
+//! User namespaces for instances: each gets one whose ids 0–65535 are an unprivileged
+//! range of host ids, so root inside is a uid outside that owns nothing of the host's.
+//! A range belongs to an instance's network slot (unique among live instances), and the
+//! namespace of each range is made once and kept as a descriptor: an instance joins it
+//! with `setns` just before it drops privileges, after every mount is made, so making an
+//! instance costs no extra round trip. The image's layers are shown to it through
+//! idmapped mounts (host 0 appears as the range's first id), which keeps the layers
+//! shared by every instance and every range.
+//!
+//! This module must not pick ranges for services; it makes namespaces for the ranges it
+//! is asked for, and checks that the kernel can do all of it.
+
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Ids per instance: 0–65535 inside.
+pub const RANGE: u32 = 65536;
+/// The first host id given to instances: 2^29, inside the span systemd leaves to
+/// containers (524288–1879048191) and below 2^31, which some tools take as negative.
+pub const BASE: u32 = 1 << 29;
+/// Ranges there are room for below 2^31: one per slot of a /16.
+pub const RANGES: u32 = 1 << 14;
+
+/// The first host id of range `index` (taken modulo [`RANGES`]).
+pub fn host_base(index: u32) -> u32 {
+    BASE + (index % RANGES) * RANGE
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const OPEN_TREE_CLONE: u32 = 1;
+
+/// Makes the detached mount `fd` show ids through `userns`'s mapping.
+///
+/// # Safety
+/// Raw system call on descriptors the caller owns; allocates nothing, so the sandbox's
+/// child may call it.
+pub(crate) unsafe fn idmap(fd: RawFd, userns: RawFd) -> libc::c_int {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns as u64,
+    };
+    // SAFETY: the path is a static empty string, `attr` lives for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) as libc::c_int
+    }
+}
+
+/// A new user namespace mapping ids 0–65535 to host ids `base`… (groups too), as a
+/// descriptor that keeps it alive.
+pub fn create(base: u32) -> io::Result<OwnedFd> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just made these and nothing else owns them.
+    let (hold_r, hold_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: a fork-style clone; the child only reads from a pipe and exits (both
+    // async-signal-safe), so the parent's threads and locks do not matter to it.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        let mut b = [0u8; 1];
+        // SAFETY: raw calls in the fresh child; it waits until the parent has the
+        // namespace (the write end closes) and leaves.
+        unsafe {
+            libc::close(fds[1]);
+            libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pid = pid as libc::pid_t;
+    let map = format!("0 {base} {RANGE}\n");
+    let made = std::fs::write(format!("/proc/{pid}/uid_map"), &map)
+        .and_then(|()| std::fs::write(format!("/proc/{pid}/gid_map"), &map))
+        .and_then(|()| std::fs::File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from));
+    drop(hold_w);
+    drop(hold_r);
+    let mut status = 0;
+    // SAFETY: reaping the child this function made.
+    unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+    made
+}
+
+/// Opens a detached copy of the directory `dir` (a mount of its own) shown through
+/// `userns`'s mapping.
+fn idmapped_tree(dir: &Path, userns: &OwnedFd) -> io::Result<OwnedFd> {
+    let path = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?;
+    // SAFETY: open_tree on a path that lives for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: open_tree just returned it.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: both descriptors are owned here.
+    if unsafe { idmap(tree.as_raw_fd(), userns.as_raw_fd()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tree)
+}
+
+/// Whether instances can have user namespaces here: one can be made, and the layers in
+/// `layers_dir` can be shown through it (an idmapped mount of their file system).
+pub fn check_support(layers_dir: &Path) -> Result<(), String> {
+    let userns = create(BASE).map_err(|e| format!("making a user namespace: {e}"))?;
+    idmapped_tree(layers_dir, &userns).map(drop).map_err(|e| {
+        format!(
+            "an idmapped mount of {} (its file system or this kernel cannot): {e}",
+            layers_dir.display()
+        )
+    })
+}
+
+/// The user namespace of each range, made on first use and kept.
+#[derive(Default)]
+pub struct UserNamespaces {
+    by_base: Mutex<HashMap<u32, Arc<OwnedFd>>>,
+}
+
+impl UserNamespaces {
+    /// The namespace whose ids start at host id `base`.
+    pub fn get(&self, base: u32) -> io::Result<Arc<OwnedFd>> {
+        let mut all = self.by_base.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fd) = all.get(&base) {
+            return Ok(Arc::clone(fd));
+        }
+        let fd = Arc::new(create(base)?);
+        all.insert(base, Arc::clone(&fd));
+        Ok(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn ranges_are_disjoint_and_below_2_31() {
+        assert_eq!(host_base(0), BASE);
+        assert_eq!(host_base(1), BASE + RANGE);
+        assert_eq!(host_base(RANGES), BASE);
+        assert!(u64::from(host_base(RANGES - 1)) + u64::from(RANGE) <= 1 << 31);
+    }
+
+    #[test]
+    fn a_namespace_maps_its_range_and_is_kept_per_range() {
+        if !root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let all = UserNamespaces::default();
+        let a = all.get(host_base(7)).unwrap();
+        let again = all.get(host_base(7)).unwrap();
+        assert_eq!(a.as_raw_fd(), again.as_raw_fd());
+        let b = all.get(host_base(8)).unwrap();
+        assert_ne!(a.as_raw_fd(), b.as_raw_fd());
+        // The namespace lives on without its first process.
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
+        assert!(link.to_string_lossy().starts_with("user:["), "{link:?}");
+        check_support(Path::new("/tmp")).unwrap();
+    }
+}
