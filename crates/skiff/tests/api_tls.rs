@@ -162,3 +162,57 @@ fn tokens_are_needed_and_roles_and_services_limit_them() {
         );
     }
 }
+
+#[test]
+fn a_certificate_given_is_served_in_place_of_one_made() {
+    // Another daemon's certificate stands in for one an operator brings.
+    let maker = Daemon::start(&["--api-listen", "127.0.0.1:0"]);
+    let given = tempfile::tempdir().unwrap();
+    let (cert, key) = (given.path().join("c.pem"), given.path().join("k.pem"));
+    std::fs::copy(maker.home.path().join("api.crt"), &cert).unwrap();
+    std::fs::copy(maker.home.path().join("api.key"), &key).unwrap();
+    drop(maker);
+
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let d = Daemon::start(&[
+        "--api-listen",
+        "127.0.0.1:0",
+        "--api-cert",
+        cert_s,
+        "--api-key",
+        key_s,
+    ]);
+    assert!(
+        !d.home.path().join("api.crt").exists(),
+        "a certificate was made anyway"
+    );
+    let api = Api {
+        d: &d,
+        url: format!("https://{}", d.api_tcp.clone().unwrap()),
+        ca: cert_s.to_owned(),
+    };
+    let admin = token(&d, "boss", "admin", &[]);
+    let out = api.as_token(&admin, &["ls"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A key that is not one: the daemon does not start, and says which file.
+    std::fs::write(&key, "not a key").unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(daemon::skiff_bin())
+        .args(["--home", home.path().to_str().unwrap()])
+        .args(["--socket", home.path().join("s.sock").to_str().unwrap()])
+        .args(["server", "--ingress", "127.0.0.1:0", "--no-registry"])
+        .args(["--instance-subnet", "10.91.255.0/24"])
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--api-cert",
+            cert_s,
+            "--api-key",
+            key_s,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(key_s), "{}", stderr(&out));
+}

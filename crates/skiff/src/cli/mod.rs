@@ -74,7 +74,7 @@ pub enum Command {
     /// Run one instance of an image in the foreground.
     Run(run::RunArgs),
     /// Run the daemon: control-plane API, ingress router, instances.
-    Server(crate::server::ServerArgs),
+    Server(Box<crate::server::ServerArgs>),
     /// Deploy a service (a new revision of it, when it exists).
     Deploy(Box<service::DeployArgs>),
     /// List services.
@@ -141,7 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Run(args) => run::run(&home, args),
-        Command::Server(args) => crate::server::run(home, cli.socket, args),
+        Command::Server(args) => crate::server::run(home, cli.socket, *args),
         Command::Deploy(a) => service::deploy(&client(&endpoint)?, cli.output, *a).map(|()| 0),
         Command::Ls => service::list(&client(&endpoint)?, cli.output).map(|()| 0),
         Command::Describe { name } => {

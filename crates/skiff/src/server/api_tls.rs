@@ -9,29 +9,39 @@ use anyhow::Context;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The API's TLS setup from `home`'s `api.crt` and `api.key`, made for `listen` first if
-/// they are not there; with the fingerprint of the certificate that clients trust (the
-/// last in `api.crt`).
+/// The API's TLS setup from the `given` certificate chain and key, or from `home`'s
+/// `api.crt` and `api.key`, made for `listen` first if they are not there; with the
+/// fingerprint of the certificate that clients trust (the chain's last) and its file.
 pub fn certificate(
     home: &Path,
     listen: SocketAddr,
-) -> anyhow::Result<(Arc<tokio_rustls::rustls::ServerConfig>, String)> {
-    let cert = home.join("api.crt");
-    let key = home.join("api.key");
-    if !cert.exists() && !key.exists() {
-        make_certificate(&cert, &key, listen)?;
-    }
+    given: Option<(&Path, &Path)>,
+) -> anyhow::Result<(Arc<tokio_rustls::rustls::ServerConfig>, String, PathBuf)> {
+    let (cert, key) = match given {
+        Some((cert, key)) => (cert.to_owned(), key.to_owned()),
+        None => {
+            let (cert, key) = (home.join("api.crt"), home.join("api.key"));
+            if !cert.exists() && !key.exists() {
+                make_certificate(&cert, &key, listen).with_context(|| {
+                    format!("making the API's certificate in {}", home.display())
+                })?;
+            }
+            (cert, key)
+        }
+    };
     let config = super::tls::config(&cert, &key)?;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::CertificateDer;
     let chain = CertificateDer::pem_file_iter(&cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("reading certificates from {}", cert.display()))?;
-    let trusted = chain.last().context("api.crt holds no certificate")?;
-    Ok((config, fingerprint(trusted)))
+    let trusted = chain
+        .last()
+        .with_context(|| format!("{} holds no certificate", cert.display()))?;
+    Ok((config, fingerprint(trusted), cert))
 }
 
 /// `AA:BB:…`: SHA-256 of a certificate.

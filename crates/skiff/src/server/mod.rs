@@ -117,6 +117,13 @@ pub struct ServerArgs {
     /// at the first start, with its authority's fingerprint printed for pinning).
     #[arg(long, value_name = "ADDR")]
     api_listen: Option<SocketAddr>,
+    /// Serve the TCP API with this certificate chain (PEM; the last one is the one whose
+    /// fingerprint is printed) instead of the one skiff makes…
+    #[arg(long, value_name = "FILE", requires_all = ["api_key", "api_listen"])]
+    api_cert: Option<PathBuf>,
+    /// …and this private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "api_cert")]
+    api_key: Option<PathBuf>,
     /// The key secrets are sealed under: 64 hex digits in a file only the daemon's user
     /// may read (default: `$SKIFF_HOME/secrets.key`, made at the first start). A key
     /// supplied here (by a KMS, say) must exist: it is never made.
@@ -156,18 +163,18 @@ fn secrets_key(
 async fn start_tcp_api(
     home: &Home,
     addr: SocketAddr,
+    given: Option<(&Path, &Path)>,
     ctl: &Arc<Control>,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let (tls, fingerprint) = api_tls::certificate(&home.root, addr)
-        .with_context(|| format!("preparing the API's certificate in {}", home.root.display()))?;
+    let (tls, fingerprint, cert) = api_tls::certificate(&home.root, addr, given)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening for the API on {addr}"))?;
     let bound = listener.local_addr().context("reading the API's address")?;
     eprintln!(
         "skiff server: API on https://{bound} for tokens; clients trust {} (SHA-256 {fingerprint})",
-        home.root.join("api.crt").display()
+        cert.display()
     );
     let app = api::tcp_routes(Arc::clone(ctl), stop.clone());
     let task = tokio::spawn(tls::serve("api", app, listener, tls, stop.clone()));
@@ -318,7 +325,10 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         _ => None,
     };
     let tcp_api = match args.api_listen {
-        Some(addr) => Some(start_tcp_api(&home, addr, &ctl, &stop_rx).await?),
+        Some(addr) => {
+            let given = args.api_cert.as_deref().zip(args.api_key.as_deref());
+            Some(start_tcp_api(&home, addr, given, &ctl, &stop_rx).await?)
+        }
         None => None,
     };
     let api_task = tokio::spawn(api::serve(Arc::clone(&ctl), api_listener, stop_rx));
