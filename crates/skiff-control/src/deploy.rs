@@ -89,7 +89,7 @@ impl Control {
         validate_service_name(name)?;
         spec.validate()?;
         // Every secret it names opens now, with the keys it asks for.
-        self.check_secrets(&spec.secrets)?;
+        self.check_secrets(name, &spec.secrets)?;
         if let Some(total) = host_memory() {
             if spec.memory_bytes > total {
                 return Err(ControlError::invalid_spec(

@@ -216,6 +216,9 @@ pub struct SecretWrite {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub string_data: BTreeMap<String, SecretValue>,
+    /// On creation: the services it may be given to (empty: any); fixed for its life.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 impl std::fmt::Debug for SecretWrite {
@@ -223,6 +226,7 @@ impl std::fmt::Debug for SecretWrite {
         f.debug_struct("SecretWrite")
             .field("data", &self.data.keys().collect::<Vec<_>>())
             .field("stringData", &self.string_data.keys().collect::<Vec<_>>())
+            .field("services", &self.services)
             .finish()
     }
 }
@@ -310,6 +314,9 @@ pub struct SecretVersionInfo {
 pub struct SecretDetail {
     pub name: String,
     pub created_at: i64,
+    /// The services it may be given to; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     pub versions: Vec<SecretVersionInfo>,
 }
 
@@ -318,6 +325,9 @@ pub struct SecretDetail {
 pub struct SecretSummary {
     pub name: String,
     pub created_at: i64,
+    /// The services it may be given to; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     pub versions: usize,
     /// The newest enabled version (what `latest` means), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

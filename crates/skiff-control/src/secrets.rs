@@ -26,6 +26,8 @@ pub enum SecretCommand {
     Create {
         name: String,
         data: SecretData,
+        /// The services it may be given to; empty: any. Fixed for its life.
+        services: Vec<String>,
     },
     /// The secret's next version.
     AddVersion {
@@ -225,6 +227,7 @@ fn detail(s: &SecretRecord) -> SecretDetail {
     SecretDetail {
         name: s.name.clone(),
         created_at: s.created_at,
+        services: s.services.clone(),
         versions: s
             .versions
             .iter()
@@ -244,6 +247,7 @@ fn summary(s: &SecretRecord) -> SecretSummary {
     SecretSummary {
         name: s.name.clone(),
         created_at: s.created_at,
+        services: s.services.clone(),
         versions: s.versions.len(),
         latest: latest.map(|v| v.version),
         keys: latest.map(|v| v.keys.clone()).unwrap_or_default(),
@@ -271,12 +275,23 @@ impl Control {
                 self.db().secrets()?.iter().map(summary).collect(),
             )),
             SecretCommand::Describe { name } => self.secret_detail(&name),
-            SecretCommand::Create { name, data } => {
+            SecretCommand::Create {
+                name,
+                data,
+                services,
+            } => {
                 check_name(&name)?;
                 check_data(&data)?;
+                for s in &services {
+                    skiff_core::validate_service_name(s)
+                        .map_err(|e| ControlError::bad_field("services", e.to_string()))?;
+                }
                 let incarnation = new_incarnation();
                 let first = self.sealed_version(&name, &incarnation, 1, &data);
-                if !self.db().create_secret(&name, &incarnation, &first)? {
+                if !self
+                    .db()
+                    .create_secret(&name, &incarnation, &services, &first)?
+                {
                     return Err(ControlError::Conflict(format!(
                         "secret {name} exists already: add a version to it instead"
                     )));
@@ -401,8 +416,12 @@ impl Control {
     }
 
     /// Checks that every use opens now, with the keys it asks for (at deploy).
-    pub(crate) fn check_secrets(&self, uses: &[SecretUse]) -> Result<(), ControlError> {
-        self.resolve_secrets(uses, None).map(drop)
+    pub(crate) fn check_secrets(
+        &self,
+        service: &str,
+        uses: &[SecretUse],
+    ) -> Result<(), ControlError> {
+        self.resolve_secrets(service, uses, None).map(drop)
     }
 
     /// What an instance (`files_for`: its id and the uid and gid its files belong to)
@@ -412,13 +431,14 @@ impl Control {
     /// fault, never a value.
     pub(crate) fn resolve_secrets(
         &self,
+        service: &str,
         uses: &[SecretUse],
         files_for: Option<(&str, u32, u32)>,
     ) -> Result<InstanceSecrets, ControlError> {
         let mut out = InstanceSecrets::default();
         let mut live = Vec::new();
         for u in uses {
-            let (version, data) = self.open_use(u)?;
+            let (version, data) = self.open_use(service, u)?;
             let bad = |why: String| ControlError::invalid_spec("secrets", format!("{u}: {why}"));
             if let Some((dir, _)) = mount_point(&u.target) {
                 let Some((_, uid, gid)) = files_for else {
@@ -483,10 +503,11 @@ impl Control {
         self.live_secret_files().remove(id);
     }
 
-    /// The values `u` takes: its secret's version (and number), or its config map's.
-    fn open_use(&self, u: &SecretUse) -> Result<(u32, SecretData), ControlError> {
+    /// The values `u` takes for `service`: its secret's version (and number), or its
+    /// config map's.
+    fn open_use(&self, service: &str, u: &SecretUse) -> Result<(u32, SecretData), ControlError> {
         match u.from {
-            UseSource::Secret => self.open_secret(&u.secret, u.version.into()),
+            UseSource::Secret => self.open_secret_for(&u.secret, u.version.into(), Some(service)),
             UseSource::ConfigMap => Ok((0, self.open_config_map(&u.secret)?)),
         }
     }
@@ -527,7 +548,30 @@ impl Control {
         name: &str,
         version: SecretVersion,
     ) -> Result<(u32, SecretData), ControlError> {
+        self.open_secret_for(name, version, None)
+    }
+
+    /// As [`Control::open_secret`], for `service` when it says which: refused (naming
+    /// the services it may go to) unless the secret may be given to it.
+    fn open_secret_for(
+        &self,
+        name: &str,
+        version: SecretVersion,
+        service: Option<&str>,
+    ) -> Result<(u32, SecretData), ControlError> {
         let record = self.db().secret(name)?.ok_or_else(|| no_secret(name))?;
+        if let Some(service) = service {
+            if !record.services.is_empty() && !record.services.iter().any(|s| s == service) {
+                return Err(ControlError::invalid_spec(
+                    "secrets",
+                    format!(
+                        "secret {name} may be given to service{} {} only, not to {service}",
+                        if record.services.len() == 1 { "" } else { "s" },
+                        record.services.join(", ")
+                    ),
+                ));
+            }
+        }
         let stored = match version {
             SecretVersion::Latest => record.latest_enabled().ok_or_else(|| {
                 ControlError::Conflict(format!("secret {name} has no enabled version"))

@@ -52,6 +52,7 @@ impl RevisionRunner {
         let process = &self.revision.process;
         let base = self.ctl.runtime.host_id_base(slot, &self.revision);
         let secrets = match self.ctl.resolve_secrets(
+            self.service(),
             &self.revision.spec.secrets,
             Some((id, base + process.uid, base + process.gid)),
         ) {

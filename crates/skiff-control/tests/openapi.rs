@@ -238,6 +238,7 @@ fn requests_match_the_openapi_document() {
         &SecretWrite {
             data: [("k".to_owned(), SecretValue("dg==".into()))].into(),
             string_data: [("t".to_owned(), SecretValue("v".into()))].into(),
+            services: vec!["s".into()],
         },
     );
     check(
@@ -269,6 +270,7 @@ fn answers_match_the_openapi_document() {
         &SecretDetail {
             name: "n".into(),
             created_at: 1,
+            services: vec!["s".into()],
             versions: vec![SecretVersionInfo {
                 version: 1,
                 state: "enabled".into(),
@@ -319,6 +321,7 @@ fn answers_match_the_openapi_document() {
         &SecretSummary {
             name: "n".into(),
             created_at: 1,
+            services: vec!["s".into()],
             versions: 1,
             latest: Some(1),
             keys: vec!["k".into()],

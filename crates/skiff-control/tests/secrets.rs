@@ -56,6 +56,7 @@ async fn versions_are_numbered_sealed_and_latest_skips_disabled_ones() {
         SecretCommand::Create {
             name: "db-pass".into(),
             data: data(&[("password", first)]),
+            services: vec![],
         },
     )
     .await
@@ -157,6 +158,7 @@ async fn a_ciphertext_moved_to_another_row_does_not_open() {
             SecretCommand::Create {
                 name: name.into(),
                 data: data(&[("k", value)]),
+                services: vec![],
             },
         )
         .await
@@ -214,6 +216,7 @@ async fn a_ciphertext_moved_to_another_row_does_not_open() {
         SecretCommand::Create {
             name: "a".into(),
             data: data(&[("k", "new-1")]),
+            services: vec![],
         },
     )
     .await
@@ -242,18 +245,21 @@ async fn bad_names_keys_and_sizes_are_refused_and_names_are_taken_once() {
     let e = refused(SecretCommand::Create {
         name: "DB".into(),
         data: data(&[("k", "v")]),
+        services: vec![],
     })
     .await;
     assert!(e.contains("secret name \"DB\""), "{e}");
     let e = refused(SecretCommand::Create {
         name: "db".into(),
         data: data(&[("../k", "v")]),
+        services: vec![],
     })
     .await;
     assert!(e.contains("secret key \"../k\""), "{e}");
     let e = refused(SecretCommand::Create {
         name: "db".into(),
         data: SecretData::new(),
+        services: vec![],
     })
     .await;
     assert!(e.contains("at least one key"), "{e}");
@@ -261,6 +267,7 @@ async fn bad_names_keys_and_sizes_are_refused_and_names_are_taken_once() {
     let e = refused(SecretCommand::Create {
         name: "db".into(),
         data: data(&[("a", &big), ("b", "y")]),
+        services: vec![],
     })
     .await;
     assert!(e.contains("at most 65536"), "{e}");
@@ -275,6 +282,7 @@ async fn bad_names_keys_and_sizes_are_refused_and_names_are_taken_once() {
         SecretCommand::Create {
             name: "db".into(),
             data: data(&[("k", "v")]),
+            services: vec![],
         },
     )
     .await
@@ -282,6 +290,7 @@ async fn bad_names_keys_and_sizes_are_refused_and_names_are_taken_once() {
     let e = refused(SecretCommand::Create {
         name: "db".into(),
         data: data(&[("k", "w")]),
+        services: vec![],
     })
     .await;
     assert!(e.contains("exists already"), "{e}");
@@ -324,4 +333,43 @@ async fn a_refused_name_is_quoted_as_given() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("\"my_service\" is not a token name"), "{e}");
+}
+
+#[tokio::test]
+async fn a_secret_made_for_some_services_goes_to_those_only() {
+    let h = Harness::new();
+    run(
+        &h,
+        SecretCommand::Create {
+            name: "db-pass".into(),
+            data: data(&[("password", "p-51c0")]),
+            services: vec!["api".into()],
+        },
+    )
+    .await
+    .unwrap();
+    let SecretAnswer::Secrets(list) = run(&h, SecretCommand::List).await.unwrap() else {
+        panic!("a list answers Secrets")
+    };
+    assert_eq!(list[0].services, ["api"]);
+    let mut spec = skiff_core::ServiceSpec::new("app:1");
+    spec.secrets = vec!["DB=db-pass:latest".parse().unwrap()];
+    h.deploy("api", spec.clone()).await.unwrap();
+    let e = h.deploy("web", spec).await.unwrap_err().to_string();
+    assert!(
+        e.contains("db-pass") && e.contains("api only") && e.contains("not to web"),
+        "{e}"
+    );
+    let e = run(
+        &h,
+        SecretCommand::Create {
+            name: "other".into(),
+            data: data(&[("k", "v")]),
+            services: vec!["Not A Service".into()],
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("Not A Service"), "{e}");
 }

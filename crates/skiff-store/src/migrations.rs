@@ -142,6 +142,10 @@ const MIGRATIONS: &[&str] = &[
         revoked_at    INTEGER
     );
     "#,
+    // 10: the services a secret may be given to (empty: any).
+    r#"
+    ALTER TABLE secrets ADD COLUMN services_json TEXT NOT NULL DEFAULT '[]';
+    "#,
 ];
 
 /// The schema version `conn`'s database has, refused when newer than this build knows.

@@ -45,6 +45,8 @@ pub struct SecretRecord {
     pub incarnation: String,
     /// Unix time created.
     pub created_at: i64,
+    /// The services it may be given to; empty: any.
+    pub services: Vec<String>,
     pub versions: Vec<SecretVersionRecord>,
 }
 
@@ -66,15 +68,21 @@ impl Store {
         &mut self,
         name: &str,
         incarnation: &str,
+        services: &[String],
         first: &NewSecretVersion,
     ) -> Result<bool, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let made = tx.execute(
-            "INSERT INTO secrets (name, incarnation, created_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (name) DO NOTHING",
-            params![name, incarnation, now_unix()],
+            "INSERT INTO secrets (name, incarnation, created_at, services_json)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING",
+            params![
+                name,
+                incarnation,
+                now_unix(),
+                serde_json::to_string(services).unwrap_or_else(|_| "[]".into())
+            ],
         )?;
         if made == 0 {
             return Ok(false);
@@ -136,18 +144,28 @@ impl Store {
         params: P,
     ) -> Result<Vec<SecretRecord>, StoreError> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT name, incarnation, created_at FROM secrets {filter} ORDER BY name"
+            "SELECT name, incarnation, created_at, services_json FROM secrets {filter} ORDER BY name"
         ))?;
-        let mut secrets: Vec<SecretRecord> = stmt
+        let rows: Vec<(SecretRecord, String)> = stmt
             .query_map(params, |r| {
-                Ok(SecretRecord {
+                let record = SecretRecord {
                     name: r.get(0)?,
                     incarnation: r.get(1)?,
                     created_at: r.get(2)?,
+                    services: Vec::new(),
                     versions: Vec::new(),
-                })
+                };
+                Ok((record, r.get(3)?))
             })?
             .collect::<Result<_, _>>()?;
+        let mut secrets = Vec::with_capacity(rows.len());
+        for (mut record, services) in rows {
+            record.services = serde_json::from_str(&services).map_err(|_| StoreError::Corrupt {
+                what: "secret's service list",
+                value: services.clone(),
+            })?;
+            secrets.push(record);
+        }
         let mut versions = self.conn.prepare(
             "SELECT version, enabled, keys_json, created_at, key_id, nonce, ciphertext
              FROM secret_versions WHERE secret = ?1 ORDER BY version",
@@ -253,9 +271,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("s.db")).unwrap();
         assert!(s
-            .create_secret("db", "i1", &version(1, &["password"]))
+            .create_secret("db", "i1", &[], &version(1, &["password"]))
             .unwrap());
-        assert!(!s.create_secret("db", "i2", &version(1, &["x"])).unwrap());
+        assert!(!s
+            .create_secret("db", "i2", &[], &version(1, &["x"]))
+            .unwrap());
         assert_eq!(s.next_secret_version("db").unwrap(), Some(2));
         assert_eq!(s.next_secret_version("none").unwrap(), None);
         assert!(s
@@ -280,7 +300,10 @@ mod tests {
         assert!(s.secret("db").unwrap().is_none());
         assert!(s.secrets().unwrap().is_empty());
         // Made again, it starts over, with a new incarnation.
-        assert!(s.create_secret("db", "i3", &version(1, &["k"])).unwrap());
+        assert!(s
+            .create_secret("db", "i3", &["web".into()], &version(1, &["k"]))
+            .unwrap());
+        assert_eq!(s.secret("db").unwrap().unwrap().services, ["web"]);
         assert_eq!(s.secret("db").unwrap().unwrap().incarnation, "i3");
     }
 }

@@ -12,7 +12,14 @@ use skiff_control::documents::{SecretDetail, SecretSummary, SecretValue, SecretW
 #[derive(Subcommand)]
 pub enum SecretCommand {
     /// Make a secret with its first version.
-    Create(DataArgs),
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        /// A service it may be given to (repeat for more); without any, every service
+        /// may use it. Fixed for the secret's life.
+        #[arg(long = "service", value_name = "SERVICE")]
+        services: Vec<String>,
+    },
     /// Give a secret its next version (instances that follow `latest` get it).
     AddVersion(DataArgs),
     /// A secret's versions, newest first: state and keys, never values.
@@ -45,8 +52,11 @@ fn write(a: &DataArgs) -> anyhow::Result<SecretWrite> {
 
 pub fn run(client: &Client, format: Format, command: SecretCommand) -> anyhow::Result<()> {
     match command {
-        SecretCommand::Create(a) => {
-            let body = serde_json::to_value(write(&a)?)?;
+        SecretCommand::Create { data: a, services } => {
+            let body = serde_json::to_value(SecretWrite {
+                services,
+                ..write(&a)?
+            })?;
             let d: SecretDetail = client.call(Method::PUT, &path(&a.name), Some(body))?;
             show_written(format, &d, "created secret")
         }
@@ -77,11 +87,19 @@ pub fn run(client: &Client, format: Format, command: SecretCommand) -> anyhow::R
                         s.latest.map_or("-".into(), |v| v.to_string()),
                         s.versions.to_string(),
                         s.keys.join(","),
+                        if s.services.is_empty() {
+                            "(any)".into()
+                        } else {
+                            s.services.join(",")
+                        },
                         super::service::ago(s.created_at),
                     ]
                 })
                 .collect();
-            output::table(&["NAME", "LATEST", "VERSIONS", "KEYS", "CREATED"], &rows);
+            output::table(
+                &["NAME", "LATEST", "VERSIONS", "KEYS", "SERVICES", "CREATED"],
+                &rows,
+            );
             Ok(())
         }
         SecretCommand::Rm { name } => {

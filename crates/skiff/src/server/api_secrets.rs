@@ -42,13 +42,16 @@ async fn run(s: &AppState, command: SecretCommand) -> Result<Response, ApiError>
     })
 }
 
+/// A version's data, and the services named (which only a new secret takes).
 fn data_of(
     body: Result<Json<SecretWrite>, JsonRejection>,
-) -> Result<skiff_secrets::SecretData, ApiError> {
-    let Json(write) = body?;
-    write
+) -> Result<(skiff_secrets::SecretData, Vec<String>), ApiError> {
+    let Json(mut write) = body?;
+    let services = std::mem::take(&mut write.services);
+    let data = write
         .into_data()
-        .map_err(|e| ApiError::from(ControlError::bad_field("data", e)))
+        .map_err(|e| ApiError::from(ControlError::bad_field("data", e)))?;
+    Ok((data, services))
 }
 
 async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
@@ -67,8 +70,13 @@ async fn create(
     Path(name): Path<String>,
     body: Result<Json<SecretWrite>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let data = data_of(body)?;
-    run(&s, SecretCommand::Create { name, data }).await
+    let (data, services) = data_of(body)?;
+    let command = SecretCommand::Create {
+        name,
+        data,
+        services,
+    };
+    run(&s, command).await
 }
 
 async fn add_version(
@@ -76,7 +84,11 @@ async fn add_version(
     Path(name): Path<String>,
     body: Result<Json<SecretWrite>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let data = data_of(body)?;
+    let (data, services) = data_of(body)?;
+    if !services.is_empty() {
+        let why = "a secret's services are set when it is made, not per version";
+        return Err(ApiError::from(ControlError::bad_field("services", why)));
+    }
     run(&s, SecretCommand::AddVersion { name, data }).await
 }
 
