@@ -109,6 +109,9 @@ pub struct Control {
     secret_files: Mutex<HashMap<String, Vec<secrets::LiveSecretFiles>>>,
     /// What the router asks about private services' callers.
     gate: Arc<gate::ServiceGate>,
+    /// Bumped by every secret or config map write that changes what `latest` means, so
+    /// a sandbox being prepared across one knows it may hold the old values.
+    secrets_generation: std::sync::atomic::AtomicU64,
 }
 
 /// Counts a task that must finish before the control plane has shut down.
@@ -139,6 +142,7 @@ impl Control {
         router.set_gate(Arc::clone(&gate) as Arc<dyn skiff_router::Gate>);
         Arc::new(Control {
             gate,
+            secrets_generation: std::sync::atomic::AtomicU64::new(0),
             reserve,
             log_watch: Mutex::new(std::sync::Weak::new()),
             secret_files: Mutex::new(HashMap::new()),

@@ -385,10 +385,19 @@ impl Control {
     /// Lets go of the sandboxes prepared for revisions using secret `name`, which hold
     /// what `latest` meant when they were made; the next ones resolve it again.
     pub(crate) async fn refresh_prepared(&self, from: UseSource, name: &str) {
+        // First: a preparation that resolved before this write sees it when it ends.
+        self.secrets_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.update_secret_files(from, name);
         for runner in self.runners_using(from, name) {
             runner.discard_prepared().await;
         }
+    }
+
+    /// Changes whenever a secret or config map changes what instances would get.
+    pub(crate) fn secrets_generation(&self) -> u64 {
+        self.secrets_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn secret_detail(&self, name: &str) -> Result<SecretAnswer, ControlError> {

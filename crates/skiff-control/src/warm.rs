@@ -148,6 +148,7 @@ impl RevisionRunner {
         let me = Arc::clone(self);
         tokio::spawn(async move {
             let _alive = me.ctl.alive();
+            let generation = me.ctl.secrets_generation();
             match me.prepare_one(&id, true).await {
                 Ok(p) => {
                     me.prepare_done(None, &id);
@@ -155,8 +156,15 @@ impl RevisionRunner {
                         let _ = l.phase.to(InstancePhase::Prepared, &id);
                         l.prepared = Some(p);
                     }
-                    if !me.wants_prepared() {
+                    // A secret written while it was made may have been resolved before
+                    // the write, and the write's refresh found nothing prepared yet.
+                    let stale = !me.revision.spec.secrets.is_empty()
+                        && me.ctl.secrets_generation() != generation;
+                    if !me.wants_prepared() || stale {
                         me.discard_prepared().await;
+                        if stale {
+                            me.refill_prepared();
+                        }
                     }
                 }
                 Err(reason) => {

@@ -373,3 +373,56 @@ async fn a_secret_made_for_some_services_goes_to_those_only() {
     .to_string();
     assert!(e.contains("Not A Service"), "{e}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sandbox_prepared_while_a_version_is_added_is_made_again() {
+    use fake::{until, Call};
+    use std::time::Duration;
+    let h = Harness::with(|c| c.prepare_sandboxes = true);
+    let version = |value: &str| SecretCommand::AddVersion {
+        name: "s".into(),
+        data: data(&[("k", value)]),
+    };
+    let create = SecretCommand::Create {
+        name: "s".into(),
+        data: data(&[("k", "v1")]),
+        services: vec![],
+    };
+    run(&h, create).await.unwrap();
+    let mut spec = skiff_core::ServiceSpec::new("app:1");
+    spec.secrets = vec!["V=s:latest".parse().unwrap()];
+    h.deploy("svc", spec).await.unwrap();
+    let prepares = |h: &Harness| -> Vec<String> {
+        h.rt.calls()
+            .into_iter()
+            .filter_map(|(_, c)| match c {
+                Call::Prepare(id) => Some(id),
+                _ => None,
+            })
+            .collect()
+    };
+    let limit = Duration::from_secs(10);
+    until(limit, "a sandbox prepared ahead", || {
+        prepares(&h).len() >= 2
+    })
+    .await;
+    // A new version makes the next sandbox again; it is held while being made, with v2.
+    h.rt.hold_prepares(true);
+    let before = prepares(&h).len();
+    run(&h, version("v2")).await.unwrap();
+    until(limit, "a sandbox being made with v2", || {
+        prepares(&h).len() > before
+    })
+    .await;
+    let held = prepares(&h).last().unwrap().clone();
+    assert_eq!(h.rt.secret_env(&held), ["V=v2"]);
+    // v3 comes while it is being made: once made, it must not stay with v2.
+    run(&h, version("v3")).await.unwrap();
+    h.rt.hold_prepares(false);
+    until(limit, "a sandbox made again with v3", || {
+        prepares(&h)
+            .last()
+            .is_some_and(|id| h.rt.secret_env(id) == ["V=v3"])
+    })
+    .await;
+}

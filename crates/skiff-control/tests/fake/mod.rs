@@ -56,6 +56,10 @@ struct Shared {
     /// other end before it sent a byte.
     accepted: AtomicU32,
     closed_silently: AtomicU32,
+    /// Preparations wait while this is set.
+    prepares_held: AtomicBool,
+    /// The secrets' variables each instance was prepared with.
+    secret_env: Mutex<std::collections::HashMap<String, Vec<String>>>,
 }
 
 impl Shared {
@@ -122,6 +126,17 @@ impl FakeRuntime {
     pub fn running(&self) -> u32 {
         self.0.running.load(Ordering::SeqCst)
     }
+
+    /// Makes preparations wait (`true`) until let go again.
+    pub fn hold_prepares(&self, held: bool) {
+        self.0.prepares_held.store(held, Ordering::SeqCst);
+    }
+
+    /// The secrets' variables instance `id` was prepared with.
+    pub fn secret_env(&self, id: &str) -> Vec<String> {
+        let envs = self.0.secret_env.lock().unwrap();
+        envs.get(id).cloned().unwrap_or_default()
+    }
 }
 
 impl Runtime for FakeRuntime {
@@ -130,8 +145,17 @@ impl Runtime for FakeRuntime {
         plan: InstancePlan,
     ) -> BoxFuture<'_, Result<Box<dyn PreparedInstance>, RuntimeError>> {
         self.0.record(Call::Prepare(plan.id.clone()));
+        let env = plan.secrets.env.clone();
+        self.0
+            .secret_env
+            .lock()
+            .unwrap()
+            .insert(plan.id.clone(), env);
         let me = self.clone();
         Box::pin(async move {
+            while me.0.prepares_held.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             if me.behaviour() == Behaviour::PrepareFails {
                 return Err(RuntimeError::Failed(format!(
                     "instance {}: the fake runtime is out of descriptors",
