@@ -11,6 +11,7 @@ mod audit;
 mod configmaps;
 mod images;
 mod instances;
+mod invocations;
 mod migrations;
 mod secrets;
 mod services;
@@ -20,6 +21,7 @@ pub use audit::{AuditRecord, NewAuditEntry};
 pub use configmaps::ConfigMapRecord;
 pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
 pub use instances::{ExitRecord, InstanceRecord, InstanceState, NewInstance};
+pub use invocations::{InvocationOutcome, InvocationRecord, InvocationState, NewInvocation};
 pub use secrets::{NewSecretVersion, SealedRecord, SecretRecord, SecretVersionRecord};
 pub use services::{FailureRecord, RevisionRecord, ServiceRecord};
 pub use tokens::{NewTokenRecord, TokenRecord};
@@ -159,6 +161,11 @@ impl Store {
             conn,
             path: path.to_owned(),
         })
+    }
+
+    /// The database's file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Opens the database at `path` for reading only (commands that only look): nothing

@@ -146,6 +146,29 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE secrets ADD COLUMN services_json TEXT NOT NULL DEFAULT '[]';
     "#,
+    // 11: async invocations, kept until delivered or given up on.
+    r#"
+    CREATE TABLE invocations (
+        id              TEXT PRIMARY KEY,
+        service         TEXT NOT NULL,
+        idempotency_key TEXT,
+        method          TEXT NOT NULL,
+        target          TEXT NOT NULL,
+        fields          BLOB NOT NULL,
+        body            BLOB NOT NULL,
+        state           TEXT NOT NULL,
+        attempts        INTEGER NOT NULL,
+        created_ms      INTEGER NOT NULL,
+        next_ms         INTEGER NOT NULL,
+        finished_ms     INTEGER,
+        last_status     INTEGER,
+        last_error      TEXT
+    );
+    CREATE UNIQUE INDEX invocations_by_key ON invocations (service, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX invocations_due ON invocations (state, next_ms);
+    CREATE INDEX invocations_of_service ON invocations (service, created_ms);
+    "#,
 ];
 
 /// The schema version `conn`'s database has, refused when newer than this build knows.

@@ -1,0 +1,405 @@
+//! Async invocations: requests accepted with `Prefer: respond-async`, kept until
+//! delivered or given up on. A row is written (and committed) before the caller gets its
+//! 202; a delivery is marked before it starts and its outcome written after, so a crash
+//! in between leaves it `delivering`, which the next start makes `pending` again: at
+//! least once, duplicates only after a crash.
+
+use crate::{Store, StoreError};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+/// Where an invocation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvocationState {
+    Pending,
+    Delivering,
+    Delivered,
+    /// Given up on: in the dead-letter queue.
+    Dead,
+}
+
+impl InvocationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvocationState::Pending => "pending",
+            InvocationState::Delivering => "delivering",
+            InvocationState::Delivered => "delivered",
+            InvocationState::Dead => "dead",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "pending" => InvocationState::Pending,
+            "delivering" => InvocationState::Delivering,
+            "delivered" => InvocationState::Delivered,
+            "dead" => InvocationState::Dead,
+            other => {
+                return Err(StoreError::Corrupt {
+                    what: "invocation state",
+                    value: other.to_owned(),
+                })
+            }
+        })
+    }
+}
+
+/// A request to keep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewInvocation {
+    pub id: String,
+    pub service: String,
+    /// The caller's `Idempotency-Key`: a second request with it gets the first's id.
+    pub idempotency_key: Option<String>,
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// The request's end-to-end fields, `name: value\r\n` each.
+    pub fields: Vec<u8>,
+    pub body: Vec<u8>,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+}
+
+/// A stored invocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvocationRecord {
+    pub id: String,
+    pub service: String,
+    pub idempotency_key: Option<String>,
+    pub method: String,
+    pub target: String,
+    pub fields: Vec<u8>,
+    pub body: Vec<u8>,
+    pub state: InvocationState,
+    pub attempts: u32,
+    /// Unix milliseconds: made, next due, ended.
+    pub created_ms: i64,
+    pub next_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// The last attempt's status, or why it failed.
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+/// How an attempt's outcome is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InvocationOutcome {
+    Delivered {
+        status: u16,
+    },
+    /// Tried again at `next_ms`.
+    Retry {
+        next_ms: i64,
+        status: Option<u16>,
+        error: String,
+    },
+    Dead {
+        status: Option<u16>,
+        error: String,
+    },
+}
+
+const COLUMNS: &str = "id, service, idempotency_key, method, target, fields, body, state, \
+                       attempts, created_ms, next_ms, finished_ms, last_status, last_error";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(InvocationRecord, String)> {
+    Ok((
+        InvocationRecord {
+            id: r.get(0)?,
+            service: r.get(1)?,
+            idempotency_key: r.get(2)?,
+            method: r.get(3)?,
+            target: r.get(4)?,
+            fields: r.get(5)?,
+            body: r.get(6)?,
+            state: InvocationState::Pending,
+            attempts: r.get(8)?,
+            created_ms: r.get(9)?,
+            next_ms: r.get(10)?,
+            finished_ms: r.get(11)?,
+            last_status: r.get(12)?,
+            last_error: r.get(13)?,
+        },
+        r.get(7)?,
+    ))
+}
+
+fn with_state(
+    rows: impl Iterator<Item = rusqlite::Result<(InvocationRecord, String)>>,
+) -> Result<Vec<InvocationRecord>, StoreError> {
+    rows.map(|r| {
+        let (mut rec, state) = r?;
+        rec.state = InvocationState::parse(&state)?;
+        Ok(rec)
+    })
+    .collect()
+}
+
+impl Store {
+    /// Stores `batch` in one transaction (one commit for all: what makes many a second
+    /// cheap). Each gets back its id: its own, or the earlier invocation's with the same
+    /// service and idempotency key (and `true` for such a duplicate).
+    pub fn add_invocations(
+        &mut self,
+        batch: &[NewInvocation],
+    ) -> Result<Vec<(String, bool)>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(batch.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO invocations (id, service, idempotency_key, method, target, fields,
+                     body, state, attempts, created_ms, next_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8)
+                 ON CONFLICT DO NOTHING",
+            )?;
+            let mut earlier = tx.prepare_cached(
+                "SELECT id FROM invocations WHERE service = ?1 AND idempotency_key = ?2",
+            )?;
+            for inv in batch {
+                let made = insert.execute(params![
+                    inv.id,
+                    inv.service,
+                    inv.idempotency_key,
+                    inv.method,
+                    inv.target,
+                    inv.fields,
+                    inv.body,
+                    inv.created_ms
+                ])?;
+                if made == 1 {
+                    out.push((inv.id.clone(), false));
+                    continue;
+                }
+                let first: Option<String> = earlier
+                    .query_row(params![inv.service, inv.idempotency_key], |r| r.get(0))
+                    .optional()?;
+                match first {
+                    Some(id) => out.push((id, true)),
+                    None => {
+                        return Err(StoreError::Corrupt {
+                            what: "invocation id (taken twice)",
+                            value: inv.id.clone(),
+                        })
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Takes up to `limit` invocations due at `now_ms`, oldest due first, marking each
+    /// `delivering` with one more attempt.
+    pub fn claim_due_invocations(
+        &mut self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let claimed = {
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE invocations SET state = 'delivering', attempts = attempts + 1
+                 WHERE id IN (SELECT id FROM invocations
+                              WHERE state = 'pending' AND next_ms <= ?1
+                              ORDER BY next_ms LIMIT ?2)
+                 RETURNING {COLUMNS}"
+            ))?;
+            let rows = stmt.query_map(params![now_ms, limit], row)?;
+            let mut claimed = with_state(rows)?;
+            // RETURNING keeps no order: oldest due first, as chosen.
+            claimed.sort_by_key(|r| (r.next_ms, r.created_ms));
+            claimed
+        };
+        tx.commit()?;
+        Ok(claimed)
+    }
+
+    /// Writes how an attempt of `id` ended, at `now_ms`.
+    pub fn record_invocation(
+        &mut self,
+        id: &str,
+        outcome: &InvocationOutcome,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (state, next, finished, status, error) = match outcome {
+            InvocationOutcome::Delivered { status } => {
+                ("delivered", None, Some(now_ms), Some(*status), None)
+            }
+            InvocationOutcome::Retry {
+                next_ms,
+                status,
+                error,
+            } => (
+                "pending",
+                Some(*next_ms),
+                None,
+                *status,
+                Some(error.as_str()),
+            ),
+            InvocationOutcome::Dead { status, error } => {
+                ("dead", None, Some(now_ms), *status, Some(error.as_str()))
+            }
+        };
+        self.conn.execute(
+            "UPDATE invocations SET state = ?2, next_ms = coalesce(?3, next_ms),
+                 finished_ms = ?4, last_status = ?5, last_error = ?6
+             WHERE id = ?1",
+            params![id, state, next, finished, status, error],
+        )?;
+        Ok(())
+    }
+
+    /// Makes every `delivering` invocation `pending` again (at start: their outcome was
+    /// never written); how many.
+    pub fn requeue_interrupted_invocations(&mut self) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE invocations SET state = 'pending' WHERE state = 'delivering'",
+            [],
+        )?)
+    }
+
+    /// A service's newest `limit` invocations, newest first.
+    pub fn invocations(
+        &self,
+        service: &str,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM invocations WHERE service = ?1
+             ORDER BY created_ms DESC, id DESC LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![service, limit], row)?;
+        with_state(rows)
+    }
+
+    /// One invocation.
+    pub fn invocation(&self, id: &str) -> Result<Option<InvocationRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM invocations WHERE id = ?1"))?;
+        let rows = stmt.query_map([id], row)?;
+        Ok(with_state(rows)?.pop())
+    }
+
+    /// When the next pending invocation is due, if any.
+    pub fn next_invocation_due(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT min(next_ms) FROM invocations WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        (dir, s)
+    }
+
+    fn new(id: &str, key: Option<&str>, at: i64) -> NewInvocation {
+        NewInvocation {
+            id: id.into(),
+            service: "svc".into(),
+            idempotency_key: key.map(Into::into),
+            method: "POST".into(),
+            target: "/work?x=1".into(),
+            fields: b"content-type: text/plain\r\n".to_vec(),
+            body: vec![0, 1, 2, 255],
+            created_ms: at,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_stored_and_a_repeated_key_gets_the_first_id() {
+        let (_d, mut s) = store();
+        let got = s
+            .add_invocations(&[
+                new("a", Some("k"), 1),
+                new("b", None, 2),
+                new("c", Some("k"), 3),
+            ])
+            .unwrap();
+        assert_eq!(
+            got,
+            [("a".into(), false), ("b".into(), false), ("a".into(), true)]
+        );
+        let a = s.invocation("a").unwrap().unwrap();
+        assert_eq!(
+            (a.state, a.attempts, a.body.clone()),
+            (InvocationState::Pending, 0, vec![0, 1, 2, 255])
+        );
+        assert!(s.invocation("c").unwrap().is_none());
+        assert_eq!(s.invocations("svc", 10).unwrap().len(), 2);
+        assert_eq!(s.next_invocation_due().unwrap(), Some(1));
+    }
+
+    #[test]
+    fn claims_retries_and_outcomes_move_through_the_states() {
+        let (_d, mut s) = store();
+        s.add_invocations(&[new("a", None, 10), new("b", None, 20)])
+            .unwrap();
+        // Only what is due, and each once.
+        let first = s.claim_due_invocations(15, 10).unwrap();
+        assert_eq!(
+            first.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(first[0].attempts, 1);
+        assert!(s.claim_due_invocations(15, 10).unwrap().is_empty());
+        let retry = InvocationOutcome::Retry {
+            next_ms: 100,
+            status: Some(503),
+            error: "busy".into(),
+        };
+        s.record_invocation("a", &retry, 16).unwrap();
+        let a = s.invocation("a").unwrap().unwrap();
+        assert_eq!(
+            (a.state, a.next_ms, a.last_status),
+            (InvocationState::Pending, 100, Some(503))
+        );
+        let due: Vec<String> = s
+            .claim_due_invocations(100, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(due, ["b", "a"]);
+        s.record_invocation("a", &InvocationOutcome::Delivered { status: 200 }, 101)
+            .unwrap();
+        let dead = InvocationOutcome::Dead {
+            status: Some(404),
+            error: "refused".into(),
+        };
+        s.record_invocation("b", &dead, 102).unwrap();
+        let a = s.invocation("a").unwrap().unwrap();
+        assert_eq!(
+            (a.state, a.attempts, a.finished_ms),
+            (InvocationState::Delivered, 2, Some(101))
+        );
+        assert_eq!(
+            s.invocation("b").unwrap().unwrap().state,
+            InvocationState::Dead
+        );
+        assert_eq!(s.next_invocation_due().unwrap(), None);
+    }
+
+    #[test]
+    fn a_delivery_cut_short_by_a_crash_is_made_again() {
+        let (_d, mut s) = store();
+        s.add_invocations(&[new("a", None, 1)]).unwrap();
+        assert_eq!(s.claim_due_invocations(5, 10).unwrap().len(), 1);
+        // The daemon dies here; the next one starts.
+        assert_eq!(s.requeue_interrupted_invocations().unwrap(), 1);
+        let again = s.claim_due_invocations(5, 10).unwrap();
+        assert_eq!((again[0].id.as_str(), again[0].attempts), ("a", 2));
+    }
+}
