@@ -205,11 +205,14 @@ impl Control {
         let private = self.private_access(service)?;
         let split = Route::split(split)
             .ok_or_else(|| ControlError::internal("traffic percents do not add up to 100"))?
-            .with_access(private.clone());
+            .with_access(private.clone())
+            .named(service);
         let mut routes = vec![(service.to_owned(), split)];
         for t in resolved {
             if let Some(tag) = &t.tag {
-                let route = Route::single(pool_of(&t.revision)).with_access(private.clone());
+                let route = Route::single(pool_of(&t.revision))
+                    .with_access(private.clone())
+                    .named(service);
                 routes.push((tag_host(service, tag), route));
             }
         }

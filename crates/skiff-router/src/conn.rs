@@ -326,10 +326,18 @@ async fn handle(
         c.start += info.head_len;
         return c.respond_local(404, &text, None, keep).await;
     };
+    let wants_async = head.prefers_async(req);
     let admitted = match route.private() {
         None => proxy::Admitted::default(),
         Some(private) => {
-            match access::decide(router.gate(), private, c.peer, head.authorization(req)) {
+            let delivery = head.delivery(req);
+            match access::decide(
+                router.gate(),
+                private,
+                c.peer,
+                head.authorization(req),
+                delivery,
+            ) {
                 Verdict::Allowed { caller, token_used } => proxy::Admitted {
                     caller: Some(caller),
                     drop_authorization: token_used,
@@ -348,6 +356,11 @@ async fn handle(
             }
         }
     };
+    if wants_async {
+        let sink = router.async_sink();
+        return crate::deferred::accept(c, sink, route.service(), info, body, admitted, deadline)
+            .await;
+    }
     proxy::forward(c, route.pick(), info, body, &admitted, deadline).await
 }
 

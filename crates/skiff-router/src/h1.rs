@@ -68,6 +68,13 @@ enum Field {
     Authorization,
     /// X-Skiff-Caller, which only the router sets: a client's is always dropped.
     SkiffCaller,
+    /// X-Skiff-Delivery: the daemon's own deliveries of async invocations say so (with
+    /// a token only it knows); never forwarded.
+    SkiffDelivery,
+    /// RFC 7240's Prefer (`respond-async`).
+    Prefer,
+    /// The IETF draft's Idempotency-Key, which deduplicates async invocations.
+    IdempotencyKey,
     Other,
 }
 
@@ -77,6 +84,7 @@ fn classify(name: &[u8]) -> Field {
         4 if is("host") => Field::Host,
         2 if is("te") => Field::HopByHop,
         6 if is("expect") => Field::Expect,
+        6 if is("prefer") => Field::Prefer,
         7 if is("upgrade") => Field::Upgrade,
         9 if is("forwarded") => Field::Forwarded,
         10 if is("connection") => Field::Connection,
@@ -86,6 +94,8 @@ fn classify(name: &[u8]) -> Field {
         14 if is("x-skiff-caller") => Field::SkiffCaller,
         14 if is("content-length") => Field::ContentLength,
         15 if is("x-forwarded-for") => Field::XForwardedFor,
+        15 if is("idempotency-key") => Field::IdempotencyKey,
+        16 if is("x-skiff-delivery") => Field::SkiffDelivery,
         16 if is("proxy-connection") => Field::HopByHop,
         16 if is("x-forwarded-host") => Field::XForwardedSet,
         17 if is("transfer-encoding") => Field::TransferEncoding,
@@ -332,10 +342,74 @@ impl Head {
 
     /// The first Authorization field's value, if any.
     pub fn authorization<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        self.first(buf, Field::Authorization)
+    }
+
+    /// The first X-Skiff-Delivery field's value, if any.
+    pub fn delivery<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        self.first(buf, Field::SkiffDelivery)
+    }
+
+    /// The first Idempotency-Key field's value, if any.
+    pub fn idempotency_key<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        self.first(buf, Field::IdempotencyKey)
+    }
+
+    fn first<'b>(&self, buf: &'b [u8], field: Field) -> Option<&'b [u8]> {
         self.headers
             .iter()
-            .find(|h| h.field == Field::Authorization)
+            .find(|h| h.field == field)
             .map(|h| &buf[h.value.clone()])
+    }
+
+    /// The request target in origin form (`/path?query`), as it is forwarded.
+    pub fn origin_target<'b>(&self, buf: &'b [u8]) -> std::borrow::Cow<'b, [u8]> {
+        let target = &buf[self.target.clone()];
+        let path = absolute_form(target).map_or(target, |(_, path)| path);
+        if path.starts_with(b"?") {
+            let mut slash = b"/".to_vec();
+            slash.extend_from_slice(path);
+            return std::borrow::Cow::Owned(slash);
+        }
+        std::borrow::Cow::Borrowed(path)
+    }
+
+    /// Whether a Prefer field asks for `respond-async` (RFC 7240 §4.1): preferences
+    /// are comma-separated, each a token maybe followed by `=value` or `;parameters`.
+    pub fn prefers_async(&self, buf: &[u8]) -> bool {
+        self.headers
+            .iter()
+            .filter(|h| h.field == Field::Prefer)
+            .flat_map(|h| buf[h.value.clone()].split(|b| *b == b','))
+            .any(|pref| {
+                let name = pref
+                    .split(|b| *b == b'=' || *b == b';')
+                    .next()
+                    .unwrap_or(&[]);
+                name.trim_ascii().eq_ignore_ascii_case(b"respond-async")
+            })
+    }
+
+    /// The request's end-to-end fields to keep for a later delivery, `name: value\r\n`
+    /// each: not the framing (the body is kept whole), nor what the router sets or reads
+    /// itself, nor an Authorization that held the token that let it in.
+    pub fn write_kept_fields(&self, out: &mut Vec<u8>, buf: &[u8], drop_authorization: bool) {
+        // The host it was sent to first: the delivery is routed by it.
+        field(out, b"host", self.host(buf).unwrap_or_default());
+        for (kind, name, value) in self.end_to_end(buf, false) {
+            match kind {
+                Field::Host
+                | Field::SkiffCaller
+                | Field::SkiffDelivery
+                | Field::Prefer
+                | Field::IdempotencyKey
+                | Field::Expect
+                | Field::XRequestId => {}
+                Field::Authorization if drop_authorization => {}
+                _ if name.contains(&b'_') => {}
+                _ => field(out, name, value),
+            }
+        }
     }
 
     /// The request id the client sent, if usable.
@@ -576,7 +650,10 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forw
         match kind {
             Field::XForwardedFor => forwarded_for.push(value),
             Field::Forwarded => forwarded.push(value),
-            Field::XForwardedSet | Field::XRequestId | Field::SkiffCaller => {}
+            Field::XForwardedSet
+            | Field::XRequestId
+            | Field::SkiffCaller
+            | Field::SkiffDelivery => {}
             Field::Authorization if fwd.drop_authorization => {}
             Field::Expect if head.expect_continue => {}
             // An absolute-form target names the host: the request is routed by it, and the
@@ -757,12 +834,39 @@ pub fn write_local_response(
     out.push(b'\n');
 }
 
+/// `202 Accepted` for an async invocation kept as `id`, with where to look it up.
+pub fn write_accepted(
+    out: &mut Vec<u8>,
+    id: &str,
+    location: &str,
+    request_id: &[u8],
+    keep_alive: bool,
+) {
+    let body = format!("accepted {id}\n");
+    let _ = write!(
+        out,
+        "HTTP/1.1 202 Accepted\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nx-skiff-invocation-id: {id}\r\nlocation: {location}\r\n",
+        body.len()
+    );
+    if !request_id.is_empty() {
+        field(out, b"x-request-id", request_id);
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        411 => "Length Required",
+        413 => "Content Too Large",
         408 => "Request Timeout",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

@@ -22,6 +22,7 @@ pub mod access;
 mod body;
 mod buffers;
 mod conn;
+mod deferred;
 #[cfg(test)]
 mod fuzz;
 pub mod h1;
@@ -32,6 +33,7 @@ mod stream;
 pub mod upstream;
 
 pub use access::{Callers, Gate, Private, TokenCheck};
+pub use deferred::{Accepted, AsyncRequest, AsyncSink, MAX_ASYNC_BODY};
 pub use pool::{Hold, Lease, Load, PoolConfig, PoolError, RevisionPool};
 pub use route::Route;
 pub use skiff_kernel::shortcut::{self, Shortcut, ShortcutError};
@@ -91,6 +93,8 @@ struct Inner {
     head_budget: AtomicUsize,
     /// What decides who may call private services; none: nobody may.
     gate: OnceLock<Arc<dyn Gate>>,
+    /// What keeps async invocations; none: they are refused (501).
+    async_sink: OnceLock<Arc<dyn AsyncSink>>,
 }
 
 /// What the read buffers of all client connections' partly read request heads may hold
@@ -167,6 +171,15 @@ impl Router {
         self.inner.gate.get().map(|g| &**g)
     }
 
+    /// Sets what keeps async invocations (`Prefer: respond-async`); once.
+    pub fn set_async_sink(&self, sink: Arc<dyn AsyncSink>) {
+        let _ = self.inner.async_sink.set(sink);
+    }
+
+    pub(crate) fn async_sink(&self) -> Option<&dyn AsyncSink> {
+        self.inner.async_sink.get().map(|s| &**s)
+    }
+
     /// Counts a new client connection, unless the limit is reached.
     fn admit(&self) -> Option<ConnectionSlot> {
         let max = self.inner.max_connections.load(Ordering::Relaxed);
@@ -203,6 +216,7 @@ impl Router {
                 head_bytes: AtomicUsize::new(0),
                 head_budget: AtomicUsize::new(DEFAULT_HEAD_BUDGET),
                 gate: OnceLock::new(),
+                async_sink: OnceLock::new(),
             }),
         }
     }
@@ -213,7 +227,8 @@ impl Router {
 
     /// Sends every request for `service` to `pool` from now on (no split, no tags).
     pub fn set_route(&self, service: &str, pool: Arc<RevisionPool>) {
-        self.set_routes(service, vec![(service.to_owned(), Route::single(pool))]);
+        let route = Route::single(pool).named(service);
+        self.set_routes(service, vec![(service.to_owned(), route)]);
     }
 
     /// Replaces, in one step, every host label `service` answers at (its name, and

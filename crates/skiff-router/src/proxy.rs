@@ -61,7 +61,7 @@ enum SendError {
 const SMALL_BODY: usize = 64 * 1024;
 
 /// How reading a small body ended.
-enum BodyRead {
+pub(crate) enum BodyRead {
     Whole,
     Closed,
     /// The client paused longer than the body idle timeout.
@@ -72,7 +72,7 @@ enum BodyRead {
 
 /// Reads until the `len` bytes of body after the head are in `c.buf`, answering
 /// `Expect: 100-continue` first (the router itself takes the body).
-async fn read_small_body(
+pub(crate) async fn read_small_body(
     c: &mut ClientConn,
     len: usize,
     info: RequestInfo,

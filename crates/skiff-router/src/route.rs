@@ -18,6 +18,8 @@ pub struct Route {
     credit: Mutex<Vec<i64>>,
     /// Who may call, when the service is private.
     private: Option<Arc<Private>>,
+    /// The service it belongs to (empty until named).
+    service: Arc<str>,
 }
 
 impl Route {
@@ -27,6 +29,7 @@ impl Route {
             targets: vec![(pool, 100)],
             credit: Mutex::new(Vec::new()),
             private: None,
+            service: Arc::from(""),
         }
     }
 
@@ -43,6 +46,7 @@ impl Route {
             credit: Mutex::new(vec![0; targets.len()]),
             targets,
             private: None,
+            service: Arc::from(""),
         })
     }
 
@@ -50,6 +54,17 @@ impl Route {
     pub fn with_access(mut self, private: Option<Arc<Private>>) -> Route {
         self.private = private;
         self
+    }
+
+    /// The same route, as service `service`'s (async invocations are kept under it).
+    pub fn named(mut self, service: &str) -> Route {
+        self.service = Arc::from(service);
+        self
+    }
+
+    /// The service it belongs to (empty when not named).
+    pub(crate) fn service(&self) -> &str {
+        &self.service
     }
 
     /// Who may call, when the service is private.

@@ -798,3 +798,102 @@ async fn a_private_service_lets_in_named_callers_and_invoker_tokens_only() {
         .unwrap()
         .contains("Authorization: Basic eDp5"));
 }
+
+/// Keeps what it is given; ids `inv-N`.
+#[derive(Default)]
+struct KeepAll(Mutex<Vec<skiff_router::AsyncRequest>>);
+
+impl skiff_router::AsyncSink for KeepAll {
+    fn enqueue(
+        &self,
+        request: skiff_router::AsyncRequest,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<skiff_router::Accepted, String>> + Send>,
+    > {
+        let mut kept = self.0.lock().unwrap();
+        let earlier = kept.iter().position(|r| {
+            r.idempotency_key.is_some() && r.idempotency_key == request.idempotency_key
+        });
+        let accepted = match earlier {
+            Some(n) => skiff_router::Accepted {
+                id: format!("inv-{n}"),
+                duplicate: true,
+            },
+            None => {
+                kept.push(request);
+                skiff_router::Accepted {
+                    id: format!("inv-{}", kept.len() - 1),
+                    duplicate: false,
+                }
+            }
+        };
+        Box::pin(async move { Ok(accepted) })
+    }
+}
+
+#[tokio::test]
+async fn an_async_request_is_kept_whole_and_answered_202_without_reaching_the_app() {
+    let app = instance(Script::Echo).await;
+    let sink = Arc::new(KeepAll::default());
+    let kept = Arc::clone(&sink);
+    let addr = router_tuned(Target::Address(app.addr), LIMIT, move |r| {
+        r.set_async_sink(kept);
+    })
+    .await;
+    let raw = "POST /jobs?n=1 HTTP/1.1\r\nHost: svc.localhost\r\nPrefer: wait=5, respond-async\r\n\
+               Idempotency-Key: job-1\r\nX-App: yes\r\nContent-Length: 5\r\n\r\nhello";
+    let (head, body) = exchange(addr, raw).await;
+    assert!(head.starts_with("HTTP/1.1 202 Accepted\r\n"), "{head}");
+    assert!(head.contains("x-skiff-invocation-id: inv-0\r\n"), "{head}");
+    assert!(
+        head.contains("location: /v1/services/svc/invocations/inv-0\r\n"),
+        "{head}"
+    );
+    assert_eq!(body, b"accepted inv-0\n");
+    // The same key again: the same id, nothing more kept.
+    let (head, _) = exchange(addr, raw).await;
+    assert!(head.contains("x-skiff-invocation-id: inv-0\r\n"), "{head}");
+    assert_eq!(
+        app.requests.lock().unwrap().len(),
+        0,
+        "the app got it at once"
+    );
+    {
+        let kept = sink.0.lock().unwrap();
+        assert_eq!(kept.len(), 1);
+        let r = &kept[0];
+        assert_eq!((r.service.as_str(), r.method.as_str()), ("svc", "POST"));
+        assert_eq!(r.target, "/jobs?n=1");
+        assert_eq!(r.body, b"hello");
+        assert_eq!(r.idempotency_key.as_deref(), Some("job-1"));
+        let fields = String::from_utf8(r.fields.clone()).unwrap();
+        assert_eq!(fields, "host: svc.localhost\r\nX-App: yes\r\n");
+    }
+    // What cannot be kept is refused, and says why.
+    let chunked = "POST / HTTP/1.1\r\nHost: svc.localhost\r\nPrefer: respond-async\r\n\
+                   Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    assert!(until_closed(addr, chunked.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 411 "));
+    let big = format!(
+        "POST / HTTP/1.1\r\nHost: svc.localhost\r\nPrefer: respond-async\r\nContent-Length: {}\r\n\r\n",
+        skiff_router::MAX_ASYNC_BODY + 1
+    );
+    assert!(until_closed(addr, big.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 413 "));
+    let bad_key = "GET / HTTP/1.1\r\nHost: svc.localhost\r\nPrefer: respond-async\r\nIdempotency-Key: a b\r\n\r\n";
+    let (head, _) = exchange(addr, bad_key).await;
+    assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
+    // Without Prefer: respond-async, a request goes through as ever.
+    let (head, _) = exchange(addr, "GET / HTTP/1.1\r\nHost: svc.localhost\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    // A router with nothing to keep them in says so.
+    let plain = router_for(&app, LIMIT).await;
+    let (head, _) = exchange(
+        plain,
+        "GET / HTTP/1.1\r\nHost: svc.localhost\r\nPrefer: respond-async\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 501 "), "{head}");
+}
