@@ -365,6 +365,53 @@ pub struct AuditEntry {
     pub result: String,
 }
 
+/// An async invocation, as `skiff invocations` shows it: never its body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InvocationInfo {
+    pub id: String,
+    pub service: String,
+    /// pending, delivering, delivered or dead.
+    pub state: String,
+    pub method: String,
+    pub target: String,
+    pub attempts: u32,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+    /// When the next attempt is due (pending ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    /// The last attempt's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed, or why it was given up on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl From<&skiff_store::InvocationRecord> for InvocationInfo {
+    fn from(r: &skiff_store::InvocationRecord) -> Self {
+        let pending = r.state == skiff_store::InvocationState::Pending;
+        InvocationInfo {
+            id: r.id.clone(),
+            service: r.service.clone(),
+            state: r.state.as_str().to_owned(),
+            method: r.method.clone(),
+            target: r.target.clone(),
+            attempts: r.attempts,
+            created_ms: r.created_ms,
+            next_ms: pending.then_some(r.next_ms),
+            finished_ms: r.finished_ms,
+            last_status: r.last_status,
+            last_error: r.last_error.clone(),
+            idempotency_key: r.idempotency_key.clone(),
+        }
+    }
+}
+
 /// `POST /v1/tokens`: a new API token.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

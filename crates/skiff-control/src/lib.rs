@@ -20,6 +20,7 @@ mod error;
 mod gate;
 mod gc;
 mod health;
+pub mod invocations;
 pub mod linux;
 pub mod listening;
 pub mod logs;

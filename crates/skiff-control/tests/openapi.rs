@@ -317,6 +317,23 @@ fn answers_match_the_openapi_document() {
         },
     );
     check(
+        "InvocationInfo",
+        &skiff_control::documents::InvocationInfo {
+            id: "inv-1".into(),
+            service: "s".into(),
+            state: "pending".into(),
+            method: "POST".into(),
+            target: "/".into(),
+            attempts: 1,
+            created_ms: 1,
+            next_ms: Some(2),
+            finished_ms: Some(3),
+            last_status: Some(503),
+            last_error: Some("e".into()),
+            idempotency_key: Some("k".into()),
+        },
+    );
+    check(
         "SecretSummary",
         &SecretSummary {
             name: "n".into(),

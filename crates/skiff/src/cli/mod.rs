@@ -5,6 +5,7 @@ mod client;
 mod configmap;
 mod data;
 mod image;
+mod invocations;
 mod knative;
 mod output;
 mod progress;
@@ -108,6 +109,14 @@ pub enum Command {
     /// API tokens: made for a role (and maybe some services), listed, revoked.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// A service's async invocations (requests sent with Prefer: respond-async).
+    Invocations {
+        /// The service.
+        name: String,
+        /// How many of the newest.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// The audit log: every control-plane write, who asked, and how it ended.
     Audit {
         /// How many of the newest entries.
@@ -157,6 +166,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Secret(cmd) => secret::run(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
         Command::Token(cmd) => token::run(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
+        Command::Invocations { name, limit } => {
+            invocations::run(&client(&endpoint)?, cli.output, &name, limit).map(|()| 0)
+        }
         Command::Audit { limit } => audit(&client(&endpoint)?, cli.output, limit).map(|()| 0),
         Command::ConfigMap(cmd) => configmap::run(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
     }

@@ -133,6 +133,7 @@ fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
     .chain(super::api_configmaps::route_table())
     .chain(super::api_audit::route_table())
     .chain(super::api_tokens::route_table())
+    .chain(super::api_invocations::route_table())
     .collect()
 }
 

@@ -1,0 +1,121 @@
+//! Async invocations: the router hands over requests sent with `Prefer: respond-async`;
+//! they are written to the store (many to one commit) before the router answers 202, and
+//! delivered later through the router itself (so scale from zero, concurrency and traffic
+//! splits apply) under the delivery policy (`skiff_events`): retried on 5xx, 429,
+//! timeouts and failed connections, dead after their retries or on another 4xx.
+//!
+//! Delivery is at least once: an attempt is marked in the store before it starts and its
+//! outcome written after, and the attempts a crash cut short are made again at start.
+//! This module owns the writer thread and the dispatcher; it must not speak SQL (the
+//! store does) or HTTP framing beyond what hyper does for it.
+
+mod deliver;
+mod writer;
+
+use crate::{Control, ControlError};
+use skiff_events::DeliveryPolicy;
+use skiff_router::{Accepted, AsyncRequest, AsyncSink};
+use skiff_store::{InvocationRecord, Store};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub use deliver::Dispatcher;
+
+/// The longest the list of a service's invocations runs.
+pub const MAX_LISTED: u32 = 1000;
+
+/// A new invocation's id: `inv-` and 16 hex digits.
+fn new_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the kernel's random source is available");
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("inv-{hex}")
+}
+
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What the router hands async invocations to: the writer thread's queue.
+pub struct InvocationSink {
+    queue: std::sync::mpsc::Sender<writer::Job>,
+}
+
+impl AsyncSink for InvocationSink {
+    fn enqueue(
+        &self,
+        request: AsyncRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Accepted, String>> + Send>> {
+        let (reply, answer) = oneshot::channel();
+        let job = writer::Job {
+            id: new_id(),
+            request,
+            created_ms: now_ms(),
+            reply,
+        };
+        let sent = self.queue.send(job);
+        Box::pin(async move {
+            sent.map_err(|_| "the invocation store is closed".to_owned())?;
+            answer
+                .await
+                .map_err(|_| "the invocation store stopped".to_owned())?
+        })
+    }
+}
+
+impl Control {
+    /// Takes async invocations from the router from now on and delivers them to the
+    /// ingress at `ingress`: two more connections to the store (one writes what comes
+    /// in, one delivers), so neither waits on the control plane's.
+    pub fn start_invocations(
+        self: &Arc<Self>,
+        ingress: SocketAddr,
+    ) -> Result<Arc<Dispatcher>, ControlError> {
+        let path = self.db().path().to_owned();
+        let mut delivering = Store::open(&path)?;
+        let requeued = delivering.requeue_interrupted_invocations()?;
+        if requeued > 0 {
+            tracing::info!(
+                count = requeued,
+                "async invocations whose delivery a stop cut short go out again"
+            );
+        }
+        let dispatcher = Dispatcher::new(
+            delivering,
+            ingress,
+            self.gate.delivery_token(),
+            DeliveryPolicy::default(),
+        );
+        let queue = writer::start(Store::open(&path)?, Arc::clone(&dispatcher))
+            .map_err(|e| ControlError::internal(format!("starting the invocation writer: {e}")))?;
+        self.router
+            .set_async_sink(Arc::new(InvocationSink { queue }) as Arc<dyn AsyncSink>);
+        Arc::clone(&dispatcher).spawn(Arc::clone(self));
+        Ok(dispatcher)
+    }
+
+    /// A service's newest invocations, newest first.
+    pub fn invocations(
+        &self,
+        service: &str,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>, ControlError> {
+        Ok(self.db().invocations(service, limit.min(MAX_LISTED))?)
+    }
+
+    /// One invocation of `service`.
+    pub fn invocation(&self, service: &str, id: &str) -> Result<InvocationRecord, ControlError> {
+        self.db()
+            .invocation(id)?
+            .filter(|r| r.service == service)
+            .ok_or_else(|| {
+                ControlError::NotFound(format!("service {service} has no invocation {id}"))
+            })
+    }
+}

@@ -1,0 +1,44 @@
+//! `skiff invocations NAME`: a service's async invocations, newest first: state,
+//! attempts, the last outcome; never their bodies.
+
+use super::client::Client;
+use super::output::{self, Format};
+use skiff_control::documents::InvocationInfo;
+
+pub fn run(client: &Client, format: Format, service: &str, limit: u32) -> anyhow::Result<()> {
+    let list: Vec<InvocationInfo> = client.call(
+        hyper::Method::GET,
+        &format!("/v1/services/{service}/invocations?limit={limit}"),
+        None,
+    )?;
+    if format == Format::Json {
+        output::json(&serde_json::to_value(&list)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            let ms = |t: i64| {
+                skiff_sandbox::rfc3339(t.div_euclid(1000), (t.rem_euclid(1000) * 1_000_000) as u32)
+            };
+            let last = match (&i.last_status, &i.last_error) {
+                (_, Some(error)) => error.clone(),
+                (Some(status), None) => status.to_string(),
+                (None, None) => String::new(),
+            };
+            vec![
+                i.id.clone(),
+                i.state.to_uppercase(),
+                format!("{} {}", i.method, i.target),
+                i.attempts.to_string(),
+                ms(i.created_ms),
+                last,
+            ]
+        })
+        .collect();
+    output::table(
+        &["ID", "STATE", "REQUEST", "ATTEMPTS", "CREATED", "LAST"],
+        &rows,
+    );
+    Ok(())
+}
