@@ -141,3 +141,90 @@ fn a_private_service_gets_the_async_invocations_its_callers_may_make() {
     assert_eq!(done["state"], "delivered", "{done}");
     assert_eq!(done["last_status"].as_u64(), Some(200));
 }
+
+/// Every invocation of `service` by id, once none is pending or delivering.
+fn all_settled(d: &Daemon, service: &str, limit: Duration) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let list = d.json(&["invocations", service, "--limit", "1000"]);
+        let all = list.as_array().unwrap().clone();
+        let open = all
+            .iter()
+            .filter(|i| i["state"] == "pending" || i["state"] == "delivering")
+            .count();
+        if open == 0 {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "{open} still open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many invocations of `service` have settled, and how many are being delivered.
+fn counts(d: &Daemon, service: &str) -> (usize, usize) {
+    let list = d.json(&["invocations", service, "--limit", "1000"]);
+    let all = list.as_array().unwrap();
+    let count = |states: &[&str]| {
+        all.iter()
+            .filter(|i| states.iter().any(|s| i["state"] == *s))
+            .count()
+    };
+    (count(&["delivered", "dead"]), count(&["delivering"]))
+}
+
+#[test]
+fn no_invocation_is_lost_when_the_daemon_is_killed_twice_while_delivering() {
+    const N: usize = 1000;
+    let mut d = Daemon::start(&[]);
+    d.deploy_hello("flaky", &[]);
+    let ids: std::collections::HashSet<String> = (0..N)
+        .map(|i| {
+            let body = i.to_string();
+            // Each attempt takes 100 ms: a kill finds deliveries under way.
+            let path = "/flaky?percent=30&ms=100";
+            accepted_id(&send_async(&d, "flaky", path, &[], body.as_bytes()))
+        })
+        .collect();
+    assert_eq!(ids.len(), N, "ids repeated");
+    // Killed twice with deliveries under way: once some have settled, again after more.
+    for _ in 0..2 {
+        let (before, _) = counts(&d, "flaky");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (settled, delivering) = counts(&d, "flaky");
+            assert!(
+                settled < N,
+                "all settled before the kill: it proves nothing"
+            );
+            if settled > before && delivering > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no delivery progressed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d.kill9();
+        d.launch();
+    }
+    let all = all_settled(&d, "flaky", Duration::from_secs(120));
+    let found: std::collections::HashSet<String> = all
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(found, ids, "invocations lost or made up");
+    let dead: Vec<&serde_json::Value> = all.iter().filter(|i| i["state"] == "dead").collect();
+    for i in &dead {
+        // Dead only after every retry, each failing on purpose.
+        assert!(i["attempts"].as_u64().unwrap() >= 4, "{i}");
+        assert_eq!(i["last_status"].as_u64(), Some(500), "{i}");
+    }
+    // 30 % failing four times in a row: under 1 % expected; far fewer than all.
+    assert!(dead.len() < N / 20, "{} of {N} dead", dead.len());
+    let retried = all
+        .iter()
+        .filter(|i| i["state"] == "delivered" && i["attempts"].as_u64() > Some(1))
+        .count();
+    assert!(
+        retried > 0,
+        "no invocation was retried: the test proves nothing"
+    );
+}

@@ -47,6 +47,24 @@ static ACCEPTED: AtomicU64 = AtomicU64::new(0);
 static OPEN: AtomicUsize = AtomicUsize::new(0);
 /// Connections open when the first passing `/healthz` ran (0: none has passed yet).
 static OPEN_AT_FIRST_PASS: AtomicUsize = AtomicUsize::new(0);
+/// The state of `/flaky`'s pseudo-random draws (xorshift; seeded from the clock).
+static DRAW: AtomicU64 = AtomicU64::new(0);
+
+/// A number in 0..100, different each call.
+fn draw_percent() -> u64 {
+    let mut seen = DRAW.load(Ordering::Relaxed);
+    loop {
+        // The first draw seeds from the clock (xorshift must not start at 0).
+        let mut next = if seen == 0 { unix_ms() | 1 } else { seen };
+        next ^= next << 13;
+        next ^= next >> 7;
+        next ^= next << 17;
+        match DRAW.compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next % 100,
+            Err(now) => seen = now,
+        }
+    }
+}
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -288,6 +306,16 @@ fn handle(
     match req.path.as_str() {
         "/" => respond(out, 200, &format!("hello from {id}\n"), close)?,
         "/hold" => respond(out, 200, &format!("held on {id}\n"), close)?,
+        // Fails `percent` percent of requests, at random (a target for retries), after
+        // `ms` milliseconds.
+        "/flaky" => {
+            std::thread::sleep(Duration::from_millis(req.param("ms").unwrap_or(0)));
+            if draw_percent() < req.param("percent").unwrap_or(50) {
+                respond(out, 500, "failed on purpose\n", close)?
+            } else {
+                respond(out, 200, &format!("served by {id}\n"), close)?
+            }
+        }
         "/sleep" => {
             let ms = req.param("ms").unwrap_or(1000);
             std::thread::sleep(Duration::from_millis(ms));
@@ -477,6 +505,7 @@ fn call(host: &str, port: u16, path: &str) -> io::Result<String> {
 fn respond(out: &mut TcpStream, status: u16, body: &str, close: bool) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
+        500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Not Found",
