@@ -135,6 +135,41 @@ fn with_state(
     .collect()
 }
 
+/// Writes how an attempt of `id` ended, at `now_ms`.
+fn record(
+    conn: &rusqlite::Connection,
+    id: &str,
+    outcome: &InvocationOutcome,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let (state, next, finished, status, error) = match outcome {
+        InvocationOutcome::Delivered { status } => {
+            ("delivered", None, Some(now_ms), Some(*status), None)
+        }
+        InvocationOutcome::Retry {
+            next_ms,
+            status,
+            error,
+        } => (
+            "pending",
+            Some(*next_ms),
+            None,
+            *status,
+            Some(error.as_str()),
+        ),
+        InvocationOutcome::Dead { status, error } => {
+            ("dead", None, Some(now_ms), *status, Some(error.as_str()))
+        }
+    };
+    conn.prepare_cached(
+        "UPDATE invocations SET state = ?2, next_ms = coalesce(?3, next_ms),
+                 finished_ms = ?4, last_status = ?5, last_error = ?6
+             WHERE id = ?1",
+    )?
+    .execute(params![id, state, next, finished, status, error])?;
+    Ok(())
+}
+
 impl Store {
     /// Stores `batch` in one transaction (one commit for all: what makes many a second
     /// cheap). Each gets back its id: its own, or the earlier invocation's with the same
@@ -218,6 +253,21 @@ impl Store {
         Ok(claimed)
     }
 
+    /// Writes how attempts ended (`id`, outcome, when), all under one commit.
+    pub fn record_invocations(
+        &mut self,
+        batch: &[(String, InvocationOutcome, i64)],
+    ) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (id, outcome, at) in batch {
+            record(&tx, id, outcome, *at)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Writes how an attempt of `id` ended, at `now_ms`.
     pub fn record_invocation(
         &mut self,
@@ -225,32 +275,7 @@ impl Store {
         outcome: &InvocationOutcome,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let (state, next, finished, status, error) = match outcome {
-            InvocationOutcome::Delivered { status } => {
-                ("delivered", None, Some(now_ms), Some(*status), None)
-            }
-            InvocationOutcome::Retry {
-                next_ms,
-                status,
-                error,
-            } => (
-                "pending",
-                Some(*next_ms),
-                None,
-                *status,
-                Some(error.as_str()),
-            ),
-            InvocationOutcome::Dead { status, error } => {
-                ("dead", None, Some(now_ms), *status, Some(error.as_str()))
-            }
-        };
-        self.conn.execute(
-            "UPDATE invocations SET state = ?2, next_ms = coalesce(?3, next_ms),
-                 finished_ms = ?4, last_status = ?5, last_error = ?6
-             WHERE id = ?1",
-            params![id, state, next, finished, status, error],
-        )?;
-        Ok(())
+        record(&self.conn, id, outcome, now_ms)
     }
 
     /// Makes every `delivering` invocation `pending` again (at start: their outcome was

@@ -1,7 +1,9 @@
 //! The dispatcher: takes the invocations that are due, delivers each through the ingress
-//! (a request of its own, with the daemon's delivery token in `X-Skiff-Delivery`), and
-//! writes what the delivery policy makes of the outcome. At most [`IN_FLIGHT`] at once;
-//! idle, it sleeps until the next one is due or a new one comes.
+//! (over kept-alive connections, with the daemon's delivery token in `X-Skiff-Delivery`),
+//! and hands what the delivery policy makes of the outcome to a recorder thread, which
+//! writes many under one commit. At most [`IN_FLIGHT`] at once; idle, it sleeps until
+//! the next one is due or a new one comes. An outcome not yet written when the daemon
+//! dies leaves its invocation `delivering`, so it goes out again: at least once.
 
 use super::now_ms;
 use crate::Control;
@@ -10,7 +12,7 @@ use hyper::body::Bytes;
 use skiff_events::{Attempt, Decision, DeliveryPolicy};
 use skiff_store::{InvocationOutcome, InvocationRecord, Store};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
@@ -19,10 +21,21 @@ const IN_FLIGHT: usize = 256;
 /// The longest the dispatcher sleeps without looking.
 const IDLE_LOOK: Duration = Duration::from_secs(1);
 
+/// The most outcomes written under one commit.
+const RECORD_BATCH: usize = 1024;
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
 /// Delivers async invocations.
 pub struct Dispatcher {
     store: Mutex<Store>,
     ingress: SocketAddr,
+    client: Client,
+    /// To the recorder thread.
+    outcomes: Mutex<mpsc::Sender<(String, InvocationOutcome, i64)>>,
     /// Proves a request is the daemon's own delivery (`X-Skiff-Delivery`).
     token: String,
     policy: DeliveryPolicy,
@@ -33,18 +46,31 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub(crate) fn new(
         store: Store,
+        recorder: Store,
         ingress: SocketAddr,
         token: String,
         policy: DeliveryPolicy,
-    ) -> Arc<Dispatcher> {
-        Arc::new(Dispatcher {
+    ) -> std::io::Result<Arc<Dispatcher>> {
+        let (tx, rx) = mpsc::channel();
+        let dispatcher = Arc::new(Dispatcher {
             store: Mutex::new(store),
             ingress,
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .pool_max_idle_per_host(IN_FLIGHT)
+            .build_http(),
+            outcomes: Mutex::new(tx),
             token,
             policy,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
-        })
+        });
+        let me = Arc::downgrade(&dispatcher);
+        std::thread::Builder::new()
+            .name("skiff-outcomes".into())
+            .spawn(move || write_outcomes(recorder, &rx, &me))?;
+        Ok(dispatcher)
     }
 
     /// Something may be due now.
@@ -62,7 +88,7 @@ impl Dispatcher {
 
     async fn run(self: Arc<Self>, ctl: Arc<Control>) {
         while !ctl.is_shutting_down() {
-            let room = self.slots.available_permits().clamp(1, 64) as u32;
+            let room = self.slots.available_permits().clamp(1, IN_FLIGHT) as u32;
             let me = Arc::clone(&self);
             let claimed = tokio::task::spawn_blocking(move || {
                 me.store().claim_due_invocations(now_ms(), room)
@@ -88,9 +114,8 @@ impl Dispatcher {
                 let me = Arc::clone(&self);
                 tokio::spawn(async move {
                     let outcome = me.attempt(&invocation).await;
-                    me.record(&invocation, outcome).await;
+                    me.record(&invocation, outcome);
                     drop(slot);
-                    me.wake();
                 });
             }
         }
@@ -118,17 +143,8 @@ impl Dispatcher {
     }
 
     async fn send(&self, invocation: &InvocationRecord) -> Result<Attempt, ()> {
-        let stream = tokio::net::TcpStream::connect(self.ingress)
-            .await
-            .map_err(drop)?;
-        let _ = stream.set_nodelay(true);
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
-            .await
-            .map_err(drop)?;
-        tokio::spawn(conn);
         let request = self.request(invocation).map_err(drop)?;
-        let response = sender.send_request(request).await.map_err(drop)?;
+        let response = self.client.request(request).await.map_err(drop)?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -146,9 +162,10 @@ impl Dispatcher {
         &self,
         invocation: &InvocationRecord,
     ) -> Result<hyper::Request<Full<Bytes>>, String> {
+        let uri = format!("http://{}{}", self.ingress, invocation.target);
         let mut builder = hyper::Request::builder()
             .method(invocation.method.as_str())
-            .uri(invocation.target.as_str());
+            .uri(uri);
         let mut caller = None;
         for line in invocation.fields.split(|b| *b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -172,7 +189,8 @@ impl Dispatcher {
             .map_err(|e| e.to_string())
     }
 
-    async fn record(self: &Arc<Self>, invocation: &InvocationRecord, attempt: Attempt) {
+    /// Hands what the policy makes of `attempt` to the recorder.
+    fn record(&self, invocation: &InvocationRecord, attempt: Attempt) {
         let age =
             Duration::from_millis(now_ms().saturating_sub(invocation.created_ms).max(0) as u64);
         let status = match attempt {
@@ -196,14 +214,33 @@ impl Dispatcher {
                 }
             }
         };
-        let id = invocation.id.clone();
-        let me = Arc::clone(self);
-        let written = tokio::task::spawn_blocking(move || {
-            me.store().record_invocation(&id, &outcome, now_ms())
-        })
-        .await;
-        if let Ok(Err(e)) = written {
-            tracing::error!(invocation = %invocation.id, "writing a delivery's outcome: {e}");
+        let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = outcomes.send((invocation.id.clone(), outcome, now_ms()));
+    }
+}
+
+/// The recorder thread: writes outcomes as they come, all that wait under one commit,
+/// then wakes the dispatcher (a retry may be due, a slot is free).
+fn write_outcomes(
+    mut store: Store,
+    rx: &mpsc::Receiver<(String, InvocationOutcome, i64)>,
+    dispatcher: &std::sync::Weak<Dispatcher>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(o) => batch.push(o),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.record_invocations(&batch) {
+            // Left `delivering`: they go out again at the next start.
+            tracing::error!("writing {} deliveries' outcomes: {e}", batch.len());
+        }
+        match dispatcher.upgrade() {
+            Some(d) => d.wake(),
+            None => return,
         }
     }
 }

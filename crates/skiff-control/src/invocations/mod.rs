@@ -88,10 +88,12 @@ impl Control {
         }
         let dispatcher = Dispatcher::new(
             delivering,
+            Store::open(&path)?,
             ingress,
             self.gate.delivery_token(),
             DeliveryPolicy::default(),
-        );
+        )
+        .map_err(|e| ControlError::internal(format!("starting the outcome writer: {e}")))?;
         let queue = writer::start(Store::open(&path)?, Arc::clone(&dispatcher))
             .map_err(|e| ControlError::internal(format!("starting the invocation writer: {e}")))?;
         self.router
