@@ -113,6 +113,8 @@ pub struct Control {
     /// Bumped by every secret or config map write that changes what `latest` means, so
     /// a sandbox being prepared across one knows it may hold the old values.
     secrets_generation: std::sync::atomic::AtomicU64,
+    /// Each service's delivery policy for async invocations.
+    delivery_policies: invocations::Policies,
 }
 
 /// Counts a task that must finish before the control plane has shut down.
@@ -144,6 +146,7 @@ impl Control {
         Arc::new(Control {
             gate,
             secrets_generation: std::sync::atomic::AtomicU64::new(0),
+            delivery_policies: Default::default(),
             reserve,
             log_watch: Mutex::new(std::sync::Weak::new()),
             secret_files: Mutex::new(HashMap::new()),

@@ -164,6 +164,8 @@ impl Control {
             return Ok(None);
         };
         let spec = &rev.spec;
+        // Its async invocations follow the same revision's delivery settings.
+        self.set_delivery_policy(service, &spec.delivery);
         if spec.allow_unauthenticated {
             return Ok(None);
         }

@@ -144,6 +144,13 @@ fn spec() -> ServiceSpec {
         allow_unauthenticated: false,
         allowed_callers: vec!["front".into()],
         host_users: true,
+        delivery: skiff_core::Delivery {
+            retries: Some(5),
+            backoff_policy: Some("linear".into()),
+            backoff_delay_ms: Some(500),
+            timeout_ms: Some(1000),
+            dead_letter: Some("store".into()),
+        },
     }
 }
 
@@ -213,6 +220,13 @@ fn requests_match_the_openapi_document() {
                 allow_unauthenticated: Some(false),
                 allowed_callers: Some(vec!["*".into()]),
                 host_users: Some(true),
+                delivery: skiff_core::Delivery {
+                    retries: Some(1),
+                    backoff_policy: Some("exponential".into()),
+                    backoff_delay_ms: Some(1),
+                    timeout_ms: Some(1),
+                    dead_letter: Some("store".into()),
+                },
                 readiness_probe: Some(probe_patch.clone()),
                 liveness_probe: Some(probe_patch),
                 autoscaling: autoscaling(),

@@ -10,6 +10,7 @@ mod access;
 mod autoscaling;
 mod backoff;
 mod capability;
+mod delivery;
 mod digest;
 mod egress;
 pub mod knative;
@@ -25,6 +26,7 @@ pub use access::{ApiAction, Grant, Role};
 pub use autoscaling::Autoscaling;
 pub use backoff::{Backoff, Step};
 pub use capability::{canonical_capability, capability_mask, DEFAULT_CAPABILITIES};
+pub use delivery::{Delivery, MAX_DELIVERY_RETRIES};
 pub use digest::{Digest, DigestError};
 pub use egress::{
     egress_rules_text, parse_egress_rules, Destination, EgressMode, EgressRule, HOST_NAME,

@@ -93,6 +93,9 @@ pub struct SpecPatch {
     /// Host ids (`--host-users`) or a user namespace of its own (`--no-host-users`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_users: Option<bool>,
+    /// Delivery knobs set here override the latest revision's; unset ones stay.
+    #[serde(default, skip_serializing_if = "crate::Delivery::is_default")]
+    pub delivery: crate::Delivery,
 }
 
 /// A change to a readiness or liveness probe.
@@ -163,6 +166,7 @@ impl SpecPatch {
         set(&mut spec.allow_unauthenticated, &self.allow_unauthenticated);
         set(&mut spec.allowed_callers, &self.allowed_callers);
         set(&mut spec.host_users, &self.host_users);
+        spec.delivery = spec.delivery.merged(&self.delivery);
         if let Some(user) = &self.user {
             spec.user = (!user.is_empty()).then(|| user.clone());
         }

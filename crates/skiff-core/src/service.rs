@@ -128,6 +128,9 @@ pub struct ServiceSpec {
     /// Kubernetes' `hostUsers: true`): for apps that need files owned by host ids.
     #[serde(default, skip_serializing_if = "is_off")]
     pub host_users: bool,
+    /// How its async invocations are delivered (`--retries`, `--backoff-delay`…).
+    #[serde(default, skip_serializing_if = "crate::Delivery::is_default")]
+    pub delivery: crate::Delivery,
 }
 
 fn is_off(b: &bool) -> bool {
@@ -197,6 +200,7 @@ impl ServiceSpec {
             allow_unauthenticated: true,
             allowed_callers: Vec::new(),
             host_users: false,
+            delivery: crate::Delivery::default(),
         }
     }
 
@@ -290,6 +294,9 @@ impl ServiceSpec {
             field: "allowed-callers",
             why,
         })?;
+        self.delivery
+            .check()
+            .map_err(|(field, why)| SpecError { field, why })?;
         if self.command.iter().any(|a| a.contains('\0')) {
             return bad("command", "an argument contains a NUL byte".into());
         }

@@ -228,3 +228,34 @@ fn no_invocation_is_lost_when_the_daemon_is_killed_twice_while_delivering() {
         "no invocation was retried: the test proves nothing"
     );
 }
+
+#[test]
+fn a_services_delivery_settings_decide_its_retries() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("once", &["--retries", "0"]);
+    d.deploy_hello(
+        "thrice",
+        &["--retries", "2", "--backoff-delay", "PT0.05S", "--backoff-policy", "linear"],
+    );
+    let spec = &d.json(&["describe", "thrice"])["revisions"][0]["spec"];
+    assert_eq!(spec["delivery"]["backoff_delay_ms"], 50, "{spec}");
+    for (service, attempts) in [("once", 1), ("thrice", 3)] {
+        let id = accepted_id(&send_async(&d, service, "/flaky?percent=100", &[], b""));
+        let dead = settled(&d, service, &id);
+        assert_eq!(dead["state"], "dead", "{dead}");
+        assert_eq!(dead["attempts"].as_u64(), Some(attempts), "{service}: {dead}");
+        assert_eq!(dead["last_status"].as_u64(), Some(500));
+    }
+    // What is not a setting is refused by name, and changes nothing.
+    for (flag, value, says) in [
+        ("--backoff-policy", "cubic", "backoff-policy"),
+        ("--backoff-delay", "soon", "PT0.5S"),
+        ("--dead-letter", "elsewhere", "dead-letter"),
+        ("--retries", "1000", "retries"),
+    ] {
+        let out = d.cli(&["deploy", "once", flag, value]);
+        assert!(!out.status.success(), "{flag} {value} taken");
+        let err = daemon::stderr(&out);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+}

@@ -38,7 +38,7 @@ pub struct Dispatcher {
     outcomes: Mutex<mpsc::Sender<(String, InvocationOutcome, i64)>>,
     /// Proves a request is the daemon's own delivery (`X-Skiff-Delivery`).
     token: String,
-    policy: DeliveryPolicy,
+    policies: super::Policies,
     wake: Notify,
     slots: Arc<Semaphore>,
 }
@@ -49,7 +49,7 @@ impl Dispatcher {
         recorder: Store,
         ingress: SocketAddr,
         token: String,
-        policy: DeliveryPolicy,
+        policies: super::Policies,
     ) -> std::io::Result<Arc<Dispatcher>> {
         let (tx, rx) = mpsc::channel();
         let dispatcher = Arc::new(Dispatcher {
@@ -62,7 +62,7 @@ impl Dispatcher {
             .build_http(),
             outcomes: Mutex::new(tx),
             token,
-            policy,
+            policies,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
         });
@@ -133,9 +133,16 @@ impl Dispatcher {
         }
     }
 
+    /// `service`'s delivery policy (skiff's default until it is routed).
+    fn policy(&self, service: &str) -> DeliveryPolicy {
+        let all = self.policies.read().unwrap_or_else(|p| p.into_inner());
+        all.get(service).cloned().unwrap_or_default()
+    }
+
     /// One delivery, as the policy sees its end.
     async fn attempt(&self, invocation: &InvocationRecord) -> Attempt {
-        match tokio::time::timeout(self.policy.timeout, self.send(invocation)).await {
+        let timeout = self.policy(&invocation.service).timeout;
+        match tokio::time::timeout(timeout, self.send(invocation)).await {
             Err(_) => Attempt::TimedOut,
             Ok(Err(())) => Attempt::ConnectionFailed,
             Ok(Ok(attempt)) => attempt,
@@ -197,7 +204,8 @@ impl Dispatcher {
             Attempt::Answered { status, .. } => Some(status),
             _ => None,
         };
-        let outcome = match self.policy.decide(invocation.attempts, age, attempt) {
+        let policy = self.policy(&invocation.service);
+        let outcome = match policy.decide(invocation.attempts, age, attempt) {
             Decision::Delivered => InvocationOutcome::Delivered {
                 status: status.unwrap_or(200),
             },

@@ -24,6 +24,31 @@ use tokio::sync::oneshot;
 
 pub use deliver::Dispatcher;
 
+/// Each service's delivery policy, as its serving revision says; shared by the control
+/// plane (which sets it when it routes a service) and the dispatcher (which reads it).
+pub(crate) type Policies =
+    Arc<std::sync::RwLock<std::collections::HashMap<String, DeliveryPolicy>>>;
+
+/// A service's delivery settings over skiff's defaults.
+pub(crate) fn policy_of(d: &skiff_core::Delivery) -> DeliveryPolicy {
+    let mut p = DeliveryPolicy::default();
+    if let Some(n) = d.retries {
+        p.retries = n;
+    }
+    if let Some(b) = d.backoff_policy.as_deref().and_then(|b| b.parse().ok()) {
+        p.backoff = b;
+    }
+    if let Some(ms) = d.backoff_delay_ms {
+        p.backoff_delay = std::time::Duration::from_millis(ms);
+        // A cap below the unit would cut every wait to it.
+        p.backoff_max = p.backoff_max.map(|max| max.max(p.backoff_delay));
+    }
+    if let Some(ms) = d.timeout_ms {
+        p.timeout = std::time::Duration::from_millis(ms);
+    }
+    p
+}
+
 /// The longest the list of a service's invocations runs.
 pub const MAX_LISTED: u32 = 1000;
 
@@ -91,7 +116,7 @@ impl Control {
             Store::open(&path)?,
             ingress,
             self.gate.delivery_token(),
-            DeliveryPolicy::default(),
+            Arc::clone(&self.delivery_policies),
         )
         .map_err(|e| ControlError::internal(format!("starting the outcome writer: {e}")))?;
         let queue = writer::start(Store::open(&path)?, Arc::clone(&dispatcher))
@@ -100,6 +125,15 @@ impl Control {
             .set_async_sink(Arc::new(InvocationSink { queue }) as Arc<dyn AsyncSink>);
         Arc::clone(&dispatcher).spawn(Arc::clone(self));
         Ok(dispatcher)
+    }
+
+    /// Delivers `service`'s async invocations under `delivery` from now on.
+    pub(crate) fn set_delivery_policy(&self, service: &str, delivery: &skiff_core::Delivery) {
+        let mut all = self
+            .delivery_policies
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        all.insert(service.to_owned(), policy_of(delivery));
     }
 
     /// A service's newest invocations, newest first.
