@@ -235,7 +235,14 @@ fn a_services_delivery_settings_decide_its_retries() {
     d.deploy_hello("once", &["--retries", "0"]);
     d.deploy_hello(
         "thrice",
-        &["--retries", "2", "--backoff-delay", "PT0.05S", "--backoff-policy", "linear"],
+        &[
+            "--retries",
+            "2",
+            "--backoff-delay",
+            "PT0.05S",
+            "--backoff-policy",
+            "linear",
+        ],
     );
     let spec = &d.json(&["describe", "thrice"])["revisions"][0]["spec"];
     assert_eq!(spec["delivery"]["backoff_delay_ms"], 50, "{spec}");
@@ -243,7 +250,11 @@ fn a_services_delivery_settings_decide_its_retries() {
         let id = accepted_id(&send_async(&d, service, "/flaky?percent=100", &[], b""));
         let dead = settled(&d, service, &id);
         assert_eq!(dead["state"], "dead", "{dead}");
-        assert_eq!(dead["attempts"].as_u64(), Some(attempts), "{service}: {dead}");
+        assert_eq!(
+            dead["attempts"].as_u64(),
+            Some(attempts),
+            "{service}: {dead}"
+        );
         assert_eq!(dead["last_status"].as_u64(), Some(500));
     }
     // What is not a setting is refused by name, and changes nothing.

@@ -366,6 +366,22 @@ fn annotations(spec: &ServiceSpec, defaults: &ServiceSpec) -> BTreeMap<String, S
     if !spec.allow_unauthenticated {
         put(a::ALLOWED_CALLERS, spec.allowed_callers.join(","));
     }
+    let d = &spec.delivery;
+    if let Some(n) = d.retries {
+        put(a::RETRIES, n.to_string());
+    }
+    if let Some(p) = &d.backoff_policy {
+        put(a::BACKOFF_POLICY, p.clone());
+    }
+    if let Some(ms) = d.backoff_delay_ms {
+        put(a::BACKOFF_DELAY, format_ms(ms));
+    }
+    if let Some(ms) = d.timeout_ms {
+        put(a::DELIVERY_TIMEOUT, format_ms(ms));
+    }
+    if let Some(sink) = &d.dead_letter {
+        put(a::DEAD_LETTER, sink.clone());
+    }
     if !spec.egress_allow.is_empty() {
         put(
             a::EGRESS_ALLOW,

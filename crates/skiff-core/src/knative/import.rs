@@ -524,6 +524,11 @@ fn annotations(
                     spec.secrets.push(u);
                 }
             }
+            a::RETRIES => spec.delivery.retries = Some(whole()?),
+            a::BACKOFF_POLICY => spec.delivery.backoff_policy = Some(value.clone()),
+            a::BACKOFF_DELAY => spec.delivery.backoff_delay_ms = Some(millis()?),
+            a::DELIVERY_TIMEOUT => spec.delivery.timeout_ms = Some(millis()?),
+            a::DEAD_LETTER => spec.delivery.dead_letter = Some(value.clone()),
             a::ALLOWED_CALLERS => {
                 spec.allowed_callers = value
                     .split(',')

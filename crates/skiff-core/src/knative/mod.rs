@@ -55,6 +55,12 @@ pub mod annotation {
     /// Comma-separated secret uses Knative's `secretKeyRef` cannot say (a pinned version,
     /// a one-key secret's only key): `ENV=SECRET[/KEY]:VERSION`.
     pub const SECRETS: &str = "skiff.dev/secrets";
+    /// Async invocations' delivery knobs (Knative has them on triggers only).
+    pub const RETRIES: &str = "skiff.dev/retries";
+    pub const BACKOFF_POLICY: &str = "skiff.dev/backoff-policy";
+    pub const BACKOFF_DELAY: &str = "skiff.dev/backoff-delay";
+    pub const DELIVERY_TIMEOUT: &str = "skiff.dev/delivery-timeout";
+    pub const DEAD_LETTER: &str = "skiff.dev/dead-letter";
     /// Comma-separated services whose instances may call a private service (`*`: all);
     /// written whenever the service is private, empty when none may.
     pub const ALLOWED_CALLERS: &str = "skiff.dev/allowed-callers";

@@ -452,6 +452,22 @@ fn cluster_local_is_a_private_service_callable_by_the_services_named() {
 }
 
 #[test]
+fn delivery_settings_round_trip_as_annotations() {
+    let mut spec = ServiceSpec::new("hello");
+    spec.delivery = crate::Delivery {
+        retries: Some(5),
+        backoff_policy: Some("linear".into()),
+        backoff_delay_ms: Some(250),
+        timeout_ms: Some(10_000),
+        dead_letter: Some("store".into()),
+    };
+    let back = round_trip("x", &spec, &crate::default_traffic());
+    assert_eq!(back.spec.delivery, spec.delivery);
+    let bad = one(&annotated("        skiff.dev/backoff-policy: cubic\n")).unwrap_err();
+    assert!(bad.contains("backoff-policy"), "{bad}");
+}
+
+#[test]
 fn host_users_round_trip_as_kubernetes_says_them() {
     let mut spec = ServiceSpec::new("hello");
     spec.host_users = true;
