@@ -118,6 +118,7 @@ impl Control {
             revisions,
             instances,
             last_failure,
+            invocations: self.invocation_counts(name)?,
         })
     }
 

@@ -132,6 +132,36 @@ pub struct ServiceDetail {
     pub revisions: Vec<RevisionDetail>,
     pub instances: Vec<InstanceDetail>,
     pub last_failure: Option<FailureDetail>,
+    /// Its async invocations, when it has had any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocations: Option<InvocationCounts>,
+}
+
+/// How many of a service's async invocations are where.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct InvocationCounts {
+    pub pending: u64,
+    pub delivering: u64,
+    pub delivered: u64,
+    pub dead: u64,
+    /// When the oldest not yet delivered was accepted (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_open_ms: Option<i64>,
+}
+
+/// `POST /v1/services/{name}/invocations/redrive`: dead invocations to send again.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    /// Which; empty: every dead one.
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+/// What a redrive sent again.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Redriven {
+    pub redriven: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -115,6 +115,8 @@ pub struct Control {
     secrets_generation: std::sync::atomic::AtomicU64,
     /// Each service's delivery policy for async invocations.
     delivery_policies: invocations::Policies,
+    /// What delivers them, once started.
+    dispatcher: std::sync::OnceLock<Arc<invocations::Dispatcher>>,
 }
 
 /// Counts a task that must finish before the control plane has shut down.
@@ -147,6 +149,7 @@ impl Control {
             gate,
             secrets_generation: std::sync::atomic::AtomicU64::new(0),
             delivery_policies: Default::default(),
+            dispatcher: std::sync::OnceLock::new(),
             reserve,
             log_watch: Mutex::new(std::sync::Weak::new()),
             secret_files: Mutex::new(HashMap::new()),

@@ -426,6 +426,13 @@ fn answers_match_the_openapi_document() {
                 oom_kills: Some(1),
             }],
             last_failure: Some(failure()),
+            invocations: Some(skiff_control::documents::InvocationCounts {
+                pending: 1,
+                delivering: 1,
+                delivered: 1,
+                dead: 1,
+                oldest_open_ms: Some(1),
+            }),
         },
     );
     check(

@@ -105,7 +105,8 @@ impl std::fmt::Display for Undelivered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Undelivered::RetriesExhausted { attempts, last } => {
-                write!(f, "{attempts} attempts failed, the last ")?;
+                let s = if *attempts == 1 { "" } else { "s" };
+                write!(f, "{attempts} attempt{s} failed, the last ")?;
                 match last {
                     Attempt::Answered { status, .. } => write!(f, "with status {status}"),
                     Attempt::TimedOut => f.write_str("timed out"),

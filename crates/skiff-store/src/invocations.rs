@@ -60,6 +60,10 @@ pub struct NewInvocation {
     pub created_ms: i64,
 }
 
+/// How many of a service's invocations are in each state, and when the oldest not yet
+/// settled was made (Unix milliseconds).
+pub type InvocationCounts = (Vec<(InvocationState, u64)>, Option<i64>);
+
 /// A stored invocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvocationRecord {
@@ -287,6 +291,65 @@ impl Store {
         )?)
     }
 
+    /// Sends `service`'s dead invocations (those of `ids`, or all when empty) out again
+    /// at `now_ms` with their attempts counted afresh; their ids.
+    pub fn redrive_invocations(
+        &mut self,
+        service: &str,
+        ids: &[String],
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut redriven = Vec::new();
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE invocations SET state = 'pending', attempts = 0, next_ms = ?3,
+                     created_ms = ?3, finished_ms = NULL
+                 WHERE service = ?1 AND state = 'dead' AND (?2 IS NULL OR id = ?2)
+                 RETURNING id",
+            )?;
+            let all: [Option<&str>; 1] = [None];
+            let wanted: Vec<Option<&str>> = if ids.is_empty() {
+                all.to_vec()
+            } else {
+                ids.iter().map(|i| Some(i.as_str())).collect()
+            };
+            for id in wanted {
+                let rows = stmt.query_map(params![service, id, now_ms], |r| r.get(0))?;
+                for row in rows {
+                    redriven.push(row?);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(redriven)
+    }
+
+    /// How many of `service`'s invocations are in each state, and when the oldest
+    /// pending one was made.
+    pub fn invocation_counts(&self, service: &str) -> Result<InvocationCounts, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT state, count(*) FROM invocations WHERE service = ?1 GROUP BY state",
+        )?;
+        let rows = stmt.query_map([service], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
+        })?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let (state, n) = row?;
+            counts.push((InvocationState::parse(&state)?, n));
+        }
+        let oldest = self.conn.query_row(
+            "SELECT min(created_ms) FROM invocations
+             WHERE service = ?1 AND state IN ('pending', 'delivering')",
+            [service],
+            |r| r.get(0),
+        )?;
+        Ok((counts, oldest))
+    }
+
     /// A service's newest `limit` invocations, newest first.
     pub fn invocations(
         &self,
@@ -415,6 +478,44 @@ mod tests {
             InvocationState::Dead
         );
         assert_eq!(s.next_invocation_due().unwrap(), None);
+    }
+
+    #[test]
+    fn dead_ones_are_sent_again_afresh_and_counted() {
+        let (_d, mut s) = store();
+        s.add_invocations(&[new("a", None, 1), new("b", None, 2), new("c", None, 3)])
+            .unwrap();
+        s.claim_due_invocations(10, 10).unwrap();
+        let dead = InvocationOutcome::Dead {
+            status: Some(500),
+            error: "x".into(),
+        };
+        for id in ["a", "b"] {
+            s.record_invocation(id, &dead, 11).unwrap();
+        }
+        let (counts, oldest) = s.invocation_counts("svc").unwrap();
+        assert!(counts.contains(&(InvocationState::Dead, 2)), "{counts:?}");
+        assert!(
+            counts.contains(&(InvocationState::Delivering, 1)),
+            "{counts:?}"
+        );
+        assert_eq!(oldest, Some(3));
+        assert_eq!(
+            s.redrive_invocations("svc", &["a".into()], 20).unwrap(),
+            ["a"]
+        );
+        let a = s.invocation("a").unwrap().unwrap();
+        assert_eq!(
+            (a.state, a.attempts, a.next_ms),
+            (InvocationState::Pending, 0, 20)
+        );
+        // Not dead, or another service's: untouched.
+        assert!(s
+            .redrive_invocations("svc", &["c".into()], 20)
+            .unwrap()
+            .is_empty());
+        assert!(s.redrive_invocations("other", &[], 20).unwrap().is_empty());
+        assert_eq!(s.redrive_invocations("svc", &[], 21).unwrap(), ["b"]);
     }
 
     #[test]

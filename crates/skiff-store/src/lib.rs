@@ -21,7 +21,9 @@ pub use audit::{AuditRecord, NewAuditEntry};
 pub use configmaps::ConfigMapRecord;
 pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
 pub use instances::{ExitRecord, InstanceRecord, InstanceState, NewInstance};
-pub use invocations::{InvocationOutcome, InvocationRecord, InvocationState, NewInvocation};
+pub use invocations::{
+    InvocationCounts, InvocationOutcome, InvocationRecord, InvocationState, NewInvocation,
+};
 pub use secrets::{NewSecretVersion, SealedRecord, SecretRecord, SecretVersionRecord};
 pub use services::{FailureRecord, RevisionRecord, ServiceRecord};
 pub use tokens::{NewTokenRecord, TokenRecord};

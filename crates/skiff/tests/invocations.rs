@@ -270,3 +270,42 @@ fn a_services_delivery_settings_decide_its_retries() {
         assert!(err.contains(says), "{flag} {value}: {err}");
     }
 }
+
+#[test]
+fn dead_invocations_are_counted_in_describe_and_sent_again_on_redrive() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("svc", &["--retries", "0"]);
+    let id = accepted_id(&send_async(&d, "svc", "/flaky?percent=100", &[], b""));
+    let first = settled(&d, "svc", &id);
+    assert_eq!(first["state"], "dead");
+    let counts = &d.json(&["describe", "svc"])["invocations"];
+    assert_eq!(
+        (counts["dead"].as_u64(), counts["delivered"].as_u64()),
+        (Some(1), Some(0)),
+        "{counts}"
+    );
+    assert!(d.ok(&["describe", "svc"]).contains("1 dead"));
+    // Sent again: it fails again (one attempt, counted afresh), and is dead once more.
+    let out = d.ok(&["invocations", "svc", "--redrive", &id]);
+    assert!(out.contains(&id), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let again = settled(&d, "svc", &id);
+        if again["finished_ms"].as_i64() > first["finished_ms"].as_i64() {
+            break again;
+        }
+        assert!(Instant::now() < deadline, "not sent again: {again}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (again["state"].as_str(), again["attempts"].as_u64()),
+        (Some("dead"), Some(1)),
+        "{again}"
+    );
+    let redriven = d.json(&["invocations", "svc", "--redrive", "inv-0000000000000000"]);
+    assert_eq!(
+        redriven["redriven"].as_array().unwrap().len(),
+        0,
+        "{redriven}"
+    );
+}

@@ -124,7 +124,43 @@ impl Control {
         self.router
             .set_async_sink(Arc::new(InvocationSink { queue }) as Arc<dyn AsyncSink>);
         Arc::clone(&dispatcher).spawn(Arc::clone(self));
+        let _ = self.dispatcher.set(Arc::clone(&dispatcher));
         Ok(dispatcher)
+    }
+
+    /// How many of `service`'s invocations are where; `None` when it has had none.
+    pub(crate) fn invocation_counts(
+        &self,
+        service: &str,
+    ) -> Result<Option<crate::documents::InvocationCounts>, ControlError> {
+        use skiff_store::InvocationState as S;
+        let (counts, oldest) = self.db().invocation_counts(service)?;
+        if counts.is_empty() {
+            return Ok(None);
+        }
+        let mut c = crate::documents::InvocationCounts {
+            oldest_open_ms: oldest,
+            ..Default::default()
+        };
+        for (state, n) in counts {
+            *match state {
+                S::Pending => &mut c.pending,
+                S::Delivering => &mut c.delivering,
+                S::Delivered => &mut c.delivered,
+                S::Dead => &mut c.dead,
+            } = n;
+        }
+        Ok(Some(c))
+    }
+
+    /// Sends `service`'s dead invocations (`ids`, or all) out again, attempts afresh.
+    pub fn redrive(&self, service: &str, ids: &[String]) -> Result<Vec<String>, ControlError> {
+        let redriven = self.db().redrive_invocations(service, ids, now_ms())?;
+        if let Some(d) = self.dispatcher.get() {
+            d.wake();
+        }
+        tracing::info!(service = %service, count = redriven.len(), "dead invocations sent again");
+        Ok(redriven)
     }
 
     /// Delivers `service`'s async invocations under `delivery` from now on.

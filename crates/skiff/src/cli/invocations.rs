@@ -3,7 +3,36 @@
 
 use super::client::Client;
 use super::output::{self, Format};
-use skiff_control::documents::InvocationInfo;
+use skiff_control::documents::{InvocationInfo, RedriveRequest, Redriven};
+
+/// Sends `ids` (or every dead one) of `service` again.
+pub fn redrive(
+    client: &Client,
+    format: Format,
+    service: &str,
+    ids: Vec<String>,
+) -> anyhow::Result<()> {
+    let body = serde_json::to_value(RedriveRequest { ids })?;
+    let done: Redriven = client.call(
+        hyper::Method::POST,
+        &format!("/v1/services/{service}/invocations/redrive"),
+        Some(body),
+    )?;
+    match format {
+        Format::Json => output::json(&serde_json::to_value(&done)?),
+        Format::Table => println!(
+            "sent {} dead invocation(s) of {service} again{}",
+            done.redriven.len(),
+            if done.redriven.is_empty() { "" } else { ":" }
+        ),
+    }
+    if format == Format::Table {
+        for id in &done.redriven {
+            println!("  {id}");
+        }
+    }
+    Ok(())
+}
 
 pub fn run(client: &Client, format: Format, service: &str, limit: u32) -> anyhow::Result<()> {
     let list: Vec<InvocationInfo> = client.call(

@@ -116,6 +116,10 @@ pub enum Command {
         /// How many of the newest.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Send dead invocations again, attempts counted afresh: these ids, or every
+        /// dead one when none is given.
+        #[arg(long, num_args = 0.., value_name = "ID")]
+        redrive: Option<Vec<String>>,
     },
     /// The audit log: every control-plane write, who asked, and how it ended.
     Audit {
@@ -166,9 +170,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Secret(cmd) => secret::run(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
         Command::Token(cmd) => token::run(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
-        Command::Invocations { name, limit } => {
-            invocations::run(&client(&endpoint)?, cli.output, &name, limit).map(|()| 0)
-        }
+        Command::Invocations {
+            name,
+            redrive: Some(ids),
+            ..
+        } => invocations::redrive(&client(&endpoint)?, cli.output, &name, ids).map(|()| 0),
+        Command::Invocations {
+            name,
+            limit,
+            redrive: None,
+        } => invocations::run(&client(&endpoint)?, cli.output, &name, limit).map(|()| 0),
         Command::Audit { limit } => audit(&client(&endpoint)?, cli.output, limit).map(|()| 0),
         Command::ConfigMap(cmd) => configmap::run(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
     }

@@ -453,6 +453,16 @@ pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<(
     if let Some(r) = serving {
         println!("Access:    {}", access_text(&r.spec));
     }
+    if let Some(c) = &d.invocations {
+        let oldest = c
+            .oldest_open_ms
+            .map(|ms| format!(" (oldest accepted {})", ago(ms.div_euclid(1000))))
+            .unwrap_or_default();
+        println!(
+            "Async:     {} pending, {} delivering{oldest}, {} delivered, {} dead",
+            c.pending, c.delivering, c.delivered, c.dead
+        );
+    }
     if !d.traffic.is_empty() {
         println!();
         super::traffic::table(&d.traffic);

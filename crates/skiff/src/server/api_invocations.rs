@@ -4,16 +4,30 @@
 use super::api::{ApiError, AppState};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, MethodRouter};
+use axum::routing::{get, post, MethodRouter};
 use axum::Json;
-use skiff_control::documents::InvocationInfo;
+use skiff_control::documents::{InvocationInfo, RedriveRequest, Redriven};
 use skiff_control::ControlError;
 
 pub(super) fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
         ("/v1/services/{name}/invocations", get(list)),
+        ("/v1/services/{name}/invocations/redrive", post(redrive)),
         ("/v1/services/{name}/invocations/{id}", get(one)),
     ]
+}
+
+async fn redrive(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<RedriveRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let ctl = std::sync::Arc::clone(&s.ctl);
+    let redriven = tokio::task::spawn_blocking(move || ctl.redrive(&name, &request.ids))
+        .await
+        .map_err(|e| ApiError::from(ControlError::internal(e.to_string())))??;
+    Ok(Json(Redriven { redriven }).into_response())
 }
 
 #[derive(serde::Deserialize)]
