@@ -350,6 +350,21 @@ impl Store {
         Ok((counts, oldest))
     }
 
+    /// Forgets invocations delivered before `delivered_before_ms` and dead ones ended
+    /// before `dead_before_ms`; how many.
+    pub fn prune_invocations(
+        &mut self,
+        delivered_before_ms: i64,
+        dead_before_ms: i64,
+    ) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM invocations
+             WHERE (state = 'delivered' AND finished_ms < ?1)
+                OR (state = 'dead' AND finished_ms < ?2)",
+            params![delivered_before_ms, dead_before_ms],
+        )?)
+    }
+
     /// A service's newest `limit` invocations, newest first.
     pub fn invocations(
         &self,
@@ -516,6 +531,34 @@ mod tests {
             .is_empty());
         assert!(s.redrive_invocations("other", &[], 20).unwrap().is_empty());
         assert_eq!(s.redrive_invocations("svc", &[], 21).unwrap(), ["b"]);
+    }
+
+    #[test]
+    fn settled_ones_are_forgotten_after_their_time_open_ones_never() {
+        let (_d, mut s) = store();
+        s.add_invocations(&[
+            new("a", None, 1),
+            new("b", None, 2),
+            new("c", None, 3),
+            new("d", None, 4),
+        ])
+        .unwrap();
+        s.claim_due_invocations(10, 3).unwrap();
+        s.record_invocation("a", &InvocationOutcome::Delivered { status: 200 }, 100)
+            .unwrap();
+        let dead = InvocationOutcome::Dead {
+            status: None,
+            error: "x".into(),
+        };
+        s.record_invocation("b", &dead, 100).unwrap();
+        // Delivered before 101 go; dead ones are kept longer.
+        assert_eq!(s.prune_invocations(101, 50).unwrap(), 1);
+        assert!(s.invocation("a").unwrap().is_none());
+        assert!(s.invocation("b").unwrap().is_some());
+        assert_eq!(s.prune_invocations(101, 101).unwrap(), 1);
+        // Still being delivered, or pending: never.
+        assert_eq!(s.prune_invocations(i64::MAX, i64::MAX).unwrap(), 0);
+        assert_eq!(s.invocations("svc", 10).unwrap().len(), 2);
     }
 
     #[test]

@@ -20,6 +20,11 @@ use tokio::sync::{Notify, Semaphore};
 const IN_FLIGHT: usize = 256;
 /// The longest the dispatcher sleeps without looking.
 const IDLE_LOOK: Duration = Duration::from_secs(1);
+/// Delivered invocations are kept this long for `skiff invocations`, dead ones longer
+/// (for a redrive), then forgotten; checked every [`PRUNE_EVERY`].
+const KEEP_DELIVERED: Duration = Duration::from_secs(24 * 3600);
+const KEEP_DEAD: Duration = Duration::from_secs(7 * 24 * 3600);
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// The most outcomes written under one commit.
 const RECORD_BATCH: usize = 1024;
@@ -87,7 +92,13 @@ impl Dispatcher {
     }
 
     async fn run(self: Arc<Self>, ctl: Arc<Control>) {
+        let mut pruned_at = tokio::time::Instant::now();
         while !ctl.is_shutting_down() {
+            if pruned_at.elapsed() >= PRUNE_EVERY {
+                pruned_at = tokio::time::Instant::now();
+                let me = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || me.prune()).await;
+            }
             let room = self.slots.available_permits().clamp(1, IN_FLIGHT) as u32;
             let me = Arc::clone(&self);
             let claimed = tokio::task::spawn_blocking(move || {
@@ -118,6 +129,20 @@ impl Dispatcher {
                     drop(slot);
                 });
             }
+        }
+    }
+
+    /// Forgets invocations settled long enough ago.
+    fn prune(&self) {
+        let now = now_ms();
+        let ago = |keep: Duration| now.saturating_sub(keep.as_millis() as i64);
+        match self
+            .store()
+            .prune_invocations(ago(KEEP_DELIVERED), ago(KEEP_DEAD))
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "forgot async invocations settled long ago"),
+            Err(e) => tracing::warn!("forgetting old async invocations: {e}"),
         }
     }
 
