@@ -139,6 +139,76 @@ fn with_state(
     .collect()
 }
 
+fn add(
+    tx: &rusqlite::Connection,
+    batch: &[NewInvocation],
+) -> Result<Vec<(String, bool)>, StoreError> {
+    let mut out = Vec::with_capacity(batch.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO invocations (id, service, idempotency_key, method, target, fields,
+                     body, state, attempts, created_ms, next_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8)
+                 ON CONFLICT DO NOTHING",
+        )?;
+        let mut earlier = tx.prepare_cached(
+            "SELECT id FROM invocations WHERE service = ?1 AND idempotency_key = ?2",
+        )?;
+        for inv in batch {
+            let made = insert.execute(params![
+                inv.id,
+                inv.service,
+                inv.idempotency_key,
+                inv.method,
+                inv.target,
+                inv.fields,
+                inv.body,
+                inv.created_ms
+            ])?;
+            if made == 1 {
+                out.push((inv.id.clone(), false));
+                continue;
+            }
+            let first: Option<String> = earlier
+                .query_row(params![inv.service, inv.idempotency_key], |r| r.get(0))
+                .optional()?;
+            match first {
+                Some(id) => out.push((id, true)),
+                None => {
+                    return Err(StoreError::Corrupt {
+                        what: "invocation id (taken twice)",
+                        value: inv.id.clone(),
+                    })
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn claim(
+    tx: &rusqlite::Connection,
+    now_ms: i64,
+    limit: u32,
+) -> Result<Vec<InvocationRecord>, StoreError> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "UPDATE invocations SET state = 'delivering', attempts = attempts + 1
+                 WHERE id IN (SELECT id FROM invocations
+                              WHERE state = 'pending' AND next_ms <= ?1
+                              ORDER BY next_ms LIMIT ?2)
+                 RETURNING {COLUMNS}"
+    ))?;
+    let rows = stmt.query_map(params![now_ms, limit], row)?;
+    let mut claimed = with_state(rows)?;
+    // RETURNING keeps no order: oldest due first, as chosen.
+    claimed.sort_by_key(|r| (r.next_ms, r.created_ms));
+    Ok(claimed)
+}
+
+/// What one writer's turn gave back: each new invocation's id (and whether it was a
+/// duplicate), and what each claim took.
+pub type InvocationBatch = (Vec<(String, bool)>, Vec<Vec<InvocationRecord>>);
+
 /// Writes how an attempt of `id` ended, at `now_ms`.
 fn record(
     conn: &rusqlite::Connection,
@@ -185,46 +255,7 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut out = Vec::with_capacity(batch.len());
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO invocations (id, service, idempotency_key, method, target, fields,
-                     body, state, attempts, created_ms, next_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8)
-                 ON CONFLICT DO NOTHING",
-            )?;
-            let mut earlier = tx.prepare_cached(
-                "SELECT id FROM invocations WHERE service = ?1 AND idempotency_key = ?2",
-            )?;
-            for inv in batch {
-                let made = insert.execute(params![
-                    inv.id,
-                    inv.service,
-                    inv.idempotency_key,
-                    inv.method,
-                    inv.target,
-                    inv.fields,
-                    inv.body,
-                    inv.created_ms
-                ])?;
-                if made == 1 {
-                    out.push((inv.id.clone(), false));
-                    continue;
-                }
-                let first: Option<String> = earlier
-                    .query_row(params![inv.service, inv.idempotency_key], |r| r.get(0))
-                    .optional()?;
-                match first {
-                    Some(id) => out.push((id, true)),
-                    None => {
-                        return Err(StoreError::Corrupt {
-                            what: "invocation id (taken twice)",
-                            value: inv.id.clone(),
-                        })
-                    }
-                }
-            }
-        }
+        let out = add(&tx, batch)?;
         tx.commit()?;
         Ok(out)
     }
@@ -239,22 +270,33 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let claimed = {
-            let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE invocations SET state = 'delivering', attempts = attempts + 1
-                 WHERE id IN (SELECT id FROM invocations
-                              WHERE state = 'pending' AND next_ms <= ?1
-                              ORDER BY next_ms LIMIT ?2)
-                 RETURNING {COLUMNS}"
-            ))?;
-            let rows = stmt.query_map(params![now_ms, limit], row)?;
-            let mut claimed = with_state(rows)?;
-            // RETURNING keeps no order: oldest due first, as chosen.
-            claimed.sort_by_key(|r| (r.next_ms, r.created_ms));
-            claimed
-        };
+        let claimed = claim(&tx, now_ms, limit)?;
         tx.commit()?;
         Ok(claimed)
+    }
+
+    /// One writer's turn, under one commit: outcomes written, new invocations stored
+    /// (their ids, as [`Store::add_invocations`] gives), then each claim taken (what is
+    /// due at its time, up to its limit), in that order.
+    pub fn invocation_batch(
+        &mut self,
+        adds: &[NewInvocation],
+        outcomes: &[(String, InvocationOutcome, i64)],
+        claims: &[(i64, u32)],
+    ) -> Result<InvocationBatch, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (id, outcome, at) in outcomes {
+            record(&tx, id, outcome, *at)?;
+        }
+        let added = add(&tx, adds)?;
+        let claimed = claims
+            .iter()
+            .map(|(now, limit)| claim(&tx, *now, *limit))
+            .collect::<Result<_, _>>()?;
+        tx.commit()?;
+        Ok((added, claimed))
     }
 
     /// Writes how attempts ended (`id`, outcome, when), all under one commit.

@@ -197,6 +197,21 @@ impl Store {
     /// Runs SQLite's `PRAGMA quick_check` (every page and index entry read once: for a
     /// daemon's start, not for every command); a damaged database is an error that says
     /// what to do, rather than services that answer 404 with the reason only in a log.
+    /// Leaves checkpoints of the write-ahead log to [`Store::checkpoint_passive`] on
+    /// another connection: a commit on this one never waits for one (or its fsync).
+    pub fn no_auto_checkpoints(&self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies what the write-ahead log holds into the database as far as readers allow,
+    /// without blocking writers (a passive checkpoint).
+    pub fn checkpoint_passive(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     pub fn check_integrity(&self) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare("PRAGMA quick_check(5)")?;
         let findings = stmt

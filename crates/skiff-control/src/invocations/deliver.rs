@@ -1,11 +1,12 @@
 //! The dispatcher: takes the invocations that are due, delivers each through the ingress
 //! (over kept-alive connections, with the daemon's delivery token in `X-Skiff-Delivery`),
-//! and hands what the delivery policy makes of the outcome to a recorder thread, which
-//! writes many under one commit. At most [`IN_FLIGHT`] at once; idle, it sleeps until
+//! and hands what the delivery policy makes of the outcome to the writer thread, which
+//! writes many under one commit (claims go through it too: it is the one writer). At most [`IN_FLIGHT`] at once; idle, it sleeps until
 //! the next one is due or a new one comes. An outcome not yet written when the daemon
 //! dies leaves its invocation `delivering`, so it goes out again: at least once.
 
 use super::now_ms;
+use super::writer::Job;
 use crate::Control;
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -25,9 +26,8 @@ const IDLE_LOOK: Duration = Duration::from_secs(1);
 const KEEP_DELIVERED: Duration = Duration::from_secs(24 * 3600);
 const KEEP_DEAD: Duration = Duration::from_secs(7 * 24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-
-/// The most outcomes written under one commit.
-const RECORD_BATCH: usize = 1024;
+/// How often the write-ahead log is checkpointed (the writer's connection does not).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -36,11 +36,12 @@ type Client = hyper_util::client::legacy::Client<
 
 /// Delivers async invocations.
 pub struct Dispatcher {
+    /// For reads (what is due next) and the minutely pruning.
     store: Mutex<Store>,
+    /// The writer thread: claims and outcomes.
+    writer: mpsc::Sender<Job>,
     ingress: SocketAddr,
     client: Client,
-    /// To the recorder thread.
-    outcomes: Mutex<mpsc::Sender<(String, InvocationOutcome, i64)>>,
     /// Proves a request is the daemon's own delivery (`X-Skiff-Delivery`).
     token: String,
     policies: super::Policies,
@@ -51,31 +52,41 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub(crate) fn new(
         store: Store,
-        recorder: Store,
+        writer: mpsc::Sender<Job>,
         ingress: SocketAddr,
         token: String,
         policies: super::Policies,
-    ) -> std::io::Result<Arc<Dispatcher>> {
-        let (tx, rx) = mpsc::channel();
-        let dispatcher = Arc::new(Dispatcher {
+    ) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
             store: Mutex::new(store),
+            writer,
             ingress,
             client: hyper_util::client::legacy::Client::builder(
                 hyper_util::rt::TokioExecutor::new(),
             )
             .pool_max_idle_per_host(IN_FLIGHT)
             .build_http(),
-            outcomes: Mutex::new(tx),
             token,
             policies,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
-        });
-        let me = Arc::downgrade(&dispatcher);
-        std::thread::Builder::new()
-            .name("skiff-outcomes".into())
-            .spawn(move || write_outcomes(recorder, &rx, &me))?;
-        Ok(dispatcher)
+        })
+    }
+
+    /// What is due now, up to `limit`, taken by the writer.
+    async fn claim(&self, limit: u32) -> Result<Vec<InvocationRecord>, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = Job::Claim {
+            now_ms: now_ms(),
+            limit,
+            reply,
+        };
+        self.writer
+            .send(job)
+            .map_err(|_| "the invocation writer is gone".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the invocation writer stopped".to_owned())?
     }
 
     /// Something may be due now.
@@ -93,26 +104,31 @@ impl Dispatcher {
 
     async fn run(self: Arc<Self>, ctl: Arc<Control>) {
         let mut pruned_at = tokio::time::Instant::now();
+        let mut checkpointed_at = tokio::time::Instant::now();
         while !ctl.is_shutting_down() {
+            if checkpointed_at.elapsed() >= CHECKPOINT_EVERY {
+                checkpointed_at = tokio::time::Instant::now();
+                let me = Arc::clone(&self);
+                // In the background: deliveries go on meanwhile.
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = me.store().checkpoint_passive() {
+                        tracing::warn!("checkpointing the database: {e}");
+                    }
+                });
+            }
             if pruned_at.elapsed() >= PRUNE_EVERY {
                 pruned_at = tokio::time::Instant::now();
                 let me = Arc::clone(&self);
                 let _ = tokio::task::spawn_blocking(move || me.prune()).await;
             }
             let room = self.slots.available_permits().clamp(1, IN_FLIGHT) as u32;
-            let me = Arc::clone(&self);
-            let claimed = tokio::task::spawn_blocking(move || {
-                me.store().claim_due_invocations(now_ms(), room)
-            })
-            .await;
-            let claimed = match claimed {
-                Ok(Ok(claimed)) => claimed,
-                Ok(Err(e)) => {
+            let claimed = match self.claim(room).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
                     tracing::error!("taking due async invocations: {e}");
                     tokio::time::sleep(IDLE_LOOK).await;
                     continue;
                 }
-                Err(_) => return,
             };
             if claimed.is_empty() {
                 self.idle().await;
@@ -148,7 +164,11 @@ impl Dispatcher {
 
     /// Sleeps until the next invocation is due (at most a second) or one comes.
     async fn idle(&self) {
-        let next = self.store().next_invocation_due().ok().flatten();
+        // Not while a checkpoint holds the connection: this runs on the event loop.
+        let next = match self.store.try_lock() {
+            Ok(store) => store.next_invocation_due().ok().flatten(),
+            Err(_) => Some(now_ms() + 50),
+        };
         let wait = next.map_or(IDLE_LOOK, |due| {
             Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64).min(IDLE_LOOK)
         });
@@ -247,34 +267,9 @@ impl Dispatcher {
                 }
             }
         };
-        let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = outcomes.send((invocation.id.clone(), outcome, now_ms()));
-    }
-}
-
-/// The recorder thread: writes outcomes as they come, all that wait under one commit,
-/// then wakes the dispatcher (a retry may be due, a slot is free).
-fn write_outcomes(
-    mut store: Store,
-    rx: &mpsc::Receiver<(String, InvocationOutcome, i64)>,
-    dispatcher: &std::sync::Weak<Dispatcher>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < RECORD_BATCH {
-            match rx.try_recv() {
-                Ok(o) => batch.push(o),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = store.record_invocations(&batch) {
-            // Left `delivering`: they go out again at the next start.
-            tracing::error!("writing {} deliveries' outcomes: {e}", batch.len());
-        }
-        match dispatcher.upgrade() {
-            Some(d) => d.wake(),
-            None => return,
-        }
+        let _ = self
+            .writer
+            .send(Job::Outcome(invocation.id.clone(), outcome, now_ms()));
     }
 }
 

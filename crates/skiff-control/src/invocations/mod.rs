@@ -78,12 +78,12 @@ impl AsyncSink for InvocationSink {
         request: AsyncRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Accepted, String>> + Send>> {
         let (reply, answer) = oneshot::channel();
-        let job = writer::Job {
+        let job = writer::Job::Add(writer::Add {
             id: new_id(),
             request,
             created_ms: now_ms(),
             reply,
-        };
+        });
         let sent = self.queue.send(job);
         Box::pin(async move {
             sent.map_err(|_| "the invocation store is closed".to_owned())?;
@@ -111,15 +111,18 @@ impl Control {
                 "async invocations whose delivery a stop cut short go out again"
             );
         }
+        let (queue, jobs) = std::sync::mpsc::channel();
         let dispatcher = Dispatcher::new(
             delivering,
-            Store::open(&path)?,
+            queue.clone(),
             ingress,
             self.gate.delivery_token(),
             Arc::clone(&self.delivery_policies),
-        )
-        .map_err(|e| ControlError::internal(format!("starting the outcome writer: {e}")))?;
-        let queue = writer::start(Store::open(&path)?, Arc::clone(&dispatcher))
+        );
+        let writing = Store::open(&path)?;
+        // The dispatcher's connection checkpoints instead, off the writer's commits.
+        writing.no_auto_checkpoints()?;
+        writer::start(writing, jobs, Arc::downgrade(&dispatcher))
             .map_err(|e| ControlError::internal(format!("starting the invocation writer: {e}")))?;
         self.router
             .set_async_sink(Arc::new(InvocationSink { queue }) as Arc<dyn AsyncSink>);

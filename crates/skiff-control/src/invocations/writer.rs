@@ -1,31 +1,46 @@
-//! The writer thread: what the router hands over waits in a queue; the thread takes all
-//! that waits (up to a batch), stores it under one commit, and only then answers each,
-//! so a burst costs one commit, not one each.
+//! The writer thread: the one connection that writes invocations. What the router hands
+//! over, what the dispatcher claims and the outcomes it reports all wait in one queue;
+//! the thread takes all that waits (up to a batch) and does it under one commit, then
+//! answers each. One writer means no two of them wait on SQLite's lock (whose busy
+//! handler sleeps in steps of milliseconds), and a burst costs one commit, not one each.
 
 use super::deliver::Dispatcher;
 use skiff_router::{Accepted, AsyncRequest};
-use skiff_store::{NewInvocation, Store};
+use skiff_store::{InvocationOutcome, InvocationRecord, NewInvocation, Store};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::Weak;
 use tokio::sync::oneshot;
 
-/// The most invocations stored under one commit.
+/// The most requests done under one commit.
 const BATCH: usize = 1024;
 
 /// One invocation to store, and where to say how it went.
-pub(crate) struct Job {
+pub(crate) struct Add {
     pub id: String,
     pub request: AsyncRequest,
     pub created_ms: i64,
     pub reply: oneshot::Sender<Result<Accepted, String>>,
 }
 
-/// Starts the thread; returns its queue.
+/// What the writer is asked.
+pub(crate) enum Job {
+    Add(Add),
+    /// How an attempt ended (id, outcome, when).
+    Outcome(String, InvocationOutcome, i64),
+    /// What is due at `now_ms`, up to `limit`, marked `delivering`.
+    Claim {
+        now_ms: i64,
+        limit: u32,
+        reply: oneshot::Sender<Result<Vec<InvocationRecord>, String>>,
+    },
+}
+
+/// Starts the thread on `rx`; it wakes `dispatcher` after each turn.
 pub(crate) fn start(
     mut store: Store,
-    dispatcher: Arc<Dispatcher>,
-) -> std::io::Result<mpsc::Sender<Job>> {
-    let (tx, rx) = mpsc::channel::<Job>();
+    rx: mpsc::Receiver<Job>,
+    dispatcher: Weak<Dispatcher>,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("skiff-invocations".into())
         .spawn(move || {
@@ -37,39 +52,70 @@ pub(crate) fn start(
                         Err(_) => break,
                     }
                 }
-                store_batch(&mut store, jobs);
-                dispatcher.wake();
+                turn(&mut store, jobs);
+                if let Some(d) = dispatcher.upgrade() {
+                    d.wake();
+                }
             }
         })?;
-    Ok(tx)
+    Ok(())
 }
 
-fn store_batch(store: &mut Store, jobs: Vec<Job>) {
-    let batch: Vec<NewInvocation> = jobs
-        .iter()
-        .map(|j| NewInvocation {
-            id: j.id.clone(),
-            service: j.request.service.clone(),
-            idempotency_key: j.request.idempotency_key.clone(),
-            method: j.request.method.clone(),
-            target: j.request.target.clone(),
-            fields: with_caller(&j.request),
-            body: j.request.body.clone(),
-            created_ms: j.created_ms,
-        })
-        .collect();
-    match store.add_invocations(&batch) {
-        Ok(ids) => {
-            for (job, (id, duplicate)) in jobs.into_iter().zip(ids) {
-                let _ = job.reply.send(Ok(Accepted { id, duplicate }));
+/// Does `jobs` under one commit and answers each.
+fn turn(store: &mut Store, jobs: Vec<Job>) {
+    let mut adds = Vec::new();
+    let mut outcomes = Vec::new();
+    let mut claims = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Add(add) => adds.push(add),
+            Job::Outcome(id, outcome, at) => outcomes.push((id, outcome, at)),
+            Job::Claim {
+                now_ms,
+                limit,
+                reply,
+            } => claims.push((now_ms, limit, reply)),
+        }
+    }
+    let new: Vec<NewInvocation> = adds.iter().map(new_invocation).collect();
+    let wanted: Vec<(i64, u32)> = claims.iter().map(|(n, l, _)| (*n, *l)).collect();
+    match store.invocation_batch(&new, &outcomes, &wanted) {
+        Ok((ids, claimed)) => {
+            for (add, (id, duplicate)) in adds.into_iter().zip(ids) {
+                let _ = add.reply.send(Ok(Accepted { id, duplicate }));
+            }
+            for ((_, _, reply), taken) in claims.into_iter().zip(claimed) {
+                let _ = reply.send(Ok(taken));
             }
         }
         Err(e) => {
-            tracing::error!("storing {} async invocations: {e}", jobs.len());
-            for job in jobs {
-                let _ = job.reply.send(Err(e.to_string()));
+            // Outcomes not written leave their invocations `delivering`: they go out
+            // again at the next start. New ones are refused (the caller gets a 503).
+            tracing::error!(
+                "writing async invocations ({} new, {} outcomes): {e}",
+                adds.len(),
+                outcomes.len()
+            );
+            for add in adds {
+                let _ = add.reply.send(Err(e.to_string()));
+            }
+            for (_, _, reply) in claims {
+                let _ = reply.send(Err(e.to_string()));
             }
         }
+    }
+}
+
+fn new_invocation(add: &Add) -> NewInvocation {
+    NewInvocation {
+        id: add.id.clone(),
+        service: add.request.service.clone(),
+        idempotency_key: add.request.idempotency_key.clone(),
+        method: add.request.method.clone(),
+        target: add.request.target.clone(),
+        fields: with_caller(&add.request),
+        body: add.request.body.clone(),
+        created_ms: add.created_ms,
     }
 }
 
