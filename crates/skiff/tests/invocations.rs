@@ -309,3 +309,28 @@ fn dead_invocations_are_counted_in_describe_and_sent_again_on_redrive() {
         "{redriven}"
     );
 }
+
+/// CPU clock ticks (user and system) process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command's closing parenthesis; utime and stime are 14 and 15.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn an_idle_daemon_spends_no_cpu_waiting_for_invocations() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("svc", &[]);
+    let id = accepted_id(&send_async(&d, "svc", "/echo", &[], b"x"));
+    assert_eq!(settled(&d, "svc", &id)["state"], "delivered");
+    // Measuring, not waiting: a dispatcher woken by its own claims spun a core here.
+    let before = cpu_ticks(d.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(d.pid()) - before;
+    assert!(
+        used < 15,
+        "the idle daemon used {used} ticks of CPU in a second"
+    );
+}

@@ -35,7 +35,9 @@ pub(crate) enum Job {
     },
 }
 
-/// Starts the thread on `rx`; it wakes `dispatcher` after each turn.
+/// Starts the thread on `rx`; it wakes `dispatcher` after each turn that stored new
+/// invocations or outcomes (something may be due, a slot is free) — never after claims
+/// alone, which the dispatcher itself asked for: it would be woken by its own asking.
 pub(crate) fn start(
     mut store: Store,
     rx: mpsc::Receiver<Job>,
@@ -52,9 +54,12 @@ pub(crate) fn start(
                         Err(_) => break,
                     }
                 }
+                let news = jobs.iter().any(|j| !matches!(j, Job::Claim { .. }));
                 turn(&mut store, jobs);
-                if let Some(d) = dispatcher.upgrade() {
-                    d.wake();
+                if news {
+                    if let Some(d) = dispatcher.upgrade() {
+                        d.wake();
+                    }
                 }
             }
         })?;
