@@ -39,10 +39,8 @@ pub struct ServiceGate {
 
 impl Default for ServiceGate {
     fn default() -> Self {
-        let mut b = [0u8; 32];
-        getrandom::fill(&mut b).expect("the kernel's random source is available");
         ServiceGate {
-            delivery_token: b.iter().map(|x| format!("{x:02x}")).collect(),
+            delivery_token: crate::supervisor::random_hex(32),
             tokens: RwLock::default(),
             addresses: RwLock::default(),
         }
@@ -103,13 +101,8 @@ impl ServiceGate {
 impl Gate for ServiceGate {
     fn check_delivery(&self, value: &str) -> Option<Arc<str>> {
         let (token, caller) = value.split_once(' ').unwrap_or((value, ""));
-        let ours = self.delivery_token.as_bytes();
-        let same = token.len() == ours.len()
-            && token
-                .bytes()
-                .zip(ours)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        let same =
+            skiff_secrets::token::same_bytes(token.as_bytes(), self.delivery_token.as_bytes());
         let caller = caller.trim();
         same.then(|| {
             Arc::from(if caller.is_empty() {

@@ -255,9 +255,7 @@ fn summary(s: &SecretRecord) -> SecretSummary {
 }
 
 fn new_incarnation() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the kernel's random source is available");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::supervisor::random_hex(8)
 }
 
 impl Control {

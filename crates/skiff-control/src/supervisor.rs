@@ -473,10 +473,10 @@ pub fn instance_id(service: &str) -> String {
     }
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut b = [0u8; 8];
-    let b = &mut b[..bytes.min(8)];
-    getrandom::fill(b).expect("the kernel's random source is available");
+/// `bytes` random bytes as hex digits (ids, incarnations, in-memory tokens).
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("the kernel's random source is available");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -51,8 +51,12 @@ pub fn split_token(text: &str) -> Option<(&str, &str)> {
 
 /// Whether `secret` is the one whose hash is `hash`, compared in constant time.
 pub fn secret_matches(secret: &str, hash: &[u8]) -> bool {
-    let got = digest(secret);
-    got.len() == hash.len() && got.iter().zip(hash).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    same_bytes(&digest(secret), hash)
+}
+
+/// Whether `a` and `b` are equal, in time that depends on their lengths only.
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -299,21 +299,6 @@ impl Store {
         Ok((added, claimed))
     }
 
-    /// Writes how attempts ended (`id`, outcome, when), all under one commit.
-    pub fn record_invocations(
-        &mut self,
-        batch: &[(String, InvocationOutcome, i64)],
-    ) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (id, outcome, at) in batch {
-            record(&tx, id, outcome, *at)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Writes how an attempt of `id` ended, at `now_ms`.
     pub fn record_invocation(
         &mut self,

@@ -36,14 +36,6 @@ impl Api<'_> {
     }
 }
 
-fn token(d: &Daemon, name: &str, role: &str, services: &[&str]) -> String {
-    let mut args = vec!["token", "create", name, "--role", role];
-    for s in services {
-        args.extend(["--service", s]);
-    }
-    d.ok(&args).trim().to_owned()
-}
-
 #[test]
 fn tokens_are_needed_and_roles_and_services_limit_them() {
     let d = Daemon::start(&["--api-listen", "127.0.0.1:0"]);
@@ -63,9 +55,9 @@ fn tokens_are_needed_and_roles_and_services_limit_them() {
         url: format!("https://{addr}"),
         ca: ca.display().to_string(),
     };
-    let admin = token(&d, "boss", "admin", &[]);
-    let viewer = token(&d, "watcher", "viewer", &[]);
-    let dev = token(&d, "dev-a", "developer", &["a"]);
+    let admin = d.token("boss", "admin", &[]);
+    let viewer = d.token("watcher", "viewer", &[]);
+    let dev = d.token("dev-a", "developer", &["a"]);
 
     // No token, a made-up one.
     let none = api.curl("/v1/services", &[]);
@@ -191,7 +183,7 @@ fn a_certificate_given_is_served_in_place_of_one_made() {
         url: format!("https://{}", d.api_tcp.clone().unwrap()),
         ca: cert_s.to_owned(),
     };
-    let admin = token(&d, "boss", "admin", &[]);
+    let admin = d.token("boss", "admin", &[]);
     let out = api.as_token(&admin, &["ls"]);
     assert!(out.status.success(), "{}", stderr(&out));
 

@@ -7,14 +7,6 @@ mod daemon;
 
 use daemon::{http, Daemon};
 
-fn token(d: &Daemon, name: &str, role: &str, services: &[&str]) -> String {
-    let mut args = vec!["token", "create", name, "--role", role];
-    for s in services {
-        args.extend(["--service", s]);
-    }
-    d.ok(&args).trim().to_owned()
-}
-
 /// A request to `service`'s `path` on the ingress with `Authorization: Bearer TOKEN`.
 fn get_as(d: &Daemon, service: &str, path: &str, token: &str) -> daemon::Response {
     let auth = format!("Bearer {token}");
@@ -54,7 +46,7 @@ fn a_private_service_answers_invoker_tokens_and_the_services_it_names() {
     assert!(r
         .header("www-authenticate")
         .is_some_and(|v| v.starts_with("Bearer")));
-    let invoker = token(&d, "ci", "invoker", &["db"]);
+    let invoker = d.token("ci", "invoker", &["db"]);
     let r = get_as(&d, "db", "/headers", &invoker);
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = r.text();
@@ -63,9 +55,9 @@ fn a_private_service_answers_invoker_tokens_and_the_services_it_names() {
         !seen.contains(&invoker) && !seen.contains("authorization"),
         "the token reached the app: {seen}"
     );
-    let elsewhere = token(&d, "ci-other", "invoker", &["other"]);
+    let elsewhere = d.token("ci-other", "invoker", &["other"]);
     assert_eq!(get_as(&d, "db", "/", &elsewhere).status, 403);
-    let viewer = token(&d, "looker", "viewer", &[]);
+    let viewer = d.token("looker", "viewer", &[]);
     assert_eq!(get_as(&d, "db", "/", &viewer).status, 403);
     // A public service ignores tokens altogether.
     assert_eq!(d.get("other", "/").status, 200);

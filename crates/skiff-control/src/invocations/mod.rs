@@ -54,10 +54,7 @@ pub const MAX_LISTED: u32 = 1000;
 
 /// A new invocation's id: `inv-` and 16 hex digits.
 fn new_id() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the kernel's random source is available");
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("inv-{hex}")
+    format!("inv-{}", crate::supervisor::random_hex(8))
 }
 
 /// Unix milliseconds now.

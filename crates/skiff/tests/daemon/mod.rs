@@ -357,6 +357,15 @@ impl Daemon {
     }
 
     /// Deploys the hello image as `service` with extra deploy flags.
+    /// `skiff token create NAME --role ROLE [--service S]…`: the token's text.
+    pub fn token(&self, name: &str, role: &str, services: &[&str]) -> String {
+        let mut args = vec!["token", "create", name, "--role", role];
+        for s in services {
+            args.extend(["--service", s]);
+        }
+        self.ok(&args).trim().to_owned()
+    }
+
     pub fn deploy_hello(&self, service: &str, flags: &[&str]) -> String {
         let mut args = vec!["deploy", service, "--image", "hello"];
         args.extend_from_slice(flags);
