@@ -119,6 +119,7 @@ impl Control {
             instances,
             last_failure,
             invocations: self.invocation_counts(name)?,
+            triggers: self.triggers_of(name)?,
         })
     }
 

@@ -135,6 +135,9 @@ pub struct ServiceDetail {
     /// Its async invocations, when it has had any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invocations: Option<InvocationCounts>,
+    /// The schedules and subscriptions that deliver to it.
+    #[serde(default)]
+    pub triggers: ServiceTriggers,
 }
 
 /// How many of a service's async invocations are where.
@@ -420,6 +423,25 @@ pub struct InvocationInfo {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The trigger that made it (`schedule/NAME`, `subscription/NAME`); none for an
+    /// async request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The CloudEvent's type and id, when it carries one in binary mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+/// The value of field `name` (lowercase) in `fields` (`name: value\r\n` each).
+fn field_value(fields: &[u8], name: &str) -> Option<String> {
+    fields.split(|b| *b == b'\n').find_map(|line| {
+        let (n, v) = std::str::from_utf8(line).ok()?.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
 }
 
 impl From<&skiff_store::InvocationRecord> for InvocationInfo {
@@ -438,6 +460,9 @@ impl From<&skiff_store::InvocationRecord> for InvocationInfo {
             last_status: r.last_status,
             last_error: r.last_error.clone(),
             idempotency_key: r.idempotency_key.clone(),
+            origin: r.origin.clone(),
+            event_type: field_value(&r.fields, "ce-type"),
+            event_id: field_value(&r.fields, "ce-id"),
         }
     }
 }
@@ -482,4 +507,77 @@ pub struct TokenInfo {
     pub created_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<i64>,
+}
+
+/// A schedule as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScheduleDetail {
+    pub name: String,
+    pub spec: skiff_core::ScheduleSpec,
+    /// Unix milliseconds.
+    pub created_ms: i64,
+    /// The scheduled time of its last run, and of its next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_ms: Option<i64>,
+    /// Its events' deliveries, by state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<InvocationCounts>,
+}
+
+/// A topic as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TopicDetail {
+    pub name: String,
+    pub created_ms: i64,
+    /// Its subscriptions' names.
+    pub subscriptions: Vec<String>,
+}
+
+/// A subscription as the API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SubscriptionDetail {
+    pub name: String,
+    pub spec: skiff_core::SubscriptionSpec,
+    pub created_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<InvocationCounts>,
+}
+
+/// `PUT /v1/schedules/{name}`, `PUT /v1/subscriptions/{name}`: the spec.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerWrite<T> {
+    pub spec: T,
+}
+
+/// What publishing an event did: the deliveries it made, one per matching subscription.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Published {
+    pub topic: String,
+    /// The event's id.
+    pub id: String,
+    /// (subscription, invocation id) for each subscription whose filters it passed.
+    pub deliveries: Vec<PublishedDelivery>,
+}
+
+/// One delivery an event made.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishedDelivery {
+    pub subscription: String,
+    pub service: String,
+    pub invocation: String,
+    /// Already kept from an earlier publish of the same source and id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// A service's triggers, for `describe`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ServiceTriggers {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<String>,
 }

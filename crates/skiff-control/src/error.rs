@@ -24,6 +24,9 @@ pub enum ControlError {
     /// revision to roll back to, a stale version).
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (a token's grant does not cover what it names).
+    #[error("{0}")]
+    Forbidden(String),
     /// A revision's instance failed to start; `log_tail` holds its last log lines.
     #[error("{reason}")]
     StartFailed {
@@ -99,6 +102,7 @@ impl ControlError {
             ControlError::InvalidSpec { .. } => "invalid_spec",
             ControlError::NotFound(_) => "not_found",
             ControlError::Conflict(_) => "conflict",
+            ControlError::Forbidden(_) => "forbidden",
             ControlError::StartFailed { .. } => "start_failed",
             ControlError::TooLarge(_) => "too_large",
             ControlError::Upstream(_) => "upstream",

@@ -35,6 +35,7 @@ mod space;
 mod supervisor;
 pub mod tokens;
 mod traffic;
+pub mod triggers;
 mod warm;
 
 pub use clock::unix_now;
@@ -117,6 +118,12 @@ pub struct Control {
     delivery_policies: invocations::Policies,
     /// What delivers them, once started.
     dispatcher: std::sync::OnceLock<Arc<invocations::Dispatcher>>,
+    /// Where schedules and topics put the invocations they make (set with the dispatcher).
+    emitter: std::sync::OnceLock<invocations::Emitter>,
+    /// Wakes the scheduler after a change; each schedule's next run.
+    scheduler: triggers::Scheduler,
+    /// Each topic's subscriptions.
+    topics: triggers::Topics,
 }
 
 /// Counts a task that must finish before the control plane has shut down.
@@ -150,6 +157,9 @@ impl Control {
             secrets_generation: std::sync::atomic::AtomicU64::new(0),
             delivery_policies: Default::default(),
             dispatcher: std::sync::OnceLock::new(),
+            emitter: std::sync::OnceLock::new(),
+            scheduler: Default::default(),
+            topics: Default::default(),
             reserve,
             log_watch: Mutex::new(std::sync::Weak::new()),
             secret_files: Mutex::new(HashMap::new()),

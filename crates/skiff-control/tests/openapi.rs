@@ -345,6 +345,86 @@ fn answers_match_the_openapi_document() {
             last_status: Some(503),
             last_error: Some("e".into()),
             idempotency_key: Some("k".into()),
+            origin: Some("schedule/s".into()),
+            event_type: Some("t".into()),
+            event_id: Some("i".into()),
+        },
+    );
+    let delivery = skiff_core::Delivery {
+        retries: Some(1),
+        backoff_policy: Some("linear".into()),
+        backoff_delay_ms: Some(1),
+        timeout_ms: Some(1),
+        dead_letter: Some("store".into()),
+    };
+    let counts = || {
+        Some(InvocationCounts {
+            pending: 1,
+            delivering: 1,
+            delivered: 1,
+            dead: 1,
+            oldest_open_ms: Some(1),
+        })
+    };
+    check(
+        "ScheduleDetail",
+        &ScheduleDetail {
+            name: "n".into(),
+            spec: skiff_core::ScheduleSpec {
+                cron: "* * * * *".into(),
+                timezone: "UTC".into(),
+                to: "s".into(),
+                path: "/p".into(),
+                data: Some("d".into()),
+                content_type: Some("text/plain".into()),
+                format: skiff_core::EventFormat::Structured,
+                delivery: delivery.clone(),
+            },
+            created_ms: 1,
+            last_run_ms: Some(1),
+            next_run_ms: Some(2),
+            deliveries: counts(),
+        },
+    );
+    check(
+        "SubscriptionDetail",
+        &SubscriptionDetail {
+            name: "n".into(),
+            spec: skiff_core::SubscriptionSpec {
+                topic: "t".into(),
+                to: "s".into(),
+                path: "/p".into(),
+                filters: vec![skiff_core::Filter {
+                    attribute: "type".into(),
+                    op: skiff_core::FilterOp::Prefix,
+                    value: "v".into(),
+                }],
+                format: skiff_core::EventFormat::Binary,
+                delivery,
+            },
+            created_ms: 1,
+            deliveries: counts(),
+        },
+    );
+    check(
+        "TopicDetail",
+        &TopicDetail {
+            name: "t".into(),
+            created_ms: 1,
+            subscriptions: vec!["s".into()],
+        },
+    );
+    check(
+        "Published",
+        &Published {
+            topic: "t".into(),
+            id: "e".into(),
+            deliveries: vec![PublishedDelivery {
+                subscription: "s".into(),
+                service: "v".into(),
+                invocation: "inv-1".into(),
+                duplicate: true,
+            }],
         },
     );
     check(
@@ -433,6 +513,10 @@ fn answers_match_the_openapi_document() {
                 dead: 1,
                 oldest_open_ms: Some(1),
             }),
+            triggers: ServiceTriggers {
+                schedules: vec!["s".into()],
+                subscriptions: vec!["t".into()],
+            },
         },
     );
     check(

@@ -62,6 +62,10 @@ pub enum ApiAction {
     ManageTokens,
     /// Reads the audit log.
     ReadAudit,
+    /// Makes, changes or removes schedules, topics and subscriptions.
+    ManageEvents,
+    /// Publishes an event to a topic.
+    Publish,
 }
 
 /// What a token grants: a role, over every service or only these.
@@ -83,12 +87,15 @@ impl Grant {
                     | ApiAction::Deploy
                     | ApiAction::ReadLogs
                     | ApiAction::ReadSecretNames
+                    | ApiAction::ManageEvents
+                    | ApiAction::Publish
             ),
             Role::Viewer => matches!(
                 action,
                 ApiAction::Read | ApiAction::ReadLogs | ApiAction::ReadSecretNames
             ),
-            Role::Invoker => false,
+            // Publishing an event is calling whatever subscribes to it.
+            Role::Invoker => action == ApiAction::Publish,
         };
         by_role && service.is_none_or(|s| self.covers(s))
     }
@@ -126,6 +133,8 @@ mod tests {
             WriteSecrets,
             ManageTokens,
             ReadAudit,
+            ManageEvents,
+            Publish,
         ];
         let allowed = |g: &Grant| {
             all.iter()
@@ -136,13 +145,20 @@ mod tests {
         assert_eq!(allowed(&grant("admin", &[])), all);
         assert_eq!(
             allowed(&grant("developer", &[])),
-            [Read, Deploy, ReadLogs, ReadSecretNames]
+            [
+                Read,
+                Deploy,
+                ReadLogs,
+                ReadSecretNames,
+                ManageEvents,
+                Publish
+            ]
         );
         assert_eq!(
             allowed(&grant("viewer", &[])),
             [Read, ReadLogs, ReadSecretNames]
         );
-        assert!(allowed(&grant("invoker", &[])).is_empty());
+        assert_eq!(allowed(&grant("invoker", &[])), [Publish]);
         assert!("root".parse::<Role>().is_err());
         assert_eq!(Role::Developer.to_string(), "developer");
     }

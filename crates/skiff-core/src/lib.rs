@@ -13,6 +13,7 @@ mod capability;
 mod delivery;
 mod digest;
 mod egress;
+mod events;
 pub mod knative;
 mod patch;
 mod probe;
@@ -30,6 +31,10 @@ pub use delivery::{Delivery, MAX_DELIVERY_RETRIES};
 pub use digest::{Digest, DigestError};
 pub use egress::{
     egress_rules_text, parse_egress_rules, Destination, EgressMode, EgressRule, HOST_NAME,
+};
+pub use events::{
+    validate_event_name, EventFormat, Filter, FilterOp, ScheduleSpec, SubscriptionSpec,
+    MAX_FILTERS, MAX_SCHEDULE_DATA,
 };
 pub use patch::{PatchError, ProbePatch, SpecPatch};
 pub use probe::{Probe, MAX_EXEC_ARGS, MAX_EXEC_BYTES};

@@ -6,9 +6,10 @@
 
 use cloudevents::binding::http::{Builder, Serializer};
 use cloudevents::message::{BinaryDeserializer, Error as MessageError};
-use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+use cloudevents::{Event, EventBuilder, EventBuilderV10};
 use std::time::SystemTime;
 
+pub use cloudevents::AttributesReader;
 pub use cloudevents::Event as CloudEvent;
 
 /// Why a request does not carry an event.

@@ -17,7 +17,9 @@ mod rate;
 mod retry_after;
 mod schedule;
 
-pub use cloud::{originate, read_event, write_event, CloudEvent, EventError, Mode, Outgoing};
+pub use cloud::{
+    originate, read_event, write_event, AttributesReader, CloudEvent, EventError, Mode, Outgoing,
+};
 pub use delivery::{Attempt, BackoffPolicy, Decision, DeliveryPolicy, PolicyError, Undelivered};
 pub use duration::{parse_duration, DurationError};
 pub use rate::RateLimit;

@@ -65,7 +65,8 @@ impl Schedule {
     /// The first occurrence strictly after `after`; `None` when there is none (the 30th
     /// of February).
     pub fn next_after(&self, after: SystemTime) -> Option<SystemTime> {
-        let after = DateTime::<Utc>::from(after);
+        // Occurrences are whole seconds; croner keeps the fraction it is given.
+        let after = whole_second(DateTime::<Utc>::from(after));
         let mut best = self.zoned_next(after)?;
         // croner searches by wall-clock time, which runs twice through an hour repeated
         // in autumn: from the first pass it jumps past the second. Jobs on intervals
@@ -126,7 +127,7 @@ impl Schedule {
 
     /// The latest occurrence in `[first, now]`, `first` being one.
     fn latest_at_or_before(&self, first: SystemTime, now: SystemTime) -> SystemTime {
-        let local = DateTime::<Utc>::from(now).with_timezone(&self.zone);
+        let local = whole_second(DateTime::<Utc>::from(now)).with_timezone(&self.zone);
         self.cron
             .find_previous_occurrence(&local, true)
             .ok()
@@ -134,6 +135,11 @@ impl Schedule {
             .filter(|t| *t >= first)
             .unwrap_or(first)
     }
+}
+
+fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::Timelike;
+    t.with_nanosecond(0).unwrap_or(t)
 }
 
 #[cfg(test)]
@@ -160,6 +166,20 @@ mod tests {
                 show(t)
             })
             .collect()
+    }
+
+    #[test]
+    fn occurrences_are_whole_seconds_whatever_the_time_asked_from() {
+        let s = Schedule::parse("* * * * * *", "Europe/Paris").unwrap();
+        let from = utc("2026-01-01T00:00:00.633Z");
+        let next = s.next_after(from).unwrap();
+        assert_eq!(next, utc("2026-01-01T00:00:01Z"));
+        let start = s.on_start(
+            Some(utc("2026-01-01T00:00:00Z")),
+            utc("2026-01-01T00:00:05.5Z"),
+        );
+        assert_eq!(start.catch_up, Some(utc("2026-01-01T00:00:05Z")));
+        assert_eq!(start.next, Some(utc("2026-01-01T00:00:06Z")));
     }
 
     #[test]

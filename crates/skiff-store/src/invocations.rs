@@ -58,6 +58,18 @@ pub struct NewInvocation {
     pub body: Vec<u8>,
     /// Unix milliseconds.
     pub created_ms: i64,
+    /// What made it: `None` for an async request, `schedule/NAME`, `subscription/NAME`.
+    pub origin: Option<String>,
+}
+
+/// Which invocations to list (every condition set must hold).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InvocationQuery {
+    pub service: Option<String>,
+    pub origin: Option<String>,
+    pub state: Option<InvocationState>,
+    /// Only those a trigger made (not async requests).
+    pub events_only: bool,
 }
 
 /// How many of a service's invocations are in each state, and when the oldest not yet
@@ -83,6 +95,7 @@ pub struct InvocationRecord {
     /// The last attempt's status, or why it failed.
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    pub origin: Option<String>,
 }
 
 /// How an attempt's outcome is written.
@@ -104,7 +117,7 @@ pub enum InvocationOutcome {
 }
 
 const COLUMNS: &str = "id, service, idempotency_key, method, target, fields, body, state, \
-                       attempts, created_ms, next_ms, finished_ms, last_status, last_error";
+                       attempts, created_ms, next_ms, finished_ms, last_status, last_error, origin";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(InvocationRecord, String)> {
     Ok((
@@ -123,6 +136,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(InvocationRecord, String)> {
             finished_ms: r.get(11)?,
             last_status: r.get(12)?,
             last_error: r.get(13)?,
+            origin: r.get(14)?,
         },
         r.get(7)?,
     ))
@@ -147,8 +161,8 @@ fn add(
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO invocations (id, service, idempotency_key, method, target, fields,
-                     body, state, attempts, created_ms, next_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8)
+                     body, state, attempts, created_ms, next_ms, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, ?9)
                  ON CONFLICT DO NOTHING",
         )?;
         let mut earlier = tx.prepare_cached(
@@ -163,7 +177,8 @@ fn add(
                 inv.target,
                 inv.fields,
                 inv.body,
-                inv.created_ms
+                inv.created_ms,
+                inv.origin
             ])?;
             if made == 1 {
                 out.push((inv.id.clone(), false));
@@ -357,10 +372,19 @@ impl Store {
     /// How many of `service`'s invocations are in each state, and when the oldest
     /// pending one was made.
     pub fn invocation_counts(&self, service: &str) -> Result<InvocationCounts, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT state, count(*) FROM invocations WHERE service = ?1 GROUP BY state",
-        )?;
-        let rows = stmt.query_map([service], |r| {
+        self.counts_where("service", service)
+    }
+
+    /// The same for the invocations a trigger (`schedule/NAME`, `subscription/NAME`) made.
+    pub fn origin_counts(&self, origin: &str) -> Result<InvocationCounts, StoreError> {
+        self.counts_where("origin", origin)
+    }
+
+    fn counts_where(&self, column: &str, value: &str) -> Result<InvocationCounts, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT state, count(*) FROM invocations WHERE {column} = ?1 GROUP BY state"
+        ))?;
+        let rows = stmt.query_map([value], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
         })?;
         let mut counts = Vec::new();
@@ -369,9 +393,11 @@ impl Store {
             counts.push((InvocationState::parse(&state)?, n));
         }
         let oldest = self.conn.query_row(
-            "SELECT min(created_ms) FROM invocations
-             WHERE service = ?1 AND state IN ('pending', 'delivering')",
-            [service],
+            &format!(
+                "SELECT min(created_ms) FROM invocations
+                 WHERE {column} = ?1 AND state IN ('pending', 'delivering')"
+            ),
+            [value],
             |r| r.get(0),
         )?;
         Ok((counts, oldest))
@@ -398,11 +424,35 @@ impl Store {
         service: &str,
         limit: u32,
     ) -> Result<Vec<InvocationRecord>, StoreError> {
+        let only = InvocationQuery {
+            service: Some(service.to_owned()),
+            ..Default::default()
+        };
+        self.find_invocations(&only, limit)
+    }
+
+    /// The newest `limit` invocations that `query` lets through, newest first.
+    pub fn find_invocations(
+        &self,
+        query: &InvocationQuery,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM invocations WHERE service = ?1
-             ORDER BY created_ms DESC, id DESC LIMIT ?2"
+            "SELECT {COLUMNS} FROM invocations
+             WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR origin = ?2)
+               AND (?3 IS NULL OR state = ?3) AND (?4 = 0 OR origin IS NOT NULL)
+             ORDER BY created_ms DESC, id DESC LIMIT ?5"
         ))?;
-        let rows = stmt.query_map(params![service, limit], row)?;
+        let rows = stmt.query_map(
+            params![
+                query.service,
+                query.origin,
+                query.state.map(InvocationState::as_str),
+                query.events_only,
+                limit
+            ],
+            row,
+        )?;
         with_state(rows)
     }
 
@@ -445,6 +495,7 @@ mod tests {
             fields: b"content-type: text/plain\r\n".to_vec(),
             body: vec![0, 1, 2, 255],
             created_ms: at,
+            origin: None,
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod audit;
 mod configmaps;
+mod events;
 mod images;
 mod instances;
 mod invocations;
@@ -19,10 +20,12 @@ mod tokens;
 
 pub use audit::{AuditRecord, NewAuditEntry};
 pub use configmaps::ConfigMapRecord;
+pub use events::{ScheduleRecord, SubscriptionRecord, TopicRecord};
 pub use images::{ImageRecord, LayerRecord, NewImage, RemovedImage};
 pub use instances::{ExitRecord, InstanceRecord, InstanceState, NewInstance};
 pub use invocations::{
-    InvocationCounts, InvocationOutcome, InvocationRecord, InvocationState, NewInvocation,
+    InvocationCounts, InvocationOutcome, InvocationQuery, InvocationRecord, InvocationState,
+    NewInvocation,
 };
 pub use secrets::{NewSecretVersion, SealedRecord, SecretRecord, SecretVersionRecord};
 pub use services::{FailureRecord, RevisionRecord, ServiceRecord};

@@ -169,6 +169,29 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX invocations_due ON invocations (state, next_ms);
     CREATE INDEX invocations_of_service ON invocations (service, created_ms);
     "#,
+    // 12: event triggers (schedules, topics and their subscriptions), and what made
+    // each invocation (NULL: an async request; `schedule/NAME`, `subscription/NAME`).
+    r#"
+    ALTER TABLE invocations ADD COLUMN origin TEXT;
+    CREATE INDEX invocations_of_origin ON invocations (origin, created_ms)
+        WHERE origin IS NOT NULL;
+    CREATE TABLE schedules (
+        name        TEXT PRIMARY KEY,
+        spec_json   TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        last_run_ms INTEGER
+    );
+    CREATE TABLE topics (
+        name       TEXT PRIMARY KEY,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE subscriptions (
+        name       TEXT PRIMARY KEY,
+        topic      TEXT NOT NULL REFERENCES topics (name),
+        spec_json  TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version `conn`'s database has, refused when newer than this build knows.

@@ -295,6 +295,11 @@ fn handle(
             echo(req, reader, out)?;
             return Ok(!close);
         }
+        ("POST", "/record") => {
+            record(req, reader)?;
+            respond(out, 200, "recorded\n", close)?;
+            return Ok(!close);
+        }
         ("POST", "/hold") => {
             // A reader that stops: the body waits in the sockets until the sleep ends.
             let ms = req.param("ms").unwrap_or(1000);
@@ -534,6 +539,27 @@ fn echo(req: &Request, reader: &mut BufReader<TcpStream>, out: &mut TcpStream) -
     )?;
     read_body(req, reader, |data| write_chunk(out, data))?;
     out.write_all(b"0\r\n\r\n")
+}
+
+/// Prints one line about a request (an event's delivery) for tests to find in the
+/// logs: `recorded` and the CloudEvents fields, the content type and the body.
+fn record(req: &Request, reader: &mut BufReader<TcpStream>) -> io::Result<()> {
+    let mut body = Vec::new();
+    read_body(req, reader, |data| {
+        body.extend_from_slice(data);
+        Ok(())
+    })?;
+    let field = |name: &str| req.header(name).unwrap_or("-").to_owned();
+    println!(
+        "recorded type={} source={} id={} time={} content-type={} body={}",
+        field("ce-type"),
+        field("ce-source"),
+        field("ce-id"),
+        field("ce-time"),
+        field("content-type"),
+        String::from_utf8_lossy(&body).replace('\n', " ")
+    );
+    Ok(())
 }
 
 fn discard_body(req: &Request, reader: &mut BufReader<TcpStream>) -> io::Result<()> {

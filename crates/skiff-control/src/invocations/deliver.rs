@@ -178,15 +178,20 @@ impl Dispatcher {
         }
     }
 
-    /// `service`'s delivery policy (skiff's default until it is routed).
-    fn policy(&self, service: &str) -> DeliveryPolicy {
+    /// The delivery policy of what made `invocation` (a trigger's own), else of its
+    /// service (skiff's default until it is routed).
+    fn policy(&self, invocation: &InvocationRecord) -> DeliveryPolicy {
         let all = self.policies.read().unwrap_or_else(|p| p.into_inner());
-        all.get(service).cloned().unwrap_or_default()
+        let by_origin = invocation.origin.as_deref().and_then(|o| all.get(o));
+        by_origin
+            .or_else(|| all.get(&invocation.service))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// One delivery, as the policy sees its end.
     async fn attempt(&self, invocation: &InvocationRecord) -> Attempt {
-        let timeout = self.policy(&invocation.service).timeout;
+        let timeout = self.policy(invocation).timeout;
         match tokio::time::timeout(timeout, self.send(invocation)).await {
             Err(_) => Attempt::TimedOut,
             Ok(Err(())) => Attempt::ConnectionFailed,
@@ -249,7 +254,7 @@ impl Dispatcher {
             Attempt::Answered { status, .. } => Some(status),
             _ => None,
         };
-        let policy = self.policy(&invocation.service);
+        let policy = self.policy(invocation);
         let outcome = match policy.decide(invocation.attempts, age, attempt) {
             Decision::Delivered => InvocationOutcome::Delivered {
                 status: status.unwrap_or(200),

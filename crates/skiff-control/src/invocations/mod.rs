@@ -15,7 +15,7 @@ mod writer;
 use crate::{Control, ControlError};
 use skiff_events::DeliveryPolicy;
 use skiff_router::{Accepted, AsyncRequest, AsyncSink};
-use skiff_store::{InvocationRecord, Store};
+use skiff_store::{InvocationRecord, NewInvocation, Store};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -49,11 +49,35 @@ pub(crate) fn policy_of(d: &skiff_core::Delivery) -> DeliveryPolicy {
     p
 }
 
+/// Counts by state as the API shows them; `None` when there are none.
+pub(crate) fn counts_document(
+    counts: Vec<(skiff_store::InvocationState, u64)>,
+    oldest: Option<i64>,
+) -> Option<crate::documents::InvocationCounts> {
+    use skiff_store::InvocationState as S;
+    if counts.is_empty() {
+        return None;
+    }
+    let mut c = crate::documents::InvocationCounts {
+        oldest_open_ms: oldest,
+        ..Default::default()
+    };
+    for (state, n) in counts {
+        *match state {
+            S::Pending => &mut c.pending,
+            S::Delivering => &mut c.delivering,
+            S::Delivered => &mut c.delivered,
+            S::Dead => &mut c.dead,
+        } = n;
+    }
+    Some(c)
+}
+
 /// The longest the list of a service's invocations runs.
 pub const MAX_LISTED: u32 = 1000;
 
 /// A new invocation's id: `inv-` and 16 hex digits.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     format!("inv-{}", crate::supervisor::random_hex(8))
 }
 
@@ -64,29 +88,49 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// What the router hands async invocations to: the writer thread's queue.
-pub struct InvocationSink {
+/// Where every source of events puts what it makes (async requests, schedules' runs,
+/// topics' events): the writer thread's queue. What it stores is delivered the same way.
+#[derive(Clone)]
+pub struct Emitter {
     queue: std::sync::mpsc::Sender<writer::Job>,
 }
+
+impl Emitter {
+    /// Stores `invocations` under one commit; each one's id (its own or, for a repeated
+    /// idempotency key, the first's, with `true`), once they are on disk.
+    pub fn emit(
+        &self,
+        invocations: Vec<NewInvocation>,
+    ) -> impl Future<Output = Result<Vec<(String, bool)>, String>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .queue
+            .send(writer::Job::Add(writer::Add { invocations, reply }));
+        async move {
+            sent.map_err(|_| "the invocation store is closed".to_owned())?;
+            answer
+                .await
+                .map_err(|_| "the invocation store stopped".to_owned())?
+        }
+    }
+}
+
+/// What the router hands async invocations to.
+struct InvocationSink(Emitter);
 
 impl AsyncSink for InvocationSink {
     fn enqueue(
         &self,
         request: AsyncRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Accepted, String>> + Send>> {
-        let (reply, answer) = oneshot::channel();
-        let job = writer::Job::Add(writer::Add {
-            id: new_id(),
-            request,
-            created_ms: now_ms(),
-            reply,
-        });
-        let sent = self.queue.send(job);
+        let invocation = writer::new_invocation(new_id(), request, now_ms());
+        let stored = self.0.emit(vec![invocation]);
         Box::pin(async move {
-            sent.map_err(|_| "the invocation store is closed".to_owned())?;
-            answer
-                .await
-                .map_err(|_| "the invocation store stopped".to_owned())?
+            let (id, duplicate) = stored
+                .await?
+                .pop()
+                .ok_or_else(|| "the invocation store answered nothing".to_owned())?;
+            Ok(Accepted { id, duplicate })
         })
     }
 }
@@ -121,8 +165,12 @@ impl Control {
         writing.no_auto_checkpoints()?;
         writer::start(writing, jobs, Arc::downgrade(&dispatcher))
             .map_err(|e| ControlError::internal(format!("starting the invocation writer: {e}")))?;
+        let emitter = Emitter { queue };
         self.router
-            .set_async_sink(Arc::new(InvocationSink { queue }) as Arc<dyn AsyncSink>);
+            .set_async_sink(Arc::new(InvocationSink(emitter.clone())) as Arc<dyn AsyncSink>);
+        let _ = self.emitter.set(emitter.clone());
+        self.load_triggers()?;
+        crate::triggers::start_scheduler(Arc::clone(self), emitter);
         Arc::clone(&dispatcher).spawn(Arc::clone(self));
         let _ = self.dispatcher.set(Arc::clone(&dispatcher));
         Ok(dispatcher)
@@ -133,24 +181,17 @@ impl Control {
         &self,
         service: &str,
     ) -> Result<Option<crate::documents::InvocationCounts>, ControlError> {
-        use skiff_store::InvocationState as S;
         let (counts, oldest) = self.db().invocation_counts(service)?;
-        if counts.is_empty() {
-            return Ok(None);
-        }
-        let mut c = crate::documents::InvocationCounts {
-            oldest_open_ms: oldest,
-            ..Default::default()
-        };
-        for (state, n) in counts {
-            *match state {
-                S::Pending => &mut c.pending,
-                S::Delivering => &mut c.delivering,
-                S::Delivered => &mut c.delivered,
-                S::Dead => &mut c.dead,
-            } = n;
-        }
-        Ok(Some(c))
+        Ok(counts_document(counts, oldest))
+    }
+
+    /// Delivers what `key` (a trigger's origin) makes under skiff's defaults again.
+    pub(crate) fn forget_delivery_policy(&self, key: &str) {
+        let mut all = self
+            .delivery_policies
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        all.remove(key);
     }
 
     /// Sends `service`'s dead invocations (`ids`, or all) out again, attempts afresh.
@@ -163,13 +204,14 @@ impl Control {
         Ok(redriven)
     }
 
-    /// Delivers `service`'s async invocations under `delivery` from now on.
-    pub(crate) fn set_delivery_policy(&self, service: &str, delivery: &skiff_core::Delivery) {
+    /// Delivers what goes to `key` (a service, or a trigger's origin, which comes first)
+    /// under `delivery` from now on.
+    pub(crate) fn set_delivery_policy(&self, key: &str, delivery: &skiff_core::Delivery) {
         let mut all = self
             .delivery_policies
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        all.insert(service.to_owned(), policy_of(delivery));
+        all.insert(key.to_owned(), policy_of(delivery));
     }
 
     /// A service's newest invocations, newest first.
@@ -179,6 +221,37 @@ impl Control {
         limit: u32,
     ) -> Result<Vec<InvocationRecord>, ControlError> {
         Ok(self.db().invocations(service, limit.min(MAX_LISTED))?)
+    }
+
+    /// The newest `limit` invocations triggers made (of `service`, of `origin`, in
+    /// `state`); with a state, async requests too (`dead`: the dead-letter queue).
+    pub fn events(
+        &self,
+        service: Option<String>,
+        origin: Option<String>,
+        state: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<InvocationRecord>, ControlError> {
+        use skiff_store::InvocationState as S;
+        let state = state
+            .map(|s| match s {
+                "pending" => Ok(S::Pending),
+                "delivering" => Ok(S::Delivering),
+                "delivered" => Ok(S::Delivered),
+                "dead" => Ok(S::Dead),
+                other => Err(ControlError::bad_field(
+                    "state",
+                    format!("{other:?}: want pending, delivering, delivered or dead"),
+                )),
+            })
+            .transpose()?;
+        let query = skiff_store::InvocationQuery {
+            events_only: state.is_none() && service.is_none() && origin.is_none(),
+            service,
+            origin,
+            state,
+        };
+        Ok(self.db().find_invocations(&query, limit.min(MAX_LISTED))?)
     }
 
     /// One invocation of `service`.

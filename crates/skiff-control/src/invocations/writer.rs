@@ -5,7 +5,7 @@
 //! handler sleeps in steps of milliseconds), and a burst costs one commit, not one each.
 
 use super::deliver::Dispatcher;
-use skiff_router::{Accepted, AsyncRequest};
+use skiff_router::AsyncRequest;
 use skiff_store::{InvocationOutcome, InvocationRecord, NewInvocation, Store};
 use std::sync::mpsc;
 use std::sync::Weak;
@@ -14,12 +14,11 @@ use tokio::sync::oneshot;
 /// The most requests done under one commit.
 const BATCH: usize = 1024;
 
-/// One invocation to store, and where to say how it went.
+/// Invocations to store together (all or none), and where to say how it went: each
+/// one's id (its own, or an earlier one's with the same idempotency key, and `true`).
 pub(crate) struct Add {
-    pub id: String,
-    pub request: AsyncRequest,
-    pub created_ms: i64,
-    pub reply: oneshot::Sender<Result<Accepted, String>>,
+    pub invocations: Vec<NewInvocation>,
+    pub reply: oneshot::Sender<Result<Vec<(String, bool)>, String>>,
 }
 
 /// What the writer is asked.
@@ -82,12 +81,18 @@ fn turn(store: &mut Store, jobs: Vec<Job>) {
             } => claims.push((now_ms, limit, reply)),
         }
     }
-    let new: Vec<NewInvocation> = adds.iter().map(new_invocation).collect();
+    let mut new = Vec::new();
+    let mut replies = Vec::with_capacity(adds.len());
+    for add in adds {
+        replies.push((add.reply, add.invocations.len()));
+        new.extend(add.invocations);
+    }
     let wanted: Vec<(i64, u32)> = claims.iter().map(|(n, l, _)| (*n, *l)).collect();
     match store.invocation_batch(&new, &outcomes, &wanted) {
         Ok((ids, claimed)) => {
-            for (add, (id, duplicate)) in adds.into_iter().zip(ids) {
-                let _ = add.reply.send(Ok(Accepted { id, duplicate }));
+            let mut ids = ids.into_iter();
+            for (reply, n) in replies {
+                let _ = reply.send(Ok(ids.by_ref().take(n).collect()));
             }
             for ((_, _, reply), taken) in claims.into_iter().zip(claimed) {
                 let _ = reply.send(Ok(taken));
@@ -98,11 +103,11 @@ fn turn(store: &mut Store, jobs: Vec<Job>) {
             // again at the next start. New ones are refused (the caller gets a 503).
             tracing::error!(
                 "writing async invocations ({} new, {} outcomes): {e}",
-                adds.len(),
+                new.len(),
                 outcomes.len()
             );
-            for add in adds {
-                let _ = add.reply.send(Err(e.to_string()));
+            for (reply, _) in replies {
+                let _ = reply.send(Err(e.to_string()));
             }
             for (_, _, reply) in claims {
                 let _ = reply.send(Err(e.to_string()));
@@ -111,16 +116,19 @@ fn turn(store: &mut Store, jobs: Vec<Job>) {
     }
 }
 
-fn new_invocation(add: &Add) -> NewInvocation {
+/// An async request as it is kept.
+pub(crate) fn new_invocation(id: String, request: AsyncRequest, created_ms: i64) -> NewInvocation {
+    let fields = with_caller(&request);
     NewInvocation {
-        id: add.id.clone(),
-        service: add.request.service.clone(),
-        idempotency_key: add.request.idempotency_key.clone(),
-        method: add.request.method.clone(),
-        target: add.request.target.clone(),
-        fields: with_caller(&add.request),
-        body: add.request.body.clone(),
-        created_ms: add.created_ms,
+        id,
+        service: request.service,
+        idempotency_key: request.idempotency_key,
+        method: request.method,
+        target: request.target,
+        fields,
+        body: request.body,
+        created_ms,
+        origin: None,
     }
 }
 

@@ -141,20 +141,35 @@ impl Client {
         body: Option<serde_json::Value>,
         if_match: Option<u64>,
     ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let bytes = match &body {
+            Some(v) => Bytes::from(serde_json::to_vec(v)?),
+            None => Bytes::new(),
+        };
+        let json = [("content-type".to_owned(), b"application/json".to_vec())];
+        self.send_raw(method, path, &json, bytes, if_match).await
+    }
+
+    /// Sends a request with `fields` (a content type among them) and `bytes` as its body.
+    async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        fields: &[(String, Vec<u8>)],
+        bytes: Bytes,
+        if_match: Option<u64>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("talking to the daemon")?;
         tokio::spawn(conn);
-        let bytes = match &body {
-            Some(v) => Bytes::from(serde_json::to_vec(v)?),
-            None => Bytes::new(),
-        };
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, "skiff")
-            .header(hyper::header::CONTENT_TYPE, "application/json");
+            .header(hyper::header::HOST, "skiff");
+        for (name, value) in fields {
+            req = req.header(name.as_str(), value.as_slice());
+        }
         if let Some(version) = if_match {
             req = req.header(hyper::header::IF_MATCH, format!("\"{version}\""));
         }
@@ -196,6 +211,23 @@ impl Client {
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<T> {
         self.call_at(method, path, body, None)
+    }
+
+    /// POSTs `body` with `fields` (an event in binary or structured mode) and parses
+    /// the JSON answer.
+    pub fn post_raw<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        fields: &[(String, Vec<u8>)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<T> {
+        self.runtime.block_on(async {
+            let resp = self
+                .send_raw(Method::POST, path, fields, Bytes::from(body), None)
+                .await?;
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            serde_json::from_slice(&bytes).context("reading the daemon's answer")
+        })
     }
 
     /// Sends a write that holds only while the service is at `version` (`If-Match`); the

@@ -4,6 +4,8 @@
 mod client;
 mod configmap;
 mod data;
+mod delivery;
+mod events;
 mod image;
 mod invocations;
 mod knative;
@@ -130,6 +132,17 @@ pub enum Command {
     /// Config maps: plain settings, given to instances as secrets are.
     #[command(subcommand, name = "configmap")]
     ConfigMap(configmap::ConfigMapCommand),
+    /// Schedules: a CloudEvent to a service at the times of a cron pattern.
+    #[command(subcommand)]
+    Schedule(events::ScheduleCommand),
+    /// Topics and their push subscriptions (filtered by CloudEvents attributes).
+    #[command(subcommand)]
+    Topic(events::TopicCommand),
+    /// Publish a CloudEvent to a topic.
+    Publish(events::PublishArgs),
+    /// What schedules and subscriptions delivered, and the dead-letter queue.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -182,6 +195,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         } => invocations::run(&client(&endpoint)?, cli.output, &name, limit).map(|()| 0),
         Command::Audit { limit } => audit(&client(&endpoint)?, cli.output, limit).map(|()| 0),
         Command::ConfigMap(cmd) => configmap::run(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
+        Command::Schedule(cmd) => {
+            events::schedule(&client(&endpoint)?, cli.output, cmd).map(|()| 0)
+        }
+        Command::Topic(cmd) => events::topic(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
+        Command::Publish(a) => events::publish(&client(&endpoint)?, cli.output, a).map(|()| 0),
+        Command::Events(cmd) => events::events(&client(&endpoint)?, cli.output, cmd).map(|()| 0),
     }
 }
 

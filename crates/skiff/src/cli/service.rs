@@ -130,24 +130,8 @@ pub struct DeployArgs {
     /// replacing the list ('*': every service; '' clears it).
     #[arg(long, value_name = "SERVICES", value_delimiter = ',')]
     allowed_callers: Option<Vec<String>>,
-    /// Async invocations: attempts after the first before one is given up on (default 3).
-    #[arg(long, value_name = "N")]
-    retries: Option<u32>,
-    /// Async invocations: the unit of backoff between attempts, ISO 8601 (PT0.5S) or
-    /// 500ms (default 1s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_event_duration)]
-    backoff_delay: Option<u64>,
-    /// Async invocations: the k-th retry waits delay × k (linear) or delay × 2^k
-    /// (exponential, the default).
-    #[arg(long, value_name = "linear|exponential")]
-    backoff_policy: Option<String>,
-    /// Async invocations: the longest one attempt may take (default 30s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_event_duration)]
-    delivery_timeout: Option<u64>,
-    /// Async invocations: where those given up on go: store (kept; skiff invocations
-    /// lists them as dead).
-    #[arg(long, value_name = "store")]
-    dead_letter: Option<String>,
+    #[command(flatten)]
+    delivery: super::delivery::DeliveryArgs,
     /// Run with the host's user and group ids instead of a user namespace of the
     /// instance's own (for apps that need files owned by host ids).
     #[arg(long, overrides_with = "no_host_users")]
@@ -350,21 +334,8 @@ fn patch(a: &DeployArgs) -> SpecPatch {
             .as_ref()
             .map(|all| all.iter().filter(|c| !c.is_empty()).cloned().collect()),
         host_users: (a.host_users || a.no_host_users).then_some(a.host_users),
-        delivery: skiff_core::Delivery {
-            retries: a.retries,
-            backoff_policy: a.backoff_policy.clone(),
-            backoff_delay_ms: a.backoff_delay,
-            timeout_ms: a.delivery_timeout,
-            dead_letter: a.dead_letter.clone(),
-        },
+        delivery: a.delivery.delivery(),
     }
-}
-
-/// A duration as ISO 8601 (PT0.5S) or short (500ms), in milliseconds.
-fn parse_event_duration(text: &str) -> Result<u64, String> {
-    skiff_events::parse_duration(text)
-        .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
-        .map_err(|e| e.to_string())
 }
 
 pub fn deploy(client: &Client, format: Format, a: DeployArgs) -> anyhow::Result<()> {
@@ -462,6 +433,16 @@ pub fn describe(client: &Client, format: Format, name: &str) -> anyhow::Result<(
             "Async:     {} pending, {} delivering{oldest}, {} delivered, {} dead",
             c.pending, c.delivering, c.delivered, c.dead
         );
+    }
+    let t = &d.triggers;
+    if !t.schedules.is_empty() || !t.subscriptions.is_empty() {
+        let mut all: Vec<String> = t
+            .schedules
+            .iter()
+            .map(|s| format!("schedule/{s}"))
+            .collect();
+        all.extend(t.subscriptions.iter().map(|s| format!("subscription/{s}")));
+        println!("Triggers:  {}", all.join(", "));
     }
     if !d.traffic.is_empty() {
         println!();

@@ -69,6 +69,7 @@ fn status_of(e: &ControlError) -> StatusCode {
         }
         ControlError::NotFound(_) => StatusCode::NOT_FOUND,
         ControlError::Conflict(_) => StatusCode::CONFLICT,
+        ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
         ControlError::StartFailed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         ControlError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         ControlError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -134,6 +135,7 @@ fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
     .chain(super::api_audit::route_table())
     .chain(super::api_tokens::route_table())
     .chain(super::api_invocations::route_table())
+    .chain(super::api_events::route_table())
     .collect()
 }
 

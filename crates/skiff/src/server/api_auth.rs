@@ -54,6 +54,10 @@ pub(super) fn action_of(method: &Method, path: &str) -> (ApiAction, Option<Strin
         ["v1", "secrets" | "configmaps", ..] if reads => (ApiAction::ReadSecretNames, None),
         ["v1", "secrets" | "configmaps", ..] => (ApiAction::WriteSecrets, None),
         ["v1", "tokens", ..] => (ApiAction::ManageTokens, None),
+        ["v1", "topics", _, "events"] => (ApiAction::Publish, None),
+        ["v1", "schedules" | "topics" | "subscriptions", ..] if !reads => {
+            (ApiAction::ManageEvents, None)
+        }
         ["v1", "audit", ..] => (ApiAction::ReadAudit, None),
         _ => (ApiAction::Read, None),
     }

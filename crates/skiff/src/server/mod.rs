@@ -10,6 +10,7 @@ mod api;
 mod api_audit;
 mod api_auth;
 mod api_configmaps;
+mod api_events;
 mod api_invocations;
 mod api_secrets;
 mod api_tls;
