@@ -121,13 +121,26 @@ impl Gate for ServiceGate {
     }
 
     fn check_token(&self, text: &str, service: &str) -> TokenCheck {
+        self.check(text, |grant| grant.may_invoke(service))
+    }
+
+    fn check_publisher(&self, text: &str) -> TokenCheck {
+        self.check(text, |grant| {
+            grant.allows(skiff_core::ApiAction::Publish, None)
+        })
+    }
+}
+
+impl ServiceGate {
+    /// What token `text` is, given what `allowed` says of its grant.
+    fn check(&self, text: &str, allowed: impl Fn(&skiff_core::Grant) -> bool) -> TokenCheck {
         let Some((id, secret)) = skiff_secrets::token::split_token(text) else {
             return TokenCheck::Invalid;
         };
         let tokens = Arc::clone(&self.tokens.read().unwrap_or_else(|p| p.into_inner()));
         match tokens.get(id) {
             Some(t) if skiff_secrets::token::secret_matches(secret, &t.hash) => {
-                if t.grant.may_invoke(service) {
+                if allowed(&t.grant) {
                     TokenCheck::Allowed(Arc::clone(&t.name))
                 } else {
                     TokenCheck::Denied

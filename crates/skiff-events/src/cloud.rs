@@ -6,7 +6,7 @@
 
 use cloudevents::binding::http::{Builder, Serializer};
 use cloudevents::message::{BinaryDeserializer, Error as MessageError};
-use cloudevents::{Event, EventBuilder, EventBuilderV10};
+use cloudevents::{AttributesWriter, Data, Event, EventBuilder, EventBuilderV10};
 use std::time::SystemTime;
 
 pub use cloudevents::AttributesReader;
@@ -33,7 +33,44 @@ pub fn read_event(headers: &http::HeaderMap, body: Vec<u8>) -> Result<Event, Eve
             event.specversion()
         )));
     }
-    Ok(event)
+    Ok(json_data(event))
+}
+
+/// Whether a media type is JSON (`application/json`, `text/json`, `…+json`).
+fn is_json(media_type: &str) -> bool {
+    let essence = media_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+/// The event with data its content type says is JSON held as JSON, not bytes: a
+/// structured event then carries it as `data` (the JSON format's rule), not
+/// `data_base64`. Bytes that do not parse stay bytes.
+fn json_data(mut event: Event) -> Event {
+    let json_type = event.datacontenttype().is_some_and(is_json);
+    if !json_type {
+        return event;
+    }
+    let parsed = match event.data() {
+        Some(Data::Binary(bytes)) => serde_json::from_slice::<serde_json::Value>(bytes).ok(),
+        Some(Data::String(text)) => serde_json::from_str::<serde_json::Value>(text).ok(),
+        _ => None,
+    };
+    if let Some(value) = parsed {
+        let (content_type, schema, _) = event.take_data();
+        event.set_data_unchecked(value);
+        if let Some(ct) = content_type {
+            event.set_datacontenttype(Some(ct));
+        }
+        if let Some(schema) = schema {
+            event.set_dataschema(Some(schema));
+        }
+    }
+    event
 }
 
 /// How an event goes out.
@@ -104,7 +141,10 @@ pub fn originate(
     if let Some((content_type, bytes)) = data {
         builder = builder.data(content_type, bytes);
     }
-    builder.build().map_err(|e| EventError(e.to_string()))
+    builder
+        .build()
+        .map(json_data)
+        .map_err(|e| EventError(e.to_string()))
 }
 
 #[cfg(test)]
@@ -170,6 +210,40 @@ mod tests {
             })
             .collect();
         assert_eq!(read_event(&back, out.body).unwrap(), event);
+    }
+
+    #[test]
+    fn json_data_read_in_binary_mode_goes_out_structured_as_json() {
+        let event = read_event(&headers(&binary_fields()), b"{\"n\":1}".to_vec()).unwrap();
+        let out = write_event(event.clone(), Mode::Structured).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(doc["data"], serde_json::json!({"n": 1}), "{doc}");
+        assert!(doc.get("data_base64").is_none(), "{doc}");
+        assert_eq!(doc["datacontenttype"], "application/json");
+        // And back to binary: the same bytes' meaning, the same type.
+        let binary = write_event(event, Mode::Binary).unwrap();
+        assert_eq!(binary.body, b"{\"n\":1}");
+        // Bytes of another type stay bytes; JSON types with parameters and +json count.
+        let mut text = binary_fields();
+        text[5] = ("content-type", "application/octet-stream");
+        let raw = read_event(&headers(&text), vec![0xff, 0]).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_slice(&write_event(raw, Mode::Structured).unwrap().body).unwrap();
+        assert!(doc.get("data_base64").is_some(), "{doc}");
+        assert!(is_json("application/vnd.api+json; charset=utf-8"));
+        assert!(!is_json("text/plain"));
+        // What skiff makes itself, too.
+        let made = originate(
+            "i",
+            "/s",
+            "t",
+            SystemTime::UNIX_EPOCH,
+            Some(("application/json", b"[1]".to_vec())),
+        )
+        .unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_slice(&write_event(made, Mode::Structured).unwrap().body).unwrap();
+        assert_eq!(doc["data"], serde_json::json!([1]), "{doc}");
     }
 
     #[test]

@@ -20,6 +20,8 @@ use tokio::sync::{watch, Semaphore};
 pub const ZONE: &str = "skiff.internal.";
 const SERVICE_ZONE: &str = ".svc.skiff.internal.";
 const HOST_NAME: &str = "host.skiff.internal.";
+/// Topics take events at `NAME.topics.skiff.internal`, on the router.
+const TOPIC_ZONE: &str = ".topics.skiff.internal.";
 /// Service addresses may move between daemons' lives; the host's does not.
 const SERVICE_TTL: u32 = 5;
 const HOST_TTL: u32 = 60;
@@ -40,6 +42,8 @@ pub struct DnsConfig {
     pub host_addr: Ipv4Addr,
     pub upstreams: Vec<SocketAddr>,
     pub services: ServiceLookup,
+    /// Whether a label is a topic's.
+    pub topics: ServiceLookup,
 }
 
 /// What to do with one query.
@@ -75,9 +79,12 @@ fn decide(query: &[u8], config: &DnsConfig) -> Verdict {
     let address = if name == HOST_NAME {
         Some((config.host_addr, HOST_TTL))
     } else {
-        name.strip_suffix(SERVICE_ZONE)
-            .filter(|label| !label.contains('.') && (config.services)(label))
-            .map(|_| (config.service_addr, SERVICE_TTL))
+        let known = |zone: &str, lookup: &ServiceLookup| {
+            name.strip_suffix(zone)
+                .is_some_and(|label| !label.contains('.') && lookup(label))
+        };
+        (known(SERVICE_ZONE, &config.services) || known(TOPIC_ZONE, &config.topics))
+            .then_some((config.service_addr, SERVICE_TTL))
     };
     match address {
         None => reply(&request, ResponseCode::NXDomain, None),
@@ -308,6 +315,7 @@ mod tests {
             host_addr: Ipv4Addr::new(10, 89, 0, 2),
             upstreams: Vec::new(),
             services: Arc::new(|label| label == "other" || label == "blue-other"),
+            topics: Arc::new(|label| label == "orders"),
         }
     }
 
@@ -348,7 +356,16 @@ mod tests {
         );
         assert_eq!(
             answer(ask("blue-other.svc.skiff.internal.", RecordType::A)),
+            (ResponseCode::NoError, svc.clone())
+        );
+        // Topics take events on the router too.
+        assert_eq!(
+            answer(ask("orders.topics.skiff.internal.", RecordType::A)),
             (ResponseCode::NoError, svc)
+        );
+        assert_eq!(
+            answer(ask("other.topics.skiff.internal.", RecordType::A)).0,
+            ResponseCode::NXDomain
         );
         assert_eq!(
             answer(ask("host.skiff.internal.", RecordType::A)),

@@ -56,6 +56,10 @@ pub trait Gate: Send + Sync + 'static {
     fn check_delivery(&self, _value: &str) -> Option<Arc<str>> {
         None
     }
+    /// What token `text` is to publishing events (Allowed: it may publish to topics).
+    fn check_publisher(&self, _text: &str) -> TokenCheck {
+        TokenCheck::Invalid
+    }
 }
 
 /// The answer to a request for a private service.
@@ -123,6 +127,36 @@ pub(crate) fn decide(
         },
         TokenCheck::Denied => Verdict::Forbidden("the token may not invoke this service"),
         TokenCheck::Invalid => Verdict::Unauthenticated,
+    }
+}
+
+/// Who publishes an event on the ingress: an instance of a service (by its address),
+/// or a request with a token that may publish; `Err` with the status and why otherwise.
+pub(crate) fn decide_publisher(
+    gate: Option<&dyn Gate>,
+    peer: IpAddr,
+    authorization: Option<&[u8]>,
+) -> Result<(String, bool), (u16, &'static str)> {
+    let Some(gate) = gate else {
+        return Err((403, "topics take no events here"));
+    };
+    if let Some(service) = gate.service_at(peer) {
+        return Ok((format!("service/{service}"), false));
+    }
+    let Some(token) = authorization.and_then(bearer) else {
+        return Err((
+            403,
+            "publish from a service's instance, or with a token that may publish \
+             (Authorization: Bearer …)",
+        ));
+    };
+    match gate.check_publisher(token) {
+        TokenCheck::Allowed(name) => Ok((format!("token/{name}"), true)),
+        TokenCheck::Denied => Err((403, "the token may not publish events")),
+        TokenCheck::Invalid => Err((
+            401,
+            "the token is not valid (unknown, revoked or malformed)",
+        )),
     }
 }
 

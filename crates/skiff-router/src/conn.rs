@@ -313,6 +313,9 @@ async fn handle(
         }
     };
     let host = head.host(req).unwrap_or_default();
+    if let Some(topic) = std::str::from_utf8(host).ok().and_then(Router::topic_of) {
+        return publish(c, router, topic, info, body, deadline).await;
+    }
     let route = std::str::from_utf8(host)
         .ok()
         .and_then(|h| lookup(router, cache, h));
@@ -362,6 +365,37 @@ async fn handle(
             .await;
     }
     proxy::forward(c, route.pick(), info, body, &admitted, deadline).await
+}
+
+/// An event for `topic`: checked like a call (an instance of a service, or a token that
+/// may publish), then published.
+async fn publish(
+    c: &mut ClientConn,
+    router: &Router,
+    topic: String,
+    info: RequestInfo,
+    body: BodyLen,
+    deadline: Pin<&mut Sleep>,
+) -> bool {
+    let keep = info.keep_alive && body == BodyLen::Empty;
+    let req = &c.buf[c.start..];
+    if !router.has_topic(&topic) {
+        c.start += info.head_len;
+        let text = format!("skiff: no such topic: {topic}");
+        return c.respond_local(404, &text, None, keep).await;
+    }
+    let publisher = match access::decide_publisher(router.gate(), c.peer, c.head.authorization(req))
+    {
+        Ok((publisher, _)) => publisher,
+        Err((status, why)) => {
+            c.start += info.head_len;
+            return c
+                .respond_local(status, &format!("skiff: {why}"), None, keep)
+                .await;
+        }
+    };
+    let sink = router.async_sink();
+    crate::deferred::publish(c, sink, topic, publisher, info, body, deadline).await
 }
 
 /// The route of `host`, from the connection's cache while the table is unchanged.

@@ -38,12 +38,34 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-/// Keeps async invocations; answers once one is stored for good.
+/// An event published on the ingress (`NAME.topics.skiff.internal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    pub topic: String,
+    /// `name: value\r\n` each (the CloudEvents binding reads `ce-*` and the type).
+    pub fields: Vec<u8>,
+    pub body: Vec<u8>,
+    /// `service/NAME` or `token/NAME`.
+    pub publisher: String,
+}
+
+/// Why a publish was refused: the status and what to tell the client.
+pub type Refusal = (u16, String);
+
+/// Keeps async invocations and published events; answers once they are stored for good.
 pub trait AsyncSink: Send + Sync + 'static {
     fn enqueue(
         &self,
         request: AsyncRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Accepted, String>> + Send>>;
+
+    /// Publishes an event; the JSON to answer 202 with.
+    fn publish(
+        &self,
+        _request: PublishRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, Refusal>> + Send>> {
+        Box::pin(async { Err((501, "skiff: topics take no events here".to_owned())) })
+    }
 }
 
 /// An idempotency key: 1 to 255 visible ASCII characters.
@@ -68,20 +90,9 @@ pub(crate) async fn accept(
     deadline: Pin<&mut Sleep>,
 ) -> bool {
     let keep_on_error = info.keep_alive && matches!(body, BodyLen::Empty | BodyLen::Length(0));
-    let refuse = |status: u16, why: &'static str| (status, why);
-    let checked = match (sink, body) {
-        (None, _) => Err(refuse(501, "skiff: async invocations are not taken here")),
-        (_, _) if info.upgrade => Err(refuse(400, "skiff: an upgrade cannot be async")),
-        (_, BodyLen::Chunked | BodyLen::UntilClose) => Err(refuse(
-            411,
-            "skiff: an async invocation needs a Content-Length (its body is kept whole)",
-        )),
-        (_, BodyLen::Length(n)) if n > MAX_ASYNC_BODY => Err(refuse(
-            413,
-            "skiff: an async invocation's body may be at most 1 MiB",
-        )),
-        (Some(sink), BodyLen::Length(n)) => Ok((sink, n as usize)),
-        (Some(sink), BodyLen::Empty) => Ok((sink, 0)),
+    let checked = match sink {
+        None => Err((501, "skiff: async invocations are not taken here")),
+        Some(sink) => whole_body(&info, body).map(|len| (sink, len)),
     };
     let (sink, len) = match checked {
         Ok(v) => v,
@@ -90,6 +101,105 @@ pub(crate) async fn accept(
             return c.respond_local(status, why, None, keep_on_error).await;
         }
     };
+    accept_whole(c, sink, service, info, len, admitted, deadline).await
+}
+
+/// The checks on a body kept whole: its length known and at most [`MAX_ASYNC_BODY`].
+fn whole_body(info: &RequestInfo, body: BodyLen) -> Result<usize, (u16, &'static str)> {
+    match body {
+        _ if info.upgrade => Err((400, "skiff: an upgrade cannot be kept for later")),
+        BodyLen::Chunked | BodyLen::UntilClose => {
+            Err((411, "skiff: send a Content-Length (the body is kept whole)"))
+        }
+        BodyLen::Length(n) if n > MAX_ASYNC_BODY => {
+            Err((413, "skiff: a kept body may be at most 1 MiB"))
+        }
+        BodyLen::Length(n) => Ok(n as usize),
+        BodyLen::Empty => Ok(0),
+    }
+}
+
+/// Reads the body of `len` bytes after the head; `Err(goes_on)` when it could not.
+async fn read_whole(
+    c: &mut ClientConn,
+    len: usize,
+    info: RequestInfo,
+    deadline: Pin<&mut Sleep>,
+) -> Result<Vec<u8>, bool> {
+    match proxy::read_small_body(c, len, info, deadline).await {
+        BodyRead::Whole => {}
+        BodyRead::Closed => return Err(false),
+        BodyRead::Stalled | BodyRead::TimedOut => {
+            let why = "skiff: the request body stalled";
+            return Err(c.respond_local(408, why, None, false).await);
+        }
+    }
+    let body = c.buf[c.start..c.start + len].to_vec();
+    c.start += len;
+    c.compact();
+    Ok(body)
+}
+
+/// Publishes the event whose head is in `c.head` to `topic` and answers 202 with what
+/// it made; returns whether the connection goes on.
+pub(crate) async fn publish(
+    c: &mut ClientConn,
+    sink: Option<&dyn AsyncSink>,
+    topic: String,
+    publisher: String,
+    info: RequestInfo,
+    body: BodyLen,
+    deadline: Pin<&mut Sleep>,
+) -> bool {
+    let keep_on_error = info.keep_alive && matches!(body, BodyLen::Empty | BodyLen::Length(0));
+    let checked = match (sink, c.head.method(&c.buf[c.start..])) {
+        (None, _) => Err((501, "skiff: topics take no events here")),
+        (_, m) if m != b"POST" => Err((405, "skiff: publish an event with POST")),
+        (Some(sink), _) => whole_body(&info, body).map(|len| (sink, len)),
+    };
+    let (sink, len) = match checked {
+        Ok(v) => v,
+        Err((status, why)) => {
+            c.start += info.head_len;
+            return c.respond_local(status, why, None, keep_on_error).await;
+        }
+    };
+    let mut fields = Vec::new();
+    c.head
+        .write_kept_fields(&mut fields, &c.buf[c.start..], true);
+    c.start += info.head_len;
+    let body = match read_whole(c, len, info, deadline).await {
+        Ok(body) => body,
+        Err(goes_on) => return goes_on,
+    };
+    let request = PublishRequest {
+        topic,
+        fields,
+        body,
+        publisher,
+    };
+    match sink.publish(request).await {
+        Ok(json) => {
+            c.resp_out.clear();
+            h1::write_json(&mut c.resp_out, 202, &json, &c.request_id, info.keep_alive);
+            c.stream.write_all(&c.resp_out).await.is_ok() && info.keep_alive
+        }
+        Err((status, why)) => c.respond_local(status, &why, None, info.keep_alive).await,
+    }
+}
+
+/// Keeps the request (its body of `len` bytes still to read) and answers 202.
+async fn accept_whole(
+    c: &mut ClientConn,
+    sink: &dyn AsyncSink,
+    service: &str,
+    info: RequestInfo,
+    len: usize,
+    admitted: proxy::Admitted,
+    deadline: Pin<&mut Sleep>,
+) -> bool {
+    let keep_on_error = info.keep_alive && len == 0;
+
     let req = &c.buf[c.start..];
     let key = match c.head.idempotency_key(req).map(idempotency_key).transpose() {
         Ok(key) => key,
@@ -104,17 +214,10 @@ pub(crate) async fn accept(
     let method = String::from_utf8_lossy(c.head.method(req)).into_owned();
     let target = String::from_utf8_lossy(&c.head.origin_target(req)).into_owned();
     c.start += info.head_len;
-    match proxy::read_small_body(c, len, info, deadline).await {
-        BodyRead::Whole => {}
-        BodyRead::Closed => return false,
-        BodyRead::Stalled | BodyRead::TimedOut => {
-            let why = "skiff: the request body stalled";
-            return c.respond_local(408, why, None, false).await;
-        }
-    }
-    let body = c.buf[c.start..c.start + len].to_vec();
-    c.start += len;
-    c.compact();
+    let body = match read_whole(c, len, info, deadline).await {
+        Ok(body) => body,
+        Err(goes_on) => return goes_on,
+    };
     let request = AsyncRequest {
         service: service.to_owned(),
         method,

@@ -834,6 +834,30 @@ pub fn write_local_response(
     out.push(b'\n');
 }
 
+/// A response of the router's own with a JSON body.
+pub fn write_json(
+    out: &mut Vec<u8>,
+    status: u16,
+    body: &[u8],
+    request_id: &[u8],
+    keep_alive: bool,
+) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    if !request_id.is_empty() {
+        field(out, b"x-request-id", request_id);
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
 /// `202 Accepted` for an async invocation kept as `id`, with where to look it up.
 pub fn write_accepted(
     out: &mut Vec<u8>,
@@ -861,10 +885,12 @@ pub fn write_accepted(
 
 fn reason_phrase(status: u16) -> &'static str {
     match status {
+        202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         411 => "Length Required",
         413 => "Content Too Large",
         408 => "Request Timeout",

@@ -33,7 +33,7 @@ mod stream;
 pub mod upstream;
 
 pub use access::{Callers, Gate, Private, TokenCheck};
-pub use deferred::{Accepted, AsyncRequest, AsyncSink, MAX_ASYNC_BODY};
+pub use deferred::{Accepted, AsyncRequest, AsyncSink, PublishRequest, Refusal, MAX_ASYNC_BODY};
 pub use pool::{Hold, Lease, Load, PoolConfig, PoolError, RevisionPool};
 pub use route::Route;
 pub use skiff_kernel::shortcut::{self, Shortcut, ShortcutError};
@@ -73,6 +73,8 @@ impl Routes {
 
 /// The zone under which instances find each other (`NAME.svc.skiff.internal`).
 pub const SERVICE_SUFFIX: &str = ".svc.skiff.internal";
+/// Where a topic takes events (`NAME.topics.skiff.internal`).
+pub const TOPIC_SUFFIX: &str = ".topics.skiff.internal";
 
 struct Inner {
     /// `.` + the domain, lowercase.
@@ -95,6 +97,8 @@ struct Inner {
     gate: OnceLock<Arc<dyn Gate>>,
     /// What keeps async invocations; none: they are refused (501).
     async_sink: OnceLock<Arc<dyn AsyncSink>>,
+    /// The topics that take events at `NAME.topics.skiff.internal`.
+    topics: RwLock<std::collections::HashSet<String>>,
 }
 
 /// What the read buffers of all client connections' partly read request heads may hold
@@ -217,6 +221,7 @@ impl Router {
                 head_budget: AtomicUsize::new(DEFAULT_HEAD_BUDGET),
                 gate: OnceLock::new(),
                 async_sink: OnceLock::new(),
+                topics: RwLock::default(),
             }),
         }
     }
@@ -375,6 +380,29 @@ impl Router {
         let _ = write!(out, "{}-{n:x}", self.inner.id_prefix);
     }
 
+    /// The topics that take events from now on.
+    pub fn set_topics(&self, topics: impl IntoIterator<Item = String>) {
+        *self.inner.topics.write().unwrap_or_else(|p| p.into_inner()) =
+            topics.into_iter().collect();
+    }
+
+    /// Whether `name` is a topic's.
+    pub fn has_topic(&self, name: &str) -> bool {
+        let topics = self.inner.topics.read().unwrap_or_else(|p| p.into_inner());
+        topics.contains(name)
+    }
+
+    /// The topic a Host header names (`NAME.topics.skiff.internal[:PORT]`), lowercase.
+    pub(crate) fn topic_of(host: &str) -> Option<String> {
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let cut = name.len().checked_sub(TOPIC_SUFFIX.len())?;
+        if !name.is_char_boundary(cut) || !name[cut..].eq_ignore_ascii_case(TOPIC_SUFFIX) {
+            return None;
+        }
+        let label = &name[..cut];
+        (!label.is_empty() && !label.contains('.')).then(|| label.to_ascii_lowercase())
+    }
+
     /// The service a Host header names: `NAME.<domain>`, and as instances call each
     /// other, `NAME.svc.skiff.internal` or a bare `NAME` (their resolver's search list).
     fn service_of<'h>(&self, host: &'h str) -> Option<&'h str> {
@@ -466,6 +494,13 @@ mod tests {
         assert_eq!(r.service_of("other.svc.skiff.internal:80"), Some("other"));
         assert_eq!(r.service_of("a.other.svc.skiff.internal"), None);
         assert_eq!(r.service_of(".svc.skiff.internal"), None);
+        assert_eq!(
+            Router::topic_of("Orders.topics.skiff.internal:80").as_deref(),
+            Some("orders")
+        );
+        assert_eq!(Router::topic_of("a.b.topics.skiff.internal"), None);
+        assert_eq!(Router::topic_of(".topics.skiff.internal"), None);
+        assert_eq!(Router::topic_of("orders.svc.skiff.internal"), None);
         let r = Router::new("run.example.com.");
         assert_eq!(r.service_of("api.run.example.com"), Some("api"));
     }

@@ -268,3 +268,147 @@ fn debian_apps_run_reach_their_databases_and_stop_as_their_authors_expect() {
             .contains("signal 3 (SIGQUIT) received")
     });
 }
+
+/// The `parsed …` lines the events app printed, as JSON.
+fn parsed_events(d: &Daemon, service: &str) -> Vec<serde_json::Value> {
+    d.ok(&["logs", service])
+        .lines()
+        .filter_map(|l| l.find("parsed {").map(|at| l[at + 7..].to_owned()))
+        .map(|json| serde_json::from_str(&json).unwrap())
+        .collect()
+}
+
+/// Issue 19's acceptance: the CloudEvents SDK for Python (`cloudevents` on PyPI)
+/// publishes to a topic in both modes over plain HTTP, and inside a service (Flask, the
+/// same SDK) parses what skiff delivers, in both modes.
+#[test]
+fn the_python_cloudevents_sdk_publishes_in_both_modes_and_parses_what_skiff_delivers() {
+    let image = image();
+    let d = Daemon::start(&[]);
+    let archive = image.to_str().unwrap();
+    d.ok(&[
+        "image",
+        "import",
+        archive,
+        "--ref",
+        "debian-apps:1",
+        "--tag",
+        "apps:1",
+    ]);
+    d.ok(&[
+        "deploy",
+        "sink",
+        "--image",
+        "apps:1",
+        "--working-dir",
+        "/srv/events",
+        "--readiness-probe",
+        "/healthz",
+        "--initial-instances",
+        "0",
+        "--",
+        "gunicorn",
+        "--bind",
+        "0.0.0.0:8080",
+        "app:app",
+    ]);
+    d.ok(&["topic", "create", "orders"]);
+    d.ok(&[
+        "topic",
+        "subscribe",
+        "orders",
+        "--to",
+        "sink",
+        "--name",
+        "binary",
+    ]);
+    d.ok(&[
+        "topic",
+        "subscribe",
+        "orders",
+        "--to",
+        "sink",
+        "--name",
+        "structured",
+        "--path",
+        "/structured",
+        "--format",
+        "structured",
+    ]);
+    let token = d.token("shop", "invoker", &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/publish_events.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([&format!("127.0.0.1:{}", d.port), "orders", &token])
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "the SDK's publisher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let sent: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(sent["status"], 202, "{sent}");
+        let answer: serde_json::Value =
+            serde_json::from_str(sent["answer"].as_str().unwrap()).unwrap();
+        assert_eq!(answer["id"], sent["id"], "{answer}");
+        assert_eq!(
+            answer["deliveries"].as_array().unwrap().len(),
+            2,
+            "{answer}"
+        );
+    }
+
+    // Each event reaches the app twice (one subscription per mode), and the SDK there
+    // reads back what the SDK here sent.
+    eventually("four deliveries parsed", Duration::from_secs(60), || {
+        parsed_events(&d, "sink").len() >= 4
+    });
+    let mut seen: Vec<(String, String)> = parsed_events(&d, "sink")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "com.example.order.paid", "{e}");
+            assert_eq!(e["source"], "/shop/python", "{e}");
+            assert_eq!(e["specversion"], "1.0", "{e}");
+            assert_eq!(e["data"]["order"], e["id"], "{e}");
+            assert_eq!(e["data"]["amount"], 42, "{e}");
+            let expected_mode = if e["path"] == "/structured" {
+                "structured"
+            } else {
+                "binary"
+            };
+            assert_eq!(e["mode"], expected_mode, "{e}");
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                e["mode"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("py-binary".into(), "binary".into()),
+            ("py-binary".into(), "structured".into()),
+            ("py-structured".into(), "binary".into()),
+            ("py-structured".into(), "structured".into()),
+        ]
+    );
+
+    // Without a token, from the host: refused, nothing kept.
+    let r = daemon::http(
+        d.port,
+        "orders.topics.skiff.internal",
+        "POST",
+        "/",
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "x"),
+            ("ce-source", "/s"),
+            ("ce-type", "t"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+}

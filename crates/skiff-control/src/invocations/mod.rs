@@ -14,7 +14,7 @@ mod writer;
 
 use crate::{Control, ControlError};
 use skiff_events::DeliveryPolicy;
-use skiff_router::{Accepted, AsyncRequest, AsyncSink};
+use skiff_router::{Accepted, AsyncRequest, AsyncSink, PublishRequest, Refusal};
 use skiff_store::{InvocationRecord, NewInvocation, Store};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -115,8 +115,12 @@ impl Emitter {
     }
 }
 
-/// What the router hands async invocations to.
-struct InvocationSink(Emitter);
+/// What the router hands async invocations and published events to.
+struct InvocationSink {
+    emitter: Emitter,
+    /// For topics' subscriptions (weak: the control plane owns the router, which owns this).
+    ctl: std::sync::Weak<Control>,
+}
 
 impl AsyncSink for InvocationSink {
     fn enqueue(
@@ -124,7 +128,7 @@ impl AsyncSink for InvocationSink {
         request: AsyncRequest,
     ) -> Pin<Box<dyn Future<Output = Result<Accepted, String>> + Send>> {
         let invocation = writer::new_invocation(new_id(), request, now_ms());
-        let stored = self.0.emit(vec![invocation]);
+        let stored = self.emitter.emit(vec![invocation]);
         Box::pin(async move {
             let (id, duplicate) = stored
                 .await?
@@ -133,6 +137,49 @@ impl AsyncSink for InvocationSink {
             Ok(Accepted { id, duplicate })
         })
     }
+
+    fn publish(
+        &self,
+        request: PublishRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, Refusal>> + Send>> {
+        let ctl = self.ctl.upgrade();
+        Box::pin(async move {
+            let ctl = ctl.ok_or((503, "skiff: the daemon is stopping".to_owned()))?;
+            let headers = header_map(&request.fields);
+            let event = skiff_events::read_event(&headers, request.body)
+                .map_err(|e| (400, format!("skiff: {e}")))?;
+            tracing::debug!(topic = %request.topic, publisher = %request.publisher, "event in");
+            let published = ctl.publish(&request.topic, event).await.map_err(|e| {
+                let status = match e {
+                    ControlError::NotFound(_) => 404,
+                    ControlError::InvalidRequest { .. } => 400,
+                    _ => 503,
+                };
+                (status, format!("skiff: {e}"))
+            })?;
+            serde_json::to_vec(&published).map_err(|e| (500, e.to_string()))
+        })
+    }
+}
+
+/// Fields kept as `name: value\r\n` lines, as a header map (lines that are not a
+/// field are left out: the router wrote them).
+fn header_map(fields: &[u8]) -> hyper::header::HeaderMap {
+    let mut map = hyper::HeaderMap::new();
+    for line in fields.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(&line[..colon]),
+            hyper::header::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        map.append(name, value);
+    }
+    map
 }
 
 impl Control {
@@ -166,8 +213,12 @@ impl Control {
         writer::start(writing, jobs, Arc::downgrade(&dispatcher))
             .map_err(|e| ControlError::internal(format!("starting the invocation writer: {e}")))?;
         let emitter = Emitter { queue };
+        let sink = InvocationSink {
+            emitter: emitter.clone(),
+            ctl: Arc::downgrade(self),
+        };
         self.router
-            .set_async_sink(Arc::new(InvocationSink(emitter.clone())) as Arc<dyn AsyncSink>);
+            .set_async_sink(Arc::new(sink) as Arc<dyn AsyncSink>);
         let _ = self.emitter.set(emitter.clone());
         self.load_triggers()?;
         crate::triggers::start_scheduler(Arc::clone(self), emitter);

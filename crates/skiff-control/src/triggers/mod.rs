@@ -186,6 +186,7 @@ impl Control {
                         "topic {name} exists already"
                     )));
                 }
+                self.topics.reload(&self.db(), &self.router)?;
                 tracing::info!(topic = %name, "topic made");
                 let detail = self.topic_details()?.into_iter().find(|t| t.name == name);
                 detail
@@ -196,7 +197,7 @@ impl Control {
                 if !self.db().delete_topic(&name)? {
                     return Err(no_such("topic", &name));
                 }
-                self.topics.reload(&self.db())?;
+                self.topics.reload(&self.db(), &self.router)?;
                 tracing::info!(topic = %name, "topic removed with its subscriptions");
                 Ok(TriggerAnswer::Removed(name))
             }
@@ -219,7 +220,7 @@ impl Control {
                 if !self.db().delete_subscription(&name)? {
                     return Err(no_such("subscription", &name));
                 }
-                self.topics.reload(&self.db())?;
+                self.topics.reload(&self.db(), &self.router)?;
                 self.forget_delivery_policy(&subscription_origin(&name));
                 tracing::info!(subscription = %name, "subscription removed");
                 Ok(TriggerAnswer::Removed(name))
@@ -273,7 +274,7 @@ impl Control {
             )));
         }
         self.set_delivery_policy(&subscription_origin(name), &spec.delivery);
-        self.topics.reload(&self.db())?;
+        self.topics.reload(&self.db(), &self.router)?;
         tracing::info!(subscription = %name, topic = %spec.topic, to = %spec.to, "subscription written");
         Ok(())
     }
@@ -371,7 +372,7 @@ impl Control {
         for s in db.subscriptions()? {
             self.set_delivery_policy(&subscription_origin(&s.name), &s.spec.delivery);
         }
-        self.topics.reload(&db)
+        self.topics.reload(&db, &self.router)
     }
 }
 

@@ -24,7 +24,11 @@ pub(crate) struct Topics {
 
 impl Topics {
     /// Reads every subscription again from `store`.
-    pub(crate) fn reload(&self, store: &Store) -> Result<(), ControlError> {
+    pub(crate) fn reload(
+        &self,
+        store: &Store,
+        router: &skiff_router::Router,
+    ) -> Result<(), ControlError> {
         let mut by_topic: HashMap<String, Vec<(String, SubscriptionSpec)>> = HashMap::new();
         for topic in store.topics()? {
             by_topic.entry(topic.name).or_default();
@@ -35,6 +39,7 @@ impl Topics {
                 .or_default()
                 .push((s.name, s.spec));
         }
+        router.set_topics(by_topic.keys().cloned());
         *self
             .subscriptions
             .write()

@@ -36,6 +36,7 @@ pub async fn start(
         );
     }
     let lookup_router = router.clone();
+    let topic_router = router.clone();
     let dns = DnsServer::bind(
         subnet.service_addr(),
         DnsConfig {
@@ -43,6 +44,7 @@ pub async fn start(
             host_addr: subnet.host_addr(),
             upstreams,
             services: Arc::new(move |label| lookup_router.route(label).is_some()),
+            topics: Arc::new(move |label| topic_router.has_topic(label)),
         },
     )
     .await
