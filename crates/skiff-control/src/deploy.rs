@@ -88,6 +88,12 @@ impl Control {
         } = req;
         validate_service_name(name)?;
         spec.validate()?;
+        // A dead-letter service must be there (or be this one).
+        if let Some((sink, _)) = spec.delivery.dead_letter_sink() {
+            if sink != name {
+                self.require_dead_letter(&spec.delivery)?;
+            }
+        }
         // Every secret it names opens now, with the keys it asks for.
         self.check_secrets(name, &spec.secrets)?;
         if let Some(total) = host_memory() {

@@ -150,6 +150,9 @@ fn spec() -> ServiceSpec {
             backoff_delay_ms: Some(500),
             timeout_ms: Some(1000),
             dead_letter: Some("store".into()),
+            max_in_flight: Some(1),
+            max_per_second: Some(1),
+            max_age_ms: Some(1),
         },
     }
 }
@@ -226,6 +229,9 @@ fn requests_match_the_openapi_document() {
                     backoff_delay_ms: Some(1),
                     timeout_ms: Some(1),
                     dead_letter: Some("store".into()),
+                    max_in_flight: Some(1),
+                    max_per_second: Some(1),
+                    max_age_ms: Some(1),
                 },
                 readiness_probe: Some(probe_patch.clone()),
                 liveness_probe: Some(probe_patch),
@@ -356,6 +362,9 @@ fn answers_match_the_openapi_document() {
         backoff_delay_ms: Some(1),
         timeout_ms: Some(1),
         dead_letter: Some("store".into()),
+        max_in_flight: Some(1),
+        max_per_second: Some(1),
+        max_age_ms: Some(1),
     };
     let counts = || {
         Some(InvocationCounts {

@@ -24,9 +24,21 @@ pub struct Delivery {
     /// The longest one attempt may take, in milliseconds (`--delivery-timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
-    /// Where invocations given up on go: `store` (kept, the default).
+    /// Where invocations given up on go: `store` (kept, the default), or `SERVICE[/PATH]`
+    /// (kept, and sent there too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<String>,
+    /// The most deliveries to it at once (`--max-in-flight`; Cloud Tasks'
+    /// maxConcurrentDispatches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// The most deliveries started a second (`--max-per-second`; Cloud Tasks'
+    /// maxDispatchesPerSecond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_second: Option<u32>,
+    /// Given up on once this old, in milliseconds (`--max-age`; default a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<u64>,
 }
 
 impl Delivery {
@@ -42,6 +54,9 @@ impl Delivery {
             backoff_delay_ms: other.backoff_delay_ms.or(self.backoff_delay_ms),
             timeout_ms: other.timeout_ms.or(self.timeout_ms),
             dead_letter: other.dead_letter.clone().or(self.dead_letter.clone()),
+            max_in_flight: other.max_in_flight.or(self.max_in_flight),
+            max_per_second: other.max_per_second.or(self.max_per_second),
+            max_age_ms: other.max_age_ms.or(self.max_age_ms),
         }
     }
 
@@ -63,17 +78,48 @@ impl Delivery {
         if self.timeout_ms == Some(0) {
             return Err(("delivery-timeout", "must be more than zero".into()));
         }
+        for (field, value) in [
+            ("max-in-flight", self.max_in_flight),
+            ("max-per-second", self.max_per_second),
+        ] {
+            if value == Some(0) {
+                return Err((field, "must be at least 1".into()));
+            }
+        }
+        if self.max_age_ms == Some(0) {
+            return Err(("max-age", "must be more than zero".into()));
+        }
         match self.dead_letter.as_deref() {
             None | Some("store") => Ok(()),
-            Some(other) => Err((
-                "dead-letter",
-                format!(
-                    "{other:?}: only store (kept for skiff invocations) for now; a service as \
-                     a dead-letter sink is not supported yet"
-                ),
-            )),
+            Some(sink) => dead_letter_service(sink)
+                .map(drop)
+                .map_err(|why| ("dead-letter", why)),
         }
     }
+
+    /// The service (and path on it) dead deliveries go to, when they go to one.
+    pub fn dead_letter_sink(&self) -> Option<(&str, &str)> {
+        match self.dead_letter.as_deref() {
+            None | Some("store") => None,
+            Some(sink) => dead_letter_service(sink).ok(),
+        }
+    }
+}
+
+/// `SERVICE` or `SERVICE/PATH`: the service and the path (`/` when none).
+fn dead_letter_service(sink: &str) -> Result<(&str, &str), String> {
+    let (service, path) = match sink.find('/') {
+        Some(i) => (&sink[..i], &sink[i..]),
+        None => (sink, "/"),
+    };
+    let bad_path = !path.bytes().all(|b| b.is_ascii_graphic());
+    if !crate::service::is_dns_label(service, 49) || bad_path {
+        return Err(format!(
+            "{sink:?}: want store (kept for skiff events dlq), or a service as SERVICE or \
+             SERVICE/PATH"
+        ));
+    }
+    Ok((service, path))
 }
 
 #[cfg(test)]
@@ -122,7 +168,28 @@ mod tests {
             ),
             (
                 Delivery {
-                    dead_letter: Some("sink".into()),
+                    max_in_flight: Some(0),
+                    ..Default::default()
+                },
+                "max-in-flight",
+            ),
+            (
+                Delivery {
+                    max_per_second: Some(0),
+                    ..Default::default()
+                },
+                "max-per-second",
+            ),
+            (
+                Delivery {
+                    max_age_ms: Some(0),
+                    ..Default::default()
+                },
+                "max-age",
+            ),
+            (
+                Delivery {
+                    dead_letter: Some("Bad_Sink".into()),
                     ..Default::default()
                 },
                 "dead-letter",
@@ -130,11 +197,17 @@ mod tests {
         ] {
             assert_eq!(bad.check().unwrap_err().0, field);
         }
-        assert!(Delivery {
-            dead_letter: Some("store".into()),
+        let sink = |text: &str| Delivery {
+            dead_letter: Some(text.into()),
             ..Default::default()
-        }
-        .check()
-        .is_ok());
+        };
+        assert!(sink("store").check().is_ok());
+        assert_eq!(sink("store").dead_letter_sink(), None);
+        assert_eq!(sink("dlq").dead_letter_sink(), Some(("dlq", "/")));
+        assert_eq!(
+            sink("dlq/failed?x=1").dead_letter_sink(),
+            Some(("dlq", "/failed?x=1"))
+        );
+        assert!(sink("dlq/a b").check().is_err());
     }
 }

@@ -110,9 +110,17 @@ pub enum InvocationOutcome {
         status: Option<u16>,
         error: String,
     },
+    /// Not attempted after all (a limit of its target held it back): pending again at
+    /// `next_ms`, the claim's attempt not counted.
+    Deferred {
+        next_ms: i64,
+    },
     Dead {
         status: Option<u16>,
         error: String,
+        /// A copy for a dead-letter service, stored with the outcome (one commit: the
+        /// outcome is never written without it).
+        forward: Option<Box<NewInvocation>>,
     },
 }
 
@@ -231,6 +239,15 @@ fn record(
     outcome: &InvocationOutcome,
     now_ms: i64,
 ) -> Result<(), StoreError> {
+    if let InvocationOutcome::Deferred { next_ms } = outcome {
+        conn.prepare_cached(
+            "UPDATE invocations SET state = 'pending', next_ms = ?2,
+                 attempts = max(attempts - 1, 0)
+             WHERE id = ?1 AND state = 'delivering'",
+        )?
+        .execute(params![id, next_ms])?;
+        return Ok(());
+    }
     let (state, next, finished, status, error) = match outcome {
         InvocationOutcome::Delivered { status } => {
             ("delivered", None, Some(now_ms), Some(*status), None)
@@ -246,9 +263,17 @@ fn record(
             *status,
             Some(error.as_str()),
         ),
-        InvocationOutcome::Dead { status, error } => {
+        InvocationOutcome::Dead {
+            status,
+            error,
+            forward,
+        } => {
+            if let Some(copy) = forward {
+                add(conn, std::slice::from_ref(copy))?;
+            }
             ("dead", None, Some(now_ms), *status, Some(error.as_str()))
         }
+        InvocationOutcome::Deferred { .. } => unreachable!("handled above"),
     };
     conn.prepare_cached(
         "UPDATE invocations SET state = ?2, next_ms = coalesce(?3, next_ms),
@@ -559,6 +584,7 @@ mod tests {
         let dead = InvocationOutcome::Dead {
             status: Some(404),
             error: "refused".into(),
+            forward: None,
         };
         s.record_invocation("b", &dead, 102).unwrap();
         let a = s.invocation("a").unwrap().unwrap();
@@ -574,6 +600,59 @@ mod tests {
     }
 
     #[test]
+    fn a_deferred_claim_is_pending_again_without_its_attempt() {
+        let (_d, mut s) = store();
+        s.add_invocations(&[new("a", None, 1)]).unwrap();
+        assert_eq!(s.claim_due_invocations(1, 10).unwrap()[0].attempts, 1);
+        s.record_invocation("a", &InvocationOutcome::Deferred { next_ms: 50 }, 2)
+            .unwrap();
+        let a = s.invocation("a").unwrap().unwrap();
+        assert_eq!(
+            (a.state, a.attempts, a.next_ms),
+            (InvocationState::Pending, 0, 50)
+        );
+        assert!(s.claim_due_invocations(49, 10).unwrap().is_empty());
+        assert_eq!(s.claim_due_invocations(50, 10).unwrap()[0].attempts, 1);
+    }
+
+    #[test]
+    fn a_dead_one_with_a_dead_letter_service_leaves_one_copy_for_it() {
+        let (_d, mut s) = store();
+        s.add_invocations(&[new("a", None, 1)]).unwrap();
+        s.claim_due_invocations(1, 10).unwrap();
+        let copy = |id: &str| NewInvocation {
+            service: "dlq".into(),
+            idempotency_key: Some("deadletter/a".into()),
+            origin: Some("deadletter/a".into()),
+            ..new(id, None, 5)
+        };
+        let dead = |id: &str| InvocationOutcome::Dead {
+            status: Some(500),
+            error: "gave up".into(),
+            forward: Some(Box::new(copy(id))),
+        };
+        // Written twice (a crash before the first was known to be written): one copy.
+        s.invocation_batch(&[], &[("a".into(), dead("c1"), 5)], &[])
+            .unwrap();
+        s.invocation_batch(&[], &[("a".into(), dead("c2"), 6)], &[])
+            .unwrap();
+        let copies = s.invocations("dlq", 10).unwrap();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert_eq!(
+            (
+                copies[0].id.as_str(),
+                copies[0].state,
+                copies[0].origin.as_deref()
+            ),
+            ("c1", InvocationState::Pending, Some("deadletter/a"))
+        );
+        assert_eq!(
+            s.invocation("a").unwrap().unwrap().state,
+            InvocationState::Dead
+        );
+    }
+
+    #[test]
     fn dead_ones_are_sent_again_afresh_and_counted() {
         let (_d, mut s) = store();
         s.add_invocations(&[new("a", None, 1), new("b", None, 2), new("c", None, 3)])
@@ -582,6 +661,7 @@ mod tests {
         let dead = InvocationOutcome::Dead {
             status: Some(500),
             error: "x".into(),
+            forward: None,
         };
         for id in ["a", "b"] {
             s.record_invocation(id, &dead, 11).unwrap();
@@ -627,6 +707,7 @@ mod tests {
         let dead = InvocationOutcome::Dead {
             status: None,
             error: "x".into(),
+            forward: None,
         };
         s.record_invocation("b", &dead, 100).unwrap();
         // Delivered before 101 go; dead ones are kept longer.

@@ -18,8 +18,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The image archive, built (or taken from the cache) by scripts/debian-apps-image.
+/// The image archive, built (or taken from the cache) by scripts/debian-apps-image,
+/// once for all the tests here.
 fn image() -> PathBuf {
+    static IMAGE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = IMAGE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(path) = built.as_ref() {
+        return path.clone();
+    }
+    let path = build_image();
+    *built = Some(path.clone());
+    path
+}
+
+fn build_image() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = Command::new("bash")
         .arg(root.join("scripts/debian-apps-image"))

@@ -308,3 +308,203 @@ fn a_topic_delivers_each_event_only_where_a_subscriptions_filters_match() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn knative_pingsource_broker_and_trigger_apply_and_deliver() {
+    let d = Daemon::start(&[]);
+    let yaml = d.home.path().join("eventing.yaml");
+    std::fs::write(
+        &yaml,
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: shop}
+spec:
+  template:
+    spec:
+      containers: [{image: hello}]
+---
+apiVersion: sources.knative.dev/v1
+kind: PingSource
+metadata: {name: heartbeat}
+spec:
+  schedule: "* * * * * *"
+  contentType: application/json
+  data: '{"beat": true}'
+  sink:
+    ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: shop}
+    uri: /record
+---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata: {name: paid}
+spec:
+  broker: orders
+  filters:
+    - exact: {type: com.example.order.paid}
+  subscriber:
+    ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: shop}
+    uri: /record
+  delivery: {retry: 2, backoffDelay: PT0.1S}
+---
+apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata: {name: orders}
+"#,
+    )
+    .unwrap();
+    let out = d.ok(&["apply", "-f", yaml.to_str().unwrap()]);
+    for line in [
+        "topic orders: applied",
+        "schedule heartbeat: applied",
+        "subscription paid: applied",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let sub = &d.json(&["topic", "subscriptions"])[0];
+    assert_eq!(sub["spec"]["delivery"]["retries"], 2, "{sub}");
+    assert_eq!(sub["spec"]["delivery"]["backoff_delay_ms"], 100, "{sub}");
+    // Applied again: nothing changes.
+    let again = d.ok(&["apply", "-f", yaml.to_str().unwrap()]);
+    assert!(
+        again.contains("schedule heartbeat: unchanged")
+            && again.contains("subscription paid: unchanged")
+            && again.contains("topic orders: unchanged"),
+        "{again}"
+    );
+    d.ok(&[
+        "publish",
+        "orders",
+        "--type",
+        "com.example.order.paid",
+        "--source",
+        "/shop",
+        "--id",
+        "k1",
+    ]);
+    d.ok(&[
+        "publish",
+        "orders",
+        "--type",
+        "com.example.order.created",
+        "--source",
+        "/shop",
+        "--id",
+        "k2",
+    ]);
+    eventually(
+        Duration::from_secs(30),
+        "a heartbeat and the paid order",
+        || {
+            let lines = recorded(&d, "shop");
+            lines
+                .iter()
+                .any(|l| field(l, "type") == "dev.knative.sources.ping")
+                && lines.iter().any(|l| field(l, "id") == "k1")
+        },
+    );
+    assert!(
+        !recorded(&d, "shop").iter().any(|l| field(l, "id") == "k2"),
+        "the filter let through an event it does not match"
+    );
+    // The sample applies beside the hello sample.
+    let sample = |name: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/knative")
+            .join(name)
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    d.ok(&["apply", "-f", &sample("hello.yaml")]);
+    let out = d.ok(&["apply", "-f", &sample("events.yaml")]);
+    assert!(out.contains("subscription paid-orders: applied"), "{out}");
+    // What skiff cannot honour is refused by field, before anything is applied.
+    std::fs::write(
+        &yaml,
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata: {name: t}\nspec:\n  broker: orders\n  subscriber: {uri: 'http://example.com/'}\n",
+    )
+    .unwrap();
+    let bad = d.cli(&["apply", "-f", yaml.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(
+        daemon::stderr(&bad).contains("spec.subscriber.uri"),
+        "{}",
+        daemon::stderr(&bad)
+    );
+}
+
+#[test]
+fn a_dead_delivery_goes_to_the_dead_letter_service_with_why() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("dlq", &["--initial-instances", "0"]);
+    d.deploy_hello("shop", &[]);
+    d.ok(&["topic", "create", "orders"]);
+    // A subscription whose path the app does not serve: every delivery is a 404, dead
+    // at once, and copied to the dead-letter service's /record.
+    d.ok(&[
+        "topic",
+        "subscribe",
+        "orders",
+        "--to",
+        "shop",
+        "--path",
+        "/no-such-path",
+        "--dead-letter",
+        "dlq/record",
+    ]);
+    let bad = d.cli(&[
+        "topic",
+        "subscribe",
+        "orders",
+        "--to",
+        "shop",
+        "--name",
+        "x",
+        "--dead-letter",
+        "nobody",
+    ]);
+    assert!(
+        daemon::stderr(&bad).contains("nobody"),
+        "{}",
+        daemon::stderr(&bad)
+    );
+    d.ok(&[
+        "publish",
+        "orders",
+        "--type",
+        "t",
+        "--source",
+        "/s",
+        "--id",
+        "doomed",
+        "--data",
+        r#"{"n":1}"#,
+    ]);
+    eventually(Duration::from_secs(30), "the dead letter", || {
+        !recorded(&d, "dlq").is_empty()
+    });
+    let line = &recorded(&d, "dlq")[0];
+    assert_eq!(field(line, "id"), "doomed", "{line}");
+    assert_eq!(field(line, "error-code"), "404", "{line}");
+    assert!(field(line, "dead-letter").contains("404"), "{line}");
+    assert_eq!(field(line, "body"), r#"{"n":1}"#, "{line}");
+    // The original stays dead in the store (the DLQ), the copy is delivered.
+    let dlq = d.json(&["events", "dlq"]);
+    assert!(
+        dlq.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event_id"] == "doomed" && e["service"] == "shop"),
+        "{dlq}"
+    );
+    let copies = d.json(&["events", "ls", "--service", "dlq"]);
+    let copy = &copies[0];
+    assert_eq!(copy["state"], "delivered", "{copy}");
+    assert!(
+        copy["origin"]
+            .as_str()
+            .unwrap()
+            .starts_with("deadletter/inv-"),
+        "{copy}"
+    );
+}

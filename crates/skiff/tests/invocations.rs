@@ -334,3 +334,45 @@ fn an_idle_daemon_spends_no_cpu_waiting_for_invocations() {
         "the idle daemon used {used} ticks of CPU in a second"
     );
 }
+
+/// When each of `ids` was delivered (Unix milliseconds), in order.
+fn finish_times(d: &Daemon, service: &str, ids: &[String]) -> Vec<i64> {
+    let mut times: Vec<i64> = ids
+        .iter()
+        .map(|id| {
+            let done = settled(d, service, id);
+            assert_eq!(done["state"], "delivered", "{done}");
+            done["finished_ms"].as_i64().unwrap()
+        })
+        .collect();
+    times.sort();
+    times
+}
+
+#[test]
+fn a_targets_limits_hold_deliveries_to_so_many_at_once_and_so_many_a_second() {
+    let d = Daemon::start(&[]);
+    // One at a time: five deliveries of 300 ms end at least ~300 ms apart.
+    d.deploy_hello("serial", &["--max-in-flight", "1", "--max-instances", "5"]);
+    let ids: Vec<String> = (0..5)
+        .map(|_| accepted_id(&send_async(&d, "serial", "/sleep?ms=300", &[], b"")))
+        .collect();
+    let ends = finish_times(&d, "serial", &ids);
+    for pair in ends.windows(2) {
+        assert!(pair[1] - pair[0] >= 250, "two at once: ends {ends:?}");
+    }
+    // Five a second after a burst of five: fifteen take two seconds or more.
+    d.deploy_hello("paced", &["--max-per-second", "5"]);
+    let ids: Vec<String> = (0..15)
+        .map(|_| accepted_id(&send_async(&d, "paced", "/", &[], b"")))
+        .collect();
+    let ends = finish_times(&d, "paced", &ids);
+    let span = ends[14] - ends[0];
+    assert!(span >= 1700, "fifteen delivered within {span} ms: {ends:?}");
+    // None of them counted an attempt for being held back.
+    let list = d.json(&["invocations", "paced", "--limit", "100"]);
+    assert!(
+        list.as_array().unwrap().iter().all(|i| i["attempts"] == 1),
+        "{list}"
+    );
+}

@@ -551,12 +551,14 @@ fn record(req: &Request, reader: &mut BufReader<TcpStream>) -> io::Result<()> {
     })?;
     let field = |name: &str| req.header(name).unwrap_or("-").to_owned();
     println!(
-        "recorded type={} source={} id={} time={} content-type={} body={}",
+        "recorded type={} source={} id={} time={} content-type={} dead-letter={} error-code={} body={}",
         field("ce-type"),
         field("ce-source"),
         field("ce-id"),
         field("ce-time"),
         field("content-type"),
+        field("x-skiff-dead-letter-reason").replace(' ', "+"),
+        field("ce-knativeerrorcode"),
         String::from_utf8_lossy(&body).replace('\n', " ")
     );
     Ok(())

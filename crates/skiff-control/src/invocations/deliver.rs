@@ -10,7 +10,7 @@ use super::writer::Job;
 use crate::Control;
 use http_body_util::Full;
 use hyper::body::Bytes;
-use skiff_events::{Attempt, Decision, DeliveryPolicy};
+use skiff_events::{Attempt, Decision};
 use skiff_store::{InvocationOutcome, InvocationRecord, Store};
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Mutex};
@@ -47,6 +47,10 @@ pub struct Dispatcher {
     policies: super::Policies,
     wake: Notify,
     slots: Arc<Semaphore>,
+    /// Each target's concurrency and rate limits.
+    limits: super::limits::Limits,
+    /// The limits' clock.
+    started: std::time::Instant,
 }
 
 impl Dispatcher {
@@ -70,6 +74,8 @@ impl Dispatcher {
             policies,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            limits: Default::default(),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -135,6 +141,12 @@ impl Dispatcher {
                 continue;
             }
             for invocation in claimed {
+                let (key, target) = self.target(&invocation);
+                let admitted = self.limits.admit(&key, &target, self.started.elapsed());
+                if let super::limits::Admit::Later(wait) = admitted {
+                    self.defer(&invocation, wait);
+                    continue;
+                }
                 let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
                     return;
                 };
@@ -142,6 +154,7 @@ impl Dispatcher {
                 tokio::spawn(async move {
                     let outcome = me.attempt(&invocation).await;
                     me.record(&invocation, outcome);
+                    me.limits.done(&key);
                     drop(slot);
                 });
             }
@@ -178,20 +191,34 @@ impl Dispatcher {
         }
     }
 
-    /// The delivery policy of what made `invocation` (a trigger's own), else of its
-    /// service (skiff's default until it is routed).
-    fn policy(&self, invocation: &InvocationRecord) -> DeliveryPolicy {
+    /// How deliveries of `invocation` go, and the key its limits are kept under: what
+    /// made it (a trigger's own), else its service's (skiff's default until it is
+    /// routed).
+    fn target(&self, invocation: &InvocationRecord) -> (String, super::Target) {
         let all = self.policies.read().unwrap_or_else(|p| p.into_inner());
-        let by_origin = invocation.origin.as_deref().and_then(|o| all.get(o));
-        by_origin
-            .or_else(|| all.get(&invocation.service))
-            .cloned()
-            .unwrap_or_default()
+        let by_origin = invocation
+            .origin
+            .as_deref()
+            .and_then(|o| all.get_key_value(o));
+        match by_origin.or_else(|| all.get_key_value(&invocation.service)) {
+            Some((key, target)) => (key.clone(), target.clone()),
+            None => (invocation.service.clone(), Default::default()),
+        }
+    }
+
+    /// Puts back a claimed invocation a limit held back, due `wait` from now.
+    fn defer(&self, invocation: &InvocationRecord, wait: Duration) {
+        let next_ms = now_ms() + wait.as_millis().max(1) as i64;
+        let _ = self.writer.send(Job::Outcome(
+            invocation.id.clone(),
+            InvocationOutcome::Deferred { next_ms },
+            now_ms(),
+        ));
     }
 
     /// One delivery, as the policy sees its end.
     async fn attempt(&self, invocation: &InvocationRecord) -> Attempt {
-        let timeout = self.policy(invocation).timeout;
+        let timeout = self.target(invocation).1.policy.timeout;
         match tokio::time::timeout(timeout, self.send(invocation)).await {
             Err(_) => Attempt::TimedOut,
             Ok(Err(())) => Attempt::ConnectionFailed,
@@ -254,8 +281,8 @@ impl Dispatcher {
             Attempt::Answered { status, .. } => Some(status),
             _ => None,
         };
-        let policy = self.policy(invocation);
-        let outcome = match policy.decide(invocation.attempts, age, attempt) {
+        let (_, target) = self.target(invocation);
+        let outcome = match target.policy.decide(invocation.attempts, age, attempt) {
             Decision::Delivered => InvocationOutcome::Delivered {
                 status: status.unwrap_or(200),
             },
@@ -266,9 +293,16 @@ impl Dispatcher {
             },
             Decision::DeadLetter(why) => {
                 tracing::warn!(invocation = %invocation.id, service = %invocation.service, "async invocation dead: {why}");
+                let why = why.to_string();
+                let forward = target
+                    .dead_letter
+                    .as_ref()
+                    .and_then(|sink| super::dead_letter::copy(invocation, sink, &why, status))
+                    .map(Box::new);
                 InvocationOutcome::Dead {
                     status,
-                    error: why.to_string(),
+                    error: why,
+                    forward,
                 }
             }
         };

@@ -9,7 +9,9 @@
 //! This module owns the writer thread and the dispatcher; it must not speak SQL (the
 //! store does) or HTTP framing beyond what hyper does for it.
 
+mod dead_letter;
 mod deliver;
+mod limits;
 mod writer;
 
 use crate::{Control, ControlError};
@@ -24,10 +26,31 @@ use tokio::sync::oneshot;
 
 pub use deliver::Dispatcher;
 
-/// Each service's delivery policy, as its serving revision says; shared by the control
-/// plane (which sets it when it routes a service) and the dispatcher (which reads it).
-pub(crate) type Policies =
-    Arc<std::sync::RwLock<std::collections::HashMap<String, DeliveryPolicy>>>;
+/// How deliveries to one target (a service, or a trigger's) go: the policy, and the
+/// service (and path) dead ones are also sent to.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Target {
+    pub policy: DeliveryPolicy,
+    pub dead_letter: Option<(String, String)>,
+    pub max_in_flight: Option<u32>,
+    pub max_per_second: Option<u32>,
+}
+
+/// Each target's delivery, by service name or trigger origin; shared by the control
+/// plane (which sets it when it routes a service or writes a trigger) and the
+/// dispatcher (which reads it).
+pub(crate) type Policies = Arc<std::sync::RwLock<std::collections::HashMap<String, Target>>>;
+
+fn target_of(d: &skiff_core::Delivery) -> Target {
+    Target {
+        policy: policy_of(d),
+        dead_letter: d
+            .dead_letter_sink()
+            .map(|(service, path)| (service.to_owned(), path.to_owned())),
+        max_in_flight: d.max_in_flight,
+        max_per_second: d.max_per_second,
+    }
+}
 
 /// A service's delivery settings over skiff's defaults.
 pub(crate) fn policy_of(d: &skiff_core::Delivery) -> DeliveryPolicy {
@@ -45,6 +68,9 @@ pub(crate) fn policy_of(d: &skiff_core::Delivery) -> DeliveryPolicy {
     }
     if let Some(ms) = d.timeout_ms {
         p.timeout = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = d.max_age_ms {
+        p.max_age = Some(std::time::Duration::from_millis(ms));
     }
     p
 }
@@ -262,7 +288,7 @@ impl Control {
             .delivery_policies
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        all.insert(key.to_owned(), policy_of(delivery));
+        all.insert(key.to_owned(), target_of(delivery));
     }
 
     /// A service's newest invocations, newest first.

@@ -244,6 +244,7 @@ impl Control {
             ControlError::invalid_spec(field, e.to_string())
         })?;
         self.require_service(&spec.to)?;
+        self.require_dead_letter(&spec.delivery)?;
         let now = crate::invocations::now_ms();
         if !self.db().put_schedule(name, spec, now, create_only)? {
             return Err(ControlError::Conflict(format!(
@@ -267,6 +268,7 @@ impl Control {
             return Err(no_such("topic", &spec.topic));
         }
         self.require_service(&spec.to)?;
+        self.require_dead_letter(&spec.delivery)?;
         let now = crate::invocations::now_ms();
         if !self.db().put_subscription(name, spec, now, create_only)? {
             return Err(ControlError::Conflict(format!(
@@ -277,6 +279,21 @@ impl Control {
         self.topics.reload(&self.db(), &self.router)?;
         tracing::info!(subscription = %name, topic = %spec.topic, to = %spec.to, "subscription written");
         Ok(())
+    }
+
+    pub(crate) fn require_dead_letter(
+        &self,
+        delivery: &skiff_core::Delivery,
+    ) -> Result<(), ControlError> {
+        match delivery.dead_letter_sink() {
+            Some((service, _)) => self.require_service(service).map_err(|_| {
+                ControlError::invalid_spec(
+                    "dead-letter",
+                    format!("no such service: {service} (the dead-letter sink)"),
+                )
+            }),
+            None => Ok(()),
+        }
     }
 
     fn require_service(&self, service: &str) -> Result<(), ControlError> {

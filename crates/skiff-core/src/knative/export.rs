@@ -382,6 +382,15 @@ fn annotations(spec: &ServiceSpec, defaults: &ServiceSpec) -> BTreeMap<String, S
     if let Some(sink) = &d.dead_letter {
         put(a::DEAD_LETTER, sink.clone());
     }
+    if let Some(n) = d.max_in_flight {
+        put(a::MAX_IN_FLIGHT, n.to_string());
+    }
+    if let Some(n) = d.max_per_second {
+        put(a::MAX_PER_SECOND, n.to_string());
+    }
+    if let Some(ms) = d.max_age_ms {
+        put(a::MAX_AGE, format_ms(ms));
+    }
     if !spec.egress_allow.is_empty() {
         put(
             a::EGRESS_ALLOW,

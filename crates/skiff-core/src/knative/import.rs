@@ -529,6 +529,9 @@ fn annotations(
             a::BACKOFF_DELAY => spec.delivery.backoff_delay_ms = Some(millis()?),
             a::DELIVERY_TIMEOUT => spec.delivery.timeout_ms = Some(millis()?),
             a::DEAD_LETTER => spec.delivery.dead_letter = Some(value.clone()),
+            a::MAX_IN_FLIGHT => spec.delivery.max_in_flight = Some(whole()?),
+            a::MAX_PER_SECOND => spec.delivery.max_per_second = Some(whole()?),
+            a::MAX_AGE => spec.delivery.max_age_ms = Some(millis()?),
             a::ALLOWED_CALLERS => {
                 spec.allowed_callers = value
                     .split(',')

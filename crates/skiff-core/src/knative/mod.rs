@@ -3,6 +3,7 @@
 //! service back as one. This module converts between those documents and skiff's
 //! [`crate::ServiceSpec`] and traffic; it must not talk to the daemon (the CLI does).
 
+pub mod eventing;
 mod export;
 mod import;
 pub mod model;
@@ -12,6 +13,11 @@ pub use import::{service as import, Imported};
 
 /// Parses every document of a YAML stream (`---` separated).
 pub fn parse(text: &str) -> Result<Vec<model::Service>, String> {
+    serde_saphyr::from_multiple(text).map_err(|e| e.to_string())
+}
+
+/// Parses every document of a YAML stream as plain values (any kind).
+pub fn parse_values(text: &str) -> Result<Vec<serde_json::Value>, String> {
     serde_saphyr::from_multiple(text).map_err(|e| e.to_string())
 }
 
@@ -61,6 +67,9 @@ pub mod annotation {
     pub const BACKOFF_DELAY: &str = "skiff.dev/backoff-delay";
     pub const DELIVERY_TIMEOUT: &str = "skiff.dev/delivery-timeout";
     pub const DEAD_LETTER: &str = "skiff.dev/dead-letter";
+    pub const MAX_IN_FLIGHT: &str = "skiff.dev/max-in-flight";
+    pub const MAX_PER_SECOND: &str = "skiff.dev/max-per-second";
+    pub const MAX_AGE: &str = "skiff.dev/max-age";
     /// Comma-separated services whose instances may call a private service (`*`: all);
     /// written whenever the service is private, empty when none may.
     pub const ALLOWED_CALLERS: &str = "skiff.dev/allowed-callers";

@@ -459,7 +459,10 @@ fn delivery_settings_round_trip_as_annotations() {
         backoff_policy: Some("linear".into()),
         backoff_delay_ms: Some(250),
         timeout_ms: Some(10_000),
-        dead_letter: Some("store".into()),
+        dead_letter: Some("failures/hello".into()),
+        max_in_flight: Some(4),
+        max_per_second: Some(50),
+        max_age_ms: Some(3_600_000),
     };
     let back = round_trip("x", &spec, &crate::default_traffic());
     assert_eq!(back.spec.delivery, spec.delivery);

@@ -20,9 +20,19 @@ pub struct DeliveryArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_event_duration)]
     pub delivery_timeout: Option<u64>,
     /// Deliveries: where those given up on go: store (kept; `skiff events dlq` lists
-    /// them).
-    #[arg(long, value_name = "store")]
+    /// them), or a service (SERVICE or SERVICE/PATH: kept, and a copy sent there with
+    /// X-Skiff-Dead-Letter-Reason).
+    #[arg(long, value_name = "store|SERVICE[/PATH]")]
     pub dead_letter: Option<String>,
+    /// Deliveries: the most to this target at once.
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// Deliveries: the most started a second.
+    #[arg(long, value_name = "N")]
+    pub max_per_second: Option<u32>,
+    /// Deliveries: given up on (dead) once this old, ISO 8601 or 10m (default 1 day).
+    #[arg(long, value_name = "DURATION", value_parser = parse_event_duration)]
+    pub max_age: Option<u64>,
 }
 
 impl DeliveryArgs {
@@ -33,6 +43,9 @@ impl DeliveryArgs {
             backoff_delay_ms: self.backoff_delay,
             timeout_ms: self.delivery_timeout,
             dead_letter: self.dead_letter.clone(),
+            max_in_flight: self.max_in_flight,
+            max_per_second: self.max_per_second,
+            max_age_ms: self.max_age,
         }
     }
 }
