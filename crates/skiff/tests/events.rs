@@ -508,3 +508,32 @@ fn a_dead_delivery_goes_to_the_dead_letter_service_with_why() {
         "{copy}"
     );
 }
+
+#[test]
+fn an_async_invocation_is_delivered_as_a_cloudevent_skiff_originates() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("jobs", &[]);
+    let r = daemon::http(
+        d.port,
+        "jobs.localhost",
+        "POST",
+        "/record",
+        &[
+            ("prefer", "respond-async"),
+            ("content-type", "application/json"),
+        ],
+        br#"{"job":1}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.header("x-skiff-invocation-id").unwrap().to_owned();
+    eventually(Duration::from_secs(30), "the delivery", || {
+        !recorded(&d, "jobs").is_empty()
+    });
+    let line = &recorded(&d, "jobs")[0];
+    assert_eq!(field(line, "type"), "dev.skiff.invocation", "{line}");
+    assert_eq!(field(line, "id"), id, "{line}");
+    assert_eq!(field(line, "source"), "/skiff/services/jobs", "{line}");
+    assert!(field(line, "time").ends_with('Z'), "{line}");
+    assert_eq!(field(line, "content-type"), "application/json", "{line}");
+    assert_eq!(field(line, "body"), r#"{"job":1}"#, "{line}");
+}

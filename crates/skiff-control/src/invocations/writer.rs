@@ -118,7 +118,8 @@ fn turn(store: &mut Store, jobs: Vec<Job>) {
 
 /// An async request as it is kept.
 pub(crate) fn new_invocation(id: String, request: AsyncRequest, created_ms: i64) -> NewInvocation {
-    let fields = with_caller(&request);
+    let mut fields = with_caller(&request);
+    add_event_attributes(&mut fields, &id, &request.service, created_ms);
     NewInvocation {
         id,
         service: request.service,
@@ -132,6 +133,38 @@ pub(crate) fn new_invocation(id: String, request: AsyncRequest, created_ms: i64)
     }
 }
 
+/// The CloudEvents attributes of an async invocation, in binary mode, so that the app
+/// may read it as an event (the body is its data): its id, `/skiff/services/NAME`, type
+/// `dev.skiff.invocation` and when it was accepted. Not for a request that already is
+/// an event, in either mode.
+fn add_event_attributes(fields: &mut Vec<u8>, id: &str, service: &str, created_ms: i64) {
+    let is_event = fields.split(|b| *b == b'\n').any(|line| {
+        let lower = line.to_ascii_lowercase();
+        lower.starts_with(b"ce-specversion:")
+            || (lower.starts_with(b"content-type:")
+                && lower
+                    .windows(b"application/cloudevents".len())
+                    .any(|w| w == b"application/cloudevents"))
+    });
+    if is_event {
+        return;
+    }
+    let time = skiff_sandbox::rfc3339(
+        created_ms.div_euclid(1000),
+        (created_ms.rem_euclid(1000) * 1_000_000) as u32,
+    );
+    fields.extend_from_slice(
+        format!(
+            "ce-specversion: 1.0\r\nce-id: {id}\r\nce-source: /skiff/services/{service}\r\n\
+             ce-type: {INVOCATION_TYPE}\r\nce-time: {time}\r\n"
+        )
+        .as_bytes(),
+    );
+}
+
+/// The CloudEvents type of an async invocation's delivery.
+pub const INVOCATION_TYPE: &str = "dev.skiff.invocation";
+
 /// The kept fields, with who called a private service first (as `x-skiff-caller`, which
 /// the delivery turns into its claim and the router into the field the app sees).
 fn with_caller(request: &AsyncRequest) -> Vec<u8> {
@@ -143,4 +176,33 @@ fn with_caller(request: &AsyncRequest) -> Vec<u8> {
     }
     fields.extend_from_slice(&request.fields);
     fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_async_request_goes_out_as_an_event_unless_it_is_one() {
+        let mut plain = b"host: a.localhost\r\ncontent-type: application/json\r\n".to_vec();
+        add_event_attributes(&mut plain, "inv-1", "a", 1_700_000_000_123);
+        let text = String::from_utf8(plain).unwrap();
+        for line in [
+            "ce-specversion: 1.0\r\n",
+            "ce-id: inv-1\r\n",
+            "ce-source: /skiff/services/a\r\n",
+            "ce-type: dev.skiff.invocation\r\n",
+            "ce-time: 2023-11-14T22:13:20.123",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        for event in [
+            &b"host: a\r\nCE-SpecVersion: 1.0\r\nce-id: x\r\n"[..],
+            &b"host: a\r\nContent-Type: application/cloudevents+json\r\n"[..],
+        ] {
+            let mut fields = event.to_vec();
+            add_event_attributes(&mut fields, "inv-1", "a", 0);
+            assert_eq!(fields, event, "an event stays as it was sent");
+        }
+    }
 }
