@@ -60,6 +60,9 @@ pub struct NewInvocation {
     pub created_ms: i64,
     /// What made it: `None` for an async request, `schedule/NAME`, `subscription/NAME`.
     pub origin: Option<String>,
+    /// Stored as taken for delivery already (its first attempt begun), so the
+    /// dispatcher need not claim it: what a crash cuts short goes out again at start.
+    pub delivering: bool,
 }
 
 /// Which invocations to list (every condition set must hold).
@@ -170,7 +173,9 @@ fn add(
         let mut insert = tx.prepare_cached(
             "INSERT INTO invocations (id, service, idempotency_key, method, target, fields,
                      body, state, attempts, created_ms, next_ms, origin)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, ?9)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
+                         CASE WHEN ?10 THEN 'delivering' ELSE 'pending' END,
+                         ?10, ?8, ?8, ?9)
                  ON CONFLICT DO NOTHING",
         )?;
         let mut earlier = tx.prepare_cached(
@@ -186,7 +191,8 @@ fn add(
                 inv.fields,
                 inv.body,
                 inv.created_ms,
-                inv.origin
+                inv.origin,
+                inv.delivering
             ])?;
             if made == 1 {
                 out.push((inv.id.clone(), false));
@@ -521,6 +527,7 @@ mod tests {
             body: vec![0, 1, 2, 255],
             created_ms: at,
             origin: None,
+            delivering: false,
         }
     }
 
@@ -597,6 +604,27 @@ mod tests {
             InvocationState::Dead
         );
         assert_eq!(s.next_invocation_due().unwrap(), None);
+    }
+
+    #[test]
+    fn one_stored_as_delivering_is_not_claimed_and_goes_out_again_after_a_crash() {
+        let (_d, mut s) = store();
+        let taken = NewInvocation {
+            delivering: true,
+            ..new("a", None, 1)
+        };
+        s.add_invocations(&[taken, new("b", None, 1)]).unwrap();
+        let a = s.invocation("a").unwrap().unwrap();
+        assert_eq!((a.state, a.attempts), (InvocationState::Delivering, 1));
+        let claimed: Vec<String> = s
+            .claim_due_invocations(5, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(claimed, ["b"]);
+        assert_eq!(s.requeue_interrupted_invocations().unwrap(), 2);
+        assert_eq!(s.claim_due_invocations(5, 10).unwrap().len(), 2);
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub(super) fn copy(
         body: dead.body.clone(),
         created_ms: now_ms(),
         origin: Some(origin),
+        delivering: false,
     })
 }
 

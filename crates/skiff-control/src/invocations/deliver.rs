@@ -51,6 +51,8 @@ pub struct Dispatcher {
     limits: super::limits::Limits,
     /// The limits' clock.
     started: std::time::Instant,
+    /// New invocations the writer stored as taken and handed over, not yet started.
+    handed: Mutex<Vec<InvocationRecord>>,
 }
 
 impl Dispatcher {
@@ -76,6 +78,7 @@ impl Dispatcher {
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             limits: Default::default(),
             started: std::time::Instant::now(),
+            handed: Mutex::new(Vec::new()),
         })
     }
 
@@ -98,6 +101,21 @@ impl Dispatcher {
     /// Something may be due now.
     pub(crate) fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// How many more new invocations the writer may hand over now.
+    pub(crate) fn room(&self) -> usize {
+        let waiting = self.handed.lock().map_or(0, |h| h.len());
+        self.slots.available_permits().saturating_sub(waiting)
+    }
+
+    /// Takes new invocations stored as taken, to deliver at once.
+    pub(crate) fn hand(&self, taken: Vec<InvocationRecord>) {
+        self.handed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(taken);
+        self.wake();
     }
 
     pub(crate) fn spawn(self: Arc<Self>, ctl: Arc<Control>) {
@@ -127,8 +145,14 @@ impl Dispatcher {
                 let me = Arc::clone(&self);
                 let _ = tokio::task::spawn_blocking(move || me.prune()).await;
             }
+            let handed =
+                std::mem::take(&mut *self.handed.lock().unwrap_or_else(|p| p.into_inner()));
             let room = self.slots.available_permits().clamp(1, IN_FLIGHT) as u32;
-            let claimed = match self.claim(room).await {
+            let claimed = match handed.is_empty() {
+                false => Ok(handed),
+                true => self.claim(room).await,
+            };
+            let claimed = match claimed {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::error!("taking due async invocations: {e}");

@@ -54,9 +54,13 @@ pub(crate) fn start(
                     }
                 }
                 let news = jobs.iter().any(|j| !matches!(j, Job::Claim { .. }));
-                turn(&mut store, jobs);
-                if news {
-                    if let Some(d) = dispatcher.upgrade() {
+                let live = dispatcher.upgrade();
+                let room = live.as_ref().map_or(0, |d| d.room());
+                let handed = turn(&mut store, jobs, room);
+                if let Some(d) = live {
+                    if !handed.is_empty() {
+                        d.hand(handed);
+                    } else if news {
                         d.wake();
                     }
                 }
@@ -65,8 +69,10 @@ pub(crate) fn start(
     Ok(())
 }
 
-/// Does `jobs` under one commit and answers each.
-fn turn(store: &mut Store, jobs: Vec<Job>) {
+/// Does `jobs` under one commit and answers each. Up to `room` new invocations due
+/// now are stored as taken for delivery already and given back, to hand straight to
+/// the dispatcher: no claim to write, no round trip for it.
+fn turn(store: &mut Store, jobs: Vec<Job>, room: usize) -> Vec<InvocationRecord> {
     let mut adds = Vec::new();
     let mut outcomes = Vec::new();
     let mut claims = Vec::new();
@@ -87,9 +93,18 @@ fn turn(store: &mut Store, jobs: Vec<Job>) {
         replies.push((add.reply, add.invocations.len()));
         new.extend(add.invocations);
     }
+    for invocation in new.iter_mut().take(room) {
+        invocation.delivering = true;
+    }
     let wanted: Vec<(i64, u32)> = claims.iter().map(|(n, l, _)| (*n, *l)).collect();
     match store.invocation_batch(&new, &outcomes, &wanted) {
         Ok((ids, claimed)) => {
+            let handed = new
+                .into_iter()
+                .zip(&ids)
+                .filter(|(inv, (_, duplicate))| inv.delivering && !duplicate)
+                .map(|(inv, _)| taken(inv))
+                .collect();
             let mut ids = ids.into_iter();
             for (reply, n) in replies {
                 let _ = reply.send(Ok(ids.by_ref().take(n).collect()));
@@ -97,6 +112,7 @@ fn turn(store: &mut Store, jobs: Vec<Job>) {
             for ((_, _, reply), taken) in claims.into_iter().zip(claimed) {
                 let _ = reply.send(Ok(taken));
             }
+            handed
         }
         Err(e) => {
             // Outcomes not written leave their invocations `delivering`: they go out
@@ -112,7 +128,29 @@ fn turn(store: &mut Store, jobs: Vec<Job>) {
             for (_, _, reply) in claims {
                 let _ = reply.send(Err(e.to_string()));
             }
+            Vec::new()
         }
+    }
+}
+
+/// A new invocation stored as taken, as a claim would have given it.
+fn taken(inv: NewInvocation) -> InvocationRecord {
+    InvocationRecord {
+        id: inv.id,
+        service: inv.service,
+        idempotency_key: inv.idempotency_key,
+        method: inv.method,
+        target: inv.target,
+        fields: inv.fields,
+        body: inv.body,
+        state: skiff_store::InvocationState::Delivering,
+        attempts: 1,
+        created_ms: inv.created_ms,
+        next_ms: inv.created_ms,
+        finished_ms: None,
+        last_status: None,
+        last_error: None,
+        origin: inv.origin,
     }
 }
 
@@ -130,6 +168,7 @@ pub(crate) fn new_invocation(id: String, request: AsyncRequest, created_ms: i64)
         body: request.body,
         created_ms,
         origin: None,
+        delivering: false,
     }
 }
 

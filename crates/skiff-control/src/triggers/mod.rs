@@ -116,6 +116,7 @@ impl Outbound<'_> {
             body: out.body,
             created_ms: self.created_ms,
             origin: Some(self.origin),
+            delivering: false,
         })
     }
 }
