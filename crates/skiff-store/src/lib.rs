@@ -32,6 +32,9 @@ pub use services::{FailureRecord, RevisionRecord, ServiceRecord};
 pub use tokens::{NewTokenRecord, TokenRecord};
 
 use rusqlite::Connection;
+
+/// The size (bytes) a write-ahead log that outgrew it is cut back to when it starts over.
+pub const WAL_LIMIT: u64 = 64 << 20;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -161,6 +164,9 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
+        // A log grown under load is cut back to this when it starts over.
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)
+            .map_err(open_err)?;
         migrations::migrate(&mut conn, path)?;
         Ok(Store {
             conn,
@@ -197,9 +203,6 @@ impl Store {
         })
     }
 
-    /// Runs SQLite's `PRAGMA quick_check` (every page and index entry read once: for a
-    /// daemon's start, not for every command); a damaged database is an error that says
-    /// what to do, rather than services that answer 404 with the reason only in a log.
     /// Leaves checkpoints of the write-ahead log to [`Store::checkpoint_passive`] on
     /// another connection: a commit on this one never waits for one (or its fsync).
     pub fn no_auto_checkpoints(&self) -> Result<(), StoreError> {
@@ -215,6 +218,29 @@ impl Store {
         Ok(())
     }
 
+    /// How many bytes the write-ahead log file holds (0 when there is none).
+    pub fn wal_bytes(&self) -> u64 {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        std::fs::metadata(wal).map_or(0, |m| m.len())
+    }
+
+    /// Copies the whole write-ahead log into the database and starts it over (cut back
+    /// to [`WAL_LIMIT`]), waiting at most `patience` for readers of older frames; whether
+    /// it did. For the one writer, whose log passive checkpoints cannot finish while it
+    /// writes without a pause: without it the log grows as long as the load lasts.
+    pub fn checkpoint_restart(&self, patience: Duration) -> Result<bool, StoreError> {
+        self.conn.busy_timeout(patience)?;
+        let busy = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+        self.conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(busy? == 0)
+    }
+
+    /// Runs SQLite's `PRAGMA quick_check` (every page and index entry read once: for a
+    /// daemon's start, not for every command); a damaged database is an error that says
+    /// what to do, rather than services that answer 404 with the reason only in a log.
     pub fn check_integrity(&self) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare("PRAGMA quick_check(5)")?;
         let findings = stmt

@@ -27,7 +27,7 @@ const KEEP_DELIVERED: Duration = Duration::from_secs(24 * 3600);
 const KEEP_DEAD: Duration = Duration::from_secs(7 * 24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often the write-ahead log is checkpointed (the writer's connection does not).
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -120,6 +120,12 @@ impl Dispatcher {
 
     pub(crate) fn spawn(self: Arc<Self>, ctl: Arc<Control>) {
         tokio::spawn(async move { self.run(ctl).await });
+    }
+
+    /// Runs `f` while this dispatcher's connection does nothing (no checkpoint, no read).
+    pub(crate) fn while_still<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _still = self.store();
+        f()
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {

@@ -102,9 +102,15 @@ pub(crate) fn counts_document(
 /// The longest the list of a service's invocations runs.
 pub const MAX_LISTED: u32 = 1000;
 
-/// A new invocation's id: `inv-` and 16 hex digits.
+/// A new invocation's id: `inv-`, the time in milliseconds (12 hex digits) and 8
+/// random bytes. Ids that grow with time keep the store's index of them appended at
+/// its end: a commit of many new ones writes a few pages of it, not one page each.
 pub(crate) fn new_id() -> String {
-    format!("inv-{}", crate::supervisor::random_hex(8))
+    format!(
+        "inv-{:012x}{}",
+        now_ms().max(0),
+        crate::supervisor::random_hex(8)
+    )
 }
 
 /// Unix milliseconds now.

@@ -57,6 +57,7 @@ pub(crate) fn start(
                 let live = dispatcher.upgrade();
                 let room = live.as_ref().map_or(0, |d| d.room());
                 let handed = turn(&mut store, jobs, room);
+                bound_log(&store, live.as_deref());
                 if let Some(d) = live {
                     if !handed.is_empty() {
                         d.hand(handed);
@@ -67,6 +68,30 @@ pub(crate) fn start(
             }
         })?;
     Ok(())
+}
+
+/// Starts the write-ahead log over once it has outgrown [`skiff_store::WAL_LIMIT`]: the
+/// dispatcher's passive checkpoints never catch up with a writer that does not pause,
+/// so under a steady load the log would grow as long as the load lasts. Done between
+/// turns, so nothing is appended meanwhile; readers get a moment to move on.
+/// (Measured by bench/events: the log stays at the limit instead of growing by about
+/// 20 MB a second.)
+fn bound_log(store: &Store, dispatcher: Option<&Dispatcher>) {
+    if store.wal_bytes() <= skiff_store::WAL_LIMIT {
+        return;
+    }
+    // While the dispatcher's connection keeps still: a passive checkpoint of its under
+    // way would make this one wait in SQLite's busy handler, which sleeps in steps.
+    let restart = || store.checkpoint_restart(std::time::Duration::from_millis(200));
+    let restarted = match dispatcher {
+        Some(d) => d.while_still(restart),
+        None => restart(),
+    };
+    match restarted {
+        Ok(true) => tracing::debug!("the write-ahead log starts over"),
+        Ok(false) => tracing::debug!("the write-ahead log is in use; starting it over later"),
+        Err(e) => tracing::warn!("starting the write-ahead log over: {e}"),
+    }
 }
 
 /// Does `jobs` under one commit and answers each. Up to `room` new invocations due
