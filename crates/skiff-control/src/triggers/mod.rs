@@ -175,6 +175,7 @@ impl Control {
                 if !self.db().delete_schedule(&name)? {
                     return Err(no_such("schedule", &name));
                 }
+                self.forget_delivery_policy(&schedule_origin(&name));
                 self.scheduler.reload();
                 tracing::info!(schedule = %name, "schedule removed");
                 Ok(TriggerAnswer::Removed(name))
@@ -195,8 +196,18 @@ impl Control {
                     .ok_or_else(|| no_such("topic", &name))
             }
             C::RemoveTopic { name } => {
+                let gone: Vec<String> = self
+                    .db()
+                    .subscriptions()?
+                    .into_iter()
+                    .filter(|s| s.spec.topic == name)
+                    .map(|s| s.name)
+                    .collect();
                 if !self.db().delete_topic(&name)? {
                     return Err(no_such("topic", &name));
+                }
+                for subscription in &gone {
+                    self.forget_delivery_policy(&subscription_origin(subscription));
                 }
                 self.topics.reload(&self.db(), &self.router)?;
                 tracing::info!(topic = %name, "topic removed with its subscriptions");

@@ -167,10 +167,7 @@ fn spec_of_schedule(a: &ScheduleArgs) -> ScheduleSpec {
 }
 
 fn when(ms: Option<i64>) -> String {
-    ms.map_or_else(
-        || "-".into(),
-        |t| skiff_sandbox::rfc3339(t.div_euclid(1000), (t.rem_euclid(1000) * 1_000_000) as u32),
-    )
+    ms.map_or_else(|| "-".into(), super::invocations::millis_text)
 }
 
 fn counts(c: &Option<InvocationCounts>) -> String {
@@ -431,11 +428,7 @@ pub fn events(client: &Client, format: Format, command: EventsCommand) -> anyhow
         let rows: Vec<Vec<String>> = list
             .iter()
             .map(|i| {
-                let last = match (&i.last_status, &i.last_error) {
-                    (_, Some(error)) => error.clone(),
-                    (Some(status), None) => status.to_string(),
-                    (None, None) => String::new(),
-                };
+                let last = super::invocations::last_outcome(i);
                 vec![
                     i.id.clone(),
                     i.state.to_uppercase(),

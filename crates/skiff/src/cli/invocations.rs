@@ -34,6 +34,20 @@ pub fn redrive(
     Ok(())
 }
 
+/// How a delivery's last attempt ended, for a table: why it failed, else its status.
+pub fn last_outcome(i: &InvocationInfo) -> String {
+    match (&i.last_status, &i.last_error) {
+        (_, Some(error)) => error.clone(),
+        (Some(status), None) => status.to_string(),
+        (None, None) => String::new(),
+    }
+}
+
+/// Unix milliseconds as RFC 3339.
+pub fn millis_text(t: i64) -> String {
+    skiff_sandbox::rfc3339(t.div_euclid(1000), (t.rem_euclid(1000) * 1_000_000) as u32)
+}
+
 pub fn run(client: &Client, format: Format, service: &str, limit: u32) -> anyhow::Result<()> {
     let list: Vec<InvocationInfo> = client.call(
         hyper::Method::GET,
@@ -47,20 +61,13 @@ pub fn run(client: &Client, format: Format, service: &str, limit: u32) -> anyhow
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|i| {
-            let ms = |t: i64| {
-                skiff_sandbox::rfc3339(t.div_euclid(1000), (t.rem_euclid(1000) * 1_000_000) as u32)
-            };
-            let last = match (&i.last_status, &i.last_error) {
-                (_, Some(error)) => error.clone(),
-                (Some(status), None) => status.to_string(),
-                (None, None) => String::new(),
-            };
+            let last = last_outcome(i);
             vec![
                 i.id.clone(),
                 i.state.to_uppercase(),
                 format!("{} {}", i.method, i.target),
                 i.attempts.to_string(),
-                ms(i.created_ms),
+                millis_text(i.created_ms),
                 last,
             ]
         })
