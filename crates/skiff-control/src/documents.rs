@@ -434,14 +434,10 @@ pub struct InvocationInfo {
     pub event_id: Option<String>,
 }
 
-/// The value of field `name` (lowercase) in `fields` (`name: value\r\n` each).
+/// The text of kept field `name`, if it is there and is text.
 fn field_value(fields: &[u8], name: &str) -> Option<String> {
-    fields.split(|b| *b == b'\n').find_map(|line| {
-        let (n, v) = std::str::from_utf8(line).ok()?.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_owned())
-    })
+    let value = crate::invocations::fields::value(fields, name)?;
+    std::str::from_utf8(value).ok().map(str::to_owned)
 }
 
 impl From<&skiff_store::InvocationRecord> for InvocationInfo {

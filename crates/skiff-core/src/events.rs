@@ -237,11 +237,6 @@ fn check_delivery(d: &Delivery) -> Result<(), SpecError> {
     d.check().map_err(|(field, why)| SpecError { field, why })
 }
 
-/// The name of a schedule, topic or subscription: a DNS label, as a service's.
-pub fn validate_event_name(kind: &str, name: &str) -> Result<(), SpecError> {
-    validate_label_name(kind, name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,8 +33,7 @@ pub use egress::{
     egress_rules_text, parse_egress_rules, Destination, EgressMode, EgressRule, HOST_NAME,
 };
 pub use events::{
-    validate_event_name, EventFormat, Filter, FilterOp, ScheduleSpec, SubscriptionSpec,
-    MAX_FILTERS, MAX_SCHEDULE_DATA,
+    EventFormat, Filter, FilterOp, ScheduleSpec, SubscriptionSpec, MAX_FILTERS, MAX_SCHEDULE_DATA,
 };
 pub use patch::{PatchError, ProbePatch, SpecPatch};
 pub use probe::{Probe, MAX_EXEC_ARGS, MAX_EXEC_BYTES};

@@ -101,7 +101,51 @@ pub(crate) async fn accept(
             return c.respond_local(status, why, None, keep_on_error).await;
         }
     };
-    accept_whole(c, sink, service, info, len, admitted, deadline).await
+    let req = &c.buf[c.start..];
+    let key = match c.head.idempotency_key(req).map(idempotency_key).transpose() {
+        Ok(key) => key,
+        Err(why) => {
+            c.start += info.head_len;
+            return c.respond_local(400, why, None, keep_on_error).await;
+        }
+    };
+    let mut fields = Vec::new();
+    c.head
+        .write_kept_fields(&mut fields, req, admitted.drop_authorization);
+    let method = String::from_utf8_lossy(c.head.method(req)).into_owned();
+    let target = String::from_utf8_lossy(&c.head.origin_target(req)).into_owned();
+    c.start += info.head_len;
+    let body = match read_whole(c, len, info, deadline).await {
+        Ok(body) => body,
+        Err(goes_on) => return goes_on,
+    };
+    let request = AsyncRequest {
+        service: service.to_owned(),
+        method,
+        target,
+        fields,
+        body,
+        idempotency_key: key,
+        caller: admitted.caller,
+    };
+    match sink.enqueue(request).await {
+        Ok(accepted) => {
+            c.resp_out.clear();
+            let location = format!("/v1/services/{service}/invocations/{}", accepted.id);
+            h1::write_accepted(
+                &mut c.resp_out,
+                &accepted.id,
+                &location,
+                &c.request_id,
+                info.keep_alive,
+            );
+            c.stream.write_all(&c.resp_out).await.is_ok() && info.keep_alive
+        }
+        Err(e) => {
+            let why = format!("skiff: the request could not be kept: {e}");
+            c.respond_local(503, &why, Some(1), info.keep_alive).await
+        }
+    }
 }
 
 /// The checks on a body kept whole: its length known and at most [`MAX_ASYNC_BODY`].
@@ -185,65 +229,6 @@ pub(crate) async fn publish(
             c.stream.write_all(&c.resp_out).await.is_ok() && info.keep_alive
         }
         Err((status, why)) => c.respond_local(status, &why, None, info.keep_alive).await,
-    }
-}
-
-/// Keeps the request (its body of `len` bytes still to read) and answers 202.
-async fn accept_whole(
-    c: &mut ClientConn,
-    sink: &dyn AsyncSink,
-    service: &str,
-    info: RequestInfo,
-    len: usize,
-    admitted: proxy::Admitted,
-    deadline: Pin<&mut Sleep>,
-) -> bool {
-    let keep_on_error = info.keep_alive && len == 0;
-
-    let req = &c.buf[c.start..];
-    let key = match c.head.idempotency_key(req).map(idempotency_key).transpose() {
-        Ok(key) => key,
-        Err(why) => {
-            c.start += info.head_len;
-            return c.respond_local(400, why, None, keep_on_error).await;
-        }
-    };
-    let mut fields = Vec::new();
-    c.head
-        .write_kept_fields(&mut fields, req, admitted.drop_authorization);
-    let method = String::from_utf8_lossy(c.head.method(req)).into_owned();
-    let target = String::from_utf8_lossy(&c.head.origin_target(req)).into_owned();
-    c.start += info.head_len;
-    let body = match read_whole(c, len, info, deadline).await {
-        Ok(body) => body,
-        Err(goes_on) => return goes_on,
-    };
-    let request = AsyncRequest {
-        service: service.to_owned(),
-        method,
-        target,
-        fields,
-        body,
-        idempotency_key: key,
-        caller: admitted.caller,
-    };
-    match sink.enqueue(request).await {
-        Ok(accepted) => {
-            c.resp_out.clear();
-            let location = format!("/v1/services/{service}/invocations/{}", accepted.id);
-            h1::write_accepted(
-                &mut c.resp_out,
-                &accepted.id,
-                &location,
-                &c.request_id,
-                info.keep_alive,
-            );
-            c.stream.write_all(&c.resp_out).await.is_ok() && info.keep_alive
-        }
-        Err(e) => {
-            let why = format!("skiff: the request could not be kept: {e}");
-            c.respond_local(503, &why, Some(1), info.keep_alive).await
-        }
     }
 }
 

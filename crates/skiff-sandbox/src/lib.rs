@@ -34,7 +34,7 @@ pub mod userns;
 pub use cgroup::{oom_kills_in, Cgroup, Hierarchy, Limits, Placement};
 pub use freezer::Freezer;
 pub use instance::{Exit, Instance};
-pub use logs::{rfc3339, rfc3339_now, LogBudget, LogLimits, LogRate};
+pub use logs::{rfc3339, rfc3339_ms, rfc3339_now, LogBudget, LogLimits, LogRate};
 pub use net::{host_link_exists, NetworkSlot, ROUTED_PREFIX, SLOTS};
 pub use probe::{ProbeChannel, ProbeStatus};
 pub use seccomp::DENIED as SECCOMP_DENIED;

@@ -359,6 +359,14 @@ pub fn rfc3339_now() -> String {
     rfc3339(d.as_secs() as i64, d.subsec_nanos())
 }
 
+/// Formats Unix milliseconds as RFC 3339 UTC.
+pub fn rfc3339_ms(ms: i64) -> String {
+    rfc3339(
+        ms.div_euclid(1000),
+        (ms.rem_euclid(1000) * 1_000_000) as u32,
+    )
+}
+
 /// Formats a Unix time as RFC 3339 UTC.
 pub fn rfc3339(secs: i64, nanos: u32) -> String {
     let days = secs.div_euclid(86_400);

@@ -28,16 +28,25 @@ impl InvocationState {
     }
 
     fn parse(s: &str) -> Result<Self, StoreError> {
+        s.parse().map_err(|_| StoreError::Corrupt {
+            what: "invocation state",
+            value: s.to_owned(),
+        })
+    }
+}
+
+impl std::str::FromStr for InvocationState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
             "pending" => InvocationState::Pending,
             "delivering" => InvocationState::Delivering,
             "delivered" => InvocationState::Delivered,
             "dead" => InvocationState::Dead,
             other => {
-                return Err(StoreError::Corrupt {
-                    what: "invocation state",
-                    value: other.to_owned(),
-                })
+                return Err(format!(
+                    "{other:?}: want pending, delivering, delivered or dead"
+                ))
             }
         })
     }

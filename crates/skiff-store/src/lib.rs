@@ -33,6 +33,9 @@ pub use tokens::{NewTokenRecord, TokenRecord};
 
 use rusqlite::Connection;
 
+/// How long a connection waits for another's lock before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The size (bytes) a write-ahead log that outgrew it is cut back to when it starts over.
 pub const WAL_LIMIT: u64 = 64 << 20;
 use std::path::{Path, PathBuf};
@@ -156,8 +159,7 @@ impl Store {
             },
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", true)
@@ -189,8 +191,7 @@ impl Store {
         let flags =
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         let version = migrations::version(&conn, path)?;
         if !migrations::is_current(version) {
             return Err(StoreError::Outdated {
@@ -234,7 +235,7 @@ impl Store {
         let busy = self
             .conn
             .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
-        self.conn.busy_timeout(Duration::from_secs(10))?;
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(busy? == 0)
     }
 

@@ -4,7 +4,7 @@
 //! twice leaves one; a copy that dies is not sent on again (no loops between two
 //! services that dead-letter to each other).
 
-use super::{new_id, now_ms};
+use super::{fields, new_id, now_ms};
 use skiff_store::{InvocationRecord, NewInvocation};
 
 /// The origin of dead letters.
@@ -24,24 +24,21 @@ pub(super) fn copy(
     {
         return None;
     }
-    let mut fields = format!("host: {service}.svc.skiff.internal\r\n").into_bytes();
+    let mut fields = fields::host_of(service);
     let mut binary_event = false;
-    for line in dead.fields.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let name = line.split(|b| *b == b':').next().unwrap_or_default();
-        if line.is_empty() || name.eq_ignore_ascii_case(b"host") {
+    for (name, value) in fields::each(&dead.fields) {
+        if name.eq_ignore_ascii_case(b"host") {
             continue;
         }
         binary_event |= name.eq_ignore_ascii_case(b"ce-specversion");
-        fields.extend_from_slice(line);
-        fields.extend_from_slice(b"\r\n");
+        fields::push(&mut fields, &String::from_utf8_lossy(name), value);
     }
     let mut add = |name: &str, value: &str| {
         let value: String = value
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        fields.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        fields::push(&mut fields, name, value.as_bytes());
     };
     add("x-skiff-dead-letter-reason", why);
     add("x-skiff-dead-letter-from", &dead.service);
@@ -49,7 +46,12 @@ pub(super) fn copy(
     if binary_event {
         // Knative's extensions on dead-lettered events: where it was going, and what
         // that answered.
-        let dest = format!("http://{}.svc.skiff.internal{}", dead.service, dead.target);
+        let dest = format!(
+            "http://{}{}{}",
+            dead.service,
+            skiff_router::SERVICE_SUFFIX,
+            dead.target
+        );
         add("ce-knativeerrordest", &dest);
         if let Some(code) = status {
             add("ce-knativeerrorcode", &code.to_string());

@@ -182,8 +182,8 @@ impl Dispatcher {
                 };
                 let me = Arc::clone(&self);
                 tokio::spawn(async move {
-                    let outcome = me.attempt(&invocation).await;
-                    me.record(&invocation, outcome);
+                    let outcome = me.attempt(&invocation, &target).await;
+                    me.record(&invocation, &target, outcome);
                     me.limits.done(&key);
                     drop(slot);
                 });
@@ -247,8 +247,8 @@ impl Dispatcher {
     }
 
     /// One delivery, as the policy sees its end.
-    async fn attempt(&self, invocation: &InvocationRecord) -> Attempt {
-        let timeout = self.target(invocation).1.policy.timeout;
+    async fn attempt(&self, invocation: &InvocationRecord, target: &super::Target) -> Attempt {
+        let timeout = target.policy.timeout;
         match tokio::time::timeout(timeout, self.send(invocation)).await {
             Err(_) => Attempt::TimedOut,
             Ok(Err(())) => Attempt::ConnectionFailed,
@@ -281,12 +281,7 @@ impl Dispatcher {
             .method(invocation.method.as_str())
             .uri(uri);
         let mut caller = None;
-        for line in invocation.fields.split(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|b| *b == b':') else {
-                continue;
-            };
-            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        for (name, value) in super::fields::each(&invocation.fields) {
             if name.eq_ignore_ascii_case(b"x-skiff-caller") {
                 caller = Some(String::from_utf8_lossy(value).into_owned());
                 continue;
@@ -304,14 +299,13 @@ impl Dispatcher {
     }
 
     /// Hands what the policy makes of `attempt` to the recorder.
-    fn record(&self, invocation: &InvocationRecord, attempt: Attempt) {
+    fn record(&self, invocation: &InvocationRecord, target: &super::Target, attempt: Attempt) {
         let age =
             Duration::from_millis(now_ms().saturating_sub(invocation.created_ms).max(0) as u64);
         let status = match attempt {
             Attempt::Answered { status, .. } => Some(status),
             _ => None,
         };
-        let (_, target) = self.target(invocation);
         let outcome = match target.policy.decide(invocation.attempts, age, attempt) {
             Decision::Delivered => InvocationOutcome::Delivered {
                 status: status.unwrap_or(200),

@@ -11,6 +11,7 @@
 
 mod dead_letter;
 mod deliver;
+pub(crate) mod fields;
 mod limits;
 mod writer;
 
@@ -115,8 +116,12 @@ pub(crate) fn new_id() -> String {
 
 /// Unix milliseconds now.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    unix_ms(std::time::SystemTime::now())
+}
+
+/// A time as Unix milliseconds (0 before 1970).
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -194,18 +199,14 @@ impl AsyncSink for InvocationSink {
     }
 }
 
-/// Fields kept as `name: value\r\n` lines, as a header map (lines that are not a
-/// field are left out: the router wrote them).
-fn header_map(fields: &[u8]) -> hyper::header::HeaderMap {
+/// Kept fields as a header map (a field that is not a valid one is left out: the
+/// router wrote them).
+fn header_map(kept: &[u8]) -> hyper::header::HeaderMap {
     let mut map = hyper::HeaderMap::new();
-    for line in fields.split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
+    for (name, value) in fields::each(kept) {
         let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(&line[..colon]),
-            hyper::header::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+            hyper::header::HeaderName::from_bytes(name),
+            hyper::header::HeaderValue::from_bytes(value),
         ) else {
             continue;
         };
@@ -315,19 +316,10 @@ impl Control {
         state: Option<&str>,
         limit: u32,
     ) -> Result<Vec<InvocationRecord>, ControlError> {
-        use skiff_store::InvocationState as S;
         let state = state
-            .map(|s| match s {
-                "pending" => Ok(S::Pending),
-                "delivering" => Ok(S::Delivering),
-                "delivered" => Ok(S::Delivered),
-                "dead" => Ok(S::Dead),
-                other => Err(ControlError::bad_field(
-                    "state",
-                    format!("{other:?}: want pending, delivering, delivered or dead"),
-                )),
-            })
-            .transpose()?;
+            .map(str::parse::<skiff_store::InvocationState>)
+            .transpose()
+            .map_err(|why| ControlError::bad_field("state", why))?;
         let query = skiff_store::InvocationQuery {
             events_only: state.is_none() && service.is_none() && origin.is_none(),
             service,

@@ -202,21 +202,19 @@ pub(crate) fn new_invocation(id: String, request: AsyncRequest, created_ms: i64)
 /// `dev.skiff.invocation` and when it was accepted. Not for a request that already is
 /// an event, in either mode.
 fn add_event_attributes(fields: &mut Vec<u8>, id: &str, service: &str, created_ms: i64) {
-    let is_event = fields.split(|b| *b == b'\n').any(|line| {
-        let lower = line.to_ascii_lowercase();
-        lower.starts_with(b"ce-specversion:")
-            || (lower.starts_with(b"content-type:")
-                && lower
-                    .windows(b"application/cloudevents".len())
-                    .any(|w| w == b"application/cloudevents"))
+    let structured = |value: &[u8]| {
+        let lower = value.to_ascii_lowercase();
+        let marker = b"application/cloudevents";
+        lower.windows(marker.len()).any(|w| w == marker)
+    };
+    let is_event = super::fields::each(fields).any(|(name, value)| {
+        name.eq_ignore_ascii_case(b"ce-specversion")
+            || (name.eq_ignore_ascii_case(b"content-type") && structured(value))
     });
     if is_event {
         return;
     }
-    let time = skiff_sandbox::rfc3339(
-        created_ms.div_euclid(1000),
-        (created_ms.rem_euclid(1000) * 1_000_000) as u32,
-    );
+    let time = skiff_sandbox::rfc3339_ms(created_ms);
     fields.extend_from_slice(
         format!(
             "ce-specversion: 1.0\r\nce-id: {id}\r\nce-source: /skiff/services/{service}\r\n\
@@ -234,9 +232,7 @@ pub const INVOCATION_TYPE: &str = "dev.skiff.invocation";
 fn with_caller(request: &AsyncRequest) -> Vec<u8> {
     let mut fields = Vec::with_capacity(request.fields.len() + 64);
     if let Some(caller) = &request.caller {
-        fields.extend_from_slice(b"x-skiff-caller: ");
-        fields.extend_from_slice(caller.as_bytes());
-        fields.extend_from_slice(b"\r\n");
+        super::fields::push(&mut fields, "x-skiff-caller", caller.as_bytes());
     }
     fields.extend_from_slice(&request.fields);
     fields

@@ -12,13 +12,14 @@ mod schedules;
 mod topics;
 
 use crate::documents::{InvocationCounts, ScheduleDetail, SubscriptionDetail, TopicDetail};
+use crate::invocations::fields;
 use crate::{Control, ControlError};
-use skiff_core::{validate_event_name, EventFormat, ScheduleSpec, SubscriptionSpec};
+use skiff_core::{validate_label_name, EventFormat, ScheduleSpec, SubscriptionSpec};
 use skiff_events::{CloudEvent, Mode};
 use skiff_store::NewInvocation;
 
-pub(crate) use schedules::Scheduler;
 pub use schedules::PING_TYPE;
+pub(crate) use schedules::{start as start_scheduler, Scheduler};
 pub(crate) use topics::Topics;
 pub use topics::MAX_EVENT_BYTES;
 
@@ -99,12 +100,9 @@ impl Outbound<'_> {
         };
         let out = skiff_events::write_event(self.event, mode)
             .map_err(|e| ControlError::invalid_request(e.to_string()))?;
-        let mut fields = format!("host: {}.svc.skiff.internal\r\n", self.service).into_bytes();
+        let mut fields = fields::host_of(self.service);
         for (name, value) in &out.headers {
-            fields.extend_from_slice(name.as_bytes());
-            fields.extend_from_slice(b": ");
-            fields.extend_from_slice(value);
-            fields.extend_from_slice(b"\r\n");
+            fields::push(&mut fields, name, value);
         }
         Ok(NewInvocation {
             id: self.id,
@@ -121,13 +119,9 @@ impl Outbound<'_> {
     }
 }
 
-/// Starts the scheduler, which stores its runs through `emitter`.
-pub(crate) fn start_scheduler(ctl: std::sync::Arc<Control>, emitter: crate::invocations::Emitter) {
-    schedules::start(ctl, emitter);
-}
-
 fn bad_name(kind: &str, name: &str) -> Result<(), ControlError> {
-    validate_event_name(kind, name).map_err(|e| ControlError::bad_field("name", e.why))
+    // A DNS label, as a service's name.
+    validate_label_name(kind, name).map_err(|e| ControlError::bad_field("name", e.why))
 }
 
 fn spec_error(e: skiff_core::SpecError) -> ControlError {
@@ -149,13 +143,10 @@ impl Control {
             _ => Some(self.write_lock.lock().await),
         };
         match command {
-            C::ListSchedules => Ok(TriggerAnswer::Schedules(self.schedule_details()?)),
-            C::DescribeSchedule { name } => self
-                .schedule_details()?
-                .into_iter()
-                .find(|s| s.name == name)
-                .map(TriggerAnswer::Schedule)
-                .ok_or_else(|| no_such("schedule", &name)),
+            C::ListSchedules => Ok(TriggerAnswer::Schedules(self.schedule_details(None)?)),
+            C::DescribeSchedule { name } => {
+                self.schedule_detail(&name).map(TriggerAnswer::Schedule)
+            }
             C::PutSchedule {
                 name,
                 spec,
@@ -163,13 +154,7 @@ impl Control {
             } => {
                 self.put_schedule(&name, &spec, create_only)?;
                 self.scheduler.reload();
-                let detail = self
-                    .schedule_details()?
-                    .into_iter()
-                    .find(|s| s.name == name);
-                detail
-                    .map(TriggerAnswer::Schedule)
-                    .ok_or_else(|| no_such("schedule", &name))
+                self.schedule_detail(&name).map(TriggerAnswer::Schedule)
             }
             C::RemoveSchedule { name } => {
                 if !self.db().delete_schedule(&name)? {
@@ -213,18 +198,17 @@ impl Control {
                 tracing::info!(topic = %name, "topic removed with its subscriptions");
                 Ok(TriggerAnswer::Removed(name))
             }
-            C::ListSubscriptions => Ok(TriggerAnswer::Subscriptions(self.subscription_details()?)),
+            C::ListSubscriptions => Ok(TriggerAnswer::Subscriptions(
+                self.subscription_details(None)?,
+            )),
             C::PutSubscription {
                 name,
                 spec,
                 create_only,
             } => {
                 self.put_subscription(&name, &spec, create_only)?;
-                let detail = self
-                    .subscription_details()?
-                    .into_iter()
-                    .find(|s| s.name == name);
-                detail
+                self.subscription_details(Some(&name))?
+                    .pop()
                     .map(TriggerAnswer::Subscription)
                     .ok_or_else(|| no_such("subscription", &name))
             }
@@ -320,10 +304,19 @@ impl Control {
         Ok(crate::invocations::counts_document(counts, oldest))
     }
 
-    fn schedule_details(&self) -> Result<Vec<ScheduleDetail>, ControlError> {
+    /// Schedule `name` with its next run and its deliveries' counts.
+    fn schedule_detail(&self, name: &str) -> Result<ScheduleDetail, ControlError> {
+        self.schedule_details(Some(name))?
+            .pop()
+            .ok_or_else(|| no_such("schedule", name))
+    }
+
+    /// Every schedule (or only the one named) with its next run and deliveries' counts.
+    fn schedule_details(&self, only: Option<&str>) -> Result<Vec<ScheduleDetail>, ControlError> {
         let records = self.db().schedules()?;
         records
             .into_iter()
+            .filter(|r| only.is_none_or(|name| r.name == name))
             .map(|r| {
                 Ok(ScheduleDetail {
                     next_run_ms: self.scheduler.next_run(&r.name),
@@ -355,10 +348,15 @@ impl Control {
             .collect())
     }
 
-    fn subscription_details(&self) -> Result<Vec<SubscriptionDetail>, ControlError> {
+    /// Every subscription (or only the one named) with its deliveries' counts.
+    fn subscription_details(
+        &self,
+        only: Option<&str>,
+    ) -> Result<Vec<SubscriptionDetail>, ControlError> {
         let records = self.db().subscriptions()?;
         records
             .into_iter()
+            .filter(|r| only.is_none_or(|name| r.name == name))
             .map(|r| {
                 Ok(SubscriptionDetail {
                     deliveries: self.counts(&subscription_origin(&r.name))?,

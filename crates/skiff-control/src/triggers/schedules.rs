@@ -9,7 +9,7 @@
 //! once ([`skiff_events::Schedule::on_start`]). A schedule made or changed starts from now.
 
 use super::{schedule_origin, Outbound};
-use crate::invocations::{new_id, Emitter};
+use crate::invocations::{new_id, unix_ms, Emitter};
 use crate::Control;
 use skiff_core::ScheduleSpec;
 use skiff_events::Schedule;
@@ -59,11 +59,6 @@ struct Plan {
     spec: ScheduleSpec,
     schedule: Schedule,
     next: Option<SystemTime>,
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn from_unix_ms(ms: i64) -> SystemTime {

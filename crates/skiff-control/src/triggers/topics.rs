@@ -64,15 +64,10 @@ impl Topics {
 
 /// An event's context attributes and extensions as text, by name.
 fn attributes(event: &CloudEvent) -> HashMap<String, String> {
-    let mut all = HashMap::new();
-    for (name, value) in event.iter() {
-        all.insert(name.to_owned(), value.to_string());
-    }
-    // `iter` gives `type` as it is named on the wire; make sure of the common ones.
-    all.insert("type".into(), event.ty().to_owned());
-    all.insert("source".into(), event.source().to_string());
-    all.insert("id".into(), event.id().to_owned());
-    all
+    event
+        .iter()
+        .map(|(name, value)| (name.to_owned(), value.to_string()))
+        .collect()
 }
 
 impl Control {

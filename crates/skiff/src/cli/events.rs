@@ -167,7 +167,7 @@ fn spec_of_schedule(a: &ScheduleArgs) -> ScheduleSpec {
 }
 
 fn when(ms: Option<i64>) -> String {
-    ms.map_or_else(|| "-".into(), super::invocations::millis_text)
+    ms.map_or_else(|| "-".into(), skiff_sandbox::rfc3339_ms)
 }
 
 fn counts(c: &Option<InvocationCounts>) -> String {
@@ -356,9 +356,7 @@ pub fn topic(client: &Client, format: Format, command: TopicCommand) -> anyhow::
 }
 
 pub fn publish(client: &Client, format: Format, a: PublishArgs) -> anyhow::Result<()> {
-    let id =
-        a.id.clone()
-            .unwrap_or_else(|| format!("{:016x}", rand_id()));
+    let id = a.id.clone().unwrap_or_else(|| crate::launch::random_id(""));
     let data = a
         .data
         .as_ref()
@@ -399,14 +397,6 @@ pub fn publish(client: &Client, format: Format, a: PublishArgs) -> anyhow::Resul
             );
         }
     })
-}
-
-/// A new event id: the time and the process, enough to tell a CLI's events apart.
-fn rand_id() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    (now.as_nanos() as u64) ^ (u64::from(std::process::id()) << 48)
 }
 
 pub fn events(client: &Client, format: Format, command: EventsCommand) -> anyhow::Result<()> {

@@ -43,11 +43,6 @@ pub fn last_outcome(i: &InvocationInfo) -> String {
     }
 }
 
-/// Unix milliseconds as RFC 3339.
-pub fn millis_text(t: i64) -> String {
-    skiff_sandbox::rfc3339(t.div_euclid(1000), (t.rem_euclid(1000) * 1_000_000) as u32)
-}
-
 pub fn run(client: &Client, format: Format, service: &str, limit: u32) -> anyhow::Result<()> {
     let list: Vec<InvocationInfo> = client.call(
         hyper::Method::GET,
@@ -67,7 +62,7 @@ pub fn run(client: &Client, format: Format, service: &str, limit: u32) -> anyhow
                 i.state.to_uppercase(),
                 format!("{} {}", i.method, i.target),
                 i.attempts.to_string(),
-                millis_text(i.created_ms),
+                skiff_sandbox::rfc3339_ms(i.created_ms),
                 last,
             ]
         })

@@ -62,6 +62,12 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError(ControlError::invalid_request(e.body_text()))
+    }
+}
+
 fn status_of(e: &ControlError) -> StatusCode {
     match e {
         ControlError::InvalidRequest { .. } | ControlError::InvalidSpec { .. } => {
@@ -355,7 +361,7 @@ async fn logs(
     Path(name): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError(ControlError::invalid_request(e.body_text())))?;
+    let Query(q) = query?;
     let history = skiff_control::logs::history(&s.ctl, &name, q.since.as_deref())?;
     // A bounded channel: the files are read as fast as the client takes the lines.
     let (tx, rx) = mpsc::channel(256);

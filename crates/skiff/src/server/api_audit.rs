@@ -9,7 +9,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::Json;
-use skiff_control::ControlError;
 
 /// Who asks over the root-only unix socket.
 pub(super) const UNIX_SOCKET_USER: &str = "root (unix socket)";
@@ -62,7 +61,6 @@ async fn read(
     State(s): State<AppState>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::from(ControlError::invalid_request(e.body_text())))?;
+    let Query(q) = query?;
     Ok(Json(s.ctl.audit_log(q.limit)?).into_response())
 }

@@ -13,7 +13,6 @@ use axum::routing::{get, MethodRouter};
 use axum::Json;
 use skiff_control::configmaps::{ConfigMapAnswer, ConfigMapCommand};
 use skiff_control::documents::ConfigMapWrite;
-use skiff_control::ControlError;
 
 pub(super) fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
@@ -58,8 +57,7 @@ async fn put(
     query: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Json<ConfigMapWrite>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::from(ControlError::invalid_request(e.body_text())))?;
+    let Query(q) = query?;
     let Json(write) = body?;
     run(
         &s,

@@ -67,11 +67,6 @@ struct PutQuery {
     create: bool,
 }
 
-fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::from(ControlError::invalid_request(e.body_text())))
-}
-
 /// Over TCP, a trigger may only deliver to a service the token covers.
 fn covers(grant: &Option<axum::Extension<Grant>>, service: &str) -> Result<(), ApiError> {
     match grant {
@@ -103,7 +98,7 @@ async fn put_schedule(
     q: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Json<TriggerWrite<ScheduleSpec>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
+    let Query(q) = q?;
     let Json(write) = body?;
     covers(&grant, &write.spec.to)?;
     let command = TriggerCommand::PutSchedule {
@@ -150,7 +145,7 @@ async fn put_subscription(
     q: Result<Query<PutQuery>, axum::extract::rejection::QueryRejection>,
     body: Result<Json<TriggerWrite<SubscriptionSpec>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
+    let Query(q) = q?;
     let Json(write) = body?;
     covers(&grant, &write.spec.to)?;
     let command = TriggerCommand::PutSubscription {
@@ -206,7 +201,7 @@ async fn list_events(
     grant: Option<axum::Extension<Grant>>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
+    let Query(q) = q?;
     let ctl = std::sync::Arc::clone(&s.ctl);
     let records = tokio::task::spawn_blocking(move || {
         ctl.events(q.service, q.origin, q.state.as_deref(), q.limit)

@@ -45,8 +45,7 @@ async fn list(
     Path(name): Path<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::from(ControlError::invalid_request(e.body_text())))?;
+    let Query(q) = query?;
     let ctl = std::sync::Arc::clone(&s.ctl);
     let records = tokio::task::spawn_blocking(move || ctl.invocations(&name, q.limit))
         .await
