@@ -28,31 +28,14 @@ struct Addresses {
 }
 
 /// The control plane's answers to the router.
+#[derive(Default)]
 pub struct ServiceGate {
-    /// The daemon's own deliveries of async invocations bear this (made at start, kept
-    /// in memory only).
-    delivery_token: String,
     /// Valid tokens by id; replaced whole when tokens change.
     tokens: RwLock<Arc<HashMap<String, Token>>>,
     addresses: RwLock<Addresses>,
 }
 
-impl Default for ServiceGate {
-    fn default() -> Self {
-        ServiceGate {
-            delivery_token: crate::supervisor::random_hex(32),
-            tokens: RwLock::default(),
-            addresses: RwLock::default(),
-        }
-    }
-}
-
 impl ServiceGate {
-    /// What the daemon's deliveries put in `X-Skiff-Delivery`.
-    pub(crate) fn delivery_token(&self) -> String {
-        self.delivery_token.clone()
-    }
-
     /// Takes the valid tokens among `records` (revoked ones and ones of unknown roles
     /// are left out), in place of the ones it had.
     pub(crate) fn load_tokens(&self, records: Vec<TokenRecord>) {
@@ -99,20 +82,6 @@ impl ServiceGate {
 }
 
 impl Gate for ServiceGate {
-    fn check_delivery(&self, value: &str) -> Option<Arc<str>> {
-        let (token, caller) = value.split_once(' ').unwrap_or((value, ""));
-        let same =
-            skiff_secrets::token::same_bytes(token.as_bytes(), self.delivery_token.as_bytes());
-        let caller = caller.trim();
-        same.then(|| {
-            Arc::from(if caller.is_empty() {
-                "skiff/async"
-            } else {
-                caller
-            })
-        })
-    }
-
     fn service_at(&self, addr: IpAddr) -> Option<Arc<str>> {
         let a = self.addresses.read().unwrap_or_else(|p| p.into_inner());
         a.service_at

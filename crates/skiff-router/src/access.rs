@@ -51,11 +51,6 @@ pub trait Gate: Send + Sync + 'static {
     fn service_at(&self, addr: IpAddr) -> Option<Arc<str>>;
     /// What token `text` is to `service`.
     fn check_token(&self, text: &str, service: &str) -> TokenCheck;
-    /// For an `X-Skiff-Delivery` value: the caller the daemon's delivery of an async
-    /// invocation speaks for, if the value bears the daemon's own delivery token.
-    fn check_delivery(&self, _value: &str) -> Option<Arc<str>> {
-        None
-    }
     /// What token `text` is to publishing events (Allowed: it may publish to topics).
     fn check_publisher(&self, _text: &str) -> TokenCheck {
         TokenCheck::Invalid
@@ -92,21 +87,10 @@ pub(crate) fn decide(
     private: &Private,
     peer: IpAddr,
     authorization: Option<&[u8]>,
-    delivery: Option<&[u8]>,
 ) -> Verdict {
     let Some(gate) = gate else {
         return Verdict::Forbidden("the service is private and nothing may call it here");
     };
-    // An async invocation the daemon delivers was let in when it was accepted.
-    if let Some(caller) = delivery
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| gate.check_delivery(v))
-    {
-        return Verdict::Allowed {
-            caller: caller.to_string(),
-            token_used: false,
-        };
-    }
     if let Some(service) = gate.service_at(peer) {
         if private.callers.allow(&service) {
             return Verdict::Allowed {
@@ -181,9 +165,6 @@ mod tests {
                 _ => TokenCheck::Invalid,
             }
         }
-        fn check_delivery(&self, value: &str) -> Option<Arc<str>> {
-            value.strip_prefix("secret ").map(Arc::from)
-        }
     }
 
     fn private(callers: Callers) -> Private {
@@ -199,7 +180,6 @@ mod tests {
             p,
             peer.parse().unwrap(),
             auth.map(str::as_bytes),
-            None,
         )
     }
 
@@ -223,28 +203,6 @@ mod tests {
             ask(&any, "127.0.0.1", None),
             Verdict::Forbidden(_)
         ));
-    }
-
-    #[test]
-    fn the_daemons_own_delivery_comes_in_as_its_first_caller() {
-        let p = private(Callers::Only(Vec::new()));
-        let ask = |delivery: &[u8]| {
-            decide(
-                Some(&FakeGate),
-                &p,
-                "127.0.0.1".parse().unwrap(),
-                None,
-                Some(delivery),
-            )
-        };
-        assert_eq!(
-            ask(b"secret service/front"),
-            Verdict::Allowed {
-                caller: "service/front".into(),
-                token_used: false
-            }
-        );
-        assert!(matches!(ask(b"guess service/front"), Verdict::Forbidden(_)));
     }
 
     #[test]
@@ -280,13 +238,7 @@ mod tests {
             Verdict::Forbidden(_)
         ));
         assert!(matches!(
-            decide(
-                None,
-                &p,
-                "10.0.0.2".parse().unwrap(),
-                Some(b"Bearer good"),
-                None
-            ),
+            decide(None, &p, "10.0.0.2".parse().unwrap(), Some(b"Bearer good"),),
             Verdict::Forbidden(_)
         ));
     }

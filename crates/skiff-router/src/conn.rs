@@ -333,14 +333,7 @@ async fn handle(
     let admitted = match route.private() {
         None => proxy::Admitted::default(),
         Some(private) => {
-            let delivery = head.delivery(req);
-            match access::decide(
-                router.gate(),
-                private,
-                c.peer,
-                head.authorization(req),
-                delivery,
-            ) {
+            match access::decide(router.gate(), private, c.peer, head.authorization(req)) {
                 Verdict::Allowed { caller, token_used } => proxy::Admitted {
                     caller: Some(caller),
                     drop_authorization: token_used,

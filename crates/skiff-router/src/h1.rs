@@ -68,9 +68,6 @@ enum Field {
     Authorization,
     /// X-Skiff-Caller, which only the router sets: a client's is always dropped.
     SkiffCaller,
-    /// X-Skiff-Delivery: the daemon's own deliveries of async invocations say so (with
-    /// a token only it knows); never forwarded.
-    SkiffDelivery,
     /// RFC 7240's Prefer (`respond-async`).
     Prefer,
     /// The IETF draft's Idempotency-Key, which deduplicates async invocations.
@@ -95,7 +92,6 @@ fn classify(name: &[u8]) -> Field {
         14 if is("content-length") => Field::ContentLength,
         15 if is("x-forwarded-for") => Field::XForwardedFor,
         15 if is("idempotency-key") => Field::IdempotencyKey,
-        16 if is("x-skiff-delivery") => Field::SkiffDelivery,
         16 if is("proxy-connection") => Field::HopByHop,
         16 if is("x-forwarded-host") => Field::XForwardedSet,
         17 if is("transfer-encoding") => Field::TransferEncoding,
@@ -345,14 +341,17 @@ impl Head {
         self.first(buf, Field::Authorization)
     }
 
-    /// The first X-Skiff-Delivery field's value, if any.
-    pub fn delivery<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
-        self.first(buf, Field::SkiffDelivery)
-    }
-
     /// The first Idempotency-Key field's value, if any.
     pub fn idempotency_key<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
         self.first(buf, Field::IdempotencyKey)
+    }
+
+    /// The first value of the field called `name` (any case), if any.
+    pub fn field_named<'b>(&self, buf: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|h| buf[h.name.clone()].eq_ignore_ascii_case(name))
+            .map(|h| &buf[h.value.clone()])
     }
 
     fn first<'b>(&self, buf: &'b [u8], field: Field) -> Option<&'b [u8]> {
@@ -400,7 +399,6 @@ impl Head {
             match kind {
                 Field::Host
                 | Field::SkiffCaller
-                | Field::SkiffDelivery
                 | Field::Prefer
                 | Field::IdempotencyKey
                 | Field::Expect
@@ -650,10 +648,7 @@ pub fn write_request_head(out: &mut Vec<u8>, buf: &[u8], head: &Head, fwd: &Forw
         match kind {
             Field::XForwardedFor => forwarded_for.push(value),
             Field::Forwarded => forwarded.push(value),
-            Field::XForwardedSet
-            | Field::XRequestId
-            | Field::SkiffCaller
-            | Field::SkiffDelivery => {}
+            Field::XForwardedSet | Field::XRequestId | Field::SkiffCaller => {}
             Field::Authorization if fwd.drop_authorization => {}
             Field::Expect if head.expect_continue => {}
             // An absolute-form target names the host: the request is routed by it, and the

@@ -26,6 +26,7 @@ mod deferred;
 #[cfg(test)]
 mod fuzz;
 pub mod h1;
+mod local;
 mod pool;
 mod proxy;
 mod route;
@@ -34,6 +35,7 @@ pub mod upstream;
 
 pub use access::{Callers, Gate, Private, TokenCheck};
 pub use deferred::{Accepted, AsyncRequest, AsyncSink, PublishRequest, Refusal, MAX_ASYNC_BODY};
+pub use local::LocalAnswer;
 pub use pool::{Hold, Lease, Load, PoolConfig, PoolError, RevisionPool};
 pub use route::Route;
 pub use skiff_kernel::shortcut::{self, Shortcut, ShortcutError};

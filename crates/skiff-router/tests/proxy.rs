@@ -897,3 +897,98 @@ async fn an_async_request_is_kept_whole_and_answered_202_without_reaching_the_ap
     .await;
     assert!(head.starts_with("HTTP/1.1 501 "), "{head}");
 }
+
+/// A router (not listening) with service `svc` served by the instance at `addr`,
+/// private to `front` when `private`.
+fn local_router(addr: SocketAddr, private: bool) -> Router {
+    let router = Router::new("localhost");
+    let pool = RevisionPool::new(PoolConfig {
+        revision: "svc-00001".into(),
+        concurrency: 0,
+        queue_limit: 10,
+        timeout: LIMIT,
+    });
+    pool.add_instance(Upstream::new("fake", Target::Address(addr)));
+    let access = private.then(|| {
+        Arc::new(skiff_router::Private {
+            service: "svc".into(),
+            callers: skiff_router::Callers::Only(vec!["front".into()]),
+        })
+    });
+    let route = skiff_router::Route::single(pool).with_access(access);
+    router.set_routes("svc", vec![("svc".into(), route)]);
+    router
+}
+
+#[tokio::test]
+async fn a_local_delivery_goes_out_as_the_ingress_would_forward_it_on_a_kept_connection() {
+    let app = instance(Script::Echo).await;
+    let router = local_router(app.addr, false);
+    let head = b"POST /jobs?x=1 HTTP/1.1\r\nhost: svc.svc.skiff.internal\r\nce-id: e1\r\n\
+                 x-skiff-caller: forged\r\n\r\n";
+    for _ in 0..2 {
+        let answer = router.send_local("svc", head, b"hello", "token/ci").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.retry_after, None);
+    }
+    let requests = app.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    let text = String::from_utf8_lossy(&requests[0]).to_ascii_lowercase();
+    assert!(text.starts_with("post /jobs?x=1 http/1.1\r\n"), "{text}");
+    for line in [
+        "host: svc.svc.skiff.internal\r\n",
+        "ce-id: e1\r\n",
+        "x-forwarded-for: 127.0.0.1\r\n",
+        "content-length: 5\r\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    // A public service is told no caller, and a stored one is never passed on.
+    assert!(!text.contains("x-skiff-caller"), "{text}");
+    // The echoed answer was read through, so the second delivery reused the connection.
+    assert_eq!(app.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_local_delivery_names_its_caller_to_a_private_service_only() {
+    let app = instance(Script::Echo).await;
+    let router = local_router(app.addr, true);
+    let head = b"POST / HTTP/1.1\r\nhost: svc.localhost\r\n\r\n";
+    let answer = router.send_local("svc", head, b"", "service/front").await;
+    assert_eq!(answer.status, 200);
+    let text = String::from_utf8_lossy(&app.requests.lock().unwrap()[0]).to_ascii_lowercase();
+    assert!(text.contains("x-skiff-caller: service/front\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn a_local_delivery_gets_the_apps_status_and_retry_after_or_the_routers() {
+    let busy = "HTTP/1.1 503 Busy\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nbusy";
+    let app = instance(Script::Raw(busy)).await;
+    let router = local_router(app.addr, false);
+    let head = b"POST / HTTP/1.1\r\nhost: svc.localhost\r\n\r\n";
+    let answer = router.send_local("svc", head, b"x", "c").await;
+    assert_eq!(
+        (answer.status, answer.retry_after.as_deref()),
+        (503, Some("7"))
+    );
+    // A host no service has, and no service of that name either: what the ingress says.
+    let nowhere = b"POST / HTTP/1.1\r\nhost: gone.localhost\r\n\r\n";
+    assert_eq!(
+        router.send_local("gone", nowhere, b"", "c").await.status,
+        404
+    );
+    // An instance that answers garbage: 502, as through the ingress.
+    let broken = instance(Script::RawThenClose("SPDY/9 ???\r\n\r\n")).await;
+    let router = local_router(broken.addr, false);
+    assert_eq!(router.send_local("svc", head, b"", "c").await.status, 502);
+    // A malformed stored head never reaches an instance.
+    assert_eq!(
+        router
+            .send_local("svc", b"POST /\r\n\r\n", b"", "c")
+            .await
+            .status,
+        400
+    );
+    assert!(broken.requests.lock().unwrap().len() == 1);
+}

@@ -1,6 +1,6 @@
-//! The dispatcher: takes the invocations that are due, delivers each through the ingress
-//! (over kept-alive connections, with the daemon's delivery token in `X-Skiff-Delivery`),
-//! and hands what the delivery policy makes of the outcome to the writer thread, which
+//! The dispatcher: takes the invocations that are due, delivers each through the router
+//! (in memory: routed, split and queued for a slot as the ingress would, see
+//! [`skiff_router::Router::send_local`]), and hands what the delivery policy makes of the outcome to the writer thread, which
 //! writes many under one commit (claims go through it too: it is the one writer). At most [`IN_FLIGHT`] at once; idle, it sleeps until
 //! the next one is due or a new one comes. An outcome not yet written when the daemon
 //! dies leaves its invocation `delivering`, so it goes out again: at least once.
@@ -8,11 +8,8 @@
 use super::now_ms;
 use super::writer::Job;
 use crate::Control;
-use http_body_util::Full;
-use hyper::body::Bytes;
 use skiff_events::{Attempt, Decision};
 use skiff_store::{InvocationOutcome, InvocationRecord, Store};
-use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -29,21 +26,13 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often the write-ahead log is checkpointed (the writer's connection does not).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
 /// Delivers async invocations.
 pub struct Dispatcher {
     /// For reads (what is due next) and the minutely pruning.
     store: Mutex<Store>,
     /// The writer thread: claims and outcomes.
     writer: mpsc::Sender<Job>,
-    ingress: SocketAddr,
-    client: Client,
-    /// Proves a request is the daemon's own delivery (`X-Skiff-Delivery`).
-    token: String,
+    router: skiff_router::Router,
     policies: super::Policies,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -59,20 +48,13 @@ impl Dispatcher {
     pub(crate) fn new(
         store: Store,
         writer: mpsc::Sender<Job>,
-        ingress: SocketAddr,
-        token: String,
+        router: skiff_router::Router,
         policies: super::Policies,
     ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             store: Mutex::new(store),
             writer,
-            ingress,
-            client: hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .pool_max_idle_per_host(IN_FLIGHT)
-            .build_http(),
-            token,
+            router,
             policies,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
@@ -251,51 +233,24 @@ impl Dispatcher {
         let timeout = target.policy.timeout;
         match tokio::time::timeout(timeout, self.send(invocation)).await {
             Err(_) => Attempt::TimedOut,
-            Ok(Err(())) => Attempt::ConnectionFailed,
-            Ok(Ok(attempt)) => attempt,
+            Ok(attempt) => attempt,
         }
     }
 
-    async fn send(&self, invocation: &InvocationRecord) -> Result<Attempt, ()> {
-        let request = self.request(invocation).map_err(drop)?;
-        let response = self.client.request(request).await.map_err(drop)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
+    async fn send(&self, invocation: &InvocationRecord) -> Attempt {
+        let (head, caller) = request_head(invocation);
+        let answer = self
+            .router
+            .send_local(&invocation.service, &head, &invocation.body, &caller)
+            .await;
+        let retry_after = answer
+            .retry_after
+            .as_deref()
             .and_then(|v| skiff_events::parse_retry_after(v, std::time::SystemTime::now()));
-        Ok(Attempt::Answered {
-            status,
+        Attempt::Answered {
+            status: answer.status,
             retry_after,
-        })
-    }
-
-    /// The kept request, with the daemon's claim (and the caller it was accepted from).
-    fn request(
-        &self,
-        invocation: &InvocationRecord,
-    ) -> Result<hyper::Request<Full<Bytes>>, String> {
-        let uri = format!("http://{}{}", self.ingress, invocation.target);
-        let mut builder = hyper::Request::builder()
-            .method(invocation.method.as_str())
-            .uri(uri);
-        let mut caller = None;
-        for (name, value) in super::fields::each(&invocation.fields) {
-            if name.eq_ignore_ascii_case(b"x-skiff-caller") {
-                caller = Some(String::from_utf8_lossy(value).into_owned());
-                continue;
-            }
-            builder = builder.header(name, value);
         }
-        let claim = match caller {
-            Some(caller) => format!("{} {caller}", self.token),
-            None => self.token.clone(),
-        };
-        builder
-            .header("x-skiff-delivery", claim)
-            .body(Full::new(Bytes::from(invocation.body.clone())))
-            .map_err(|e| e.to_string())
     }
 
     /// Hands what the policy makes of `attempt` to the recorder.
@@ -336,10 +291,36 @@ impl Dispatcher {
     }
 }
 
+/// The kept request's head as a client would send it, and who it speaks for: the caller
+/// it was accepted from, else skiff's own deliveries.
+fn request_head(invocation: &InvocationRecord) -> (Vec<u8>, String) {
+    let mut head = Vec::with_capacity(invocation.fields.len() + invocation.target.len() + 32);
+    head.extend_from_slice(invocation.method.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(invocation.target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut caller = None;
+    for (name, value) in super::fields::each(&invocation.fields) {
+        if name.eq_ignore_ascii_case(b"x-skiff-caller") {
+            caller = Some(String::from_utf8_lossy(value).into_owned());
+            continue;
+        }
+        for part in [name, b": ", value, b"\r\n"] {
+            head.extend_from_slice(part);
+        }
+    }
+    head.extend_from_slice(b"\r\n");
+    (head, caller.unwrap_or_else(|| DELIVERY_CALLER.to_owned()))
+}
+
+/// Who a private service is told calls it for deliveries no caller made (schedules,
+/// topics' subscriptions from the API).
+const DELIVERY_CALLER: &str = "skiff/async";
+
 fn describe(attempt: Attempt) -> String {
     match attempt {
         Attempt::Answered { status, .. } => format!("status {status}"),
         Attempt::TimedOut => "timed out".into(),
-        Attempt::ConnectionFailed => "could not connect to the ingress".into(),
+        Attempt::ConnectionFailed => "could not connect".into(),
     }
 }

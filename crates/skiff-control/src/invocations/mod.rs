@@ -20,7 +20,6 @@ use skiff_events::DeliveryPolicy;
 use skiff_router::{Accepted, AsyncRequest, AsyncSink, PublishRequest, Refusal};
 use skiff_store::{InvocationRecord, NewInvocation, Store};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -216,13 +215,10 @@ fn header_map(kept: &[u8]) -> hyper::header::HeaderMap {
 }
 
 impl Control {
-    /// Takes async invocations from the router from now on and delivers them to the
-    /// ingress at `ingress`: two more connections to the store (one writes what comes
+    /// Takes async invocations from the router from now on and delivers them through
+    /// it: two more connections to the store (one writes what comes
     /// in, one delivers), so neither waits on the control plane's.
-    pub fn start_invocations(
-        self: &Arc<Self>,
-        ingress: SocketAddr,
-    ) -> Result<Arc<Dispatcher>, ControlError> {
+    pub fn start_invocations(self: &Arc<Self>) -> Result<Arc<Dispatcher>, ControlError> {
         let path = self.db().path().to_owned();
         let mut delivering = Store::open(&path)?;
         let requeued = delivering.requeue_interrupted_invocations()?;
@@ -236,8 +232,7 @@ impl Control {
         let dispatcher = Dispatcher::new(
             delivering,
             queue.clone(),
-            ingress,
-            self.gate.delivery_token(),
+            self.router.clone(),
             Arc::clone(&self.delivery_policies),
         );
         let writing = Store::open(&path)?;

@@ -301,18 +301,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
         stop_rx.clone(),
     ));
     ctl.restore().await;
-    // Async invocations go back in through the ingress (on loopback when it listens on
-    // every address).
-    let deliver_to = match ingress_addr.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => {
-            SocketAddr::from(([127, 0, 0, 1], ingress_addr.port()))
-        }
-        ip if ip.is_unspecified() => {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, ingress_addr.port()))
-        }
-        _ => ingress_addr,
-    };
-    ctl.start_invocations(deliver_to)
+    ctl.start_invocations()
         .context("starting the delivery of async invocations")?;
 
     let registry_task = match (registry_listener, &registry_addr) {
