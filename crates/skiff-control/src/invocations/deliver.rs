@@ -25,6 +25,8 @@ const KEEP_DEAD: Duration = Duration::from_secs(7 * 24 * 3600);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often the write-ahead log is checkpointed (the writer's connection does not).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How much nicer checkpoints run: copying the log can wait for requests and deliveries.
+const CHECKPOINT_NICE: i32 = 10;
 
 /// Delivers async invocations.
 pub struct Dispatcher {
@@ -123,9 +125,14 @@ impl Dispatcher {
                 let me = Arc::clone(&self);
                 // In the background: deliveries go on meanwhile.
                 tokio::task::spawn_blocking(move || {
+                    // Below the hot path's priority (nice is per thread on Linux), and
+                    // back after: the pool's thread goes on to other work.
+                    let was = rustix::process::getpriority_process(None).unwrap_or(0);
+                    let _ = rustix::process::setpriority_process(None, was + CHECKPOINT_NICE);
                     if let Err(e) = me.store().checkpoint_passive() {
                         tracing::warn!("checkpointing the database: {e}");
                     }
+                    let _ = rustix::process::setpriority_process(None, was);
                 });
             }
             if pruned_at.elapsed() >= PRUNE_EVERY {
