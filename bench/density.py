@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""The measuring half of bench/density: deploys N hello services on a running daemon,
+calls each once from zero, measures what the idle instances cost, calls each again from
+idle, and times `skiff ls`. Prints one block of figures.
+
+Usage: density.py SKIFF N INGRESS_PORT DAEMON_PID"""
+import glob, http.client, os, statistics, subprocess, sys, time
+
+skiff, n, port, daemon = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+
+
+def mem_available():
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise SystemExit("no MemAvailable in /proc/meminfo")
+
+
+def cgroup_bytes(procs):
+    """The memory use (kernel memory included) of the cgroups the daemon's processes
+    are in (instances and prepared sandboxes each have their own), and how many."""
+    dirs = set()
+    for pid in procs:
+        try:
+            lines = open(f"/proc/{pid}/cgroup").read().splitlines()
+        except OSError:
+            continue
+        own = dict((l.split(":", 2)[1], l.split(":", 2)[2]) for l in lines)
+        if "memory" in own:
+            dirs.add(f"/sys/fs/cgroup/memory{own['memory']}/memory.usage_in_bytes")
+        else:
+            dirs.add(f"/sys/fs/cgroup{own.get('', '/')}/memory.current")
+    files = [d for d in dirs if "/skiff/" in d and os.path.exists(d)]
+    return sum(int(open(p).read()) for p in files), len(files)
+
+
+def status(pid, key):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def descendants(pid):
+    kids = {}
+    for task in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = open(task).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(task.split("/")[2]))
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def call_all(label):
+    """Calls each service once, in turn; latencies in ms."""
+    lat = []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for i in range(n):
+        start = time.perf_counter()
+        conn.request("GET", "/", headers={"Host": f"hello-{i}.localhost"})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise SystemExit(f"{label}: hello-{i} answered {resp.status}")
+        lat.append((time.perf_counter() - start) * 1000)
+    conn.close()
+    return lat
+
+
+def pct(values, q):
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def run(*args):
+    done = subprocess.run([skiff, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"skiff {' '.join(args)}: exit {done.returncode}: {done.stderr.strip()}")
+    return done
+
+
+before = mem_available()
+start = time.perf_counter()
+for i in range(n):
+    run("deploy", f"hello-{i}", "--image", "hello", "--idle-timeout", "60m")
+deployed = time.perf_counter() - start
+cold = call_all("from zero")
+time.sleep(2)  # not a readiness wait: lets idle instances settle before memory is read
+after = mem_available()
+procs = descendants(daemon)
+used, cgroups = cgroup_bytes(procs)
+idle = call_all("from idle")
+ls = []
+for _ in range(5):
+    t = time.perf_counter()
+    run("ls")
+    ls.append((time.perf_counter() - t) * 1000)
+rss_all = sum(status(p, "VmRSS") for p in procs if os.path.exists(f"/proc/{p}"))
+mib = 1 << 20
+print(f"N = {n} services, {cgroups} cgroups (instances and prepared sandboxes); deployed in {deployed:.1f} s ({deployed / n * 1000:.1f} ms each)")
+print(f"  per service (an idle instance and a prepared sandbox), all-in: MemAvailable drop {(before - after) / n / mib:.2f} MiB; cgroups' usage {used / n / mib:.2f} MiB")
+print(f"  daemon: RSS {status(daemon, 'VmRSS') / 1024:.0f} MiB, {status(daemon, 'Threads')} threads, {len(os.listdir(f'/proc/{daemon}/fd'))} descriptors; {len(procs)} processes under it (RSS sum {rss_all / 1024:.0f} MiB)")
+print(f"  call each once from zero: p50 {pct(cold, 0.5):.2f} ms, p99 {pct(cold, 0.99):.2f} ms, all {sum(cold) / 1000:.2f} s")
+print(f"  call each once from idle: p50 {pct(idle, 0.5):.2f} ms, p99 {pct(idle, 0.99):.2f} ms, all {sum(idle) / 1000:.2f} s")
+print(f"  skiff ls: median {statistics.median(ls):.0f} ms (5 runs)")
