@@ -7,12 +7,12 @@
 #![allow(unsafe_code)]
 
 use crate::cgroup::Cgroup;
+use crate::log_pump::PumpHandle;
 use crate::net::NetworkSlot;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::fd::OwnedFd;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How an instance ended.
@@ -46,7 +46,7 @@ pub struct Instance {
     network: Option<NetworkSlot>,
     scratch: PathBuf,
     log_path: PathBuf,
-    pump: Option<JoinHandle<()>>,
+    pump: Option<PumpHandle>,
     exit: Option<Exit>,
     /// The signal `stop` sends first.
     stop_signal: i32,
@@ -81,7 +81,7 @@ impl Instance {
         network: Option<NetworkSlot>,
         scratch: PathBuf,
         log_path: PathBuf,
-        pump: JoinHandle<()>,
+        pump: PumpHandle,
     ) -> Instance {
         Instance {
             id,
@@ -249,7 +249,7 @@ impl Instance {
             }
         }
         if let Some(pump) = self.pump.take() {
-            let _ = pump.join();
+            pump.join();
         }
         if let Some(slot) = &self.network {
             crate::net::await_link_gone(slot, Duration::from_secs(2));

@@ -22,6 +22,7 @@ mod child;
 mod freezer;
 mod init;
 mod instance;
+mod log_pump;
 mod logs;
 mod net;
 mod netlink;

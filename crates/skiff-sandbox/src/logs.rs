@@ -11,14 +11,12 @@
 //! - a budget shared by every instance ([`LogBudget`]): when all logs together hold
 //!   it, records are dropped, and the log says how many bytes were, once it can.
 
-use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::OwnedFd;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Longest line kept whole; longer ones are split into partial (`P`) records.
@@ -47,14 +45,14 @@ pub struct LogRate {
 
 /// A token bucket for [`LogRate`], on a clock the caller gives.
 #[derive(Clone, Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     rate: LogRate,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn new(rate: LogRate, now: Instant) -> Bucket {
+    pub(crate) fn new(rate: LogRate, now: Instant) -> Bucket {
         Bucket {
             rate,
             tokens: rate.burst as f64,
@@ -63,7 +61,7 @@ impl Bucket {
     }
 
     /// Takes `n` bytes; returns how long to wait before taking more.
-    fn take(&mut self, n: usize, now: Instant) -> Duration {
+    pub(crate) fn take(&mut self, n: usize, now: Instant) -> Duration {
         let per_sec = self.rate.bytes_per_sec.max(1) as f64;
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
@@ -175,7 +173,7 @@ impl LogFile {
         Ok(())
     }
 
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         let _ = self.out.flush();
     }
 
@@ -221,99 +219,46 @@ impl Records for LogFile {
     }
 }
 
-/// Starts the pump thread; it ends when both pipes reach EOF.
-pub fn spawn(
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    log: LogFile,
-    rate: Option<LogRate>,
-    tee: bool,
-) -> io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("skiff-logs".into())
-        .spawn(move || pump(stdout, stderr, log, rate, tee))
-}
-
-struct Stream {
-    fd: Option<OwnedFd>,
-    name: &'static str,
+/// One of an instance's output pipes, and what it sent of a line not yet ended.
+pub(crate) struct Stream {
+    pub(crate) fd: Option<OwnedFd>,
+    pub(crate) name: &'static str,
     pending: Vec<u8>,
 }
 
-fn pump(stdout: OwnedFd, stderr: OwnedFd, mut log: LogFile, rate: Option<LogRate>, tee: bool) {
-    // Copying logs is background work: at the lowest priority, threads that serve
-    // requests take the CPU first (on Linux this sets the calling thread's nice only).
-    let _ = rustix::process::setpriority_process(None, 19);
-    let mut bucket = rate.map(|r| Bucket::new(r, Instant::now()));
-    let mut streams = [
+impl Stream {
+    pub(crate) fn new(fd: OwnedFd, name: &'static str) -> Stream {
         Stream {
-            fd: Some(stdout),
-            name: "stdout",
+            fd: Some(fd),
+            name,
             pending: Vec::new(),
-        },
-        Stream {
-            fd: Some(stderr),
-            name: "stderr",
-            pending: Vec::new(),
-        },
-    ];
-    let mut buf = vec![0u8; 64 * 1024];
-    while streams.iter().any(|s| s.fd.is_some()) {
-        let ready: Vec<usize> = {
-            let live: Vec<(usize, &OwnedFd)> = streams
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.fd.as_ref().map(|fd| (i, fd)))
-                .collect();
-            let mut fds: Vec<PollFd<'_>> = live
-                .iter()
-                .map(|(_, fd)| PollFd::new(*fd, PollFlags::IN))
-                .collect();
-            if poll(&mut fds, None).is_err() {
-                continue;
-            }
-            fds.iter()
-                .zip(&live)
-                .filter(|(p, _)| !p.revents().is_empty())
-                .map(|(_, (i, _))| *i)
-                .collect()
-        };
-        for i in ready {
-            let s = &mut streams[i];
-            let Some(fd) = &s.fd else { continue };
-            match rustix::io::read(fd, &mut buf) {
-                Ok(0) | Err(_) => {
-                    if !s.pending.is_empty() {
-                        let rest = std::mem::take(&mut s.pending);
-                        record(&mut log, &rfc3339_now(), s.name, "F", &rest);
-                    }
-                    s.fd = None;
-                }
-                Ok(n) => {
-                    // Past the rate, the pipes are left unread: the app blocks on them.
-                    if let Some(b) = bucket.as_mut() {
-                        let wait = b.take(n, Instant::now());
-                        if !wait.is_zero() {
-                            std::thread::sleep(wait);
-                        }
-                    }
-                    if tee {
-                        let _ = if i == 0 {
-                            io::stdout()
-                                .write_all(&buf[..n])
-                                .and_then(|_| io::stdout().flush())
-                        } else {
-                            io::stderr().write_all(&buf[..n])
-                        };
-                    }
-                    s.pending.extend_from_slice(&buf[..n]);
-                    drain_lines(&mut log, s);
-                }
-            }
         }
-        log.flush();
     }
-    log.flush();
+
+    /// Logs the complete lines (and long partial ones) that `bytes` ends.
+    pub(crate) fn take(&mut self, bytes: &[u8], log: &mut LogFile) {
+        self.pending.extend_from_slice(bytes);
+        drain_lines(log, self);
+    }
+
+    /// Logs what is left of a line the pipe ended in the middle of.
+    pub(crate) fn flush_rest(&mut self, log: &mut LogFile) {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            record(log, &rfc3339_now(), self.name, "F", &rest);
+        }
+    }
+}
+
+/// Copies raw output to this process's own stdout (`which` 0) or stderr.
+pub(crate) fn tee(which: usize, bytes: &[u8]) {
+    let _ = if which == 0 {
+        io::stdout()
+            .write_all(bytes)
+            .and_then(|_| io::stdout().flush())
+    } else {
+        io::stderr().write_all(bytes)
+    };
 }
 
 /// Records the complete lines of `s.pending` (and long partial ones), all stamped with

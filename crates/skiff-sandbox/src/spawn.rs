@@ -514,8 +514,9 @@ impl Prepared {
             .expect("a prepared sandbox has its output pipes");
         let log = crate::logs::LogFile::new(self.log_path.clone(), log, self.log_max_bytes)
             .within(self.log_limits.budget.clone());
-        let pump = crate::logs::spawn(out_r, errout_r, log, self.log_limits.rate, self.tee_output)
-            .map_err(prep("starting the log pump"))?;
+        let pump =
+            crate::log_pump::spawn(out_r, errout_r, log, self.log_limits.rate, self.tee_output)
+                .map_err(prep("starting the log pump"))?;
         let cgroup = self
             .cgroup
             .take()
