@@ -10,9 +10,8 @@
 //! delivery is due or what its answer means (see skiff-events' delivery policy).
 
 use crate::body::BodyTracker;
-use crate::buffers::READ_CHUNK;
+use crate::buffers::{self, READ_CHUNK};
 use crate::h1::{self, BodyLen, Forwarding, Head};
-use crate::pool::PoolError;
 use crate::upstream::{Connection, RequestSize};
 use crate::Router;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,13 +92,16 @@ impl Router {
         let replayable = parsed.is_idempotent(head) && body.is_empty();
         let lease = match tokio::time::timeout_at(deadline, pool.acquire()).await {
             Err(_) => return LocalAnswer::router(504, None),
-            Ok(Err(e)) => return refused(&e),
+            Ok(Err(e)) => {
+                let (status, retry_after) = e.status();
+                return LocalAnswer::router(status, retry_after);
+            }
             Ok(Ok(lease)) => lease,
         };
         let upstream = lease.upstream();
         let size = RequestSize::Known(out.len() as u64);
         let exchange = async {
-            let mut conn = upstream.connection(size).await.map_err(|_| None)?;
+            let mut conn = upstream.connection(size).await.map_err(drop)?;
             let mut fresh_once = false;
             loop {
                 match exchange(&mut conn, &out, is_head).await {
@@ -113,9 +115,9 @@ impl Router {
                     // on a new one, when the app cannot have acted on it.
                     Err(Stale { sent }) if conn.reused && !fresh_once && (!sent || replayable) => {
                         fresh_once = true;
-                        conn = upstream.open(size).await.map_err(|_| None)?;
+                        conn = upstream.open(size).await.map_err(drop)?;
                     }
-                    Err(_) => return Err(None::<()>),
+                    Err(_) => return Err(()),
                 }
             }
         };
@@ -124,17 +126,6 @@ impl Router {
             Ok(Err(_)) => LocalAnswer::router(502, None),
             Ok(Ok(answer)) => answer,
         }
-    }
-}
-
-/// The status the ingress answers when a pool refuses a request.
-fn refused(e: &PoolError) -> LocalAnswer {
-    match e {
-        PoolError::Overloaded(_) => LocalAnswer::router(429, Some(1)),
-        PoolError::Unavailable { retry_after, .. } => {
-            LocalAnswer::router(503, Some(retry_after.as_secs_f64().ceil().max(1.0) as u64))
-        }
-        PoolError::Closed(_) => LocalAnswer::router(503, None),
     }
 }
 
@@ -155,6 +146,10 @@ async fn exchange(
         .await
         .map_err(|_| Stale { sent: false })?;
     conn.buf.clear();
+    // A connection back from the idle set gave its buffer to the shared ones.
+    if conn.buf.capacity() == 0 {
+        conn.buf = buffers::take();
+    }
     let mut head = Head::default();
     loop {
         if !conn.buf.is_empty() {

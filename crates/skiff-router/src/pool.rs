@@ -49,6 +49,19 @@ pub enum PoolError {
     Closed(String),
 }
 
+impl PoolError {
+    /// The status a client gets for it, and its Retry-After in seconds if any.
+    pub(crate) fn status(&self) -> (u16, Option<u64>) {
+        match self {
+            PoolError::Overloaded(_) => (429, Some(1)),
+            PoolError::Unavailable { retry_after, .. } => {
+                (503, Some(retry_after.as_secs_f64().ceil().max(1.0) as u64))
+            }
+            PoolError::Closed(_) => (503, None),
+        }
+    }
+}
+
 /// What the pool holds now, for the reconciler.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Load {

@@ -15,7 +15,7 @@ use crate::body::{BodyTracker, ChunkError};
 use crate::buffers::{self, READ_CHUNK};
 use crate::conn::{ClientConn, RequestInfo};
 use crate::h1::{self, BodyLen, Forwarding, Head, ResponseOut};
-use crate::pool::{PoolError, RevisionPool};
+use crate::pool::RevisionPool;
 use crate::upstream::{Connection, RequestSize, Upstream};
 use std::io::{self, Write as _};
 use std::pin::Pin;
@@ -159,13 +159,7 @@ pub(crate) async fn forward(
     let lease = match acquired {
         Ok(lease) => lease,
         Err(e) => {
-            let (status, retry) = match &e {
-                PoolError::Overloaded(_) => (429, Some(1)),
-                PoolError::Unavailable { retry_after, .. } => {
-                    (503, Some(retry_after.as_secs_f64().ceil().max(1.0) as u64))
-                }
-                PoolError::Closed(_) => (503, None),
-            };
+            let (status, retry) = e.status();
             return c
                 .respond_local(status, &format!("skiff: {e}"), retry, keep_on_error)
                 .await;

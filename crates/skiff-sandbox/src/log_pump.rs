@@ -11,7 +11,7 @@
 use crate::logs::{Bucket, LogFile, LogRate, Stream};
 use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
 use rustix::fd::OwnedFd;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -134,11 +134,13 @@ fn run(shared: &Shared) {
     // requests take the CPU first (on Linux this sets the calling thread's nice only).
     let _ = rustix::process::setpriority_process(None, 19);
     let mut pumps: HashMap<u64, Pump> = HashMap::new();
+    // Paused pumps by when they may read again: only these are looked at for timers.
+    let mut paused: BTreeSet<(Instant, u64)> = BTreeSet::new();
     let mut next_id = 0u64;
     let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
-        let timeout = next_resume(&pumps).map(|at| {
+        let timeout = paused.first().map(|&(at, _)| {
             let wait = at.saturating_duration_since(Instant::now());
             Timespec {
                 tv_sec: wait.as_secs() as i64,
@@ -179,12 +181,15 @@ fn run(shared: &Shared) {
             let (id, which) = (token / 2, (token % 2) as usize);
             if let Some(pump) = pumps.get_mut(&id) {
                 if pump.paused_until.is_none() {
-                    read_once(shared, pump, which, &mut buf);
+                    if let Some(until) = read_once(shared, pump, which, &mut buf) {
+                        pause(shared, pump, until);
+                        paused.insert((until, id));
+                    }
                     touched.push(id);
                 }
             }
         }
-        resume_due(shared, &mut pumps, &mut touched);
+        resume_due(shared, &mut pumps, &mut paused, &mut touched);
         for id in touched {
             let Some(pump) = pumps.get_mut(&id) else {
                 continue;
@@ -225,34 +230,39 @@ fn pause(shared: &Shared, pump: &mut Pump, until: Instant) {
     pump.paused_until = Some(until);
 }
 
-/// When the first paused pump may read again.
-fn next_resume(pumps: &HashMap<u64, Pump>) -> Option<Instant> {
-    pumps.values().filter_map(|p| p.paused_until).min()
-}
-
 /// Watches again the pumps whose pause is over.
-fn resume_due(shared: &Shared, pumps: &mut HashMap<u64, Pump>, touched: &mut Vec<u64>) {
+fn resume_due(
+    shared: &Shared,
+    pumps: &mut HashMap<u64, Pump>,
+    paused: &mut BTreeSet<(Instant, u64)>,
+    touched: &mut Vec<u64>,
+) {
     let now = Instant::now();
-    for (id, pump) in pumps.iter_mut() {
-        if pump.paused_until.is_some_and(|at| at <= now) {
+    while let Some(&(at, id)) = paused.first() {
+        if at > now {
+            break;
+        }
+        paused.pop_first();
+        if let Some(pump) = pumps.get_mut(&id) {
             pump.paused_until = None;
-            watch(shared, *id, pump);
-            touched.push(*id);
+            watch(shared, id, pump);
+            touched.push(id);
         }
     }
 }
 
 /// Reads what pipe `which` of `pump` holds (one chunk) and logs it; at its end, the pipe
-/// leaves the interest set.
-fn read_once(shared: &Shared, pump: &mut Pump, which: usize, buf: &mut [u8]) {
+/// leaves the interest set. Past the rate, when the pump may read again.
+fn read_once(shared: &Shared, pump: &mut Pump, which: usize, buf: &mut [u8]) -> Option<Instant> {
     let stream = &mut pump.streams[which];
-    let Some(fd) = &stream.fd else { return };
+    let fd = stream.fd.as_ref()?;
     match rustix::io::read(fd, &mut *buf) {
-        Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+        Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => None,
         Ok(0) | Err(_) => {
             let _ = epoll::delete(&shared.epoll, fd);
             stream.fd = None;
             stream.flush_rest(&mut pump.log);
+            None
         }
         Ok(n) => {
             if pump.tee {
@@ -264,9 +274,7 @@ fn read_once(shared: &Shared, pump: &mut Pump, which: usize, buf: &mut [u8]) {
                 .bucket
                 .as_mut()
                 .map_or(Duration::ZERO, |b| b.take(n, Instant::now()));
-            if !wait.is_zero() {
-                pause(shared, pump, Instant::now() + wait);
-            }
+            (!wait.is_zero()).then(|| Instant::now() + wait)
         }
     }
 }

@@ -1,8 +1,9 @@
 //! The dispatcher: takes the invocations that are due, delivers each through the router
 //! (in memory: routed, split and queued for a slot as the ingress would, see
-//! [`skiff_router::Router::send_local`]), and hands what the delivery policy makes of the outcome to the writer thread, which
-//! writes many under one commit (claims go through it too: it is the one writer). At most [`IN_FLIGHT`] at once; idle, it sleeps until
-//! the next one is due or a new one comes. An outcome not yet written when the daemon
+//! [`skiff_router::Router::send_local`]), and hands what the delivery policy makes of
+//! the outcome to the writer thread, which writes many under one commit (claims go
+//! through it too: it is the one writer). At most [`IN_FLIGHT`] at once; idle, it
+//! sleeps until the next one is due or a new one comes. An outcome not yet written when the daemon
 //! dies leaves its invocation `delivering`, so it goes out again: at least once.
 
 use super::now_ms;
