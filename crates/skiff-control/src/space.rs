@@ -12,12 +12,17 @@ const RESERVE_BYTES: u64 = 8 << 20;
 /// The reserve file (`<data dir>/space.reserve`).
 pub(crate) struct SpaceReserve {
     path: PathBuf,
+    /// Held while the reserve is let go: the file's name leaves the directory before its
+    /// blocks are freed, so a second writer that found no file could otherwise try again
+    /// while the disk still shows no room.
+    releasing: std::sync::Mutex<()>,
 }
 
 impl SpaceReserve {
     pub(crate) fn new(home: &std::path::Path) -> SpaceReserve {
         SpaceReserve {
             path: home.join("space.reserve"),
+            releasing: std::sync::Mutex::new(()),
         }
     }
 
@@ -43,6 +48,10 @@ impl SpaceReserve {
 
     /// Lets the reserve go; whether there was one.
     fn release(&self) -> bool {
+        let _one_at_a_time = self
+            .releasing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         std::fs::remove_file(&self.path).is_ok()
     }
 }
