@@ -16,6 +16,49 @@ def mem_available():
     raise SystemExit("no MemAvailable in /proc/meminfo")
 
 
+BREAKDOWN = ("AnonPages", "PageTables", "KernelStack", "SUnreclaim", "SReclaimable", "Shmem", "Percpu")
+
+
+def meminfo():
+    out = {}
+    for line in open("/proc/meminfo"):
+        key, value = line.split(":", 1)
+        out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def slabs():
+    """Bytes in each slab cache (/proc/slabinfo: active objects times object size)."""
+    out = {}
+    try:
+        lines = open("/proc/slabinfo").read().splitlines()[2:]
+    except OSError:
+        return out
+    for line in lines:
+        f = line.split()
+        out[f[0]] = out.get(f[0], 0) + int(f[2]) * int(f[3])
+    return out
+
+
+def pss_by_name(procs):
+    """Proportional set size summed by process name (comm), with counts."""
+    sums = {}
+    for pid in procs:
+        try:
+            name = open(f"/proc/{pid}/comm").read().strip()
+            pss = 0
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+        except OSError:
+            continue
+        if name.startswith("skiff-spawn"):
+            name = "skiff-spawn-*"
+        total, count = sums.get(name, (0, 0))
+        sums[name] = (total + pss, count + 1)
+    return sums
+
+
 def cgroup_bytes(procs):
     """The memory use (kernel memory included) of the cgroups the daemon's processes
     are in (instances and prepared sandboxes each have their own), and how many."""
@@ -86,6 +129,8 @@ def run(*args):
 
 
 before = mem_available()
+info_before = meminfo()
+slabs_before = slabs()
 start = time.perf_counter()
 for i in range(n):
     run("deploy", f"hello-{i}", "--image", "hello", "--idle-timeout", "60m")
@@ -93,7 +138,10 @@ deployed = time.perf_counter() - start
 cold = call_all("from zero")
 time.sleep(2)  # not a readiness wait: lets idle instances settle before memory is read
 after = mem_available()
+info_after = meminfo()
+slabs_after = slabs()
 procs = descendants(daemon)
+pss = pss_by_name(procs)
 used, cgroups = cgroup_bytes(procs)
 idle = call_all("from idle")
 ls = []
@@ -105,6 +153,13 @@ rss_all = sum(status(p, "VmRSS") for p in procs if os.path.exists(f"/proc/{p}"))
 mib = 1 << 20
 print(f"N = {n} services, {cgroups} cgroups (instances and prepared sandboxes); deployed in {deployed:.1f} s ({deployed / n * 1000:.1f} ms each)")
 print(f"  per service (an idle instance and a prepared sandbox), all-in: MemAvailable drop {(before - after) / n / mib:.2f} MiB; cgroups' usage {used / n / mib:.2f} MiB")
+print("  of it (KiB per service, /proc/meminfo deltas): " + ", ".join(
+    f"{k} {(info_after[k] - info_before[k]) / n / 1024:.0f}" for k in BREAKDOWN if k in info_after))
+grown = sorted(((slabs_after[k] - slabs_before.get(k, 0), k) for k in slabs_after), reverse=True)
+print("  slab caches that grew most (KiB per service): " + ", ".join(
+    f"{k} {b / n / 1024:.0f}" for b, k in grown[:10]))
+print("  processes' PSS (KiB each): " + ", ".join(
+    f"{name} x{count} {total / count / 1024:.0f}" for name, (total, count) in sorted(pss.items())))
 print(f"  daemon: RSS {status(daemon, 'VmRSS') / 1024:.0f} MiB, {status(daemon, 'Threads')} threads, {len(os.listdir(f'/proc/{daemon}/fd'))} descriptors; {len(procs)} processes under it (RSS sum {rss_all / 1024:.0f} MiB)")
 print(f"  call each once from zero: p50 {pct(cold, 0.5):.2f} ms, p99 {pct(cold, 0.99):.2f} ms, all {sum(cold) / 1000:.2f} s")
 print(f"  call each once from idle: p50 {pct(idle, 0.5):.2f} ms, p99 {pct(idle, 0.99):.2f} ms, all {sum(idle) / 1000:.2f} s")

@@ -13,6 +13,8 @@
 use libc::{c_char, c_int, c_ulong, c_void};
 use std::ffi::{CStr, CString};
 
+use crate::scratch::{self, MOVE_MOUNT_F_EMPTY_PATH, OPEN_TREE_CLONE};
+
 /// Steps of the child setup, reported to the parent by number on failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -121,7 +123,6 @@ pub struct ChildPlan {
     pub id_base: u32,
     /// Each layer (its name in `layers_dir`) and where its idmapped mount goes.
     pub idmapped_layers: Vec<(CString, CString)>,
-    pub tmp_opts: CString,
     /// Contents of `/etc/hosts` (localhost and the instance's own name).
     pub hosts: Vec<u8>,
     /// Contents of `/etc/resolv.conf`; empty: the image's file is left alone.
@@ -295,6 +296,10 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
         for dir in [&plan.upper, &plan.work, &plan.merged] {
             check(plan, Step::Scratch, libc::mkdir(dir.as_ptr(), 0o755));
         }
+        check(plan, Step::Scratch, libc::chdir(plan.scratch.as_ptr()));
+        let Some(trees) = scratch::make(plan.cgroups.base_tmpfs) else {
+            fail(plan, Step::Scratch, errno());
+        };
         // lowerdir entries are relative (to the snapshots directory, or to the scratch
         // directory that holds their idmapped mounts), to fit more layers in the one
         // page the mount options may take.
@@ -331,19 +336,9 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             Step::Proc,
             mount(c"proc", c"/proc", c"proc", nosuid_nodev_noexec, c""),
         );
-        setup_dev(plan);
+        attach_dev(plan, trees.dev);
         check(plan, Step::Tmp, ensure_dir(c"/tmp"));
-        check(
-            plan,
-            Step::Tmp,
-            mount(
-                c"tmpfs",
-                c"/tmp",
-                c"tmpfs",
-                libc::MS_NOSUID | libc::MS_NODEV,
-                &plan.tmp_opts,
-            ),
-        );
+        check(plan, Step::Tmp, scratch::attach(trees.tmp, c"/tmp"));
         if ensure_dir(c"/sys") == 0 {
             // Not every host lets a network namespace mount its own sysfs; apps rarely need it.
             mount(
@@ -355,7 +350,7 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             );
         }
         allow_low_ports();
-        mask_paths(plan);
+        mask_paths(plan, &trees.empty);
         attach_secrets(plan);
         write_etc(plan);
         if plan.read_only {
@@ -385,7 +380,7 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             Step::CgroupNamespace,
             libc::unshare(libc::CLONE_NEWCGROUP),
         );
-        mount_cgroup_view(plan, &cgroup_trees);
+        mount_cgroup_view(plan, &cgroup_trees, trees.cgroup);
         if libc::read(plan.sync_fd, go.as_mut_ptr().cast(), 1) != 1 {
             fail(plan, Step::WaitParent, libc::EPIPE);
         }
@@ -506,80 +501,15 @@ unsafe fn attach_secrets(plan: &ChildPlan) {
     }
 }
 
-/// A minimal `/dev`: the harmless character devices, the usual symlinks, a private
-/// devpts and a `/dev/shm`.
-unsafe fn setup_dev(plan: &ChildPlan) {
-    // SAFETY: raw calls on static NUL-terminated paths.
+/// `/dev`: the scratch tmpfs's `dev` directory (see `scratch`), with its devices usable
+/// (the scratch tmpfs itself is `nodev`), not executable.
+unsafe fn attach_dev(plan: &ChildPlan, tree: c_int) {
+    // SAFETY: raw calls on static NUL-terminated paths and a descriptor this process owns.
     unsafe {
         check(plan, Step::Dev, ensure_dir(c"/dev"));
-        check(
-            plan,
-            Step::Dev,
-            mount(
-                c"tmpfs",
-                c"/dev",
-                c"tmpfs",
-                libc::MS_NOSUID | libc::MS_NOEXEC,
-                c"mode=755,size=64k",
-            ),
-        );
-        let devices: [(&CStr, u32, u32); 6] = [
-            (c"/dev/null", 1, 3),
-            (c"/dev/zero", 1, 5),
-            (c"/dev/full", 1, 7),
-            (c"/dev/random", 1, 8),
-            (c"/dev/urandom", 1, 9),
-            (c"/dev/tty", 5, 0),
-        ];
-        for (path, major, minor) in devices {
-            check(
-                plan,
-                Step::Dev,
-                libc::mknod(
-                    path.as_ptr(),
-                    libc::S_IFCHR | 0o666,
-                    libc::makedev(major, minor),
-                ),
-            );
-        }
-        let links: [(&CStr, &CStr); 5] = [
-            (c"/proc/self/fd", c"/dev/fd"),
-            (c"/proc/self/fd/0", c"/dev/stdin"),
-            (c"/proc/self/fd/1", c"/dev/stdout"),
-            (c"/proc/self/fd/2", c"/dev/stderr"),
-            (c"pts/ptmx", c"/dev/ptmx"),
-        ];
-        for (target, link) in links {
-            check(
-                plan,
-                Step::Dev,
-                libc::symlink(target.as_ptr(), link.as_ptr()),
-            );
-        }
-        check(plan, Step::Dev, libc::mkdir(c"/dev/pts".as_ptr(), 0o755));
-        check(
-            plan,
-            Step::Dev,
-            mount(
-                c"devpts",
-                c"/dev/pts",
-                c"devpts",
-                libc::MS_NOSUID | libc::MS_NOEXEC,
-                c"newinstance,ptmxmode=0666,mode=0620",
-            ),
-        );
-        check(plan, Step::Dev, libc::mkdir(c"/dev/shm".as_ptr(), 0o1777));
-        check(
-            plan,
-            Step::Dev,
-            mount(
-                c"shm",
-                c"/dev/shm",
-                c"tmpfs",
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                c"mode=1777,size=65536k",
-            ),
-        );
+        check(plan, Step::Dev, scratch::attach(tree, c"/dev"));
+        let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NOEXEC;
+        check(plan, Step::Dev, mount(c"", c"/dev", c"", flags, c""));
     }
 }
 
@@ -682,9 +612,6 @@ unsafe fn idmap_layers(plan: &ChildPlan) {
     }
 }
 
-const OPEN_TREE_CLONE: c_int = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: c_int = 0x4;
-
 /// Detached copies of the instance's cgroup directories, taken while the host's tree is
 /// still in view (before `pivot_root`); -1 where one could not be taken.
 unsafe fn clone_cgroup_dirs(plan: &ChildPlan) -> [c_int; crate::cgroupfs::MAX_BINDS] {
@@ -703,10 +630,11 @@ unsafe fn clone_cgroup_dirs(plan: &ChildPlan) -> [c_int; crate::cgroupfs::MAX_BI
     trees
 }
 
-/// Shows the instance's own cgroup, read-only, at /sys/fs/cgroup (see `cgroupfs`). Best
-/// effort: without a sysfs to mount on, or where a directory could not be cloned, the app
-/// sees less; its limits hold either way.
-unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int]) {
+/// Shows the instance's own cgroup, read-only, at /sys/fs/cgroup (see `cgroupfs`), on
+/// v1 in the scratch tmpfs's `cgroup` directory (`base`). Best effort: without a sysfs
+/// to mount on, or where a directory could not be cloned, the app sees less; its limits
+/// hold either way.
+unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int], base: c_int) {
     let view = &plan.cgroups;
     let ro = libc::MS_REMOUNT
         | libc::MS_BIND
@@ -717,17 +645,14 @@ unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int]) {
     // SAFETY: mount, mkdir, move_mount, symlink and close on strings prepared before the
     // clone and on the descriptors `clone_cgroup_dirs` opened.
     unsafe {
-        let usable = libc::access(c"/sys/fs/cgroup".as_ptr(), libc::F_OK) == 0
-            && (!view.base_tmpfs || {
-                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-                mount(
-                    c"tmpfs",
-                    c"/sys/fs/cgroup",
-                    c"tmpfs",
-                    flags,
-                    c"mode=755,size=64k",
-                ) == 0
-            });
+        let usable = if libc::access(c"/sys/fs/cgroup".as_ptr(), libc::F_OK) < 0 {
+            if base >= 0 {
+                libc::close(base);
+            }
+            false
+        } else {
+            !view.base_tmpfs || base >= 0 && scratch::attach(base, c"/sys/fs/cgroup") == 0
+        };
         for (&tree, (_, target)) in trees.iter().zip(&view.binds) {
             if tree < 0 {
                 continue;
@@ -754,7 +679,8 @@ unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int]) {
             for (link, to) in &view.links {
                 libc::symlink(to.as_ptr(), link.as_ptr());
             }
-            mount(c"", c"/sys/fs/cgroup", c"", ro & !libc::MS_BIND, c"");
+            // A bind's own flags: the scratch tmpfs under it stays writable.
+            mount(c"", c"/sys/fs/cgroup", c"", ro, c"");
         }
     }
 }
@@ -778,19 +704,13 @@ unsafe fn allow_low_ports() {
 
 /// Hides kernel interfaces that root in the sandbox could otherwise read or write
 /// (`/proc/sysrq-trigger`, `/proc/sys`, `/proc/kcore` …), as Docker and crun do.
-unsafe fn mask_paths(plan: &ChildPlan) {
+unsafe fn mask_paths(plan: &ChildPlan, empty: &[c_int; scratch::MASKED_DIRS.len()]) {
     const MASK_FILES: [&CStr; 5] = [
         c"/proc/kcore",
         c"/proc/keys",
         c"/proc/timer_list",
         c"/proc/sched_debug",
         c"/proc/latency_stats",
-    ];
-    const MASK_DIRS: [&CStr; 4] = [
-        c"/proc/acpi",
-        c"/proc/scsi",
-        c"/sys/firmware",
-        c"/sys/kernel/debug",
     ];
     const READ_ONLY: [&CStr; 5] = [
         c"/proc/bus",
@@ -805,10 +725,21 @@ unsafe fn mask_paths(plan: &ChildPlan) {
             fail(plan, Step::MaskPaths, errno());
         }
     }
-    for p in MASK_DIRS {
-        if mount(c"tmpfs", p, c"tmpfs", libc::MS_RDONLY, c"size=0") < 0 && !absent() {
+    let ro = libc::MS_REMOUNT
+        | libc::MS_BIND
+        | libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC;
+    for (p, &tree) in scratch::MASKED_DIRS.into_iter().zip(empty) {
+        // SAFETY: the descriptor is this process's; `attach` closes it.
+        if unsafe { scratch::attach(tree, p) } < 0 {
+            if absent() {
+                continue;
+            }
             fail(plan, Step::MaskPaths, errno());
         }
+        check(plan, Step::MaskPaths, mount(c"", p, c"", ro, c""));
     }
     for p in READ_ONLY {
         if mount(p, p, c"", libc::MS_BIND | libc::MS_REC, c"") < 0 {

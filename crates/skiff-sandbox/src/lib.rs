@@ -4,7 +4,7 @@
 //! An instance gets new PID, mount, UTS, IPC, network and cgroup namespaces, and a user
 //! namespace of its own (see [`userns`]: root inside is an unprivileged host uid); an overlay
 //! root (the image's snapshots, read-only, under a throw-away tmpfs upper layer); a minimal
-//! `/dev`, a fresh `/proc`, a `/tmp` tmpfs; cgroup limits (memory, CPU, pids, on v1 or v2);
+//! `/dev` and a `/tmp` in that same tmpfs, a fresh `/proc`; cgroup limits (memory, CPU, pids, on v1 or v2);
 //! a small capability set, `no_new_privs` and a seccomp filter; its image's user; its own
 //! veth address; and its stdout/stderr captured to a log file that outlives it.
 //!
@@ -27,6 +27,7 @@ mod logs;
 mod net;
 mod netlink;
 mod probe;
+mod scratch;
 mod seccomp;
 pub mod secretfs;
 mod spawn;

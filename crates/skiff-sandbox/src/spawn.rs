@@ -377,11 +377,6 @@ impl Sandbox {
             userns_fd: -1,
             id_base: 0,
             idmapped_layers,
-            tmp_opts: cstring(
-                id,
-                "scratch size",
-                format!("size={},mode=1777", spec.scratch_bytes),
-            )?,
             read_only: false,
             hostname: cstring(id, "the id", id)?,
             net: None,

@@ -201,6 +201,11 @@ echo selfaddr=$(grep -w "$(hostname)" /etc/hosts | awk '{print $1}')
 echo uid=$(id -u)
 echo uidmap=$(cat /proc/self/uid_map)
 grep -E '^(CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\t' | tr ':' '='
+echo filesystems=$(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") print $3, $(i + 1) }' /proc/self/mountinfo | grep -v cgroup | sort -u | wc -l)
+if echo x > /dev/null && [ "$(head -c 5 /dev/zero | wc -c)" = 5 ]; then echo devices=usable; else echo devices=unusable; fi
+if touch /dev/shm/probe 2>/dev/null; then echo shm=writable; else echo shm=readonly; fi
+echo firmware=$(ls -A /sys/firmware 2>/dev/null | wc -l)
+if touch /sys/firmware/probe 2>/dev/null; then echo masked=writable; else echo masked=readonly; fi
 "#;
 
 fn probe(read_only: bool, user: (u32, u32)) -> (Vec<String>, String, usize, std::net::Ipv4Addr) {
@@ -271,6 +276,23 @@ fn isolation_probe_as_root_read_only() {
         "seccomp did not stop unshare(CLONE_NEWUSER)"
     );
     assert_eq!(value(&lines, "procsys"), "readonly");
+    // Every file system a sandbox mounts costs a slot in every memory cgroup on the host
+    // (docs/density.md): its own are the overlay root, one scratch tmpfs (the upper layer,
+    // /dev, /tmp, /dev/shm, the masks), /proc and /sys; the cgroup view binds the host's.
+    let filesystems: u32 = value(&lines, "filesystems").parse().unwrap();
+    assert!(filesystems <= 4, "{filesystems} file systems: {lines:?}");
+    assert_eq!(value(&lines, "devices"), "usable");
+    assert_eq!(
+        value(&lines, "shm"),
+        "writable",
+        "/dev/shm under a read-only root"
+    );
+    assert_eq!(
+        value(&lines, "firmware"),
+        "0",
+        "/sys/firmware is not masked"
+    );
+    assert_eq!(value(&lines, "masked"), "readonly");
     assert_eq!(value(&lines, "hostname"), id);
     assert_eq!(value(&lines, "etchostname"), id);
     assert_eq!(value(&lines, "localhost"), "127.0.0.1");
