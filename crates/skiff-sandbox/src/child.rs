@@ -43,12 +43,13 @@ pub enum Step {
     SecretMounts,
     IdmapLayers,
     UserNamespace,
+    Reentry,
 }
 
 impl Step {
     /// Human wording of the step, for error messages.
     pub fn describe(n: u32) -> &'static str {
-        const NAMES: [&str; 25] = [
+        const NAMES: [&str; 26] = [
             "unknown step",
             "making mounts private",
             "mounting the scratch tmpfs",
@@ -74,6 +75,7 @@ impl Step {
             "attaching a secret's files",
             "showing the image's layers through the user namespace (an idmapped mount)",
             "entering the instance's user namespace",
+            "starting the sandbox's own process (executing skiff's binary again)",
         ];
         NAMES.get(n as usize).copied().unwrap_or("unknown step")
     }
@@ -141,16 +143,33 @@ pub struct ChildPlan {
     /// The instance's view of its own cgroup at /sys/fs/cgroup.
     pub cgroups: crate::cgroupfs::CgroupView,
     pub cwd: CString,
+    /// The command's arguments and environment; `argv` and `envp` point into them.
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
     pub argv: Vec<*const c_char>,
     pub envp: Vec<*const c_char>,
     pub exec_paths: Vec<CString>,
-    /// Keeps the strings `argv` and `envp` point into alive.
-    pub _strings: Vec<CString>,
     /// Secrets' files, at most [`MAX_SECRET_MOUNTS`].
     pub secret_mounts: Vec<SecretMountPlan>,
 }
 
 const NULL: *const c_char = std::ptr::null();
+
+impl ChildPlan {
+    /// The plan with `argv` and `envp` pointing into its `args` and `env`, NULL-ended
+    /// (the strings' buffers do not move with the plan).
+    pub fn with_pointers(mut self) -> ChildPlan {
+        let pointers = |list: &[CString]| {
+            list.iter()
+                .map(|s| s.as_ptr())
+                .chain(std::iter::once(NULL))
+                .collect()
+        };
+        self.argv = pointers(&self.args);
+        self.envp = pointers(&self.env);
+        self
+    }
+}
 
 fn fail(plan: &ChildPlan, step: Step, errno: c_int) -> ! {
     let mut msg = [0u8; 8];
@@ -259,6 +278,36 @@ unsafe fn close_inherited(plan: &ChildPlan) {
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0u32) };
 }
 
+/// Gives every signal its default action and unblocks them all: an ignored signal stays
+/// ignored across `execve`, and the daemon (as every Rust program) ignores SIGPIPE, which
+/// the app would otherwise inherit (a shell pipeline's writer would not end when its
+/// reader did).
+///
+/// # Safety
+/// Raw system calls on local data.
+unsafe fn default_signals() {
+    // The kernel's struct sigaction: handler, flags, restorer, mask.
+    let default: [u64; 4] = [libc::SIG_DFL as u64, 0, 0, 0];
+    // SAFETY: rt_sigaction and sigprocmask with structs on this stack. The raw call, not
+    // glibc's wrapper, which refuses the real-time signals it keeps for itself (32, 33).
+    unsafe {
+        for signal in 1..=64 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    default.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
 /// Runs in the cloned child; never returns.
 ///
 /// # Safety
@@ -276,6 +325,7 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
         libc::umask(0);
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         close_inherited(plan);
+        default_signals();
 
         check(
             plan,

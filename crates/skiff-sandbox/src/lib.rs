@@ -11,9 +11,14 @@
 //! This crate must not know about services, revisions or HTTP: it runs one process tree
 //! from a [`SandboxSpec`] and reports how it ended.
 //!
+//! The cloned sandbox process executes the daemon's binary again at once ([`reentry`]),
+//! so it keeps none of the daemon's memory; its writable directories (`/dev`, `/tmp` …)
+//! are binds of one tmpfs (`scratch`), since every file system costs every memory
+//! cgroup on the host (docs/density.md).
+//!
 //! Unsafe code is denied but in the modules that make raw system calls (`child`,
-//! `spawn`, `instance`, `netlink`, `userns`), each of which allows it for itself and says why each
-//! block is sound.
+//! `spawn`, `instance`, `netlink`, `userns`, `reentry`, `scratch`), each of which allows
+//! it for itself and says why each block is sound.
 #![deny(unsafe_code)]
 
 mod cgroup;
@@ -27,6 +32,7 @@ mod logs;
 mod net;
 mod netlink;
 mod probe;
+pub mod reentry;
 mod scratch;
 mod seccomp;
 pub mod secretfs;
@@ -211,6 +217,9 @@ pub struct Sandbox {
     last_cap: u32,
     /// Instances' user namespaces, one per id range.
     user_namespaces: userns::UserNamespaces,
+    /// The binary each sandbox executes right after its clone (see [`reentry`]); without
+    /// one, the clone goes on as a copy of this process.
+    entry: Option<std::os::fd::OwnedFd>,
 }
 
 impl Sandbox {
@@ -243,7 +252,16 @@ impl Sandbox {
             seccomp,
             last_cap,
             user_namespaces: userns::UserNamespaces::default(),
+            entry: None,
         })
+    }
+
+    /// Has each sandbox execute `binary` (opened with [`reentry::own_binary`], or another
+    /// binary whose `main` calls [`reentry::enter_if_asked`] first) right after its
+    /// clone, so that it holds none of this process's memory.
+    pub fn with_entry(mut self, binary: std::os::fd::OwnedFd) -> Sandbox {
+        self.entry = Some(binary);
+        self
     }
 
     /// Starts installing the host firewall unless this runtime already did.

@@ -31,22 +31,12 @@ fn path_cstring(id: &str, what: &str, p: &Path) -> Result<CString, SandboxError>
     cstring(id, what, p.as_os_str().as_bytes())
 }
 
-/// A NULL-terminated array of C strings (argv, envp) pointing into strings kept alive in
-/// `keep`.
-fn c_array(
-    id: &str,
-    what: &str,
-    items: &[String],
-    keep: &mut Vec<CString>,
-) -> Result<Vec<*const libc::c_char>, SandboxError> {
-    let mut ptrs = Vec::with_capacity(items.len() + 1);
-    for item in items {
-        let c = cstring(id, what, item.as_str())?;
-        ptrs.push(c.as_ptr());
-        keep.push(c);
-    }
-    ptrs.push(std::ptr::null());
-    Ok(ptrs)
+/// `items` as C strings (argv, envp).
+fn cstrings(id: &str, what: &str, items: &[String]) -> Result<Vec<CString>, SandboxError> {
+    items
+        .iter()
+        .map(|i| cstring(id, what, i.as_str()))
+        .collect()
 }
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -191,14 +181,21 @@ impl Sandbox {
             ..plan_parts
         };
 
+        let plan_file = crate::reentry::plan_file(&plan)
+            .map_err(prep("writing the sandbox's plan to a memory file"))?;
+        let entry = self
+            .entry
+            .as_ref()
+            .map(|exe| crate::reentry::Entry::new(exe.as_raw_fd(), &plan, plan_file.as_raw_fd()));
+        let plan = plan.with_pointers();
         let flags = libc::CLONE_NEWPID
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWNET;
         // SAFETY: a fork-style clone (no new stack: the child continues on a copy of this
-        // one). The child only runs `child::run`, which makes raw system calls on `plan`
-        // and never returns.
+        // one). The child only executes the entry, or runs `child::run`: each makes raw
+        // system calls on data made before the clone and never returns.
         let pid = unsafe {
             libc::syscall(
                 libc::SYS_clone,
@@ -211,8 +208,14 @@ impl Sandbox {
         };
         if pid == 0 {
             // SAFETY: this is the freshly cloned child, and nothing else has run in it.
-            unsafe { child::run(&plan) };
+            unsafe {
+                match &entry {
+                    Some(entry) => entry.exec(),
+                    None => child::run(&plan),
+                }
+            };
         }
+        drop(plan_file);
         if pid < 0 {
             return Err(SandboxError::Prepare {
                 id: id.to_owned(),
@@ -338,9 +341,8 @@ impl Sandbox {
                 names.len()
             )));
         }
-        let mut strings = Vec::new();
-        let argv = c_array(id, "an argument", &spec.args, &mut strings)?;
-        let envp = c_array(id, "an environment entry", &spec.env, &mut strings)?;
+        let args = cstrings(id, "an argument", &spec.args)?;
+        let env = cstrings(id, "an environment entry", &spec.env)?;
         let exe = &spec.args[0];
         let exec_paths = if exe.contains('/') {
             vec![cstring(id, "the command", exe.as_str())?]
@@ -389,10 +391,11 @@ impl Sandbox {
             init: false,
             cgroups: Default::default(),
             cwd: cstring(id, "the working directory", spec.cwd.as_str())?,
-            argv,
-            envp,
+            args,
+            env,
+            argv: Vec::new(),
+            envp: Vec::new(),
             exec_paths,
-            _strings: strings,
             secret_mounts: secret_mount_plans(spec)?,
         })
     }
@@ -458,6 +461,11 @@ impl Prepared {
     /// The instance id it was prepared for.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The sandbox's process (its init once launched).
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     /// Lets the child exec its command; returns once it runs (or with the failed step).

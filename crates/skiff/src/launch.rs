@@ -1,11 +1,23 @@
-//! What `skiff run` and the daemon share about launching instances: parsing quantities
-//! and durations from flags, instance ids, and reclaiming the leftovers of instances
+//! What `skiff run` and the daemon share about launching instances: the sandbox runtime,
+//! parsing quantities and durations from flags, instance ids, and reclaiming the leftovers of instances
 //! whose supervisor died.
 
 use skiff_sandbox::{NetworkSlot, Sandbox};
 use skiff_store::Store;
 use std::path::Path;
 use std::time::Duration;
+
+/// The sandbox runtime for this data directory; each sandbox executes this very binary
+/// again right after its clone (`skiff_sandbox::reentry`), so it holds none of this
+/// process's memory.
+pub fn sandbox(home: &crate::home::Home) -> anyhow::Result<Sandbox> {
+    use anyhow::Context;
+    let binary = skiff_sandbox::reentry::own_binary()
+        .context("opening skiff's own binary (/proc/self/exe) for its sandboxes")?;
+    Ok(Sandbox::new(&home.scope())
+        .context("preparing the sandbox runtime")?
+        .with_entry(binary))
+}
 
 pub fn parse_memory(s: &str) -> Result<u64, String> {
     skiff_core::parse_memory_bytes(s).map_err(|e| e.to_string())

@@ -12,6 +12,8 @@ mod server;
 use clap::Parser;
 
 fn main() {
+    // A sandbox's process starts here (skiff_sandbox::reentry) and never returns.
+    skiff_sandbox::reentry::enter_if_asked();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")

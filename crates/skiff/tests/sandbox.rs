@@ -60,7 +60,15 @@ fn world() -> &'static World {
             home,
             images,
             image,
-            sandbox: Sandbox::new("sandbox-tests").unwrap(),
+            // As the daemon runs them: each sandbox executes skiff's binary again.
+            sandbox: Sandbox::new("sandbox-tests").unwrap().with_entry(
+                rustix::fs::open(
+                    env!("CARGO_BIN_EXE_skiff"),
+                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .unwrap(),
+            ),
             db: Mutex::new(db),
         }
     })
@@ -200,7 +208,7 @@ echo localhost=$(grep -w localhost /etc/hosts | head -n 1 | awk '{print $1}')
 echo selfaddr=$(grep -w "$(hostname)" /etc/hosts | awk '{print $1}')
 echo uid=$(id -u)
 echo uidmap=$(cat /proc/self/uid_map)
-grep -E '^(CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\t' | tr ':' '='
+grep -E '^(CapEff|CapBnd|Seccomp|NoNewPrivs|SigIgn|SigBlk):' /proc/self/status | tr -d '\t' | tr ':' '='
 echo filesystems=$(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") print $3, $(i + 1) }' /proc/self/mountinfo | grep -v cgroup | sort -u | wc -l)
 if echo x > /dev/null && [ "$(head -c 5 /dev/zero | wc -c)" = 5 ]; then echo devices=usable; else echo devices=unusable; fi
 if touch /dev/shm/probe 2>/dev/null; then echo shm=writable; else echo shm=readonly; fi
@@ -311,6 +319,9 @@ fn isolation_probe_as_root_read_only() {
     assert_eq!(value(&lines, "CapBnd"), mask);
     assert_eq!(value(&lines, "Seccomp"), "2", "seccomp filter mode");
     assert_eq!(value(&lines, "NoNewPrivs"), "1");
+    // No signal ignored or blocked from the daemon (a Rust program ignores SIGPIPE).
+    assert_eq!(value(&lines, "SigIgn"), "0000000000000000");
+    assert_eq!(value(&lines, "SigBlk"), "0000000000000000");
 }
 
 #[test]
@@ -982,6 +993,22 @@ fn a_prepared_sandbox_holds_none_of_the_parents_descriptors() {
     let mut s = spec(&id, "echo launched", (0, 0));
     s.network = None;
     let prepared = w.sandbox.prepare(&s).unwrap();
+    // It executed skiff's binary again: none of this process's memory is left in it.
+    let pid = prepared.pid();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap() != "skiff-sandbox\n" {
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox never started its entry"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let me = std::env::current_exe().unwrap();
+    assert!(
+        !maps.contains(me.to_str().unwrap()),
+        "the prepared sandbox maps this test's binary: {maps}"
+    );
     // The clone copied our descriptors; closing ours must still close the connection.
     drop(server_side);
     client

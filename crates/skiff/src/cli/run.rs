@@ -10,7 +10,7 @@ use crate::launch::{
 use anyhow::Context;
 use clap::Args;
 use skiff_image::ProcessConfig;
-use skiff_sandbox::{Limits, NetworkSlot, Sandbox, SandboxSpec};
+use skiff_sandbox::{Limits, NetworkSlot, SandboxSpec};
 use skiff_store::{ExitRecord, NewInstance};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -107,7 +107,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         }
         None => random_id("r"),
     };
-    let sandbox = Sandbox::new(&home.scope()).context("preparing the sandbox runtime")?;
+    let sandbox = crate::launch::sandbox(home)?;
     reclaim_lost(&mut db, &sandbox, &home.run_dir())?;
     let log_path = home.logs_dir().join(format!("{id}.log"));
     let slot = db

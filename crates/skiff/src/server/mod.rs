@@ -25,7 +25,6 @@ use anyhow::Context;
 use clap::Args;
 use skiff_control::linux::LinuxRuntime;
 use skiff_control::{Control, ControlConfig};
-use skiff_sandbox::Sandbox;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -226,7 +225,7 @@ async fn serve(home: Home, socket: PathBuf, args: ServerArgs) -> anyhow::Result<
     home.warn_if_database_lost(&db)?;
     let images = home.images()?;
     let secrets_key = secrets_key(&home, args.secrets_key_file.as_deref())?;
-    let sandbox = Arc::new(Sandbox::new(&home.scope()).context("preparing the sandbox runtime")?);
+    let sandbox = Arc::new(crate::launch::sandbox(&home)?);
     crate::launch::reclaim_lost(&mut db, &sandbox, &home.run_dir())
         .context("reclaiming instances of a previous daemon")?;
     crate::launch::reclaim_unowned(&db, &sandbox, &home.run_dir())
