@@ -26,7 +26,7 @@ impl RevisionRunner {
         loop {
             let is_retired = *retired.borrow_and_update();
             self.reconcile(is_retired);
-            if is_retired || self.ctl.is_shutting_down() {
+            if is_retired || self.ctl.is_shutting_down() || !self.needs_prepared() {
                 self.discard_prepared().await;
             } else {
                 self.refill_prepared();

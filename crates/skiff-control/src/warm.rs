@@ -1,7 +1,10 @@
-//! The sandbox prepared ahead: each running revision keeps one instance Prepared (set up
+//! The sandbox prepared ahead: a running revision keeps one instance Prepared (set up
 //! short of starting its app), so that the next cold start only has to launch it. The
 //! reconciler takes it when it starts an instance; this module makes the next one, and
-//! lets it go when the revision retires or the daemon stops.
+//! lets it go when the revision retires or the daemon stops, or when it has ready
+//! instances and no request came for [`PREPARED_GRACE`]: its next request is served
+//! warm, and a sandbox kept for nothing costs a second memory cgroup, network namespace
+//! and set of file systems per service (docs/density.md).
 
 use crate::phase::InstancePhase;
 use crate::runner::{Live, RevisionRunner};
@@ -15,7 +18,50 @@ use std::time::Duration;
 pub(crate) const PREPARE_BACKOFF: skiff_core::Backoff =
     skiff_core::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
+/// How long after its last request a revision with ready instances keeps a sandbox
+/// prepared (Knative's stable window: the scaler's horizon for more instances).
+pub(crate) const PREPARED_GRACE: Duration = Duration::from_secs(60);
+
+/// When a revision last had a request, read off its pool's request counter.
+pub(crate) struct Activity {
+    seen: u64,
+    at: std::time::Instant,
+}
+
+impl Activity {
+    pub(crate) fn new(now: std::time::Instant) -> Activity {
+        Activity { seen: 0, at: now }
+    }
+
+    /// Notes the counter's value at `now`; how long it has not moved.
+    pub(crate) fn idle_for(&mut self, requests_total: u64, now: std::time::Instant) -> Duration {
+        if requests_total != self.seen {
+            self.seen = requests_total;
+            self.at = now;
+        }
+        now.saturating_duration_since(self.at)
+    }
+}
+
+/// Whether a revision with `ready` instances, `idle` since its last request, keeps a
+/// sandbox prepared: while none is ready (its next request is a cold start), and for
+/// [`PREPARED_GRACE`] after a request (traffic may want more instances).
+pub(crate) fn keeps_prepared(ready: u32, idle: Duration) -> bool {
+    ready == 0 || idle < PREPARED_GRACE
+}
+
 impl RevisionRunner {
+    /// Whether this revision keeps a sandbox prepared now (see [`keeps_prepared`]).
+    pub(crate) fn needs_prepared(&self) -> bool {
+        let load = self.pool.load();
+        let idle = self
+            .activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .idle_for(load.requests_total, crate::clock::now());
+        keeps_prepared(load.ready, idle)
+    }
+
     /// Registers instance `id` and prepares its sandbox (`ahead` of demand, or for a
     /// start now); on failure, why.
     pub(crate) async fn prepare_one(
@@ -160,7 +206,7 @@ impl RevisionRunner {
                     // the write, and the write's refresh found nothing prepared yet.
                     let stale = !me.revision.spec.secrets.is_empty()
                         && me.ctl.secrets_generation() != generation;
-                    if !me.wants_prepared() || stale {
+                    if !me.wants_prepared() || !me.needs_prepared() || stale {
                         me.discard_prepared().await;
                         if stale {
                             me.refill_prepared();
@@ -200,5 +246,31 @@ impl RevisionRunner {
         if let Err(e) = self.ctl.write_freeing_space(|db| db.discard_instance(&id)) {
             tracing::warn!(instance = %id, "forgetting a prepared sandbox: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_revision_keeps_a_prepared_sandbox_while_cold_or_lately_busy() {
+        let t0 = Instant::now();
+        let mut activity = Activity::new(t0);
+        let idle =
+            |a: &mut Activity, total, secs| a.idle_for(total, t0 + Duration::from_secs(secs));
+        assert!(
+            keeps_prepared(0, idle(&mut activity, 0, 3600)),
+            "none ready: cold"
+        );
+        assert_eq!(idle(&mut activity, 5, 100), Duration::ZERO, "a request now");
+        assert!(keeps_prepared(1, idle(&mut activity, 5, 159)));
+        assert!(
+            !keeps_prepared(1, idle(&mut activity, 5, 160)),
+            "idle a minute"
+        );
+        assert_eq!(idle(&mut activity, 6, 200), Duration::ZERO);
+        assert!(keeps_prepared(3, idle(&mut activity, 6, 230)));
     }
 }

@@ -451,6 +451,48 @@ async fn a_prepared_sandbox_waits_unseen_and_the_next_start_takes_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_idle_revision_with_a_ready_instance_lets_its_prepared_sandbox_go() {
+    let h = Harness::with(|c| c.prepare_sandboxes = true);
+    h.deploy("web", spec(|s| s.min_instances = 1))
+        .await
+        .unwrap();
+    let calls = |h: &Harness, discard: bool| {
+        h.rt.times(|c| match c {
+            Call::Discard(_) => discard,
+            Call::Prepare(_) => !discard,
+            _ => false,
+        })
+        .len()
+    };
+    let pool = h.pool("web");
+    drop(pool.acquire().await.unwrap());
+    until(
+        LONG,
+        "one sandbox prepared beside the ready instance",
+        || calls(&h, false) >= 2,
+    )
+    .await;
+    // Its first instance took the first sandbox prepared; the next one waits.
+    assert_eq!(calls(&h, true), 0);
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    assert_eq!(
+        calls(&h, true),
+        0,
+        "let go before a minute without requests"
+    );
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(calls(&h, true), 1, "kept after a minute without requests");
+    // A request: traffic may want more instances soon, so one is prepared again.
+    drop(pool.acquire().await.unwrap());
+    let before = calls(&h, false);
+    until(LONG, "prepared again after a request", || {
+        calls(&h, false) == before + 1
+    })
+    .await;
+    assert_eq!(h.states("web").await, ["ready"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_throttled_instance_is_frozen_while_idle_and_thawed_for_a_request() {
     let h = web(|s| s.cpu_throttling = true).await;
     let pool = h.pool("web");

@@ -38,6 +38,8 @@ pub enum Behaviour {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
     Prepare(String),
+    /// A prepared sandbox let go without a launch.
+    Discard(String),
     Launch(String),
     Stop(String),
     Pause(String),
@@ -165,6 +167,7 @@ impl Runtime for FakeRuntime {
             Ok(Box::new(FakePrepared {
                 id: plan.id,
                 rt: me,
+                launched: false,
             }) as _)
         })
     }
@@ -173,6 +176,15 @@ impl Runtime for FakeRuntime {
 struct FakePrepared {
     id: String,
     rt: FakeRuntime,
+    launched: bool,
+}
+
+impl Drop for FakePrepared {
+    fn drop(&mut self) {
+        if !self.launched {
+            self.rt.0.record(Call::Discard(self.id.clone()));
+        }
+    }
 }
 
 impl PreparedInstance for FakePrepared {
@@ -180,7 +192,7 @@ impl PreparedInstance for FakePrepared {
         &self.id
     }
 
-    fn launch(self: Box<Self>) -> Result<Box<dyn RunningInstance>, RuntimeError> {
+    fn launch(mut self: Box<Self>) -> Result<Box<dyn RunningInstance>, RuntimeError> {
         let behaviour = self.rt.behaviour();
         if behaviour == Behaviour::LaunchFails {
             // Worded as the Linux runtime words its errors: naming the instance.
@@ -189,11 +201,12 @@ impl PreparedInstance for FakePrepared {
                 self.id
             )));
         }
+        self.launched = true;
         self.rt.0.record(Call::Launch(self.id.clone()));
         self.rt.0.running.fetch_add(1, Ordering::SeqCst);
         let (exited, _) = watch::channel(false);
         let running = FakeRunning {
-            id: self.id,
+            id: self.id.clone(),
             rt: self.rt.clone(),
             exited: Arc::new(exited),
             listener: None,
