@@ -50,7 +50,7 @@ pub struct RevisionRunner {
     pub(crate) failures_in_a_row: AtomicU32,
     /// Failed preparations of the sandbox ahead in a row, and when the next may start.
     pub(crate) prepare_backoff: Mutex<(skiff_core::Backoff, Option<std::time::Instant>)>,
-    /// When the revision last had a request (whether it keeps a sandbox prepared).
+    /// When the revision was last busy (whether it keeps a sandbox prepared).
     pub(crate) activity: Mutex<crate::warm::Activity>,
     /// Instances kept regardless of demand (a deploy warming the new revision).
     pub(crate) warm_floor: AtomicU32,
@@ -93,7 +93,7 @@ impl RevisionRunner {
             live: Mutex::new(HashMap::new()),
             failures_in_a_row: AtomicU32::new(0),
             prepare_backoff: Mutex::new((crate::warm::PREPARE_BACKOFF, None)),
-            activity: Mutex::new(crate::warm::Activity::new(crate::clock::now())),
+            activity: Mutex::new(crate::warm::Activity::new()),
             warm_floor: AtomicU32::new(0),
             retired: watch::channel(false).0,
             events: watch::channel(0).0,

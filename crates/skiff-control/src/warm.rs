@@ -2,7 +2,7 @@
 //! short of starting its app), so that the next cold start only has to launch it. The
 //! reconciler takes it when it starts an instance; this module makes the next one, and
 //! lets it go when the revision retires or the daemon stops, or when it has ready
-//! instances and no request came for [`PREPARED_GRACE`]: its next request is served
+//! instances and was not busy for [`PREPARED_GRACE`]: its next request is served
 //! warm, and a sandbox kept for nothing costs a second memory cgroup, network namespace
 //! and set of file systems per service (docs/density.md).
 
@@ -18,48 +18,66 @@ use std::time::Duration;
 pub(crate) const PREPARE_BACKOFF: skiff_core::Backoff =
     skiff_core::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
-/// How long after its last request a revision with ready instances keeps a sandbox
+/// How long after it was last busy a revision with ready instances keeps a sandbox
 /// prepared (Knative's stable window: the scaler's horizon for more instances).
 pub(crate) const PREPARED_GRACE: Duration = Duration::from_secs(60);
 
-/// When a revision last had a request, read off its pool's request counter.
+/// When a revision was last busy: requests queued, or its ready instances at least half
+/// full. A revision busy then may want another instance soon.
 pub(crate) struct Activity {
-    seen: u64,
-    at: std::time::Instant,
+    busy_at: Option<std::time::Instant>,
 }
 
 impl Activity {
-    pub(crate) fn new(now: std::time::Instant) -> Activity {
-        Activity { seen: 0, at: now }
+    pub(crate) fn new() -> Activity {
+        Activity { busy_at: None }
     }
 
-    /// Notes the counter's value at `now`; how long it has not moved.
-    pub(crate) fn idle_for(&mut self, requests_total: u64, now: std::time::Instant) -> Duration {
-        if requests_total != self.seen {
-            self.seen = requests_total;
-            self.at = now;
+    /// Notes whether the revision is busy at `now`; how long since it last was (`None`:
+    /// never).
+    pub(crate) fn since_busy(&mut self, busy: bool, now: std::time::Instant) -> Option<Duration> {
+        if busy {
+            self.busy_at = Some(now);
         }
-        now.saturating_duration_since(self.at)
+        self.busy_at.map(|at| now.saturating_duration_since(at))
     }
 }
 
-/// Whether a revision with `ready` instances, `idle` since its last request, keeps a
-/// sandbox prepared: while none is ready (its next request is a cold start), and for
-/// [`PREPARED_GRACE`] after a request (traffic may want more instances).
-pub(crate) fn keeps_prepared(ready: u32, idle: Duration) -> bool {
-    ready == 0 || idle < PREPARED_GRACE
+/// Whether demand `load` fills at least half of what its ready instances serve at once
+/// (`per_instance` each), or waits.
+pub(crate) fn is_busy(load: skiff_router::Load, per_instance: f64) -> bool {
+    load.queued > 0
+        || load.in_flight > 0
+            && f64::from(load.in_flight) * 2.0 >= f64::from(load.ready) * per_instance
+}
+
+/// Whether a revision with `instances` ready or starting, last busy `since_busy` ago,
+/// keeps a sandbox prepared: while it has none (its next request is a cold start), and
+/// for [`PREPARED_GRACE`] after it was busy (traffic may want more instances). An idle
+/// revision with ready instances serves its next request warm; one whose first instance
+/// is starting without it (a deploy) has no use for it either.
+pub(crate) fn keeps_prepared(instances: u32, since_busy: Option<Duration>) -> bool {
+    instances == 0 || since_busy.is_some_and(|d| d < PREPARED_GRACE)
 }
 
 impl RevisionRunner {
     /// Whether this revision keeps a sandbox prepared now (see [`keeps_prepared`]).
     pub(crate) fn needs_prepared(&self) -> bool {
         let load = self.pool.load();
-        let idle = self
+        let per_instance = match self.revision.spec.concurrency {
+            0 => {
+                let scaler = self.scaler.lock().unwrap_or_else(|p| p.into_inner());
+                let s = scaler.settings();
+                s.target * s.target_utilization
+            }
+            c => f64::from(c),
+        };
+        let since = self
             .activity
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .idle_for(load.requests_total, crate::clock::now());
-        keeps_prepared(load.ready, idle)
+            .since_busy(is_busy(load, per_instance), crate::clock::now());
+        keeps_prepared(load.ready + self.count(InstancePhase::Starting), since)
     }
 
     /// Registers instance `id` and prepares its sandbox (`ahead` of demand, or for a
@@ -257,20 +275,34 @@ mod tests {
     #[test]
     fn a_revision_keeps_a_prepared_sandbox_while_cold_or_lately_busy() {
         let t0 = Instant::now();
-        let mut activity = Activity::new(t0);
-        let idle =
-            |a: &mut Activity, total, secs| a.idle_for(total, t0 + Duration::from_secs(secs));
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let mut activity = Activity::new();
+        assert_eq!(activity.since_busy(false, at(5)), None);
+        assert!(keeps_prepared(0, None), "none ready: cold");
+        assert!(!keeps_prepared(1, None), "ready and never busy");
+        let busy = activity.since_busy(true, at(100));
+        assert!(keeps_prepared(1, busy));
+        assert!(keeps_prepared(1, activity.since_busy(false, at(159))));
         assert!(
-            keeps_prepared(0, idle(&mut activity, 0, 3600)),
-            "none ready: cold"
+            !keeps_prepared(1, activity.since_busy(false, at(160))),
+            "a minute"
         );
-        assert_eq!(idle(&mut activity, 5, 100), Duration::ZERO, "a request now");
-        assert!(keeps_prepared(1, idle(&mut activity, 5, 159)));
-        assert!(
-            !keeps_prepared(1, idle(&mut activity, 5, 160)),
-            "idle a minute"
-        );
-        assert_eq!(idle(&mut activity, 6, 200), Duration::ZERO);
-        assert!(keeps_prepared(3, idle(&mut activity, 6, 230)));
+        assert!(keeps_prepared(3, activity.since_busy(true, at(200))));
+    }
+
+    #[test]
+    fn busy_is_half_full_or_queued() {
+        let load = |ready, in_flight, queued| skiff_router::Load {
+            ready,
+            in_flight,
+            queued,
+            requests_total: 0,
+        };
+        assert!(!is_busy(load(1, 1, 0), 100.0), "one request of a hundred");
+        assert!(is_busy(load(1, 50, 0), 100.0));
+        assert!(!is_busy(load(2, 49, 0), 50.0));
+        assert!(is_busy(load(1, 1, 0), 1.0), "concurrency 1, serving");
+        assert!(is_busy(load(0, 0, 1), 100.0), "waiting for an instance");
+        assert!(!is_busy(load(0, 0, 0), 100.0), "nothing asked");
     }
 }

@@ -450,13 +450,9 @@ async fn a_prepared_sandbox_waits_unseen_and_the_next_start_takes_it() {
     until(LONG, "the next one prepared", || prepared(&h).len() == 2).await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_idle_revision_with_a_ready_instance_lets_its_prepared_sandbox_go() {
-    let h = Harness::with(|c| c.prepare_sandboxes = true);
-    h.deploy("web", spec(|s| s.min_instances = 1))
-        .await
-        .unwrap();
-    let calls = |h: &Harness, discard: bool| {
+/// Prepare and discard calls so far.
+fn prepared_and_discarded(h: &Harness) -> (usize, usize) {
+    let count = |discard: bool| {
         h.rt.times(|c| match c {
             Call::Discard(_) => discard,
             Call::Prepare(_) => !discard,
@@ -464,32 +460,61 @@ async fn an_idle_revision_with_a_ready_instance_lets_its_prepared_sandbox_go() {
         })
         .len()
     };
+    (count(false), count(true))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revision_with_an_idle_ready_instance_keeps_no_prepared_sandbox() {
+    let h = Harness::with(|c| c.prepare_sandboxes = true);
+    h.deploy("web", spec(|s| s.min_instances = 1))
+        .await
+        .unwrap();
     let pool = h.pool("web");
-    drop(pool.acquire().await.unwrap());
-    until(
-        LONG,
-        "one sandbox prepared beside the ready instance",
-        || calls(&h, false) >= 2,
+    // One request of the many an instance serves at once: nothing to prepare for.
+    let lease = pool.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(lease);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (prepared, discarded) = prepared_and_discarded(&h);
+    assert_eq!(prepared, discarded + 1, "the instance took one; none kept");
+    assert_eq!(h.states("web").await, ["ready"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_revision_keeps_a_prepared_sandbox_for_a_minute() {
+    let h = Harness::with(|c| c.prepare_sandboxes = true);
+    h.deploy(
+        "web",
+        spec(|s| {
+            s.min_instances = 1;
+            s.concurrency = 1;
+        }),
     )
-    .await;
-    // Its first instance took the first sandbox prepared; the next one waits.
-    assert_eq!(calls(&h, true), 0);
-    tokio::time::sleep(Duration::from_secs(50)).await;
-    assert_eq!(
-        calls(&h, true),
-        0,
-        "let go before a minute without requests"
-    );
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    assert_eq!(calls(&h, true), 1, "kept after a minute without requests");
-    // A request: traffic may want more instances soon, so one is prepared again.
-    drop(pool.acquire().await.unwrap());
-    let before = calls(&h, false);
-    until(LONG, "prepared again after a request", || {
-        calls(&h, false) == before + 1
+    .await
+    .unwrap();
+    let pool = h.pool("web");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = prepared_and_discarded(&h);
+    assert_eq!(idle.0, idle.1 + 1, "idle: none kept");
+    // Its one slot taken: another instance may be wanted soon.
+    let lease = pool.acquire().await.unwrap();
+    until(LONG, "a sandbox prepared while busy", || {
+        prepared_and_discarded(&h).0 == idle.0 + 1
     })
     .await;
-    assert_eq!(h.states("web").await, ["ready"]);
+    drop(lease);
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    assert_eq!(
+        prepared_and_discarded(&h).1,
+        idle.1,
+        "let go before a minute"
+    );
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(
+        prepared_and_discarded(&h).1,
+        idle.1 + 1,
+        "kept a minute after it was busy"
+    );
 }
 
 #[tokio::test(start_paused = true)]

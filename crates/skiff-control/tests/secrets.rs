@@ -391,7 +391,10 @@ async fn a_sandbox_prepared_while_a_version_is_added_is_made_again() {
     run(&h, create).await.unwrap();
     let mut spec = skiff_core::ServiceSpec::new("app:1");
     spec.secrets = vec!["V=s:latest".parse().unwrap()];
+    spec.concurrency = 1;
     h.deploy("svc", spec).await.unwrap();
+    // Its one slot taken, the revision keeps a sandbox prepared for the next instance.
+    let _busy = h.pool("svc").acquire().await.unwrap();
     let prepares = |h: &Harness| -> Vec<String> {
         h.rt.calls()
             .into_iter()

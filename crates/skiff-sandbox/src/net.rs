@@ -185,11 +185,9 @@ pub fn await_link_gone(slot: &NetworkSlot, timeout: Duration) {
     }
 }
 
-/// Whether the host end of `slot` exists (for leak checks).
+/// Whether the host end of `slot` exists in this network namespace.
 pub fn host_link_exists(slot: &NetworkSlot) -> bool {
-    std::path::Path::new("/sys/class/net")
-        .join(slot.host_ifname())
-        .exists()
+    crate::netlink::link_exists(&slot.host_ifname())
 }
 
 #[cfg(test)]

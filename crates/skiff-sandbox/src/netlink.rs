@@ -156,6 +156,17 @@ pub fn create_veth(host: &str, peer: &str, pid: i32) -> io::Result<()> {
 }
 
 /// Deletes a link by name.
+/// Whether a link named `name` exists in this thread's network namespace. (Not
+/// `/sys/class/net`: that shows the namespace of whoever mounted `/sys`, which is not
+/// the daemon's own when it runs in a namespace of its own.)
+pub fn link_exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated name that outlives the call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
 pub fn delete_link(name: &str) -> io::Result<()> {
     let mut m = Message::new(libc::RTM_DELLINK, 0);
     m.ifinfomsg(0, 0, 0).str_attr(libc::IFLA_IFNAME, name);
