@@ -43,13 +43,12 @@ pub enum Step {
     SecretMounts,
     IdmapLayers,
     UserNamespace,
-    Reentry,
 }
 
 impl Step {
     /// Human wording of the step, for error messages.
     pub fn describe(n: u32) -> &'static str {
-        const NAMES: [&str; 26] = [
+        const NAMES: [&str; 25] = [
             "unknown step",
             "making mounts private",
             "mounting the scratch tmpfs",
@@ -75,7 +74,6 @@ impl Step {
             "attaching a secret's files",
             "showing the image's layers through the user namespace (an idmapped mount)",
             "entering the instance's user namespace",
-            "starting the sandbox's own process (executing skiff's binary again)",
         ];
         NAMES.get(n as usize).copied().unwrap_or("unknown step")
     }
@@ -168,6 +166,37 @@ impl ChildPlan {
         self.argv = pointers(&self.args);
         self.envp = pointers(&self.env);
         self
+    }
+
+    /// The descriptors the plan names (the pipes, the probe socket, the user namespace,
+    /// the secrets' mounts), in the order [`Self::descriptors_mut`] gives them.
+    pub fn descriptors(&self) -> Vec<c_int> {
+        let mut fds = vec![
+            self.sync_fd,
+            self.err_fd,
+            self.stdout_fd,
+            self.stderr_fd,
+            self.probe_fd,
+            self.userns_fd,
+        ];
+        fds.extend(self.secret_mounts.iter().map(|m| m.fd));
+        fds.retain(|fd| *fd >= 0);
+        fds
+    }
+
+    /// The places of [`Self::descriptors`], to renumber them in another process.
+    pub fn descriptors_mut(&mut self) -> Vec<&mut c_int> {
+        let mut fds = vec![
+            &mut self.sync_fd,
+            &mut self.err_fd,
+            &mut self.stdout_fd,
+            &mut self.stderr_fd,
+            &mut self.probe_fd,
+            &mut self.userns_fd,
+        ];
+        fds.extend(self.secret_mounts.iter_mut().map(|m| &mut m.fd));
+        fds.retain(|fd| **fd >= 0);
+        fds
     }
 }
 
@@ -323,6 +352,7 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
     // failures end the process through `fail`.
     unsafe {
         libc::umask(0);
+        libc::prctl(libc::PR_SET_NAME, c"skiff-sandbox".as_ptr());
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         close_inherited(plan);
         default_signals();

@@ -11,13 +11,13 @@
 //! This crate must not know about services, revisions or HTTP: it runs one process tree
 //! from a [`SandboxSpec`] and reports how it ended.
 //!
-//! The cloned sandbox process executes the daemon's binary again at once ([`reentry`]),
-//! so it keeps none of the daemon's memory; its writable directories (`/dev`, `/tmp` …)
+//! Sandboxes are cloned by a zygote, a small process started once from the daemon's
+//! own binary (`zygote`, [`reentry`]), so none keeps the daemon's memory; its writable directories (`/dev`, `/tmp` …)
 //! are binds of one tmpfs (`scratch`), since every file system costs every memory
 //! cgroup on the host (docs/density.md).
 //!
 //! Unsafe code is denied but in the modules that make raw system calls (`child`,
-//! `spawn`, `instance`, `netlink`, `userns`, `reentry`, `scratch`), each of which allows
+//! `spawn`, `instance`, `netlink`, `userns`, `reentry`, `scratch`, `zygote`), each of which allows
 //! it for itself and says why each block is sound.
 #![deny(unsafe_code)]
 
@@ -38,6 +38,7 @@ mod seccomp;
 pub mod secretfs;
 mod spawn;
 pub mod userns;
+mod zygote;
 
 pub use cgroup::{oom_kills_in, Cgroup, Hierarchy, Limits, Placement};
 pub use freezer::Freezer;
@@ -217,9 +218,9 @@ pub struct Sandbox {
     last_cap: u32,
     /// Instances' user namespaces, one per id range.
     user_namespaces: userns::UserNamespaces,
-    /// The binary each sandbox executes right after its clone (see [`reentry`]); without
-    /// one, the clone goes on as a copy of this process.
-    entry: Option<std::os::fd::OwnedFd>,
+    /// The process that clones sandboxes (see `zygote`); without one, they are clones
+    /// of this process.
+    zygote: Option<zygote::Zygote>,
 }
 
 impl Sandbox {
@@ -252,16 +253,18 @@ impl Sandbox {
             seccomp,
             last_cap,
             user_namespaces: userns::UserNamespaces::default(),
-            entry: None,
+            zygote: None,
         })
     }
 
-    /// Has each sandbox execute `binary` (opened with [`reentry::own_binary`], or another
-    /// binary whose `main` calls [`reentry::enter_if_asked`] first) right after its
-    /// clone, so that it holds none of this process's memory.
-    pub fn with_entry(mut self, binary: std::os::fd::OwnedFd) -> Sandbox {
-        self.entry = Some(binary);
-        self
+    /// Has sandboxes cloned by a zygote started from `binary` (opened with
+    /// [`reentry::own_binary`], or another binary whose `main` calls
+    /// [`reentry::enter_if_asked`] first), so that none holds this process's memory.
+    pub fn with_zygote(mut self, binary: &std::os::fd::OwnedFd) -> Result<Sandbox, SandboxError> {
+        let zygote = zygote::Zygote::start(binary)
+            .map_err(|e| SandboxError::Host(format!("starting the sandbox zygote: {e}")))?;
+        self.zygote = Some(zygote);
+        Ok(self)
     }
 
     /// Starts installing the host firewall unless this runtime already did.

@@ -1,79 +1,35 @@
-//! The sandbox process's own start: right after the clone, the child executes the
-//! daemon's binary again (as `runc init` does) and carries on from here with the plan
-//! read from a descriptor, so it keeps none of the daemon's memory. A fork-style clone
-//! that never executes keeps a copy-on-write snapshot of the daemon's whole address
-//! space for as long as it lives; the prepared sandbox waits for its launch and the
-//! instance's init lives as long as the app, and each snapshot became its own as the
-//! daemon went on writing: ~1 MiB of anonymous memory and ~200 KiB of page tables each,
-//! growing with the daemon (docs/density.md). After the exec, a few hundred KiB.
+//! The sandbox side of skiff's binary: `main` calls [`enter_if_asked`] first, and a
+//! process executed as the zygote (see `zygote`) serves there and never returns. Also
+//! the plan's flat encoding, which goes to the zygote in a sealed memory file.
 //!
-//! The plan goes over a sealed-in-memory file as a flat encoding (this module's
-//! `encode`/`decode`); descriptors keep their numbers across the exec. The binary calls
-//! [`enter_if_asked`] first thing in `main`.
-//!
-//! This module must not do anything else: what the child does is `child::run`.
+//! This module must not do anything else: what a sandbox does is `child::run`.
 #![allow(unsafe_code)]
 
 use crate::cgroupfs::CgroupView;
-use crate::child::{self, ChildPlan, NetPlan, SecretMountPlan, Step};
-use libc::c_int;
+use crate::child::{ChildPlan, NetPlan, SecretMountPlan};
+use rustix::fd::OwnedFd;
 use std::ffi::{CStr, CString};
 
-/// `argv[0]` of the sandbox's entry; the plan's and the error pipe's descriptors follow.
-pub const ENTRY: &CStr = c"skiff-sandbox";
-
-/// If this process was started as a sandbox's entry, runs the sandbox (never returns);
+/// If this process was started as the sandboxes' zygote, serves as it (never returns);
 /// otherwise returns at once.
 pub fn enter_if_asked() {
     let mut args = std::env::args_os();
-    if args.next().as_deref() != Some(std::ffi::OsStr::new("skiff-sandbox")) {
+    if args.next().as_deref() != Some(std::ffi::OsStr::new(crate::zygote::NAME)) {
         return;
     }
-    let mut fd = || {
-        args.next()
-            .and_then(|a| a.to_str()?.parse::<c_int>().ok())
-            .unwrap_or(-1)
-    };
-    let (plan_fd, err_fd) = (fd(), fd());
-    // SAFETY: naming this process (as `ps` shows it); a static string.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"skiff-sandbox".as_ptr()) };
-    let plan = read_all(plan_fd)
-        .and_then(|bytes| decode(&bytes).ok_or(libc::EINVAL))
-        .unwrap_or_else(|errno| report(err_fd, errno));
-    // SAFETY: this process was just executed for this sandbox, single-threaded, and
-    // nothing else runs in it.
-    unsafe { child::run(&plan) }
+    let fd = args
+        .next()
+        .and_then(|a| a.to_str()?.parse::<i32>().ok())
+        .filter(|fd| *fd >= 0)
+        .unwrap_or_else(|| std::process::exit(2));
+    // SAFETY: the daemon handed this descriptor (its socket) to this process alone.
+    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    crate::zygote::serve(socket)
 }
 
-fn read_all(fd: c_int) -> Result<Vec<u8>, c_int> {
-    use std::io::Read;
-    use std::os::fd::FromRawFd;
-    if fd < 0 {
-        return Err(libc::EBADF);
-    }
-    // SAFETY: the descriptor was handed to this process for it alone; the File closes it.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-    Ok(bytes)
-}
-
-/// Tells the parent the plan could not be read, as `child::run` reports a failed step.
-fn report(err_fd: c_int, errno: c_int) -> ! {
-    let mut msg = [0u8; 8];
-    msg[..4].copy_from_slice(&(Step::Reentry as u32).to_ne_bytes());
-    msg[4..].copy_from_slice(&errno.to_ne_bytes());
-    // SAFETY: a write of a stack buffer to the error pipe, then exit.
-    unsafe {
-        libc::write(err_fd, msg.as_ptr().cast(), msg.len());
-        libc::_exit(127)
-    }
-}
-
-/// The running binary, to execute again in each sandbox: opened once, so a binary
-/// replaced on disk (an upgrade) does not meet a plan of the running daemon's version.
-pub fn own_binary() -> std::io::Result<std::os::fd::OwnedFd> {
+/// The running binary, to start the zygote from: opened once, so a binary replaced on
+/// disk (an upgrade) does not meet a plan of the running daemon's version.
+pub fn own_binary() -> std::io::Result<OwnedFd> {
     Ok(rustix::fs::open(
         "/proc/self/exe",
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
@@ -81,74 +37,26 @@ pub fn own_binary() -> std::io::Result<std::os::fd::OwnedFd> {
     )?)
 }
 
-/// What the cloned child needs to execute the entry, made before the clone.
-pub(crate) struct Entry {
-    exe: c_int,
-    err_fd: c_int,
-    _args: [CString; 3],
-    argv: [*const libc::c_char; 4],
-    /// Descriptors that must survive the exec (their close-on-exec flag is cleared).
-    keep: Vec<c_int>,
-}
-
-impl Entry {
-    /// The entry for `plan`, read from `plan_fd`, executed from `exe`.
-    pub(crate) fn new(exe: c_int, plan: &ChildPlan, plan_fd: c_int) -> Entry {
-        let number = |fd: c_int| CString::new(fd.to_string()).expect("digits");
-        let args = [ENTRY.to_owned(), number(plan_fd), number(plan.err_fd)];
-        let argv = [
-            args[0].as_ptr(),
-            args[1].as_ptr(),
-            args[2].as_ptr(),
-            std::ptr::null(),
-        ];
-        let mut keep = vec![
-            plan_fd,
-            plan.sync_fd,
-            plan.err_fd,
-            plan.stdout_fd,
-            plan.stderr_fd,
-            plan.probe_fd,
-            plan.userns_fd,
-        ];
-        keep.extend(plan.secret_mounts.iter().map(|m| m.fd));
-        keep.retain(|fd| *fd >= 0);
-        Entry {
-            exe,
-            err_fd: plan.err_fd,
-            _args: args,
-            argv,
-            keep,
-        }
-    }
-
-    /// Executes the entry in the freshly cloned child; on failure reports the step.
-    ///
-    /// # Safety
-    /// Only in the cloned child: raw system calls on data made before the clone.
-    pub(crate) unsafe fn exec(&self) -> ! {
-        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-        // SAFETY: fcntl on descriptors this process holds; execveat with NUL-terminated
-        // strings and NULL-ended arrays that live in `self`.
-        unsafe {
-            for fd in &self.keep {
-                libc::fcntl(*fd, libc::F_SETFD, 0);
+/// The whole of a plan file; an errno on failure.
+pub(crate) fn read_file(fd: &OwnedFd) -> Result<Vec<u8>, i32> {
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let mut at = 0u64;
+    loop {
+        match rustix::io::pread(fd, &mut chunk, at) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => {
+                bytes.extend_from_slice(&chunk[..n]);
+                at += n as u64;
             }
-            libc::syscall(
-                libc::SYS_execveat,
-                self.exe,
-                c"".as_ptr(),
-                self.argv.as_ptr(),
-                envp.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            );
-            report(self.err_fd, *libc::__errno_location())
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.raw_os_error()),
         }
     }
 }
 
-/// A sealed memory file holding `plan`, for the child to read after its exec.
-pub(crate) fn plan_file(plan: &ChildPlan) -> std::io::Result<std::os::fd::OwnedFd> {
+/// A sealed memory file holding `plan`, for the zygote to read.
+pub(crate) fn plan_file(plan: &ChildPlan) -> std::io::Result<OwnedFd> {
     use rustix::fs::{MemfdFlags, SealFlags};
     let fd = rustix::fs::memfd_create(
         "skiff-sandbox-plan",
@@ -159,7 +67,6 @@ pub(crate) fn plan_file(plan: &ChildPlan) -> std::io::Result<std::os::fd::OwnedF
     while done < bytes.len() {
         done += rustix::io::write(&fd, &bytes[done..])?;
     }
-    rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0))?;
     rustix::fs::fcntl_add_seals(
         &fd,
         SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
@@ -247,7 +154,7 @@ impl Reader<'_> {
     }
 }
 
-fn encode(p: &ChildPlan) -> Vec<u8> {
+pub(crate) fn encode(p: &ChildPlan) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(4096));
     for fd in [p.sync_fd, p.err_fd, p.stdout_fd, p.stderr_fd, p.probe_fd] {
         w.i32(fd);
@@ -306,7 +213,7 @@ fn encode(p: &ChildPlan) -> Vec<u8> {
     w.0
 }
 
-fn decode(bytes: &[u8]) -> Option<ChildPlan> {
+pub(crate) fn decode(bytes: &[u8]) -> Option<ChildPlan> {
     let mut r = Reader(bytes);
     let mut fds = [0; 5];
     for fd in &mut fds {

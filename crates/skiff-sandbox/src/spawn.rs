@@ -181,49 +181,20 @@ impl Sandbox {
             ..plan_parts
         };
 
-        let plan_file = crate::reentry::plan_file(&plan)
-            .map_err(prep("writing the sandbox's plan to a memory file"))?;
-        let entry = self
-            .entry
-            .as_ref()
-            .map(|exe| crate::reentry::Entry::new(exe.as_raw_fd(), &plan, plan_file.as_raw_fd()));
-        let plan = plan.with_pointers();
         let flags = libc::CLONE_NEWPID
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWUTS
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWNET;
-        // SAFETY: a fork-style clone (no new stack: the child continues on a copy of this
-        // one). The child only executes the entry, or runs `child::run`: each makes raw
-        // system calls on data made before the clone and never returns.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (flags | libc::SIGCHLD) as libc::c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
-            )
+        let pid = match &self.zygote {
+            Some(zygote) => crate::reentry::plan_file(&plan)
+                .and_then(|file| {
+                    zygote.clone_sandbox(flags as u64, rustix::fd::AsFd::as_fd(&file), &plan)
+                })
+                .map_err(prep("cloning the sandbox process (through the zygote)"))?,
+            None => clone_here(flags, plan.with_pointers())
+                .map_err(prep("cloning the sandbox process"))?,
         };
-        if pid == 0 {
-            // SAFETY: this is the freshly cloned child, and nothing else has run in it.
-            unsafe {
-                match &entry {
-                    Some(entry) => entry.exec(),
-                    None => child::run(&plan),
-                }
-            };
-        }
-        drop(plan_file);
-        if pid < 0 {
-            return Err(SandboxError::Prepare {
-                id: id.to_owned(),
-                what: "cloning the sandbox process",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let pid = pid as i32;
         drop((sync_r, err_w, out_w, errout_w));
         let probe = probe_pair.map(|(daemon, _init)| {
             let path = spec
@@ -275,7 +246,34 @@ impl Sandbox {
         // On failure, dropping `prepared` kills the child and removes what it had.
         attach.map(|()| prepared)
     }
+}
 
+/// Clones the sandbox from this process (without a zygote); its pid.
+fn clone_here(flags: libc::c_int, plan: ChildPlan) -> std::io::Result<i32> {
+    // SAFETY: a fork-style clone (no new stack: the child continues on a copy of this
+    // one). The child only runs `child::run`, which makes raw system calls on `plan` and
+    // never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        // SAFETY: this is the freshly cloned child, and nothing else has run in it.
+        unsafe { child::run(&plan) };
+    }
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(pid as i32)
+}
+
+impl Sandbox {
     /// Builds the strings of the child's plan (paths, mount options, argv, env).
     fn plan_strings(&self, spec: &SandboxSpec, scratch: &Path) -> Result<ChildPlan, SandboxError> {
         let id = spec.id.as_str();

@@ -7,16 +7,17 @@ use skiff_store::Store;
 use std::path::Path;
 use std::time::Duration;
 
-/// The sandbox runtime for this data directory; each sandbox executes this very binary
-/// again right after its clone (`skiff_sandbox::reentry`), so it holds none of this
+/// The sandbox runtime for this data directory; its sandboxes are cloned by a zygote
+/// started from this very binary (`skiff_sandbox::reentry`), so none holds this
 /// process's memory.
 pub fn sandbox(home: &crate::home::Home) -> anyhow::Result<Sandbox> {
     use anyhow::Context;
     let binary = skiff_sandbox::reentry::own_binary()
         .context("opening skiff's own binary (/proc/self/exe) for its sandboxes")?;
-    Ok(Sandbox::new(&home.scope())
+    Sandbox::new(&home.scope())
         .context("preparing the sandbox runtime")?
-        .with_entry(binary))
+        .with_zygote(&binary)
+        .context("preparing the sandbox runtime")
 }
 
 pub fn parse_memory(s: &str) -> Result<u64, String> {

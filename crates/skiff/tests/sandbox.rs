@@ -60,15 +60,18 @@ fn world() -> &'static World {
             home,
             images,
             image,
-            // As the daemon runs them: each sandbox executes skiff's binary again.
-            sandbox: Sandbox::new("sandbox-tests").unwrap().with_entry(
-                rustix::fs::open(
-                    env!("CARGO_BIN_EXE_skiff"),
-                    rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
+            // As the daemon runs them: cloned by a zygote started from skiff's binary.
+            sandbox: Sandbox::new("sandbox-tests")
+                .unwrap()
+                .with_zygote(
+                    &rustix::fs::open(
+                        env!("CARGO_BIN_EXE_skiff"),
+                        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+                        rustix::fs::Mode::empty(),
+                    )
+                    .unwrap(),
                 )
                 .unwrap(),
-            ),
             db: Mutex::new(db),
         }
     })
@@ -993,7 +996,7 @@ fn a_prepared_sandbox_holds_none_of_the_parents_descriptors() {
     let mut s = spec(&id, "echo launched", (0, 0));
     s.network = None;
     let prepared = w.sandbox.prepare(&s).unwrap();
-    // It executed skiff's binary again: none of this process's memory is left in it.
+    // The zygote cloned it, not this process: none of this process's memory is in it.
     let pid = prepared.pid();
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap() != "skiff-sandbox\n" {

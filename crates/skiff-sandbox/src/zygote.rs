@@ -1,0 +1,229 @@
+//! The zygote: a small process the daemon starts once (skiff's own binary executed again,
+//! single-threaded, a few hundred KiB of its own) that clones every sandbox, so that a
+//! sandbox is a copy of the zygote, not of the daemon.
+//!
+//! Why not clone from the daemon: the clone keeps a copy-on-write snapshot of the
+//! daemon's address space for as long as it lives (the prepared sandbox, then the
+//! instance's init), and each snapshot becomes its own as the daemon goes on writing
+//! (~1 MiB of anonymous memory and ~200 KiB of page tables each). Why not execute skiff
+//! again in each sandbox: the loader relocates ~1.6 MiB of skiff's data in every process
+//! that executes it. The zygote pays that once; its clones share those pages, which
+//! nothing writes after the relocation (docs/density.md).
+//!
+//! The daemon sends each request as one datagram: the clone flags, and as descriptors
+//! the plan (a sealed memory file) and the plan's own descriptors in the order of
+//! [`ChildPlan::descriptors`]. The zygote clones with `CLONE_PARENT`, so the sandbox is
+//! the daemon's child (it waits for it, opens its pidfd), and answers its pid or
+//! `-errno`. The zygote ends when the daemon's end of the socket closes.
+#![allow(unsafe_code)]
+
+use crate::child::{self, ChildPlan};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::sync::Mutex;
+
+/// `argv[0]` of the zygote; the socket's descriptor follows.
+pub(crate) const NAME: &str = "skiff-sandbox-zygote";
+
+/// Most descriptors in one request: the plan and the plan's own.
+const MAX_FDS: usize = 8 + child::MAX_SECRET_MOUNTS;
+
+/// The daemon's side: the zygote process and the socket to it.
+pub(crate) struct Zygote {
+    socket: Mutex<OwnedFd>,
+    process: Mutex<std::process::Child>,
+}
+
+impl Zygote {
+    /// Starts the zygote from `binary` (a descriptor of skiff's own binary).
+    pub(crate) fn start(binary: &OwnedFd) -> io::Result<Zygote> {
+        use std::os::unix::process::CommandExt;
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let their_fd = theirs.as_raw_fd();
+        let mut command =
+            std::process::Command::new(format!("/proc/self/fd/{}", binary.as_raw_fd()));
+        command
+            .arg0(NAME)
+            .arg(their_fd.to_string())
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        // SAFETY: between fork and exec, one fcntl on a descriptor the child holds.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(their_fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        // Started from a thread that never ends: a sandbox's parent-death signal follows
+        // the thread that started the zygote (its clones take the zygote's parent), and
+        // must mean that the daemon died, not that some thread of it ended.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("skiff-zygote".into())
+            .spawn(move || {
+                let _ = tx.send(command.spawn());
+                drop(command);
+                loop {
+                    std::thread::park();
+                }
+            })?;
+        let process = rx
+            .recv()
+            .map_err(|_| io::Error::other("the zygote's thread ended"))??;
+        drop(theirs);
+        Ok(Zygote {
+            socket: Mutex::new(ours),
+            process: Mutex::new(process),
+        })
+    }
+
+    /// Has the zygote clone a sandbox into the namespaces of `flags` from the plan in
+    /// `plan_file`; the sandbox's pid.
+    pub(crate) fn clone_sandbox(
+        &self,
+        flags: u64,
+        plan_file: BorrowedFd<'_>,
+        plan: &ChildPlan,
+    ) -> io::Result<i32> {
+        let mut fds = vec![plan_file];
+        for fd in plan.descriptors() {
+            // SAFETY: the plan's descriptors are open for as long as the plan is.
+            fds.push(unsafe { BorrowedFd::borrow_raw(fd) });
+        }
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(io::Error::other("too many descriptors for the zygote"));
+        }
+        let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = flags.to_le_bytes();
+        rustix::net::sendmsg(
+            &*socket,
+            &[IoSlice::new(&bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .map_err(|e| self.gone(e.into()))?;
+        let mut answer = [0u8; 4];
+        let got = rustix::io::read(&*socket, &mut answer).map_err(|e| self.gone(e.into()))?;
+        if got != 4 {
+            return Err(self.gone(io::Error::from(io::ErrorKind::UnexpectedEof)));
+        }
+        match i32::from_le_bytes(answer) {
+            pid if pid > 0 => Ok(pid),
+            errno => Err(io::Error::from_raw_os_error(-errno)),
+        }
+    }
+
+    /// Names a zygote that stopped answering (with its exit, when it has one).
+    fn gone(&self, e: io::Error) -> io::Error {
+        let mut process = self.process.lock().unwrap_or_else(|p| p.into_inner());
+        match process.try_wait() {
+            Ok(Some(status)) => io::Error::other(format!("the sandbox zygote ended ({status})")),
+            _ => e,
+        }
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        let process = self.process.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = process.kill();
+        let _ = process.wait();
+    }
+}
+
+/// The zygote's loop (in the process executed as [`NAME`]): clones a sandbox per
+/// request until the daemon closes its end.
+pub(crate) fn serve(socket: OwnedFd) -> ! {
+    // SAFETY: naming this process; a static string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"skiff-zygote".as_ptr()) };
+    loop {
+        let (flags, mut fds) = match receive(socket.as_fd()) {
+            Ok(Some(request)) => request,
+            Ok(None) => std::process::exit(0),
+            Err(_) => std::process::exit(1),
+        };
+        let pid = match clone_one(flags, &mut fds) {
+            Ok(pid) => pid,
+            Err(errno) => -errno,
+        };
+        drop(fds);
+        if rustix::io::write(&socket, &pid.to_le_bytes()).is_err() {
+            std::process::exit(1);
+        }
+    }
+}
+
+/// One request: the clone flags and its descriptors; `None` once the daemon is gone.
+fn receive(socket: BorrowedFd<'_>) -> io::Result<Option<(u64, Vec<OwnedFd>)>> {
+    let mut bytes = [0u8; 8];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        socket,
+        &mut [IoSliceMut::new(&mut bytes)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if got.bytes == 0 {
+        return Ok(None);
+    }
+    Ok(Some((u64::from_le_bytes(bytes), fds)))
+}
+
+/// Clones the sandbox a request asks for; its pid, or the errno.
+fn clone_one(flags: u64, fds: &mut [OwnedFd]) -> Result<i32, i32> {
+    let (plan_file, own) = fds.split_first().ok_or(libc::EINVAL)?;
+    let bytes = crate::reentry::read_file(plan_file)?;
+    let mut plan = crate::reentry::decode(&bytes).ok_or(libc::EINVAL)?;
+    let slots = plan.descriptors_mut();
+    if slots.len() != own.len() {
+        return Err(libc::EINVAL);
+    }
+    for (slot, fd) in slots.into_iter().zip(own.iter()) {
+        *slot = fd.as_raw_fd();
+    }
+    let plan = plan.with_pointers();
+    let flags = flags & CLONE_NAMESPACES | libc::CLONE_PARENT as u64 | libc::SIGCHLD as u64;
+    // SAFETY: a fork-style clone of this single-threaded process; the child runs only
+    // `child::run` on the plan and never returns.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid == 0 {
+        // SAFETY: the fresh clone; `child::run` closes what it must not keep.
+        unsafe { child::run(&plan) }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    Ok(pid as i32)
+}
+
+/// The clone flags a request may ask for: new namespaces, nothing else.
+const CLONE_NAMESPACES: u64 = (libc::CLONE_NEWPID
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWCGROUP) as u64;
