@@ -149,6 +149,9 @@ pub struct ChildPlan {
     pub exec_paths: Vec<CString>,
     /// Secrets' files, at most [`MAX_SECRET_MOUNTS`].
     pub secret_mounts: Vec<SecretMountPlan>,
+    /// A detached sysfs shared by every sandbox (the zygote's, from an empty network
+    /// namespace), or -1: the sandbox mounts its own.
+    pub shared_sysfs: c_int,
 }
 
 const NULL: *const c_char = std::ptr::null();
@@ -274,16 +277,17 @@ unsafe fn close_inherited(plan: &ChildPlan) {
     } else {
         plan.sync_fd
     };
-    let mut keep = [-1; 6 + MAX_SECRET_MOUNTS];
-    keep[..6].copy_from_slice(&[
+    let mut keep = [-1; 7 + MAX_SECRET_MOUNTS];
+    keep[..7].copy_from_slice(&[
         plan.sync_fd,
         plan.err_fd,
         plan.stdout_fd,
         plan.stderr_fd,
         probe,
         plan.userns_fd,
+        plan.shared_sysfs,
     ]);
-    for (slot, m) in keep[6..].iter_mut().zip(&plan.secret_mounts) {
+    for (slot, m) in keep[7..].iter_mut().zip(&plan.secret_mounts) {
         *slot = m.fd;
     }
     // Insertion sort: no allocation allowed here.
@@ -420,14 +424,7 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
         check(plan, Step::Tmp, ensure_dir(c"/tmp"));
         check(plan, Step::Tmp, scratch::attach(trees.tmp, c"/tmp"));
         if ensure_dir(c"/sys") == 0 {
-            // Not every host lets a network namespace mount its own sysfs; apps rarely need it.
-            mount(
-                c"sysfs",
-                c"/sys",
-                c"sysfs",
-                nosuid_nodev_noexec | libc::MS_RDONLY,
-                c"",
-            );
+            mount_sys(plan.shared_sysfs);
         }
         allow_low_ports();
         mask_paths(plan, &trees.empty);
@@ -762,6 +759,37 @@ unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int], base: c_int) {
             // A bind's own flags: the scratch tmpfs under it stays writable.
             mount(c"", c"/sys/fs/cgroup", c"", ro, c"");
         }
+    }
+}
+
+/// `/sys`, read-only: a copy of the shared sysfs when there is one (a sysfs mount is a
+/// file system of its own, and each costs every memory cgroup a slot: docs/density.md),
+/// else a sysfs of the sandbox's own. Best effort: not every host lets a network
+/// namespace mount its own sysfs, and apps rarely need it.
+unsafe fn mount_sys(shared: c_int) {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    // SAFETY: open_tree on a descriptor this process holds, mount on static strings.
+    unsafe {
+        if shared >= 0 {
+            let tree = libc::syscall(
+                libc::SYS_open_tree,
+                shared,
+                c"".as_ptr(),
+                (OPEN_TREE_CLONE | libc::O_CLOEXEC | libc::AT_EMPTY_PATH) as libc::c_uint,
+            ) as c_int;
+            libc::close(shared);
+            if tree >= 0 && scratch::attach(tree, c"/sys") == 0 {
+                mount(
+                    c"",
+                    c"/sys",
+                    c"",
+                    flags | libc::MS_REMOUNT | libc::MS_BIND,
+                    c"",
+                );
+                return;
+            }
+        }
+        mount(c"sysfs", c"/sys", c"sysfs", flags, c"");
     }
 }
 

@@ -320,6 +320,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<ChildPlan> {
         envp: Vec::new(),
         exec_paths,
         secret_mounts,
+        shared_sysfs: -1,
     }))
 }
 
@@ -382,6 +383,7 @@ mod tests {
                 target: c("/etc/s"),
                 dirs: vec![c("/etc"), c("/etc/s")],
             }],
+            shared_sysfs: -1,
         })
     }
 

@@ -395,6 +395,7 @@ impl Sandbox {
             envp: Vec::new(),
             exec_paths,
             secret_mounts: secret_mount_plans(spec)?,
+            shared_sysfs: -1,
         })
     }
 }

@@ -151,13 +151,15 @@ impl Drop for Zygote {
 pub(crate) fn serve(socket: OwnedFd) -> ! {
     // SAFETY: naming this process; a static string.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"skiff-zygote".as_ptr()) };
+    let sysfs = shared_sysfs().ok();
     loop {
         let (flags, mut fds) = match receive(socket.as_fd()) {
             Ok(Some(request)) => request,
             Ok(None) => std::process::exit(0),
             Err(_) => std::process::exit(1),
         };
-        let pid = match clone_one(flags, &mut fds) {
+        let shared = sysfs.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+        let pid = match clone_one(flags, &mut fds, shared) {
             Ok(pid) => pid,
             Err(errno) => -errno,
         };
@@ -166,6 +168,25 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
             std::process::exit(1);
         }
     }
+}
+
+/// A detached sysfs every sandbox shows a copy of at `/sys`, made in a network namespace
+/// of the zygote's own with nothing but `lo` (a sysfs shows its network namespace's
+/// devices; the sandbox's `eth0` is not among them). One file system for all sandboxes
+/// instead of one each: each costs every memory cgroup a slot (docs/density.md).
+fn shared_sysfs() -> io::Result<OwnedFd> {
+    use rustix::mount::MountAttrFlags;
+    use rustix::mount::{fsconfig_create, fsmount, fsopen, FsMountFlags, FsOpenFlags};
+    // SAFETY: this process is single-threaded, and only its network namespace changes
+    // (no other thread could share state the unshare would split).
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET)? };
+    let fs = fsopen("sysfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_create(&fs)?;
+    let attrs = MountAttrFlags::MOUNT_ATTR_RDONLY
+        | MountAttrFlags::MOUNT_ATTR_NOSUID
+        | MountAttrFlags::MOUNT_ATTR_NODEV
+        | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    Ok(fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)?)
 }
 
 /// One request: the clone flags and its descriptors; `None` once the daemon is gone.
@@ -192,7 +213,7 @@ fn receive(socket: BorrowedFd<'_>) -> io::Result<Option<(u64, Vec<OwnedFd>)>> {
 }
 
 /// Clones the sandbox a request asks for; its pid, or the errno.
-fn clone_one(flags: u64, fds: &mut [OwnedFd]) -> Result<i32, i32> {
+fn clone_one(flags: u64, fds: &mut [OwnedFd], shared_sysfs: i32) -> Result<i32, i32> {
     let (plan_file, own) = fds.split_first().ok_or(libc::EINVAL)?;
     let bytes = crate::reentry::read_file(plan_file)?;
     let mut plan = crate::reentry::decode(&bytes).ok_or(libc::EINVAL)?;
@@ -203,6 +224,7 @@ fn clone_one(flags: u64, fds: &mut [OwnedFd]) -> Result<i32, i32> {
     for (slot, fd) in slots.into_iter().zip(own.iter()) {
         *slot = fd.as_raw_fd();
     }
+    plan.shared_sysfs = shared_sysfs;
     let plan = plan.with_pointers();
     let flags = flags & CLONE_NAMESPACES | libc::CLONE_PARENT as u64 | libc::SIGCHLD as u64;
     // SAFETY: a fork-style clone of this single-threaded process; the child runs only

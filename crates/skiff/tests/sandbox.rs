@@ -328,6 +328,28 @@ fn isolation_probe_as_root_read_only() {
 }
 
 #[test]
+fn every_sandbox_shows_one_shared_read_only_sys() {
+    let script = r#"
+echo sysdev=$(awk '$5 == "/sys" {print $3}' /proc/self/mountinfo)
+echo nets=$(ls /sys/class/net | tr '\n' ' ')
+if touch /sys/probe 2>/dev/null; then echo sys=writable; else echo sys=readonly; fi
+"#;
+    let mut seen = Vec::new();
+    for n in 0..2 {
+        let id = unique_id(&format!("sys{n}"));
+        let (exit, lines) = run_to_end(&spec(&id, script, (0, 0)));
+        release(&id);
+        assert_eq!(exit.code, Some(0), "{lines:?}");
+        assert_eq!(value(&lines, "sys"), "readonly");
+        // The zygote's empty network namespace: neither the host's devices nor eth0.
+        assert_eq!(value(&lines, "nets").trim(), "lo", "{lines:?}");
+        seen.push(value(&lines, "sysdev").to_owned());
+    }
+    assert!(!seen[0].is_empty());
+    assert_eq!(seen[0], seen[1], "each sandbox mounted a sysfs of its own");
+}
+
+#[test]
 fn isolation_probe_as_image_user_with_writable_layer() {
     let (lines, _, _, _) = probe(false, (1000, 1000));
     assert_eq!(value(&lines, "uid"), "1000");
