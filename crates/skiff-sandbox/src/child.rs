@@ -13,7 +13,7 @@
 use libc::{c_char, c_int, c_ulong, c_void};
 use std::ffi::{CStr, CString};
 
-use crate::scratch::{self, MOVE_MOUNT_F_EMPTY_PATH, OPEN_TREE_CLONE};
+use crate::scratch::{self, OPEN_TREE_CLONE};
 
 /// Steps of the child setup, reported to the parent by number on failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +262,14 @@ fn ensure_dir(path: &CStr) -> c_int {
 }
 
 const MS_PRIVATE_REC: c_ulong = libc::MS_REC | libc::MS_PRIVATE;
+
+/// Remount flags that make a bind mount read-only, without set-id, devices or exec.
+const READ_ONLY_BIND: c_ulong = libc::MS_REMOUNT
+    | libc::MS_BIND
+    | libc::MS_RDONLY
+    | libc::MS_NOSUID
+    | libc::MS_NODEV
+    | libc::MS_NOEXEC;
 
 /// Closes every descriptor the clone copied from the parent but the plan's own pipes.
 /// A prepared sandbox may wait a long time before exec; meanwhile it must not hold the
@@ -544,37 +552,15 @@ unsafe fn attach_secrets(plan: &ChildPlan) {
         for dir in &m.dirs {
             check(plan, Step::SecretMounts, ensure_dir(dir));
         }
-        // SAFETY: `m.fd` is a detached mount the parent made; the paths are
-        // NUL-terminated.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                m.fd,
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                m.target.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            ) as c_int
-        };
+        // SAFETY: `m.fd` is a detached mount the parent made, used no more after this
+        // (`attach` closes it); the path is NUL-terminated.
+        let rc = unsafe { scratch::attach(m.fd, &m.target) };
         check(plan, Step::SecretMounts, rc);
         check(
             plan,
             Step::SecretMounts,
-            mount(
-                c"",
-                &m.target,
-                c"",
-                libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
-                c"",
-            ),
+            mount(c"", &m.target, c"", READ_ONLY_BIND, c""),
         );
-        // SAFETY: the descriptor is this process's, and used no more.
-        unsafe { libc::close(m.fd) };
     }
 }
 
@@ -657,12 +643,7 @@ unsafe fn idmap_layers(plan: &ChildPlan) {
             libc::chdir(plan.layers_dir.as_ptr()),
         );
         for (name, target) in &plan.idmapped_layers {
-            let tree = libc::syscall(
-                libc::SYS_open_tree,
-                libc::AT_FDCWD,
-                name.as_ptr(),
-                (OPEN_TREE_CLONE | libc::O_CLOEXEC) as libc::c_uint,
-            ) as c_int;
+            let tree = scratch::clone_tree(name);
             check(plan, Step::IdmapLayers, tree);
             check(
                 plan,
@@ -670,16 +651,7 @@ unsafe fn idmap_layers(plan: &ChildPlan) {
                 crate::userns::idmap(tree, plan.userns_fd),
             );
             check(plan, Step::IdmapLayers, libc::mkdir(target.as_ptr(), 0o700));
-            let rc = libc::syscall(
-                libc::SYS_move_mount,
-                tree,
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                target.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH as libc::c_uint,
-            ) as c_int;
-            check(plan, Step::IdmapLayers, rc);
-            libc::close(tree);
+            check(plan, Step::IdmapLayers, scratch::attach(tree, target));
         }
         check(
             plan,
@@ -695,14 +667,7 @@ unsafe fn clone_cgroup_dirs(plan: &ChildPlan) -> [c_int; crate::cgroupfs::MAX_BI
     let mut trees = [-1; crate::cgroupfs::MAX_BINDS];
     for (tree, (source, _)) in trees.iter_mut().zip(&plan.cgroups.binds) {
         // SAFETY: open_tree on a path prepared before the clone; it returns a new fd.
-        *tree = unsafe {
-            libc::syscall(
-                libc::SYS_open_tree,
-                libc::AT_FDCWD,
-                source.as_ptr(),
-                OPEN_TREE_CLONE | libc::O_CLOEXEC,
-            )
-        } as c_int;
+        *tree = unsafe { scratch::clone_tree(source) };
     }
     trees
 }
@@ -713,12 +678,7 @@ unsafe fn clone_cgroup_dirs(plan: &ChildPlan) -> [c_int; crate::cgroupfs::MAX_BI
 /// hold either way.
 unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int], base: c_int) {
     let view = &plan.cgroups;
-    let ro = libc::MS_REMOUNT
-        | libc::MS_BIND
-        | libc::MS_RDONLY
-        | libc::MS_NOSUID
-        | libc::MS_NODEV
-        | libc::MS_NOEXEC;
+    let ro = READ_ONLY_BIND;
     // SAFETY: mount, mkdir, move_mount, symlink and close on strings prepared before the
     // clone and on the descriptors `clone_cgroup_dirs` opened.
     unsafe {
@@ -738,19 +698,12 @@ unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int], base: c_int) {
                 if view.base_tmpfs {
                     libc::mkdir(target.as_ptr(), 0o555);
                 }
-                let moved = libc::syscall(
-                    libc::SYS_move_mount,
-                    tree,
-                    c"".as_ptr(),
-                    libc::AT_FDCWD,
-                    target.as_ptr(),
-                    MOVE_MOUNT_F_EMPTY_PATH,
-                );
-                if moved == 0 {
+                if scratch::attach(tree, target) == 0 {
                     mount(c"", target, c"", ro, c"");
                 }
+            } else {
+                libc::close(tree);
             }
-            libc::close(tree);
         }
         if usable && view.base_tmpfs {
             for (link, to) in &view.links {
@@ -833,12 +786,7 @@ unsafe fn mask_paths(plan: &ChildPlan, empty: &[c_int; scratch::MASKED_DIRS.len(
             fail(plan, Step::MaskPaths, errno());
         }
     }
-    let ro = libc::MS_REMOUNT
-        | libc::MS_BIND
-        | libc::MS_RDONLY
-        | libc::MS_NOSUID
-        | libc::MS_NODEV
-        | libc::MS_NOEXEC;
+    let ro = READ_ONLY_BIND;
     for (p, &tree) in scratch::MASKED_DIRS.into_iter().zip(empty) {
         // SAFETY: the descriptor is this process's; `attach` closes it.
         if unsafe { scratch::attach(tree, p) } < 0 {
@@ -856,13 +804,11 @@ unsafe fn mask_paths(plan: &ChildPlan, empty: &[c_int; scratch::MASKED_DIRS.len(
             }
             fail(plan, Step::MaskPaths, errno());
         }
-        let flags = libc::MS_REMOUNT
-            | libc::MS_BIND
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC;
-        check(plan, Step::MaskPaths, mount(c"", p, c"", flags, c""));
+        check(
+            plan,
+            Step::MaskPaths,
+            mount(c"", p, c"", READ_ONLY_BIND, c""),
+        );
     }
 }
 

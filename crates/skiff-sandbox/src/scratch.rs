@@ -57,7 +57,7 @@ pub(crate) struct ScratchTrees {
 /// `open_tree(2)`'s flag for a detached copy.
 pub(crate) const OPEN_TREE_CLONE: c_int = 1;
 /// `move_mount(2)`'s flag: the source is the descriptor itself.
-pub(crate) const MOVE_MOUNT_F_EMPTY_PATH: c_int = 0x4;
+const MOVE_MOUNT_F_EMPTY_PATH: c_int = 0x4;
 
 /// A detached bind mount of `path` (relative to the working directory), or -1.
 ///

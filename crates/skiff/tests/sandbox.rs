@@ -477,7 +477,13 @@ fn memory_limit_oom_kills_and_is_reported() {
 #[test]
 fn fork_bomb_stops_at_pids_limit_and_host_stays_responsive() {
     let id = unique_id("bomb");
-    let mut s = spec(&id, "bomb() { bomb | bomb & }; bomb; sleep 30", (0, 0));
+    // The shell forks nothing after the bomb (a `sleep` forked then could fail at the
+    // limit and end the shell before it is stopped): `wait` is a builtin.
+    let mut s = spec(
+        &id,
+        "sleep 30 & bomb() { bomb | bomb & }; bomb; wait",
+        (0, 0),
+    );
     s.limits.pids = Some(32);
     let w = world();
     let mut inst = w.sandbox.start(&s).unwrap();
