@@ -155,6 +155,14 @@ slabs_after = slabs()
 procs = descendants(daemon)
 pss = pss_by_name(procs)
 used, cgroups = cgroup_bytes(procs)
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+cpu_before, wall_before = cpu_seconds(daemon), time.monotonic()
+time.sleep(5)  # a measuring window, not a readiness wait: what the idle daemon spends
+idle_cpu = (cpu_seconds(daemon) - cpu_before) / (time.monotonic() - wall_before)
 idle = call_all("from idle")
 ls = []
 for _ in range(5):
@@ -173,6 +181,7 @@ print("  slab caches that grew most (KiB per service): " + ", ".join(
 print("  processes' PSS (KiB each): " + ", ".join(
     f"{name} x{count} {total / count / 1024:.0f}" for name, (total, count) in sorted(pss.items())))
 print(f"  daemon: RSS {status(daemon, 'VmRSS') / 1024:.0f} MiB, {status(daemon, 'Threads')} threads, {len(os.listdir(f'/proc/{daemon}/fd'))} descriptors; {len(procs)} processes under it (RSS sum {rss_all / 1024:.0f} MiB)")
+print(f"  daemon CPU while all are idle: {idle_cpu * 100:.1f} % of a core")
 print(f"  call each once from zero: p50 {pct(cold, 0.5):.2f} ms, p99 {pct(cold, 0.99):.2f} ms, all {sum(cold) / 1000:.2f} s")
 print(f"  call each once from idle: p50 {pct(idle, 0.5):.2f} ms, p99 {pct(idle, 0.99):.2f} ms, all {sum(idle) / 1000:.2f} s")
 print(f"  skiff ls: median {statistics.median(ls):.0f} ms (5 runs)")
