@@ -33,7 +33,8 @@ impl RevisionRunner {
         loop {
             let is_retired = *retired.borrow_and_update();
             self.reconcile(is_retired);
-            if is_retired || self.ctl.is_shutting_down() || !self.needs_prepared() {
+            let sampled = self.pool.load();
+            if is_retired || self.ctl.is_shutting_down() || !self.needs_prepared(sampled) {
                 self.discard_prepared().await;
             } else {
                 self.refill_prepared();

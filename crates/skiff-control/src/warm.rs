@@ -61,9 +61,9 @@ pub(crate) fn keeps_prepared(instances: u32, since_busy: Option<Duration>) -> bo
 }
 
 impl RevisionRunner {
-    /// Whether this revision keeps a sandbox prepared now (see [`keeps_prepared`]).
-    pub(crate) fn needs_prepared(&self) -> bool {
-        let load = self.pool.load();
+    /// Whether this revision, under `load`, keeps a sandbox prepared now (see
+    /// [`keeps_prepared`]).
+    pub(crate) fn needs_prepared(&self, load: skiff_router::Load) -> bool {
         let per_instance = match self.revision.spec.concurrency {
             0 => {
                 let scaler = self.scaler.lock().unwrap_or_else(|p| p.into_inner());
@@ -224,7 +224,7 @@ impl RevisionRunner {
                     // the write, and the write's refresh found nothing prepared yet.
                     let stale = !me.revision.spec.secrets.is_empty()
                         && me.ctl.secrets_generation() != generation;
-                    if !me.wants_prepared() || !me.needs_prepared() || stale {
+                    if !me.wants_prepared() || !me.needs_prepared(me.pool.load()) || stale {
                         me.discard_prepared().await;
                         if stale {
                             me.refill_prepared();

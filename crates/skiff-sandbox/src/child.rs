@@ -13,7 +13,7 @@
 use libc::{c_char, c_int, c_ulong, c_void};
 use std::ffi::{CStr, CString};
 
-use crate::scratch::{self, OPEN_TREE_CLONE};
+use crate::scratch;
 
 /// Steps of the child setup, reported to the parent by number on failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -678,7 +678,6 @@ unsafe fn clone_cgroup_dirs(plan: &ChildPlan) -> [c_int; crate::cgroupfs::MAX_BI
 /// hold either way.
 unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int], base: c_int) {
     let view = &plan.cgroups;
-    let ro = READ_ONLY_BIND;
     // SAFETY: mount, mkdir, move_mount, symlink and close on strings prepared before the
     // clone and on the descriptors `clone_cgroup_dirs` opened.
     unsafe {
@@ -699,7 +698,7 @@ unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int], base: c_int) {
                     libc::mkdir(target.as_ptr(), 0o555);
                 }
                 if scratch::attach(tree, target) == 0 {
-                    mount(c"", target, c"", ro, c"");
+                    mount(c"", target, c"", READ_ONLY_BIND, c"");
                 }
             } else {
                 libc::close(tree);
@@ -710,7 +709,7 @@ unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int], base: c_int) {
                 libc::symlink(to.as_ptr(), link.as_ptr());
             }
             // A bind's own flags: the scratch tmpfs under it stays writable.
-            mount(c"", c"/sys/fs/cgroup", c"", ro, c"");
+            mount(c"", c"/sys/fs/cgroup", c"", READ_ONLY_BIND, c"");
         }
     }
 }
@@ -720,28 +719,17 @@ unsafe fn mount_cgroup_view(plan: &ChildPlan, trees: &[c_int], base: c_int) {
 /// else a sysfs of the sandbox's own. Best effort: not every host lets a network
 /// namespace mount its own sysfs, and apps rarely need it.
 unsafe fn mount_sys(shared: c_int) {
-    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
     // SAFETY: open_tree on a descriptor this process holds, mount on static strings.
     unsafe {
         if shared >= 0 {
-            let tree = libc::syscall(
-                libc::SYS_open_tree,
-                shared,
-                c"".as_ptr(),
-                (OPEN_TREE_CLONE | libc::O_CLOEXEC | libc::AT_EMPTY_PATH) as libc::c_uint,
-            ) as c_int;
+            let tree = scratch::clone_tree_of(shared);
             libc::close(shared);
             if tree >= 0 && scratch::attach(tree, c"/sys") == 0 {
-                mount(
-                    c"",
-                    c"/sys",
-                    c"",
-                    flags | libc::MS_REMOUNT | libc::MS_BIND,
-                    c"",
-                );
+                mount(c"", c"/sys", c"", READ_ONLY_BIND, c"");
                 return;
             }
         }
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
         mount(c"sysfs", c"/sys", c"sysfs", flags, c"");
     }
 }
@@ -786,7 +774,6 @@ unsafe fn mask_paths(plan: &ChildPlan, empty: &[c_int; scratch::MASKED_DIRS.len(
             fail(plan, Step::MaskPaths, errno());
         }
     }
-    let ro = READ_ONLY_BIND;
     for (p, &tree) in scratch::MASKED_DIRS.into_iter().zip(empty) {
         // SAFETY: the descriptor is this process's; `attach` closes it.
         if unsafe { scratch::attach(tree, p) } < 0 {
@@ -795,7 +782,11 @@ unsafe fn mask_paths(plan: &ChildPlan, empty: &[c_int; scratch::MASKED_DIRS.len(
             }
             fail(plan, Step::MaskPaths, errno());
         }
-        check(plan, Step::MaskPaths, mount(c"", p, c"", ro, c""));
+        check(
+            plan,
+            Step::MaskPaths,
+            mount(c"", p, c"", READ_ONLY_BIND, c""),
+        );
     }
     for p in READ_ONLY {
         if mount(p, p, c"", libc::MS_BIND | libc::MS_REC, c"") < 0 {

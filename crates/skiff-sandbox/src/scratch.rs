@@ -55,7 +55,7 @@ pub(crate) struct ScratchTrees {
 }
 
 /// `open_tree(2)`'s flag for a detached copy.
-pub(crate) const OPEN_TREE_CLONE: c_int = 1;
+const OPEN_TREE_CLONE: c_int = 1;
 /// `move_mount(2)`'s flag: the source is the descriptor itself.
 const MOVE_MOUNT_F_EMPTY_PATH: c_int = 0x4;
 
@@ -65,12 +65,29 @@ const MOVE_MOUNT_F_EMPTY_PATH: c_int = 0x4;
 /// Raw system call on a NUL-terminated path; returns a new descriptor.
 pub(crate) unsafe fn clone_tree(path: &CStr) -> c_int {
     // SAFETY: see above.
+    unsafe { open_tree_clone(libc::AT_FDCWD, path, 0) }
+}
+
+/// A detached copy of the mount `tree` (itself a descriptor of a mount, attached or
+/// not), or -1.
+///
+/// # Safety
+/// Raw system call on a descriptor this process holds; returns a new descriptor.
+pub(crate) unsafe fn clone_tree_of(tree: c_int) -> c_int {
+    // SAFETY: see above.
+    unsafe { open_tree_clone(tree, c"", libc::AT_EMPTY_PATH) }
+}
+
+/// `open_tree(dir, path, OPEN_TREE_CLONE | O_CLOEXEC | flags)`.
+unsafe fn open_tree_clone(dir: c_int, path: &CStr, flags: c_int) -> c_int {
+    // SAFETY: a NUL-terminated path that outlives the call; the kernel returns a new
+    // descriptor or -1.
     unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
+            dir,
             path.as_ptr(),
-            (OPEN_TREE_CLONE | libc::O_CLOEXEC) as libc::c_uint,
+            (OPEN_TREE_CLONE | libc::O_CLOEXEC | flags) as libc::c_uint,
         ) as c_int
     }
 }
