@@ -96,7 +96,12 @@ impl Connection {
 }
 
 /// Idle connections kept per instance and router thread; more are closed when returned.
-const MAX_IDLE: usize = 64;
+/// Enough for every request an instance takes at once (Knative caps its concurrency at
+/// 1000): with fewer, a load past the cap closes connections as requests end and opens
+/// new ones for the next (bench/proxy-hop at 256 connections with 64: ~900 new
+/// connections a second, each a thread for a thread-per-connection app, and a tail of
+/// 100 ms and more).
+const MAX_IDLE: usize = 1000;
 
 /// Exchanges after which a connection in the upstream shortcut is closed rather than
 /// kept: each connection's shortcut budget is for its lifetime, and a new connection has
@@ -249,8 +254,35 @@ pub async fn connect(target: &Target) -> io::Result<TcpStream> {
     Ok(connect_by(target, Lane::Tcp).await?.0)
 }
 
+/// How long a connection attempt may wait for its handshake before another is made in
+/// its place; doubled on each retry.
+const FIRST_HANDSHAKE_WAIT: Duration = Duration::from_millis(20);
+
+/// Attempts cut short by [`FIRST_HANDSHAKE_WAIT`] (and its doublings) before one is left
+/// to the kernel's own retransmissions.
+const QUICK_ATTEMPTS: u32 = 5;
+
 /// A TCP connection to `target`, and whether it is marked for the shortcut.
+///
+/// An instance's listening socket drops a SYN while its accept queue is full (an app's
+/// backlog is often 128 or less, and a burst of requests after a scale from zero opens
+/// that many connections at once); the kernel sends the SYN again only after a second.
+/// A handshake to an instance takes microseconds when the SYN is taken, so an attempt
+/// still waiting after [`FIRST_HANDSHAKE_WAIT`] was dropped: it is closed and a new one
+/// made, at doubling intervals, as the app drains its queue.
 async fn connect_by(target: &Target, lane: Lane) -> io::Result<(TcpStream, bool)> {
+    let mut wait = FIRST_HANDSHAKE_WAIT;
+    for _ in 0..QUICK_ATTEMPTS {
+        if let Ok(connected) = tokio::time::timeout(wait, attempt(target, lane)).await {
+            return connected;
+        }
+        wait *= 2;
+    }
+    attempt(target, lane).await
+}
+
+/// One connection attempt, waiting for its outcome.
+async fn attempt(target: &Target, lane: Lane) -> io::Result<(TcpStream, bool)> {
     let (stream, marked) = match target {
         Target::Address(addr) => (TcpStream::connect(addr).await?, false),
         Target::Netns { netns, port } => {
@@ -391,6 +423,42 @@ fn socket_in(netns: &OwnedFd, lane: Lane) -> io::Result<(std::net::TcpStream, bo
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An app whose accept queue is full (backlog 0, one connection waiting) and that
+    /// starts accepting 100 ms later: the kernel drops the first SYN and would send it
+    /// again only after a second.
+    #[tokio::test]
+    async fn a_dropped_syn_is_tried_again_before_the_kernel_would() {
+        use rustix::net::{AddressFamily, SocketType};
+        let listener = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+        let any = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+        rustix::net::bind(&listener, &any).unwrap();
+        rustix::net::listen(&listener, 0).unwrap();
+        let listener = std::net::TcpListener::from(listener);
+        let addr = listener.local_addr().unwrap();
+        let _waiting = std::net::TcpStream::connect(addr).unwrap();
+        let app = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut accepted = Vec::new();
+            for _ in 0..2 {
+                accepted.push(listener.accept().unwrap().0);
+            }
+            accepted
+        });
+        let started = std::time::Instant::now();
+        let conn = connect(&Target::Address(addr)).await.unwrap();
+        let took = started.elapsed();
+        let accepted = app.join().unwrap();
+        assert_eq!(
+            accepted[1].peer_addr().unwrap(),
+            conn.local_addr().unwrap(),
+            "the app accepted this connection"
+        );
+        assert!(
+            took < Duration::from_millis(900),
+            "connected after {took:?}"
+        );
+    }
 
     #[tokio::test]
     async fn probes_say_they_are_probes_as_knative_images_expect() {
