@@ -216,6 +216,7 @@ echo filesystems=$(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") print $3, $(i
 if echo x > /dev/null && [ "$(head -c 5 /dev/zero | wc -c)" = 5 ]; then echo devices=usable; else echo devices=unusable; fi
 if touch /dev/shm/probe 2>/dev/null; then echo shm=writable; else echo shm=readonly; fi
 echo firmware=$(ls -A /sys/firmware 2>/dev/null | wc -l)
+echo policy=$(awk '{print $41}' /proc/self/stat)
 if touch /sys/firmware/probe 2>/dev/null; then echo masked=writable; else echo masked=readonly; fi
 "#;
 
@@ -325,6 +326,8 @@ fn isolation_probe_as_root_read_only() {
     // No signal ignored or blocked from the daemon (a Rust program ignores SIGPIPE).
     assert_eq!(value(&lines, "SigIgn"), "0000000000000000");
     assert_eq!(value(&lines, "SigBlk"), "0000000000000000");
+    // SCHED_BATCH (3): an instance woken by a request does not preempt the router.
+    assert_eq!(value(&lines, "policy"), "3", "scheduling policy");
 }
 
 #[test]
