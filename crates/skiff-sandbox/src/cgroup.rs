@@ -125,6 +125,23 @@ pub struct Placement {
     v2: bool,
     root: PathBuf,
     scopes: Vec<PathBuf>,
+    /// Whether this process gave the scope its CPU weight already (see [`scope_cpu`]).
+    weighed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The CPU weight of `skiff` and of a scope under it, as Kubernetes weighs `kubepods`:
+/// all instances together count as many threads as the host has CPUs. Left at the
+/// default, they would count as one: a cgroup competes with its siblings (on v1, with
+/// each process of the daemon's own cgroup) as one thread of nice 0, so every instance
+/// of the host would share one thread's due against the daemon, the load generator
+/// or anything else busy beside them. Returns the file under a `cpu` directory and its
+/// value: v1 `cpu.shares` (1024 per CPU), v2 `cpu.weight` (100, nice 0's, per CPU).
+fn scope_cpu(v2: bool, cpus: u64) -> (&'static str, u64) {
+    if v2 {
+        ("cpu.weight", (cpus * 100).clamp(1, 10_000))
+    } else {
+        ("cpu.shares", (cpus * 1024).clamp(2, 262_144))
+    }
 }
 
 impl Placement {
@@ -149,6 +166,7 @@ impl Placement {
                     v2: true,
                     root: root.clone(),
                     scopes: vec![under(root.clone(), &parent)],
+                    weighed: Default::default(),
                 })
             }
             Hierarchy::V1(root) => {
@@ -173,9 +191,37 @@ impl Placement {
                     v2: false,
                     root: root.clone(),
                     scopes,
+                    weighed: Default::default(),
                 })
             }
         }
+    }
+
+    /// Gives `skiff` and the scope their CPU weight ([`scope_cpu`]): once per process,
+    /// and again whenever the scope had to be made anew (it goes when it empties).
+    fn weigh_scope(&self, made: bool) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.weighed.swap(true, Ordering::Relaxed) && !made {
+            return Ok(());
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let (file, value) = scope_cpu(self.v2, cpus);
+        let cpu_scopes = self.scopes.iter().filter(|s| {
+            self.v2
+                || s.strip_prefix(&self.root)
+                    .is_ok_and(|r| r.starts_with("cpu"))
+        });
+        for scope in cpu_scopes {
+            for dir in [scope.parent(), Some(scope.as_path())]
+                .into_iter()
+                .flatten()
+            {
+                if dir.join(file).exists() {
+                    write(&dir.join(file), &value.to_string())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn dirs_of(&self, id: &str) -> Vec<PathBuf> {
@@ -212,6 +258,7 @@ impl Cgroup {
     /// Creates the cgroup for instance `id` with `limits`.
     pub fn create(at: &Placement, id: &str, limits: &Limits) -> io::Result<Cgroup> {
         let (v2, dirs) = (at.v2, at.dirs_of(id));
+        let made = at.scopes.iter().any(|s| !s.is_dir());
         if v2 {
             let scope = &at.scopes[0];
             fs::create_dir_all(scope)?;
@@ -222,6 +269,7 @@ impl Cgroup {
                 fs::create_dir_all(d)?;
             }
         }
+        at.weigh_scope(made)?;
         let cg = Cgroup { v2, dirs };
         if let Err(e) = cg.apply(limits) {
             cg.remove(Duration::from_millis(100));
@@ -431,6 +479,54 @@ fn enable_v2_controllers(root: &Path, dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instances_together_weigh_as_many_threads_as_the_host_has_cpus() {
+        assert_eq!(scope_cpu(false, 2), ("cpu.shares", 2048));
+        assert_eq!(scope_cpu(true, 2), ("cpu.weight", 200));
+        assert_eq!(
+            scope_cpu(false, 1024),
+            ("cpu.shares", 262_144),
+            "v1's ceiling"
+        );
+        assert_eq!(scope_cpu(true, 512), ("cpu.weight", 10_000), "v2's ceiling");
+        let root = tempfile::tempdir().unwrap();
+        let scopes: Vec<PathBuf> = ["cpu", "memory"]
+            .iter()
+            .map(|c| root.path().join(c).join("skiff/s1"))
+            .collect();
+        for s in &scopes {
+            fs::create_dir_all(s).unwrap();
+            for d in [s.parent().unwrap(), s] {
+                fs::write(d.join("cpu.shares"), "1024").unwrap();
+            }
+        }
+        let at = Placement {
+            v2: false,
+            root: root.path().to_owned(),
+            scopes: scopes.clone(),
+            weighed: Default::default(),
+        };
+        at.weigh_scope(false).unwrap();
+        let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+        let want = scope_cpu(false, cpus).1.to_string();
+        let cpu = &scopes[0];
+        assert_eq!(fs::read_to_string(cpu.join("cpu.shares")).unwrap(), want);
+        let skiff = cpu.parent().unwrap().join("cpu.shares");
+        assert_eq!(fs::read_to_string(&skiff).unwrap(), want);
+        let other = scopes[1].join("cpu.shares");
+        assert_eq!(
+            fs::read_to_string(&other).unwrap(),
+            "1024",
+            "not a cpu tree"
+        );
+        // Once per process, unless the scope was made anew.
+        fs::write(cpu.join("cpu.shares"), "1024").unwrap();
+        at.weigh_scope(false).unwrap();
+        assert_eq!(fs::read_to_string(cpu.join("cpu.shares")).unwrap(), "1024");
+        at.weigh_scope(true).unwrap();
+        assert_eq!(fs::read_to_string(cpu.join("cpu.shares")).unwrap(), want);
+    }
 
     /// A fake v2 tree in a temporary directory: the files the kernel would create.
     #[test]
