@@ -257,6 +257,11 @@ impl Sandbox {
         })
     }
 
+    /// The pid of the zygote that clones this runtime's sandboxes now, if it has one.
+    pub fn zygote_pid(&self) -> Option<u32> {
+        self.zygote.as_ref().map(zygote::Zygote::pid)
+    }
+
     /// Has sandboxes cloned by a zygote started from `binary` (opened with
     /// [`reentry::own_binary`], or another binary whose `main` calls
     /// [`reentry::enter_if_asked`] first), so that none holds this process's memory.

@@ -25,7 +25,7 @@ use rustix::net::{
 };
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 
 /// `argv[0]` of the zygote; the socket's descriptor follows.
 pub(crate) const NAME: &str = "skiff-sandbox-zygote";
@@ -33,15 +33,22 @@ pub(crate) const NAME: &str = "skiff-sandbox-zygote";
 /// Most descriptors in one request: the plan and the plan's own.
 const MAX_FDS: usize = 8 + child::MAX_SECRET_MOUNTS;
 
-/// The daemon's side: the zygote process and the socket to it.
+/// The daemon's side: the zygote process and the socket to it, and the thread that
+/// starts it (again, when it died).
 pub(crate) struct Zygote {
-    socket: Mutex<OwnedFd>,
-    process: Mutex<std::process::Child>,
+    current: Mutex<Running>,
+    starter: Mutex<mpsc::Sender<mpsc::Sender<io::Result<Running>>>>,
 }
 
-impl Zygote {
-    /// Starts the zygote from `binary` (a descriptor of skiff's own binary).
-    pub(crate) fn start(binary: &OwnedFd) -> io::Result<Zygote> {
+/// One zygote process and the daemon's end of its socket.
+struct Running {
+    socket: OwnedFd,
+    process: std::process::Child,
+}
+
+impl Running {
+    /// Starts a zygote from `binary` (a descriptor of skiff's own binary).
+    fn start(binary: BorrowedFd<'_>) -> io::Result<Running> {
         use std::os::unix::process::CommandExt;
         let (ours, theirs) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
@@ -67,31 +74,87 @@ impl Zygote {
                 Ok(())
             })
         };
-        // Started from a thread that never ends: a sandbox's parent-death signal follows
-        // the thread that started the zygote (its clones take the zygote's parent), and
-        // must mean that the daemon died, not that some thread of it ended.
-        let (tx, rx) = std::sync::mpsc::channel();
+        let process = command.spawn()?;
+        Ok(Running {
+            socket: ours,
+            process,
+        })
+    }
+
+    /// Sends one request; false when the zygote is gone (nothing was delivered).
+    fn send(&self, flags: u64, control: &mut SendAncillaryBuffer<'_, '_, '_>) -> io::Result<bool> {
+        let bytes = flags.to_le_bytes();
+        match rustix::net::sendmsg(
+            &self.socket,
+            &[IoSlice::new(&bytes)],
+            control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(_) => Ok(true),
+            Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Names a zygote that stopped answering (with its exit, when it has one).
+    fn gone(&mut self, e: io::Error) -> io::Error {
+        match self.process.try_wait() {
+            Ok(Some(status)) => io::Error::other(format!("the sandbox zygote ended ({status})")),
+            _ => e,
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl Zygote {
+    /// Starts the zygote from `binary` (a descriptor of skiff's own binary).
+    ///
+    /// Zygotes are started from a thread that never ends: a sandbox's parent-death signal
+    /// follows the thread that started the zygote it was cloned by (its clones take the
+    /// zygote's parent), and must mean that the daemon died, not that some thread of it
+    /// ended. The same thread starts a new zygote when one died (killed by someone, or
+    /// by the OOM killer), so that sandboxes can still be made.
+    pub(crate) fn start(binary: &OwnedFd) -> io::Result<Zygote> {
+        let binary = binary.try_clone()?;
+        let (requests, asked) = mpsc::channel::<mpsc::Sender<io::Result<Running>>>();
         std::thread::Builder::new()
             .name("skiff-zygote".into())
             .spawn(move || {
-                let _ = tx.send(command.spawn());
-                drop(command);
+                for reply in asked {
+                    let _ = reply.send(Running::start(binary.as_fd()));
+                }
+                // The daemon dropped its zygote; the sandboxes it cloned live on.
                 loop {
                     std::thread::park();
                 }
             })?;
-        let process = rx
-            .recv()
-            .map_err(|_| io::Error::other("the zygote's thread ended"))??;
-        drop(theirs);
+        let first = Self::ask(&requests)?;
         Ok(Zygote {
-            socket: Mutex::new(ours),
-            process: Mutex::new(process),
+            current: Mutex::new(first),
+            starter: Mutex::new(requests),
         })
     }
 
+    /// A new zygote, started by the starter thread.
+    fn ask(starter: &mpsc::Sender<mpsc::Sender<io::Result<Running>>>) -> io::Result<Running> {
+        let (reply, answer) = mpsc::channel();
+        starter
+            .send(reply)
+            .map_err(|_| io::Error::other("the zygote's thread ended"))?;
+        answer
+            .recv()
+            .map_err(|_| io::Error::other("the zygote's thread ended"))?
+    }
+
     /// Has the zygote clone a sandbox into the namespaces of `flags` from the plan in
-    /// `plan_file`; the sandbox's pid.
+    /// `plan_file`; the sandbox's pid. A zygote found gone before it took the request is
+    /// replaced and asked again; one that goes after it took it fails this request (it
+    /// may have cloned a sandbox already, which holds the plan's descriptors), and is
+    /// replaced on the next.
     pub(crate) fn clone_sandbox(
         &self,
         flags: u64,
@@ -108,19 +171,21 @@ impl Zygote {
         if fds.len() > MAX_FDS || !control.push(SendAncillaryMessage::ScmRights(&fds)) {
             return Err(io::Error::other("too many descriptors for the zygote"));
         }
-        let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
-        let bytes = flags.to_le_bytes();
-        rustix::net::sendmsg(
-            &*socket,
-            &[IoSlice::new(&bytes)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        )
-        .map_err(|e| self.gone(e.into()))?;
+        let mut zygote = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if !zygote.send(flags, &mut control)? {
+            self.replace(&mut zygote)?;
+            if !zygote.send(flags, &mut control)? {
+                let e = io::Error::from(io::ErrorKind::BrokenPipe);
+                return Err(zygote.gone(e));
+            }
+        }
         let mut answer = [0u8; 4];
-        let got = rustix::io::read(&*socket, &mut answer).map_err(|e| self.gone(e.into()))?;
+        let got = match rustix::io::read(&zygote.socket, &mut answer) {
+            Ok(got) => got,
+            Err(e) => return Err(zygote.gone(e.into())),
+        };
         if got != 4 {
-            return Err(self.gone(io::Error::from(io::ErrorKind::UnexpectedEof)));
+            return Err(zygote.gone(io::Error::from(io::ErrorKind::UnexpectedEof)));
         }
         match i32::from_le_bytes(answer) {
             pid if pid > 0 => Ok(pid),
@@ -128,21 +193,35 @@ impl Zygote {
         }
     }
 
-    /// Names a zygote that stopped answering (with its exit, when it has one).
-    fn gone(&self, e: io::Error) -> io::Error {
-        let mut process = self.process.lock().unwrap_or_else(|p| p.into_inner());
-        match process.try_wait() {
-            Ok(Some(status)) => io::Error::other(format!("the sandbox zygote ended ({status})")),
-            _ => e,
-        }
+    /// Replaces a zygote that is gone (reaping it) with a new one.
+    fn replace(&self, zygote: &mut Running) -> io::Result<()> {
+        let starter = self.starter.lock().unwrap_or_else(|p| p.into_inner());
+        let new = Self::ask(&starter)?;
+        let mut old = std::mem::replace(zygote, new);
+        let status = old.process.try_wait().ok().flatten();
+        tracing::warn!(
+            "the sandbox zygote (pid {}) was gone{}; started another (pid {})",
+            old.process.id(),
+            status.map_or(String::new(), |s| format!(" ({s})")),
+            zygote.process.id()
+        );
+        old.stop();
+        Ok(())
+    }
+
+    /// The zygote's pid now.
+    pub(crate) fn pid(&self) -> u32 {
+        let zygote = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        zygote.process.id()
     }
 }
 
 impl Drop for Zygote {
     fn drop(&mut self) {
-        let process = self.process.get_mut().unwrap_or_else(|p| p.into_inner());
-        let _ = process.kill();
-        let _ = process.wait();
+        self.current
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop();
     }
 }
 

@@ -63,18 +63,21 @@ fn world() -> &'static World {
             // As the daemon runs them: cloned by a zygote started from skiff's binary.
             sandbox: Sandbox::new("sandbox-tests")
                 .unwrap()
-                .with_zygote(
-                    &rustix::fs::open(
-                        env!("CARGO_BIN_EXE_skiff"),
-                        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
-                        rustix::fs::Mode::empty(),
-                    )
-                    .unwrap(),
-                )
+                .with_zygote(&skiff_binary())
                 .unwrap(),
             db: Mutex::new(db),
         }
     })
+}
+
+/// skiff's binary, as the daemon opens it to start its zygote.
+fn skiff_binary() -> rustix::fd::OwnedFd {
+    rustix::fs::open(
+        env!("CARGO_BIN_EXE_skiff"),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap()
 }
 
 /// Earlier runs of this test binary cannot remove their data directory (the shared world
@@ -328,6 +331,56 @@ fn isolation_probe_as_root_read_only() {
     assert_eq!(value(&lines, "SigBlk"), "0000000000000000");
     // SCHED_BATCH (3): an instance woken by a request does not preempt the router.
     assert_eq!(value(&lines, "policy"), "3", "scheduling policy");
+}
+
+/// Whether process `pid` has exited (a zombie not yet reaped, or gone).
+fn has_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat[stat.rfind(')').unwrap() + 2..].starts_with('Z'),
+        Err(_) => true,
+    }
+}
+
+#[test]
+fn a_zygote_that_died_is_replaced_and_sandboxes_are_still_made() {
+    // A runtime of its own: the shared one's zygote serves the other tests meanwhile.
+    let sandbox = Sandbox::new("sandbox-tests")
+        .unwrap()
+        .with_zygote(&skiff_binary())
+        .unwrap();
+    let first = sandbox.zygote_pid().unwrap();
+    let id = unique_id("rezygote");
+    let mut inst = sandbox.start(&spec(&id, "echo made", (0, 0))).unwrap();
+    let exit = inst.wait_timeout(Some(Duration::from_secs(60))).unwrap();
+    assert_eq!(exit.expect("finished in time").code, Some(0));
+    release(&id);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !has_exited(first) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "zygote {first} lives on"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let again = spec(&unique_id("rezygote"), "echo made again", (0, 0));
+    let mut inst = sandbox
+        .start(&again)
+        .expect("a sandbox after the zygote died");
+    let exit = inst.wait_timeout(Some(Duration::from_secs(60))).unwrap();
+    assert_eq!(exit.expect("finished in time").code, Some(0));
+    assert_eq!(stdout_of(&again.log_path), ["made again"]);
+    release(&again.id);
+    let second = sandbox.zygote_pid().unwrap();
+    assert_ne!(second, first, "a new zygote");
+    assert!(
+        has_exited(first) && !Path::new(&format!("/proc/{first}")).exists(),
+        "the dead one is reaped"
+    );
 }
 
 #[test]
