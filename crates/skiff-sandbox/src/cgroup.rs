@@ -526,6 +526,24 @@ mod tests {
         assert_eq!(fs::read_to_string(cpu.join("cpu.shares")).unwrap(), "1024");
         at.weigh_scope(true).unwrap();
         assert_eq!(fs::read_to_string(cpu.join("cpu.shares")).unwrap(), want);
+
+        // v2: one tree, `cpu.weight` where the cpu controller is enabled.
+        let scope = root.path().join("v2/skiff/s1");
+        fs::create_dir_all(&scope).unwrap();
+        for d in [scope.parent().unwrap(), &scope] {
+            fs::write(d.join("cpu.weight"), "100").unwrap();
+        }
+        let at = Placement {
+            v2: true,
+            root: root.path().join("v2"),
+            scopes: vec![scope.clone()],
+            weighed: Default::default(),
+        };
+        at.weigh_scope(false).unwrap();
+        let want = scope_cpu(true, cpus).1.to_string();
+        for d in [scope.parent().unwrap(), &scope] {
+            assert_eq!(fs::read_to_string(d.join("cpu.weight")).unwrap(), want);
+        }
     }
 
     /// A fake v2 tree in a temporary directory: the files the kernel would create.
