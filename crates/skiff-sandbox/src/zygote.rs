@@ -104,6 +104,7 @@ impl Running {
         }
     }
 
+    /// Kills the zygote (if it still runs) and reaps it.
     fn stop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
