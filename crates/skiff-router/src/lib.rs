@@ -73,6 +73,31 @@ impl Routes {
     }
 }
 
+/// How long a router thread keeps a connection to an instance that carries nothing
+/// (nginx's upstream `keepalive_timeout`): past it, the connection is one of the
+/// daemon's descriptors, and for a thread-per-connection app a thread of the
+/// instance's, held for an instance nobody calls (docs/density.md).
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often each router thread looks for such connections.
+const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Closes this thread's idle connections to instances past [`UPSTREAM_IDLE_TIMEOUT`],
+/// every [`IDLE_SWEEP_EVERY`], until `stop` turns true. Runs on the router thread whose
+/// connections it closes (a router thread keeps its own).
+async fn sweep_idle_upstreams(router: Router, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(IDLE_SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                router.close_idle_upstreams(UPSTREAM_IDLE_TIMEOUT, std::time::Instant::now());
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// The zone under which instances find each other (`NAME.svc.skiff.internal`).
 pub const SERVICE_SUFFIX: &str = ".svc.skiff.internal";
 /// Where a topic takes events (`NAME.topics.skiff.internal`).
@@ -295,6 +320,7 @@ impl Router {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::pin!(shutdown);
         let mut acceptor = accept::Acceptor::new("ingress", accept::OUT_OF_DESCRIPTORS_503);
+        let sweeper = tokio::spawn(sweep_idle_upstreams(self.clone(), stop_rx.clone()));
         loop {
             let (stream, remote) = tokio::select! {
                 accepted = acceptor.next(&listener) => accepted,
@@ -317,6 +343,24 @@ impl Router {
         let _ = stop_tx.send(true);
         drop(alive_tx);
         let _ = alive_rx.recv().await;
+        let _ = sweeper.await;
+    }
+
+    /// Closes the calling router thread's connections to instances that have been idle
+    /// for `idle_for` at `now`; how many.
+    pub fn close_idle_upstreams(&self, idle_for: Duration, now: std::time::Instant) -> usize {
+        let pools: Vec<Arc<RevisionPool>> = {
+            let table = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
+            table
+                .by_label
+                .values()
+                .flat_map(|route| route.pools().cloned())
+                .collect()
+        };
+        pools
+            .iter()
+            .map(|pool| pool.close_idle_connections(idle_for, now))
+            .sum()
     }
 
     /// Serves on `threads` threads, each with its own event loop and its own listening

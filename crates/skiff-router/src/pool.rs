@@ -342,6 +342,18 @@ impl RevisionPool {
         true
     }
 
+    /// Closes the calling router thread's connections to this pool's instances that
+    /// have been idle for `idle_for` at `now` (see [`Upstream::close_idle`]); how many.
+    pub fn close_idle_connections(&self, idle_for: Duration, now: Instant) -> usize {
+        let upstreams: Vec<Arc<Upstream>> = self
+            .lock()
+            .members
+            .iter()
+            .map(|m| Arc::clone(&m.upstream))
+            .collect();
+        upstreams.iter().map(|u| u.close_idle(idle_for, now)).sum()
+    }
+
     /// Ids of the ready instances, with how long each has been idle (zero when busy).
     pub fn idle_times(&self, now: Instant) -> Vec<(String, Duration)> {
         self.lock()

@@ -13,7 +13,7 @@ use rustix::fd::{AsFd, OwnedFd};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -28,6 +28,8 @@ pub struct Connection {
     pub reused: bool,
     /// Exchanges it finished.
     exchanges: u32,
+    /// When it was last put back idle.
+    idle_since: Instant,
 }
 
 /// How many bytes a request sends to the instance (head and body), so that it gets a
@@ -76,6 +78,7 @@ impl Connection {
             buf: Vec::new(),
             reused: false,
             exchanges: 0,
+            idle_since: Instant::now(),
         }
     }
 
@@ -229,6 +232,7 @@ impl Upstream {
     pub fn put_idle(&self, mut conn: Connection) {
         conn.reused = true;
         conn.exchanges += 1;
+        conn.idle_since = Instant::now();
         if conn.exchanges >= MAX_EXCHANGES && conn.stream.sendable().is_some() {
             return;
         }
@@ -240,6 +244,28 @@ impl Upstream {
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
+    }
+}
+
+impl Upstream {
+    /// Closes this thread's connections that have been idle for `idle_for` or longer at
+    /// `now`; how many. Each is a descriptor of the daemon's, and for a
+    /// thread-per-connection app a thread of the instance's, held by an instance nobody
+    /// calls.
+    pub fn close_idle(&self, idle_for: Duration, now: Instant) -> usize {
+        let expired: Vec<Connection> = {
+            let mut idle = self.idle[shard()]
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Pushed and popped at the end: the oldest are first.
+            let cut = idle
+                .iter()
+                .position(|c| now.saturating_duration_since(c.idle_since) < idle_for)
+                .unwrap_or(idle.len());
+            idle.drain(..cut).collect()
+        };
+        expired.len()
     }
 }
 
@@ -458,6 +484,52 @@ mod tests {
             took < Duration::from_millis(900),
             "connected after {took:?}"
         );
+    }
+
+    /// Connections idle past the timeout are closed (the app sees them end); younger
+    /// ones stay.
+    #[tokio::test]
+    async fn idle_connections_past_the_timeout_are_closed_and_younger_ones_kept() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = std::thread::spawn(move || {
+            let mut accepted = Vec::new();
+            for _ in 0..2 {
+                accepted.push(listener.accept().unwrap().0);
+            }
+            accepted
+        });
+        let up = Upstream::new("i1", Target::Address(addr));
+        let older = up.connection(RequestSize::Known(0)).await.unwrap();
+        let younger = up.connection(RequestSize::Known(0)).await.unwrap();
+        let younger_port = younger.stream.get_ref().local_addr().unwrap().port();
+        up.put_idle(older);
+        up.put_idle(younger);
+        let now = Instant::now();
+        {
+            let mut idle = up.idle[shard()].0.lock().unwrap();
+            idle[0].idle_since = now - Duration::from_secs(120);
+            idle[1].idle_since = now - Duration::from_secs(10);
+        }
+        assert_eq!(up.close_idle(Duration::from_secs(60), now), 1);
+        let mut accepted = app.join().unwrap();
+        let mut ended = Vec::new();
+        for conn in &mut accepted {
+            conn.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut byte = [0u8; 1];
+            ended.push(matches!(std::io::Read::read(conn, &mut byte), Ok(0)));
+        }
+        let kept: Vec<u16> = accepted
+            .iter()
+            .zip(&ended)
+            .filter(|(_, ended)| !**ended)
+            .map(|(c, _)| c.peer_addr().unwrap().port())
+            .collect();
+        assert_eq!(kept, [younger_port], "ended: {ended:?}");
+        let left = up.idle[shard()].0.lock().unwrap().len();
+        assert_eq!(left, 1);
+        assert_eq!(up.close_idle(Duration::from_secs(60), now), 0);
     }
 
     #[tokio::test]
