@@ -232,10 +232,10 @@ impl Upstream {
     pub fn put_idle(&self, mut conn: Connection) {
         conn.reused = true;
         conn.exchanges += 1;
-        conn.idle_since = Instant::now();
         if conn.exchanges >= MAX_EXCHANGES && conn.stream.sendable().is_some() {
             return;
         }
+        conn.idle_since = Instant::now();
         crate::buffers::give(std::mem::take(&mut conn.buf));
         let mut idle = self.idle[shard()]
             .0
@@ -245,9 +245,7 @@ impl Upstream {
             idle.push(conn);
         }
     }
-}
 
-impl Upstream {
     /// Closes this thread's connections that have been idle for `idle_for` or longer at
     /// `now`; how many. Each is a descriptor of the daemon's, and for a
     /// thread-per-connection app a thread of the instance's, held by an instance nobody

@@ -351,6 +351,24 @@ unsafe fn default_signals() {
     }
 }
 
+/// Clones this process with `flags` (fork-style: the clone goes on on a copy of this
+/// stack) and runs [`run`] on `plan` in the clone; the clone's pid. `plan` has its
+/// pointers set ([`ChildPlan::with_pointers`]).
+pub(crate) fn clone_and_run(flags: u64, plan: &ChildPlan) -> std::io::Result<i32> {
+    // SAFETY: a fork-style clone (no new stack). The clone only runs `run`, which makes
+    // raw system calls on `plan`, allocates nothing (another thread of this process may
+    // have held the allocator's lock at the clone) and never returns.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if pid == 0 {
+        // SAFETY: this is the freshly cloned child, and nothing else has run in it.
+        unsafe { run(plan) };
+    }
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(pid as i32)
+}
+
 /// Puts the sandbox (init, the app and all they start) in `SCHED_BATCH`: the same CPU
 /// share as `SCHED_OTHER`, but a thread that wakes up does not preempt the one running.
 /// The router hands an instance its requests: woken by each, the app would preempt the
@@ -358,10 +376,7 @@ unsafe fn default_signals() {
 /// and the requests the router had read behind it would wait; in batch the router ends
 /// its round of events first. An app may set `SCHED_OTHER` for itself again (lowering is
 /// unprivileged, and the seccomp filter allows it). docs/services.md has the figures.
-///
-/// # Safety
-/// A raw system call on local data.
-unsafe fn batch_scheduling(plan: &ChildPlan) {
+fn batch_scheduling(plan: &ChildPlan) {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler on this process with a struct on this stack.
     let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };

@@ -12,13 +12,13 @@
 //! from a [`SandboxSpec`] and reports how it ended.
 //!
 //! Sandboxes are cloned by a zygote, a small process started once from the daemon's
-//! own binary (`zygote`, [`reentry`]), so none keeps the daemon's memory; its writable directories (`/dev`, `/tmp` …)
-//! are binds of one tmpfs (`scratch`), since every file system costs every memory
-//! cgroup on the host (docs/density.md).
+//! own binary (`zygote`, [`reentry`]), so none keeps the daemon's memory; a sandbox's
+//! writable directories (`/dev`, `/tmp` …) are binds of one tmpfs (`scratch`), since
+//! every file system costs every memory cgroup on the host (docs/density.md).
 //!
 //! Unsafe code is denied but in the modules that make raw system calls (`child`,
-//! `spawn`, `instance`, `netlink`, `userns`, `reentry`, `scratch`, `zygote`), each of which allows
-//! it for itself and says why each block is sound.
+//! `spawn`, `instance`, `netlink`, `userns`, `reentry`, `scratch`, `zygote`), each of
+//! which allows it for itself and says why each block is sound.
 #![deny(unsafe_code)]
 
 mod cgroup;

@@ -155,7 +155,6 @@ pub fn create_veth(host: &str, peer: &str, pid: i32) -> io::Result<()> {
     request(&mut m)
 }
 
-/// Deletes a link by name.
 /// Whether a link named `name` exists in this thread's network namespace. (Not
 /// `/sys/class/net`: that shows the namespace of whoever mounted `/sys`, which is not
 /// the daemon's own when it runs in a namespace of its own.)
@@ -167,6 +166,7 @@ pub fn link_exists(name: &str) -> bool {
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
+/// Deletes a link by name.
 pub fn delete_link(name: &str) -> io::Result<()> {
     let mut m = Message::new(libc::RTM_DELLINK, 0);
     m.ifinfomsg(0, 0, 0).str_attr(libc::IFLA_IFNAME, name);

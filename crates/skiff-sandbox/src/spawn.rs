@@ -192,7 +192,7 @@ impl Sandbox {
                     zygote.clone_sandbox(flags as u64, rustix::fd::AsFd::as_fd(&file), &plan)
                 })
                 .map_err(prep("cloning the sandbox process (through the zygote)"))?,
-            None => clone_here(flags, plan.with_pointers())
+            None => child::clone_and_run((flags | libc::SIGCHLD) as u64, &plan.with_pointers())
                 .map_err(prep("cloning the sandbox process"))?,
         };
         drop((sync_r, err_w, out_w, errout_w));
@@ -246,34 +246,7 @@ impl Sandbox {
         // On failure, dropping `prepared` kills the child and removes what it had.
         attach.map(|()| prepared)
     }
-}
 
-/// Clones the sandbox from this process (without a zygote); its pid.
-fn clone_here(flags: libc::c_int, plan: ChildPlan) -> std::io::Result<i32> {
-    // SAFETY: a fork-style clone (no new stack: the child continues on a copy of this
-    // one). The child only runs `child::run`, which makes raw system calls on `plan` and
-    // never returns.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid == 0 {
-        // SAFETY: this is the freshly cloned child, and nothing else has run in it.
-        unsafe { child::run(&plan) };
-    }
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(pid as i32)
-}
-
-impl Sandbox {
     /// Builds the strings of the child's plan (paths, mount options, argv, env).
     fn plan_strings(&self, spec: &SandboxSpec, scratch: &Path) -> Result<ChildPlan, SandboxError> {
         let id = spec.id.as_str();

@@ -37,7 +37,7 @@ const MAX_FDS: usize = 8 + child::MAX_SECRET_MOUNTS;
 /// starts it (again, when it died).
 pub(crate) struct Zygote {
     current: Mutex<Running>,
-    starter: Mutex<mpsc::Sender<mpsc::Sender<io::Result<Running>>>>,
+    starter: mpsc::Sender<mpsc::Sender<io::Result<Running>>>,
 }
 
 /// One zygote process and the daemon's end of its socket.
@@ -136,7 +136,7 @@ impl Zygote {
         let first = Self::ask(&requests)?;
         Ok(Zygote {
             current: Mutex::new(first),
-            starter: Mutex::new(requests),
+            starter: requests,
         })
     }
 
@@ -196,8 +196,7 @@ impl Zygote {
 
     /// Replaces a zygote that is gone (reaping it) with a new one.
     fn replace(&self, zygote: &mut Running) -> io::Result<()> {
-        let starter = self.starter.lock().unwrap_or_else(|p| p.into_inner());
-        let new = Self::ask(&starter)?;
+        let new = Self::ask(&self.starter)?;
         let mut old = std::mem::replace(zygote, new);
         let status = old.process.try_wait().ok().flatten();
         tracing::warn!(
@@ -307,19 +306,7 @@ fn clone_one(flags: u64, fds: &mut [OwnedFd], shared_sysfs: i32) -> Result<i32, 
     plan.shared_sysfs = shared_sysfs;
     let plan = plan.with_pointers();
     let flags = flags & CLONE_NAMESPACES | libc::CLONE_PARENT as u64 | libc::SIGCHLD as u64;
-    // SAFETY: a fork-style clone of this single-threaded process; the child runs only
-    // `child::run` on the plan and never returns.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    if pid == 0 {
-        // SAFETY: the fresh clone; `child::run` closes what it must not keep.
-        unsafe { child::run(&plan) }
-    }
-    if pid < 0 {
-        return Err(io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO));
-    }
-    Ok(pid as i32)
+    child::clone_and_run(flags, &plan).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// The clone flags a request may ask for: new namespaces, nothing else.
