@@ -18,7 +18,7 @@ use skiff_router::{Target, Throttle};
 use skiff_sandbox::{
     Exit, Freezer, Instance, Limits, LogLimits, NetworkSlot, Prepared, Sandbox, SandboxSpec,
 };
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -26,9 +26,6 @@ use tokio::sync::oneshot;
 
 /// Cap on each instance's log file.
 const LOG_MAX_BYTES: u64 = 64 << 20;
-/// How long an exiting process may take between losing its namespaces and its pidfd
-/// turning readable (it is already past the point of no return: microseconds).
-const EXIT_SETTLE: Duration = Duration::from_millis(200);
 
 /// One sandbox to prepare, with the egress policy to set first when it has a network.
 struct Job {
@@ -176,6 +173,9 @@ impl LinuxRuntime {
             secret_mounts: plan.secrets.mounts.clone(),
             user_namespace: self.user_namespace(plan.slot, &r.spec),
             init: r.spec.init,
+            exec_probes: [&r.spec.readiness_probe, &r.spec.liveness_probe]
+                .iter()
+                .any(|p| p.as_ref().is_some_and(skiff_core::Probe::is_exec)),
             stop_signal: r.process.stop_signal,
         }
     }
@@ -314,18 +314,15 @@ impl RunningInstance for LinuxRunning {
     }
 
     fn target(&self, port: u16) -> Result<Target, RuntimeError> {
-        match std::fs::File::open(format!("/proc/{}/ns/net", self.0.pid())) {
-            Ok(ns) => Ok(Target::Netns {
-                netns: Arc::new(OwnedFd::from(ns)),
-                port,
-            }),
-            // A process that is exiting has no namespaces left to open. The kernel drops
-            // them before it makes the pidfd readable, so give the exit a moment to show.
-            Err(_) if exited_within(self.0.pidfd(), EXIT_SETTLE) => Err(RuntimeError::Exited),
-            Err(e) => Err(RuntimeError::Failed(format!(
-                "opening the instance's network namespace: {e}"
-            ))),
+        // The pidfd rather than an open `/proc/PID/ns/net`: one descriptor per instance
+        // fewer. Once the init has exited, `setns` on it fails and so does the connect.
+        if exited_within(self.0.pidfd(), Duration::ZERO) {
+            return Err(RuntimeError::Exited);
         }
+        Ok(Target::Netns {
+            netns: self.0.shared_pidfd(),
+            port,
+        })
     }
 
     fn exit_check(&self) -> ExitCheck {
@@ -356,11 +353,9 @@ impl RunningInstance for LinuxRunning {
     }
 
     fn exited(&self) -> BoxFuture<'static, ()> {
-        let fd = self.0.pidfd().try_clone_to_owned();
+        let pidfd = self.0.shared_pidfd();
         Box::pin(async move {
-            if let Ok(fd) = fd {
-                let _ = skiff_kernel::pidfd::exited(fd).await;
-            }
+            let _ = skiff_kernel::pidfd::exited(pidfd).await;
         })
     }
 

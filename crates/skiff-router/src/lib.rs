@@ -82,16 +82,46 @@ pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often each router thread looks for such connections.
 const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
+/// How often each router thread compares the idle connections it keeps to its share.
+const PRESSURE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Past its share, a router thread keeps idle connections this long only.
+const PRESSED_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Router threads serving now, to split the descriptor budget between.
+static SERVING_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Idle connections one router thread may keep: a quarter of the descriptor limit,
+/// split between the router threads. Past it the thread closes those idle for over
+/// [`PRESSED_IDLE_TIMEOUT`]: calling ten thousand idle instances in turn must not leave
+/// ten thousand descriptors held for a minute.
+fn idle_share() -> usize {
+    let soft = skiff_kernel::descriptors::limit().soft;
+    let threads = SERVING_THREADS
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(1) as u64;
+    usize::try_from(soft / 4 / threads).unwrap_or(usize::MAX)
+}
+
 /// Closes this thread's idle connections to instances past [`UPSTREAM_IDLE_TIMEOUT`],
-/// every [`IDLE_SWEEP_EVERY`], until `stop` turns true. Runs on the router thread whose
-/// connections it closes (a router thread keeps its own).
+/// every [`IDLE_SWEEP_EVERY`], and sooner when it keeps more than [`idle_share`], until
+/// `stop` turns true. Runs on the router thread whose connections it closes (a router
+/// thread keeps its own).
 async fn sweep_idle_upstreams(router: Router, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(IDLE_SWEEP_EVERY);
+    let mut every = tokio::time::interval(PRESSURE_CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let share = idle_share();
+    let mut last_sweep = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = every.tick() => {
-                router.close_idle_upstreams(UPSTREAM_IDLE_TIMEOUT, std::time::Instant::now());
+                let now = std::time::Instant::now();
+                if upstream::idle_held() > share {
+                    router.close_idle_upstreams(PRESSED_IDLE_TIMEOUT, now);
+                } else if now.duration_since(last_sweep) >= IDLE_SWEEP_EVERY {
+                    router.close_idle_upstreams(UPSTREAM_IDLE_TIMEOUT, now);
+                    last_sweep = now;
+                }
             }
             _ = stop.wait_for(|s| *s) => return,
         }
@@ -375,6 +405,7 @@ impl Router {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Receiver<()>)> {
         let threads = threads.clamp(1, upstream::ROUTER_THREADS_MAX - 1);
+        SERVING_THREADS.store(threads, std::sync::atomic::Ordering::Relaxed);
         ensure_port_free(addr)?;
         let first = reuseport_listener(addr)?;
         let bound = first.local_addr()?;

@@ -12,6 +12,7 @@ use crate::stream::UpstreamStream;
 use rustix::fd::{AsFd, OwnedFd};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -134,9 +135,10 @@ fn shard() -> usize {
 pub enum Target {
     /// An address reachable from the host.
     Address(SocketAddr),
-    /// A port on the loopback of a network namespace (an open `/proc/PID/ns/net`).
+    /// A port on the loopback of a network namespace.
     Netns {
-        /// The namespace.
+        /// The namespace: an open `/proc/PID/ns/net`, or a pidfd of a process in it
+        /// (`setns` takes either).
         netns: Arc<OwnedFd>,
         /// The port.
         port: u16,
@@ -148,6 +150,17 @@ pub enum Target {
 #[derive(Default)]
 #[repr(align(128))]
 struct IdleShard(Mutex<Vec<Connection>>);
+
+/// Idle connections each router thread keeps, over all instances (index: its shard).
+/// Each is one of the daemon's descriptors: [`idle_held`] lets a thread close its oldest
+/// when it keeps more than its share.
+static IDLE_HELD: [AtomicUsize; ROUTER_THREADS_MAX + 1] =
+    [const { AtomicUsize::new(0) }; ROUTER_THREADS_MAX + 1];
+
+/// Idle connections the calling router thread keeps now, over all instances.
+pub fn idle_held() -> usize {
+    IDLE_HELD[shard()].load(Ordering::Relaxed)
+}
 
 /// Takes an instance's CPU away while it has no work and gives it back when work arrives
 /// (a cgroup freezer, for "CPU only while serving"). The pool calls it under its lock,
@@ -201,13 +214,17 @@ impl Upstream {
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        match lane {
+        let conn = match lane {
             Lane::Shortcut => idle.pop(),
             Lane::Tcp => {
                 let at = idle.iter().rposition(|c| c.stream.sendable().is_none())?;
                 Some(idle.swap_remove(at))
             }
+        };
+        if conn.is_some() {
+            IDLE_HELD[shard()].fetch_sub(1, Ordering::Relaxed);
         }
+        conn
     }
 
     /// An idle connection (this thread's own) that is still usable and can carry a
@@ -243,6 +260,7 @@ impl Upstream {
             .unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
+            IDLE_HELD[shard()].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -263,7 +281,17 @@ impl Upstream {
                 .unwrap_or(idle.len());
             idle.drain(..cut).collect()
         };
+        IDLE_HELD[shard()].fetch_sub(expired.len(), Ordering::Relaxed);
         expired.len()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        for (held, shard) in IDLE_HELD.iter().zip(&self.idle) {
+            let idle = shard.0.lock().unwrap_or_else(|p| p.into_inner());
+            held.fetch_sub(idle.len(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -482,6 +510,42 @@ mod tests {
             took < Duration::from_millis(900),
             "connected after {took:?}"
         );
+    }
+
+    /// What a router thread keeps idle is counted over all instances: up as connections
+    /// are put back, down as they are taken, closed, or dropped with their instance.
+    #[tokio::test]
+    async fn idle_connections_are_counted_per_thread_over_all_instances() {
+        // A thread number no other test uses: the count is per router thread.
+        set_router_thread(ROUTER_THREADS_MAX - 2);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = std::thread::spawn(move || {
+            (0..3)
+                .map(|_| listener.accept().unwrap().0)
+                .collect::<Vec<_>>()
+        });
+        let a = Upstream::new("a", Target::Address(addr));
+        let b = Upstream::new("b", Target::Address(addr));
+        let size = RequestSize::Known(0);
+        let (a1, a2) = (
+            a.connection(size).await.unwrap(),
+            a.connection(size).await.unwrap(),
+        );
+        let b1 = b.connection(size).await.unwrap();
+        let _accepted = app.join().unwrap();
+        assert_eq!(idle_held(), 0);
+        a.put_idle(a1);
+        a.put_idle(a2);
+        b.put_idle(b1);
+        assert_eq!(idle_held(), 3);
+        let again = a.connection(size).await.unwrap();
+        assert_eq!(idle_held(), 2, "taken for a request");
+        a.put_idle(again);
+        assert_eq!(a.close_idle(Duration::ZERO, Instant::now()), 2);
+        assert_eq!(idle_held(), 1, "closed");
+        drop(b);
+        assert_eq!(idle_held(), 0, "dropped with its instance");
     }
 
     /// Connections idle past the timeout are closed (the app sees them end); younger

@@ -41,7 +41,7 @@ impl Exit {
 pub struct Instance {
     id: String,
     pid: i32,
-    pidfd: OwnedFd,
+    pidfd: std::sync::Arc<OwnedFd>,
     cgroup: Option<Cgroup>,
     network: Option<NetworkSlot>,
     scratch: PathBuf,
@@ -86,7 +86,7 @@ impl Instance {
         Instance {
             id,
             pid,
-            pidfd,
+            pidfd: std::sync::Arc::new(pidfd),
             cgroup: Some(cgroup),
             network,
             scratch,
@@ -125,7 +125,14 @@ impl Instance {
 
     /// A pidfd of its first process: readable once it has exited (for event loops).
     pub fn pidfd(&self) -> rustix::fd::BorrowedFd<'_> {
-        rustix::fd::AsFd::as_fd(&self.pidfd)
+        rustix::fd::AsFd::as_fd(&*self.pidfd)
+    }
+
+    /// The same pidfd, shared rather than duplicated: an instance that lives for days
+    /// should cost the daemon one descriptor, not one per party watching it. `setns`
+    /// takes it for the instance's namespaces (Linux 5.8).
+    pub fn shared_pidfd(&self) -> std::sync::Arc<OwnedFd> {
+        std::sync::Arc::clone(&self.pidfd)
     }
 
     /// Its cgroup (until it has ended).
@@ -147,7 +154,7 @@ impl Instance {
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
-                rustix::fd::AsRawFd::as_raw_fd(&self.pidfd),
+                rustix::fd::AsRawFd::as_raw_fd(&*self.pidfd),
                 signal,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
@@ -174,7 +181,7 @@ impl Instance {
                 tv_sec: l.as_secs() as i64,
                 tv_nsec: l.subsec_nanos() as i64,
             });
-            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+            let mut fds = [PollFd::new(&*self.pidfd, PollFlags::IN)];
             match poll(&mut fds, ts.as_ref()) {
                 Ok(0) => return Ok(None),
                 Ok(_) => return self.reap().map(Some),

@@ -118,6 +118,9 @@ pub struct SandboxSpec {
     /// Run a minimal init as PID 1 that forwards signals to the app's process group,
     /// reaps zombies and exits with the app's status (128+N for signal N).
     pub init: bool,
+    /// Whether the daemon will send the init exec probes: only then does the instance get
+    /// a probe socket (one of the daemon's descriptors for the instance's whole life).
+    pub exec_probes: bool,
     /// Also copy the instance's output to this process's stdout/stderr.
     pub tee_output: bool,
     /// Secrets' files, each attached read-only at its directory.

@@ -14,7 +14,7 @@
 use rustix::fd::OwnedFd;
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -128,14 +128,27 @@ pub struct LogLimits {
 }
 
 /// The log file, rotated to `<path>.1` when a record would take it past `max` bytes.
+/// It may be closed while its instance is quiet and is opened again by the next record,
+/// so a quiet instance holds no descriptor for its log.
 pub struct LogFile {
     path: PathBuf,
-    out: io::BufWriter<File>,
+    out: Option<io::BufWriter<File>>,
     written: u64,
     max: u64,
     budget: Option<Arc<LogBudget>>,
     /// Bytes of records dropped for the budget and not yet reported in the log.
     dropped: u64,
+}
+
+/// Opens the log at `path` for appending, never through a symbolic link.
+pub fn open_log(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 impl LogFile {
@@ -145,7 +158,7 @@ impl LogFile {
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
         LogFile {
             path,
-            out: io::BufWriter::new(file),
+            out: Some(io::BufWriter::new(file)),
             written,
             max,
             budget: None,
@@ -160,21 +173,40 @@ impl LogFile {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        self.out.flush()?;
+        self.close();
         let mut old = self.path.clone().into_os_string();
         old.push(".1");
         std::fs::rename(&self.path, &old)?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        self.out = io::BufWriter::new(file);
         self.written = 0;
         Ok(())
     }
 
     pub(crate) fn flush(&mut self) {
-        let _ = self.out.flush();
+        if let Some(out) = &mut self.out {
+            let _ = out.flush();
+        }
+    }
+
+    /// Writes out what is buffered and lets the file go; the next record opens it again.
+    pub(crate) fn close(&mut self) {
+        self.flush();
+        self.out = None;
+    }
+
+    /// Whether the file is open now.
+    pub(crate) fn is_open(&self) -> bool {
+        self.out.is_some()
+    }
+
+    /// The open file, opened again if it was let go (its size read anew: the file may
+    /// have been removed or rotated meanwhile).
+    fn opened(&mut self) -> io::Result<&mut io::BufWriter<File>> {
+        if self.out.is_none() {
+            let file = open_log(&self.path)?;
+            self.written = file.metadata()?.len();
+            self.out = Some(io::BufWriter::new(file));
+        }
+        Ok(self.out.as_mut().expect("opened above"))
     }
 
     /// Whether `len` more bytes fit the shared budget.
@@ -188,7 +220,14 @@ impl LogFile {
                 tracing::warn!(log = %self.path.display(), error = %e, "could not rotate log");
             }
         }
-        if parts.iter().all(|p| self.out.write_all(p).is_ok()) {
+        let out = match self.opened() {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::warn!(log = %self.path.display(), error = %e, "could not open log");
+                return;
+            }
+        };
+        if parts.iter().all(|p| out.write_all(p).is_ok()) {
             self.written += len as u64;
         }
     }

@@ -11,8 +11,8 @@ use crate::instance::Instance;
 use crate::{net, userns, Sandbox, SandboxError, SandboxSpec};
 use rustix::fd::{AsRawFd, OwnedFd};
 use std::ffi::CString;
-use std::fs::{self, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -134,19 +134,14 @@ impl Sandbox {
         if let Some(dir) = spec.log_path.parent() {
             fs::create_dir_all(dir).map_err(prep("creating the log directory"))?;
         }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(&spec.log_path)
-            .map_err(prep("opening the log file"))?;
+        let log = crate::logs::open_log(&spec.log_path).map_err(prep("opening the log file"))?;
 
         let (sync_r, sync_w) = pipe().map_err(prep("creating pipes"))?;
         let (err_r, err_w) = pipe().map_err(prep("creating pipes"))?;
         let (out_r, out_w) = pipe().map_err(prep("creating pipes"))?;
         let (errout_r, errout_w) = pipe().map_err(prep("creating pipes"))?;
         // The init runs exec probes sent on this socket.
-        let probe_pair = if spec.init {
+        let probe_pair = if spec.init && spec.exec_probes {
             Some(crate::probe::socket_pair().map_err(prep("creating the probe socket"))?)
         } else {
             None

@@ -95,9 +95,15 @@ pub fn create(base: u32) -> io::Result<OwnedFd> {
     if pid == 0 {
         let mut b = [0u8; 1];
         // SAFETY: raw calls in the fresh child; it waits until the parent has the
-        // namespace (the write end closes) and leaves.
+        // namespace (the write end closes) and leaves. It keeps nothing but its read
+        // end: a copy of another thread's pipe, made by a concurrent call, would keep
+        // that call's child waiting for as long as this one waits.
         unsafe {
-            libc::close(fds[1]);
+            let keep = fds[0] as libc::c_uint;
+            if keep > 0 {
+                libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+            }
+            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
             libc::read(fds[0], b.as_mut_ptr().cast(), 1);
             libc::_exit(0);
         }
@@ -156,22 +162,49 @@ pub fn check_support(layers_dir: &Path) -> Result<(), String> {
     })
 }
 
-/// The user namespace of each range, made on first use and kept.
+/// User namespaces kept after their last instance ended. A live instance keeps its own
+/// alive; a kept one saves the next instance of its range the round trip of making it.
+/// Bounded, because each is one of the daemon's descriptors: at ten thousand instances
+/// a descriptor per range would take half of a 20,000 limit.
+pub const KEPT: usize = 256;
+
+/// The user namespace of each range, made on first use; the [`KEPT`] used last are kept.
 #[derive(Default)]
 pub struct UserNamespaces {
-    by_base: Mutex<HashMap<u32, Arc<OwnedFd>>>,
+    by_base: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    by_base: HashMap<u32, (Arc<OwnedFd>, u64)>,
+    uses: u64,
 }
 
 impl UserNamespaces {
     /// The namespace whose ids start at host id `base`.
     pub fn get(&self, base: u32) -> io::Result<Arc<OwnedFd>> {
-        let mut all = self.by_base.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(fd) = all.get(&base) {
+        let mut kept = self.by_base.lock().unwrap_or_else(|p| p.into_inner());
+        kept.uses += 1;
+        let now = kept.uses;
+        if let Some((fd, used)) = kept.by_base.get_mut(&base) {
+            *used = now;
             return Ok(Arc::clone(fd));
         }
         let fd = Arc::new(create(base)?);
-        all.insert(base, Arc::clone(&fd));
+        if kept.by_base.len() >= KEPT {
+            let oldest = kept.by_base.iter().min_by_key(|(_, (_, used))| *used);
+            if let Some(&oldest) = oldest.map(|(base, _)| base) {
+                kept.by_base.remove(&oldest);
+            }
+        }
+        kept.by_base.insert(base, (Arc::clone(&fd), now));
         Ok(fd)
+    }
+
+    /// How many namespaces are kept now.
+    pub fn kept(&self) -> usize {
+        let kept = self.by_base.lock().unwrap_or_else(|p| p.into_inner());
+        kept.by_base.len()
     }
 }
 
@@ -208,5 +241,29 @@ mod tests {
         let link = std::fs::read_link(format!("/proc/self/fd/{}", a.as_raw_fd())).unwrap();
         assert!(link.to_string_lossy().starts_with("user:["), "{link:?}");
         check_support(Path::new("/tmp")).unwrap();
+    }
+
+    #[test]
+    fn only_the_namespaces_used_last_are_kept() {
+        if !root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let all = UserNamespaces::default();
+        let made: Vec<_> = (0..KEPT as u32)
+            .map(|i| all.get(host_base(i)).unwrap())
+            .collect();
+        // Range 0 used again: range 1 is now the least recently used.
+        all.get(host_base(0)).unwrap();
+        all.get(host_base(KEPT as u32)).unwrap();
+        assert_eq!(all.kept(), KEPT);
+        assert!(Arc::ptr_eq(&made[0], &all.get(host_base(0)).unwrap()));
+        assert!(Arc::ptr_eq(&made[2], &all.get(host_base(2)).unwrap()));
+        let one = all.get(host_base(1)).unwrap();
+        assert!(
+            !Arc::ptr_eq(&made[1], &one),
+            "range 1 was let go and made anew"
+        );
+        assert_eq!(all.kept(), KEPT);
     }
 }

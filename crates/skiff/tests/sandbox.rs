@@ -154,6 +154,7 @@ fn spec(id: &str, script: &str, user: (u32, u32)) -> SandboxSpec {
         tee_output: false,
         secret_mounts: Vec::new(),
         init: false,
+        exec_probes: false,
         stop_signal: libc::SIGTERM,
         // As the daemon runs instances by default.
         user_namespace: Some(skiff_sandbox::userns::host_base(slot)),
@@ -1178,10 +1179,11 @@ fn exec_probes_run_inside_as_the_apps_user_and_time_out() {
         (1000, 1000),
     );
     s.init = true;
+    s.exec_probes = true;
     let mut inst = start_until_ready(&s);
     let probe = inst
         .probe_channel()
-        .expect("an instance with an init takes probes");
+        .expect("an instance with an init and exec probes takes probes");
     let run = |argv: &[&str], ms: u64| {
         let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
         probe.run(&argv, Duration::from_millis(ms)).unwrap()

@@ -149,6 +149,7 @@ pub fn run(home: &Home, a: RunArgs) -> anyhow::Result<i32> {
         tee_output: true,
         secret_mounts: Vec::new(),
         init: !a.no_init,
+        exec_probes: false,
         stop_signal: process.stop_signal,
         // A one-off run keeps host ids, as `docker run` does.
         user_namespace: None,
