@@ -181,6 +181,9 @@ print("  slab caches that grew most (KiB per service): " + ", ".join(
 print("  processes' PSS (KiB each): " + ", ".join(
     f"{name} x{count} {total / count / 1024:.0f}" for name, (total, count) in sorted(pss.items())))
 print(f"  daemon: RSS {status(daemon, 'VmRSS') / 1024:.0f} MiB, {status(daemon, 'Threads')} threads, {len(os.listdir(f'/proc/{daemon}/fd'))} descriptors; {len(procs)} processes under it (RSS sum {rss_all / 1024:.0f} MiB)")
+loops = [t for t in os.listdir(f"/proc/{daemon}/task") if comm(f"{daemon}/task/{t}") == "skiff-logs"]
+loop_fds = sum(len(os.listdir(f"/proc/{daemon}/task/{t}/fd")) for t in loops)
+print(f"  log pump loops (descriptor tables of their own): {len(loops)} threads, {loop_fds} descriptors")
 print(f"  daemon CPU while all are idle: {idle_cpu * 100:.1f} % of a core")
 print(f"  call each once from zero: p50 {pct(cold, 0.5):.2f} ms, p99 {pct(cold, 0.99):.2f} ms, all {sum(cold) / 1000:.2f} s")
 print(f"  call each once from idle: p50 {pct(idle, 0.5):.2f} ms, p99 {pct(idle, 0.99):.2f} ms, all {sum(idle) / 1000:.2f} s")

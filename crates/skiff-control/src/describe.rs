@@ -18,14 +18,10 @@ impl Control {
     /// Every service with its current load.
     pub(crate) fn list(&self) -> Result<Vec<ServiceSummary>, ControlError> {
         let services = self.db().services()?;
+        let mut newest = self.db().newest_revisions()?;
         let mut out = Vec::new();
         for s in services {
-            let latest = self
-                .db()
-                .revisions(&s.name)?
-                .into_iter()
-                .next()
-                .map(|r| r.name);
+            let latest = newest.remove(&s.name);
             let load = self.load(&s.name);
             out.push(ServiceSummary {
                 url: self.url(&s.name),
