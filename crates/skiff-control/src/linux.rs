@@ -197,10 +197,10 @@ fn explained(e: &skiff_sandbox::SandboxError) -> String {
     )
 }
 
-/// Descriptors an instance must leave free. An instance holds a dozen for its life: never
-/// the last ones, which accepting connections and opening the database need. Sandboxes
-/// prepared ahead stop at half the limit, so that they never crowd out instances that
-/// serve.
+/// Descriptors an instance must leave free. An instance holds a few while it starts and
+/// one (its pidfd) once idle: never the last ones, which accepting connections and
+/// opening the database need. Sandboxes prepared ahead stop at half the limit, so that
+/// they never crowd out instances that serve.
 fn descriptor_reserve(ahead: bool) -> u64 {
     let limit = descriptors::limit().soft;
     if ahead {

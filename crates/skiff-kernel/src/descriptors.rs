@@ -3,8 +3,10 @@
 //! from other errors, and a spare descriptor that can be given up for a moment so that a
 //! server out of descriptors can still accept a connection to refuse it.
 //!
-//! Every instance costs the daemon a dozen descriptors (pipes, pidfd, log file, sockets):
-//! at Debian's default soft limit of 1024 that is under a hundred services.
+//! An idle instance costs the daemon's own table one descriptor (its pidfd; its log pipes
+//! live in the log pump's tables), a prepared sandbox or a starting instance a few more,
+//! and every connection one: at Debian's default soft limit of 1024 that is a few hundred
+//! services.
 
 use std::fs::File;
 use std::io;
