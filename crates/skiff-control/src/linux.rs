@@ -326,15 +326,8 @@ impl RunningInstance for LinuxRunning {
     }
 
     fn exit_check(&self) -> ExitCheck {
-        match self.0.pidfd().try_clone_to_owned() {
-            Ok(fd) => Box::new(move |wait| exited_within(fd.as_fd(), wait)),
-            // Without a pidfd of its own the check cannot tell; the caller's deadline
-            // still ends the wait.
-            Err(_) => Box::new(|wait| {
-                std::thread::sleep(wait);
-                false
-            }),
-        }
+        let pidfd = self.0.shared_pidfd();
+        Box::new(move |wait| exited_within(pidfd.as_fd(), wait))
     }
 
     fn listeners_check(&self) -> ListenersCheck {
