@@ -151,6 +151,9 @@ pub struct ChildPlan {
     pub exec_paths: Vec<CString>,
     /// Secrets' files, at most [`MAX_SECRET_MOUNTS`].
     pub secret_mounts: Vec<SecretMountPlan>,
+    /// A detached bind of the sandbox's directory in the shared scratch tmpfs (see
+    /// `shared_scratch`) to attach at `scratch`, or -1: the sandbox mounts a tmpfs there.
+    pub scratch_tree: c_int,
     /// A detached sysfs shared by every sandbox (the zygote's, from an empty network
     /// namespace), or -1: the sandbox mounts its own.
     pub shared_sysfs: c_int,
@@ -183,6 +186,7 @@ impl ChildPlan {
             self.stderr_fd,
             self.probe_fd,
             self.userns_fd,
+            self.scratch_tree,
         ];
         fds.extend(self.secret_mounts.iter().map(|m| m.fd));
         fds.retain(|fd| *fd >= 0);
@@ -198,6 +202,7 @@ impl ChildPlan {
             &mut self.stderr_fd,
             &mut self.probe_fd,
             &mut self.userns_fd,
+            &mut self.scratch_tree,
         ];
         fds.extend(self.secret_mounts.iter_mut().map(|m| &mut m.fd));
         fds.retain(|fd| **fd >= 0);
@@ -287,8 +292,8 @@ unsafe fn close_inherited(plan: &ChildPlan) {
     } else {
         plan.sync_fd
     };
-    let mut keep = [-1; 7 + MAX_SECRET_MOUNTS];
-    keep[..7].copy_from_slice(&[
+    let mut keep = [-1; 8 + MAX_SECRET_MOUNTS];
+    keep[..8].copy_from_slice(&[
         plan.sync_fd,
         plan.err_fd,
         plan.stdout_fd,
@@ -296,8 +301,9 @@ unsafe fn close_inherited(plan: &ChildPlan) {
         probe,
         plan.userns_fd,
         plan.shared_sysfs,
+        plan.scratch_tree,
     ]);
-    for (slot, m) in keep[7..].iter_mut().zip(&plan.secret_mounts) {
+    for (slot, m) in keep[8..].iter_mut().zip(&plan.secret_mounts) {
         *slot = m.fd;
     }
     // Insertion sort: no allocation allowed here.
@@ -408,17 +414,18 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
             Step::PrivateMounts,
             mount(c"", c"/", c"", MS_PRIVATE_REC, c""),
         );
-        check(
-            plan,
-            Step::Scratch,
+        let scratch_mounted = if plan.scratch_tree >= 0 {
+            scratch::attach(plan.scratch_tree, &plan.scratch)
+        } else {
             mount(
                 c"tmpfs",
                 &plan.scratch,
                 c"tmpfs",
                 libc::MS_NOSUID | libc::MS_NODEV,
                 &plan.scratch_opts,
-            ),
-        );
+            )
+        };
+        check(plan, Step::Scratch, scratch_mounted);
         for dir in [&plan.upper, &plan.work, &plan.merged] {
             check(plan, Step::Scratch, libc::mkdir(dir.as_ptr(), 0o755));
         }

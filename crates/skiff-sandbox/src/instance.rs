@@ -1,7 +1,7 @@
 //! A running instance: signal it, wait for it, stop it (SIGTERM, a grace period, then
 //! SIGKILL of everything in its cgroup), and learn how it ended, including OOM kills.
-//! Once it has ended, nothing of it is left: its cgroup is removed, its scratch mount
-//! point deleted, and its namespaces (with their mounts and veth) died with its processes.
+//! Once it has ended, nothing of it is left: its cgroup is removed, its scratch files
+//! deleted, and its namespaces (with their mounts and veth) died with its processes.
 //! Dropping an instance that is still running kills it.
 
 #![allow(unsafe_code)]
@@ -44,7 +44,7 @@ pub struct Instance {
     pidfd: std::sync::Arc<OwnedFd>,
     cgroup: Option<Cgroup>,
     network: Option<NetworkSlot>,
-    scratch: PathBuf,
+    scratch: crate::shared_scratch::ScratchDir,
     log_path: PathBuf,
     pump: Option<PumpHandle>,
     exit: Option<Exit>,
@@ -79,7 +79,7 @@ impl Instance {
         pidfd: OwnedFd,
         cgroup: Cgroup,
         network: Option<NetworkSlot>,
-        scratch: PathBuf,
+        scratch: crate::shared_scratch::ScratchDir,
         log_path: PathBuf,
         pump: PumpHandle,
     ) -> Instance {
@@ -261,7 +261,7 @@ impl Instance {
         if let Some(slot) = &self.network {
             crate::net::await_link_gone(slot, Duration::from_secs(2));
         }
-        let _ = std::fs::remove_dir(&self.scratch);
+        self.scratch.remove();
     }
 }
 

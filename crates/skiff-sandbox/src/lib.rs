@@ -13,8 +13,9 @@
 //!
 //! Sandboxes are cloned by a zygote, a small process started once from the daemon's
 //! own binary (`zygote`, [`reentry`]), so none keeps the daemon's memory; a sandbox's
-//! writable directories (`/dev`, `/tmp` …) are binds of one tmpfs (`scratch`), since
-//! every file system costs every memory cgroup on the host (docs/density.md).
+//! writable directories (its upper layer, `/dev`, `/tmp` …) are binds of its directory
+//! in one tmpfs all sandboxes share (`scratch`, `shared_scratch`), since every file
+//! system costs every memory cgroup on the host (docs/density.md).
 //!
 //! Unsafe code is denied but in the modules that make raw system calls (`child`,
 //! `spawn`, `instance`, `netlink`, `userns`, `reentry`, `scratch`, `zygote`), each of
@@ -36,6 +37,7 @@ pub mod reentry;
 mod scratch;
 mod seccomp;
 pub mod secretfs;
+mod shared_scratch;
 mod spawn;
 pub mod userns;
 mod zygote;
@@ -110,7 +112,9 @@ pub struct SandboxSpec {
     pub log_limits: LogLimits,
     /// Directory for per-instance scratch mount points (e.g. `/run/skiff/instances`).
     pub run_dir: PathBuf,
-    /// Size of the writable layer and of `/tmp` (tmpfs, charged to the memory limit).
+    /// Size of the writable layer and of `/tmp` where the sandbox mounts a tmpfs of its
+    /// own (kernels without the shared one); in the shared tmpfs, the memory limit alone
+    /// bounds them (their pages are charged to it either way).
     pub scratch_bytes: u64,
     /// The signal that asks the app to stop (the image's `StopSignal`; SIGTERM is 15);
     /// SIGKILL follows after the grace period.
@@ -224,6 +228,9 @@ pub struct Sandbox {
     /// The process that clones sandboxes (see `zygote`); without one, they are clones
     /// of this process.
     zygote: Option<zygote::Zygote>,
+    /// The one tmpfs holding every sandbox's scratch directory; without it (an older
+    /// kernel), each sandbox mounts a tmpfs of its own.
+    shared_scratch: Option<std::sync::Arc<shared_scratch::SharedScratch>>,
 }
 
 impl Sandbox {
@@ -257,7 +264,19 @@ impl Sandbox {
             last_cap,
             user_namespaces: userns::UserNamespaces::default(),
             zygote: None,
+            shared_scratch: shared_scratch::SharedScratch::new()
+                .map(std::sync::Arc::new)
+                .inspect_err(|e| {
+                    tracing::info!("sandboxes mount a scratch tmpfs each (no shared one: {e})")
+                })
+                .ok(),
         })
+    }
+
+    /// How many sandboxes' directories the shared scratch tmpfs holds (`None` without
+    /// one): each sandbox's until it ended and its files were removed.
+    pub fn scratch_directories(&self) -> Option<usize> {
+        self.shared_scratch.as_ref()?.entries().ok()
     }
 
     /// The pid of the zygote that clones this runtime's sandboxes now, if it has one.
@@ -318,9 +337,14 @@ impl Sandbox {
         let scratch = run_dir.join(id);
         if scratch.exists() {
             found = true;
-            // The tmpfs on it belonged to the instance's mount namespace, which died with
-            // its processes: what is left is an empty directory tree.
+            // What was mounted on it belonged to the instance's mount namespace, which
+            // died with its processes: what is left is an empty directory tree.
             let _ = std::fs::remove_dir_all(&scratch);
+        }
+        if let Some(shared) = &self.shared_scratch {
+            if let Err(e) = shared.remove(id) {
+                tracing::warn!(instance = %id, "removing its scratch files: {e}");
+            }
         }
         if let Some(slot) = network {
             net::await_link_gone(&slot, std::time::Duration::from_secs(2));

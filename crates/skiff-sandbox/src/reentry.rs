@@ -171,6 +171,7 @@ pub(crate) fn encode(p: &ChildPlan) -> Vec<u8> {
         w.cstr(s);
     }
     w.i32(p.userns_fd);
+    w.i32(p.scratch_tree);
     w.u32(p.id_base);
     w.pairs(&p.idmapped_layers);
     w.bytes(&p.hosts);
@@ -225,6 +226,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<ChildPlan> {
     }
     let [scratch, scratch_opts, upper, work, merged, layers_dir, overlay_opts] = strings;
     let userns_fd = r.i32()?;
+    let scratch_tree = r.i32()?;
     let id_base = r.u32()?;
     let idmapped_layers = r.pairs()?;
     let hosts = r.bytes()?;
@@ -298,6 +300,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<ChildPlan> {
         layers_dir,
         overlay_opts,
         userns_fd,
+        scratch_tree,
         id_base,
         idmapped_layers,
         hosts,
@@ -344,6 +347,7 @@ mod tests {
             layers_dir: c("/var/l"),
             overlay_opts: c("lowerdir=a:b"),
             userns_fd: 9,
+            scratch_tree: 10,
             id_base: 1 << 29,
             idmapped_layers: vec![(c("a"), c("/run/s/x/l0"))],
             hosts: b"127.0.0.1\tlocalhost\n".to_vec(),

@@ -1,16 +1,18 @@
 //! The instance's writable directories besides its root's upper layer: `/dev`, `/tmp`,
 //! `/dev/shm`, the base of its cgroup view, and the empty directory that masks kernel
-//! interfaces. All are directories of the one scratch tmpfs that holds the upper layer,
-//! made before `pivot_root` and attached after it as bind mounts.
+//! interfaces. All are directories of the sandbox's scratch directory, which holds the
+//! upper layer too, made before `pivot_root` and attached after it as bind mounts.
 //!
 //! Why not a tmpfs each, as runc and crun do: every mounted file system is a superblock,
 //! and every superblock registers a shrinker that every memory cgroup on the host keeps
 //! a slot for (1 KiB per 64 shrinkers, in each cgroup). A sandbox with a dozen file
 //! systems made each instance's cgroup cost ~320 KiB at a thousand instances and would
 //! grow with the square of their number (bench/density; `docs/density.md`). Binds add
-//! no superblock. What the sandbox still mounts fresh is what must be its own: the
-//! scratch tmpfs, the overlay root, `/proc` (its PID namespace) and `/sys` (its network
-//! namespace); the kernel adds an mqueue file system per IPC namespace.
+//! no superblock. The scratch directory itself is a directory of one tmpfs shared by all
+//! sandboxes (`shared_scratch`; a tmpfs of its own on older kernels), and so is `/sys`
+//! (the zygote's); what the sandbox mounts fresh is what must be its own: the overlay
+//! root and `/proc` (its PID namespace); the kernel adds an mqueue file system per IPC
+//! namespace.
 //!
 //! It runs in the cloned child: raw system calls on static names only, no allocation.
 #![allow(unsafe_code)]

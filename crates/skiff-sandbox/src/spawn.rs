@@ -8,6 +8,7 @@
 use crate::cgroup::Cgroup;
 use crate::child::{self, ChildPlan, NetPlan, Step};
 use crate::instance::Instance;
+use crate::shared_scratch::ScratchDir;
 use crate::{net, userns, Sandbox, SandboxError, SandboxSpec};
 use rustix::fd::{AsRawFd, OwnedFd};
 use std::ffi::CString;
@@ -44,17 +45,19 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Deletes the scratch directory and cgroup if starting fails midway.
-struct Cleanup<'a> {
-    scratch: &'a Path,
+struct Cleanup {
+    scratch: Option<ScratchDir>,
     cgroup: Option<Cgroup>,
 }
 
-impl Drop for Cleanup<'_> {
+impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(cg) = self.cgroup.take() {
             cg.remove(Duration::from_secs(5));
         }
-        let _ = fs::remove_dir(self.scratch);
+        if let Some(scratch) = self.scratch.take() {
+            scratch.remove();
+        }
     }
 }
 
@@ -116,8 +119,24 @@ impl Sandbox {
             .create(&scratch)
             .map_err(prep("creating the scratch directory"))?;
         let mut cleanup = Cleanup {
-            scratch: &scratch,
+            scratch: Some(ScratchDir {
+                path: scratch.clone(),
+                shared: None,
+            }),
             cgroup: None,
+        };
+        // Kept until the clone has its copy of the descriptor.
+        let scratch_tree = match &self.shared_scratch {
+            Some(shared) => {
+                let tree = shared
+                    .make(id)
+                    .map_err(prep("making the scratch directory"))?;
+                if let Some(dir) = &mut cleanup.scratch {
+                    dir.shared = Some((shared.clone(), id.to_owned()));
+                }
+                Some(tree)
+            }
+            None => None,
         };
 
         let plan_parts = self.plan_strings(spec, &scratch)?;
@@ -170,6 +189,7 @@ impl Sandbox {
                 .view(cleanup.cgroup.as_ref().expect("set above")),
             read_only: spec.read_only,
             userns_fd: userns.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+            scratch_tree: scratch_tree.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
             id_base: spec.user_namespace.unwrap_or(0),
             hosts: hosts_file(id, spec.network.map(|n| n.instance_addr())),
             resolv_conf: spec.resolv_conf.clone().unwrap_or_default().into_bytes(),
@@ -190,7 +210,7 @@ impl Sandbox {
             None => child::clone_and_run((flags | libc::SIGCHLD) as u64, &plan.with_pointers())
                 .map_err(prep("cloning the sandbox process"))?,
         };
-        drop((sync_r, err_w, out_w, errout_w));
+        drop((sync_r, err_w, out_w, errout_w, scratch_tree));
         let probe = probe_pair.map(|(daemon, _init)| {
             let path = spec
                 .env
@@ -206,7 +226,7 @@ impl Sandbox {
             err_r,
             output: Some((out_r, errout_r, log)),
             cgroup: cleanup.cgroup.take(),
-            scratch: scratch.clone(),
+            scratch: cleanup.scratch.take().expect("set above"),
             network: spec.network,
             log_path: spec.log_path.clone(),
             log_max_bytes: spec.log_max_bytes,
@@ -217,7 +237,7 @@ impl Sandbox {
             armed: true,
             probe,
         };
-        std::mem::forget(cleanup);
+        drop(cleanup);
         let attach = prepared
             .cgroup
             .as_ref()
@@ -343,6 +363,7 @@ impl Sandbox {
             layers_dir: path_cstring(id, "the layer directory", &layers_dir)?,
             overlay_opts: cstring(id, "layer paths", overlay_opts)?,
             userns_fd: -1,
+            scratch_tree: -1,
             id_base: 0,
             idmapped_layers,
             read_only: false,
@@ -412,7 +433,7 @@ pub struct Prepared {
     /// The stdout and stderr pipes and the log file, handed to the log pump at launch.
     output: Option<(OwnedFd, OwnedFd, std::fs::File)>,
     cgroup: Option<Cgroup>,
-    scratch: std::path::PathBuf,
+    scratch: ScratchDir,
     network: Option<net::NetworkSlot>,
     log_path: std::path::PathBuf,
     log_max_bytes: u64,
@@ -527,6 +548,6 @@ impl Drop for Prepared {
         if let Some(cg) = self.cgroup.take() {
             cg.remove(Duration::from_secs(5));
         }
-        let _ = fs::remove_dir(&self.scratch);
+        self.scratch.remove();
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "grep", "id", "hostname", "mount", "touch", "nc", "unshare",
-    "sleep", "awk", "head", "true", "wc", "tr",
+    "sleep", "awk", "head", "true", "wc", "tr", "seq", "mkdir", "ln",
 ];
 
 /// One data directory for every test in this binary: network slots are allocated from its
@@ -293,8 +293,9 @@ fn isolation_probe_as_root_read_only() {
     );
     assert_eq!(value(&lines, "procsys"), "readonly");
     // Every file system a sandbox mounts costs a slot in every memory cgroup on the host
-    // (docs/density.md): its own are the overlay root, one scratch tmpfs (the upper layer,
-    // /dev, /tmp, /dev/shm, the masks), /proc and /sys; the cgroup view binds the host's.
+    // (docs/density.md): its own are the overlay root and /proc; the scratch tmpfs (the
+    // upper layer, /dev, /tmp, /dev/shm, the masks) and /sys are shared by all sandboxes
+    // (tests below), and the cgroup view binds the host's.
     let filesystems: u32 = value(&lines, "filesystems").parse().unwrap();
     assert!(filesystems <= 4, "{filesystems} file systems: {lines:?}");
     assert_eq!(value(&lines, "devices"), "usable");
@@ -404,6 +405,79 @@ if touch /sys/probe 2>/dev/null; then echo sys=writable; else echo sys=readonly;
     }
     assert!(!seen[0].is_empty());
     assert_eq!(seen[0], seen[1], "each sandbox mounted a sysfs of its own");
+}
+
+#[test]
+fn sandboxes_keep_their_files_in_one_shared_tmpfs_apart_and_they_go_with_them() {
+    // A runtime of its own, to count the shared tmpfs's directories while no other test's
+    // sandboxes come and go in it.
+    let sandbox = Sandbox::new("sandbox-tests")
+        .unwrap()
+        .with_zygote(&skiff_binary())
+        .unwrap();
+    assert_eq!(
+        sandbox.scratch_directories(),
+        Some(0),
+        "this kernel hands out binds of a detached tmpfs: sandboxes share one"
+    );
+    let tmp_device = r#"awk '$5 == "/tmp" {print $3}' /proc/self/mountinfo"#;
+    // The first writes to /tmp, /dev/shm and its root (a deep tree, and links out of its
+    // tree), then waits; the second looks for the first's files while it runs.
+    let writer = format!(
+        r#"echo secret > /tmp/first-was-here && echo x > /dev/shm/first && echo y > /first
+d=/tmp/deep; for i in $(seq 1 300); do d=$d/d; done; mkdir -p $d && ln -s / $d/root-link
+echo tmpdev=$({tmp_device}); echo ready; sleep 60"#
+    );
+    let reader = format!(
+        r#"echo tmpdev=$({tmp_device}); echo tmp=$(ls -A /tmp | tr '\n' ' ')
+echo shm=$(ls -A /dev/shm | tr '\n' ' '); ls /first 2>/dev/null && echo root=seen
+cat /tmp/first-was-here 2>/dev/null; echo done"#
+    );
+    let first_spec = spec(&unique_id("scratch-a"), &writer, (0, 0));
+    let mut first = sandbox.start(&first_spec).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !stdout_of(&first_spec.log_path).contains(&"ready".to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(sandbox.scratch_directories(), Some(1));
+    let second_spec = spec(&unique_id("scratch-b"), &reader, (0, 0));
+    let mut second = sandbox.start(&second_spec).unwrap();
+    let exit = second.wait_timeout(Some(Duration::from_secs(60))).unwrap();
+    assert_eq!(exit.expect("finished in time").code, Some(0));
+    let (seen, written) = (
+        stdout_of(&second_spec.log_path),
+        stdout_of(&first_spec.log_path),
+    );
+    assert_eq!(value(&seen, "tmp").trim(), "", "{seen:?}");
+    assert_eq!(value(&seen, "shm").trim(), "", "{seen:?}");
+    assert!(
+        !seen.iter().any(|l| l == "root=seen" || l == "secret"),
+        "{seen:?}"
+    );
+    assert!(!value(&written, "tmpdev").is_empty(), "{written:?}");
+    assert_eq!(
+        value(&written, "tmpdev"),
+        value(&seen, "tmpdev"),
+        "each sandbox mounted a tmpfs of its own"
+    );
+    assert_eq!(
+        sandbox.scratch_directories(),
+        Some(1),
+        "the reader's files went"
+    );
+    first.kill().unwrap();
+    first.wait_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(
+        sandbox.scratch_directories(),
+        Some(0),
+        "the writer's files went"
+    );
+    release(&first_spec.id);
+    release(&second_spec.id);
 }
 
 #[test]
