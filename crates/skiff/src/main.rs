@@ -22,6 +22,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = cli::Cli::parse();
+    if !matches!(args.command, cli::Command::Server(_)) {
+        end_quietly_on_a_closed_pipe();
+    }
     match cli::run(args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -29,6 +32,15 @@ fn main() {
             std::process::exit(cli::EXIT_FAILURE);
         }
     }
+}
+
+/// A command whose output goes into a pipe whose reader is gone (`skiff ls | head`) ends
+/// quietly, by SIGPIPE, as command-line tools do, rather than panicking in `println!`:
+/// every Rust program starts with SIGPIPE ignored. The daemon keeps it ignored (a peer
+/// that closed its socket is an error to handle there, not a reason to die).
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restoring a signal's default disposition; no handler runs, nothing is shared.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 /// The error and its causes joined by ": ", skipping a cause whose text its parent's

@@ -41,3 +41,27 @@ fn a_layer_with_device_nodes_imports_with_a_warning_naming_them() {
         .unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains("deb:1"));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_the_command_quietly() {
+    // `skiff image ls | head -0`: the reader is gone before the table is written.
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["--home", dir.path().join("home").to_str().unwrap()])
+        .args(["image", "ls"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}

@@ -10,26 +10,47 @@ pub enum Format {
 
 /// Prints rows as a left-aligned table with a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    write_out(&render_table(header, rows));
+}
+
+/// The table as text: columns padded to their widest cell and three spaces apart, no
+/// trailing blanks.
+fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}   "));
-            }
+    // One write for the whole table: ten thousand lines written one by one were ten
+    // thousand system calls (stdout is line-buffered).
+    let mut text = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let start = text.len();
+        for (cell, w) in cells.zip(&widths) {
+            text.push_str(cell);
+            let pad = w.saturating_sub(cell.chars().count()) + 3;
+            text.extend(std::iter::repeat_n(' ', pad));
         }
-        println!("{}", s.trim_end());
+        let kept = text[start..].trim_end().len();
+        text.truncate(start + kept);
+        text.push('\n');
     };
-    line(header.to_vec());
+    line(&mut header.iter().copied());
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        line(&mut row.iter().map(String::as_str));
+    }
+    text
+}
+
+/// Writes `text` to stdout, or ends the command saying why it could not (a closed pipe
+/// ends it by SIGPIPE first: see `main`).
+fn write_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        eprintln!("skiff: writing the output: {e}");
+        std::process::exit(super::EXIT_FAILURE);
     }
 }
 
@@ -51,8 +72,23 @@ pub fn human_size(bytes: u64) -> String {
 
 /// Prints a JSON value, pretty.
 pub fn json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("json values serialize")
-    );
+    let mut text = serde_json::to_string_pretty(value).expect("json values serialize");
+    text.push('\n');
+    write_out(&text);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_table_pads_columns_to_their_widest_cell_without_trailing_blanks() {
+        let rows = vec![
+            vec!["hello-10".to_owned(), "ünï".to_owned(), "1".to_owned()],
+            vec!["a".to_owned(), "b".to_owned(), String::new()],
+        ];
+        let text = super::render_table(&["NAME", "REV", "READY"], &rows);
+        assert_eq!(
+            text,
+            "NAME       REV   READY\nhello-10   ünï   1\na          b\n"
+        );
+    }
 }
