@@ -83,7 +83,11 @@ impl RevisionRunner {
             let now = tokio::time::Instant::now();
             let wake = if self.is_quiet(load) {
                 let epoch = *QUIET_EPOCH.get_or_init(|| now);
-                next_quiet_wake(now, epoch, quiet_phase(self.name()))
+                let on_grid = next_quiet_wake(now, epoch, quiet_phase(self.name()));
+                // A preparation held back by its back-off is tried again on time.
+                self.prepare_retry_at()
+                    .map(tokio::time::Instant::from_std)
+                    .map_or(on_grid, |retry| retry.min(on_grid))
             } else {
                 now + TICK
             };

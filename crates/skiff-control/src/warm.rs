@@ -158,6 +158,17 @@ impl RevisionRunner {
             .is_some_and(|not_before| crate::clock::now() < not_before)
     }
 
+    /// When the next preparation may start, while a failed one holds it back.
+    pub(crate) fn prepare_retry_at(&self) -> Option<std::time::Instant> {
+        let state = self
+            .prepare_backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        state
+            .1
+            .filter(|not_before| crate::clock::now() < *not_before)
+    }
+
     /// Counts the outcome of a preparation; on failure, when the next may start.
     fn prepare_done(&self, failure: Option<&str>, id: &str) {
         let mut state = self
