@@ -79,51 +79,36 @@ impl Routes {
 /// instance's, held for an instance nobody calls (docs/density.md).
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often each router thread looks for such connections.
-const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often each router thread looks for such connections: often, so that each look
+/// closes few (a close is a system call, and ten thousand instances called in turn expire
+/// a hundred or more a second, which a sweep every ten seconds closed in one stall).
+const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// How often each router thread compares the idle connections it keeps to its share.
-const PRESSURE_CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// Past its share, a router thread keeps idle connections this long only.
-const PRESSED_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Router threads serving now, to split the descriptor budget between.
-static SERVING_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-
-/// Idle connections one router thread may keep: a quarter of the descriptor limit,
-/// split between the router threads. Past it the thread closes those idle for over
-/// [`PRESSED_IDLE_TIMEOUT`]: calling ten thousand idle instances in turn must not leave
-/// ten thousand descriptors held for a minute.
-fn idle_share() -> usize {
-    let soft = skiff_kernel::descriptors::limit().soft;
-    let threads = SERVING_THREADS
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .max(1) as u64;
-    usize::try_from(soft / 4 / threads).unwrap_or(usize::MAX)
-}
+/// Pools a sweep looks at before it lets the thread's requests run again.
+const SWEEP_POOLS_AT_ONCE: usize = 128;
 
 /// Closes this thread's idle connections to instances past [`UPSTREAM_IDLE_TIMEOUT`],
-/// every [`IDLE_SWEEP_EVERY`], and sooner when it keeps more than [`idle_share`], until
-/// `stop` turns true. Runs on the router thread whose connections it closes (a router
-/// thread keeps its own).
+/// every [`IDLE_SWEEP_EVERY`], until `stop` turns true. Runs on the router thread whose
+/// connections it closes (a router thread keeps its own), a few pools at a time, yielding
+/// to the thread's requests between them. How many a thread keeps at most is bounded
+/// where they are kept (`upstream::idle_cap`).
 async fn sweep_idle_upstreams(router: Router, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(PRESSURE_CHECK_EVERY);
+    let mut every = tokio::time::interval(IDLE_SWEEP_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let share = idle_share();
-    let mut last_sweep = std::time::Instant::now();
     loop {
-        tokio::select! {
-            _ = every.tick() => {
-                let now = std::time::Instant::now();
-                if upstream::idle_held() > share {
-                    router.close_idle_upstreams(PRESSED_IDLE_TIMEOUT, now);
-                } else if now.duration_since(last_sweep) >= IDLE_SWEEP_EVERY {
-                    router.close_idle_upstreams(UPSTREAM_IDLE_TIMEOUT, now);
-                    last_sweep = now;
-                }
+        let stopping = tokio::select! {
+            _ = every.tick() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopping {
+            return;
+        }
+        for chunk in router.pools().chunks(SWEEP_POOLS_AT_ONCE) {
+            let now = std::time::Instant::now();
+            for pool in chunk {
+                pool.close_idle_connections(UPSTREAM_IDLE_TIMEOUT, now);
             }
-            _ = stop.wait_for(|s| *s) => return,
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -379,18 +364,20 @@ impl Router {
     /// Closes the calling router thread's connections to instances that have been idle
     /// for `idle_for` at `now`; how many.
     pub fn close_idle_upstreams(&self, idle_for: Duration, now: std::time::Instant) -> usize {
-        let pools: Vec<Arc<RevisionPool>> = {
-            let table = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
-            table
-                .by_label
-                .values()
-                .flat_map(|route| route.pools().cloned())
-                .collect()
-        };
-        pools
+        self.pools()
             .iter()
             .map(|pool| pool.close_idle_connections(idle_for, now))
             .sum()
+    }
+
+    /// Every pool routed to now (one per revision that takes traffic).
+    fn pools(&self) -> Vec<Arc<RevisionPool>> {
+        let table = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
+        table
+            .by_label
+            .values()
+            .flat_map(|route| route.pools().cloned())
+            .collect()
     }
 
     /// Serves on `threads` threads, each with its own event loop and its own listening
@@ -405,7 +392,7 @@ impl Router {
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<(SocketAddr, tokio::sync::oneshot::Receiver<()>)> {
         let threads = threads.clamp(1, upstream::ROUTER_THREADS_MAX - 1);
-        SERVING_THREADS.store(threads, std::sync::atomic::Ordering::Relaxed);
+        upstream::set_serving_threads(threads);
         ensure_port_free(addr)?;
         let first = reuseport_listener(addr)?;
         let bound = first.local_addr()?;

@@ -162,6 +162,25 @@ pub fn idle_held() -> usize {
     IDLE_HELD[shard()].load(Ordering::Relaxed)
 }
 
+/// Router threads serving now, to split the descriptor budget between.
+static SERVING_THREADS: AtomicUsize = AtomicUsize::new(1);
+
+/// Records how many router threads serve (see [`idle_cap`]).
+pub(crate) fn set_serving_threads(n: usize) {
+    SERVING_THREADS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Idle connections one router thread keeps at most, over all instances: a quarter of
+/// the descriptor limit, split between the router threads. Past it, a connection that
+/// finished its exchange is closed rather than kept, one at a time as exchanges end:
+/// calling ten thousand idle instances in turn must not leave ten thousand descriptors
+/// held for a minute, nor close them in bursts.
+fn idle_cap() -> usize {
+    let soft = skiff_kernel::descriptors::limit().soft;
+    let threads = SERVING_THREADS.load(Ordering::Relaxed) as u64;
+    usize::try_from(soft / 4 / threads).unwrap_or(usize::MAX)
+}
+
 /// Takes an instance's CPU away while it has no work and gives it back when work arrives
 /// (a cgroup freezer, for "CPU only while serving"). The pool calls it under its lock,
 /// on each change between no work and some, so calls alternate and never race.
@@ -245,8 +264,17 @@ impl Upstream {
         open(&self.target, Lane::for_request(size)).await
     }
 
-    /// Keeps a connection that finished an exchange cleanly, for this thread's next one.
-    pub fn put_idle(&self, mut conn: Connection) {
+    /// Keeps a connection that finished an exchange cleanly, for this thread's next one,
+    /// unless the thread keeps its share of idle connections already (see [`idle_cap`]).
+    pub fn put_idle(&self, conn: Connection) {
+        self.put_idle_within(conn, idle_cap());
+    }
+
+    /// [`Self::put_idle`] with the thread's share given: `cap` idle connections.
+    fn put_idle_within(&self, mut conn: Connection, cap: usize) {
+        if IDLE_HELD[shard()].load(Ordering::Relaxed) >= cap {
+            return;
+        }
         conn.reused = true;
         conn.exchanges += 1;
         if conn.exchanges >= MAX_EXCHANGES && conn.stream.sendable().is_some() {
@@ -546,6 +574,46 @@ mod tests {
         assert_eq!(idle_held(), 1, "closed");
         drop(b);
         assert_eq!(idle_held(), 0, "dropped with its instance");
+    }
+
+    /// Past its share of idle connections, a thread closes a connection as its exchange
+    /// ends (the app sees it end) instead of keeping it.
+    #[tokio::test]
+    async fn past_its_share_a_thread_closes_connections_instead_of_keeping_them() {
+        use std::io::Read;
+        // A thread number no other test uses: the count is per router thread.
+        set_router_thread(ROUTER_THREADS_MAX - 3);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = std::thread::spawn(move || {
+            (0..2)
+                .map(|_| listener.accept().unwrap().0)
+                .collect::<Vec<_>>()
+        });
+        let up = Upstream::new("capped", Target::Address(addr));
+        let size = RequestSize::Known(0);
+        let kept = up.connection(size).await.unwrap();
+        let over = up.connection(size).await.unwrap();
+        let over_port = over.stream.get_ref().local_addr().unwrap().port();
+        let accepted = app.join().unwrap();
+        up.put_idle_within(kept, 1);
+        up.put_idle_within(over, 1);
+        assert_eq!(idle_held(), 1, "one kept, at the cap");
+        let closed = accepted
+            .into_iter()
+            .find(|s| s.peer_addr().unwrap().port() == over_port)
+            .unwrap();
+        closed
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            (&closed).read(&mut byte).unwrap(),
+            0,
+            "the app sees it closed"
+        );
+        drop(up);
+        assert_eq!(idle_held(), 0);
     }
 
     /// Connections idle past the timeout are closed (the app sees them end); younger
