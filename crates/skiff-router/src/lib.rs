@@ -79,19 +79,20 @@ impl Routes {
 /// instance's, held for an instance nobody calls (docs/density.md).
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How often each router thread looks for such connections: often, so that each look
-/// closes few (a close is a system call, and ten thousand instances called in turn expire
-/// a hundred or more a second, which a sweep every ten seconds closed in one stall).
-const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often each router thread looks for such connections.
+const IDLE_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// Pools a sweep looks at before it lets the thread's requests run again.
+/// Pools a sweep looks at, or connections it closes, before it lets the thread's
+/// requests run again: a close is a system call, and a sweep at ten thousand instances
+/// called in turn finds hundreds to close (all at once, a stall of milliseconds).
 const SWEEP_POOLS_AT_ONCE: usize = 128;
+const SWEEP_CLOSES_AT_ONCE: usize = 16;
 
 /// Closes this thread's idle connections to instances past [`UPSTREAM_IDLE_TIMEOUT`],
 /// every [`IDLE_SWEEP_EVERY`], until `stop` turns true. Runs on the router thread whose
-/// connections it closes (a router thread keeps its own), a few pools at a time, yielding
-/// to the thread's requests between them. How many a thread keeps at most is bounded
-/// where they are kept (`upstream::idle_cap`).
+/// connections it closes (a router thread keeps its own), a little at a time, yielding
+/// to the thread's requests in between. How many a thread keeps at most is bounded where
+/// they are kept (`upstream::idle_cap`).
 async fn sweep_idle_upstreams(router: Router, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut every = tokio::time::interval(IDLE_SWEEP_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,12 +104,15 @@ async fn sweep_idle_upstreams(router: Router, mut stop: tokio::sync::watch::Rece
         if stopping {
             return;
         }
-        for chunk in router.pools().chunks(SWEEP_POOLS_AT_ONCE) {
+        let (mut looked, mut closed) = (0, 0);
+        for pool in router.pools() {
             let now = std::time::Instant::now();
-            for pool in chunk {
-                pool.close_idle_connections(UPSTREAM_IDLE_TIMEOUT, now);
+            closed += pool.close_idle_connections(UPSTREAM_IDLE_TIMEOUT, now);
+            looked += 1;
+            if looked >= SWEEP_POOLS_AT_ONCE || closed >= SWEEP_CLOSES_AT_ONCE {
+                (looked, closed) = (0, 0);
+                tokio::task::yield_now().await;
             }
-            tokio::task::yield_now().await;
         }
     }
 }
