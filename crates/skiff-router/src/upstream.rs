@@ -165,9 +165,14 @@ pub fn idle_held() -> usize {
 /// Router threads serving now, to split the descriptor budget between.
 static SERVING_THREADS: AtomicUsize = AtomicUsize::new(1);
 
+/// [`idle_cap`] once worked out (0: not yet): it is read on every exchange, and the
+/// descriptor limit it follows is a system call away.
+static IDLE_CAP: AtomicUsize = AtomicUsize::new(0);
+
 /// Records how many router threads serve (see [`idle_cap`]).
 pub(crate) fn set_serving_threads(n: usize) {
     SERVING_THREADS.store(n.max(1), Ordering::Relaxed);
+    IDLE_CAP.store(work_out_idle_cap(), Ordering::Relaxed);
 }
 
 /// Idle connections one router thread keeps at most, over all instances: a quarter of
@@ -176,9 +181,22 @@ pub(crate) fn set_serving_threads(n: usize) {
 /// calling ten thousand idle instances in turn must not leave ten thousand descriptors
 /// held for a minute, nor close them in bursts.
 fn idle_cap() -> usize {
+    match IDLE_CAP.load(Ordering::Relaxed) {
+        0 => {
+            let cap = work_out_idle_cap();
+            IDLE_CAP.store(cap, Ordering::Relaxed);
+            cap
+        }
+        cap => cap,
+    }
+}
+
+fn work_out_idle_cap() -> usize {
     let soft = skiff_kernel::descriptors::limit().soft;
     let threads = SERVING_THREADS.load(Ordering::Relaxed) as u64;
-    usize::try_from(soft / 4 / threads).unwrap_or(usize::MAX)
+    usize::try_from(soft / 4 / threads)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 /// Takes an instance's CPU away while it has no work and gives it back when work arrives
@@ -297,11 +315,21 @@ impl Upstream {
     /// thread-per-connection app a thread of the instance's, held by an instance nobody
     /// calls.
     pub fn close_idle(&self, idle_for: Duration, now: Instant) -> usize {
+        // Threads that are not router threads (in-memory deliveries) share the last
+        // shard and sweep nothing themselves: every router thread's sweep covers it too.
+        let shared = ROUTER_THREADS_MAX;
+        let own = shard();
+        let mut closed = self.close_idle_in(own, idle_for, now);
+        if own != shared {
+            closed += self.close_idle_in(shared, idle_for, now);
+        }
+        closed
+    }
+
+    /// [`Self::close_idle`] for one shard's connections.
+    fn close_idle_in(&self, shard: usize, idle_for: Duration, now: Instant) -> usize {
         let expired: Vec<Connection> = {
-            let mut idle = self.idle[shard()]
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut idle = self.idle[shard].0.lock().unwrap_or_else(|p| p.into_inner());
             // Pushed and popped at the end: the oldest are first.
             let cut = idle
                 .iter()
@@ -309,7 +337,7 @@ impl Upstream {
                 .unwrap_or(idle.len());
             idle.drain(..cut).collect()
         };
-        IDLE_HELD[shard()].fetch_sub(expired.len(), Ordering::Relaxed);
+        IDLE_HELD[shard].fetch_sub(expired.len(), Ordering::Relaxed);
         expired.len()
     }
 }
@@ -574,6 +602,39 @@ mod tests {
         assert_eq!(idle_held(), 1, "closed");
         drop(b);
         assert_eq!(idle_held(), 0, "dropped with its instance");
+    }
+
+    /// Connections kept by threads that are not router threads (in-memory deliveries)
+    /// are closed by a router thread's sweep: they have none of their own.
+    #[tokio::test]
+    async fn a_router_thread_sweeps_the_connections_other_threads_keep() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = std::thread::spawn(move || listener.accept().unwrap().0);
+        let up = Arc::new(Upstream::new("delivered", Target::Address(addr)));
+        // This test's thread is no router thread: it keeps its connection in the shared
+        // shard.
+        let conn = up.connection(RequestSize::Known(0)).await.unwrap();
+        let accepted = app.join().unwrap();
+        up.put_idle(conn);
+        let sweeper = Arc::clone(&up);
+        let closed = std::thread::spawn(move || {
+            set_router_thread(ROUTER_THREADS_MAX - 4);
+            sweeper.close_idle(Duration::ZERO, Instant::now())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(closed, 1, "the router thread's sweep closed it");
+        accepted
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            (&accepted).read(&mut byte).unwrap(),
+            0,
+            "the app sees it closed"
+        );
     }
 
     /// Past its share of idle connections, a thread closes a connection as its exchange
