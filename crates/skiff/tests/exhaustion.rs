@@ -64,12 +64,23 @@ fn out_of_descriptors_every_request_answers_and_sigterm_finishes() {
         .unwrap_or_default();
     assert!(reason.contains("RLIMIT_NOFILE"), "{detail}");
 
-    // No busy loop: a tenth of a core at most while nothing is asked of it (a busy
-    // accept or preparation loop takes a whole one).
-    let before = cpu_ticks(d.pid());
-    std::thread::sleep(Duration::from_secs(3));
-    let used = cpu_ticks(d.pid()) - before;
-    assert!(used < 60, "{used} ticks of CPU in 3 s, idle");
+    // No busy loop: a tenth of a core at most once nothing is asked of it (a busy
+    // accept or preparation loop takes a whole one, for good). Right after the last
+    // request the refused revisions' preparations are still retried at short back-offs
+    // (36-62 ticks in the first 3 s, 5-14 in the next ones): wait for that to pass.
+    let settling = Instant::now() + Duration::from_secs(30);
+    let used = loop {
+        let before = cpu_ticks(d.pid());
+        std::thread::sleep(Duration::from_secs(3));
+        let used = cpu_ticks(d.pid()) - before;
+        if used < 30 || Instant::now() > settling {
+            break used;
+        }
+    };
+    assert!(
+        used < 30,
+        "{used} ticks of CPU in 3 s, still busy 30 s after the last request"
+    );
 
     let stopping = Instant::now();
     assert_eq!(d.stop(), Some(0));
