@@ -149,13 +149,7 @@ impl RevisionRunner {
     }
 
     fn prepare_backing_off(&self) -> bool {
-        let state = self
-            .prepare_backoff
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        state
-            .1
-            .is_some_and(|not_before| crate::clock::now() < not_before)
+        self.prepare_retry_at().is_some()
     }
 
     /// When the next preparation may start, while a failed one holds it back.

@@ -365,15 +365,6 @@ impl Router {
         let _ = sweeper.await;
     }
 
-    /// Closes the calling router thread's connections to instances that have been idle
-    /// for `idle_for` at `now`; how many.
-    pub fn close_idle_upstreams(&self, idle_for: Duration, now: std::time::Instant) -> usize {
-        self.pools()
-            .iter()
-            .map(|pool| pool.close_idle_connections(idle_for, now))
-            .sum()
-    }
-
     /// Every pool routed to now (one per revision that takes traffic).
     fn pools(&self) -> Vec<Arc<RevisionPool>> {
         let table = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());

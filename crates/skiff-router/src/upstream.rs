@@ -162,17 +162,14 @@ pub fn idle_held() -> usize {
     IDLE_HELD[shard()].load(Ordering::Relaxed)
 }
 
-/// Router threads serving now, to split the descriptor budget between.
-static SERVING_THREADS: AtomicUsize = AtomicUsize::new(1);
-
 /// [`idle_cap`] once worked out (0: not yet): it is read on every exchange, and the
 /// descriptor limit it follows is a system call away.
 static IDLE_CAP: AtomicUsize = AtomicUsize::new(0);
 
-/// Records how many router threads serve (see [`idle_cap`]).
+/// Records how many router threads serve, to split the descriptor budget between (see
+/// [`idle_cap`]).
 pub(crate) fn set_serving_threads(n: usize) {
-    SERVING_THREADS.store(n.max(1), Ordering::Relaxed);
-    IDLE_CAP.store(work_out_idle_cap(), Ordering::Relaxed);
+    IDLE_CAP.store(work_out_idle_cap(n), Ordering::Relaxed);
 }
 
 /// Idle connections one router thread keeps at most, over all instances: a quarter of
@@ -183,7 +180,7 @@ pub(crate) fn set_serving_threads(n: usize) {
 fn idle_cap() -> usize {
     match IDLE_CAP.load(Ordering::Relaxed) {
         0 => {
-            let cap = work_out_idle_cap();
+            let cap = work_out_idle_cap(1);
             IDLE_CAP.store(cap, Ordering::Relaxed);
             cap
         }
@@ -191,9 +188,9 @@ fn idle_cap() -> usize {
     }
 }
 
-fn work_out_idle_cap() -> usize {
+fn work_out_idle_cap(router_threads: usize) -> usize {
     let soft = skiff_kernel::descriptors::limit().soft;
-    let threads = SERVING_THREADS.load(Ordering::Relaxed) as u64;
+    let threads = router_threads.max(1) as u64;
     usize::try_from(soft / 4 / threads)
         .unwrap_or(usize::MAX)
         .max(1)
@@ -290,7 +287,7 @@ impl Upstream {
 
     /// [`Self::put_idle`] with the thread's share given: `cap` idle connections.
     fn put_idle_within(&self, mut conn: Connection, cap: usize) {
-        if IDLE_HELD[shard()].load(Ordering::Relaxed) >= cap {
+        if idle_held() >= cap {
             return;
         }
         conn.reused = true;
@@ -568,19 +565,38 @@ mod tests {
         );
     }
 
+    /// An app on the loopback that accepts `n` connections: its address, and the
+    /// connections once all `n` came.
+    fn app_accepting(
+        n: usize,
+    ) -> (
+        SocketAddr,
+        std::thread::JoinHandle<Vec<std::net::TcpStream>>,
+    ) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = std::thread::spawn(move || {
+            (0..n)
+                .map(|_| listener.accept().unwrap().0)
+                .collect::<Vec<_>>()
+        });
+        (addr, app)
+    }
+
+    /// Whether the router closed its end of `conn`, as the app sees it within `wait`.
+    fn ended_by_router(conn: &std::net::TcpStream, wait: Duration) -> bool {
+        conn.set_read_timeout(Some(wait)).unwrap();
+        let mut byte = [0u8; 1];
+        matches!(std::io::Read::read(&mut &*conn, &mut byte), Ok(0))
+    }
+
     /// What a router thread keeps idle is counted over all instances: up as connections
     /// are put back, down as they are taken, closed, or dropped with their instance.
     #[tokio::test]
     async fn idle_connections_are_counted_per_thread_over_all_instances() {
         // A thread number no other test uses: the count is per router thread.
         set_router_thread(ROUTER_THREADS_MAX - 2);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = std::thread::spawn(move || {
-            (0..3)
-                .map(|_| listener.accept().unwrap().0)
-                .collect::<Vec<_>>()
-        });
+        let (addr, app) = app_accepting(3);
         let a = Upstream::new("a", Target::Address(addr));
         let b = Upstream::new("b", Target::Address(addr));
         let size = RequestSize::Known(0);
@@ -608,15 +624,12 @@ mod tests {
     /// are closed by a router thread's sweep: they have none of their own.
     #[tokio::test]
     async fn a_router_thread_sweeps_the_connections_other_threads_keep() {
-        use std::io::Read;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = std::thread::spawn(move || listener.accept().unwrap().0);
+        let (addr, app) = app_accepting(1);
         let up = Arc::new(Upstream::new("delivered", Target::Address(addr)));
         // This test's thread is no router thread: it keeps its connection in the shared
         // shard.
         let conn = up.connection(RequestSize::Known(0)).await.unwrap();
-        let accepted = app.join().unwrap();
+        let accepted = app.join().unwrap().remove(0);
         up.put_idle(conn);
         let sweeper = Arc::clone(&up);
         let closed = std::thread::spawn(move || {
@@ -626,13 +639,8 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(closed, 1, "the router thread's sweep closed it");
-        accepted
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut byte = [0u8; 1];
-        assert_eq!(
-            (&accepted).read(&mut byte).unwrap(),
-            0,
+        assert!(
+            ended_by_router(&accepted, Duration::from_secs(5)),
             "the app sees it closed"
         );
     }
@@ -641,16 +649,9 @@ mod tests {
     /// ends (the app sees it end) instead of keeping it.
     #[tokio::test]
     async fn past_its_share_a_thread_closes_connections_instead_of_keeping_them() {
-        use std::io::Read;
         // A thread number no other test uses: the count is per router thread.
         set_router_thread(ROUTER_THREADS_MAX - 3);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = std::thread::spawn(move || {
-            (0..2)
-                .map(|_| listener.accept().unwrap().0)
-                .collect::<Vec<_>>()
-        });
+        let (addr, app) = app_accepting(2);
         let up = Upstream::new("capped", Target::Address(addr));
         let size = RequestSize::Known(0);
         let kept = up.connection(size).await.unwrap();
@@ -664,13 +665,8 @@ mod tests {
             .into_iter()
             .find(|s| s.peer_addr().unwrap().port() == over_port)
             .unwrap();
-        closed
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut byte = [0u8; 1];
-        assert_eq!(
-            (&closed).read(&mut byte).unwrap(),
-            0,
+        assert!(
+            ended_by_router(&closed, Duration::from_secs(5)),
             "the app sees it closed"
         );
         drop(up);
@@ -681,15 +677,7 @@ mod tests {
     /// ones stay.
     #[tokio::test]
     async fn idle_connections_past_the_timeout_are_closed_and_younger_ones_kept() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = std::thread::spawn(move || {
-            let mut accepted = Vec::new();
-            for _ in 0..2 {
-                accepted.push(listener.accept().unwrap().0);
-            }
-            accepted
-        });
+        let (addr, app) = app_accepting(2);
         let up = Upstream::new("i1", Target::Address(addr));
         let older = up.connection(RequestSize::Known(0)).await.unwrap();
         let younger = up.connection(RequestSize::Known(0)).await.unwrap();
@@ -703,14 +691,11 @@ mod tests {
             idle[1].idle_since = now - Duration::from_secs(10);
         }
         assert_eq!(up.close_idle(Duration::from_secs(60), now), 1);
-        let mut accepted = app.join().unwrap();
-        let mut ended = Vec::new();
-        for conn in &mut accepted {
-            conn.set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
-            let mut byte = [0u8; 1];
-            ended.push(matches!(std::io::Read::read(conn, &mut byte), Ok(0)));
-        }
+        let accepted = app.join().unwrap();
+        let ended: Vec<bool> = accepted
+            .iter()
+            .map(|conn| ended_by_router(conn, Duration::from_millis(200)))
+            .collect();
         let kept: Vec<u16> = accepted
             .iter()
             .zip(&ended)
