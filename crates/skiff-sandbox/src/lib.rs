@@ -342,9 +342,7 @@ impl Sandbox {
             let _ = std::fs::remove_dir_all(&scratch);
         }
         if let Some(shared) = &self.shared_scratch {
-            if let Err(e) = shared.remove(id) {
-                tracing::warn!(instance = %id, "removing its scratch files: {e}");
-            }
+            shared.remove_or_warn(id);
         }
         if let Some(slot) = network {
             net::await_link_gone(&slot, std::time::Duration::from_secs(2));

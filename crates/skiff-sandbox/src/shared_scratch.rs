@@ -96,12 +96,7 @@ impl SharedScratch {
     /// last one moved up, and two descriptors are open at any time. Nothing else writes
     /// here: the sandbox's processes are gone before this runs.
     pub(crate) fn remove(&self, id: &str) -> io::Result<()> {
-        let top = match rustix::fs::openat(
-            &self.root,
-            id,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
+        let top = match open_dir(&self.root, id) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(e.into()),
@@ -127,7 +122,7 @@ impl SharedScratch {
         for entry in rustix::fs::Dir::read_from(top)? {
             let entry = entry?;
             let name = entry.file_name();
-            if name == c"." || name == c".." {
+            if is_dot(name) {
                 continue;
             }
             seen += 1;
@@ -159,17 +154,12 @@ impl SharedScratch {
 
     /// Moves the entries of `top`'s directory `name` into `top`; whether any moved.
     fn move_up(&self, top: &OwnedFd, name: &std::ffi::CStr) -> io::Result<bool> {
-        let dir = rustix::fs::openat(
-            top,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let dir = open_dir(top, name)?;
         let mut moved = false;
         for entry in rustix::fs::Dir::read_from(&dir)? {
             let entry = entry?;
             let inner = entry.file_name();
-            if inner == c"." || inner == c".." {
+            if is_dot(inner) {
                 continue;
             }
             loop {
@@ -185,19 +175,20 @@ impl SharedScratch {
         Ok(moved)
     }
 
+    /// [`Self::remove`], saying so in the log when it fails: what is left costs memory
+    /// until the daemon stops but breaks nothing.
+    pub(crate) fn remove_or_warn(&self, id: &str) {
+        if let Err(e) = self.remove(id) {
+            tracing::warn!(instance = %id, "removing its scratch files: {e}");
+        }
+    }
+
     /// How many directories the tmpfs holds: one per sandbox not yet removed.
     pub(crate) fn entries(&self) -> io::Result<usize> {
         let mut n = 0;
         // The mount's own descriptor is a path one (`O_PATH`): not one to read.
-        let root = rustix::fs::openat(
-            &self.root,
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        for entry in rustix::fs::Dir::new(root)? {
-            let entry = entry?;
-            n += usize::from(entry.file_name() != c"." && entry.file_name() != c"..");
+        for entry in rustix::fs::Dir::new(open_dir(&self.root, ".")?)? {
+            n += usize::from(!is_dot(entry?.file_name()));
         }
         Ok(n)
     }
@@ -207,6 +198,21 @@ impl SharedScratch {
     fn root(&self) -> rustix::fd::BorrowedFd<'_> {
         rustix::fd::AsFd::as_fd(&self.root)
     }
+}
+
+/// A directory under `at`, opened to read, never through a symlink.
+fn open_dir<P: rustix::path::Arg>(at: &OwnedFd, name: P) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        at,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Whether a directory entry is `.` or `..`.
+fn is_dot(name: &std::ffi::CStr) -> bool {
+    name == c"." || name == c".."
 }
 
 /// The host's memory and swap, in bytes (a GiB if it cannot be read).
@@ -227,14 +233,11 @@ pub(crate) struct ScratchDir {
 }
 
 impl ScratchDir {
-    /// Removes the mount point and the shared directory's contents; failures are logged,
-    /// since what is left costs memory until the daemon stops but breaks nothing.
+    /// Removes the mount point and the shared directory with its contents.
     pub(crate) fn remove(&self) {
         let _ = std::fs::remove_dir(&self.path);
         if let Some((shared, id)) = &self.shared {
-            if let Err(e) = shared.remove(id) {
-                tracing::warn!(instance = %id, "removing its scratch files: {e}");
-            }
+            shared.remove_or_warn(id);
         }
     }
 }

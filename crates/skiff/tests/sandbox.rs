@@ -60,14 +60,18 @@ fn world() -> &'static World {
             home,
             images,
             image,
-            // As the daemon runs them: cloned by a zygote started from skiff's binary.
-            sandbox: Sandbox::new("sandbox-tests")
-                .unwrap()
-                .with_zygote(&skiff_binary())
-                .unwrap(),
+            sandbox: zygote_runtime(),
             db: Mutex::new(db),
         }
     })
+}
+
+/// A runtime as the daemon's: sandboxes cloned by a zygote started from skiff's binary.
+fn zygote_runtime() -> Sandbox {
+    Sandbox::new("sandbox-tests")
+        .unwrap()
+        .with_zygote(&skiff_binary())
+        .unwrap()
 }
 
 /// skiff's binary, as the daemon opens it to start its zygote.
@@ -346,10 +350,7 @@ fn has_exited(pid: u32) -> bool {
 #[test]
 fn a_zygote_that_died_is_replaced_and_sandboxes_are_still_made() {
     // A runtime of its own: the shared one's zygote serves the other tests meanwhile.
-    let sandbox = Sandbox::new("sandbox-tests")
-        .unwrap()
-        .with_zygote(&skiff_binary())
-        .unwrap();
+    let sandbox = zygote_runtime();
     let first = sandbox.zygote_pid().unwrap();
     let id = unique_id("rezygote");
     let mut inst = sandbox.start(&spec(&id, "echo made", (0, 0))).unwrap();
@@ -411,10 +412,7 @@ if touch /sys/probe 2>/dev/null; then echo sys=writable; else echo sys=readonly;
 fn sandboxes_keep_their_files_in_one_shared_tmpfs_apart_and_they_go_with_them() {
     // A runtime of its own, to count the shared tmpfs's directories while no other test's
     // sandboxes come and go in it.
-    let sandbox = Sandbox::new("sandbox-tests")
-        .unwrap()
-        .with_zygote(&skiff_binary())
-        .unwrap();
+    let sandbox = zygote_runtime();
     assert_eq!(
         sandbox.scratch_directories(),
         Some(0),
