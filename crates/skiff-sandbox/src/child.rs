@@ -157,6 +157,9 @@ pub struct ChildPlan {
     /// A detached sysfs shared by every sandbox (the zygote's, from an empty network
     /// namespace), or -1: the sandbox mounts its own.
     pub shared_sysfs: c_int,
+    /// The init executable (the zygote's sealed memory file, see `init_exe`), or -1: the
+    /// init runs in this process.
+    pub init_exe: c_int,
 }
 
 const NULL: *const c_char = std::ptr::null();
@@ -292,8 +295,8 @@ unsafe fn close_inherited(plan: &ChildPlan) {
     } else {
         plan.sync_fd
     };
-    let mut keep = [-1; 8 + MAX_SECRET_MOUNTS];
-    keep[..8].copy_from_slice(&[
+    let mut keep = [-1; 9 + MAX_SECRET_MOUNTS];
+    keep[..9].copy_from_slice(&[
         plan.sync_fd,
         plan.err_fd,
         plan.stdout_fd,
@@ -302,8 +305,9 @@ unsafe fn close_inherited(plan: &ChildPlan) {
         plan.userns_fd,
         plan.shared_sysfs,
         plan.scratch_tree,
+        plan.init_exe,
     ]);
-    for (slot, m) in keep[8..].iter_mut().zip(&plan.secret_mounts) {
+    for (slot, m) in keep[9..].iter_mut().zip(&plan.secret_mounts) {
         *slot = m.fd;
     }
     // Insertion sort: no allocation allowed here.
@@ -569,7 +573,12 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
         );
 
         if plan.init {
-            crate::init::fork_app(plan.err_fd, plan.probe_fd, plan.envp.as_ptr());
+            crate::app_fork::fork_app(
+                plan.err_fd,
+                plan.probe_fd,
+                plan.envp.as_ptr(),
+                plan.init_exe,
+            );
         }
         let mut last = libc::ENOENT;
         for path in &plan.exec_paths {

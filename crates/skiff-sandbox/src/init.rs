@@ -1,5 +1,5 @@
 //! A minimal init for PID 1 of a sandbox (the idea of tini or catatonit, written here):
-//! the sandbox's first process forks the app into a process group of its own and stays
+//! the app runs in a process group of its own (`app_fork` forks it), and the init stays
 //! behind to forward every signal it gets to that whole group (so an app started through
 //! `sh -c` without `exec` still gets SIGTERM), to reap whatever is re-parented to it
 //! (zombies), and to exit with the app's status: its code, or 128+N when signal N ended
@@ -8,52 +8,42 @@
 //! It also runs exec probes: the daemon sends a command on the probe socket, the init
 //! forks it as the app's user (it already is: credentials, capabilities and seccomp were
 //! applied before the fork) in a group of its own, kills it at its deadline, and answers
-//! with its status. The wire format is in [`crate::probe`].
+//! with its status. The wire format is in [`crate::probe_wire`].
 //!
-//! It runs in the freshly cloned child, after the sandbox is set up: raw system calls
-//! only, nothing allocates.
+//! This code runs in two builds: the init executable (`init_exe`, a few KiB without the
+//! standard library, which each sandbox's init executes so it keeps no copy of the
+//! zygote's memory), and the daemon's binary (when there is no such executable). So it
+//! uses `core` and [`crate::init_sys`] only: raw system calls, nothing allocates.
 #![allow(unsafe_code)]
 
-use crate::probe::{self, TIMED_OUT};
-use libc::{c_char, c_int};
+use crate::init_sys as sys;
+use crate::probe_wire::{self, TIMED_OUT};
+use sys::{c_char, c_int};
 
-/// Probes running at once; past it a request is answered [`probe::BUSY`].
+/// Probes running at once; past it a request is answered [`probe_wire::BUSY`].
 const MAX_PROBES: usize = 4;
 
-/// Forks the app: returns in the child (to go on and exec it), never in the init.
+/// Serves as the init of `app` (the app's pid, the leader of its own process group)
+/// until the app ends, then exits with its status. `probe_fd` is the probe socket or -1,
+/// `envp` the app's environment (for probes), `before` the signal mask probes run with.
 ///
 /// # Safety
 ///
-/// Only in the freshly cloned sandbox process, just before its exec, with `err_fd` the
-/// setup-report pipe (the init closes its copy, so the parent sees the app's exec),
-/// `probe_fd` the probe socket or -1, and `envp` the app's environment.
-pub unsafe fn fork_app(err_fd: c_int, probe_fd: c_int, envp: *const *const c_char) {
-    // SAFETY: signal-mask, fork, setpgid and close calls on local data; the parent side
-    // never returns (it ends in `serve`, which exits).
+/// Only in the sandbox's first process, once the app is forked, with every signal
+/// blocked (so none is lost: the loop reads them from a signalfd).
+pub unsafe fn serve(
+    app: c_int,
+    probe_fd: c_int,
+    envp: *const *const c_char,
+    before: sys::sigset_t,
+) -> ! {
+    // SAFETY: naming this process and filling a local signal set.
     unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        let mut before: libc::sigset_t = std::mem::zeroed();
-        // Blocked before the fork, so no signal falls between it and the init's wait.
-        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut before);
-        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize) as c_int;
-        if pid == 0 {
-            libc::setpgid(0, 0);
-            libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
-            if probe_fd >= 0 {
-                libc::close(probe_fd);
-            }
-            return;
-        }
-        libc::close(err_fd);
-        if pid < 0 {
-            libc::_exit(127);
-        }
-        // The app's group exists before any signal is forwarded to it.
-        libc::setpgid(pid, pid);
-        libc::prctl(libc::PR_SET_NAME, c"skiff-init".as_ptr());
+        sys::prctl(sys::PR_SET_NAME, c"skiff-init".as_ptr());
+        let mut all: sys::sigset_t = core::mem::zeroed();
+        sys::sigfillset(&mut all);
         let init = Init {
-            app: pid,
+            app,
             probe_fd,
             envp,
             before,
@@ -61,6 +51,34 @@ pub unsafe fn fork_app(err_fd: c_int, probe_fd: c_int, envp: *const *const c_cha
         };
         init.serve(&all)
     }
+}
+
+/// The number `digits` spell in decimal, with an optional leading `-`; `None` for
+/// anything else (an empty string, another character, an overflow). The init
+/// executable reads its arguments with it; the daemon's build only tests it.
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn parse_decimal(digits: &[u8]) -> Option<i64> {
+    let (negative, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let digit = i64::from(d - b'0');
+        value = value.checked_mul(10)?;
+        value = if negative {
+            value.checked_sub(digit)?
+        } else {
+            value.checked_add(digit)?
+        };
+    }
+    Some(value)
 }
 
 /// A probe command the init started.
@@ -86,46 +104,46 @@ struct Init {
     probe_fd: c_int,
     envp: *const *const c_char,
     /// The signal mask before the init blocked everything (probes get it back).
-    before: libc::sigset_t,
+    before: sys::sigset_t,
     probes: [Running; MAX_PROBES],
 }
 
 fn now_ms() -> i64 {
     // SAFETY: clock_gettime into a local struct.
     unsafe {
-        let mut ts: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        let mut ts: sys::timespec = core::mem::zeroed();
+        sys::clock_gettime(sys::CLOCK_MONOTONIC, &mut ts);
         ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
     }
 }
 
 impl Init {
     /// The init's loop: forwards, reaps, runs probes, and exits with the app's status.
-    unsafe fn serve(mut self, all: &libc::sigset_t) -> ! {
+    unsafe fn serve(mut self, all: &sys::sigset_t) -> ! {
         // SAFETY: signalfd, poll, read and the calls below on local data.
         unsafe {
-            let sfd = libc::signalfd(-1, all, libc::SFD_CLOEXEC);
+            let sfd = sys::signalfd(-1, all, sys::SFD_CLOEXEC);
             loop {
                 let mut fds = [
-                    libc::pollfd {
+                    sys::pollfd {
                         fd: sfd,
-                        events: libc::POLLIN,
+                        events: sys::POLLIN,
                         revents: 0,
                     },
-                    libc::pollfd {
+                    sys::pollfd {
                         fd: self.probe_fd,
-                        events: libc::POLLIN,
+                        events: sys::POLLIN,
                         revents: 0,
                     },
                 ];
-                let n = libc::poll(fds.as_mut_ptr(), 2, self.next_deadline());
+                let n = sys::poll(fds.as_mut_ptr(), 2, self.next_deadline());
                 if n < 0 {
                     continue;
                 }
-                if fds[0].revents & libc::POLLIN != 0 {
+                if fds[0].revents & sys::POLLIN != 0 {
                     self.on_signals(sfd);
                 }
-                if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                if fds[1].revents & (sys::POLLIN | sys::POLLHUP | sys::POLLERR) != 0 {
                     self.on_request();
                 }
                 self.expire();
@@ -147,15 +165,15 @@ impl Init {
     unsafe fn on_signals(&mut self, sfd: c_int) {
         // SAFETY: read into a local, properly sized signalfd_siginfo.
         unsafe {
-            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            while libc::read(sfd, (&mut info as *mut libc::signalfd_siginfo).cast(), size)
+            let mut info: sys::signalfd_siginfo = core::mem::zeroed();
+            let size = core::mem::size_of::<sys::signalfd_siginfo>();
+            while sys::read(sfd, (&mut info as *mut sys::signalfd_siginfo).cast(), size)
                 == size as isize
             {
                 let sig = info.ssi_signo as c_int;
-                if sig != libc::SIGCHLD {
+                if sig != sys::SIGCHLD {
                     // To the whole group: a shell that did not exec passes it on to no one.
-                    libc::kill(-self.app, sig);
+                    sys::kill(-self.app, sig);
                     continue;
                 }
                 self.reap();
@@ -171,25 +189,25 @@ impl Init {
         unsafe {
             loop {
                 let mut status = 0;
-                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                let pid = sys::waitpid(-1, &mut status, sys::WNOHANG);
                 if pid <= 0 {
                     return;
                 }
-                let code = if libc::WIFSIGNALED(status) {
-                    128 + libc::WTERMSIG(status)
+                let code = if sys::WIFSIGNALED(status) {
+                    128 + sys::WTERMSIG(status)
                 } else {
-                    libc::WEXITSTATUS(status)
+                    sys::WEXITSTATUS(status)
                 };
                 if pid == self.app {
                     // What is left of the app's group goes with it, as with tini -g.
-                    libc::kill(-self.app, libc::SIGKILL);
-                    libc::_exit(code);
+                    sys::kill(-self.app, sys::SIGKILL);
+                    sys::exit(code);
                 }
                 if let Some(p) = self.probes.iter_mut().find(|p| p.pid == pid) {
                     let answer = if p.timed_out { TIMED_OUT } else { code };
-                    probe::send_reply(self.probe_fd, p.id, answer);
+                    probe_wire::send_reply(self.probe_fd, p.id, answer);
                     // Whatever the probe left in its group goes too.
-                    libc::kill(-pid, libc::SIGKILL);
+                    sys::kill(-pid, sys::SIGKILL);
                     *p = Running::NONE;
                 }
             }
@@ -197,14 +215,14 @@ impl Init {
     }
 
     unsafe fn on_request(&mut self) {
-        let mut buf = [0u8; probe::MAX_MESSAGE];
+        let mut buf = [0u8; probe_wire::MAX_MESSAGE];
         // SAFETY: recv into a local buffer.
         let n = unsafe {
-            libc::recv(
+            sys::recv(
                 self.probe_fd,
                 buf.as_mut_ptr().cast(),
                 buf.len(),
-                libc::MSG_DONTWAIT,
+                sys::MSG_DONTWAIT,
             )
         };
         if n == 0 {
@@ -215,27 +233,26 @@ impl Init {
         if n < 0 {
             return;
         }
-        let Some(req) = probe::Request::parse(&mut buf[..n as usize]) else {
+        let Some(req) = probe_wire::Request::parse(&mut buf[..n as usize]) else {
             return;
         };
         let Some(slot) = self.probes.iter().position(|p| p.pid == 0) else {
-            probe::send_reply(self.probe_fd, req.id, probe::BUSY);
+            probe_wire::send_reply(self.probe_fd, req.id, probe_wire::BUSY);
             return;
         };
         // SAFETY: a fork of this single-threaded init; the child only makes raw calls
         // and ends in execve or _exit.
-        let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize) }
-            as c_int;
+        let pid = unsafe { sys::fork() };
         if pid == 0 {
             // SAFETY: in the fresh child.
             unsafe { self.exec_probe(&req) }
         }
         if pid < 0 {
-            probe::send_reply(self.probe_fd, req.id, probe::FORK_FAILED);
+            probe_wire::send_reply(self.probe_fd, req.id, probe_wire::FORK_FAILED);
             return;
         }
         // SAFETY: setpgid on our own child (also done by the child: whichever is first).
-        unsafe { libc::setpgid(pid, pid) };
+        unsafe { sys::setpgid(pid, pid) };
         self.probes[slot] = Running {
             pid,
             id: req.id,
@@ -245,23 +262,23 @@ impl Init {
     }
 
     /// In the probe's process: its own group, the app's signal mask, stdio on /dev/null.
-    unsafe fn exec_probe(&self, req: &probe::Request) -> ! {
+    unsafe fn exec_probe(&self, req: &probe_wire::Request) -> ! {
         // SAFETY: raw calls in the freshly forked child; the pointers point into the
         // request buffer and the app's environment, both alive in this copy.
         unsafe {
-            libc::setpgid(0, 0);
-            libc::sigprocmask(libc::SIG_SETMASK, &self.before, std::ptr::null_mut());
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            sys::setpgid(0, 0);
+            sys::sigprocmask(sys::SIG_SETMASK, &self.before, core::ptr::null_mut());
+            let null = sys::open(c"/dev/null".as_ptr(), sys::O_RDWR);
             if null >= 0 {
-                libc::dup2(null, 0);
-                libc::dup2(null, 1);
-                libc::dup2(null, 2);
+                sys::dup2(null, 0);
+                sys::dup2(null, 1);
+                sys::dup2(null, 2);
             }
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            sys::close_from(3);
             for path in &req.paths[..req.n_paths] {
-                libc::execve(*path, req.argv.as_ptr(), self.envp);
+                sys::execve(*path, req.argv.as_ptr(), self.envp);
             }
-            libc::_exit(127)
+            sys::exit(127)
         }
     }
 
@@ -272,7 +289,7 @@ impl Init {
             if p.pid > 0 && !p.timed_out && p.deadline_ms <= now {
                 p.timed_out = true;
                 // SAFETY: signalling our own child's group.
-                unsafe { libc::kill(-p.pid, libc::SIGKILL) };
+                unsafe { sys::kill(-p.pid, sys::SIGKILL) };
             }
         }
     }

@@ -22,17 +22,21 @@
 //! which allows it for itself and says why each block is sound.
 #![deny(unsafe_code)]
 
+mod app_fork;
 mod cgroup;
 mod cgroupfs;
 mod child;
 mod freezer;
 mod init;
+mod init_exe;
+mod init_sys;
 mod instance;
 mod log_pump;
 mod logs;
 mod net;
 mod netlink;
 mod probe;
+mod probe_wire;
 pub mod reentry;
 mod scratch;
 mod seccomp;

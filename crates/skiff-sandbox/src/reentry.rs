@@ -324,6 +324,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<ChildPlan> {
         exec_paths,
         secret_mounts,
         shared_sysfs: -1,
+        init_exe: -1,
     }))
 }
 
@@ -388,6 +389,7 @@ mod tests {
                 dirs: vec![c("/etc"), c("/etc/s")],
             }],
             shared_sysfs: -1,
+            init_exe: -1,
         })
     }
 

@@ -385,6 +385,7 @@ impl Sandbox {
             exec_paths,
             secret_mounts: secret_mount_plans(spec)?,
             shared_sysfs: -1,
+            init_exe: -1,
         })
     }
 }

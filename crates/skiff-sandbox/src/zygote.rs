@@ -231,14 +231,20 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     // SAFETY: naming this process; a static string.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"skiff-zygote".as_ptr()) };
     let sysfs = shared_sysfs().ok();
+    // None where the kernel refuses executable memory files (vm.memfd_noexec = 2): the
+    // inits then run in their clones of this process.
+    let init_exe = crate::init_exe::sealed_file().ok().flatten();
     loop {
         let (flags, mut fds) = match receive(socket.as_fd()) {
             Ok(Some(request)) => request,
             Ok(None) => std::process::exit(0),
             Err(_) => std::process::exit(1),
         };
-        let shared = sysfs.as_ref().map_or(-1, |fd| fd.as_raw_fd());
-        let pid = match clone_one(flags, &mut fds, shared) {
+        let shared = Shared {
+            sysfs: sysfs.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+            init_exe: init_exe.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        };
+        let pid = match clone_one(flags, &mut fds, &shared) {
             Ok(pid) => pid,
             Err(errno) => -errno,
         };
@@ -291,8 +297,16 @@ fn receive(socket: BorrowedFd<'_>) -> io::Result<Option<(u64, Vec<OwnedFd>)>> {
     Ok(Some((u64::from_le_bytes(bytes), fds)))
 }
 
+/// What the zygote made once for every sandbox it clones.
+struct Shared {
+    /// See [`ChildPlan::shared_sysfs`].
+    sysfs: i32,
+    /// See [`ChildPlan::init_exe`].
+    init_exe: i32,
+}
+
 /// Clones the sandbox a request asks for; its pid, or the errno.
-fn clone_one(flags: u64, fds: &mut [OwnedFd], shared_sysfs: i32) -> Result<i32, i32> {
+fn clone_one(flags: u64, fds: &mut [OwnedFd], shared: &Shared) -> Result<i32, i32> {
     let (plan_file, own) = fds.split_first().ok_or(libc::EINVAL)?;
     let bytes = crate::reentry::read_file(plan_file)?;
     let mut plan = crate::reentry::decode(&bytes).ok_or(libc::EINVAL)?;
@@ -303,7 +317,8 @@ fn clone_one(flags: u64, fds: &mut [OwnedFd], shared_sysfs: i32) -> Result<i32, 
     for (slot, fd) in slots.into_iter().zip(own.iter()) {
         *slot = fd.as_raw_fd();
     }
-    plan.shared_sysfs = shared_sysfs;
+    plan.shared_sysfs = shared.sysfs;
+    plan.init_exe = shared.init_exe;
     let plan = plan.with_pointers();
     let flags = flags & CLONE_NAMESPACES | libc::CLONE_PARENT as u64 | libc::SIGCHLD as u64;
     child::clone_and_run(flags, &plan).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))

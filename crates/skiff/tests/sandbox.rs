@@ -799,6 +799,67 @@ exit 7
 }
 
 #[test]
+fn the_init_is_the_small_init_executable_not_a_clone_of_the_zygote() {
+    let (mut inst, s) = start_under_init("initexe", "echo ready; sleep 1000");
+    let pid = inst.pid();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    inst.stop(Duration::from_secs(5)).unwrap();
+    release(&s.id);
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:skiff-init"),
+        "the init executes {exe:?}"
+    );
+    assert_eq!(comm.trim(), "skiff-init");
+    // Nothing of skiff's binary or its libraries, no heap: the executable's own pages,
+    // its stack and the kernel's vDSO only.
+    for line in maps.lines() {
+        let name = line.split_whitespace().nth(5).unwrap_or("");
+        assert!(
+            name.is_empty()
+                || name.starts_with("/memfd:skiff-init")
+                || name.starts_with("[v")
+                || name == "[stack]",
+            "the init maps {line}"
+        );
+    }
+    let anon_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(anon_kib <= 32, "the init holds {anon_kib} KiB of its own");
+}
+
+#[test]
+fn without_a_zygote_the_init_runs_in_the_sandboxs_own_process() {
+    // The runtime without a zygote (sandboxes cloned from this process) has no init
+    // executable: the same init loop runs in the clone.
+    let runtime = Sandbox::new("sandbox-tests-no-zygote").unwrap();
+    let script = "echo pid1=$(cat /proc/1/comm); sh -c 'sleep 0.2 & exit 0'; sleep 1; \
+                  echo zombies=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l); \
+                  exit 9";
+    let mut s = spec(&unique_id("initinproc"), script, (0, 0));
+    s.init = true;
+    let mut inst = runtime.start(&s).unwrap();
+    let exe = std::fs::read_link(format!("/proc/{}/exe", inst.pid()));
+    let exit = inst
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .unwrap()
+        .expect("the app ended");
+    release(&s.id);
+    let lines = stdout_of(&s.log_path);
+    assert_eq!(value(&lines, "pid1"), "skiff-init", "{lines:?}");
+    assert_eq!(value(&lines, "zombies"), "0", "{lines:?}");
+    assert_eq!(exit.code, Some(9), "{exit:?}");
+    if let Ok(exe) = exe {
+        assert!(!exe.to_string_lossy().contains("memfd"), "{exe:?}");
+    }
+}
+
+#[test]
 fn host_reaches_the_instance_on_its_address() {
     let id = unique_id("serve");
     let s = spec(&id, "echo ready; echo pong | nc -l -p 8080", (0, 0));
