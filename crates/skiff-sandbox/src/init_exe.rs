@@ -2,9 +2,9 @@
 //! memory file the zygote executes it from: each sandbox's init executes it (see
 //! `app_fork`) instead of staying a clone of the zygote.
 //!
-//! The file is made once per zygote, read-only and sealed (no write, grow, shrink or
-//! mode change), so a sandbox that reaches it through `/proc/1/exe` cannot change what
-//! other sandboxes' inits execute; its pages are shared by every init.
+//! The file is made once per zygote, read-only and sealed (no write, grow or shrink; its
+//! execute bits fixed), so a sandbox that reaches it through `/proc/1/exe` cannot change
+//! what other sandboxes' inits execute; its pages are shared by every init.
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use std::io;
@@ -28,15 +28,36 @@ pub(crate) fn sealed_file() -> io::Result<Option<OwnedFd>> {
         Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create("skiff-init", base)?,
         other => other?,
     };
-    let mut done = 0;
-    while done < bytes.len() {
-        done += rustix::io::write(&fd, &bytes[done..])?;
-    }
     rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o555))?;
-    let seals = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL;
-    match rustix::fs::fcntl_add_seals(&fd, seals | SealFlags::EXEC) {
-        Err(rustix::io::Errno::INVAL) => rustix::fs::fcntl_add_seals(&fd, seals)?,
-        other => other?,
-    }
+    // Its execute bits sealed too (since 6.3); its content is by the rest.
+    crate::reentry::fill_and_seal(&fd, bytes, SealFlags::EXEC)?;
     Ok(Some(fd))
+}
+
+#[cfg(all(test, skiff_init_executable))]
+mod tests {
+    use super::*;
+    use rustix::io::Errno;
+
+    #[test]
+    fn the_init_file_holds_the_executable_and_nothing_can_change_it() {
+        let fd = sealed_file()
+            .unwrap()
+            .expect("an init executable for this target");
+        let mut head = [0u8; 4];
+        rustix::io::pread(&fd, &mut head, 0).unwrap();
+        assert_eq!(&head, b"\x7fELF");
+        let mode = rustix::fs::fstat(&fd).unwrap().st_mode & 0o7777;
+        assert_eq!(mode, 0o555);
+        assert_eq!(
+            rustix::io::pwrite(&fd, b"x", 0),
+            Err(Errno::PERM),
+            "a write"
+        );
+        assert_eq!(rustix::fs::ftruncate(&fd, 1), Err(Errno::PERM), "a shrink");
+        let not_executable = rustix::fs::Mode::from_raw_mode(0o444);
+        assert_eq!(rustix::fs::fchmod(&fd, not_executable), Err(Errno::PERM), "a mode");
+        let seals = rustix::fs::fcntl_get_seals(&fd).unwrap();
+        assert!(seals.contains(SealFlags::SEAL), "{seals:?}");
+    }
 }

@@ -17,9 +17,13 @@
 //! in one tmpfs all sandboxes share (`scratch`, `shared_scratch`), since every file
 //! system costs every memory cgroup on the host (docs/density.md).
 //!
+//! Each instance's init is a small executable of its own (`init_exe`, built from
+//! `init/` by the build script), so it keeps no copy of the zygote's memory either.
+//!
 //! Unsafe code is denied but in the modules that make raw system calls (`child`,
-//! `spawn`, `instance`, `netlink`, `userns`, `reentry`, `scratch`, `zygote`), each of
-//! which allows it for itself and says why each block is sound.
+//! `spawn`, `instance`, `netlink`, `userns`, `reentry`, `scratch`, `zygote`, `init`,
+//! `app_fork`, `probe`, `probe_wire`, `init_sys`, `log_pump`), each of which allows it
+//! for itself and says why each block is sound.
 #![deny(unsafe_code)]
 
 mod app_fork;

@@ -62,16 +62,30 @@ pub(crate) fn plan_file(plan: &ChildPlan) -> std::io::Result<OwnedFd> {
         "skiff-sandbox-plan",
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
     )?;
-    let bytes = encode(plan);
+    fill_and_seal(&fd, &encode(plan), SealFlags::empty())?;
+    Ok(fd)
+}
+
+/// Writes `bytes` into a new memory file, then seals it against writes, resizing and
+/// further seals, and `extra` (a seal the kernel does not know is left out).
+pub(crate) fn fill_and_seal(
+    fd: &OwnedFd,
+    bytes: &[u8],
+    extra: rustix::fs::SealFlags,
+) -> std::io::Result<()> {
+    use rustix::fs::SealFlags;
     let mut done = 0;
     while done < bytes.len() {
-        done += rustix::io::write(&fd, &bytes[done..])?;
+        done += rustix::io::write(fd, &bytes[done..])?;
     }
-    rustix::fs::fcntl_add_seals(
-        &fd,
-        SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL,
-    )?;
-    Ok(fd)
+    let seals = SealFlags::WRITE | SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL;
+    match rustix::fs::fcntl_add_seals(fd, seals | extra) {
+        Err(rustix::io::Errno::INVAL) if !extra.is_empty() => {
+            rustix::fs::fcntl_add_seals(fd, seals)?
+        }
+        other => other?,
+    }
+    Ok(())
 }
 
 struct Writer(Vec<u8>);
