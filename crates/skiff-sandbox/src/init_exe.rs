@@ -56,7 +56,11 @@ mod tests {
         );
         assert_eq!(rustix::fs::ftruncate(&fd, 1), Err(Errno::PERM), "a shrink");
         let not_executable = rustix::fs::Mode::from_raw_mode(0o444);
-        assert_eq!(rustix::fs::fchmod(&fd, not_executable), Err(Errno::PERM), "a mode");
+        assert_eq!(
+            rustix::fs::fchmod(&fd, not_executable),
+            Err(Errno::PERM),
+            "a mode"
+        );
         let seals = rustix::fs::fcntl_get_seals(&fd).unwrap();
         assert!(seals.contains(SealFlags::SEAL), "{seals:?}");
     }

@@ -770,24 +770,35 @@ fn the_images_stop_signal_reaches_the_app_through_the_init() {
     assert!(stdout_of(&s.log_path).contains(&"got QUIT".to_string()));
 }
 
-#[test]
-fn under_the_init_orphans_are_reaped_and_the_apps_status_is_the_instances() {
+/// Runs a script under the init of a sandbox from `runtime` that leaves an orphan and
+/// ends with status 7: how it ended, what it printed, and what the init executed.
+fn run_orphaning_app_under_init(
+    runtime: &Sandbox,
+    tag: &str,
+) -> (skiff_sandbox::Exit, Vec<String>, Option<PathBuf>) {
     let script = r#"
 echo pid1=$(cat /proc/1/comm)
 echo apppid=$$
 sh -c 'sleep 0.2 & exit 0'
 sleep 1
 echo zombies=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l)
-echo ready
 exit 7
 "#;
-    let (mut inst, s) = start_under_init("initreap", script);
+    let mut s = spec(&unique_id(tag), script, (0, 0));
+    s.init = true;
+    let mut inst = runtime.start(&s).unwrap();
+    let exe = std::fs::read_link(format!("/proc/{}/exe", inst.pid())).ok();
     let exit = inst
         .wait_timeout(Some(Duration::from_secs(30)))
         .unwrap()
         .expect("the app ended");
     release(&s.id);
-    let lines = stdout_of(&s.log_path);
+    (exit, stdout_of(&s.log_path), exe)
+}
+
+#[test]
+fn under_the_init_orphans_are_reaped_and_the_apps_status_is_the_instances() {
+    let (exit, lines, _) = run_orphaning_app_under_init(&world().sandbox, "initreap");
     assert_eq!(value(&lines, "pid1"), "skiff-init", "{lines:?}");
     assert_ne!(value(&lines, "apppid"), "1", "the app is not PID 1");
     assert_eq!(
@@ -838,23 +849,11 @@ fn without_a_zygote_the_init_runs_in_the_sandboxs_own_process() {
     // The runtime without a zygote (sandboxes cloned from this process) has no init
     // executable: the same init loop runs in the clone.
     let runtime = Sandbox::new("sandbox-tests-no-zygote").unwrap();
-    let script = "echo pid1=$(cat /proc/1/comm); sh -c 'sleep 0.2 & exit 0'; sleep 1; \
-                  echo zombies=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l); \
-                  exit 9";
-    let mut s = spec(&unique_id("initinproc"), script, (0, 0));
-    s.init = true;
-    let mut inst = runtime.start(&s).unwrap();
-    let exe = std::fs::read_link(format!("/proc/{}/exe", inst.pid()));
-    let exit = inst
-        .wait_timeout(Some(Duration::from_secs(30)))
-        .unwrap()
-        .expect("the app ended");
-    release(&s.id);
-    let lines = stdout_of(&s.log_path);
+    let (exit, lines, exe) = run_orphaning_app_under_init(&runtime, "initinproc");
     assert_eq!(value(&lines, "pid1"), "skiff-init", "{lines:?}");
     assert_eq!(value(&lines, "zombies"), "0", "{lines:?}");
-    assert_eq!(exit.code, Some(9), "{exit:?}");
-    if let Ok(exe) = exe {
+    assert_eq!(exit.code, Some(7), "{exit:?}");
+    if let Some(exe) = exe {
         assert!(!exe.to_string_lossy().contains("memfd"), "{exe:?}");
     }
 }
