@@ -234,15 +234,15 @@ pub(crate) fn serve(socket: OwnedFd) -> ! {
     // None where the kernel refuses executable memory files (vm.memfd_noexec = 2): the
     // inits then run in their clones of this process.
     let init_exe = crate::init_exe::sealed_file().ok().flatten();
+    let shared = Shared {
+        sysfs: sysfs.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        init_exe: init_exe.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+    };
     loop {
         let (flags, mut fds) = match receive(socket.as_fd()) {
             Ok(Some(request)) => request,
             Ok(None) => std::process::exit(0),
             Err(_) => std::process::exit(1),
-        };
-        let shared = Shared {
-            sysfs: sysfs.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
-            init_exe: init_exe.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         };
         let pid = match clone_one(flags, &mut fds, &shared) {
             Ok(pid) => pid,
