@@ -606,11 +606,12 @@ fn memory_limit_oom_kills_and_is_reported() {
 #[test]
 fn fork_bomb_stops_at_pids_limit_and_host_stays_responsive() {
     let id = unique_id("bomb");
-    // The shell forks nothing after the bomb (a `sleep` forked then could fail at the
-    // limit and end the shell before it is stopped): `wait` is a builtin.
+    // The first shell forks nothing once the bomb runs: a fork of its own failing at
+    // the limit would end it (dash exits 2 on "Cannot fork") before it is stopped. So
+    // the bomb starts in a subshell, and `wait` is a builtin.
     let mut s = spec(
         &id,
-        "sleep 30 & bomb() { bomb | bomb & }; bomb; wait",
+        "sleep 30 & (bomb() { bomb | bomb & }; bomb) & wait",
         (0, 0),
     );
     s.limits.pids = Some(32);
@@ -651,7 +652,11 @@ fn fork_bomb_stops_at_pids_limit_and_host_stays_responsive() {
     assert!(peak <= 32, "{peak} tasks, above the limit");
     let exit = inst.stop(Duration::from_millis(200)).unwrap();
     release(&id);
-    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert_eq!(
+        exit.signal,
+        Some(libc::SIGKILL),
+        "the bomb's shell ended before it was stopped: {exit:?}"
+    );
     assert_nothing_left(&inst, &s);
 }
 
