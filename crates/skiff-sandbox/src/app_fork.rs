@@ -5,46 +5,65 @@
 //! running the same init loop in this process.
 //!
 //! It runs in the freshly cloned sandbox process, just before the app's exec: raw system
-//! calls only, nothing allocates.
+//! calls only, nothing allocates. The app's process shares this one's memory until it
+//! executes (a `vfork`), so starting it copies nothing.
 #![allow(unsafe_code)]
 
-use libc::{c_char, c_int};
+use libc::{c_char, c_int, c_void};
 
-/// Forks the app: returns in the child (to go on and exec it), never in the init.
+/// What the app's process runs once it is set apart: its exec (and the setup report if
+/// that fails). It never returns; `arg` is what [`fork_app`] was given.
+pub type AppExec = unsafe fn(arg: *const c_void) -> !;
+
+/// Starts the app in a process of its own and makes this one the sandbox's init; never
+/// returns.
+///
+/// The app's process shares this one's memory until it executes (`CLONE_VM |
+/// CLONE_VFORK`, as `posix_spawn` does), on a stack of its own in this frame: no page
+/// tables are copied, nothing is copied on write, and the app's exec has no copy of
+/// this memory to tear down on its way. This process waits meanwhile, then executes the
+/// init (or serves as it).
 ///
 /// # Safety
 ///
-/// Only in the freshly cloned sandbox process, just before its exec, with `err_fd` the
-/// setup-report pipe (the init closes its copy, so the parent sees the app's exec),
-/// `probe_fd` the probe socket or -1, `envp` the app's environment, and `init_exe` the
-/// init executable or -1.
+/// Only in the freshly cloned sandbox process, just before its exec, with every signal
+/// at its default action (no handler may run in the app's process while it shares this
+/// memory), `err_fd` the setup-report pipe (the init closes its copy, so the parent sees
+/// the app's exec), `probe_fd` the probe socket or -1, `envp` the app's environment,
+/// `init_exe` the init executable or -1, and `exec(arg)` making raw system calls only.
 pub unsafe fn fork_app(
     err_fd: c_int,
     probe_fd: c_int,
     envp: *const *const c_char,
     init_exe: c_int,
-) {
-    // SAFETY: signal-mask, fork, setpgid and close calls on local data; the parent side
-    // never returns (it executes the init, or serves as it and exits).
+    exec: AppExec,
+    arg: *const c_void,
+) -> ! {
+    let mut stack = AppStack([0; APP_STACK]);
+    // SAFETY: signal-mask, clone, setpgid and close calls on local data. The app's
+    // process runs `app_entry` on `stack` with `app` (both in this frame, which lives
+    // on: this function never returns) and this process is suspended until it executes
+    // or exits, so nothing here runs while it uses the shared memory.
     unsafe {
+        let mut app = AppStart {
+            before: std::mem::zeroed(),
+            probe_fd,
+            init_exe,
+            exec,
+            arg,
+        };
         let mut all: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
-        let mut before: libc::sigset_t = std::mem::zeroed();
-        // Blocked before the fork, so no signal falls between it and the init's wait
+        // Blocked before the clone, so no signal falls between it and the init's wait
         // (the mask and pending signals outlive the init's exec).
-        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut before);
-        let pid = crate::init_sys::fork();
-        if pid == 0 {
-            libc::setpgid(0, 0);
-            libc::sigprocmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
-            if probe_fd >= 0 {
-                libc::close(probe_fd);
-            }
-            if init_exe >= 0 {
-                libc::close(init_exe);
-            }
-            return;
-        }
+        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut app.before);
+        let top = stack.0.as_mut_ptr().add(APP_STACK).cast::<c_void>();
+        let pid = libc::clone(
+            app_entry,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&raw mut app).cast::<c_void>(),
+        );
         libc::close(err_fd);
         if pid < 0 {
             libc::_exit(127);
@@ -52,9 +71,45 @@ pub unsafe fn fork_app(
         // The app's group exists before any signal is forwarded to it.
         libc::setpgid(pid, pid);
         if init_exe >= 0 {
-            exec_init(init_exe, pid, probe_fd, &before, envp);
+            exec_init(init_exe, pid, probe_fd, &app.before, envp);
         }
-        crate::init::serve(pid, probe_fd, envp, before)
+        crate::init::serve(pid, probe_fd, envp, app.before)
+    }
+}
+
+/// Room for the app's process until it executes: it makes a few raw system calls.
+const APP_STACK: usize = 16 * 1024;
+
+/// The app's stack, aligned as the ABI wants a stack's top.
+#[repr(C, align(16))]
+struct AppStack([u8; APP_STACK]);
+
+/// What the app's process needs from this one.
+struct AppStart {
+    /// The signal mask before every signal was blocked: the app's.
+    before: libc::sigset_t,
+    probe_fd: c_int,
+    init_exe: c_int,
+    exec: AppExec,
+    arg: *const c_void,
+}
+
+/// The app's process: its own group, none of the init's descriptors, the mask it had,
+/// then its exec.
+extern "C" fn app_entry(start: *mut c_void) -> c_int {
+    // SAFETY: `start` is the `AppStart` in `fork_app`'s frame, alive (that process is
+    // suspended until this one executes or exits); the calls are raw system calls.
+    unsafe {
+        let start = &*start.cast::<AppStart>();
+        libc::setpgid(0, 0);
+        if start.probe_fd >= 0 {
+            libc::close(start.probe_fd);
+        }
+        if start.init_exe >= 0 {
+            libc::close(start.init_exe);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &start.before, std::ptr::null_mut());
+        (start.exec)(start.arg)
     }
 }
 

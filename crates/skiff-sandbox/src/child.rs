@@ -578,8 +578,22 @@ pub unsafe fn run(plan: &ChildPlan) -> ! {
                 plan.probe_fd,
                 plan.envp.as_ptr(),
                 plan.init_exe,
+                exec_app,
+                std::ptr::from_ref(plan).cast(),
             );
         }
+        exec_app(std::ptr::from_ref(plan).cast())
+    }
+}
+
+/// Executes the app (the first of its paths that exists), or reports why not and exits.
+///
+/// # Safety
+/// `plan` is a `ChildPlan` with its pointers set; raw system calls only.
+unsafe fn exec_app(plan: *const c_void) -> ! {
+    // SAFETY: as the caller promises; execve on the plan's NUL-terminated strings.
+    unsafe {
+        let plan = &*plan.cast::<ChildPlan>();
         let mut last = libc::ENOENT;
         for path in &plan.exec_paths {
             libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());

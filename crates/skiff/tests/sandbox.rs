@@ -895,24 +895,28 @@ fn host_reaches_the_instance_on_its_address() {
 
 #[test]
 fn missing_command_is_reported_with_the_failing_step() {
-    let id = unique_id("noexec");
-    let mut s = spec(&id, "", (0, 0));
-    s.args = vec!["no-such-binary".into()];
-    let err = match world().sandbox.start(&s) {
-        Ok(_) => panic!("started a missing binary"),
-        Err(e) => e.to_string(),
-    };
-    release(&id);
-    assert!(
-        err.contains(&id)
-            && err.contains("executing the command")
-            && err.contains("no-such-binary"),
-        "{err}"
-    );
-    assert!(
-        !s.run_dir.join(&id).exists(),
-        "scratch dir left after a failed start"
-    );
+    // Under the init too: there the app's process fails after it was set apart.
+    for init in [false, true] {
+        let id = unique_id("noexec");
+        let mut s = spec(&id, "", (0, 0));
+        s.args = vec!["no-such-binary".into()];
+        s.init = init;
+        let err = match world().sandbox.start(&s) {
+            Ok(_) => panic!("started a missing binary (init {init})"),
+            Err(e) => e.to_string(),
+        };
+        release(&id);
+        assert!(
+            err.contains(&id)
+                && err.contains("executing the command")
+                && err.contains("no-such-binary"),
+            "init {init}: {err}"
+        );
+        assert!(
+            !s.run_dir.join(&id).exists(),
+            "scratch dir left after a failed start (init {init})"
+        );
+    }
 }
 
 #[test]
