@@ -68,7 +68,7 @@ impl Control {
                         stable_demand: d.decision.stable_demand,
                         panic_demand: d.decision.panic_demand,
                         panicking: d.decision.panicking,
-                        reason: d.decision.reason,
+                        reason: d.decision.reason.to_string(),
                     });
             if let Some(runner) = runner {
                 instances.extend(runner.instances().into_iter().map(|i| InstanceDetail {

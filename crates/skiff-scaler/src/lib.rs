@@ -18,11 +18,14 @@
 //! time. Must not know how instances are started or stopped.
 #![forbid(unsafe_code)]
 
+mod reason;
 mod settings;
 mod window;
 
+pub use reason::Reason;
+use reason::{Basis, RateLimit};
 pub use settings::*;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use window::Window;
 
 /// One sample of a revision's demand.
@@ -49,8 +52,8 @@ pub struct Decision {
     pub panic_demand: f64,
     pub panicking: bool,
     pub metric: Metric,
-    /// Why this count, in words.
-    pub reason: String,
+    /// Why this count (in words when shown).
+    pub reason: Reason,
 }
 
 /// One revision's autoscaler.
@@ -127,43 +130,42 @@ impl Scaler {
 
         self.update_panic(now, panic_count / ready_f >= s.panic_threshold, ready);
         let s = &self.settings;
-        let unit = s.metric.as_str();
         let (mut desired, mut reason) = if self.panic_since.is_some() {
             self.max_panic = self.max_panic.max(within_rates(panic_count));
-            (
-                self.max_panic,
-                format!(
-                    "panic: {unit} {panic:.1} over {:?} is ≥ {:.0} % of {ready} ready; never scaling down while panicking",
-                    s.panic_window,
-                    s.panic_threshold * 100.0
-                ),
-            )
+            let basis = Basis::Panic {
+                metric: s.metric,
+                demand: panic,
+                window: s.panic_window,
+                threshold: s.panic_threshold,
+                ready,
+            };
+            (self.max_panic, Reason::new(basis))
         } else {
             let c = within_rates(stable_count);
-            let mut why = format!(
-                "stable: {unit} {stable:.1} over {:?} ÷ ({} × {:.0} %) = {stable_count}",
-                s.stable_window,
-                s.target,
-                s.target_utilization * 100.0
-            );
-            if f64::from(c) != stable_count {
-                let rate = if f64::from(c) > stable_count {
-                    "scale-down"
-                } else {
-                    "scale-up"
-                };
-                why.push_str(&format!(", limited to {c} by the max {rate} rate"));
-            }
-            (c, why)
+            let limited = match f64::from(c) {
+                x if x > stable_count => Some((c, RateLimit::ScaleDown)),
+                x if x < stable_count => Some((c, RateLimit::ScaleUp)),
+                _ => None,
+            };
+            let basis = Basis::Stable {
+                metric: s.metric,
+                demand: stable,
+                window: s.stable_window,
+                target: s.target,
+                utilization: s.target_utilization,
+                count: stable_count,
+                limited,
+            };
+            (c, Reason::new(basis))
         };
 
         let need_now = self.needed_now();
         if need_now > desired {
             desired = need_now;
-            reason = format!(
-                "{} requests in flight or queued need {need_now} instances now",
-                self.latest.in_flight + self.latest.queued
-            );
+            reason = Reason::new(Basis::InFlight {
+                requests: self.latest.in_flight + self.latest.queued,
+                need: need_now,
+            });
         }
 
         let idle_for = now.saturating_duration_since(self.last_demand);
@@ -172,41 +174,33 @@ impl Scaler {
             let waited = now.saturating_duration_since(since);
             if waited >= s.scale_to_zero_grace {
                 desired = within_rates(0.0);
-                reason = if desired == 0 {
-                    format!("no requests for {}: scaled to zero", secs(idle_for))
-                } else {
-                    format!(
-                        "no requests for {}: going to zero, at most halving per step",
-                        secs(idle_for)
-                    )
-                };
+                reason = Reason::new(Basis::Idle {
+                    idle_for,
+                    at_zero: desired == 0,
+                });
             } else {
                 desired = desired.max(1);
-                reason = format!(
-                    "no requests for {}: zero after the grace period ({} left)",
-                    secs(idle_for),
-                    secs(s.scale_to_zero_grace - waited)
-                );
+                reason = Reason::new(Basis::Grace {
+                    idle_for,
+                    left: s.scale_to_zero_grace - waited,
+                });
             }
         } else {
             self.zero_since = None;
             if desired == 0 && ready > 0 {
                 desired = 1;
-                reason = format!(
-                    "keeping the last instance until {} without requests (now {})",
-                    secs(s.idle_before_zero),
-                    secs(idle_for)
-                );
+                reason = Reason::new(Basis::KeepingLast {
+                    idle_before_zero: s.idle_before_zero,
+                    idle_for,
+                });
             }
         }
 
         if desired < ready {
             match self.last_step_down {
                 Some(t) if now.saturating_duration_since(t) < s.scale_down_step => {
-                    reason = format!(
-                        "{reason}; holding {ready} until the next scale-down step ({} left)",
-                        secs(s.scale_down_step - now.saturating_duration_since(t))
-                    );
+                    let left = s.scale_down_step - now.saturating_duration_since(t);
+                    reason.holding = Some((ready, left));
                     desired = ready;
                 }
                 _ => self.last_step_down = Some(now),
@@ -214,10 +208,10 @@ impl Scaler {
         }
         if desired < s.min_scale {
             desired = s.min_scale;
-            reason = format!("min-instances {} ({reason})", s.min_scale);
+            reason.min_instances = Some(s.min_scale);
         }
         if desired > s.max_scale {
-            reason = format!("max-instances {} caps {desired} ({reason})", s.max_scale);
+            reason.max_instances = Some((s.max_scale, desired));
             desired = s.max_scale;
         }
         Decision {
@@ -266,8 +260,4 @@ pub fn instances_for(requests: u32, container_concurrency: u32) -> u32 {
         0 => u32::from(requests > 0),
         c => requests.div_ceil(c),
     }
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
 }
