@@ -39,7 +39,9 @@ pub unsafe fn fork_app(
     exec: AppExec,
     arg: *const c_void,
 ) -> ! {
-    let mut stack = AppStack([0; APP_STACK]);
+    // Not zeroed: writing 16 KiB would copy up to four of the clone's stack pages, and
+    // the app's process writes what it uses before reading it.
+    let mut stack = AppStack(std::mem::MaybeUninit::uninit());
     // SAFETY: signal-mask, clone, setpgid and close calls on local data. The app's
     // process runs `app_entry` on `stack` with `app` (both in this frame, which lives
     // on: this function never returns) and this process is suspended until it executes
@@ -57,7 +59,12 @@ pub unsafe fn fork_app(
         // Blocked before the clone, so no signal falls between it and the init's wait
         // (the mask and pending signals outlive the init's exec).
         libc::sigprocmask(libc::SIG_SETMASK, &all, &mut app.before);
-        let top = stack.0.as_mut_ptr().add(APP_STACK).cast::<c_void>();
+        let top = stack
+            .0
+            .as_mut_ptr()
+            .cast::<u8>()
+            .add(APP_STACK)
+            .cast::<c_void>();
         let pid = libc::clone(
             app_entry,
             top,
@@ -82,7 +89,7 @@ const APP_STACK: usize = 16 * 1024;
 
 /// The app's stack, aligned as the ABI wants a stack's top.
 #[repr(C, align(16))]
-struct AppStack([u8; APP_STACK]);
+struct AppStack(std::mem::MaybeUninit<[u8; APP_STACK]>);
 
 /// What the app's process needs from this one.
 struct AppStart {
