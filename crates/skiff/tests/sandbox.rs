@@ -781,12 +781,14 @@ fn run_orphaning_app_under_init(
     runtime: &Sandbox,
     tag: &str,
 ) -> (skiff_sandbox::Exit, Vec<String>, Option<PathBuf>) {
+    // PID 1's name is read last: the sandbox's first process executes the init only once
+    // the app has executed (app_fork.rs), so the app's first instants may still see it.
     let script = r#"
-echo pid1=$(cat /proc/1/comm)
 echo apppid=$$
 sh -c 'sleep 0.2 & exit 0'
 sleep 1
 echo zombies=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l)
+echo pid1=$(cat /proc/1/comm)
 exit 7
 "#;
     let mut s = spec(&unique_id(tag), script, (0, 0));
