@@ -2,6 +2,8 @@
 //! router's activator queue and in-flight requests, asks the scaler how many instances
 //! the revision should have, starts instances up to that count and stops idle ones above
 //! it (never one with a request in flight). It decides; the supervisor carries out.
+//! A quiet revision whose decision stands until a known time stops sampling until then,
+//! or until its next request ([`RevisionRunner::pause_until`]).
 
 use crate::phase::InstancePhase;
 use crate::runner::{Live, RevisionRunner, ScaleDecision};
@@ -68,7 +70,7 @@ impl RevisionRunner {
         let mut retired = self.retired.subscribe();
         loop {
             let is_retired = *retired.borrow_and_update();
-            self.reconcile(is_retired);
+            let (want, observed) = self.reconcile(is_retired);
             let sampled = self.pool.load();
             if is_retired || self.ctl.is_shutting_down() || !self.needs_prepared(sampled) {
                 self.discard_prepared().await;
@@ -83,7 +85,11 @@ impl RevisionRunner {
             let now = tokio::time::Instant::now();
             let wake = if self.is_quiet(load) {
                 let epoch = *QUIET_EPOCH.get_or_init(|| now);
-                let on_grid = next_quiet_wake(now, epoch, quiet_phase(self.name()));
+                let paused = (!is_retired)
+                    .then(|| self.pause_until(want, observed))
+                    .flatten()
+                    .map_or(now, |until| tokio::time::Instant::from_std(until).max(now));
+                let on_grid = next_quiet_wake(paused, epoch, quiet_phase(self.name()));
                 // A preparation held back by its back-off is tried again on time.
                 self.prepare_retry_at()
                     .map(tokio::time::Instant::from_std)
@@ -112,9 +118,46 @@ impl RevisionRunner {
             })
     }
 
+    /// While quiet, until when the loop may stop sampling: the scaler's decision stands
+    /// until then (see [`skiff_scaler::Scaler::quiet_until`]), every instance wanted is
+    /// ready, and no sandbox prepared beside ready instances waits to be let go. The
+    /// next request, or an instance leaving (or leaving or rejoining the rotation),
+    /// wakes the loop before then. `None`: keep the quiet tick.
+    ///
+    /// Ten thousand idle revisions each deciding once a second cost the daemon a tenth
+    /// of a core; paused, they decide once a stable window.
+    fn pause_until(&self, want: u32, observed: skiff_router::Load) -> Option<Instant> {
+        if want != observed.ready || self.holds_prepared_beside(observed.ready) {
+            return None;
+        }
+        let decision = self.last_decision()?.decision;
+        let now = crate::clock::now();
+        let mut scaler = self.scaler.lock().unwrap_or_else(|p| p.into_inner());
+        let until = scaler.quiet_until(now, &decision)?;
+        self.pool.wake_on_next_change();
+        // A request that came after the scaler's sample (and before the wake was
+        // asked for) would go unseen until then.
+        if self.pool.load().requests_total != observed.requests_total {
+            return None;
+        }
+        scaler.pause(now);
+        Some(until)
+    }
+
+    /// Whether a sandbox is prepared (or being prepared) while instances are ready: it
+    /// is let go [`crate::warm::PREPARED_GRACE`] after the revision was last busy, on a
+    /// tick.
+    fn holds_prepared_beside(&self, ready: u32) -> bool {
+        ready > 0
+            && self
+                .live()
+                .values()
+                .any(|l| matches!(l.phase, InstancePhase::Prepared | InstancePhase::Preparing))
+    }
+
     /// One step: sample demand, let the scaler decide, start instances up to its count
-    /// and stop idle ones above it.
-    fn reconcile(self: &Arc<Self>, retired: bool) {
+    /// and stop idle ones above it. Returns the count it wanted and the demand it saw.
+    fn reconcile(self: &Arc<Self>, retired: bool) -> (u32, skiff_router::Load) {
         let now = crate::clock::now();
         let load = self.pool.load();
         let spec = &self.revision.spec;
@@ -136,7 +179,7 @@ impl RevisionRunner {
         }
         let mut surplus = load.ready.saturating_sub(want);
         if surplus == 0 {
-            return;
+            return (want, load);
         }
         let mut idle = self.pool.idle_times(now);
         idle.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
@@ -149,6 +192,7 @@ impl RevisionRunner {
                 self.stop_instance(&id);
             }
         }
+        (want, load)
     }
 
     /// Registers the next instance as Starting, taking the prepared sandbox when there

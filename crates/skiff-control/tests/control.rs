@@ -124,6 +124,32 @@ async fn an_idle_revision_scales_to_zero_after_its_idle_timeout_and_not_before()
     assert!(h.states("web").await.is_empty());
 }
 
+/// A quiet revision stops sampling until its idle time runs out (docs/density.md):
+/// a request served at once by its ready instance must still wake it, or the idle time
+/// would be counted from when the loop next looked, not from the request.
+#[tokio::test(start_paused = true)]
+async fn a_request_to_a_quiet_revision_restarts_its_idle_time() {
+    let minute = Duration::from_secs(60);
+    let h = web(|s| s.idle_timeout_ms = 10 * 60_000).await;
+    let pool = h.pool("web");
+    drop(pool.acquire().await.unwrap());
+    until(LONG, "one ready", || pool.load().ready == 1).await;
+    // Quiet for five minutes (its window emptied after one), then one request.
+    tokio::time::sleep(5 * minute).await;
+    drop(pool.acquire().await.unwrap());
+    let idle_from = Instant::now();
+    until(LONG * 4, "scaled to zero", || {
+        pool.load().ready == 0 && h.rt.running() == 0
+    })
+    .await;
+    let stopped = h.rt.times(|c| matches!(c, Call::Stop(_)))[0];
+    let idle_for = stopped - idle_from;
+    assert!(
+        idle_for >= 10 * minute && idle_for < 10 * minute + Duration::from_secs(2),
+        "stopped after {idle_for:?} idle"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn min_instances_stay_up_without_traffic() {
     let h = web(|s| {

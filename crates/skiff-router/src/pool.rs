@@ -11,6 +11,7 @@
 
 use crate::upstream::Upstream;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
@@ -146,6 +147,9 @@ pub struct RevisionPool {
     config: PoolConfig,
     state: Mutex<State>,
     demand: Notify,
+    /// Set by [`RevisionPool::wake_on_next_change`]; the next request or change of
+    /// instances clears it.
+    wake_on_change: AtomicBool,
 }
 
 impl RevisionPool {
@@ -155,6 +159,7 @@ impl RevisionPool {
             config,
             state: Mutex::new(State::default()),
             demand: Notify::new(),
+            wake_on_change: AtomicBool::new(false),
         })
     }
 
@@ -175,6 +180,7 @@ impl RevisionPool {
     /// Takes a slot on the least-loaded instance, or waits in the queue for one (up to
     /// the request timeout, which the caller applies around this future).
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, PoolError> {
+        self.wake_if_asked();
         let rx = {
             let mut st = self.lock();
             if st.closed {
@@ -319,11 +325,14 @@ impl RevisionPool {
         if serving {
             self.dispatch_locked(&mut st);
         }
+        drop(st);
+        self.wake_if_asked();
     }
 
     /// Drops an instance that died. Requests it was serving fail on their own connection.
     pub fn remove_instance(&self, id: &str) {
         self.lock().members.retain(|m| m.upstream.id != id);
+        self.wake_if_asked();
     }
 
     /// Takes an instance out of the pool if it has served nothing for `idle_for` (and has
@@ -387,7 +396,25 @@ impl RevisionPool {
         self.demand.notify_one();
     }
 
-    /// Resolves when a request starts waiting for a slot.
+    /// Makes the next request (even one a ready instance serves at once), or the next
+    /// instance to leave the pool, or to leave or rejoin the rotation, wake whoever watches
+    /// [`RevisionPool::demand_changed`]: the reconciler asks this before it stops
+    /// sampling a quiet revision.
+    pub fn wake_on_next_change(&self) {
+        self.wake_on_change.store(true, Ordering::Relaxed);
+    }
+
+    fn wake_if_asked(&self) {
+        // A load first: the common case (not asked) writes nothing to the shared line.
+        if self.wake_on_change.load(Ordering::Relaxed)
+            && self.wake_on_change.swap(false, Ordering::Relaxed)
+        {
+            self.demand.notify_one();
+        }
+    }
+
+    /// Resolves when a request starts waiting for a slot (or, once asked, at the next
+    /// request or change of instances).
     pub async fn demand_changed(&self) {
         self.demand.notified().await;
     }
@@ -523,6 +550,36 @@ mod tests {
         assert_eq!(waiting.await.unwrap().unwrap(), freed);
         drop((l1, l2, l4));
         assert_eq!(p.load().in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn once_asked_the_next_request_or_change_of_instances_wakes_the_watcher() {
+        let p = pool(2, 10);
+        p.add_instance(upstream("a"));
+        let woken = |p: &Arc<RevisionPool>| {
+            let p = Arc::clone(p);
+            async move {
+                tokio::time::timeout(Duration::from_millis(50), p.demand_changed())
+                    .await
+                    .is_ok()
+            }
+        };
+        // Served by a ready instance: nobody is woken unless asked.
+        drop(p.acquire().await.unwrap());
+        assert!(!woken(&p).await);
+        p.wake_on_next_change();
+        drop(p.acquire().await.unwrap());
+        assert!(woken(&p).await);
+        // Only the next one.
+        drop(p.acquire().await.unwrap());
+        assert!(!woken(&p).await);
+        // An instance leaving the rotation, or the pool.
+        p.wake_on_next_change();
+        p.set_serving("a", false);
+        assert!(woken(&p).await);
+        p.wake_on_next_change();
+        p.remove_instance("a");
+        assert!(woken(&p).await);
     }
 
     #[tokio::test]

@@ -68,6 +68,8 @@ pub struct Scaler {
     max_panic: u32,
     zero_since: Option<Instant>,
     last_step_down: Option<Instant>,
+    /// Set by [`Scaler::pause`]: when the caller stopped sampling.
+    paused_at: Option<Instant>,
 }
 
 impl Scaler {
@@ -85,6 +87,7 @@ impl Scaler {
             max_panic: 0,
             zero_since: None,
             last_step_down: None,
+            paused_at: None,
         }
     }
 
@@ -99,6 +102,9 @@ impl Scaler {
             None => 0,
         };
         self.requests_seen = Some(o.requests_total);
+        if let Some(paused_at) = self.paused_at.take() {
+            self.window.record_quiet(paused_at, now);
+        }
         let concurrency = f64::from(o.in_flight) + f64::from(o.queued);
         if concurrency > 0.0 || arrived > 0 {
             self.last_demand = now;
@@ -223,6 +229,39 @@ impl Scaler {
             metric: s.metric,
             reason,
         }
+    }
+
+    /// Until when `decision` (just made at `now`) stands without new samples, if the
+    /// revision is quiet: nothing in flight or waiting, no demand in the stable window,
+    /// not panicking, and as many instances ready as desired. Demand arriving is what
+    /// changes it before then; without demand only time does: the idle time before
+    /// scaling to zero (and its grace) running out. `None` when it is not quiet. At most
+    /// a stable window away, so a decision is made again at least that often.
+    pub fn quiet_until(&self, now: Instant, decision: &Decision) -> Option<Instant> {
+        let s = &self.settings;
+        if self.latest.in_flight + self.latest.queued > 0
+            || self.panic_since.is_some()
+            || decision.desired != decision.ready
+            || !self.window.is_quiet(now, s.stable_window)
+        {
+            return None;
+        }
+        let mut until = now + s.stable_window;
+        if s.min_scale == 0 && decision.ready > 0 {
+            let next = match self.zero_since {
+                Some(since) => since + s.scale_to_zero_grace,
+                None => self.last_demand + s.idle_before_zero,
+            };
+            until = until.min(next);
+        }
+        (until > now).then_some(until)
+    }
+
+    /// The caller stops sampling at `at` and samples again when demand arrives or the
+    /// time [`Scaler::quiet_until`] gave has come: the stretch between counts as
+    /// samples of no demand.
+    pub fn pause(&mut self, at: Instant) {
+        self.paused_at = Some(at);
     }
 
     /// Instances the requests in flight and queued need right now.

@@ -72,6 +72,50 @@ impl Window {
         }
     }
 
+    /// Whether no bucket within `window` before `now` holds demand (concurrency or an
+    /// arrival): every mean and rate over it, or over a later window, reads zero until a
+    /// sample with demand is recorded.
+    pub fn is_quiet(&self, now: Instant, window: Duration) -> bool {
+        self.within(now, window)
+            .all(|b| b.concurrency_sum == 0.0 && b.requests == 0)
+    }
+
+    /// Records that there was no demand from `from` to `to` (the caller stopped sampling
+    /// because nothing could arrive unseen): each bucket after `from`'s gets a zero
+    /// sample up to `to`'s, and `to`'s too when `to` is past its start, so the stretch
+    /// weighs in the means as a sample a bucket would have (a mean counts only buckets
+    /// with samples, and a quiet loop samples about once a bucket).
+    pub fn record_quiet(&mut self, from: Instant, to: Instant) {
+        let keep = (self.span.as_nanos() / self.granularity.as_nanos()) as u64 + 1;
+        let last = self.index(to);
+        let first = (self.index(from) + 1).max(last.saturating_sub(keep));
+        let newest = self.buckets.back().map(|b| b.index);
+        // The bucket `to` falls in was quiet from its start, if `to` is past its start.
+        let into_last = !to
+            .saturating_duration_since(self.origin)
+            .as_nanos()
+            .is_multiple_of(self.granularity.as_nanos());
+        let end = if into_last { last + 1 } else { last };
+        for index in first..end {
+            if newest.is_some_and(|n| index <= n) {
+                continue;
+            }
+            self.buckets.push_back(Bucket {
+                index,
+                concurrency_sum: 0.0,
+                samples: 1,
+                requests: 0,
+            });
+        }
+        while let Some(front) = self.buckets.front() {
+            if last.saturating_sub(front.index) >= keep {
+                self.buckets.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
     /// Buckets that fall within `window` before `now`.
     fn within(&self, now: Instant, window: Duration) -> impl Iterator<Item = &Bucket> {
         let newest = self.index(now);
@@ -110,6 +154,58 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_quiet_stretch_weighs_in_the_mean_as_zero_samples() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut w = Window::new(t0, S, minute);
+        w.record(t0, 0.0, 0);
+        assert!(w.is_quiet(t0, minute));
+        // Quiet from 0 s to 50 s, then 6 requests in flight at 50 s.
+        w.record_quiet(t0, t0 + S * 50);
+        w.record(t0 + S * 50, 6.0, 0);
+        assert!(!w.is_quiet(t0 + S * 50, minute));
+        // 51 buckets: 50 of zero (0 s and the 49 skipped), one of 6.
+        let mean = w.mean_concurrency(t0 + S * 50, minute);
+        assert!((mean - 6.0 / 51.0).abs() < 1e-9, "{mean}");
+        // Woken half-way into a bucket: its quiet half is a zero sample beside the 6.
+        w.record_quiet(t0 + S * 50, t0 + S * 52 + S / 2);
+        w.record(t0 + S * 52 + S / 2, 6.0, 0);
+        let mean = w.mean_concurrency(t0 + S * 52 + S / 2, minute);
+        assert!((mean - (6.0 + 3.0) / 53.0).abs() < 1e-9, "{mean}");
+        // Without the stretch the mean would be that of the sampled buckets only.
+        let mut unfilled = Window::new(t0, S, minute);
+        unfilled.record(t0, 0.0, 0);
+        unfilled.record(t0 + S * 50, 6.0, 0);
+        assert_eq!(unfilled.mean_concurrency(t0 + S * 50, minute), 3.0);
+    }
+
+    #[test]
+    fn a_long_quiet_stretch_keeps_only_the_span() {
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut w = Window::new(t0, S, minute);
+        w.record(t0, 2.0, 1);
+        w.record_quiet(t0, t0 + S * 3600);
+        assert!(w.buckets.len() <= 61, "{}", w.buckets.len());
+        w.record(t0 + S * 3600, 0.0, 0);
+        assert!(w.is_quiet(t0 + S * 3600, minute));
+        assert_eq!(w.mean_concurrency(t0 + S * 3600, minute), 0.0);
+        assert_eq!(w.request_rate(t0 + S * 3600, minute), 0.0);
+    }
+
+    #[test]
+    fn a_quiet_stretch_within_one_bucket_adds_nothing() {
+        let t0 = Instant::now();
+        let mut w = Window::new(t0, S, Duration::from_secs(60));
+        w.record(t0, 4.0, 0);
+        w.record_quiet(t0, t0 + Duration::from_millis(900));
+        w.record_quiet(t0, t0 + S);
+        assert_eq!(w.buckets.len(), 1);
+        assert_eq!(w.mean_concurrency(t0 + S / 2, Duration::from_secs(60)), 4.0);
+        assert!(!w.is_quiet(t0 + S, Duration::from_secs(60)));
+    }
 
     #[test]
     fn mean_covers_only_the_window() {

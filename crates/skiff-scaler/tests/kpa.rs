@@ -6,6 +6,17 @@ use std::time::{Duration, Instant};
 
 const TICK: Duration = Duration::from_millis(100);
 
+/// When a simulated reconciler samples.
+#[derive(Clone, Copy, PartialEq)]
+enum Sampling {
+    EveryTick,
+    /// Every tick with demand, every whole second without (the reconciler's quiet tick).
+    QuietEverySecond,
+    /// As `QuietEverySecond`, but without demand not at all while the scaler says its
+    /// decision stands: until then (on a whole second), or until demand arrives.
+    Pausing,
+}
+
 struct Sim {
     scaler: Scaler,
     now: Instant,
@@ -15,6 +26,9 @@ struct Sim {
     starting: u32,
     requests_total: u64,
     decisions: Vec<(Duration, Decision)>,
+    sampling: Sampling,
+    /// While paused: until when.
+    paused_until: Option<Instant>,
 }
 
 impl Sim {
@@ -29,6 +43,8 @@ impl Sim {
             starting: 0,
             requests_total: 0,
             decisions: Vec::new(),
+            sampling: Sampling::EveryTick,
+            paused_until: None,
         }
     }
 
@@ -42,6 +58,18 @@ impl Sim {
         let end = self.now + for_how_long;
         while self.now < end {
             self.now += TICK;
+            let quiet = concurrency == 0 && rps == 0;
+            if let Some(until) = self.paused_until {
+                // Demand wakes it at once, as a request wakes the reconciler.
+                if self.now < until && quiet {
+                    continue;
+                }
+                self.paused_until = None;
+            }
+            let whole_second = self.elapsed().subsec_nanos() == 0;
+            if self.sampling != Sampling::EveryTick && quiet && !whole_second {
+                continue;
+            }
             self.ready += std::mem::take(&mut self.starting);
             self.requests_total += rps / 10;
             let cc = self.scaler.settings().container_concurrency;
@@ -59,6 +87,14 @@ impl Sim {
                 self.starting = d.desired - self.ready;
             } else {
                 self.ready = d.desired;
+            }
+            if self.sampling == Sampling::Pausing {
+                if let Some(until) = self.scaler.quiet_until(self.now, &d) {
+                    self.scaler.pause(self.now);
+                    let since = until - self.t0;
+                    let whole = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+                    self.paused_until = Some(self.t0 + Duration::from_secs(whole));
+                }
             }
             let at = self.elapsed();
             self.decisions.push((at, d));
@@ -299,4 +335,98 @@ fn unlimited_concurrency_targets_one_hundred() {
     sim.run(Duration::from_secs(120), 150, 0);
     // 150 / (100 × 70 %) = 2.14 → 3.
     assert_eq!(sim.ready, 3);
+}
+
+/// Load, a quiet stretch long enough to scale to zero, then a burst: a scaler that
+/// stops being sampled whenever [`Scaler::quiet_until`] allows decides, at each instant
+/// it does decide, exactly as one sampled on the reconciler's ticks, and in between the
+/// sampled one never changes its count.
+#[test]
+fn a_paused_scaler_decides_as_one_sampled_every_tick() {
+    let mut s = settings(10);
+    s.idle_before_zero = Duration::from_secs(90);
+    s.scale_to_zero_grace = Duration::from_secs(5);
+    let mut ticking = Sim::new(s.clone(), 1);
+    ticking.sampling = Sampling::QuietEverySecond;
+    let mut pausing = Sim::new(s, 1);
+    pausing.sampling = Sampling::Pausing;
+    for sim in [&mut ticking, &mut pausing] {
+        sim.run(Duration::from_secs(30), 14, 20);
+        sim.run(Duration::from_secs(300), 0, 0);
+        sim.run(Duration::from_secs(8), 140, 50);
+        sim.run(Duration::from_secs(120), 0, 0);
+    }
+    let at = |sim: &Sim, t: Duration| sim.decisions.iter().find(|(a, _)| *a == t).cloned();
+    for (t, d) in &pausing.decisions {
+        let (_, same) = at(&ticking, *t).expect("the ticking scaler decided then too");
+        assert_eq!(d.desired, same.desired, "at {t:?}");
+        assert_eq!(d.panicking, same.panicking, "at {t:?}");
+        assert_eq!(d.stable_demand, same.stable_demand, "at {t:?}");
+        assert_eq!(d.panic_demand, same.panic_demand, "at {t:?}");
+        assert_eq!(d.reason.to_string(), same.reason.to_string(), "at {t:?}");
+    }
+    // Between two of the paused scaler's decisions the ticking one kept the first count.
+    for pair in pausing.decisions.windows(2) {
+        let ((from, d), (to, _)) = (&pair[0], &pair[1]);
+        for (t, same) in ticking.decisions.iter().filter(|(t, _)| t > from && t < to) {
+            assert_eq!(same.desired, d.desired, "at {t:?}, paused from {from:?}");
+        }
+    }
+    // It went to zero, and came back for the burst, at the same instants.
+    let first = |sim: &Sim, want: fn(&Decision) -> bool| {
+        sim.decisions.iter().find(|(_, d)| want(d)).map(|(t, _)| *t)
+    };
+    let zero = first(&ticking, |d| d.desired == 0).expect("scales to zero");
+    assert_eq!(first(&pausing, |d| d.desired == 0), Some(zero));
+    assert_eq!(
+        first(&pausing, |d| d.panicking),
+        first(&ticking, |d| d.panicking)
+    );
+    assert_eq!(pausing.ready, ticking.ready);
+    // Over the quiet stretch it decided while demand was still in the stable window
+    // (a minute), when the idle time and its grace ran out, and then once a stable
+    // window (five times in 300 s).
+    let quiet_stretch = |sim: &Sim| {
+        let (from, to) = (Duration::from_secs(30), Duration::from_secs(330));
+        sim.decisions
+            .iter()
+            .filter(|(t, _)| *t > from && *t <= to)
+            .count()
+    };
+    let (paused, sampled) = (quiet_stretch(&pausing), quiet_stretch(&ticking));
+    assert_eq!(sampled, 300);
+    assert!(paused <= 60 + 2 + 5, "{paused} decisions while quiet");
+}
+
+#[test]
+fn a_scaler_with_demand_or_a_pending_change_is_not_quiet() {
+    let t0 = Instant::now();
+    let mut scaler = Scaler::new(settings(10), t0);
+    let seen = |in_flight, total| Observation {
+        in_flight,
+        queued: 0,
+        requests_total: total,
+    };
+    // Requests in flight.
+    scaler.observe(t0, seen(3, 3));
+    let d = scaler.decide(t0, 1);
+    assert_eq!(scaler.quiet_until(t0, &d), None);
+    // None in flight, but demand still in the stable window.
+    let later = t0 + Duration::from_secs(10);
+    scaler.observe(later, seen(0, 3));
+    let d = scaler.decide(later, 1);
+    assert_eq!(scaler.quiet_until(later, &d), None);
+    // A minute later the window is empty: quiet until the idle time (60 s after the
+    // last demand, seen at 0 s) runs out; here that is now, so not quiet either.
+    let empty = t0 + Duration::from_secs(75);
+    scaler.observe(empty, seen(0, 3));
+    let d = scaler.decide(empty, 1);
+    assert_eq!(d.desired, 0, "{d:?}");
+    assert_eq!(scaler.quiet_until(empty, &d), None, "one to stop first");
+    // At zero with none ready nothing is timed: quiet for a stable window.
+    let d = scaler.decide(empty, 0);
+    assert_eq!(
+        scaler.quiet_until(empty, &d),
+        Some(empty + Duration::from_secs(60))
+    );
 }
