@@ -221,7 +221,9 @@ impl ClientConn {
         let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
-    /// Writes a response of the router's own; false when the client is gone.
+    /// Writes a response of the router's own; false when the connection ends here (the
+    /// client is gone, or it is not kept: then it is closed lingering, as what the
+    /// client still sends may be a body nobody read).
     pub async fn respond_local(
         &mut self,
         status: u16,
@@ -238,7 +240,11 @@ impl ClientConn {
             retry_after_secs,
             keep_alive,
         );
-        self.stream.write_all(&self.resp_out).await.is_ok() && keep_alive
+        let written = self.stream.write_all(&self.resp_out).await.is_ok();
+        if written && !keep_alive {
+            self.linger_close().await;
+        }
+        written && keep_alive
     }
 }
 
@@ -264,7 +270,6 @@ pub(crate) async fn serve_connection(
             HeadRead::Refused(status, why) => {
                 c.respond_local(status, &format!("skiff: {why}"), None, false)
                     .await;
-                c.linger_close().await;
                 return;
             }
         }

@@ -662,6 +662,35 @@ async fn unknown_hosts_get_404_and_the_connection_goes_on() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
+/// A refusal that ends the connection before the body was read closes it lingering
+/// (RFC 9112 §9.6): closing with the unread body in the socket would reset the
+/// connection and could destroy the answer before the client reads it (CI: a 403 to an
+/// async invocation read as "connection reset by peer").
+#[tokio::test]
+async fn a_refused_request_with_a_body_gets_its_answer_before_the_close() {
+    let app = instance(Script::Echo).await;
+    let addr = router_for(&app, LIMIT).await;
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let body = vec![b'x'; 64 * 1024];
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: nope.localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // More than the router reads with the head: the rest is still in its socket
+        // when it answers.
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&body);
+        s.write_all(&request).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)
+            .await
+            .expect("the answer, then the close");
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    }
+}
+
 /// The only test here that installs the upstream shortcut (one per process): the others'
 /// connections, to an address, are not marked and stay out of it.
 #[tokio::test]

@@ -62,9 +62,19 @@ impl Window {
                 requests,
             }),
         }
-        let keep = (self.span.as_nanos() / self.granularity.as_nanos()) as u64 + 1;
+        self.prune(index);
+    }
+
+    /// Buckets kept: those of the span, and the one being filled.
+    fn kept(&self) -> u64 {
+        (self.span.as_nanos() / self.granularity.as_nanos()) as u64 + 1
+    }
+
+    /// Drops the buckets that fell out of the span before bucket `newest`.
+    fn prune(&mut self, newest: u64) {
+        let keep = self.kept();
         while let Some(front) = self.buckets.front() {
-            if index.saturating_sub(front.index) >= keep {
+            if newest.saturating_sub(front.index) >= keep {
                 self.buckets.pop_front();
             } else {
                 break;
@@ -86,9 +96,8 @@ impl Window {
     /// weighs in the means as a sample a bucket would have (a mean counts only buckets
     /// with samples, and a quiet loop samples about once a bucket).
     pub fn record_quiet(&mut self, from: Instant, to: Instant) {
-        let keep = (self.span.as_nanos() / self.granularity.as_nanos()) as u64 + 1;
         let last = self.index(to);
-        let first = (self.index(from) + 1).max(last.saturating_sub(keep));
+        let first = (self.index(from) + 1).max(last.saturating_sub(self.kept()));
         let newest = self.buckets.back().map(|b| b.index);
         // The bucket `to` falls in was quiet from its start, if `to` is past its start.
         let into_last = !to
@@ -107,13 +116,7 @@ impl Window {
                 requests: 0,
             });
         }
-        while let Some(front) = self.buckets.front() {
-            if last.saturating_sub(front.index) >= keep {
-                self.buckets.pop_front();
-            } else {
-                break;
-            }
-        }
+        self.prune(last);
     }
 
     /// Buckets that fall within `window` before `now`.
