@@ -97,8 +97,10 @@ impl Window {
     /// with samples, and a quiet loop samples about once a bucket).
     pub fn record_quiet(&mut self, from: Instant, to: Instant) {
         let last = self.index(to);
-        let first = (self.index(from) + 1).max(last.saturating_sub(self.kept()));
-        let newest = self.buckets.back().map(|b| b.index);
+        let after_newest = self.buckets.back().map_or(0, |b| b.index + 1);
+        let first = (self.index(from) + 1)
+            .max(last.saturating_sub(self.kept()))
+            .max(after_newest);
         // The bucket `to` falls in was quiet from its start, if `to` is past its start.
         let into_last = !to
             .saturating_duration_since(self.origin)
@@ -106,9 +108,6 @@ impl Window {
             .is_multiple_of(self.granularity.as_nanos());
         let end = if into_last { last + 1 } else { last };
         for index in first..end {
-            if newest.is_some_and(|n| index <= n) {
-                continue;
-            }
             self.buckets.push_back(Bucket {
                 index,
                 concurrency_sum: 0.0,
