@@ -17,23 +17,22 @@ const ENDED_SHOWN: usize = 10;
 impl Control {
     /// Every service with its current load.
     pub(crate) fn list(&self) -> Result<Vec<ServiceSummary>, ControlError> {
-        let services = self.db().services()?;
-        let mut newest = self.db().newest_revisions()?;
-        let mut out = Vec::new();
-        for s in services {
-            let latest = newest.remove(&s.name);
-            let load = self.load(&s.name);
-            out.push(ServiceSummary {
-                url: self.url(&s.name),
-                name: s.name,
-                serving_revision: s.serving_revision,
-                latest_revision: latest,
-                ready_instances: load.ready,
-                in_flight: load.in_flight,
-                queued: load.queued,
-            });
-        }
-        Ok(out)
+        let lines = self.db().service_lines()?;
+        Ok(lines
+            .into_iter()
+            .map(|s| {
+                let load = self.load(&s.name);
+                ServiceSummary {
+                    url: self.url(&s.name),
+                    name: s.name,
+                    serving_revision: s.serving_revision,
+                    latest_revision: s.latest_revision,
+                    ready_instances: load.ready,
+                    in_flight: load.in_flight,
+                    queued: load.queued,
+                }
+            })
+            .collect())
     }
 
     /// A service in detail: revisions, instances, the last failure.

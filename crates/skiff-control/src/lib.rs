@@ -28,6 +28,7 @@ mod phase;
 mod reconciler;
 pub mod revision;
 mod runner;
+mod runner_table;
 pub mod runtime;
 mod scaling;
 pub mod secrets;
@@ -98,7 +99,7 @@ pub struct Control {
     runtime: Arc<dyn Runtime>,
     router: Router,
     shutting_down: AtomicBool,
-    runners: Mutex<HashMap<String, Arc<Runner>>>,
+    runners: Mutex<runner_table::RunnerTable<Arc<Runner>>>,
     active: watch::Sender<usize>,
     /// Serialises the commands that write (deploy, traffic, rollback, remove): each
     /// reads the store and the routing table, then writes both.
@@ -169,7 +170,7 @@ impl Control {
             runtime,
             router,
             shutting_down: AtomicBool::new(false),
-            runners: Mutex::new(HashMap::new()),
+            runners: Mutex::default(),
             active: watch::channel(0).0,
             write_lock: tokio::sync::Mutex::new(()),
         })
@@ -198,20 +199,15 @@ impl Control {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    fn runners(&self) -> MutexGuard<'_, HashMap<String, Arc<Runner>>> {
+    fn runners(&self) -> MutexGuard<'_, runner_table::RunnerTable<Arc<Runner>>> {
         self.runners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Forgets `runner` once it has ended, unless a newer runner of its revision (the
     /// revision got traffic again) took its place.
     pub(crate) fn forget_runner(&self, runner: &Runner) {
-        let mut runners = self.runners();
-        if runners
-            .get(runner.name())
-            .is_some_and(|r| std::ptr::eq(r.as_ref(), runner))
-        {
-            runners.remove(runner.name());
-        }
+        self.runners()
+            .remove_if(runner.name(), |r| std::ptr::eq(r.as_ref(), runner));
     }
 
     /// The runner of `revision`, while it runs.
@@ -221,15 +217,12 @@ impl Control {
 
     /// The runners of a service's revisions.
     pub(crate) fn runners_of(&self, service: &str) -> Vec<Arc<Runner>> {
-        self.runners()
-            .values()
-            .filter(|r| r.service() == service)
-            .cloned()
-            .collect()
+        self.runners().of_service(service)
     }
 
     pub(crate) fn add_runner(&self, runner: Arc<Runner>) {
-        self.runners().insert(runner.name().to_owned(), runner);
+        let (service, revision) = (runner.service().to_owned(), runner.name().to_owned());
+        self.runners().insert(&service, &revision, runner);
     }
 
     /// Where instance `id`'s log goes.

@@ -291,6 +291,12 @@ impl Router {
         let mut labels = Vec::new();
         for (label, route) in routes {
             let label = label.to_ascii_lowercase();
+            // Named here too, so that a label's owner is its route's service.
+            let route = if route.service() == service {
+                route
+            } else {
+                route.named(service)
+            };
             table.by_label.insert(label.clone(), Arc::new(route));
             labels.push(label);
         }
@@ -321,14 +327,9 @@ impl Router {
             .cloned()
     }
 
-    /// Whether `label` is taken by a service other than `service` (as its name or a tag).
+    /// The service that answers at host label `label` (as its name or a tag), if any.
     pub fn label_owner(&self, label: &str) -> Option<String> {
-        let table = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
-        table
-            .labels_of
-            .iter()
-            .find(|(_, labels)| labels.iter().any(|l| l == label))
-            .map(|(service, _)| service.clone())
+        self.route(label).map(|route| route.service().to_owned())
     }
 
     /// Serves connections from `listener` until `shutdown` resolves, then stops accepting,
@@ -562,5 +563,38 @@ mod tests {
         assert_eq!(Router::topic_of("orders.svc.skiff.internal"), None);
         let r = Router::new("run.example.com.");
         assert_eq!(r.service_of("api.run.example.com"), Some("api"));
+    }
+
+    fn pool() -> Arc<RevisionPool> {
+        RevisionPool::new(pool::PoolConfig {
+            revision: "r-00001".into(),
+            concurrency: 1,
+            queue_limit: 1,
+            timeout: Duration::from_secs(1),
+        })
+    }
+
+    /// A label belongs to the service whose routes hold it (its name or a tag), named
+    /// or not by the caller, until the service's routes are replaced or removed.
+    #[test]
+    fn a_label_is_owned_by_the_service_that_routes_it() {
+        let r = Router::new("localhost");
+        r.set_routes(
+            "api",
+            vec![
+                ("api".into(), Route::single(pool())),
+                ("Beta-api".into(), Route::single(pool()).named("api")),
+            ],
+        );
+        r.set_route("web", pool());
+        assert_eq!(r.label_owner("api").as_deref(), Some("api"));
+        assert_eq!(r.label_owner("beta-api").as_deref(), Some("api"));
+        assert_eq!(r.label_owner("web").as_deref(), Some("web"));
+        assert_eq!(r.label_owner("nobody"), None);
+        r.set_routes("api", vec![("api".into(), Route::single(pool()))]);
+        assert_eq!(r.label_owner("beta-api"), None, "the tag was dropped");
+        r.remove_routes("web");
+        assert_eq!(r.label_owner("web"), None);
+        assert_eq!(r.label_owner("api").as_deref(), Some("api"));
     }
 }

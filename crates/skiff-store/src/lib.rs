@@ -28,7 +28,7 @@ pub use invocations::{
     NewInvocation,
 };
 pub use secrets::{NewSecretVersion, SealedRecord, SecretRecord, SecretVersionRecord};
-pub use services::{FailureRecord, RevisionRecord, ServiceRecord};
+pub use services::{FailureRecord, RevisionRecord, ServiceLine, ServiceRecord};
 pub use tokens::{NewTokenRecord, TokenRecord};
 
 use rusqlite::Connection;

@@ -202,6 +202,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX invocations_settled ON invocations (finished_ms)
         WHERE finished_ms IS NOT NULL;
     "#,
+    // 14: each service's newest revision found from an index alone (`skiff ls` at ten
+    // thousand services: the table lookup per revision was most of its query's time).
+    r#"
+    CREATE INDEX revisions_newest ON revisions (service, generation, name);
+    "#,
 ];
 
 /// The schema version `conn`'s database has, refused when newer than this build knows.
