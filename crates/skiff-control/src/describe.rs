@@ -14,25 +14,37 @@ use skiff_store::InstanceState;
 /// Ended instances shown by `describe`.
 const ENDED_SHOWN: usize = 10;
 
+/// Services listed under one read of the router's route table.
+const ROWS_PER_ROUTES_READ: usize = 256;
+
 impl Control {
-    /// Every service with its current load.
+    /// Every service with its current load. The route table is read once per
+    /// [`ROWS_PER_ROUTES_READ`] services, not once per service, nor once for all: a deploy
+    /// waiting to change routes holds back every reader behind it (new connections among
+    /// them) for as long as a read lasts.
     pub(crate) fn list(&self) -> Result<Vec<ServiceSummary>, ControlError> {
         let lines = self.db().service_lines()?;
-        Ok(lines
-            .into_iter()
-            .map(|s| {
-                let load = self.load(&s.name);
-                ServiceSummary {
-                    url: self.url(&s.name),
-                    name: s.name,
-                    serving_revision: s.serving_revision,
-                    latest_revision: s.latest_revision,
-                    ready_instances: load.ready,
-                    in_flight: load.in_flight,
-                    queued: load.queued,
+        let mut summaries = Vec::with_capacity(lines.len());
+        let mut lines = lines.into_iter().peekable();
+        while lines.peek().is_some() {
+            self.router.with_routes(|routes| {
+                for line in lines.by_ref().take(ROWS_PER_ROUTES_READ) {
+                    let load = routes
+                        .get(&line.name)
+                        .map_or_else(Default::default, crate::traffic::route_load);
+                    summaries.push(ServiceSummary {
+                        url: self.url(&line.name),
+                        name: line.name,
+                        serving_revision: line.serving_revision,
+                        latest_revision: line.latest_revision,
+                        ready_instances: load.ready,
+                        in_flight: load.in_flight,
+                        queued: load.queued,
+                    });
                 }
-            })
-            .collect())
+            });
+        }
+        Ok(summaries)
     }
 
     /// A service in detail: revisions, instances, the last failure.

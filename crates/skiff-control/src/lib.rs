@@ -232,12 +232,19 @@ impl Control {
 
     /// The URL of a service (or of a tag's host label).
     pub fn url(&self, label: &str) -> String {
-        let port = self.config.ingress_port;
-        if port == 80 {
-            format!("http://{label}.{}/", self.config.domain)
-        } else {
-            format!("http://{label}.{}:{port}/", self.config.domain)
+        // Pushed, not `format!`ed: `skiff ls` makes one per service.
+        let (domain, port) = (&self.config.domain, self.config.ingress_port);
+        let mut url = String::with_capacity("http://.:65535/".len() + label.len() + domain.len());
+        url.push_str("http://");
+        url.push_str(label);
+        url.push('.');
+        url.push_str(domain);
+        if port != 80 {
+            use std::fmt::Write as _;
+            let _ = write!(url, ":{port}");
         }
+        url.push('/');
+        url
     }
 
     /// Stops every instance gracefully and waits for them (daemon shutdown). Run after

@@ -99,18 +99,10 @@ pub fn move_tag(targets: &mut Vec<TrafficTarget>, tag: &str, revision: &str) {
 impl Control {
     /// The load of the service's main route, over every revision it splits to.
     pub(crate) fn load(&self, service: &str) -> Load {
-        let Some(route) = self.router.route(service) else {
-            return Load::default();
-        };
-        route.pools().fold(Load::default(), |sum, pool| {
-            let l = pool.load();
-            Load {
-                ready: sum.ready + l.ready,
-                in_flight: sum.in_flight + l.in_flight,
-                queued: sum.queued + l.queued,
-                requests_total: sum.requests_total + l.requests_total,
-            }
-        })
+        self.router
+            .route(service)
+            .as_deref()
+            .map_or_else(Load::default, route_load)
     }
 
     /// Whether the service has an instance ready to serve now.
@@ -382,4 +374,17 @@ impl Control {
         );
         Ok((rolled, target))
     }
+}
+
+/// The load of a route, over every revision it splits to.
+pub(crate) fn route_load(route: &Route) -> Load {
+    route.pools().fold(Load::default(), |sum, pool| {
+        let l = pool.load();
+        Load {
+            ready: sum.ready + l.ready,
+            in_flight: sum.in_flight + l.in_flight,
+            queued: sum.queued + l.queued,
+            requests_total: sum.requests_total + l.requests_total,
+        }
+    })
 }

@@ -63,6 +63,16 @@ struct Routes {
     labels_of: HashMap<String, Vec<String>>,
 }
 
+/// The route table as [`Router::with_routes`] lends it.
+pub struct RouteTable<'a>(&'a HashMap<String, Arc<Route>>);
+
+impl RouteTable<'_> {
+    /// The route of a host label (a service's name, or `TAG-NAME`).
+    pub fn get(&self, label: &str) -> Option<&Route> {
+        self.0.get(label).map(|r| &**r)
+    }
+}
+
 impl Routes {
     fn remove_service(&mut self, service: &str) -> Vec<Arc<Route>> {
         let labels = self.labels_of.remove(service).unwrap_or_default();
@@ -325,6 +335,13 @@ impl Router {
             .by_label
             .get(label)
             .cloned()
+    }
+
+    /// Runs `f` over the route table read once: for many lookups together (a listing of
+    /// every service), which would otherwise take the table's lock once each.
+    pub fn with_routes<R>(&self, f: impl FnOnce(&RouteTable<'_>) -> R) -> R {
+        let table = self.inner.routes.read().unwrap_or_else(|p| p.into_inner());
+        f(&RouteTable(&table.by_label))
     }
 
     /// The service that answers at host label `label` (as its name or a tag), if any.

@@ -207,6 +207,31 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX revisions_newest ON revisions (service, generation, name);
     "#,
+    // 15: each service's newest revision kept in its own row, by triggers on every change
+    // to revisions, so that listing services reads one table in order and seeks nothing
+    // per service (`skiff ls` at ten thousand services: a seek into the revisions index
+    // per service was a third of the query).
+    r#"
+    ALTER TABLE services ADD COLUMN latest_revision TEXT;
+    UPDATE services SET latest_revision = (SELECT r.name FROM revisions r
+        WHERE r.service = services.name ORDER BY r.generation DESC LIMIT 1);
+    CREATE TRIGGER revisions_latest_on_insert AFTER INSERT ON revisions BEGIN
+        UPDATE services SET latest_revision = (SELECT r.name FROM revisions r
+            WHERE r.service = NEW.service ORDER BY r.generation DESC LIMIT 1)
+        WHERE name = NEW.service;
+    END;
+    CREATE TRIGGER revisions_latest_on_delete AFTER DELETE ON revisions BEGIN
+        UPDATE services SET latest_revision = (SELECT r.name FROM revisions r
+            WHERE r.service = OLD.service ORDER BY r.generation DESC LIMIT 1)
+        WHERE name = OLD.service;
+    END;
+    CREATE TRIGGER revisions_latest_on_update AFTER UPDATE OF name, service, generation
+        ON revisions BEGIN
+        UPDATE services SET latest_revision = (SELECT r.name FROM revisions r
+            WHERE r.service = services.name ORDER BY r.generation DESC LIMIT 1)
+        WHERE name IN (OLD.service, NEW.service);
+    END;
+    "#,
 ];
 
 /// The schema version `conn`'s database has, refused when newer than this build knows.
@@ -273,6 +298,43 @@ mod tests {
         }
         let err = Store::open(&path).err().unwrap().to_string();
         assert!(err.contains("999") && err.contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn a_database_before_migration_15_gains_each_services_newest_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            for sql in &super::MIGRATIONS[..14] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO images (digest, config_digest, config_json, source, size, created_at)
+                     VALUES ('sha256:i', 'sha256:c', '{}', 't', 1, 1);
+                 INSERT INTO services (name, created_at) VALUES ('a', 1), ('b', 1);
+                 INSERT INTO revisions (name, service, generation, image_digest, spec_json, created_at)
+                     VALUES ('a-2', 'a', 2, 'sha256:i', '{}', 1),
+                            ('a-7', 'a', 7, 'sha256:i', '{}', 1),
+                            ('a-3', 'a', 3, 'sha256:i', '{}', 1);",
+            )
+            .unwrap();
+            c.pragma_update(None, "user_version", 14).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let latest: Vec<_> = s
+            .service_lines()
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.name, l.latest_revision))
+            .collect();
+        assert_eq!(
+            latest,
+            [
+                ("a".to_owned(), Some("a-7".to_owned())),
+                ("b".to_owned(), None)
+            ]
+        );
     }
 
     #[test]

@@ -299,17 +299,14 @@ impl Store {
         Ok(rows)
     }
 
-    /// Each service with its serving and newest revision, by name, in one query from
-    /// indexes alone (what `skiff ls` shows of each; at ten thousand services a query per
-    /// service, or a table lookup per revision, was most of its time).
+    /// Each service with its serving and newest revision, by name: one pass over the
+    /// services table (each row keeps its newest revision, migration 15), sorted here
+    /// (by the name index, SQLite would look each row up in the table from it).
     pub fn service_lines(&self) -> Result<Vec<ServiceLine>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT s.name, s.serving_revision,
-                    (SELECT r.name FROM revisions r WHERE r.service = s.name
-                     ORDER BY r.generation DESC LIMIT 1)
-             FROM services s ORDER BY s.name",
-        )?;
-        let rows = stmt
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, serving_revision, latest_revision FROM services")?;
+        let mut rows: Vec<ServiceLine> = stmt
             .query_map([], |row| {
                 Ok(ServiceLine {
                     name: row.get(0)?,
@@ -318,6 +315,7 @@ impl Store {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        rows.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(rows)
     }
 
@@ -520,6 +518,33 @@ mod tests {
         // Generations keep counting past deleted ones.
         let next = db.create_revision("p", &img, &spec(1), name_of).unwrap();
         assert_eq!(next.generation, 6);
+    }
+
+    #[test]
+    fn a_service_line_names_the_newest_revision_left_whatever_removed_the_others() {
+        let (_d, mut db, img) = store_with_image();
+        let latest = |db: &Store| {
+            let lines = db.service_lines().unwrap();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            lines[0].latest_revision.clone()
+        };
+        for _ in 0..3 {
+            db.create_revision("n", &img, &spec(1), name_of).unwrap();
+        }
+        assert_eq!(latest(&db), Some(name_of("n", 3)));
+        // Pruning keeps the newest unless nothing is kept; what is newest then follows.
+        db.prune_revisions("n", 0, &[name_of("n", 1)]).unwrap();
+        assert_eq!(latest(&db), Some(name_of("n", 1)));
+        db.conn
+            .execute("DELETE FROM revisions WHERE name = ?1", [name_of("n", 1)])
+            .unwrap();
+        assert_eq!(
+            latest(&db),
+            None,
+            "a service without revisions has no newest"
+        );
+        db.create_revision("n", &img, &spec(1), name_of).unwrap();
+        assert_eq!(latest(&db), Some(name_of("n", 1)));
     }
 
     #[test]

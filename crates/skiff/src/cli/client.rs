@@ -246,6 +246,15 @@ impl Client {
         })
     }
 
+    /// Sends a GET and returns the answer's body as it came, for a caller that reads it
+    /// in place (borrowing its strings instead of copying each).
+    pub fn get_bytes(&self, path: &str) -> anyhow::Result<Bytes> {
+        self.runtime.block_on(async {
+            let resp = self.send(Method::GET, path, None, None).await?;
+            Ok(resp.into_body().collect().await?.to_bytes())
+        })
+    }
+
     /// Sends a GET and hands each line of the (streamed) answer to `each`.
     pub fn lines(
         &self,

@@ -9,22 +9,23 @@ pub enum Format {
 }
 
 /// Prints rows as a left-aligned table with a header.
-pub fn table(header: &[&str], rows: &[Vec<String>]) {
+pub fn table<R: AsRef<[S]>, S: AsRef<str>>(header: &[&str], rows: &[R]) {
     write_out(&render_table(header, rows));
 }
 
 /// The table as text: columns padded to their widest cell and three spaces apart, no
 /// trailing blanks.
-fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+fn render_table<R: AsRef<[S]>, S: AsRef<str>>(header: &[&str], rows: &[R]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+        for (w, cell) in widths.iter_mut().zip(row.as_ref()) {
+            *w = (*w).max(cell.as_ref().chars().count());
         }
     }
     // One write for the whole table: ten thousand lines written one by one were ten
     // thousand system calls (stdout is line-buffered).
-    let mut text = String::new();
+    let line_len: usize = widths.iter().map(|w| w + 3).sum::<usize>() + 1;
+    let mut text = String::with_capacity(line_len * (rows.len() + 1));
     let mut line = |cells: &mut dyn Iterator<Item = &str>| {
         let start = text.len();
         for (cell, w) in cells.zip(&widths) {
@@ -38,7 +39,7 @@ fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     };
     line(&mut header.iter().copied());
     for row in rows {
-        line(&mut row.iter().map(String::as_str));
+        line(&mut row.as_ref().iter().map(AsRef::as_ref));
     }
     text
 }

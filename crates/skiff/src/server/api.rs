@@ -216,9 +216,24 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
         })
 }
 
+/// A long list as JSON, written into a buffer sized for it up front: grown by doubling
+/// from axum's 128 bytes, ten thousand services' 1.8 MB were copied over a dozen times,
+/// each time into memory not yet touched.
+fn json_list<T: serde::Serialize>(items: &[T]) -> Response {
+    /// Bytes of a listed item, about (a service's line is ~190).
+    const ITEM_BYTES: usize = 256;
+    let mut body = Vec::with_capacity(items.len().saturating_mul(ITEM_BYTES) + 2);
+    match serde_json::to_writer(&mut body, items) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => {
+            ApiError(ControlError::internal(format!("writing the list: {e}"))).into_response()
+        }
+    }
+}
+
 async fn run(s: &AppState, command: Command) -> Result<Response, ApiError> {
     Ok(match s.ctl.execute(command).await? {
-        Answer::Services(list) => Json(list).into_response(),
+        Answer::Services(list) => json_list(&list),
         Answer::Service(detail) => {
             let etag = format!("\"{}\"", detail.version);
             ([(header::ETAG, etag)], Json(detail)).into_response()
@@ -242,7 +257,7 @@ async fn list(
                 .into_iter()
                 .filter(|svc| grant.allows(skiff_core::ApiAction::Read, Some(&svc.name)))
                 .collect();
-            Ok(Json(covered).into_response())
+            Ok(json_list(&covered))
         }
         _ => Err(ApiError(ControlError::internal(
             "listing services answered otherwise",
