@@ -9,6 +9,7 @@
 //! executes (a `vfork`), so starting it copies nothing.
 #![allow(unsafe_code)]
 
+use crate::child_stack::{block_every_signal, ChildStack};
 use libc::{c_char, c_int, c_void};
 
 /// What the app's process runs once it is set apart: its exec (and the setup report if
@@ -39,35 +40,26 @@ pub unsafe fn fork_app(
     exec: AppExec,
     arg: *const c_void,
 ) -> ! {
-    // Not zeroed: writing 16 KiB would copy up to four of the clone's stack pages, and
-    // the app's process writes what it uses before reading it.
-    let mut stack = AppStack(std::mem::MaybeUninit::uninit());
-    // SAFETY: signal-mask, clone, setpgid and close calls on local data. The app's
+    // Not zeroed: writing 16 KiB would copy up to four of the clone's stack pages.
+    let mut stack = ChildStack::<APP_STACK>::new();
+    // Blocked before the clone, so no signal falls between it and the init's wait
+    // (the mask and pending signals outlive the init's exec).
+    let before = block_every_signal();
+    // SAFETY: clone, setpgid and close calls on local data. The app's
     // process runs `app_entry` on `stack` with `app` (both in this frame, which lives
     // on: this function never returns) and this process is suspended until it executes
     // or exits, so nothing here runs while it uses the shared memory.
     unsafe {
         let mut app = AppStart {
-            before: std::mem::zeroed(),
+            before,
             probe_fd,
             init_exe,
             exec,
             arg,
         };
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        // Blocked before the clone, so no signal falls between it and the init's wait
-        // (the mask and pending signals outlive the init's exec).
-        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut app.before);
-        let top = stack
-            .0
-            .as_mut_ptr()
-            .cast::<u8>()
-            .add(APP_STACK)
-            .cast::<c_void>();
         let pid = libc::clone(
             app_entry,
-            top,
+            stack.top(),
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (&raw mut app).cast::<c_void>(),
         );
@@ -86,10 +78,6 @@ pub unsafe fn fork_app(
 
 /// Room for the app's process until it executes: it makes a few raw system calls.
 const APP_STACK: usize = 16 * 1024;
-
-/// The app's stack, aligned as the ABI wants a stack's top.
-#[repr(C, align(16))]
-struct AppStack(std::mem::MaybeUninit<[u8; APP_STACK]>);
 
 /// What the app's process needs from this one.
 struct AppStart {

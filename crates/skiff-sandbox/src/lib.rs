@@ -30,6 +30,7 @@ mod app_fork;
 mod cgroup;
 mod cgroupfs;
 mod child;
+mod child_stack;
 mod freezer;
 mod init;
 mod init_exe;

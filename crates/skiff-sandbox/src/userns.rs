@@ -12,6 +12,7 @@
 
 #![allow(unsafe_code)]
 
+use crate::child_stack::{block_every_signal, ChildStack};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
@@ -80,8 +81,7 @@ pub(crate) unsafe fn idmap(fd: RawFd, userns: RawFd) -> libc::c_int {
 /// copied, then closed, thousands of descriptors for each namespace: ~20 ms, and every
 /// page the daemon wrote next took a copy-on-write fault.
 pub fn create(base: u32) -> io::Result<OwnedFd> {
-    // Not zeroed: the holder writes what it uses before reading it.
-    let mut stack = HolderStack(std::mem::MaybeUninit::uninit());
+    let mut stack = ChildStack::<HOLDER_STACK>::new();
     let pid = start_holder(&mut stack);
     if pid < 0 {
         return Err(io::Error::last_os_error());
@@ -105,32 +105,20 @@ const KERNEL_SIGSET_BYTES: usize = 8;
 /// The holder's stack: it makes three system calls.
 const HOLDER_STACK: usize = 16 * 1024;
 
-/// A stack as the ABI wants a stack's top aligned.
-#[repr(C, align(16))]
-struct HolderStack(std::mem::MaybeUninit<[u8; HOLDER_STACK]>);
-
 /// Starts the holder in a new user namespace, sharing this memory and descriptor table,
 /// running on `stack`; its pid, or -1 with `errno` set. The caller must reap it before
 /// `stack` goes.
-fn start_holder(stack: &mut HolderStack) -> libc::pid_t {
-    // SAFETY: the signal mask calls act on local sets. Every signal is blocked across
-    // the clone, so the holder starts with all blocked: no handler of the daemon's ever
-    // runs on its stack in this memory (SIGKILL still ends it). Its entry makes raw
-    // system calls that touch no memory but its own stack.
+fn start_holder(stack: &mut ChildStack<HOLDER_STACK>) -> libc::pid_t {
+    // Every signal is blocked across the clone, so the holder starts with all blocked:
+    // no handler of the daemon's ever runs on its stack in this memory (SIGKILL still
+    // ends it).
+    let before = block_every_signal();
+    // SAFETY: the holder's entry makes raw system calls that touch no memory but its own
+    // stack; the mask call restores this thread's own.
     unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut before: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
-        let top = stack
-            .0
-            .as_mut_ptr()
-            .cast::<u8>()
-            .add(HOLDER_STACK)
-            .cast::<libc::c_void>();
         let pid = libc::clone(
             holder_entry,
-            top,
+            stack.top(),
             libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_NEWUSER | libc::SIGCHLD,
             libc::getpid() as usize as *mut libc::c_void,
         );
