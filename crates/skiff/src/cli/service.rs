@@ -615,3 +615,39 @@ pub fn logs(client: &Client, format: Format, a: LogsArgs) -> anyhow::Result<()> 
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ListedService` names `ServiceSummary`'s fields again: a rename on either side
+    /// must fail here, not in `skiff ls`.
+    #[test]
+    fn a_listed_service_reads_what_the_daemon_writes_and_borrows_its_strings() {
+        let sent = vec![ServiceSummary {
+            name: "web".into(),
+            url: "http://web.localhost:8080/".into(),
+            serving_revision: Some("web-00002".into()),
+            latest_revision: Some("web-00003".into()),
+            ready_instances: 2,
+            in_flight: 5,
+            queued: 1,
+        }];
+        let body = serde_json::to_vec(&sent).unwrap();
+        let read: Vec<ListedService<'_>> = serde_json::from_slice(&body).unwrap();
+        let s = &read[0];
+        assert_eq!(
+            (&*s.name, &*s.url, s.serving_revision.as_deref()),
+            ("web", "http://web.localhost:8080/", Some("web-00002"))
+        );
+        assert_eq!((s.ready_instances, s.in_flight, s.queued), (2, 5, 1));
+        assert!(matches!(s.name, Cow::Borrowed(_)), "read in place");
+        // A string the daemon had to escape still reads, as a copy.
+        let escaped = br#"[{"name":"a\"b","url":"u","serving_revision":null,"ready_instances":0,"in_flight":0,"queued":0}]"#;
+        let read: Vec<ListedService<'_>> = serde_json::from_slice(escaped).unwrap();
+        assert_eq!(
+            (&*read[0].name, read[0].serving_revision.is_none()),
+            ("a\"b", true)
+        );
+    }
+}
