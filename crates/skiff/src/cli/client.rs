@@ -239,18 +239,26 @@ impl Client {
         body: Option<serde_json::Value>,
         version: Option<u64>,
     ) -> anyhow::Result<T> {
-        self.runtime.block_on(async {
-            let resp = self.send(method, path, body, version).await?;
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            serde_json::from_slice(&bytes).context("reading the daemon's answer")
-        })
+        let bytes = self.call_for_bytes(method, path, body, version)?;
+        serde_json::from_slice(&bytes).context("reading the daemon's answer")
     }
 
     /// Sends a GET and returns the answer's body as it came, for a caller that reads it
     /// in place (borrowing its strings instead of copying each).
     pub fn get_bytes(&self, path: &str) -> anyhow::Result<Bytes> {
+        self.call_for_bytes(Method::GET, path, None, None)
+    }
+
+    /// Sends a request and returns the answer's body unparsed.
+    fn call_for_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        version: Option<u64>,
+    ) -> anyhow::Result<Bytes> {
         self.runtime.block_on(async {
-            let resp = self.send(Method::GET, path, None, None).await?;
+            let resp = self.send(method, path, body, version).await?;
             Ok(resp.into_body().collect().await?.to_bytes())
         })
     }
