@@ -9,6 +9,7 @@ use crate::buffers::{self, READ_CHUNK};
 use crate::h1::{self, BodyLen, Head, HeadError};
 use crate::proxy;
 use crate::route::Route;
+use crate::stream::ClientStream;
 use crate::Router;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -37,7 +38,7 @@ const SMALL_OUT: usize = 4096;
 
 /// A client connection and its buffers.
 pub(crate) struct ClientConn {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     pub peer: IpAddr,
     pub client_ip: String,
     /// Bytes received; those before `start` are consumed.
@@ -118,7 +119,7 @@ impl ClientConn {
     fn new(router: Router, stream: TcpStream, remote: SocketAddr) -> ClientConn {
         ClientConn {
             head_charge: HeadCharge { router, bytes: 0 },
-            stream,
+            stream: ClientStream::new(stream),
             peer: remote.ip(),
             client_ip: remote.ip().to_string(),
             buf: Vec::new(),
@@ -164,7 +165,7 @@ impl ClientConn {
                 self.release_buffers();
                 tokio::select! {
                     biased;
-                    ready = self.stream.readable() => if ready.is_err() {
+                    ready = self.stream.get_ref().readable() => if ready.is_err() {
                         return HeadRead::Closed;
                     },
                     () = deadline.as_mut() => return HeadRead::Closed,
@@ -212,12 +213,12 @@ impl ClientConn {
         let drain = async {
             let mut left: usize = 256 * 1024;
             while left > 0 {
-                if self.stream.readable().await.is_err() {
+                if self.stream.get_ref().readable().await.is_err() {
                     return;
                 }
                 // Read into the thread's one sink, not a buffer in each lingering
                 // connection: thousands may linger at once.
-                match buffers::with_sink(|sink| self.stream.try_read(sink)) {
+                match buffers::with_sink(|sink| self.stream.get_ref().try_read(sink)) {
                     Ok(0) => return,
                     Ok(n) => left = left.saturating_sub(n),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
