@@ -36,15 +36,12 @@ pub struct ClientStream(TcpStream);
 #[derive(Debug)]
 pub struct ReadHalf<'a>(&'a TcpStream);
 
-/// The writing side of a [`ClientStream`].
-#[derive(Debug)]
-pub struct ClientWriteHalf<'a>(&'a TcpStream);
-
-/// The writing side of an [`UpstreamStream`].
+/// The writing side of a connection, for reading and writing at once.
 #[derive(Debug)]
 pub struct WriteHalf<'a> {
     stream: &'a TcpStream,
-    sendable: &'a mut Option<u64>,
+    /// What an instance connection in the shortcut may still send (`None`: unbounded).
+    sendable: Option<&'a mut u64>,
 }
 
 impl UpstreamStream {
@@ -85,7 +82,7 @@ impl UpstreamStream {
     pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
         let writer = WriteHalf {
             stream: &self.stream,
-            sendable: &mut self.sendable,
+            sendable: self.sendable.as_mut(),
         };
         (ReadHalf(&self.stream), writer)
     }
@@ -103,8 +100,12 @@ impl ClientStream {
     }
 
     /// A reading and a writing half.
-    pub fn split(&mut self) -> (ReadHalf<'_>, ClientWriteHalf<'_>) {
-        (ReadHalf(&self.0), ClientWriteHalf(&self.0))
+    pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        let writer = WriteHalf {
+            stream: &self.0,
+            sendable: None,
+        };
+        (ReadHalf(&self.0), writer)
     }
 }
 
@@ -137,11 +138,14 @@ fn poll_read_until_eagain(
 
 fn poll_write_within(
     stream: &TcpStream,
-    sendable: &mut Option<u64>,
+    sendable: Option<&mut u64>,
     cx: &mut Context<'_>,
     buf: &[u8],
 ) -> Poll<io::Result<usize>> {
-    if sendable.is_some_and(|left| buf.len() as u64 > left) {
+    if sendable
+        .as_deref()
+        .is_some_and(|left| buf.len() as u64 > *left)
+    {
         return Poll::Ready(Err(io::Error::other(
             "the request is larger than the upstream shortcut may still carry on this connection",
         )));
@@ -189,7 +193,7 @@ impl AsyncWrite for UpstreamStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        poll_write_within(&this.stream, &mut this.sendable, cx, buf)
+        poll_write_within(&this.stream, this.sendable.as_mut(), cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -218,7 +222,7 @@ impl AsyncWrite for WriteHalf<'_> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        poll_write_within(this.stream, this.sendable, cx, buf)
+        poll_write_within(this.stream, this.sendable.as_deref_mut(), cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -258,23 +262,5 @@ impl AsyncWrite for ClientStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         shutdown_write(&self.0)
-    }
-}
-
-impl AsyncWrite for ClientWriteHalf<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        poll_send(self.0, cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        shutdown_write(self.0)
     }
 }
