@@ -538,26 +538,6 @@ fn an_async_invocation_is_delivered_as_a_cloudevent_skiff_originates() {
     assert_eq!(field(line, "body"), r#"{"job":1}"#, "{line}");
 }
 
-/// Reads one response with a `content-length` from a kept connection.
-fn read_one_response(s: &mut std::net::TcpStream) -> daemon::Response {
-    use std::io::Read;
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).expect("reading a response head"), 1);
-        raw.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .map_or(0, |n| n.trim().parse().unwrap());
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).expect("reading a response body");
-    raw.extend_from_slice(&body);
-    daemon::parse_response(&raw)
-}
-
 #[test]
 fn events_taken_on_a_kept_connection_get_their_own_time_to_arrive() {
     use std::io::Write;
@@ -573,12 +553,12 @@ fn events_taken_on_a_kept_connection_get_their_own_time_to_arrive() {
     let mut after_a_call = |head: String, body: &[u8]| {
         s.write_all(b"GET / HTTP/1.1\r\nhost: jobs.localhost\r\n\r\n")
             .unwrap();
-        assert_eq!(read_one_response(&mut s).status, 200);
+        assert_eq!(daemon::read_one_response(&mut s).status, 200);
         std::thread::sleep(Duration::from_millis(1500));
         s.write_all(head.as_bytes()).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         s.write_all(body).unwrap();
-        read_one_response(&mut s)
+        daemon::read_one_response(&mut s)
     };
     let body = br#"{"job":2}"#;
     let invocation = format!(

@@ -505,13 +505,7 @@ fn bodies_stream_both_ways_and_websockets_pass_through() {
           sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     )
     .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        assert_eq!(ws.read(&mut b).unwrap(), 1);
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let head = String::from_utf8_lossy(&daemon::read_head(&mut ws)).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(
         head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),

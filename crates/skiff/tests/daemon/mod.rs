@@ -471,6 +471,32 @@ pub fn http(
     parse_response(&raw)
 }
 
+/// A response head read from `s` byte by byte, up to and with its blank line, so that
+/// nothing after it (a body, frames) is taken from the connection.
+pub fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).expect("reading a response head"), 1);
+        head.push(byte[0]);
+    }
+    head
+}
+
+/// One response with a `content-length` (or none) from a kept connection.
+pub fn read_one_response(s: &mut TcpStream) -> Response {
+    let mut raw = read_head(s);
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("reading a response body");
+    raw.extend_from_slice(&body);
+    parse_response(&raw)
+}
+
 /// A raw HTTP/1.1 response (read to the end), its chunked body de-chunked.
 pub fn parse_response(raw: &[u8]) -> Response {
     let end = raw
