@@ -19,8 +19,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// How often it does so while the revision is quiet (nothing in flight or waiting, no
 /// instance on its way up or down). Ten thousand idle revisions at [`TICK`] kept a core
 /// busy (bench/density: 9.6 % of one at a thousand); the scaler's window keeps a mean
-/// per second, so a quiet revision sampled once a second reads the same, and a request
-/// that has to wait wakes the loop at once (Knative's autoscaler ticks every 2 s).
+/// per second, and each sample brings the pool's mean over time since the one before, so
+/// a quiet revision sampled once a second reads the same; a request that has to wait
+/// wakes the loop at once (Knative's autoscaler ticks every 2 s).
 pub const QUIET_TICK: Duration = Duration::from_secs(1);
 
 /// Quiet loops wake on a grid shared by all: this many instants per [`QUIET_TICK`], each
@@ -132,7 +133,7 @@ impl RevisionRunner {
         }
         let decision = self.last_decision()?.decision;
         let now = crate::clock::now();
-        let mut scaler = self.scaler.lock().unwrap_or_else(|p| p.into_inner());
+        let scaler = self.scaler.lock().unwrap_or_else(|p| p.into_inner());
         let until = scaler.quiet_until(now, &decision)?;
         self.pool.wake_on_next_change();
         // A request that came after the scaler's sample (and before the wake was
@@ -140,7 +141,6 @@ impl RevisionRunner {
         if self.pool.load().requests_total != observed.requests_total {
             return None;
         }
-        scaler.pause(now);
         Some(until)
     }
 
@@ -159,7 +159,7 @@ impl RevisionRunner {
     /// and stop idle ones above it. Returns the count it wanted and the demand it saw.
     fn reconcile(self: &Arc<Self>, retired: bool) -> (u32, skiff_router::Load) {
         let now = crate::clock::now();
-        let load = self.pool.load();
+        let load = self.pool.sample();
         let spec = &self.revision.spec;
         let want = if retired {
             // No new traffic comes: serve what is still queued, then go.
@@ -240,6 +240,11 @@ impl RevisionRunner {
                     in_flight: load.in_flight,
                     queued: load.queued,
                     requests_total: load.requests_total,
+                    busy: Some(skiff_scaler::BusyTime {
+                        request_nanos: load.busy.request_nanos,
+                        at_nanos: load.busy.at_nanos,
+                        busy_from_nanos: load.busy.busy_from_nanos,
+                    }),
                 },
             );
             scaler.decide(now, load.ready)

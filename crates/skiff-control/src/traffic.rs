@@ -385,6 +385,8 @@ pub(crate) fn route_load(route: &Route) -> Load {
             in_flight: sum.in_flight + l.in_flight,
             queued: sum.queued + l.queued,
             requests_total: sum.requests_total + l.requests_total,
+            // Not summed: each pool integrates on its own clock.
+            busy: skiff_router::BusyTime::default(),
         }
     })
 }

@@ -301,7 +301,7 @@ mod tests {
             ready,
             in_flight,
             queued,
-            requests_total: 0,
+            ..skiff_router::Load::default()
         };
         assert!(!is_busy(load(1, 1, 0), 100.0), "one request of a hundred");
         assert!(is_busy(load(1, 50, 0), 100.0));

@@ -36,7 +36,7 @@ pub mod upstream;
 pub use access::{Callers, Gate, Private, TokenCheck};
 pub use deferred::{Accepted, AsyncRequest, AsyncSink, PublishRequest, Refusal, MAX_ASYNC_BODY};
 pub use local::LocalAnswer;
-pub use pool::{Hold, Lease, Load, PoolConfig, PoolError, RevisionPool};
+pub use pool::{BusyTime, Hold, Lease, Load, PoolConfig, PoolError, RevisionPool};
 pub use route::Route;
 pub use skiff_kernel::shortcut::{self, Shortcut, ShortcutError};
 pub use upstream::{Target, Throttle, Upstream};

@@ -74,6 +74,22 @@ pub struct Load {
     pub queued: u32,
     /// Requests received since the pool was made (a running count, for rates).
     pub requests_total: u64,
+    /// Requests in flight and queued, integrated over time.
+    pub busy: BusyTime,
+}
+
+/// The running integral of a pool's concurrency (requests in flight plus queued) over
+/// time, on the pool's clock: two readings give the mean concurrency between them,
+/// including requests that came and went in between (the autoscaler's time average).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusyTime {
+    /// Concurrency × nanoseconds since the pool was made.
+    pub request_nanos: u128,
+    /// When this was read: nanoseconds since the pool was made.
+    pub at_nanos: u64,
+    /// The first instant since the last [`RevisionPool::sample`] (or since the pool was
+    /// made) at which concurrency was above zero, in nanoseconds since the pool was made.
+    pub busy_from_nanos: Option<u64>,
 }
 
 struct Member {
@@ -136,15 +152,50 @@ type Waiter = oneshot::Sender<Result<Lease, PoolError>>;
 #[derive(Default)]
 struct State {
     members: Vec<Member>,
+    /// The members' requests in flight, summed.
+    in_flight: u32,
     queue: VecDeque<Waiter>,
     unavailable: Option<(String, Instant)>,
     closed: bool,
     requests_total: u64,
+    /// Concurrency × nanoseconds up to `busy_at`.
+    request_nanos: u128,
+    busy_at: Option<Instant>,
+    busy_from: Option<Instant>,
+}
+
+impl State {
+    /// Requests in flight and queued.
+    fn concurrency(&self) -> u32 {
+        self.in_flight + self.queue.len() as u32
+    }
+
+    /// Integrates the concurrency up to `now`: called before every change of it, so the
+    /// concurrency has held since the last call. Two threads may read the clock in one
+    /// order and lock in the other; a `now` before the last is taken as the last.
+    fn integrate(&mut self, now: Instant) {
+        let Some(since) = self.busy_at else {
+            self.busy_at = Some(now);
+            return;
+        };
+        if now <= since {
+            return;
+        }
+        let concurrency = self.concurrency();
+        if concurrency > 0 {
+            let nanos = (now - since).as_nanos();
+            self.request_nanos += u128::from(concurrency) * nanos;
+            self.busy_from.get_or_insert(since);
+        }
+        self.busy_at = Some(now);
+    }
 }
 
 /// A revision's instances and waiting requests.
 pub struct RevisionPool {
     config: PoolConfig,
+    /// When the pool was made: the origin of [`BusyTime`]'s instants.
+    made: Instant,
     state: Mutex<State>,
     demand: Notify,
     /// Set by [`RevisionPool::wake_on_next_change`]; the next request or change of
@@ -155,9 +206,15 @@ pub struct RevisionPool {
 impl RevisionPool {
     /// An empty pool.
     pub fn new(config: PoolConfig) -> Arc<RevisionPool> {
+        let made = now();
+        let state = State {
+            busy_at: Some(made),
+            ..State::default()
+        };
         Arc::new(RevisionPool {
             config,
-            state: Mutex::new(State::default()),
+            made,
+            state: Mutex::new(state),
             demand: Notify::new(),
             wake_on_change: AtomicBool::new(false),
         })
@@ -173,6 +230,14 @@ impl RevisionPool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The lock, taken to change the concurrency at `now` (read before locking, so the
+    /// clock is not read with the lock held).
+    fn lock_to_change(&self, now: Instant) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        st.integrate(now);
+        st
+    }
+
     fn has_room(&self, m: &Member) -> bool {
         m.serving && (self.config.concurrency == 0 || m.in_flight < self.config.concurrency)
     }
@@ -181,8 +246,9 @@ impl RevisionPool {
     /// the request timeout, which the caller applies around this future).
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease, PoolError> {
         self.wake_if_asked();
+        let now = now();
         let rx = {
-            let mut st = self.lock();
+            let mut st = self.lock_to_change(now);
             if st.closed {
                 return Err(PoolError::Closed(self.config.revision.clone()));
             }
@@ -192,7 +258,6 @@ impl RevisionPool {
             }
             if st.members.is_empty() {
                 if let Some((reason, until)) = &st.unavailable {
-                    let now = now();
                     if *until > now {
                         return Err(PoolError::Unavailable {
                             revision: self.config.revision.clone(),
@@ -228,6 +293,7 @@ impl RevisionPool {
         let m = &mut st.members[idx];
         m.wake();
         m.in_flight += 1;
+        st.in_flight += 1;
         Some(Lease {
             pool: Arc::clone(self),
             upstream: Arc::clone(&m.upstream),
@@ -250,7 +316,7 @@ impl RevisionPool {
             if let Err(Ok(mut lease)) = waiter.send(Ok(lease)) {
                 // The request gave up between the check and the send.
                 lease.armed = false;
-                given_back.extend(self.release_locked(st, &lease.upstream));
+                given_back.extend(self.release_locked(st, &lease.upstream, now()));
             }
         }
         for i in given_back {
@@ -260,22 +326,31 @@ impl RevisionPool {
 
     /// Frees a slot; returns the member's index (members do not move while the lock is
     /// held).
-    fn release_locked(&self, st: &mut State, upstream: &Arc<Upstream>) -> Option<usize> {
+    fn release_locked(
+        &self,
+        st: &mut State,
+        upstream: &Arc<Upstream>,
+        now: Instant,
+    ) -> Option<usize> {
         let i = st
             .members
             .iter()
             .position(|m| Arc::ptr_eq(&m.upstream, upstream))?;
         let m = &mut st.members[i];
-        m.in_flight = m.in_flight.saturating_sub(1);
+        if m.in_flight > 0 {
+            m.in_flight -= 1;
+            st.in_flight -= 1;
+        }
         if m.in_flight == 0 {
-            m.idle_since = now();
+            m.idle_since = now;
         }
         Some(i)
     }
 
     fn release(self: &Arc<Self>, upstream: &Arc<Upstream>) {
-        let mut st = self.lock();
-        let released = self.release_locked(&mut st, upstream);
+        let now = now();
+        let mut st = self.lock_to_change(now);
+        let released = self.release_locked(&mut st, upstream, now);
         // Waiting requests first: a slot handed straight on is never paused in between.
         self.dispatch_locked(&mut st);
         if let Some(i) = released {
@@ -285,7 +360,7 @@ impl RevisionPool {
 
     /// Adds a ready instance and serves waiting requests from it.
     pub fn add_instance(self: &Arc<Self>, upstream: Upstream) {
-        let mut st = self.lock();
+        let mut st = self.lock_to_change(now());
         st.unavailable = None;
         st.members.push(Member::new(Arc::new(upstream)));
         self.dispatch_locked(&mut st);
@@ -318,7 +393,7 @@ impl RevisionPool {
     /// Takes an instance out of the rotation (its readiness probe fails) or puts it back.
     /// Requests it is serving finish; waiting requests go to it once it is back.
     pub fn set_serving(self: &Arc<Self>, id: &str, serving: bool) {
-        let mut st = self.lock();
+        let mut st = self.lock_to_change(now());
         if let Some(m) = st.members.iter_mut().find(|m| m.upstream.id == id) {
             m.serving = serving;
         }
@@ -331,7 +406,20 @@ impl RevisionPool {
 
     /// Drops an instance that died. Requests it was serving fail on their own connection.
     pub fn remove_instance(&self, id: &str) {
-        self.lock().members.retain(|m| m.upstream.id != id);
+        let mut st = self.lock_to_change(now());
+        let st = &mut *st;
+        let before = st.members.len();
+        let mut lost = 0;
+        st.members.retain(|m| {
+            let keep = m.upstream.id != id;
+            if !keep {
+                lost += m.in_flight;
+            }
+            keep
+        });
+        if st.members.len() != before {
+            st.in_flight -= lost;
+        }
         self.wake_if_asked();
     }
 
@@ -381,13 +469,40 @@ impl RevisionPool {
 
     /// Current load.
     pub fn load(&self) -> Load {
-        let mut st = self.lock();
+        self.read_load(false)
+    }
+
+    /// Current load, for the autoscaler: as [`RevisionPool::load`], and the next reading's
+    /// [`BusyTime::busy_from_nanos`] counts from this one. For one caller per pool.
+    pub fn sample(&self) -> Load {
+        self.read_load(true)
+    }
+
+    fn read_load(&self, sampled: bool) -> Load {
+        let now = now();
+        let mut st = self.lock_to_change(now);
         st.queue.retain(|w| !w.is_closed());
+        debug_assert_eq!(
+            st.in_flight,
+            st.members.iter().map(|m| m.in_flight).sum::<u32>()
+        );
+        let since_made = |at: Instant| {
+            u64::try_from(at.saturating_duration_since(self.made).as_nanos()).unwrap_or(u64::MAX)
+        };
+        let busy = BusyTime {
+            request_nanos: st.request_nanos,
+            at_nanos: since_made(st.busy_at.unwrap_or(now)),
+            busy_from_nanos: st.busy_from.map(since_made),
+        };
+        if sampled {
+            st.busy_from = (st.concurrency() > 0).then_some(now);
+        }
         Load {
             ready: st.members.iter().filter(|m| m.serving).count() as u32,
-            in_flight: st.members.iter().map(|m| m.in_flight).sum(),
+            in_flight: st.in_flight,
             queued: st.queue.len() as u32,
             requests_total: st.requests_total,
+            busy,
         }
     }
 
@@ -422,7 +537,7 @@ impl RevisionPool {
     /// An instance failed to start: waiting requests get 503 with `reason`, and so does
     /// every request until `retry_after` has passed, unless an instance becomes ready.
     pub fn fail_waiters(&self, reason: &str, retry_after: Duration) {
-        let mut st = self.lock();
+        let mut st = self.lock_to_change(now());
         st.unavailable = Some((reason.to_owned(), now() + retry_after));
         if !st.members.is_empty() {
             return;
@@ -456,7 +571,7 @@ impl RevisionPool {
 
     /// The revision stops serving: waiting requests fail, new ones are refused.
     pub fn close(&self) {
-        let mut st = self.lock();
+        let mut st = self.lock_to_change(now());
         st.closed = true;
         for waiter in st.queue.drain(..) {
             let _ = waiter.send(Err(PoolError::Closed(self.config.revision.clone())));
@@ -550,6 +665,60 @@ mod tests {
         assert_eq!(waiting.await.unwrap().unwrap(), freed);
         drop((l1, l2, l4));
         assert_eq!(p.load().in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_is_integrated_over_time_between_samples() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let nanos = |d: Duration| d.as_nanos() as u64;
+        let p = pool(1, 10);
+        p.add_instance(upstream("a"));
+        tokio::time::advance(ms(100)).await;
+        let quiet = p.sample().busy;
+        assert_eq!((quiet.request_nanos, quiet.busy_from_nanos), (0, None));
+        assert_eq!(quiet.at_nanos, nanos(ms(100)));
+        // One in flight from 300 ms, a second queued from 400 ms, the first done at
+        // 450 ms (the second takes its slot), the second done at 500 ms.
+        tokio::time::advance(ms(200)).await;
+        let first = p.acquire().await.unwrap();
+        tokio::time::advance(ms(100)).await;
+        let second = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.acquire().await }
+        });
+        while p.load().queued == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(ms(50)).await;
+        drop(first);
+        let second = second.await.unwrap().unwrap();
+        tokio::time::advance(ms(50)).await;
+        drop(second);
+        tokio::time::advance(ms(500)).await;
+        // Sampled at 1 s with nothing in flight: 100 + 2 × 50 + 50 request-milliseconds,
+        // busy from 300 ms on.
+        let busy = p.sample().busy;
+        assert_eq!(busy.request_nanos, u128::from(nanos(ms(250))));
+        assert_eq!(busy.at_nanos, nanos(ms(1000)));
+        assert_eq!(busy.busy_from_nanos, Some(nanos(ms(300))));
+        // Nothing since.
+        tokio::time::advance(ms(100)).await;
+        let busy = p.sample().busy;
+        assert_eq!(busy.request_nanos, u128::from(nanos(ms(250))));
+        assert_eq!(busy.busy_from_nanos, None);
+        // In flight across a sample: busy from that sample on.
+        let held = p.acquire().await.unwrap();
+        tokio::time::advance(ms(100)).await;
+        assert_eq!(p.sample().busy.busy_from_nanos, Some(nanos(ms(1100))));
+        tokio::time::advance(ms(100)).await;
+        let busy = p.sample().busy;
+        assert_eq!(busy.busy_from_nanos, Some(nanos(ms(1200))));
+        assert_eq!(busy.request_nanos, u128::from(nanos(ms(450))));
+        drop(held);
+        // A reading that is not a sample leaves the next sample's start alone.
+        tokio::time::advance(ms(100)).await;
+        assert_eq!(p.load().busy.busy_from_nanos, Some(nanos(ms(1300))));
+        assert_eq!(p.sample().busy.busy_from_nanos, Some(nanos(ms(1300))));
     }
 
     #[tokio::test]

@@ -37,6 +37,23 @@ pub struct Observation {
     pub queued: u32,
     /// Requests received since the revision started (a running count).
     pub requests_total: u64,
+    /// The running integral of concurrency over time, when the sampler keeps one.
+    pub busy: Option<BusyTime>,
+}
+
+/// A running integral of a revision's concurrency (requests in flight plus queued) over
+/// time, read on the sampler's own clock. Two readings give the mean concurrency between
+/// them however briefly each request lasted, as Knative's queue-proxy reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusyTime {
+    /// Concurrency × nanoseconds, summed since the sampler began.
+    pub request_nanos: u128,
+    /// When this was read, in nanoseconds on the sampler's clock.
+    pub at_nanos: u64,
+    /// The first instant since the previous reading at which concurrency was above zero
+    /// (the previous reading itself, if it was then), on the same clock; `None` if it
+    /// stayed zero. The demand between two readings lies after it.
+    pub busy_from_nanos: Option<u64>,
 }
 
 /// What the scaler decided and the figures it decided on.
@@ -68,8 +85,10 @@ pub struct Scaler {
     max_panic: u32,
     zero_since: Option<Instant>,
     last_step_down: Option<Instant>,
-    /// Set by [`Scaler::pause`]: when the caller stopped sampling.
-    paused_at: Option<Instant>,
+    /// When the last observation was made (at first, when the scaler was).
+    observed_at: Instant,
+    /// The last observation's integral.
+    busy_seen: Option<BusyTime>,
 }
 
 impl Scaler {
@@ -87,7 +106,8 @@ impl Scaler {
             max_panic: 0,
             zero_since: None,
             last_step_down: None,
-            paused_at: None,
+            observed_at: now,
+            busy_seen: None,
         }
     }
 
@@ -95,22 +115,54 @@ impl Scaler {
         &self.settings
     }
 
-    /// Records a sample taken at `now`.
+    /// Records a sample taken at `now`: the demand since the previous one (or since the
+    /// scaler was made) goes into the window as a span of time (see
+    /// [`Scaler::span_demand`]).
     pub fn observe(&mut self, now: Instant, o: Observation) {
         let arrived = match self.requests_seen {
             Some(seen) => o.requests_total.saturating_sub(seen),
             None => 0,
         };
         self.requests_seen = Some(o.requests_total);
-        if let Some(paused_at) = self.paused_at.take() {
-            self.window.record_quiet(paused_at, now);
+        let from = std::mem::replace(&mut self.observed_at, now);
+        let (busy_from, mean) = self.span_demand(from, now, o.busy);
+        if busy_from > from {
+            self.window.record_span(from, busy_from, 0.0, 0);
         }
-        let concurrency = f64::from(o.in_flight) + f64::from(o.queued);
-        if concurrency > 0.0 || arrived > 0 {
+        self.window.record_span(busy_from, now, mean, arrived);
+        if o.in_flight + o.queued > 0 || arrived > 0 || mean > 0.0 {
             self.last_demand = now;
         }
-        self.window.record(now, concurrency, arrived);
+        if o.busy.is_some() {
+            self.busy_seen = o.busy;
+        }
         self.latest = o;
+    }
+
+    /// The demand from `from` (the previous sample) to `now`: from when on it may have
+    /// been above zero, and its mean from then. With the sampler's integral that is exact
+    /// (the mean over time since concurrency first rose; the first integral counts from
+    /// the sampler's start, as the scaler's first span from its own). Without it, the
+    /// concurrency seen at the previous sample stands until this one: a quiet revision's
+    /// zero, across a stretch the caller did not sample, until the sample that saw demand.
+    fn span_demand(&self, from: Instant, now: Instant, busy: Option<BusyTime>) -> (Instant, f64) {
+        let held = f64::from(self.latest.in_flight) + f64::from(self.latest.queued);
+        let prev = self.busy_seen.unwrap_or_default();
+        let Some(cur) = busy.filter(|cur| cur.at_nanos > prev.at_nanos) else {
+            return (from, held);
+        };
+        let Some(busy_from) = cur.busy_from_nanos else {
+            return (from, 0.0);
+        };
+        let busy_nanos = cur.at_nanos - busy_from.clamp(prev.at_nanos, cur.at_nanos);
+        if busy_nanos == 0 {
+            return (now, 0.0);
+        }
+        let area = cur.request_nanos.saturating_sub(prev.request_nanos);
+        let start = now
+            .checked_sub(std::time::Duration::from_nanos(busy_nanos))
+            .map_or(from, |s| s.max(from));
+        (start, area as f64 / busy_nanos as f64)
     }
 
     /// How many instances the revision should have at `now`, given `ready` of them.
@@ -255,13 +307,6 @@ impl Scaler {
             until = until.min(next);
         }
         (until > now).then_some(until)
-    }
-
-    /// The caller stops sampling at `at` and samples again when demand arrives or the
-    /// time [`Scaler::quiet_until`] gave has come: the stretch between counts as
-    /// samples of no demand.
-    pub fn pause(&mut self, at: Instant) {
-        self.paused_at = Some(at);
     }
 
     /// Instances the requests in flight and queued need right now.

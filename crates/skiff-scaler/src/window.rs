@@ -1,5 +1,5 @@
-//! Time-bucketed window of demand samples: the mean concurrency of each bucket and the
-//! requests that arrived in it. Owns only arithmetic over the samples it was given; the
+//! Time-bucketed window of demand: the time-weighted mean concurrency of each bucket and
+//! the requests that arrived in it. Owns only arithmetic over the spans it was given; the
 //! caller supplies every instant, so tests drive it with simulated time.
 
 use std::collections::VecDeque;
@@ -9,12 +9,24 @@ use std::time::{Duration, Instant};
 struct Bucket {
     /// Bucket number since the window's origin.
     index: u64,
-    concurrency_sum: f64,
-    samples: u32,
+    /// Concurrency × nanoseconds over the part of the bucket spans covered (whole
+    /// nanoseconds, so that a steady concurrency reads back exactly).
+    concurrency_nanos: f64,
+    /// Nanoseconds of the bucket that spans covered.
+    covered_nanos: u64,
     requests: u64,
 }
 
-/// Samples grouped into buckets of `granularity`, kept for `span`.
+impl Bucket {
+    fn new(index: u64) -> Bucket {
+        Bucket {
+            index,
+            ..Bucket::default()
+        }
+    }
+}
+
+/// Spans of demand grouped into buckets of `granularity`, kept for `span`.
 #[derive(Debug)]
 pub struct Window {
     origin: Instant,
@@ -38,31 +50,42 @@ impl Window {
         (since.as_nanos() / self.granularity.as_nanos()) as u64
     }
 
-    /// Adds one sample: the concurrency seen at `at`, and the requests that arrived since
-    /// the previous sample.
-    pub fn record(&mut self, at: Instant, concurrency: f64, requests: u64) {
-        let index = self.index(at);
-        match self.buckets.back_mut() {
-            Some(b) if b.index == index => {
-                b.concurrency_sum += concurrency;
-                b.samples += 1;
-                b.requests += requests;
+    /// Where bucket `index` starts.
+    fn start_of(&self, index: u64) -> Instant {
+        let nanos = u128::from(index) * self.granularity.as_nanos();
+        self.origin + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// Records that the mean concurrency from `from` to `to` was `concurrency`, and that
+    /// `requests` arrived by `to` since the previous span. Each bucket the span overlaps
+    /// gets the concurrency for the time it overlaps, so buckets hold means over time
+    /// whatever the spacing of the caller's samples. A span that starts before the newest
+    /// bucket (a clock that went back, or spans given out of order) is cut to start there,
+    /// rather than reordering the window; one wholly before it adds only its requests.
+    pub fn record_span(&mut self, from: Instant, to: Instant, concurrency: f64, requests: u64) {
+        let newest = self.buckets.back().map(|b| b.index);
+        // A span that ends where a bucket starts belongs to the bucket before.
+        let ends_on_edge = to > from && self.start_of(self.index(to)) == to;
+        let end_index = self.index(to).saturating_sub(u64::from(ends_on_edge));
+        let last = end_index.max(newest.unwrap_or(0));
+        // Buckets older than the span kept would be dropped at once.
+        let kept_from = last.saturating_sub(self.kept() - 1);
+        let first = self.index(from).max(newest.unwrap_or(0)).max(kept_from);
+        for index in first..=last {
+            if self.buckets.back().is_none_or(|b| b.index < index) {
+                self.buckets.push_back(Bucket::new(index));
             }
-            // A sample older than the newest bucket (a clock that went back) joins it
-            // rather than reordering the window.
-            Some(b) if b.index > index => {
-                b.concurrency_sum += concurrency;
-                b.samples += 1;
-                b.requests += requests;
-            }
-            _ => self.buckets.push_back(Bucket {
-                index,
-                concurrency_sum: concurrency,
-                samples: 1,
-                requests,
-            }),
+            let (start, end) = (self.start_of(index), self.start_of(index + 1));
+            let overlap = to.min(end).saturating_duration_since(from.max(start));
+            let overlap = u64::try_from(overlap.as_nanos()).unwrap_or(u64::MAX);
+            let b = self.buckets.back_mut().expect("pushed above");
+            b.concurrency_nanos += concurrency * overlap as f64;
+            b.covered_nanos += overlap;
         }
-        self.prune(index);
+        if let Some(b) = self.buckets.back_mut() {
+            b.requests += requests;
+        }
+        self.prune(last);
     }
 
     /// Buckets kept: those of the span, and the one being filled.
@@ -84,38 +107,10 @@ impl Window {
 
     /// Whether no bucket within `window` before `now` holds demand (concurrency or an
     /// arrival): every mean and rate over it, or over a later window, reads zero until a
-    /// sample with demand is recorded.
+    /// span with demand is recorded.
     pub fn is_quiet(&self, now: Instant, window: Duration) -> bool {
         self.within(now, window)
-            .all(|b| b.concurrency_sum == 0.0 && b.requests == 0)
-    }
-
-    /// Records that there was no demand from `from` to `to` (the caller stopped sampling
-    /// because nothing could arrive unseen): each bucket after `from`'s gets a zero
-    /// sample up to `to`'s, and `to`'s too when `to` is past its start, so the stretch
-    /// weighs in the means as a sample a bucket would have (a mean counts only buckets
-    /// with samples, and a quiet loop samples about once a bucket).
-    pub fn record_quiet(&mut self, from: Instant, to: Instant) {
-        let last = self.index(to);
-        let after_newest = self.buckets.back().map_or(0, |b| b.index + 1);
-        let first = (self.index(from) + 1)
-            .max(last.saturating_sub(self.kept()))
-            .max(after_newest);
-        // The bucket `to` falls in was quiet from its start, if `to` is past its start.
-        let into_last = !to
-            .saturating_duration_since(self.origin)
-            .as_nanos()
-            .is_multiple_of(self.granularity.as_nanos());
-        let end = if into_last { last + 1 } else { last };
-        for index in first..end {
-            self.buckets.push_back(Bucket {
-                index,
-                concurrency_sum: 0.0,
-                samples: 1,
-                requests: 0,
-            });
-        }
-        self.prune(last);
+            .all(|b| b.concurrency_nanos == 0.0 && b.requests == 0)
     }
 
     /// Buckets that fall within `window` before `now`.
@@ -127,12 +122,17 @@ impl Window {
             .filter(move |b| b.index <= newest && newest - b.index < count)
     }
 
-    /// Mean concurrency over the last `window`: the mean of the buckets that hold samples.
-    /// Buckets without samples (the loop did not run) do not dilute the mean.
+    /// Mean concurrency over the last `window`: the mean of its buckets' means over time.
+    /// Buckets no span covered (nothing was recorded since) do not dilute it, and the
+    /// bucket being filled counts with the mean of its part so far, so a burst weighs in
+    /// at once (as in Knative, where the newest bucket holds the last second's mean).
     pub fn mean_concurrency(&self, now: Instant, window: Duration) -> f64 {
-        let (sum, n) = self.within(now, window).fold((0.0, 0u32), |(s, n), b| {
-            (s + b.concurrency_sum / f64::from(b.samples), n + 1)
-        });
+        let (sum, n) = self
+            .within(now, window)
+            .filter(|b| b.covered_nanos > 0)
+            .fold((0.0, 0u32), |(s, n), b| {
+                (s + b.concurrency_nanos / b.covered_nanos as f64, n + 1)
+            });
         if n == 0 {
             0.0
         } else {
@@ -156,57 +156,83 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+    const MS: Duration = Duration::from_millis(1);
 
-    #[test]
-    fn a_quiet_stretch_weighs_in_the_mean_as_zero_samples() {
-        let t0 = Instant::now();
-        let minute = Duration::from_secs(60);
-        let mut w = Window::new(t0, S, minute);
-        w.record(t0, 0.0, 0);
-        assert!(w.is_quiet(t0, minute));
-        // Quiet from 0 s to 50 s, then 6 requests in flight at 50 s.
-        w.record_quiet(t0, t0 + S * 50);
-        w.record(t0 + S * 50, 6.0, 0);
-        assert!(!w.is_quiet(t0 + S * 50, minute));
-        // 51 buckets: 50 of zero (0 s and the 49 skipped), one of 6.
-        let mean = w.mean_concurrency(t0 + S * 50, minute);
-        assert!((mean - 6.0 / 51.0).abs() < 1e-9, "{mean}");
-        // Woken half-way into a bucket: its quiet half is a zero sample beside the 6.
-        w.record_quiet(t0 + S * 50, t0 + S * 52 + S / 2);
-        w.record(t0 + S * 52 + S / 2, 6.0, 0);
-        let mean = w.mean_concurrency(t0 + S * 52 + S / 2, minute);
-        assert!((mean - (6.0 + 3.0) / 53.0).abs() < 1e-9, "{mean}");
-        // Without the stretch the mean would be that of the sampled buckets only.
-        let mut unfilled = Window::new(t0, S, minute);
-        unfilled.record(t0, 0.0, 0);
-        unfilled.record(t0 + S * 50, 6.0, 0);
-        assert_eq!(unfilled.mean_concurrency(t0 + S * 50, minute), 3.0);
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
     }
 
     #[test]
-    fn a_long_quiet_stretch_keeps_only_the_span() {
+    fn a_bucket_holds_the_mean_over_time_not_over_samples() {
+        let t0 = Instant::now();
+        let mut w = Window::new(t0, S, Duration::from_secs(60));
+        // Quiet for 900 ms, then 2 in flight for the last 100 ms of the second: a mean of
+        // 0.2, where the two spans' values averaged would read 1.
+        w.record_span(t0, t0 + MS * 900, 0.0, 0);
+        w.record_span(t0 + MS * 900, t0 + S, 2.0, 2);
+        let mean = w.mean_concurrency(t0 + MS * 999, S);
+        assert!(close(mean, 0.2), "{mean}");
+        assert!(!w.is_quiet(t0 + MS * 999, S));
+    }
+
+    #[test]
+    fn a_span_over_several_buckets_gives_each_its_part() {
+        let t0 = Instant::now();
+        let mut w = Window::new(t0, S, Duration::from_secs(60));
+        w.record_span(t0 + MS * 500, t0 + MS * 2500, 4.0, 7);
+        w.record_span(t0 + MS * 2500, t0 + MS * 3000, 0.0, 0);
+        let means: Vec<(u64, f64)> = w
+            .buckets
+            .iter()
+            .filter(|b| b.covered_nanos > 0)
+            .map(|b| {
+                (
+                    b.covered_nanos,
+                    b.concurrency_nanos / b.covered_nanos as f64,
+                )
+            })
+            .collect();
+        let half = S.as_nanos() as u64 / 2;
+        assert_eq!(means, vec![(half, 4.0), (2 * half, 4.0), (2 * half, 2.0)]);
+        // The requests are counted in the bucket the span ends in.
+        assert_eq!(
+            w.buckets.iter().map(|b| b.requests).collect::<Vec<_>>(),
+            [0, 0, 7]
+        );
+        // Over the three seconds: the mean of the buckets' means.
+        let mean = w.mean_concurrency(t0 + MS * 2999, Duration::from_secs(3));
+        assert!(close(mean, 10.0 / 3.0), "{mean}");
+    }
+
+    #[test]
+    fn a_long_quiet_span_keeps_only_the_window_span() {
         let t0 = Instant::now();
         let minute = Duration::from_secs(60);
         let mut w = Window::new(t0, S, minute);
-        w.record(t0, 2.0, 1);
-        w.record_quiet(t0, t0 + S * 3600);
+        w.record_span(t0, t0 + S, 2.0, 1);
+        w.record_span(t0 + S, t0 + S * 3600, 0.0, 0);
         assert!(w.buckets.len() <= 61, "{}", w.buckets.len());
-        w.record(t0 + S * 3600, 0.0, 0);
         assert!(w.is_quiet(t0 + S * 3600, minute));
         assert_eq!(w.mean_concurrency(t0 + S * 3600, minute), 0.0);
         assert_eq!(w.request_rate(t0 + S * 3600, minute), 0.0);
+        // A quiet stretch weighs in the mean as the time it lasted.
+        w.record_span(t0 + S * 3600, t0 + S * 3601, 6.0, 0);
+        let mean = w.mean_concurrency(t0 + S * 3600 + MS * 999, minute);
+        assert!(close(mean, 6.0 / 60.0), "{mean}");
     }
 
     #[test]
-    fn a_quiet_stretch_within_one_bucket_adds_nothing() {
+    fn a_span_given_out_of_order_does_not_reorder_the_window() {
         let t0 = Instant::now();
         let mut w = Window::new(t0, S, Duration::from_secs(60));
-        w.record(t0, 4.0, 0);
-        w.record_quiet(t0, t0 + Duration::from_millis(900));
-        w.record_quiet(t0, t0 + S);
-        assert_eq!(w.buckets.len(), 1);
-        assert_eq!(w.mean_concurrency(t0 + S / 2, Duration::from_secs(60)), 4.0);
-        assert!(!w.is_quiet(t0 + S, Duration::from_secs(60)));
+        w.record_span(t0 + S * 4, t0 + S * 5, 1.0, 0);
+        // Starts before the newest bucket (4 s): only its part from there counts.
+        w.record_span(t0 + MS * 3500, t0 + MS * 4500, 3.0, 2);
+        let indices: Vec<u64> = w.buckets.iter().map(|b| b.index).collect();
+        assert_eq!(indices, [4]);
+        let b = &w.buckets[0];
+        assert!(close(b.concurrency_nanos, 2.5e9), "{b:?}");
+        assert_eq!(b.requests, 2);
     }
 
     #[test]
@@ -214,24 +240,25 @@ mod tests {
         let t0 = Instant::now();
         let mut w = Window::new(t0, S, Duration::from_secs(60));
         for s in 0..10 {
-            w.record(t0 + S * s, 100.0, 0);
+            w.record_span(t0 + S * s, t0 + S * (s + 1), 100.0, 0);
         }
         for s in 10..20 {
-            w.record(t0 + S * s, 10.0, 0);
+            w.record_span(t0 + S * s, t0 + S * (s + 1), 10.0, 0);
         }
-        let now = t0 + S * 19;
+        let now = t0 + S * 19 + MS * 999;
         assert_eq!(w.mean_concurrency(now, Duration::from_secs(5)), 10.0);
         assert_eq!(w.mean_concurrency(now, Duration::from_secs(20)), 55.0);
     }
 
     #[test]
-    fn samples_in_one_bucket_are_averaged_and_old_buckets_dropped() {
+    fn old_buckets_are_dropped() {
         let t0 = Instant::now();
         let mut w = Window::new(t0, S, Duration::from_secs(3));
-        w.record(t0, 2.0, 1);
-        w.record(t0 + Duration::from_millis(500), 4.0, 1);
-        assert_eq!(w.mean_concurrency(t0 + Duration::from_millis(900), S), 3.0);
-        w.record(t0 + S * 10, 1.0, 0);
+        w.record_span(t0, t0 + MS * 500, 2.0, 1);
+        w.record_span(t0 + MS * 500, t0 + MS * 900, 4.0, 1);
+        let mean = w.mean_concurrency(t0 + MS * 900, S);
+        assert!(close(mean, (1.0 + 1.6) / 0.9), "{mean}");
+        w.record_span(t0 + S * 10, t0 + S * 10 + MS * 500, 1.0, 0);
         assert_eq!(
             w.buckets.len(),
             1,
@@ -248,11 +275,14 @@ mod tests {
         let t0 = Instant::now();
         let mut w = Window::new(t0, S, Duration::from_secs(60));
         for s in 1..=10 {
-            w.record(t0 + S * s, 0.0, 50);
+            w.record_span(t0 + S * (s - 1), t0 + S * s, 0.0, 50);
         }
         // 10 s of history, a 60 s window: judged over the 10 s that exist.
         assert_eq!(w.request_rate(t0 + S * 10, Duration::from_secs(60)), 50.0);
         // A 2 s window holds the last two buckets.
-        assert_eq!(w.request_rate(t0 + S * 10, Duration::from_secs(2)), 50.0);
+        assert_eq!(
+            w.request_rate(t0 + S * 10 - MS, Duration::from_secs(2)),
+            50.0
+        );
     }
 }
