@@ -102,6 +102,12 @@ pub struct InstanceRecord {
 impl Store {
     /// Records a new running instance and gives it the lowest free network slot in
     /// `slots`.
+    ///
+    /// The search starts at the lowest slot this handle may have seen freed (every slot
+    /// below it was taken when last looked at), so a start among thousands of running
+    /// instances reads a few index entries, not all of them; a slot taken meanwhile by
+    /// another process is skipped as the search reads the table, and one freed by another
+    /// process below that point is only reused once this handle frees one below it too.
     pub fn create_instance(
         &mut self,
         new: &NewInstance,
@@ -110,20 +116,18 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut stmt = tx.prepare(
-            "SELECT net_slot FROM instances WHERE state = 'running' AND net_slot IS NOT NULL
-             ORDER BY net_slot",
-        )?;
-        let taken = stmt
-            .query_map([], |r| r.get::<_, i64>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        drop(stmt);
-        let mut slot = i64::from(slots.start);
-        for t in taken {
-            if t == slot {
+        let mut slot = i64::from(self.lowest_free_slot.max(slots.start));
+        {
+            let mut stmt = tx.prepare_cached(
+                "SELECT net_slot FROM instances WHERE state = 'running' AND net_slot >= ?1
+                 ORDER BY net_slot",
+            )?;
+            let mut taken = stmt.query([slot])?;
+            while let Some(row) = taken.next()? {
+                if row.get::<_, i64>(0)? != slot {
+                    break;
+                }
                 slot += 1;
-            } else if t > slot {
-                break;
             }
         }
         if slot >= i64::from(slots.end) {
@@ -146,7 +150,16 @@ impl Store {
             ],
         )?;
         tx.commit()?;
-        Ok(slot as u32)
+        let slot = slot as u32;
+        self.lowest_free_slot = slot + 1;
+        Ok(slot)
+    }
+
+    /// Notes that `slot` (of an instance that ended or was discarded) may be free again.
+    fn slot_freed(&mut self, slot: Option<i64>) {
+        if let Some(slot) = slot.and_then(|s| u32::try_from(s).ok()) {
+            self.lowest_free_slot = self.lowest_free_slot.min(slot);
+        }
     }
 
     /// Records the PID of the instance's first process once it runs its command; its
@@ -161,8 +174,15 @@ impl Store {
 
     /// Forgets an instance that never ran its command (a prepared sandbox let go).
     pub fn discard_instance(&mut self, id: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM instances WHERE id = ?1 AND pid IS NULL", [id])?;
+        let slot = self
+            .conn
+            .query_row(
+                "DELETE FROM instances WHERE id = ?1 AND pid IS NULL RETURNING net_slot",
+                [id],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()?;
+        self.slot_freed(slot.flatten());
         Ok(())
     }
 
@@ -198,19 +218,24 @@ impl Store {
             InstanceState::Lost
         };
         let e = exit.unwrap_or_default();
-        self.conn.execute(
-            "UPDATE instances SET state = ?2, finished_at = ?3, exit_code = ?4, exit_signal = ?5,
-                 oom_killed = ?6
-             WHERE id = ?1",
-            params![
-                id,
-                state.as_str(),
-                now_unix(),
-                e.code,
-                e.signal,
-                e.oom_killed
-            ],
-        )?;
+        let slot = self
+            .conn
+            .query_row(
+                "UPDATE instances SET state = ?2, finished_at = ?3, exit_code = ?4, exit_signal = ?5,
+                     oom_killed = ?6
+                 WHERE id = ?1 RETURNING net_slot",
+                params![
+                    id,
+                    state.as_str(),
+                    now_unix(),
+                    e.code,
+                    e.signal,
+                    e.oom_killed
+                ],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()?;
+        self.slot_freed(slot.flatten());
         Ok(())
     }
 
@@ -355,5 +380,37 @@ mod tests {
         assert_eq!(b.exit.unwrap().code, Some(0));
         assert_eq!(b.supervisor_start, Some(42));
         assert_eq!(s.running_instances().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn slots_taken_or_freed_through_another_handle_are_respected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut daemon = Store::open(&path).unwrap();
+        let mut other = Store::open(&path).unwrap();
+        assert_eq!(daemon.create_instance(&new("a"), 0..8).unwrap(), 0);
+        assert_eq!(daemon.create_instance(&new("b"), 0..8).unwrap(), 1);
+        // Taken by another process where this handle would look next: skipped.
+        assert_eq!(other.create_instance(&new("c"), 0..8).unwrap(), 2);
+        assert_eq!(daemon.create_instance(&new("d"), 0..8).unwrap(), 3);
+        // A prepared sandbox let go, and an instance that ended: their slots come back,
+        // lowest first.
+        daemon.discard_instance("b").unwrap();
+        daemon.finish_instance("a", None).unwrap();
+        assert_eq!(daemon.create_instance(&new("e"), 0..8).unwrap(), 0);
+        assert_eq!(daemon.create_instance(&new("f"), 0..8).unwrap(), 1);
+        assert_eq!(daemon.create_instance(&new("g"), 0..8).unwrap(), 4);
+        // Freed by the other handle: reused by it; never given twice.
+        other.finish_instance("c", None).unwrap();
+        assert_eq!(other.create_instance(&new("h"), 0..8).unwrap(), 2);
+        assert_eq!(daemon.create_instance(&new("i"), 0..8).unwrap(), 5);
+        let mut slots: Vec<u32> = daemon
+            .running_instances()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i.net_slot)
+            .collect();
+        slots.sort_unstable();
+        assert_eq!(slots, [0, 1, 2, 3, 4, 5]);
     }
 }

@@ -145,6 +145,9 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Every network slot below this was taken when this handle last looked (see
+    /// [`Store::create_instance`]).
+    lowest_free_slot: u32,
 }
 
 impl Store {
@@ -178,6 +181,7 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_owned(),
+            lowest_free_slot: 0,
         })
     }
 
@@ -206,6 +210,7 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_owned(),
+            lowest_free_slot: 0,
         })
     }
 
