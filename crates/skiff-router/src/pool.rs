@@ -467,7 +467,7 @@ impl RevisionPool {
             .collect()
     }
 
-    /// Current load.
+    /// Current load (its [`Load::busy`] as of the last change of concurrency).
     pub fn load(&self) -> Load {
         self.read_load(false)
     }
@@ -479,9 +479,20 @@ impl RevisionPool {
     }
 
     fn read_load(&self, sampled: bool) -> Load {
-        let now = now();
-        let mut st = self.lock_to_change(now);
-        st.queue.retain(|w| !w.is_closed());
+        // Only a sample reads the clock (a listing of every service reads every pool):
+        // another reading gives the integral as of the last change, unless it drops
+        // waiters that gave up, which changes the concurrency.
+        let mut now = sampled.then(now);
+        let mut st = match now {
+            Some(now) => self.lock_to_change(now),
+            None => self.lock(),
+        };
+        if st.queue.iter().any(|w| w.is_closed()) {
+            let at = *now.get_or_insert_with(self::now);
+            st.integrate(at);
+            st.queue.retain(|w| !w.is_closed());
+        }
+        let now = now.or(st.busy_at).unwrap_or(self.made);
         debug_assert_eq!(
             st.in_flight,
             st.members.iter().map(|m| m.in_flight).sum::<u32>()
