@@ -1,6 +1,7 @@
 //! skiff's autoscaler: Knative's KPA as pure logic. The revision's reconcile loop feeds it
-//! samples of demand (requests in flight and queued, and a running request count) and asks
-//! for a decision: how many instances the revision should have, and why.
+//! samples of demand (requests in flight and queued, their running integral over time,
+//! and a running request count) and asks for a decision: how many instances the revision
+//! should have, and why.
 //!
 //! The model (Knative `pkg/autoscaler`):
 //! - demand is averaged over a stable window (default 60 s) and a panic window (10 % of it);
