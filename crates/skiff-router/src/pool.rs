@@ -149,7 +149,6 @@ fn now() -> Instant {
 
 type Waiter = oneshot::Sender<Result<Lease, PoolError>>;
 
-#[derive(Default)]
 struct State {
     members: Vec<Member>,
     /// The members' requests in flight, summed.
@@ -160,7 +159,7 @@ struct State {
     requests_total: u64,
     /// Concurrency × nanoseconds up to `busy_at`.
     request_nanos: u128,
-    busy_at: Option<Instant>,
+    busy_at: Instant,
     busy_from: Option<Instant>,
 }
 
@@ -174,10 +173,7 @@ impl State {
     /// concurrency has held since the last call. Two threads may read the clock in one
     /// order and lock in the other; a `now` before the last is taken as the last.
     fn integrate(&mut self, now: Instant) {
-        let Some(since) = self.busy_at else {
-            self.busy_at = Some(now);
-            return;
-        };
+        let since = self.busy_at;
         if now <= since {
             return;
         }
@@ -187,7 +183,7 @@ impl State {
             self.request_nanos += u128::from(concurrency) * nanos;
             self.busy_from.get_or_insert(since);
         }
-        self.busy_at = Some(now);
+        self.busy_at = now;
     }
 }
 
@@ -208,8 +204,15 @@ impl RevisionPool {
     pub fn new(config: PoolConfig) -> Arc<RevisionPool> {
         let made = now();
         let state = State {
-            busy_at: Some(made),
-            ..State::default()
+            members: Vec::new(),
+            in_flight: 0,
+            queue: VecDeque::new(),
+            unavailable: None,
+            closed: false,
+            requests_total: 0,
+            request_nanos: 0,
+            busy_at: made,
+            busy_from: None,
         };
         Arc::new(RevisionPool {
             config,
@@ -482,17 +485,15 @@ impl RevisionPool {
         // Only a sample reads the clock (a listing of every service reads every pool):
         // another reading gives the integral as of the last change, unless it drops
         // waiters that gave up, which changes the concurrency.
-        let mut now = sampled.then(now);
-        let mut st = match now {
-            Some(now) => self.lock_to_change(now),
-            None => self.lock(),
+        let mut st = if sampled {
+            self.lock_to_change(now())
+        } else {
+            self.lock()
         };
         if st.queue.iter().any(|w| w.is_closed()) {
-            let at = *now.get_or_insert_with(self::now);
-            st.integrate(at);
+            st.integrate(now());
             st.queue.retain(|w| !w.is_closed());
         }
-        let now = now.or(st.busy_at).unwrap_or(self.made);
         debug_assert_eq!(
             st.in_flight,
             st.members.iter().map(|m| m.in_flight).sum::<u32>()
@@ -502,11 +503,11 @@ impl RevisionPool {
         };
         let busy = BusyTime {
             request_nanos: st.request_nanos,
-            at_nanos: since_made(st.busy_at.unwrap_or(now)),
+            at_nanos: since_made(st.busy_at),
             busy_from_nanos: st.busy_from.map(since_made),
         };
         if sampled {
-            st.busy_from = (st.concurrency() > 0).then_some(now);
+            st.busy_from = (st.concurrency() > 0).then_some(st.busy_at);
         }
         Load {
             ready: st.members.iter().filter(|m| m.serving).count() as u32,
