@@ -240,11 +240,7 @@ impl RevisionRunner {
                     in_flight: load.in_flight,
                     queued: load.queued,
                     requests_total: load.requests_total,
-                    busy: Some(skiff_scaler::BusyTime {
-                        request_nanos: load.busy.request_nanos,
-                        at_nanos: load.busy.at_nanos,
-                        busy_from_nanos: load.busy.busy_from_nanos,
-                    }),
+                    busy: Some(load.busy),
                 },
             );
             scaler.decide(now, load.ready)

@@ -9,6 +9,7 @@
 mod access;
 mod autoscaling;
 mod backoff;
+mod busy_time;
 mod capability;
 mod delivery;
 mod digest;
@@ -26,6 +27,7 @@ mod traffic;
 pub use access::{ApiAction, Grant, Role};
 pub use autoscaling::Autoscaling;
 pub use backoff::{Backoff, Step};
+pub use busy_time::BusyTime;
 pub use capability::{canonical_capability, capability_mask, DEFAULT_CAPABILITIES};
 pub use delivery::{Delivery, MAX_DELIVERY_RETRIES};
 pub use digest::{Digest, DigestError};

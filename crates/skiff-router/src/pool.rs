@@ -10,6 +10,7 @@
 //! This module never starts or stops anything: it counts, queues and hands out.
 
 use crate::upstream::Upstream;
+pub use skiff_core::BusyTime;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -76,20 +77,6 @@ pub struct Load {
     pub requests_total: u64,
     /// Requests in flight and queued, integrated over time.
     pub busy: BusyTime,
-}
-
-/// The running integral of a pool's concurrency (requests in flight plus queued) over
-/// time, on the pool's clock: two readings give the mean concurrency between them,
-/// including requests that came and went in between (the autoscaler's time average).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BusyTime {
-    /// Concurrency × nanoseconds since the pool was made.
-    pub request_nanos: u128,
-    /// When this was read: nanoseconds since the pool was made.
-    pub at_nanos: u64,
-    /// The first instant since the last [`RevisionPool::sample`] (or since the pool was
-    /// made) at which concurrency was above zero, in nanoseconds since the pool was made.
-    pub busy_from_nanos: Option<u64>,
 }
 
 struct Member {

@@ -26,6 +26,7 @@ mod window;
 pub use reason::Reason;
 use reason::{Basis, RateLimit};
 pub use settings::*;
+pub use skiff_core::BusyTime;
 use std::time::Instant;
 use window::Window;
 
@@ -40,21 +41,6 @@ pub struct Observation {
     pub requests_total: u64,
     /// The running integral of concurrency over time, when the sampler keeps one.
     pub busy: Option<BusyTime>,
-}
-
-/// A running integral of a revision's concurrency (requests in flight plus queued) over
-/// time, read on the sampler's own clock. Two readings give the mean concurrency between
-/// them however briefly each request lasted, as Knative's queue-proxy reports it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BusyTime {
-    /// Concurrency × nanoseconds, summed since the sampler began.
-    pub request_nanos: u128,
-    /// When this was read, in nanoseconds on the sampler's clock.
-    pub at_nanos: u64,
-    /// The first instant since the previous reading at which concurrency was above zero
-    /// (the previous reading itself, if it was then), on the same clock; `None` if it
-    /// stayed zero. The demand between two readings lies after it.
-    pub busy_from_nanos: Option<u64>,
 }
 
 /// What the scaler decided and the figures it decided on.
