@@ -818,3 +818,68 @@ fn specs_that_could_never_run_are_refused_at_deploy() {
     }
     assert_eq!(d.json(&["ls"]), serde_json::json!([]), "nothing half-made");
 }
+
+/// Context switches (voluntary and not) of every thread of `pid`, and how many threads
+/// it has.
+fn context_switches(pid: i32) -> (u64, usize) {
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .collect();
+    let switches = tasks
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(t.join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    (switches, tasks.len())
+}
+
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = stat.rsplit_once(')').unwrap().1;
+    after_comm
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_idle_instance_holding_a_kept_connection_is_not_woken() {
+    let d = Daemon::start(&[]);
+    d.deploy_hello("asleep", &["--min-instances", "1"]);
+    assert_eq!(d.get("asleep", "/").status, 200);
+    let app = daemon::instance_pid("asleep");
+    let init = parent_of(app);
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{init}/comm")).unwrap(),
+        "skiff-init\n"
+    );
+    let count = || {
+        let (app_switches, app_threads) = context_switches(app);
+        (app_switches + context_switches(init).0, app_threads)
+    };
+    let (before, threads) = count();
+    // hello's accept loop, its signal waiter, and the thread of the connection the
+    // router keeps for the next request.
+    assert_eq!(threads, 3, "hello's threads");
+    // A window to count wake-ups in, not a wait for anything: an idle instance's tasks
+    // stay asleep however long it lasts (an app that polled its connections, as hello
+    // once did every 100 ms, woke here ten times per connection).
+    std::thread::sleep(Duration::from_secs(1));
+    let (after, threads_after) = count();
+    assert_eq!(threads_after, threads, "the kept connection is still open");
+    // The connection's thread may still be on its way back to read when counting starts.
+    assert!(
+        after - before <= 2,
+        "{} context switches in a second of idleness",
+        after - before
+    );
+}

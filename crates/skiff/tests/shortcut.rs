@@ -7,31 +7,10 @@
 
 mod daemon;
 
-use daemon::{http, parse_response, Daemon};
+use daemon::{http, instance_pid, parse_response, Daemon};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// The PID of the one app process whose environment says it serves `service` (names here
-/// are used by no other test, so parallel daemons do not mix them up). Its init executes
-/// with the same environment (for exec probes) and is left out.
-fn instance_pid(service: &str) -> i32 {
-    let needle = format!("K_SERVICE={service}");
-    let found: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|pid: &i32| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
-        })
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim() != "skiff-init")
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "processes of {service}: {found:?}");
-    found[0]
-}
 
 /// Data segments sent by TCP (not counting retransmissions) in the network namespace of
 /// `pid`: the router's and the instance's, as both ends live there.

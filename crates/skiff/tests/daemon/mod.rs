@@ -582,3 +582,24 @@ pub fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The PID of the one app process whose environment says it serves `service` (names here
+/// are used by no other test, so parallel daemons do not mix them up). Its init executes
+/// with the same environment (for exec probes) and is left out.
+pub fn instance_pid(service: &str) -> i32 {
+    let needle = format!("K_SERVICE={service}");
+    let found: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &i32| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() != "skiff-init")
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "processes of {service}: {found:?}");
+    found[0]
+}
