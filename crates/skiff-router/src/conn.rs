@@ -6,6 +6,7 @@
 
 use crate::access::{self, Verdict};
 use crate::buffers::{self, READ_CHUNK};
+use crate::deadline::extend_deadline;
 use crate::h1::{self, BodyLen, Head, HeadError};
 use crate::proxy;
 use crate::route::Route;
@@ -26,9 +27,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest the router waits for the whole of a request it takes itself (an event, an
 /// asynchronous invocation), from its head on.
 const TAKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Most a deadline may fall after the time asked for (see [`extend_deadline`]).
-const DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
 /// Longest a refused connection is read (and what it sends dropped) before it is closed.
 const LINGER: Duration = Duration::from_millis(500);
@@ -291,20 +289,6 @@ pub(crate) async fn serve_connection(
     }
 }
 
-/// Sets `deadline` to `timeout` after `now`, or up to a sixteenth of it (at most
-/// [`DEADLINE_SLACK`]) later: a deadline already within that span is left alone. Moving a
-/// tokio timer takes its wheel's lock, and a connection moves two for every request (1 %
-/// of the router's time at 32 connections, bench/proxy-hop); nginx skips timer updates
-/// under 300 ms for the same reason. A deadline never falls early.
-pub(crate) fn extend_deadline(deadline: Pin<&mut Sleep>, now: Instant, timeout: Duration) {
-    let earliest = now + timeout;
-    let latest = earliest + (timeout / 16).min(DEADLINE_SLACK);
-    let at = deadline.deadline();
-    if at < earliest || at > latest {
-        deadline.reset(latest);
-    }
-}
-
 /// Handles the request whose head is parsed; returns whether the connection goes on.
 async fn handle(
     router: &Router,
@@ -435,34 +419,4 @@ fn lookup<'c>(router: &Router, cache: &'c mut RouteCache, host: &str) -> Option<
         cache.generation = generation;
     }
     cache.route.as_ref()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_deadline_moves_only_when_it_would_fall_early_or_past_its_slack() {
-        let t0 = Instant::now();
-        let mut deadline = Box::pin(tokio::time::sleep_until(t0));
-        let minute = Duration::from_secs(60);
-        // Too early: moved to the end of the span (one second of slack at a minute).
-        extend_deadline(deadline.as_mut(), t0, minute);
-        assert_eq!(deadline.deadline(), t0 + minute + DEADLINE_SLACK);
-        // Still within the span half a second on: left alone.
-        let later = t0 + Duration::from_millis(500);
-        extend_deadline(deadline.as_mut(), later, minute);
-        assert_eq!(deadline.deadline(), t0 + minute + DEADLINE_SLACK);
-        // A second and a half on it would fall early: moved.
-        let later = t0 + Duration::from_millis(1500);
-        extend_deadline(deadline.as_mut(), later, minute);
-        assert_eq!(deadline.deadline(), later + minute + DEADLINE_SLACK);
-        // A shorter timeout: moved in, with a sixteenth of it as slack.
-        let short = Duration::from_millis(160);
-        extend_deadline(deadline.as_mut(), later, short);
-        assert_eq!(
-            deadline.deadline(),
-            later + short + Duration::from_millis(10)
-        );
-    }
 }

@@ -22,6 +22,7 @@ pub mod access;
 mod body;
 mod buffers;
 mod conn;
+mod deadline;
 mod deferred;
 #[cfg(test)]
 mod fuzz;

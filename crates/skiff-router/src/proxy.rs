@@ -120,7 +120,7 @@ pub(crate) async fn forward(
     mut deadline: Pin<&mut Sleep>,
 ) -> bool {
     let timeout = pool.config().timeout;
-    crate::conn::extend_deadline(deadline.as_mut(), Instant::now(), timeout);
+    crate::deadline::extend_deadline(deadline.as_mut(), Instant::now(), timeout);
     // The forwarded head is written now, so the request head leaves the buffer in one
     // place whatever happens next.
     c.req_out.clear();
