@@ -5,18 +5,9 @@
 
 mod daemon;
 
-use daemon::{eventually, http, Daemon};
+use daemon::{cpu_ticks, eventually, http, Daemon};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// CPU time (user + system, in clock ticks of 10 ms) process `pid` has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 1..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5), counted from the state (field 3) here.
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
 
 #[test]
 fn out_of_descriptors_every_request_answers_and_sigterm_finishes() {

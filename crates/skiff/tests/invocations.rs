@@ -6,7 +6,7 @@
 
 mod daemon;
 
-use daemon::{http, Daemon, Response};
+use daemon::{cpu_ticks, http, Daemon, Response};
 use std::time::{Duration, Instant};
 
 fn send_async(
@@ -308,15 +308,6 @@ fn dead_invocations_are_counted_in_describe_and_sent_again_on_redrive() {
         0,
         "{redriven}"
     );
-}
-
-/// CPU clock ticks (user and system) process `pid` has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command's closing parenthesis; utime and stime are 14 and 15.
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 #[test]

@@ -821,7 +821,7 @@ fn specs_that_could_never_run_are_refused_at_deploy() {
 
 /// Context switches (voluntary and not) of every thread of `pid`, and how many threads
 /// it has.
-fn context_switches(pid: i32) -> (u64, usize) {
+fn context_switches(pid: u32) -> (u64, usize) {
     let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .map(|t| t.unwrap().path())
@@ -829,26 +829,15 @@ fn context_switches(pid: i32) -> (u64, usize) {
     let switches = tasks
         .iter()
         .filter_map(|t| std::fs::read_to_string(t.join("status")).ok())
-        .flat_map(|status| {
+        .map(|status| {
             status
                 .lines()
                 .filter(|l| l.contains("ctxt_switches:"))
                 .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
-                .collect::<Vec<_>>()
+                .sum::<u64>()
         })
         .sum();
     (switches, tasks.len())
-}
-
-fn parent_of(pid: i32) -> i32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_comm = stat.rsplit_once(')').unwrap().1;
-    after_comm
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[test]
@@ -856,8 +845,8 @@ fn an_idle_instance_holding_a_kept_connection_is_not_woken() {
     let d = Daemon::start(&[]);
     d.deploy_hello("asleep", &["--min-instances", "1"]);
     assert_eq!(d.get("asleep", "/").status, 200);
-    let app = daemon::instance_pid("asleep");
-    let init = parent_of(app);
+    let app = u32::try_from(daemon::instance_pid("asleep")).unwrap();
+    let init = daemon::parent_pid(app);
     assert_eq!(
         std::fs::read_to_string(format!("/proc/{init}/comm")).unwrap(),
         "skiff-init\n"

@@ -603,3 +603,22 @@ pub fn instance_pid(service: &str) -> i32 {
     assert_eq!(found.len(), 1, "processes of {service}: {found:?}");
     found[0]
 }
+
+/// The fields of `/proc/PID/stat` after the command's closing parenthesis (which may
+/// itself hold spaces and parentheses): the state, field 3 of proc(5), comes first.
+pub fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().map(str::to_owned).collect()
+}
+
+/// CPU clock ticks (user and system, fields 14 and 15) process `pid` has used.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let fields = stat_fields(pid);
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The parent of process `pid` (field 4).
+pub fn parent_pid(pid: u32) -> u32 {
+    stat_fields(pid)[1].parse().unwrap()
+}
