@@ -211,7 +211,7 @@ impl Request {
 /// process exits once the requests in flight are done, idle connections with it.
 fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
     let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
+    if read_line_retrying(reader, &mut line)? == 0 {
         return Ok(None);
     }
     let mut parts = line.split_whitespace();
@@ -587,9 +587,27 @@ fn read_body(
 }
 
 fn read_required_line(reader: &mut BufReader<TcpStream>, line: &mut String) -> io::Result<()> {
-    match reader.read_line(line)? {
+    match read_line_retrying(reader, line)? {
         0 => Err(io::ErrorKind::UnexpectedEof.into()),
         _ => Ok(()),
+    }
+}
+
+/// Whether a read on a blocking socket failed only for now: a blocking read of a socket in
+/// skiff's socket map (the upstream shortcut) can fail with `EAGAIN` when a freeze and thaw
+/// of the instance's cgroup interrupts it with nothing read (cpu_throttling's test saw the
+/// connection closed, a 502, in 3 of 6 runs without this retry).
+fn is_spurious(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// `read_line`, read again after a spurious `EAGAIN` (see [`is_spurious`]).
+fn read_line_retrying(reader: &mut BufReader<TcpStream>, line: &mut String) -> io::Result<usize> {
+    loop {
+        match reader.read_line(line) {
+            Err(e) if is_spurious(&e) => continue,
+            read => return read,
+        }
     }
 }
 
@@ -601,12 +619,14 @@ fn copy_exact(
     let mut buf = [0u8; 16384];
     while left > 0 {
         let want = buf.len().min(left as usize);
-        match reader.read(&mut buf[..want])? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => {
+        match reader.read(&mut buf[..want]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
                 each(&buf[..n])?;
                 left -= n as u64;
             }
+            Err(e) if is_spurious(&e) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
